@@ -1,0 +1,3 @@
+//! Actions run for events: trigger scripts.
+
+pub mod trigger;

@@ -1,0 +1,180 @@
+//! The pure cluster state machine (SPEC §1–§3).
+//!
+//! It owns every decision plusmoin makes: which node is master, which cluster
+//! each node belongs to, whether a slave is in sync or lost, and which events
+//! fire. It does no I/O and reads no clock: the beat's time and one
+//! [`Observation`] per node come in as plain data, and the next [`State`] and
+//! the ordered [`Event`]s go out as plain data.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+mod machine;
+pub use machine::*;
+
+/// A node as written in the configuration: `host:port` is its name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeName {
+    pub host: String,
+    pub port: u16,
+}
+
+impl NodeName {
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        NodeName {
+            host: host.into(),
+            port,
+        }
+    }
+}
+
+impl fmt::Display for NodeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            // IPv6 literal: bracket it so the port stays readable.
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A point on plusmoin's own clock, in microseconds since the Unix epoch.
+///
+/// Only plusmoin's clock is ever compared with itself (SPEC §2), so the
+/// servers' clocks need not agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Time(pub i64);
+
+impl Time {
+    pub fn from_secs_f64(secs: f64) -> Time {
+        Time((secs * 1_000_000.0).round() as i64)
+    }
+    pub fn as_secs_f64(self) -> f64 {
+        self.0 as f64 / 1_000_000.0
+    }
+    pub fn now() -> Time {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Time(d.as_micros() as i64)
+    }
+    /// `self - earlier`, or zero when `earlier` is later.
+    pub fn since(self, earlier: Time) -> Duration {
+        Duration::from_micros(self.0.saturating_sub(earlier.0).max(0) as u64)
+    }
+    pub fn to_system_time(self) -> std::time::SystemTime {
+        if self.0 >= 0 {
+            std::time::UNIX_EPOCH + Duration::from_micros(self.0 as u64)
+        } else {
+            std::time::UNIX_EPOCH - Duration::from_micros(self.0.unsigned_abs())
+        }
+    }
+    pub fn from_system_time(t: std::time::SystemTime) -> Time {
+        match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => Time(d.as_micros() as i64),
+            Err(e) => Time(-(e.duration().as_micros() as i64)),
+        }
+    }
+}
+
+impl std::ops::Add<Duration> for Time {
+    type Output = Time;
+    fn add(self, d: Duration) -> Time {
+        Time(self.0 + d.as_micros() as i64)
+    }
+}
+
+/// Cluster ids: 0, 1, 2, … in the order clusters are founded. An existing
+/// cluster's id never changes.
+pub type ClusterId = u32;
+
+/// The heartbeat row a slave replays (SPEC §2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// `host:port` of the master that wrote the row, as written in the config.
+    pub master_name: String,
+    /// The cluster id plusmoin gave that master when it wrote the row.
+    pub cluster_id: Option<ClusterId>,
+    /// plusmoin's clock when it wrote the row.
+    pub written_at: Time,
+}
+
+/// What one probe of one node found during one beat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    /// Unreachable, refused, timed out, or answered nonsense.
+    Down { reason: String },
+    /// Not in recovery, and the heartbeat was written with `wrote_at`.
+    Master { wrote_at: Time },
+    /// In recovery. `heartbeat` is `None` while the table or this instance's
+    /// row has not reached the slave yet.
+    Slave { heartbeat: Option<Heartbeat> },
+}
+
+/// The six triggers of SPEC §4, which are also the events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EventKind {
+    PlusmoinUp,
+    MasterDown,
+    MasterUp,
+    SlaveDown,
+    SlaveUp,
+    PlusmoinHeartbeat,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 6] = [
+        EventKind::PlusmoinUp,
+        EventKind::MasterDown,
+        EventKind::MasterUp,
+        EventKind::SlaveDown,
+        EventKind::SlaveUp,
+        EventKind::PlusmoinHeartbeat,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::PlusmoinUp => "plusmoin_up",
+            EventKind::MasterDown => "master_down",
+            EventKind::MasterUp => "master_up",
+            EventKind::SlaveDown => "slave_down",
+            EventKind::SlaveUp => "slave_up",
+            EventKind::PlusmoinHeartbeat => "plusmoin_heartbeat",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        EventKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or(())
+    }
+}
+
+/// One thing that happened in one cluster during one beat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub cluster_id: ClusterId,
+    /// The node the event is about; `None` for `plusmoin_up` and
+    /// `plusmoin_heartbeat`.
+    pub node: Option<NodeName>,
+}
+
+/// The sync limits of SPEC §2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub max_sync_delay: Duration,
+    pub recover_sync_delay: Duration,
+}

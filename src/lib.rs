@@ -1,0 +1,27 @@
+//! plusmoin watches PostgreSQL servers in streaming replication, groups them
+//! into clusters, checks each slave's sync through a heartbeat table, and
+//! runs trigger scripts and pgpool-II handlers when something changes.
+//!
+//! Data flows one way, once per beat:
+//! [`probe`] (one deadline per node) → [`cluster::step`] (pure) →
+//! [`actions`] (trigger scripts, never blocking the probes) → [`status`].
+//!
+//! - [`config`]: load and validate the JSON configuration into typed values.
+//! - [`cluster`]: the pure state machine (SPEC §1–§3).
+//! - [`payload`]: the JSON shapes of trigger payloads and the status file.
+//! - [`probe`]: tokio-postgres probes, the heartbeat table, TLS.
+//! - [`actions`]: trigger scripts, run in order per cluster.
+//! - [`status`]: the status file, written atomically.
+//! - [`daemon`]: the beat loop, signals, pid file, privileges.
+//! - [`sandbox`]: a local primary + standbys for tests and the demo.
+//! - [`cli`]: the command line.
+
+pub mod actions;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod daemon;
+pub mod payload;
+pub mod probe;
+pub mod sandbox;
+pub mod status;
