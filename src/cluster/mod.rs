@@ -178,3 +178,6 @@ pub struct Policy {
     pub max_sync_delay: Duration,
     pub recover_sync_delay: Duration,
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,565 @@
+//! Scenario tests of the state machine: one test per situation of SPEC §3.
+//!
+//! A [`Sim`] drives `step` one beat (1 s) at a time. Nodes are `db:PORT`;
+//! masters write the beat's time, and a slave replays the heartbeat a master
+//! wrote `behind` beats ago. Policy: max_sync_delay 10 s, recover 5 s.
+
+use super::*;
+
+const BEAT: i64 = 1_000_000;
+
+fn name(port: u16) -> NodeName {
+    NodeName::new("db", port)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum O {
+    M,
+    /// Replays `master`'s heartbeat written `behind` beats ago.
+    S(u16, i64),
+    /// In recovery, but no heartbeat row replayed yet.
+    SNone,
+    D,
+}
+use O::*;
+
+struct Sim {
+    state: State,
+    now: Time,
+    policy: Policy,
+}
+
+impl Sim {
+    fn new() -> Sim {
+        Sim {
+            state: State::default(),
+            now: Time(1_000 * BEAT),
+            policy: Policy {
+                max_sync_delay: Duration::from_secs(10),
+                recover_sync_delay: Duration::from_secs(5),
+            },
+        }
+    }
+
+    /// One beat; returns its events other than `plusmoin_heartbeat`, as
+    /// `kind(cluster, port)` strings.
+    fn beat(&mut self, nodes: &[(u16, O)]) -> Vec<String> {
+        self.now = Time(self.now.0 + BEAT);
+        let obs: Vec<(NodeName, Observation)> = nodes
+            .iter()
+            .map(|&(port, o)| {
+                let ob = match o {
+                    M => Observation::Master { wrote_at: self.now },
+                    S(master, behind) => Observation::Slave {
+                        heartbeat: Some(Heartbeat {
+                            master_name: name(master).to_string(),
+                            cluster_id: None,
+                            written_at: Time(self.now.0 - behind * BEAT),
+                        }),
+                    },
+                    SNone => Observation::Slave { heartbeat: None },
+                    D => Observation::Down {
+                        reason: "connection refused".into(),
+                    },
+                };
+                (name(port), ob)
+            })
+            .collect();
+        let (next, events) = step(&self.state, &obs, self.now, &self.policy);
+        check_invariants(&next);
+        let heartbeats: Vec<ClusterId> = events
+            .iter()
+            .filter(|e| e.kind == EventKind::PlusmoinHeartbeat)
+            .map(|e| e.cluster_id)
+            .collect();
+        assert_eq!(
+            heartbeats,
+            next.clusters.keys().copied().collect::<Vec<_>>(),
+            "one plusmoin_heartbeat per cluster"
+        );
+        assert!(
+            events
+                .iter()
+                .skip_while(|e| e.kind != EventKind::PlusmoinHeartbeat)
+                .all(|e| e.kind == EventKind::PlusmoinHeartbeat),
+            "plusmoin_heartbeat comes after every other event"
+        );
+        self.state = next;
+        events
+            .into_iter()
+            .filter(|e| e.kind != EventKind::PlusmoinHeartbeat)
+            .map(|e| match e.node {
+                Some(n) => format!("{}({}, {})", e.kind, e.cluster_id, n.port),
+                None => format!("{}({})", e.kind, e.cluster_id),
+            })
+            .collect()
+    }
+
+    /// Repeats the same observations `n` times, returning all events.
+    fn beats(&mut self, n: usize, nodes: &[(u16, O)]) -> Vec<String> {
+        (0..n).flat_map(|_| self.beat(nodes)).collect()
+    }
+
+    fn at(&self, port: u16) -> (Place, Option<ClusterId>) {
+        let n = self.state.node(&name(port)).expect("node known");
+        (n.place, n.cluster_id)
+    }
+
+    fn master_of(&self, id: ClusterId) -> Option<u16> {
+        self.state.clusters[&id].master.as_ref().map(|m| m.port)
+    }
+
+    fn cluster_ids(&self) -> Vec<ClusterId> {
+        self.state.clusters.keys().copied().collect()
+    }
+}
+
+/// What must hold after every step.
+pub(crate) fn check_invariants(s: &State) {
+    for n in &s.nodes {
+        assert_eq!(
+            n.place == Place::Clusterless,
+            n.cluster_id.is_none(),
+            "{}: clusterless exactly when it has no cluster",
+            n.name
+        );
+        if let Some(id) = n.cluster_id {
+            assert!(
+                s.clusters.contains_key(&id),
+                "{} in unknown cluster",
+                n.name
+            );
+        }
+        if n.place == Place::Master {
+            let id = n.cluster_id.expect("master has a cluster");
+            assert_eq!(s.clusters[&id].master.as_ref(), Some(&n.name));
+        }
+    }
+    for c in s.clusters.values() {
+        let masters = s.members(c.id, Place::Master).count();
+        assert!(masters <= 1, "cluster {} has {masters} masters", c.id);
+        assert_eq!(masters == 1, c.master.is_some(), "cluster {} master", c.id);
+        assert!(c.id < s.next_cluster_id);
+    }
+    let mut names: Vec<_> = s.nodes.iter().map(|n| &n.name).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), s.nodes.len(), "each node in exactly one place");
+}
+
+fn healthy() -> Vec<(u16, O)> {
+    vec![(5432, M), (5433, S(5432, 0)), (5434, S(5432, 1))]
+}
+
+#[test]
+fn startup_groups_two_masters_with_their_slaves() {
+    let mut sim = Sim::new();
+    let ev = sim.beat(&[
+        (5432, M),
+        (5433, S(5432, 0)),
+        (6432, M),
+        (6433, S(6432, 1)),
+        (5434, S(5432, 1)),
+    ]);
+    assert_eq!(ev, ["plusmoin_up(0)", "plusmoin_up(1)"]);
+    assert_eq!(sim.at(5432), (Place::Master, Some(0)));
+    assert_eq!(sim.at(5433), (Place::Slave, Some(0)));
+    assert_eq!(sim.at(5434), (Place::Slave, Some(0)));
+    assert_eq!(sim.at(6432), (Place::Master, Some(1)));
+    assert_eq!(sim.at(6433), (Place::Slave, Some(1)));
+}
+
+#[test]
+fn startup_emits_plusmoin_up_and_heartbeat_only() {
+    let mut sim = Sim::new();
+    assert_eq!(sim.beat(&healthy()), ["plusmoin_up(0)"]);
+    assert_eq!(sim.beats(5, &healthy()), Vec::<String>::new());
+}
+
+#[test]
+fn startup_slave_of_unknown_master_is_clusterless() {
+    let mut sim = Sim::new();
+    sim.beat(&[(5432, M), (5433, S(9999, 0)), (5434, S(5432, 0))]);
+    assert_eq!(sim.at(5433), (Place::Clusterless, None));
+    assert_eq!(sim.at(5434), (Place::Slave, Some(0)));
+}
+
+#[test]
+fn startup_unreachable_node_is_clusterless() {
+    let mut sim = Sim::new();
+    let ev = sim.beat(&[(5432, M), (5433, D), (5434, S(5432, 0))]);
+    assert_eq!(ev, ["plusmoin_up(0)"]);
+    assert_eq!(sim.at(5433), (Place::Clusterless, None));
+    assert_eq!(
+        sim.state.node(&name(5433)).unwrap().reason.as_deref(),
+        Some("connection refused")
+    );
+}
+
+#[test]
+fn startup_slave_already_lagging_is_lost_in_its_cluster() {
+    let mut sim = Sim::new();
+    sim.beat(&[(5432, M)]);
+    let mut sim2 = Sim::new();
+    sim2.now = sim.now;
+    sim2.beat(&[(5432, M), (5433, S(5432, 30))]);
+    assert_eq!(sim2.at(5433), (Place::Lost, Some(0)));
+}
+
+#[test]
+fn slave_down_when_slave_stops_and_up_when_back() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    let ev = sim.beat(&[(5432, M), (5433, S(5432, 0)), (5434, D)]);
+    assert_eq!(ev, ["slave_down(0, 5434)"]);
+    assert_eq!(sim.at(5434), (Place::Lost, Some(0)));
+    assert_eq!(
+        sim.beats(3, &[(5432, M), (5433, S(5432, 0)), (5434, D)])
+            .len(),
+        0
+    );
+    let ev = sim.beat(&healthy());
+    assert_eq!(ev, ["slave_up(0, 5434)"]);
+    assert_eq!(sim.at(5434), (Place::Slave, Some(0)));
+}
+
+#[test]
+fn slave_without_heartbeat_row_is_not_in_sync() {
+    let mut sim = Sim::new();
+    sim.beat(&[(5432, M), (5433, SNone)]);
+    assert_eq!(sim.at(5433), (Place::Clusterless, None));
+    sim.beat(&healthy());
+    let ev = sim.beat(&[(5432, M), (5433, SNone), (5434, S(5432, 0))]);
+    assert_eq!(ev, ["slave_down(0, 5433)"]);
+    assert_eq!(sim.at(5433), (Place::Lost, Some(0)));
+}
+
+#[test]
+fn slave_down_when_lag_exceeds_max_sync_delay() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    // Lag is measured against the previous beat's write: `behind` 11 beats
+    // is 10 s of lag, at the limit and still in sync.
+    assert!(sim.beat(&[(5432, M), (5433, S(5432, 11))]).is_empty());
+    assert_eq!(sim.at(5433), (Place::Slave, Some(0)));
+    let lag = sim.state.node(&name(5433)).unwrap().lag;
+    assert_eq!(lag, Some(Duration::from_secs(10)));
+    let ev = sim.beat(&[(5432, M), (5433, S(5432, 12))]);
+    assert_eq!(ev, ["slave_down(0, 5433)"]);
+    assert_eq!(sim.at(5433), (Place::Lost, Some(0)));
+}
+
+#[test]
+fn lost_slave_comes_back_only_under_recover_sync_delay() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    sim.beat(&[(5432, M), (5433, S(5432, 20))]);
+    assert_eq!(sim.at(5433), (Place::Lost, Some(0)));
+    // Between the limits (lag 6..=9 s): stays lost, no event.
+    for behind in [10, 8, 7] {
+        assert!(sim.beat(&[(5432, M), (5433, S(5432, behind))]).is_empty());
+        assert_eq!(sim.at(5433), (Place::Lost, Some(0)));
+    }
+    let ev = sim.beat(&[(5432, M), (5433, S(5432, 6))]);
+    assert_eq!(ev, ["slave_up(0, 5433)"], "lag 5 s = recover_sync_delay");
+    assert_eq!(sim.at(5433), (Place::Slave, Some(0)));
+}
+
+#[test]
+fn slave_between_limits_does_not_flap() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    // Lag oscillating between 6 and 10 s: in sync it stays in sync.
+    for behind in [7, 11, 9, 11, 7, 10] {
+        assert!(sim.beat(&[(5432, M), (5433, S(5432, behind))]).is_empty());
+    }
+    assert_eq!(sim.at(5433), (Place::Slave, Some(0)));
+    sim.beat(&[(5432, M), (5433, S(5432, 13))]);
+    // And lost it stays lost over the same oscillation.
+    for behind in [7, 11, 9, 11, 7, 10] {
+        assert!(sim.beat(&[(5432, M), (5433, S(5432, behind))]).is_empty());
+    }
+    assert_eq!(sim.at(5433), (Place::Lost, Some(0)));
+}
+
+#[test]
+fn master_down_when_master_stops_cluster_kept_and_slaves_stay() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    // The master is gone: slaves keep replaying its last heartbeat, whose age
+    // is measured against the last write plusmoin made there.
+    let ev = sim.beat(&[(5432, D), (5433, S(5432, 1)), (5434, S(5432, 1))]);
+    assert_eq!(ev, ["master_down(0, 5432)"]);
+    assert_eq!(sim.cluster_ids(), [0]);
+    assert_eq!(sim.master_of(0), None);
+    assert_eq!(sim.at(5432), (Place::Lost, Some(0)));
+    let ev = sim.beats(20, &[(5432, D), (5433, S(5432, 1)), (5434, S(5432, 1))]);
+    assert!(ev.is_empty(), "{ev:?}");
+    assert_eq!(sim.at(5433), (Place::Slave, Some(0)));
+}
+
+#[test]
+fn master_down_then_master_up_when_it_returns() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    sim.beat(&[(5432, D), (5433, S(5432, 1)), (5434, S(5432, 1))]);
+    let ev = sim.beat(&healthy());
+    assert_eq!(ev, ["master_up(0, 5432)"]);
+    assert_eq!(sim.master_of(0), Some(5432));
+}
+
+#[test]
+fn master_down_when_master_demoted() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    // Demoted without a new master: it replays its own last heartbeat.
+    let ev = sim.beat(&[(5432, S(5432, 1)), (5433, S(5432, 1)), (5434, S(5432, 1))]);
+    assert_eq!(ev, ["master_down(0, 5432)"]);
+    assert_eq!(sim.at(5432), (Place::Lost, Some(0)));
+    assert_eq!(sim.master_of(0), None);
+    assert!(sim.state.node(&name(5432)).unwrap().is_slave);
+}
+
+#[test]
+fn slave_promoted_in_masterless_cluster_gives_master_up_only() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    sim.beat(&[(5432, D), (5433, S(5432, 1)), (5434, S(5432, 1))]);
+    let ev = sim.beat(&[(5432, D), (5433, M), (5434, S(5432, 2))]);
+    assert_eq!(ev, ["master_up(0, 5433)"]);
+    assert_eq!(sim.master_of(0), Some(5433));
+    assert_eq!(sim.at(5433), (Place::Master, Some(0)));
+    assert_eq!(sim.cluster_ids(), [0]);
+}
+
+#[test]
+fn master_dies_and_slave_promoted_within_one_beat() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    let ev = sim.beat(&[(5432, D), (5433, M), (5434, S(5432, 1))]);
+    assert_eq!(ev, ["master_up(0, 5433)"], "no master_down");
+    assert_eq!(sim.at(5432), (Place::Lost, Some(0)));
+    assert_eq!(sim.master_of(0), Some(5433));
+    // 5434 still replays the old master: it ages out of sync against the new one.
+    let mut ev = Vec::new();
+    for behind in 2..20 {
+        ev.extend(sim.beat(&[(5432, D), (5433, M), (5434, S(5432, behind))]));
+    }
+    assert_eq!(ev, ["slave_down(0, 5434)"]);
+    // Re-pointed to the new master, it catches up and comes back.
+    let ev = sim.beat(&[(5432, D), (5433, M), (5434, S(5433, 0))]);
+    assert_eq!(ev, ["slave_up(0, 5434)"]);
+    assert_eq!(sim.at(5434), (Place::Slave, Some(0)));
+}
+
+#[test]
+fn slave_following_replaced_master_ages_out_against_new_master() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    sim.beat(&[(5432, D), (5433, M), (5434, S(5432, 1))]);
+    // The old master's last write was 2 beats ago; the replica shows it.
+    // Its lag grows one second per beat although it never changes.
+    let lag = |sim: &Sim| sim.state.node(&name(5434)).unwrap().lag.unwrap();
+    sim.beat(&[(5432, D), (5433, M), (5434, S(5432, 2))]);
+    let l1 = lag(&sim);
+    sim.beat(&[(5432, D), (5433, M), (5434, S(5432, 3))]);
+    assert_eq!(lag(&sim), l1 + Duration::from_secs(1));
+    assert_eq!(sim.at(5434), (Place::Slave, Some(0)));
+}
+
+#[test]
+fn old_master_returns_beside_promoted_one_and_splits() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    sim.beat(&[(5432, D), (5433, M), (5434, S(5433, 0))]);
+    let ev = sim.beat(&[(5432, M), (5433, M), (5434, S(5433, 0))]);
+    assert_eq!(ev, ["master_up(1, 5432)"]);
+    assert_eq!(sim.master_of(0), Some(5433));
+    assert_eq!(sim.master_of(1), Some(5432));
+    assert_eq!(sim.at(5434), (Place::Slave, Some(0)));
+    assert_eq!(sim.cluster_ids(), [0, 1]);
+}
+
+#[test]
+fn two_masters_split_and_slave_following_neither_stays() {
+    let mut sim = Sim::new();
+    let nodes = |o3: O, o4: O, o5: O| vec![(5432, M), (5433, o3), (5434, o4), (5435, o5)];
+    sim.beat(&nodes(S(5432, 0), S(5432, 0), S(5432, 0)));
+    // 5433 is promoted while 5432 still runs; 5434 follows it, 5435 follows
+    // a master plusmoin does not know.
+    let ev = sim.beat(&nodes(M, S(5433, 0), S(9999, 0)));
+    assert_eq!(
+        ev,
+        [
+            "master_up(1, 5433)",
+            "slave_down(0, 5434)",
+            "slave_up(1, 5434)",
+            "slave_down(0, 5435)"
+        ]
+    );
+    assert_eq!(sim.at(5433), (Place::Master, Some(1)));
+    assert_eq!(sim.at(5434), (Place::Slave, Some(1)));
+    assert_eq!(sim.at(5435), (Place::Lost, Some(0)));
+    assert_eq!(sim.master_of(0), Some(5432));
+}
+
+#[test]
+fn slave_switching_to_another_clusters_master_moves() {
+    let mut sim = Sim::new();
+    let nodes = |o: O| vec![(5432, M), (5433, o), (6432, M)];
+    sim.beat(&nodes(S(5432, 0)));
+    let ev = sim.beat(&nodes(S(6432, 0)));
+    assert_eq!(ev, ["slave_down(0, 5433)", "slave_up(1, 5433)"]);
+    assert_eq!(sim.at(5433), (Place::Slave, Some(1)));
+    // Moving while out of sync: it joins the new cluster as lost.
+    let ev = sim.beat(&nodes(S(5432, 30)));
+    assert_eq!(ev, ["slave_down(1, 5433)"]);
+    assert_eq!(sim.at(5433), (Place::Lost, Some(0)));
+}
+
+#[test]
+fn clusterless_master_founds_new_cluster_later() {
+    let mut sim = Sim::new();
+    sim.beat(&[(5432, M), (5433, S(5432, 0)), (6432, D)]);
+    assert_eq!(sim.at(6432), (Place::Clusterless, None));
+    let ev = sim.beat(&[(5432, M), (5433, S(5432, 0)), (6432, M)]);
+    assert_eq!(ev, ["master_up(1, 6432)"]);
+    assert_eq!(sim.at(6432), (Place::Master, Some(1)));
+    assert_eq!(sim.master_of(0), Some(5432), "cluster 0 untouched");
+}
+
+#[test]
+fn clusterless_slave_joins_cluster_its_heartbeat_names() {
+    let mut sim = Sim::new();
+    sim.beat(&[(5432, M), (6432, M), (6433, SNone)]);
+    assert_eq!(sim.at(6433), (Place::Clusterless, None));
+    let ev = sim.beat(&[(5432, M), (6432, M), (6433, S(6432, 0))]);
+    assert_eq!(ev, ["slave_up(1, 6433)"]);
+    assert_eq!(sim.at(6433), (Place::Slave, Some(1)));
+}
+
+#[test]
+fn clusterless_slave_out_of_sync_joins_as_lost_without_event() {
+    let mut sim = Sim::new();
+    sim.beat(&[(5432, M), (5433, SNone)]);
+    let ev = sim.beat(&[(5432, M), (5433, S(5432, 7))]);
+    assert!(ev.is_empty(), "{ev:?}");
+    assert_eq!(sim.at(5433), (Place::Lost, Some(0)));
+}
+
+#[test]
+fn node_unreachable_at_start_then_reachable() {
+    let mut sim = Sim::new();
+    sim.beat(&[(5432, M), (5433, D), (5434, S(5432, 0))]);
+    let ev = sim.beat(&healthy());
+    assert_eq!(ev, ["slave_up(0, 5433)"]);
+    assert_eq!(sim.at(5433), (Place::Slave, Some(0)));
+}
+
+#[test]
+fn healthy_slave_shows_no_lag() {
+    let mut sim = Sim::new();
+    sim.beats(3, &healthy());
+    let n = sim.state.node(&name(5434)).unwrap();
+    assert_eq!(
+        n.lag,
+        Some(Duration::ZERO),
+        "replays the previous beat's write"
+    );
+}
+
+#[test]
+fn demoted_master_that_follows_the_new_master_comes_back_as_slave() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    sim.beat(&[(5432, D), (5433, M), (5434, S(5433, 0))]);
+    let ev = sim.beat(&[(5432, S(5433, 0)), (5433, M), (5434, S(5433, 0))]);
+    assert_eq!(ev, ["slave_up(0, 5432)"]);
+    assert_eq!(sim.at(5432), (Place::Slave, Some(0)));
+}
+
+#[test]
+fn nodes_added_and_removed_by_reload() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    let since = sim.state.node(&name(5433)).unwrap().since;
+    // 5434 removed, 5435 added: the others keep their state.
+    let ev = sim.beat(&[(5432, M), (5433, S(5432, 0)), (5435, S(5432, 0))]);
+    assert_eq!(ev, ["slave_up(0, 5435)"]);
+    assert!(sim.state.node(&name(5434)).is_none());
+    assert_eq!(sim.state.node(&name(5433)).unwrap().since, since);
+    // Removing a cluster's master leaves the cluster masterless; removing
+    // every member of a cluster drops it.
+    sim.beat(&[(5433, S(5432, 1)), (5435, S(5432, 1))]);
+    assert_eq!(sim.master_of(0), None);
+    sim.beat(&[(6432, M)]);
+    assert_eq!(sim.cluster_ids(), [1]);
+}
+
+#[test]
+fn cluster_ids_never_change_across_a_long_story() {
+    let mut sim = Sim::new();
+    sim.beat(&[(5432, M), (5433, S(5432, 0)), (6432, M), (6433, S(6432, 0))]);
+    sim.beat(&[(5432, D), (5433, M), (6432, M), (6433, S(6432, 0))]);
+    sim.beat(&[(5432, M), (5433, M), (6432, D), (6433, S(6432, 1))]);
+    assert_eq!(sim.at(5433), (Place::Master, Some(0)));
+    assert_eq!(sim.at(5432), (Place::Master, Some(2)));
+    assert_eq!(sim.at(6432), (Place::Lost, Some(1)));
+    assert_eq!(sim.at(6433), (Place::Slave, Some(1)));
+    assert_eq!(sim.cluster_ids(), [0, 1, 2]);
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn observation() -> impl Strategy<Value = O> {
+        prop_oneof![
+            Just(M),
+            (0u16..7, 0i64..20).prop_map(|(m, behind)| S(5432 + m, behind)),
+            Just(SNone),
+            Just(D),
+        ]
+    }
+
+    proptest! {
+        /// Random stories over six nodes (and a master name nobody has)
+        /// never panic, keep the invariants, and never renumber a cluster.
+        #[test]
+        fn random_observations_keep_invariants(
+            beats in prop::collection::vec(prop::collection::vec(observation(), 6), 1..40),
+            present in prop::collection::vec(prop::collection::vec(any::<bool>(), 6), 40),
+        ) {
+            let mut sim = Sim::new();
+            for (k, beat) in beats.iter().enumerate() {
+                let nodes: Vec<(u16, O)> = beat
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| k % 7 != 6 || present[k][*i])
+                    .map(|(i, &o)| (5432 + i as u16, o))
+                    .collect();
+                let before: Vec<(ClusterId, Option<NodeName>)> = sim
+                    .state
+                    .clusters
+                    .values()
+                    .map(|c| (c.id, c.master.clone()))
+                    .collect();
+                sim.beat(&nodes);
+                for (id, master) in before {
+                    if let Some(c) = sim.state.clusters.get(&id) {
+                        prop_assert_eq!(c.id, id);
+                        // A master that answered as master keeps its cluster.
+                        if let Some(m) = master {
+                            let answered_master = nodes
+                                .iter()
+                                .any(|&(p, o)| name(p) == m && matches!(o, M));
+                            if answered_master {
+                                prop_assert_eq!(c.master.as_ref(), Some(&m));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
