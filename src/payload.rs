@@ -1,1 +1,301 @@
-//! (being written)
+//! The JSON shapes plusmoin shows the world: the trigger payload (SPEC §4)
+//! and the status file (SPEC §6), both built from a [`State`].
+//!
+//! The fields SPEC names must stay; the extra ones (`name`, `state`, `lag`,
+//! `since`, …) are there for operators and may grow. Nothing secret is ever
+//! part of a [`State`], so nothing secret can reach these documents.
+
+use crate::cluster::{ClusterId, EventKind, NodeState, Place, State, Time};
+use serde::{Deserialize, Serialize};
+
+/// A node entry: `host`, `port`, `cluster_id`, `is_slave`, `master_name` as
+/// SPEC §4 asks, then what an operator wants to see at a glance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeEntry {
+    pub host: String,
+    pub port: u16,
+    /// `null` for a clusterless node.
+    pub cluster_id: Option<ClusterId>,
+    /// Whether the node was in recovery when last seen.
+    pub is_slave: bool,
+    /// The master it follows (its own name for a master); `null` if unknown.
+    pub master_name: Option<String>,
+    /// `host:port`.
+    pub name: String,
+    /// `master`, `slave`, `lost` or `clusterless`.
+    pub state: String,
+    /// Seconds behind its cluster's master, for a slave seen replaying.
+    pub lag: Option<f64>,
+    /// When it entered its current state (RFC 3339, UTC).
+    pub since: String,
+    /// When it last answered a probe (RFC 3339, UTC).
+    pub last_seen: Option<String>,
+    /// Why it is lost or clusterless, when known.
+    pub reason: Option<String>,
+}
+
+impl NodeEntry {
+    pub fn from_state(n: &NodeState) -> NodeEntry {
+        NodeEntry {
+            host: n.name.host.clone(),
+            port: n.name.port,
+            cluster_id: n.cluster_id,
+            is_slave: n.is_slave,
+            master_name: n.master_name.clone(),
+            name: n.name.to_string(),
+            state: n.place.as_str().to_string(),
+            lag: n.lag.map(|l| (l.as_secs_f64() * 1000.0).round() / 1000.0),
+            since: rfc3339(n.since),
+            last_seen: n.last_seen.map(rfc3339),
+            reason: n.reason.clone(),
+        }
+    }
+}
+
+/// RFC 3339 in UTC with milliseconds.
+pub fn rfc3339(t: Time) -> String {
+    humantime::format_rfc3339_millis(t.to_system_time()).to_string()
+}
+
+fn entries<'a>(nodes: impl Iterator<Item = &'a NodeState>) -> Vec<NodeEntry> {
+    nodes.map(NodeEntry::from_state).collect()
+}
+
+fn master_entry(state: &State, cluster: ClusterId) -> Option<NodeEntry> {
+    state
+        .members(cluster, Place::Master)
+        .next()
+        .map(NodeEntry::from_state)
+}
+
+/// What a trigger reads on stdin (SPEC §4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriggerPayload {
+    pub cluster_id: ClusterId,
+    /// The node the trigger is about; `null` for `plusmoin_up` and
+    /// `plusmoin_heartbeat`.
+    pub trigger: Option<NodeEntry>,
+    pub master: Option<NodeEntry>,
+    pub slaves: Vec<NodeEntry>,
+    pub lost: Vec<NodeEntry>,
+    pub clusterless: Vec<NodeEntry>,
+    /// The trigger's name, so one script can serve several triggers.
+    pub event: String,
+}
+
+impl TriggerPayload {
+    /// The payload of `event` about `node` in `cluster`, from the state after
+    /// the beat.
+    pub fn new(
+        state: &State,
+        event: EventKind,
+        cluster: ClusterId,
+        node: Option<&crate::cluster::NodeName>,
+    ) -> TriggerPayload {
+        TriggerPayload {
+            cluster_id: cluster,
+            trigger: node.and_then(|n| state.node(n)).map(NodeEntry::from_state),
+            master: master_entry(state, cluster),
+            slaves: entries(state.members(cluster, Place::Slave)),
+            lost: entries(state.members(cluster, Place::Lost)),
+            clusterless: entries(state.clusterless()),
+            event: event.as_str().to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster_id: ClusterId,
+    pub has_master: bool,
+    pub master: Option<NodeEntry>,
+    pub slaves: Vec<NodeEntry>,
+    pub lost: Vec<NodeEntry>,
+}
+
+/// The status file (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub clusters: Vec<ClusterStatus>,
+    pub clusterless: Vec<NodeEntry>,
+    /// This instance's name (its heartbeat row).
+    pub instance_name: String,
+    /// When the beat that wrote this was decided (RFC 3339, UTC).
+    pub updated_at: String,
+    /// The same, in seconds since the Unix epoch, for easy age checks.
+    pub updated_at_unix: f64,
+    /// Seconds between beats: the file is stale after three of them.
+    pub heartbeat: f64,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// Nodes an operator holds out of pgpool on purpose.
+    #[serde(default)]
+    pub held: Vec<String>,
+}
+
+impl Status {
+    pub fn new(
+        state: &State,
+        instance_name: &str,
+        now: Time,
+        heartbeat: std::time::Duration,
+    ) -> Status {
+        Status {
+            clusters: state
+                .clusters
+                .keys()
+                .map(|&id| ClusterStatus {
+                    cluster_id: id,
+                    has_master: state.clusters[&id].master.is_some(),
+                    master: master_entry(state, id),
+                    slaves: entries(state.members(id, Place::Slave)),
+                    lost: entries(state.members(id, Place::Lost)),
+                })
+                .collect(),
+            clusterless: entries(state.clusterless()),
+            instance_name: instance_name.to_string(),
+            updated_at: rfc3339(now),
+            updated_at_unix: now.as_secs_f64(),
+            heartbeat: heartbeat.as_secs_f64(),
+            pid: std::process::id(),
+            held: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{step, Heartbeat, NodeName, Observation, Policy};
+    use serde_json::json;
+    use std::time::Duration;
+
+    /// A master, one slave in sync, one slave down, one clusterless node.
+    fn sample() -> State {
+        let policy = Policy {
+            max_sync_delay: Duration::from_secs(10),
+            recover_sync_delay: Duration::from_secs(5),
+        };
+        let n = |p| NodeName::new("db", p);
+        let t0 = Time(1_700_000_000_000_000);
+        let obs = |slave2: Observation| {
+            vec![
+                (n(5432), Observation::Master { wrote_at: t0 }),
+                (
+                    n(5433),
+                    Observation::Slave {
+                        heartbeat: Some(Heartbeat {
+                            master_name: "db:5432".into(),
+                            cluster_id: Some(0),
+                            written_at: t0,
+                        }),
+                    },
+                ),
+                (n(5434), slave2),
+                (
+                    n(5435),
+                    Observation::Down {
+                        reason: "connection refused".into(),
+                    },
+                ),
+            ]
+        };
+        let up = Observation::Slave {
+            heartbeat: Some(Heartbeat {
+                master_name: "db:5432".into(),
+                cluster_id: Some(0),
+                written_at: t0,
+            }),
+        };
+        let (s, _) = step(&State::default(), &obs(up), t0, &policy);
+        let down = Observation::Down {
+            reason: "connection refused".into(),
+        };
+        let (s, _) = step(&s, &obs(down), t0, &policy);
+        s
+    }
+
+    fn entry(port: u16, state: &str, cluster: serde_json::Value, slave: bool) -> serde_json::Value {
+        let master_name = match (state, slave) {
+            ("clusterless", _) => serde_json::Value::Null,
+            _ => json!("db:5432"),
+        };
+        let (lag, last_seen, reason) = match state {
+            "master" => (json!(null), json!("2023-11-14T22:13:20.000Z"), json!(null)),
+            "slave" => (json!(0.0), json!("2023-11-14T22:13:20.000Z"), json!(null)),
+            "lost" => (
+                json!(null),
+                json!("2023-11-14T22:13:20.000Z"),
+                json!("connection refused"),
+            ),
+            _ => (json!(null), json!(null), json!("connection refused")),
+        };
+        json!({
+            "host": "db", "port": port, "cluster_id": cluster, "is_slave": slave,
+            "master_name": master_name, "name": format!("db:{port}"), "state": state,
+            "lag": lag, "since": "2023-11-14T22:13:20.000Z", "last_seen": last_seen,
+            "reason": reason,
+        })
+    }
+
+    #[test]
+    fn trigger_payload_matches_spec_shape() {
+        let s = sample();
+        let p = TriggerPayload::new(
+            &s,
+            EventKind::SlaveDown,
+            0,
+            Some(&NodeName::new("db", 5434)),
+        );
+        let got = serde_json::to_value(&p).unwrap();
+        let expected = json!({
+            "cluster_id": 0,
+            "trigger": entry(5434, "lost", json!(0), true),
+            "master": entry(5432, "master", json!(0), false),
+            "slaves": [entry(5433, "slave", json!(0), true)],
+            "lost": [entry(5434, "lost", json!(0), true)],
+            "clusterless": [entry(5435, "clusterless", json!(null), false)],
+            "event": "slave_down",
+        });
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn heartbeat_payload_has_null_trigger() {
+        let s = sample();
+        let p = TriggerPayload::new(&s, EventKind::PlusmoinHeartbeat, 0, None);
+        let got = serde_json::to_value(&p).unwrap();
+        assert_eq!(got["trigger"], json!(null));
+        assert_eq!(got["event"], json!("plusmoin_heartbeat"));
+    }
+
+    #[test]
+    fn status_matches_spec_shape() {
+        let s = sample();
+        let st = Status::new(
+            &s,
+            "pgpool1",
+            Time(1_700_000_001_500_000),
+            Duration::from_secs(2),
+        );
+        let mut got = serde_json::to_value(&st).unwrap();
+        assert_eq!(got["pid"], json!(std::process::id()));
+        got.as_object_mut().unwrap().remove("pid");
+        let expected = json!({
+            "clusters": [{
+                "cluster_id": 0,
+                "has_master": true,
+                "master": entry(5432, "master", json!(0), false),
+                "slaves": [entry(5433, "slave", json!(0), true)],
+                "lost": [entry(5434, "lost", json!(0), true)],
+            }],
+            "clusterless": [entry(5435, "clusterless", json!(null), false)],
+            "instance_name": "pgpool1",
+            "updated_at": "2023-11-14T22:13:21.500Z",
+            "updated_at_unix": 1700000001.5,
+            "heartbeat": 2.0,
+            "held": [],
+        });
+        assert_eq!(got, expected);
+    }
+}

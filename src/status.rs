@@ -1,1 +1,280 @@
-//! (being written)
+//! The status file (SPEC §6): written atomically every beat, read back by
+//! `plusmoin status`.
+//!
+//! Other programs may read the file at any moment, so it is written to a
+//! temporary file in the same directory, synced, then renamed over the old
+//! one: a reader sees the old status or the new one, never half of one. When
+//! writing fails (directory unwritable, disk full) the previous file stays
+//! intact.
+
+use crate::payload::{NodeEntry, Status};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("cannot write status file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no status file at {path} ({source}): is plusmoin running?")]
+    Missing {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("status file {path} is not valid: {source}")]
+    Invalid {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(
+        "status file {path} is {age:.0} s old, older than three beats ({limit:.0} s): \
+         the daemon (pid {pid}) is not running or not beating"
+    )]
+    Stale {
+        path: PathBuf,
+        age: f64,
+        limit: f64,
+        pid: u32,
+    },
+}
+
+/// Writes `status` to `path` atomically.
+pub fn write(path: &Path, status: &Status) -> Result<(), StatusError> {
+    let err = |source| StatusError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut json = serde_json::to_vec_pretty(status).map_err(|e| err(e.into()))?;
+    json.push(b'\n');
+    write_atomic(path, &json).map_err(err)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it
+/// over `path`, then syncs the directory so the rename survives a crash.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".plusmoin-status-")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    // Readable by the operator's tools, like the file it replaces.
+    set_mode_0644(tmp.path())?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn set_mode_0644(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+}
+
+/// Reads the status file, refusing one older than three beats.
+pub fn read(path: &Path, now_unix: f64) -> Result<Status, StatusError> {
+    let text = std::fs::read(path).map_err(|source| StatusError::Missing {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let status: Status = serde_json::from_slice(&text).map_err(|source| StatusError::Invalid {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let age = now_unix - status.updated_at_unix;
+    let limit = 3.0 * status.heartbeat;
+    if age > limit {
+        return Err(StatusError::Stale {
+            path: path.to_path_buf(),
+            age,
+            limit,
+            pid: status.pid,
+        });
+    }
+    Ok(status)
+}
+
+/// The status as a table an operator reads at a glance.
+pub fn table(status: &Status) -> String {
+    let mut rows: Vec<[String; 6]> = vec![[
+        "CLUSTER".into(),
+        "NODE".into(),
+        "ROLE".into(),
+        "LAG".into(),
+        "SINCE".into(),
+        "NOTE".into(),
+    ]];
+    let held = |n: &NodeEntry| status.held.iter().any(|h| *h == n.name);
+    let row = |cluster: String, n: &NodeEntry| {
+        let mut note = n.reason.clone().unwrap_or_default();
+        if held(n) {
+            note = if note.is_empty() {
+                "held".into()
+            } else {
+                format!("held; {note}")
+            };
+        }
+        [
+            cluster,
+            n.name.clone(),
+            n.state.clone(),
+            n.lag
+                .map(|l| format!("{l:.1}s"))
+                .unwrap_or_else(|| "-".into()),
+            n.since.clone(),
+            note,
+        ]
+    };
+    for c in &status.clusters {
+        let id = c.cluster_id.to_string();
+        if c.master.is_none() {
+            rows.push([
+                id.clone(),
+                "-".into(),
+                "master".into(),
+                "-".into(),
+                "-".into(),
+                "no master".into(),
+            ]);
+        }
+        for n in c.master.iter().chain(&c.slaves).chain(&c.lost) {
+            rows.push(row(id.clone(), n));
+        }
+    }
+    for n in &status.clusterless {
+        rows.push(row("-".into(), n));
+    }
+    let mut widths = [0usize; 6];
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "instance {} (pid {}), updated {}\n",
+        status.instance_name, status.pid, status.updated_at
+    ));
+    out
+}
+
+/// How old a status may be before `plusmoin status` calls the daemon dead.
+pub fn stale_after(heartbeat: Duration) -> Duration {
+    heartbeat * 3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{step, NodeName, Observation, Policy, State, Time};
+
+    fn status_at(now: Time) -> Status {
+        let policy = Policy {
+            max_sync_delay: Duration::from_secs(10),
+            recover_sync_delay: Duration::from_secs(5),
+        };
+        let obs = vec![
+            (
+                NodeName::new("db1", 5432),
+                Observation::Master { wrote_at: now },
+            ),
+            (
+                NodeName::new("db2", 5432),
+                Observation::Down {
+                    reason: "connection refused".into(),
+                },
+            ),
+        ];
+        let (s, _) = step(&State::default(), &obs, now, &policy);
+        Status::new(&s, "i1", now, Duration::from_secs(1))
+    }
+
+    #[test]
+    fn written_status_reads_back_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        let st = status_at(Time(1_000_000_000));
+        write(&path, &st).unwrap();
+        write(&path, &st).unwrap();
+        let back = read(&path, 1_000.5).unwrap();
+        assert_eq!(back, st);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "only status.json remains");
+    }
+
+    #[test]
+    fn stale_status_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        write(&path, &status_at(Time(1_000_000_000))).unwrap();
+        let err = read(&path, 1_003.5).unwrap_err().to_string();
+        assert!(err.contains("older than three beats"), "{err}");
+        assert!(read(&path, 1_002.9).is_ok());
+    }
+
+    #[test]
+    fn missing_status_is_a_clear_error() {
+        let err = read(Path::new("/nonexistent/status.json"), 0.0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("no status file at /nonexistent/status.json"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn failed_write_keeps_previous_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        let st = status_at(Time(1_000_000_000));
+        write(&path, &st).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        // The target is a directory now: rename fails, the old content stays.
+        let bad = dir.path().join("sub");
+        std::fs::create_dir(&bad).unwrap();
+        std::fs::write(bad.join("x"), b"x").unwrap();
+        assert!(write(&bad, &st).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        let leftovers = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".plusmoin-status-")
+            })
+            .count();
+        assert_eq!(leftovers, 0, "temporary file cleaned up");
+    }
+
+    #[test]
+    fn table_lists_every_node_with_role() {
+        let t = table(&status_at(Time(1_000_000_000)));
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("CLUSTER  NODE"), "{t}");
+        assert!(lines[1].starts_with("0        db1:5432  master"), "{t}");
+        assert!(
+            lines[2].starts_with("-        db2:5432  clusterless"),
+            "{t}"
+        );
+        assert!(lines[2].ends_with("connection refused"), "{t}");
+    }
+}
