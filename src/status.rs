@@ -111,7 +111,7 @@ pub fn table(status: &Status) -> String {
         "SINCE".into(),
         "NOTE".into(),
     ]];
-    let held = |n: &NodeEntry| status.held.iter().any(|h| *h == n.name);
+    let held = |n: &NodeEntry| status.held.contains(&n.name);
     let row = |cluster: String, n: &NodeEntry| {
         let mut note = n.reason.clone().unwrap_or_default();
         if held(n) {
