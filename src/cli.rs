@@ -1,1 +1,61 @@
-//! (being written)
+//! The command line (SPEC §7): `plusmoin [-c FILE] [-x] COMMAND`.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Where the configuration is read from when `-c` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/plusmoin/plusmoin.json";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "plusmoin",
+    version,
+    about = "Watches PostgreSQL servers in streaming replication, groups them into clusters, \
+             and runs triggers and pgpool-II handlers when something changes.",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Configuration file (JSON; // and /* */ comments allowed).
+    #[arg(short = 'c', long = "config", global = true, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+
+    /// Stay in the foreground and log to stdout (with `start`).
+    #[arg(short = 'x', long = "foreground", global = true)]
+    pub foreground: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the daemon: detach into the background (unless -x), write and
+    /// lock the pid file, beat until stopped.
+    Start,
+    /// Stop the daemon named in the pid file (SIGTERM, then SIGKILL if it lingers).
+    Stop {
+        /// Seconds to wait after SIGTERM before SIGKILL.
+        #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+        timeout: f64,
+    },
+    /// Make the running daemon read its configuration again (SIGHUP). The
+    /// file is checked first: a broken one is reported and not sent.
+    Reload,
+    /// Print the status the daemon wrote (JSON), or fail if it is missing or
+    /// older than three beats.
+    Status {
+        /// A table an operator reads at a glance instead of JSON.
+        #[arg(long, short = 't')]
+        table: bool,
+    },
+    /// Validate the configuration and print a summary of it.
+    CheckConfig,
+    /// Start a local sandbox cluster (a primary and two standbys) and a
+    /// foreground plusmoin on it that prints every event, then play a short
+    /// failover story. Needs PostgreSQL installed; Ctrl-C stops everything.
+    Demo {
+        /// Only start the sandbox and plusmoin; do not play the story.
+        #[arg(long)]
+        no_story: bool,
+    },
+}

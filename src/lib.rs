@@ -14,6 +14,7 @@
 //! - [`status`]: the status file, written atomically.
 //! - [`daemon`]: the beat loop, signals, pid file, privileges.
 //! - [`sandbox`]: a local primary + standbys for tests and the demo.
+//! - [`demo`]: `plusmoin demo`, the sandbox with a live plusmoin on it.
 //! - [`cli`]: the command line.
 
 pub mod actions;
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod payload;
 pub mod probe;
 pub mod sandbox;

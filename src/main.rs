@@ -1,1 +1,176 @@
-fn main() {}
+//! The `plusmoin` binary: parse the command line, then hand over to the
+//! library. Errors are printed on one line and turn into a non-zero exit.
+
+use clap::Parser;
+use plusmoin::cli::{Cli, Command};
+use plusmoin::{config, daemon, demo, lifecycle, status};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit status for a configuration error.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig => check_config(&cli),
+        Command::Start => start(&cli),
+        Command::Stop { timeout } => stop(&cli, timeout),
+        Command::Reload => reload(&cli),
+        Command::Status { table } => show_status(&cli, table),
+        Command::Demo { no_story } => demo::run(!no_story),
+    }
+}
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("plusmoin: {msg}");
+    ExitCode::from(code)
+}
+
+fn load(cli: &Cli) -> Result<config::Config, ExitCode> {
+    config::load(&cli.config).map_err(|e| fail(EXIT_CONFIG, e))
+}
+
+fn check_config(cli: &Cli) -> ExitCode {
+    match load(cli) {
+        Ok(c) => {
+            if let Some(w) = lifecycle::world_readable_warning(&cli.config) {
+                eprintln!("plusmoin: warning: {w}");
+            }
+            print!("{}", c.summary());
+            println!("configuration OK");
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn start(cli: &Cli) -> ExitCode {
+    let config = match load(cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let warning = lifecycle::world_readable_warning(&cli.config);
+    if let Some(w) = &warning {
+        eprintln!("plusmoin: warning: {w}");
+    }
+    // Absolute, so SIGHUP still finds it after the daemon's chdir("/").
+    let config_path = std::path::absolute(&cli.config).unwrap_or_else(|_| cli.config.clone());
+    let detached = if cli.foreground {
+        None
+    } else {
+        match lifecycle::daemonize() {
+            Ok(d) => Some(d),
+            Err(e) => return fail(1, e),
+        }
+    };
+    let setup = || -> Result<lifecycle::PidFile, String> {
+        lifecycle::drop_privileges(&config.daemon_user).map_err(|e| e.to_string())?;
+        let pid = lifecycle::PidFile::acquire(&config.pid_file).map_err(|e| e.to_string())?;
+        let log_file = (!cli.foreground).then_some(config.log_file.as_path());
+        lifecycle::init_logging(config.log_level, log_file).map_err(|e| e.to_string())?;
+        Ok(pid)
+    };
+    let pid_file = match setup() {
+        Ok(p) => p,
+        Err(msg) => {
+            return match detached {
+                Some(d) => {
+                    d.fail(&msg);
+                    ExitCode::from(1)
+                }
+                None => fail(1, msg),
+            }
+        }
+    };
+    if let Some(w) = warning {
+        tracing::warn!("{w}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("cannot start the async runtime: {e}");
+            return match detached {
+                Some(d) => {
+                    d.fail(&msg);
+                    ExitCode::from(1)
+                }
+                None => fail(1, msg),
+            };
+        }
+    };
+    if let Some(d) = detached {
+        d.ready();
+    }
+    let result = runtime.block_on(daemon::run(config, config_path));
+    drop(pid_file);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            fail(1, e)
+        }
+    }
+}
+
+fn stop(cli: &Cli, timeout: f64) -> ExitCode {
+    let config = match load(cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let grace = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::from_secs(30));
+    match lifecycle::stop(&config.pid_file, grace) {
+        Ok(Some(pid)) => {
+            println!("plusmoin (pid {pid}) stopped");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            eprintln!(
+                "plusmoin: not running (no live daemon holds {})",
+                config.pid_file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, e),
+    }
+}
+
+fn reload(cli: &Cli) -> ExitCode {
+    let config = match load(cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match lifecycle::reload(&config.pid_file) {
+        Ok(pid) => {
+            println!("asked plusmoin (pid {pid}) to reload {}", cli.config.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, e),
+    }
+}
+
+fn show_status(cli: &Cli, table: bool) -> ExitCode {
+    let config = match load(cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let now = plusmoin::cluster::Time::now().as_secs_f64();
+    match status::read(&config.status_file, now) {
+        Ok(st) if table => {
+            print!("{}", status::table(&st));
+            ExitCode::SUCCESS
+        }
+        Ok(st) => match serde_json::to_string_pretty(&st) {
+            Ok(s) => {
+                println!("{s}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, e),
+        },
+        Err(e) => fail(1, e),
+    }
+}
