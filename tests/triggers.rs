@@ -255,7 +255,7 @@ async fn hang_past_timeout_kills_the_trigger_and_what_it_started() {
         other => panic!("expected timeout, got {other:?}"),
     }
     assert!(took >= Duration::from_secs(1), "returned early: {took:?}");
-    assert!(took < Duration::from_secs(4), "took {took:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
     let (bg_pid, main_pid) = (read_pid(&bg), read_pid(&main));
     assert!(
         wait_until(Duration::from_secs(5), || !alive(bg_pid)
