@@ -74,19 +74,21 @@ fn read_pid(path: &Path) -> i32 {
         .unwrap()
 }
 
-/// Kills pids recorded by a test even when it fails, so no `sleep 300` is
-/// left behind.
+/// Kills the pids recorded by a test, and the process groups they lead,
+/// even when it fails, so no `sleep 300` is left behind. Every trigger leads
+/// its own group, so a recorded script pid also names its foreground
+/// children.
 struct KillOnDrop(Vec<PathBuf>);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
+        use nix::sys::signal::{kill, killpg, Signal};
+        use nix::unistd::Pid;
         for f in &self.0 {
             if let Ok(s) = std::fs::read_to_string(f) {
                 if let Ok(pid) = s.trim().parse::<i32>() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 }
             }
         }
