@@ -13,6 +13,8 @@
 //! - [`actions`]: trigger scripts, run in order per cluster.
 //! - [`status`]: the status file, written atomically.
 //! - [`daemon`]: the beat loop, signals, pid file, privileges.
+//! - [`lifecycle`]: process plumbing: locked pid file, detaching, dropping
+//!   root, `stop`/`reload`, logging set-up.
 //! - [`sandbox`]: a local primary + standbys for tests and the demo.
 //! - [`cli`]: the command line.
 
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod lifecycle;
 pub mod payload;
 pub mod probe;
 pub mod sandbox;
