@@ -100,6 +100,10 @@ fn helper_daemon() -> i32 {
             return 3;
         }
     };
+    if std::env::var_os("HELPER_DIE_SILENTLY").is_some() {
+        // A crash before reporting: the kernel closes the pipe.
+        std::process::exit(7);
+    }
     match PidFile::acquire(&env_path("HELPER_PID_FILE")) {
         Err(e) => {
             detached.fail(&e.to_string());
@@ -131,6 +135,12 @@ fn helper_log() -> i32 {
 
 fn helper_drop() -> i32 {
     let user = std::env::var("HELPER_USER").expect("HELPER_USER");
+    if let Ok(first) = std::env::var("HELPER_BECOME_FIRST") {
+        // Started by root, but already someone else when plusmoin runs.
+        let entry = nix::unistd::User::from_name(&first).unwrap().unwrap();
+        nix::unistd::setgid(entry.gid).unwrap();
+        nix::unistd::setuid(entry.uid).unwrap();
+    }
     if let Err(e) = lifecycle::drop_privileges(&user) {
         println!("error {e}");
         return 5;
@@ -530,6 +540,25 @@ fn drop_privileges_switches_user_and_groups_when_root() {
 }
 
 #[test]
+fn drop_privileges_is_a_no_op_when_not_root() {
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let me = nix::unistd::geteuid();
+    let (become_first, expected) = if me.is_root() {
+        (Some(Path::new("nobody")), nobody.uid)
+    } else {
+        (None, me)
+    };
+    let mut envs = vec![("HELPER_USER", Path::new("root"))];
+    envs.extend(become_first.map(|u| ("HELPER_BECOME_FIRST", u)));
+    let mut helper = spawn_helper("drop", &envs);
+    let line = helper.line("ids ");
+    assert!(helper.wait_exit().success());
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert_eq!(fields[1], expected.to_string(), "uid: {line}");
+    assert_eq!(fields[2], expected.to_string(), "euid: {line}");
+}
+
+#[test]
 fn daemonize_detaches_and_the_daemon_holds_the_pid_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = pid_path(&dir);
@@ -595,6 +624,24 @@ fn daemonize_reports_a_startup_failure_to_the_launcher() {
         "{stderr}"
     );
     assert_eq!(lifecycle::running_pid(&path).unwrap(), Some(holder.pid()));
+}
+
+#[test]
+fn daemonize_launcher_fails_when_the_daemon_dies_without_a_word() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    let mut launcher = spawn_helper(
+        "daemon",
+        &[
+            ("HELPER_PID_FILE", &path),
+            ("HELPER_DIE_SILENTLY", Path::new("1")),
+        ],
+    );
+    let status = launcher.wait_exit();
+    let stderr = launcher.stderr();
+    assert_eq!(status.code(), Some(1), "{status:?}: {stderr}");
+    assert!(stderr.contains("exited during startup"), "{stderr}");
+    assert!(!path.exists());
 }
 
 #[test]
