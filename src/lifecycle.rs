@@ -10,6 +10,13 @@
 //! file exist?" or "is that pid alive?" — is what tells a running daemon
 //! from a stale file left by a crash or a `kill -9`, and a recycled pid can
 //! never be mistaken for plusmoin.
+//!
+//! The order `start` is meant to follow, each step needing the one before:
+//! [`daemonize`] (single-threaded, so before the tokio runtime) →
+//! [`PidFile::acquire`] and [`init_logging`] (as root: their directories are
+//! usually root's; the open descriptors outlive the switch) →
+//! [`drop_privileges`] → [`Detached::ready`] → build the runtime. Any error
+//! on the way goes to [`Detached::fail`] so `start` prints it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Read, Write};
