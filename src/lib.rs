@@ -12,7 +12,9 @@
 //! - [`probe`]: tokio-postgres probes, the heartbeat table, TLS.
 //! - [`actions`]: trigger scripts, run in order per cluster.
 //! - [`status`]: the status file, written atomically.
-//! - [`daemon`]: the beat loop, signals, pid file, privileges.
+//! - [`daemon`]: the beat loop, signals, reload.
+//! - [`lifecycle`]: process plumbing: locked pid file, detaching, dropping
+//!   root, `stop`/`reload`, logging set-up.
 //! - [`sandbox`]: a local primary + standbys for tests and the demo.
 //! - [`demo`]: `plusmoin demo`, the sandbox with a live plusmoin on it.
 //! - [`cli`]: the command line.
@@ -23,6 +25,7 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod lifecycle;
 pub mod payload;
 pub mod probe;
 pub mod sandbox;

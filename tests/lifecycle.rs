@@ -1,0 +1,709 @@
+//! The daemon's process plumbing tested with real processes: other processes
+//! holding the pid file, a real detach, real signals. No database.
+//!
+//! Helper processes are this test binary re-executed with
+//! `PLUSMOIN_LIFECYCLE_HELPER` set, running only [`helper_process`], so they
+//! use the library exactly as the daemon will.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use plusmoin::config::LogLevel;
+use plusmoin::lifecycle::{self, LifecycleError, PidFile};
+
+const HELPER_ENV: &str = "PLUSMOIN_LIFECYCLE_HELPER";
+const WAIT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------- helpers --
+
+static HUP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_hup(_: nix::libc::c_int) {
+    HUP.store(true, Ordering::SeqCst);
+}
+
+fn env_path(name: &str) -> PathBuf {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("helper needs {name}"))
+}
+
+/// Entry point of the helper processes; an immediate pass in a normal run.
+#[test]
+fn helper_process() {
+    let Ok(mode) = std::env::var(HELPER_ENV) else {
+        return;
+    };
+    let code = match mode.as_str() {
+        "hold" => helper_hold(),
+        "daemon" => helper_daemon(),
+        "log" => helper_log(),
+        "drop" => helper_drop(),
+        other => {
+            eprintln!("unknown helper mode {other}");
+            90
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Holds the pid file like a running daemon until killed.
+fn helper_hold() -> i32 {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    if std::env::var_os("HELPER_IGNORE_TERM").is_some() {
+        // SAFETY: installing SIG_IGN runs no code.
+        unsafe { nix::sys::signal::signal(Signal::SIGTERM, SigHandler::SigIgn) }
+            .expect("ignore SIGTERM");
+    }
+    let hup_file = std::env::var_os("HELPER_HUP_FILE").map(PathBuf::from);
+    if hup_file.is_some() {
+        let action = SigAction::new(
+            SigHandler::Handler(on_hup),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { sigaction(Signal::SIGHUP, &action) }.expect("install SIGHUP handler");
+    }
+    let _pid_file = match PidFile::acquire(&env_path("HELPER_PID_FILE")) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("error {e}");
+            return 2;
+        }
+    };
+    println!("ready {}", std::process::id());
+    loop {
+        if HUP.swap(false, Ordering::SeqCst) {
+            if let Some(f) = &hup_file {
+                std::fs::write(f, "hup\n").expect("write hup file");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `plusmoin start` in miniature: detach, take the pid file, report.
+fn helper_daemon() -> i32 {
+    let detached = match lifecycle::daemonize() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("daemonize: {e}");
+            return 3;
+        }
+    };
+    if std::env::var_os("HELPER_DIE_SILENTLY").is_some() {
+        // A crash before reporting: the kernel closes the pipe.
+        std::process::exit(7);
+    }
+    match PidFile::acquire(&env_path("HELPER_PID_FILE")) {
+        Err(e) => {
+            detached.fail(&e.to_string());
+            1
+        }
+        Ok(_pid_file) => {
+            detached.ready();
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn helper_log() -> i32 {
+    let file = std::env::var_os("HELPER_LOG_FILE").map(PathBuf::from);
+    if let Err(e) = lifecycle::init_logging(LogLevel::Info, file.as_deref()) {
+        eprintln!("init_logging: {e}");
+        return 4;
+    }
+    // The level applies to plusmoin's own targets; others log warnings up.
+    tracing::info!(target: "plusmoin::daemon", node = "db1:5432", "info-marker");
+    tracing::debug!(target: "plusmoin::daemon", "debug-marker");
+    tracing::error!(target: "plusmoin::daemon", "error-marker");
+    tracing::info!(target: "tokio_postgres::connection", "other-info-marker");
+    tracing::warn!(target: "tokio_postgres::connection", "other-warn-marker");
+    0
+}
+
+fn helper_drop() -> i32 {
+    let user = std::env::var("HELPER_USER").expect("HELPER_USER");
+    if let Ok(first) = std::env::var("HELPER_BECOME_FIRST") {
+        // Started by root, but already someone else when plusmoin runs.
+        let entry = nix::unistd::User::from_name(&first).unwrap().unwrap();
+        nix::unistd::setgid(entry.gid).unwrap();
+        nix::unistd::setuid(entry.uid).unwrap();
+    }
+    if let Err(e) = lifecycle::drop_privileges(&user) {
+        println!("error {e}");
+        return 5;
+    }
+    let groups = nix::unistd::getgroups().expect("getgroups");
+    println!(
+        "ids {} {} {} {}",
+        nix::unistd::getuid(),
+        nix::unistd::geteuid(),
+        nix::unistd::getgid(),
+        groups
+            .iter()
+            .map(|g| g.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    0
+}
+
+/// A helper child, killed and reaped however the test ends.
+struct Helper {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+fn spawn_helper(mode: &str, envs: &[(&str, &Path)]) -> Helper {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "helper_process",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(HELPER_ENV, mode)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn helper");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Helper { child, lines }
+}
+
+impl Helper {
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The text from `prefix` on in the first line containing it (libtest
+    /// may print on the same line).
+    fn line(&mut self, prefix: &str) -> String {
+        let line = self.line_containing(prefix);
+        line[line.find(prefix).unwrap_or(0)..].to_string()
+    }
+
+    /// Panics naming what came instead.
+    fn line_containing(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(prefix) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        let mut stderr = String::new();
+        if let Ok(Some(_)) = self.child.try_wait() {
+            if let Some(mut e) = self.child.stderr.take() {
+                let _ = e.read_to_string(&mut stderr);
+            }
+        }
+        panic!("helper never printed {prefix:?}; stdout {seen:?}, stderr {stderr:?}");
+    }
+
+    fn wait_ready(&mut self) {
+        let line = self.line("ready ");
+        assert_eq!(line, format!("ready {}", self.pid()));
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        wait_until("helper exits", || self.child.try_wait().ok().flatten())
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            e.read_to_string(&mut s).expect("read stderr");
+        }
+        s
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A process we did not spawn directly (the daemon): SIGKILL on the way out.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
+    }
+}
+
+fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn pid_path(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("plusmoin.pid")
+}
+
+fn file_pid(path: &Path) -> i32 {
+    std::fs::read_to_string(path)
+        .expect("read pid file")
+        .trim()
+        .parse()
+        .expect("pid file holds a pid")
+}
+
+/// Fields after the `(comm)` of /proc/PID/stat: state, ppid, pgrp, session…
+fn proc_stat_fields(pid: i32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 1..];
+    after.split_whitespace().map(str::to_string).collect()
+}
+
+// ------------------------------------------------------------------ tests --
+
+#[test]
+fn second_acquire_from_another_process_fails_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    let mut holder = spawn_helper("hold", &[("HELPER_PID_FILE", &path)]);
+    holder.wait_ready();
+    assert_eq!(file_pid(&path), holder.pid());
+
+    let err = PidFile::acquire(&path).expect_err("the lock is held by the helper");
+    assert!(
+        matches!(err, LifecycleError::AlreadyRunning { pid: Some(p), .. } if p == holder.pid())
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("already running"), "{msg}");
+    assert!(msg.contains(&format!("pid {}", holder.pid())), "{msg}");
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    // The failed attempt must not have clobbered the holder's pid.
+    assert_eq!(file_pid(&path), holder.pid());
+    assert_eq!(lifecycle::running_pid(&path).unwrap(), Some(holder.pid()));
+}
+
+#[test]
+fn second_acquire_in_the_same_process_fails_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    let _first = PidFile::acquire(&path).unwrap();
+    let msg = PidFile::acquire(&path).unwrap_err().to_string();
+    assert!(
+        msg.contains(&format!("already running (pid {}", std::process::id())),
+        "{msg}"
+    );
+}
+
+#[test]
+fn pid_file_left_by_a_killed_daemon_is_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    let mut holder = spawn_helper("hold", &[("HELPER_PID_FILE", &path)]);
+    holder.wait_ready();
+    let old = holder.pid();
+    holder.child.kill().unwrap(); // SIGKILL: no Drop, the file stays
+    holder.wait_exit();
+    assert_eq!(file_pid(&path), old, "kill -9 leaves the file behind");
+    assert_eq!(lifecycle::running_pid(&path).unwrap(), None);
+
+    let ours = PidFile::acquire(&path).expect("stale file is taken over");
+    assert_eq!(file_pid(&path), std::process::id() as i32);
+    assert_eq!(
+        lifecycle::running_pid(&path).unwrap(),
+        Some(std::process::id() as i32)
+    );
+    drop(ours);
+}
+
+#[test]
+fn stale_pid_naming_a_dead_process_is_overwritten_not_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    // A long pid of a dead process: a shorter new pid must not leave digits.
+    std::fs::write(&path, "4194303123\n").unwrap();
+    assert_eq!(lifecycle::running_pid(&path).unwrap(), None);
+    let _ours = PidFile::acquire(&path).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        format!("{}\n", std::process::id())
+    );
+}
+
+#[test]
+fn dropping_the_pid_file_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    let pid_file = PidFile::acquire(&path).unwrap();
+    assert!(path.exists());
+    drop(pid_file);
+    assert!(!path.exists(), "the file should be gone after drop");
+    assert_eq!(lifecycle::running_pid(&path).unwrap(), None);
+}
+
+#[test]
+fn acquire_fails_naming_a_missing_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not-created");
+    let msg = PidFile::acquire(&missing.join("plusmoin.pid"))
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains(&missing.display().to_string()), "{msg}");
+    assert!(msg.contains("does not exist"), "{msg}");
+    assert!(
+        !missing.exists(),
+        "the directory is the operator's to create"
+    );
+}
+
+#[test]
+fn running_pid_is_none_without_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(lifecycle::running_pid(&pid_path(&dir)).unwrap(), None);
+    assert_eq!(
+        lifecycle::running_pid(&dir.path().join("no/such/dir.pid")).unwrap(),
+        None
+    );
+}
+
+#[test]
+fn stop_ends_a_daemon_that_honours_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    let mut holder = spawn_helper("hold", &[("HELPER_PID_FILE", &path)]);
+    holder.wait_ready();
+
+    let started = Instant::now();
+    let stopped = lifecycle::stop(&path, Duration::from_secs(20)).unwrap();
+    assert_eq!(stopped, Some(holder.pid()));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "SIGTERM should do it well before the grace: {:?}",
+        started.elapsed()
+    );
+    let status = holder.wait_exit();
+    assert_eq!(status.signal(), Some(Signal::SIGTERM as i32), "{status:?}");
+    assert_eq!(lifecycle::running_pid(&path).unwrap(), None);
+}
+
+#[test]
+fn stop_kills_a_daemon_that_ignores_sigterm_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    let mut holder = spawn_helper(
+        "hold",
+        &[
+            ("HELPER_PID_FILE", &path),
+            ("HELPER_IGNORE_TERM", Path::new("1")),
+        ],
+    );
+    holder.wait_ready();
+
+    let grace = Duration::from_millis(300);
+    let started = Instant::now();
+    assert_eq!(lifecycle::stop(&path, grace).unwrap(), Some(holder.pid()));
+    assert!(started.elapsed() >= grace, "SIGKILL came before the grace");
+    let status = holder.wait_exit();
+    assert_eq!(status.signal(), Some(Signal::SIGKILL as i32), "{status:?}");
+}
+
+#[test]
+fn stop_with_nothing_running_returns_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    assert_eq!(
+        lifecycle::stop(&path, Duration::from_secs(1)).unwrap(),
+        None
+    );
+    // A stale file naming our own (live) pid must not get us signalled.
+    std::fs::write(&path, format!("{}\n", std::process::id())).unwrap();
+    assert_eq!(
+        lifecycle::stop(&path, Duration::from_secs(1)).unwrap(),
+        None
+    );
+}
+
+#[test]
+fn reload_sends_sighup_to_the_running_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    let hup = dir.path().join("hup");
+    let mut holder = spawn_helper(
+        "hold",
+        &[("HELPER_PID_FILE", &path), ("HELPER_HUP_FILE", &hup)],
+    );
+    holder.wait_ready();
+
+    assert_eq!(lifecycle::reload(&path).unwrap(), holder.pid());
+    wait_until("the helper records SIGHUP", || {
+        std::fs::read_to_string(&hup).ok().filter(|s| s == "hup\n")
+    });
+    assert!(
+        holder.child.try_wait().unwrap().is_none(),
+        "SIGHUP must not end it"
+    );
+}
+
+#[test]
+fn reload_fails_naming_the_pid_file_when_not_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    let msg = lifecycle::reload(&path).unwrap_err().to_string();
+    assert!(msg.contains("not running"), "{msg}");
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+}
+
+#[test]
+fn world_readable_warning_only_for_files_others_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plusmoin.json");
+    std::fs::write(&file, "{}").unwrap();
+    for (mode, warned) in [(0o644, true), (0o640, true), (0o604, true), (0o600, false)] {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let warning = lifecycle::world_readable_warning(&file);
+        assert_eq!(warning.is_some(), warned, "mode {mode:o}: {warning:?}");
+        if let Some(w) = warning {
+            assert!(w.contains(&file.display().to_string()), "{w}");
+            assert!(w.contains(&format!("{mode:04o}")), "{w}");
+        }
+    }
+    assert_eq!(
+        lifecycle::world_readable_warning(&dir.path().join("absent")),
+        None
+    );
+}
+
+#[test]
+fn drop_privileges_to_an_unknown_user() {
+    let result = lifecycle::drop_privileges("no-such-user-xyz");
+    if nix::unistd::geteuid().is_root() {
+        let msg = result.unwrap_err().to_string();
+        assert!(msg.contains("no-such-user-xyz"), "{msg}");
+        assert!(msg.contains("unknown"), "{msg}");
+    } else {
+        // Not root: nothing to drop, whatever the name.
+        result.expect("a no-op when not root");
+    }
+}
+
+#[test]
+fn drop_privileges_switches_user_and_groups_when_root() {
+    let me = nix::unistd::geteuid();
+    let mut helper = spawn_helper("drop", &[("HELPER_USER", Path::new("nobody"))]);
+    let line = helper.line("ids ");
+    let status = helper.wait_exit();
+    assert!(status.success(), "{status:?}");
+    let fields: Vec<&str> = line.split(' ').collect();
+    if me.is_root() {
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        assert_eq!(fields[1], nobody.uid.to_string(), "uid: {line}");
+        assert_eq!(fields[2], nobody.uid.to_string(), "euid: {line}");
+        assert_eq!(fields[3], nobody.gid.to_string(), "gid: {line}");
+        assert!(
+            !fields[4].split(',').any(|g| g == "0"),
+            "root's group kept: {line}"
+        );
+    } else {
+        assert_eq!(fields[1], me.to_string(), "stays the current user: {line}");
+    }
+}
+
+#[test]
+fn drop_privileges_is_a_no_op_when_not_root() {
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let me = nix::unistd::geteuid();
+    let (become_first, expected) = if me.is_root() {
+        (Some(Path::new("nobody")), nobody.uid)
+    } else {
+        (None, me)
+    };
+    let mut envs = vec![("HELPER_USER", Path::new("root"))];
+    envs.extend(become_first.map(|u| ("HELPER_BECOME_FIRST", u)));
+    let mut helper = spawn_helper("drop", &envs);
+    let line = helper.line("ids ");
+    assert!(helper.wait_exit().success());
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert_eq!(fields[1], expected.to_string(), "uid: {line}");
+    assert_eq!(fields[2], expected.to_string(), "euid: {line}");
+}
+
+#[test]
+fn daemonize_detaches_and_the_daemon_holds_the_pid_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    let mut launcher = spawn_helper("daemon", &[("HELPER_PID_FILE", &path)]);
+    let status = launcher.wait_exit();
+    // The launcher exits only once the daemon reported; reading the pid now
+    // needs no waiting.
+    let daemon = lifecycle::running_pid(&path).unwrap();
+    let daemon_guard = daemon.map(KillOnDrop);
+    assert!(status.success(), "{status:?}: {}", launcher.stderr());
+    let daemon = daemon.expect("the daemon holds the pid file");
+    assert_ne!(daemon, launcher.pid());
+
+    let stat = proc_stat_fields(daemon);
+    let (pgrp, session) = (&stat[2], &stat[3]);
+    let our_session = proc_stat_fields(std::process::id() as i32)[3].clone();
+    assert_ne!(*session, our_session, "still in the launcher's session");
+    assert_ne!(
+        *session,
+        daemon.to_string(),
+        "a session leader can regain a tty"
+    );
+    assert_eq!(pgrp, session, "in the new session's process group");
+    assert_eq!(stat[4], "0", "has a controlling terminal: {stat:?}");
+
+    let cwd = std::fs::read_link(format!("/proc/{daemon}/cwd")).unwrap();
+    assert_eq!(cwd, Path::new("/"));
+    let status_text = std::fs::read_to_string(format!("/proc/{daemon}/status")).unwrap();
+    assert!(
+        status_text.lines().any(|l| l == "Umask:\t0027"),
+        "{status_text}"
+    );
+    for fd in 0..=2 {
+        let target = std::fs::read_link(format!("/proc/{daemon}/fd/{fd}")).unwrap();
+        assert_eq!(target, Path::new("/dev/null"), "fd {fd}");
+    }
+
+    assert_eq!(
+        lifecycle::stop(&path, Duration::from_secs(5)).unwrap(),
+        Some(daemon)
+    );
+    assert_eq!(lifecycle::running_pid(&path).unwrap(), None);
+    drop(daemon_guard);
+}
+
+#[test]
+fn daemonize_reports_a_startup_failure_to_the_launcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    let mut holder = spawn_helper("hold", &[("HELPER_PID_FILE", &path)]);
+    holder.wait_ready();
+
+    let mut launcher = spawn_helper("daemon", &[("HELPER_PID_FILE", &path)]);
+    let status = launcher.wait_exit();
+    let stderr = launcher.stderr();
+    assert_eq!(status.code(), Some(1), "{status:?}: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "plusmoin: plusmoin is already running (pid {}, {})",
+            holder.pid(),
+            path.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(lifecycle::running_pid(&path).unwrap(), Some(holder.pid()));
+}
+
+#[test]
+fn daemonize_launcher_fails_when_the_daemon_dies_without_a_word() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    let mut launcher = spawn_helper(
+        "daemon",
+        &[
+            ("HELPER_PID_FILE", &path),
+            ("HELPER_DIE_SILENTLY", Path::new("1")),
+        ],
+    );
+    let status = launcher.wait_exit();
+    let stderr = launcher.stderr();
+    assert_eq!(status.code(), Some(1), "{status:?}: {stderr}");
+    assert!(stderr.contains("exited during startup"), "{stderr}");
+    assert!(!path.exists());
+}
+
+#[test]
+fn log_file_gets_utc_rfc3339_lines_at_the_configured_level_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("plusmoin.log");
+    for _ in 0..2 {
+        let mut helper = spawn_helper("log", &[("HELPER_LOG_FILE", &log)]);
+        let status = helper.wait_exit();
+        assert!(status.success(), "{status:?}: {}", helper.stderr());
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("info-marker").count(), 2, "appended:\n{text}");
+    assert_eq!(text.matches("error-marker").count(), 2, "{text}");
+    assert!(!text.contains("debug-marker"), "level info:\n{text}");
+    assert!(!text.contains("other-info-marker"), "{text}");
+    assert_eq!(text.matches("other-warn-marker").count(), 2, "{text}");
+    assert!(!text.contains('\x1b'), "no colours in a file:\n{text}");
+    assert!(text.contains("db1:5432"), "structured fields kept:\n{text}");
+    for line in text.lines() {
+        let stamp = line.split(' ').next().unwrap();
+        assert!(is_utc_rfc3339(stamp), "timestamp {stamp:?} in {line:?}");
+    }
+}
+
+#[test]
+fn logs_go_to_stdout_without_a_file() {
+    let mut helper = spawn_helper("log", &[]);
+    let line = helper.line_containing("info-marker");
+    // libtest's "test helper_process ... " may precede it on the line.
+    let line = line.rsplit("... ").next().unwrap_or(&line);
+    assert!(is_utc_rfc3339(line.split(' ').next().unwrap()), "{line}");
+    assert!(helper.wait_exit().success());
+}
+
+#[test]
+fn init_logging_names_a_log_file_it_cannot_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("missing-dir/plusmoin.log");
+    let msg = lifecycle::init_logging(LogLevel::Info, Some(&log))
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains(&log.display().to_string()), "{msg}");
+}
+
+/// `2026-11-25T18:19:52.123456Z`: date, `T`, time, optional fraction, `Z`.
+fn is_utc_rfc3339(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| r.clone().all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
+    b.len() >= 20
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && b.last() == Some(&b'Z')
+        && (b.len() == 20 || (b[19] == b'.' && digits(20..b.len() - 1)))
+}

@@ -1,0 +1,447 @@
+//! End-to-end: a real `plusmoin -x start` watching a real sandbox cluster,
+//! asserting on the status file and on the payloads a recording trigger
+//! received (issue 3).
+
+use crate::wait_until;
+use plusmoin::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Beat timings small enough for tests.
+pub struct Timings {
+    pub heartbeat: f64,
+    pub connect_timeout: f64,
+    pub max_sync_delay: f64,
+    pub recover_sync_delay: f64,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            heartbeat: 0.5,
+            connect_timeout: 1.0,
+            max_sync_delay: 3.0,
+            recover_sync_delay: 1.5,
+        }
+    }
+}
+
+/// One event a trigger recorded.
+#[derive(Debug, Clone)]
+pub struct Ev {
+    pub kind: String,
+    pub payload: Value,
+}
+
+impl Ev {
+    pub fn about(&self, node: &str) -> bool {
+        self.payload["trigger"]["name"] == node
+    }
+    pub fn cluster(&self) -> u64 {
+        self.payload["cluster_id"].as_u64().unwrap_or(u64::MAX)
+    }
+}
+
+/// A foreground plusmoin process; killed (TERM, then KILL) on drop.
+pub struct Plusmoin {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+}
+
+pub const RECORD: &str = r#"#!/bin/sh
+# Records one event per file: first line the trigger, then the payload.
+d="$(dirname "$0")/events"
+f="$d/$(date +%s%N)-$$"
+{ printf '%s\n' "$PLUSMOIN_TRIGGER"; cat; } > "$f.tmp" && mv "$f.tmp" "$f.ev"
+"#;
+
+pub fn node(sb: &Sandbox, i: usize) -> String {
+    format!("{}:{}", sb.host(), sb.port(i))
+}
+
+impl Plusmoin {
+    /// Writes a configuration for `sb` (with `extra` top-level JSON members
+    /// appended) and starts plusmoin on it.
+    pub fn start(sb: &Sandbox, t: &Timings, extra: &str) -> Plusmoin {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("events")).expect("events dir");
+        let script = dir.path().join("record.sh");
+        std::fs::write(&script, RECORD).expect("write script");
+        make_executable(&script);
+        let nodes: Vec<String> = (0..sb.len())
+            .map(|i| format!(r#"{{"host": "{}", "port": {}}}"#, sb.host(), sb.port(i)))
+            .collect();
+        let s = script.display();
+        let d = dir.path().display();
+        let config = format!(
+            r#"{{
+  "dbname": "{SANDBOX_DBNAME}", "user": "{SANDBOX_USER}", "password": "{SANDBOX_PASSWORD}",
+  "heartbeat": {hb}, "connect_timeout": {ct}, "max_sync_delay": {max}, "recover_sync_delay": {rec},
+  "trigger_timeout": 10, "log_level": "debug", "daemon_user": "{user}", "instance_name": "test",
+  "sslmode": "disable",
+  "status_file": "{d}/status.json", "pid_file": "{d}/plusmoin.pid", "log_file": "{d}/plusmoin.log",
+  "nodes": [{nodes}],
+  "triggers": {{"plusmoin_up": "{s}", "plusmoin_heartbeat": "{s}", "master_up": "{s}",
+                "master_down": "{s}", "slave_up": "{s}", "slave_down": "{s}"}}{extra}
+}}"#,
+            hb = t.heartbeat,
+            ct = t.connect_timeout,
+            max = t.max_sync_delay,
+            rec = t.recover_sync_delay,
+            user = current_user(),
+            nodes = nodes.join(", "),
+        );
+        let config_path = dir.path().join("plusmoin.json");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut p = Plusmoin {
+            dir,
+            config_path,
+            child: None,
+        };
+        p.spawn();
+        p
+    }
+
+    /// Starts the process (again, after `kill`).
+    pub fn spawn(&mut self) {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("stdout.log"))
+            .expect("stdout log");
+        let err = out.try_clone().expect("clone");
+        let child = Command::new(env!("CARGO_BIN_EXE_plusmoin"))
+            .arg("-c")
+            .arg(&self.config_path)
+            .args(["-x", "start"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn plusmoin");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGTERM, then wait for a clean exit (SIGKILL after 10 s); returns
+    /// whether it exited with status 0.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..200 {
+            if let Ok(Some(st)) = child.try_wait() {
+                return st.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
+    }
+
+    /// Every event recorded so far, in the order the triggers ran.
+    pub fn events(&self) -> Vec<Ev> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("events"))
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|e| e == "ev"));
+        files.sort_by_key(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy().to_string();
+            let nanos: u128 = name.split('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            (nanos, name)
+        });
+        files
+            .iter()
+            .filter_map(|p| {
+                let text = std::fs::read_to_string(p).ok()?;
+                let (kind, json) = text.split_once('\n')?;
+                Some(Ev {
+                    kind: kind.to_string(),
+                    payload: serde_json::from_str(json).ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Events other than `plusmoin_heartbeat`.
+    pub fn changes(&self) -> Vec<Ev> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.kind != "plusmoin_heartbeat")
+            .collect()
+    }
+
+    /// Waits for an event matching `pred`; panics with what was seen.
+    pub fn wait_event(&self, what: &str, timeout: Duration, pred: impl Fn(&Ev) -> bool) -> Ev {
+        let mut found = None;
+        wait_until(timeout, || {
+            found = self.events().into_iter().find(&pred);
+            found.is_some()
+        });
+        found.unwrap_or_else(|| self.fail(&format!("no event {what} within {timeout:?}")))
+    }
+
+    pub fn status(&self) -> Value {
+        std::fs::read(self.dir.path().join("status.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    pub fn wait_status(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let mut st = Value::Null;
+        let ok = wait_until(timeout, || {
+            st = self.status();
+            pred(&st)
+        });
+        if !ok {
+            self.fail(&format!("status never showed {what} within {timeout:?}; last: {st:#}"));
+        }
+        st
+    }
+
+    pub fn fail(&self, msg: &str) -> ! {
+        let kinds: Vec<String> = self
+            .changes()
+            .iter()
+            .map(|e| format!("{}({}, {})", e.kind, e.cluster(), e.payload["trigger"]["name"]))
+            .collect();
+        let log = self.log();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "{msg}\nevents: {kinds:?}\nplusmoin log tail:\n{}",
+            tail.join("\n")
+        );
+    }
+}
+
+impl Drop for Plusmoin {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+fn make_executable(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+pub fn current_user() -> String {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "root".into())
+}
+
+/// Names in a status/payload node list.
+pub fn names(list: &Value) -> Vec<String> {
+    list.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn one_healthy_cluster(p: &Plusmoin, sb: &Sandbox) -> Value {
+    let (n0, n1, n2) = (node(sb, 0), node(sb, 1), node(sb, 2));
+    p.wait_status("one cluster with master and two slaves", LONG, |st| {
+        st["clusters"].as_array().map(|c| c.len()) == Some(1)
+            && st["clusters"][0]["master"]["name"] == n0.as_str()
+            && names(&st["clusters"][0]["slaves"]) == [n1.clone(), n2.clone()]
+    })
+}
+
+#[test]
+fn start_reports_one_cluster_and_slave_stop_and_start_give_slave_down_and_up() {
+    let sb = Sandbox::start(2).expect("sandbox");
+    let p = Plusmoin::start(&sb, &Timings::default(), "");
+    let (n0, n1, n2) = (node(&sb, 0), node(&sb, 1), node(&sb, 2));
+    one_healthy_cluster(&p, &sb);
+    // A few beats pass with nothing but plusmoin_up and heartbeats.
+    let beats = |p: &Plusmoin| {
+        p.events()
+            .iter()
+            .filter(|e| e.kind == "plusmoin_heartbeat")
+            .count()
+    };
+    assert!(wait_until(LONG, || beats(&p) >= 4), "{}", p.log());
+    let changes = p.changes();
+    let kinds: Vec<&str> = changes.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["plusmoin_up"], "only plusmoin_up at start: {changes:?}");
+    let up = &changes[0].payload;
+    assert_eq!(up["cluster_id"], 0);
+    assert_eq!(up["trigger"], Value::Null);
+    assert_eq!(up["master"]["name"], n0.as_str());
+    assert_eq!(up["master"]["is_slave"], false);
+    assert_eq!(names(&up["slaves"]), [n1.clone(), n2.clone()]);
+    assert_eq!(up["slaves"][0]["master_name"], n0.as_str());
+    assert_eq!(up["slaves"][0]["is_slave"], true);
+    assert_eq!(up["slaves"][0]["cluster_id"], 0);
+    let first_heartbeat = p
+        .events()
+        .into_iter()
+        .find(|e| e.kind == "plusmoin_heartbeat")
+        .expect("heartbeat");
+    assert_eq!(first_heartbeat.payload["trigger"], Value::Null);
+
+    sb.stop(2).expect("stop standby");
+    let down = p.wait_event("slave_down for the stopped standby", LONG, |e| {
+        e.kind == "slave_down" && e.about(&n2)
+    });
+    assert_eq!(down.cluster(), 0);
+    assert_eq!(names(&down.payload["lost"]), [n2.clone()]);
+    assert_eq!(names(&down.payload["slaves"]), [n1.clone()]);
+    p.wait_status("the stopped standby lost", LONG, |st| {
+        names(&st["clusters"][0]["lost"]) == [n2.clone()]
+    });
+
+    sb.start_node(2).expect("start standby");
+    let up = p.wait_event("slave_up for the restarted standby", LONG, |e| {
+        e.kind == "slave_up" && e.about(&n2)
+    });
+    assert_eq!(up.cluster(), 0);
+    assert_eq!(names(&up.payload["slaves"]), [n1.clone(), n2.clone()]);
+    one_healthy_cluster(&p, &sb);
+}
+
+#[test]
+fn frozen_master_gives_master_down_and_thawed_master_up() {
+    let sb = Sandbox::start(2).expect("sandbox");
+    let p = Plusmoin::start(&sb, &Timings::default(), "");
+    let n0 = node(&sb, 0);
+    one_healthy_cluster(&p, &sb);
+    sb.freeze(0).expect("freeze");
+    let down = p.wait_event("master_down", LONG, |e| e.kind == "master_down");
+    assert!(down.about(&n0));
+    assert_eq!(down.cluster(), 0);
+    assert_eq!(down.payload["master"], Value::Null);
+    let st = p.wait_status("cluster 0 kept without master", LONG, |st| {
+        st["clusters"][0]["has_master"] == false
+    });
+    assert_eq!(st["clusters"][0]["cluster_id"], 0);
+    assert_eq!(names(&st["clusters"][0]["slaves"]).len(), 2, "slaves stay: {st:#}");
+    assert_eq!(names(&st["clusters"][0]["lost"]), [n0.clone()]);
+    sb.thaw(0).expect("thaw");
+    let up = p.wait_event("master_up", LONG, |e| e.kind == "master_up");
+    assert!(up.about(&n0));
+    assert_eq!(up.cluster(), 0);
+    one_healthy_cluster(&p, &sb);
+}
+
+#[test]
+fn failover_keeps_cluster_id_and_returning_old_master_splits() {
+    let sb = Sandbox::start(2).expect("sandbox");
+    let p = Plusmoin::start(&sb, &Timings::default(), "");
+    let (n0, n1, n2) = (node(&sb, 0), node(&sb, 1), node(&sb, 2));
+    one_healthy_cluster(&p, &sb);
+
+    sb.kill9(0).expect("kill primary");
+    sb.promote(1).expect("promote standby 1");
+    let up = p.wait_event("master_up for the promoted standby", LONG, |e| {
+        e.kind == "master_up" && e.about(&n1)
+    });
+    assert_eq!(up.cluster(), 0, "same cluster id");
+    assert_eq!(up.payload["master"]["name"], n1.as_str());
+
+    sb.repoint(2, 1).expect("repoint standby 2");
+    let st = p.wait_status("standby 2 in sync with the new master", LONG, |st| {
+        st["clusters"][0]["master"]["name"] == n1.as_str()
+            && names(&st["clusters"][0]["slaves"]) == [n2.clone()]
+            && st["clusters"][0]["slaves"][0]["master_name"] == n1.as_str()
+    });
+    assert_eq!(names(&st["clusters"][0]["lost"]), [n0.clone()]);
+    // If it fell out of sync meanwhile, it came back with slave_up.
+    let changes = p.changes();
+    let last_for_n2 = changes
+        .iter()
+        .rev()
+        .find(|e| e.about(&n2) && (e.kind == "slave_down" || e.kind == "slave_up"));
+    if let Some(e) = last_for_n2 {
+        assert_eq!(e.kind, "slave_up", "{changes:?}");
+    }
+
+    sb.start_node(0).expect("old primary back");
+    let split = p.wait_event("master_up for the returning old master", LONG, |e| {
+        e.kind == "master_up" && e.about(&n0)
+    });
+    assert_eq!(split.cluster(), 1, "it founds a new cluster");
+    let st = p.wait_status("two clusters", LONG, |st| {
+        st["clusters"].as_array().map(|c| c.len()) == Some(2)
+    });
+    assert_eq!(st["clusters"][0]["cluster_id"], 0);
+    assert_eq!(st["clusters"][0]["master"]["name"], n1.as_str());
+    assert_eq!(names(&st["clusters"][0]["slaves"]), [n2.clone()]);
+    assert_eq!(st["clusters"][1]["cluster_id"], 1);
+    assert_eq!(st["clusters"][1]["master"]["name"], n0.as_str());
+}
+
+#[test]
+fn frozen_slave_does_not_delay_detection_of_stopped_slave() {
+    let sb = Sandbox::start(2).expect("sandbox");
+    let t = Timings {
+        connect_timeout: 2.0,
+        ..Timings::default()
+    };
+    let p = Plusmoin::start(&sb, &t, "");
+    let (n1, n2) = (node(&sb, 1), node(&sb, 2));
+    one_healthy_cluster(&p, &sb);
+    sb.freeze(1).expect("freeze standby 1");
+    sb.stop(2).expect("stop standby 2");
+    let stopped = std::time::Instant::now();
+    // Every beat waits at most connect_timeout for the frozen node, so the
+    // stopped one is reported within a couple of beats, while 1 stays frozen.
+    p.wait_event("slave_down for the stopped standby", Duration::from_secs(8), |e| {
+        e.kind == "slave_down" && e.about(&n2)
+    });
+    let frozen_down = p.wait_event("slave_down for the frozen standby", LONG, |e| {
+        e.kind == "slave_down" && e.about(&n1)
+    });
+    assert_eq!(frozen_down.cluster(), 0);
+    assert!(stopped.elapsed() < Duration::from_secs(15));
+    let st = p.wait_status("both standbys lost", LONG, |st| {
+        names(&st["clusters"][0]["lost"]) == [n1.clone(), n2.clone()]
+    });
+    assert!(
+        st["clusters"][0]["lost"][0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no answer"),
+        "{st:#}"
+    );
+    sb.thaw(1).expect("thaw");
+}
+
+#[test]
+fn sigterm_finishes_cleanly_and_removes_pid_file() {
+    let sb = Sandbox::start(1).expect("sandbox");
+    let mut p = Plusmoin::start(&sb, &Timings::default(), "");
+    p.wait_status("one cluster", LONG, |st| st["clusters"][0]["has_master"] == true);
+    let pid_file = p.dir.path().join("plusmoin.pid");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert_eq!(pid, p.pid());
+    assert!(p.terminate(), "exit status 0 after SIGTERM: {}", p.log());
+    assert!(!pid_file.exists());
+}
