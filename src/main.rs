@@ -65,10 +65,12 @@ fn start(cli: &Cli) -> ExitCode {
         }
     };
     let setup = || -> Result<lifecycle::PidFile, String> {
-        lifecycle::drop_privileges(&config.daemon_user).map_err(|e| e.to_string())?;
+        // Pid file and log file first, while still root: their directories
+        // are usually root's, and the open descriptors outlive the switch.
         let pid = lifecycle::PidFile::acquire(&config.pid_file).map_err(|e| e.to_string())?;
         let log_file = (!cli.foreground).then_some(config.log_file.as_path());
         lifecycle::init_logging(config.log_level, log_file).map_err(|e| e.to_string())?;
+        lifecycle::drop_privileges(&config.daemon_user).map_err(|e| e.to_string())?;
         Ok(pid)
     };
     let pid_file = match setup() {
