@@ -211,6 +211,24 @@ fn unknown_key_far_from_any_gets_no_suggestion() {
 }
 
 #[test]
+fn other_tools_names_get_a_suggestion() {
+    let text = r#"{"database": "d", "user": "u", "password": "p"}"#;
+    assert_eq!(
+        refused(text),
+        "x.json:1:2: unknown key \"database\" (did you mean \"dbname\"?)"
+    );
+}
+
+#[test]
+fn duplicate_trigger_is_refused() {
+    let text = with(r#""triggers": {"slave_up": null, "slave_up": "/bin/true"}"#);
+    assert_eq!(
+        refused(&text),
+        "x.json:2:32: triggers: duplicate trigger \"slave_up\" (first at 2:14)"
+    );
+}
+
+#[test]
 fn duplicate_key_is_refused() {
     let text = "{\"dbname\": \"d\", \"user\": \"u\", \"password\": \"p\",\n\"heartbeat\": 5,\n\"heartbeat\": 6}";
     assert_eq!(
@@ -598,7 +616,101 @@ fn never_panics_and_one_line(text: &str) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A valid base with random nodes, triggers and durations, so that the
+/// deeper checks run, and those that pass can be held to the invariants.
+fn configish() -> impl Strategy<Value = String> {
+    let number = prop_oneof![
+        any::<i32>().prop_map(|i| i.to_string()),
+        (-10.0f64..1e8).prop_map(|f| format!("{f}")),
+        prop::sample::select(vec![
+            "0", "1", "5432", "65535", "65536", "0.5", "1e3", "-0.0"
+        ])
+        .prop_map(str::to_string),
+    ];
+    let host = prop_oneof![9 => "[a-cA-C0-9.]{1,3}", 1 => "[a-c ]{0,2}"];
+    let port = prop_oneof![8 => (1u32..=65535).prop_map(|p| p.to_string()), 2 => number.clone()];
+    let node = (prop::option::weighted(0.95, host), prop::option::of(port)).prop_map(|(h, p)| {
+        let mut e = Vec::new();
+        if let Some(h) = h {
+            e.push(format!("\"host\": {h:?}"));
+        }
+        if let Some(p) = p {
+            e.push(format!("\"port\": {p}"));
+        }
+        format!("{{{}}}", e.join(", "))
+    });
+    let mut names: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+    names.push("slave-up");
+    let trigger = (
+        prop::sample::select(names),
+        prop_oneof![
+            1 => Just("null".to_string()),
+            6 => "/bin/[a-z]{1,4}( '[a-z ]{0,4}')?".prop_map(|s| format!("{s:?}")),
+            2 => "[a-z '\"\\\\]{0,10}".prop_map(|s| format!("{s:?}")),
+        ],
+    )
+        .prop_map(|(k, v)| format!("\"{k}\": {v}"));
+    let duration_key = prop::sample::select(vec![
+        "heartbeat",
+        "max_sync_delay",
+        "recover_sync_delay",
+        "trigger_timeout",
+        "connect_timeout",
+    ]);
+    (
+        prop::collection::vec(node, 0..5),
+        prop::collection::vec(trigger, 0..4),
+        prop::collection::vec(
+            (
+                duration_key,
+                prop_oneof![
+                    8 => (0.001f64..200.0).prop_map(|f| format!("{f}")),
+                    2 => number,
+                ],
+            ),
+            0..4,
+        ),
+    )
+        .prop_map(|(nodes, triggers, durations)| {
+            let mut text = format!(
+                "{{\"dbname\": \"d\", \"user\": \"u\", \"password\": \"p\",\n\"nodes\": [{}],\n\"triggers\": {{{}}}",
+                nodes.join(",\n"),
+                triggers.join(",\n")
+            );
+            for (k, v) in durations {
+                text.push_str(&format!(",\n\"{k}\": {v}"));
+            }
+            text.push('}');
+            text
+        })
+}
+
 proptest! {
+    #[test]
+    fn random_configs_pass_only_when_valid(text in configish()) {
+        match parse_with_hostname(&text, Path::new("f.json"), &host) {
+            Err(e) => {
+                let msg = e.to_string();
+                prop_assert!(!msg.contains('\n'), "{}", msg);
+                prop_assert!(e.position().is_some(), "{}", msg);
+            }
+            Ok(c) => {
+                prop_assert!(c.recover_sync_delay <= c.max_sync_delay);
+                for d in [c.heartbeat, c.max_sync_delay, c.recover_sync_delay, c.trigger_timeout, c.connect_timeout] {
+                    prop_assert!(d >= Duration::from_millis(1) && d <= Duration::from_secs(365 * 24 * 3600));
+                }
+                let mut seen = std::collections::HashSet::new();
+                for n in &c.nodes {
+                    prop_assert!(n.name.port != 0 && !n.name.host.trim().is_empty());
+                    prop_assert!(seen.insert((n.name.host.to_lowercase(), n.name.port)), "duplicate {}", n.name);
+                }
+                for t in c.triggers.values() {
+                    prop_assert!(!t.argv.is_empty());
+                }
+            }
+        }
+    }
+
     #[test]
     fn arbitrary_strings_never_panic(text in any::<String>()) {
         never_panics_and_one_line(&text)?;

@@ -414,18 +414,17 @@ impl Validator<'_> {
             self.check_key(&mut seen, key, &me, "key", &NODE_KEYS)?;
             let k = format!("{me}.{}", key.value);
             match key.value.as_str() {
-                "host" => host = Some(self.non_empty_string(value, &k)?),
+                "host" => {
+                    let h = self.non_empty_string(value, &k)?;
+                    if h.trim() != h {
+                        return Err(self.at(value.at, &k, format!("{h:?} has spaces around it")));
+                    }
+                    host = Some(h);
+                }
                 _ => port = Some(self.port(value, &k)?),
             }
         }
         let host = host.ok_or_else(|| self.at(v.at, &me, "missing required key \"host\""))?;
-        if host.trim() != host {
-            return Err(self.at(
-                v.at,
-                &format!("{me}.host"),
-                format!("{host:?} has spaces around it"),
-            ));
-        }
         Ok(NodeConfig {
             name: NodeName::new(host, port.unwrap_or(defaults::PORT)),
         })
@@ -519,6 +518,19 @@ fn integer(n: &Number) -> Option<i128> {
     (f.is_finite() && f.fract() == 0.0).then(|| f.clamp(-1e30, 1e30) as i128)
 }
 
+const ALIASES: [(&str, &str); 10] = [
+    ("database", "dbname"),
+    ("db", "dbname"),
+    ("username", "user"),
+    ("pass", "password"),
+    ("hosts", "nodes"),
+    ("servers", "nodes"),
+    ("sslcert", "sslrootcert"),
+    ("sslrootcrt", "sslrootcert"),
+    ("interval", "heartbeat"),
+    ("timeout", "connect_timeout"),
+];
+
 /// Seconds as a person writes them: `60 s`, `0.5 s`.
 pub(super) fn secs(d: Duration) -> String {
     format!("{} s", d.as_secs_f64())
@@ -528,6 +540,13 @@ pub(super) fn secs(d: Duration) -> String {
 /// rather than a different idea.
 pub(super) fn suggest<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
     let lower = word.to_lowercase();
+    // Names other tools use for the same thing are too far apart to be
+    // caught as typos.
+    if let Some((_, k)) = ALIASES.iter().find(|(alias, _)| *alias == lower) {
+        if let Some(k) = known.iter().find(|known| *known == k) {
+            return Some(k);
+        }
+    }
     known
         .iter()
         .map(|k| (strsim::jaro_winkler(&lower, k), *k))
