@@ -231,7 +231,12 @@ impl Config {
         row("instance_name", &self.instance_name);
         row("dbname", &self.dbname);
         row("user", &self.user);
-        row("password", &"(set, not shown)");
+        let password = if self.password.expose().is_empty() {
+            "(empty)"
+        } else {
+            "(set, not shown)"
+        };
+        row("password", &password);
         row("sslmode", &self.sslmode);
         row(
             "sslrootcert",
