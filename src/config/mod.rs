@@ -2,7 +2,7 @@
 //! typed [`Config`].
 //!
 //! Loading goes text → comments stripped → syntax checked by serde_json →
-//! a tree that remembers positions ([`json`]) → typed values ([`validate`]).
+//! a tree that remembers positions (`json`) → typed values (`validate`).
 //! Every refusal is a [`ConfigError`] whose message is one line naming the
 //! file, the line and column, and the key. Nothing else in plusmoin reads the
 //! file or sees untyped values.
