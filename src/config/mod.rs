@@ -1,11 +1,99 @@
 //! Configuration: JSON with comments (SPEC §7) loaded and validated into the
-//! typed [`Config`]. (Loading and validation being written.)
+//! typed [`Config`].
+//!
+//! Loading goes text → comments stripped → syntax checked by serde_json →
+//! a tree that remembers positions (`json`) → typed values (`validate`).
+//! Every refusal is a [`ConfigError`] whose message is one line naming the
+//! file, the line and column, and the key. Nothing else in plusmoin reads the
+//! file or sees untyped values.
+
+mod error;
+mod json;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+pub use error::{ConfigError, Position};
 
 use crate::cluster::{EventKind, NodeName};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Where plusmoin looks when `-c` is not given.
+pub const DEFAULT_PATH: &str = "/etc/plusmoin/plusmoin.json";
+
+/// The defaults of SPEC §7, in one place for the loader and the docs.
+pub mod defaults {
+    use std::time::Duration;
+    pub const HEARTBEAT: Duration = Duration::from_secs(60);
+    pub const MAX_SYNC_DELAY: Duration = Duration::from_secs(120);
+    pub const RECOVER_SYNC_DELAY: Duration = Duration::from_secs(60);
+    pub const TRIGGER_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const LOG_FILE: &str = "/var/log/plusmoin/plusmoin.log";
+    pub const DAEMON_USER: &str = "nobody";
+    pub const PID_FILE: &str = "/var/run/plusmoin/plusmoin.pid";
+    pub const STATUS_FILE: &str = "/var/run/plusmoin/status.json";
+    pub const IS_SLAVE_STATEMENT: &str = "SELECT pg_is_in_recovery()";
+    /// A node's port when it does not say.
+    pub const PORT: u16 = 5432;
+}
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|reason| ConfigError::Read {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    match String::from_utf8(bytes) {
+        Ok(text) => parse(&text, path),
+        Err(e) => {
+            let valid = e.utf8_error().valid_up_to();
+            let prefix = String::from_utf8_lossy(e.as_bytes().get(..valid).unwrap_or_default());
+            Err(ConfigError::Syntax {
+                path: path.to_path_buf(),
+                position: json::Document::new(&prefix).position(valid),
+                message: "not valid UTF-8".to_string(),
+            })
+        }
+    }
+}
+
+/// Validates configuration text; `source` names it in errors and in
+/// [`Config::source`].
+pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
+    parse_with_hostname(text, source, &system_hostname)
+}
+
+fn system_hostname() -> Result<String, String> {
+    nix::unistd::gethostname()
+        .map_err(|e| e.to_string())?
+        .into_string()
+        .map_err(|_| "it is not valid UTF-8".to_string())
+}
+
+/// [`parse`] with the host name (the default `instance_name`) supplied.
+fn parse_with_hostname(
+    text: &str,
+    source: &Path,
+    hostname: &dyn Fn() -> Result<String, String>,
+) -> Result<Config, ConfigError> {
+    let doc = json::Document::new(text);
+    let root = doc.parse().map_err(|e| ConfigError::Syntax {
+        path: source.to_path_buf(),
+        position: e.position,
+        message: e.message,
+    })?;
+    validate::Validator {
+        doc: &doc,
+        source,
+        hostname,
+    }
+    .config(&root)
+}
 
 /// A password: never printed by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -38,12 +126,56 @@ pub enum SslMode {
     VerifyFull,
 }
 
+impl SslMode {
+    pub const ALL: [SslMode; 5] = [
+        SslMode::Disable,
+        SslMode::Prefer,
+        SslMode::Require,
+        SslMode::VerifyCa,
+        SslMode::VerifyFull,
+    ];
+    /// The name used in the configuration (and by libpq).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum LogLevel {
     #[default]
     Error,
     Info,
     Debug,
+}
+
+impl LogLevel {
+    pub const ALL: [LogLevel; 3] = [LogLevel::Error, LogLevel::Info, LogLevel::Debug];
+    /// The name used in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+        }
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A trigger command, split into words as a shell would at load time.
@@ -84,4 +216,67 @@ pub struct Config {
     pub instance_name: String,
     pub sslmode: SslMode,
     pub sslrootcert: Option<PathBuf>,
+}
+
+impl Config {
+    /// What `plusmoin check-config` prints: every setting as it will be used,
+    /// defaults filled in, the password never shown.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let d = validate::secs;
+        let mut row = |key: &str, value: &dyn fmt::Display| {
+            let _ = writeln!(out, "  {key:<20} {value}");
+        };
+        row("file", &self.source.display());
+        row("instance_name", &self.instance_name);
+        row("dbname", &self.dbname);
+        row("user", &self.user);
+        let password = if self.password.expose().is_empty() {
+            "(empty)"
+        } else {
+            "(set, not shown)"
+        };
+        row("password", &password);
+        row("sslmode", &self.sslmode);
+        row(
+            "sslrootcert",
+            &self
+                .sslrootcert
+                .as_ref()
+                .map_or_else(|| "(none)".to_string(), |p| p.display().to_string()),
+        );
+        row("heartbeat", &d(self.heartbeat));
+        row("max_sync_delay", &d(self.max_sync_delay));
+        row("recover_sync_delay", &d(self.recover_sync_delay));
+        row("connect_timeout", &d(self.connect_timeout));
+        row("trigger_timeout", &d(self.trigger_timeout));
+        row("is_slave_statement", &self.is_slave_statement);
+        row("log_file", &self.log_file.display());
+        row("log_level", &self.log_level);
+        row("daemon_user", &self.daemon_user);
+        row("pid_file", &self.pid_file.display());
+        row("status_file", &self.status_file.display());
+        let mut text = format!("configuration\n{out}");
+        let _ = writeln!(text, "nodes ({}):", self.nodes.len());
+        if self.nodes.is_empty() {
+            text.push_str("  (none)\n");
+        }
+        for node in &self.nodes {
+            let _ = writeln!(text, "  {}", node.name);
+        }
+        let _ = writeln!(
+            text,
+            "triggers ({} of {} set):",
+            self.triggers.len(),
+            EventKind::ALL.len()
+        );
+        for kind in EventKind::ALL {
+            let command = self
+                .triggers
+                .get(&kind)
+                .map_or("(nothing runs)", |t| t.line.as_str());
+            let _ = writeln!(text, "  {:<20} {command}", kind.as_str());
+        }
+        text
+    }
 }
