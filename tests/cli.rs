@@ -1,0 +1,135 @@
+//! The `plusmoin` binary's commands that need no database: check-config on
+//! good and bad files, status without a daemon, --help and --version.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn plusmoin(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_plusmoin"))
+        .args(args)
+        .output()
+        .expect("run plusmoin")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn contrib() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("contrib/plusmoin.json")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn check_config_accepts_the_example_and_prints_a_summary() {
+    let o = plusmoin(&["-c", &contrib(), "check-config"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("127.0.0.1:5432"), "{out}");
+    assert!(out.contains("configuration OK"), "{out}");
+    assert!(!out.contains("change-me"), "password shown: {out}");
+}
+
+/// Each bad configuration exits 2 with one line naming file, key, position.
+#[test]
+fn check_config_rejects_each_bad_file_with_one_precise_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = r#""dbname": "p", "user": "u", "password": "secret-pw""#;
+    let cases: &[(&str, String, &str)] = &[
+        ("malformed", format!("{{{base}, \"heartbeat\": }}"), ":1:"),
+        ("missing", r#"{"dbname": "p", "user": "u"}"#.into(), "missing required key \"password\""),
+        ("unknown", format!("{{{base},\n \"hearbeat\": 5}}"), ":2:2: unknown key \"hearbeat\" (did you mean \"heartbeat\"?)"),
+        ("type", format!("{{{base}, \"heartbeat\": \"fast\"}}"), "heartbeat"),
+        ("dup", format!("{{{base}, \"nodes\": [{{\"host\": \"a\", \"port\": 1}}, {{\"host\": \"a\", \"port\": 1}}]}}"), "duplicate node a:1"),
+        ("port", format!("{{{base}, \"nodes\": [{{\"host\": \"a\", \"port\": 70000}}]}}"), "nodes[0].port"),
+        ("host", format!("{{{base}, \"nodes\": [{{\"host\": \"\", \"port\": 5432}}]}}"), "nodes[0].host"),
+        ("recover", format!("{{{base}, \"max_sync_delay\": 10, \"recover_sync_delay\": 20}}"), "recover_sync_delay"),
+        ("zero", format!("{{{base}, \"heartbeat\": 0}}"), "heartbeat"),
+        ("negative", format!("{{{base}, \"connect_timeout\": -1}}"), "connect_timeout"),
+        ("trigger", format!("{{{base}, \"triggers\": {{\"slave_dwn\": \"/bin/true\"}}}}"), "slave_down"),
+        ("level", format!("{{{base}, \"log_level\": \"verbose\"}}"), "log_level"),
+    ];
+    for (name, text, expect) in cases {
+        let path = dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, text).unwrap();
+        let o = plusmoin(&["-c", path.to_str().unwrap(), "check-config"]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{name}: {err}");
+        assert_eq!(err.lines().count(), 1, "{name}: one line: {err}");
+        assert!(err.contains(&path.display().to_string()), "{name}: names the file: {err}");
+        assert!(err.contains(expect), "{name}: expected {expect:?} in {err}");
+        assert!(!err.contains("secret-pw"), "{name}: password leaked: {err}");
+        assert!(!err.contains("panicked"), "{name}: {err}");
+    }
+    let o = plusmoin(&["-c", "/nonexistent/plusmoin.json", "check-config"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("/nonexistent/plusmoin.json"), "{}", stderr(&o));
+}
+
+#[test]
+fn status_without_a_daemon_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("p.json");
+    let status = dir.path().join("status.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"dbname": "p", "user": "u", "password": "x", "status_file": "{}"}}"#,
+            status.display()
+        ),
+    )
+    .unwrap();
+    let o = plusmoin(&["-c", cfg.to_str().unwrap(), "status"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no status file"), "{}", stderr(&o));
+    // A status written long ago is refused as stale, in both formats.
+    std::fs::write(
+        &status,
+        r#"{"clusters": [], "clusterless": [], "instance_name": "i", "updated_at": "2020-01-01T00:00:00.000Z",
+            "updated_at_unix": 1577836800.0, "heartbeat": 1.0, "pid": 1, "held": []}"#,
+    )
+    .unwrap();
+    for extra in [&[][..], &["--table"][..]] {
+        let mut args = vec!["-c", cfg.to_str().unwrap(), "status"];
+        args.extend_from_slice(extra);
+        let o = plusmoin(&args);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(stderr(&o).contains("older than three beats"), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn stop_and_reload_without_a_daemon_do_not_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("p.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"dbname": "p", "user": "u", "password": "x", "pid_file": "{}/p.pid"}}"#,
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let o = plusmoin(&["-c", cfg.to_str().unwrap(), "stop"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not running"), "{}", stderr(&o));
+    let o = plusmoin(&["-c", cfg.to_str().unwrap(), "reload"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not running"), "{}", stderr(&o));
+}
+
+#[test]
+fn help_and_version() {
+    let o = plusmoin(&["--version"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("plusmoin "));
+    for cmd in ["start", "stop", "reload", "status", "check-config", "demo"] {
+        let o = plusmoin(&[cmd, "--help"]);
+        assert!(o.status.success(), "{cmd} --help");
+        assert!(!o.stdout.is_empty());
+    }
+    let o = plusmoin(&["frobnicate"]);
+    assert_eq!(o.status.code(), Some(2));
+}
