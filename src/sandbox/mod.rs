@@ -126,6 +126,19 @@ struct Node {
     data: PathBuf,
     log: PathBuf,
     port: u16,
+    /// Shared memory a kill -9 left behind; the next successful start of
+    /// this node reclaims it, otherwise Drop removes it.
+    crashed: Mutex<Option<CrashLeftovers>>,
+}
+
+/// What a SIGKILLed server could not clean up itself.
+#[derive(Debug)]
+struct CrashLeftovers {
+    postmaster_pid: i32,
+    /// The System V segment id from postmaster.pid.
+    shmid: Option<i32>,
+    /// Dynamic shared memory files under /dev/shm.
+    files: Vec<PathBuf>,
 }
 
 /// A running primary and its standbys; dropping it stops them all and
@@ -184,6 +197,11 @@ pub fn pg_bin_dir() -> Result<PathBuf, SandboxError> {
             bin.display()
         )))
     }
+}
+
+/// Locks `m`, even poisoned: the data stays usable and Drop must not panic.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// "15" → [15], "9.6" → [9, 6]; anything else is not a version directory.
@@ -339,6 +357,17 @@ impl Sandbox {
     pub fn kill9(&self, i: usize) -> Result<(), SandboxError> {
         let postmaster = self.postmaster(i)?.ok_or(SandboxError::NotRunning(i))?;
         let children = procs::descendants(&postmaster);
+        let mut files = procs::shm_files(postmaster.pid);
+        for child in &children {
+            files.extend(procs::shm_files(child.pid));
+        }
+        files.sort();
+        files.dedup();
+        let leftovers = CrashLeftovers {
+            postmaster_pid: postmaster.pid,
+            shmid: self.pid_file_shmid(i),
+            files,
+        };
         postmaster.signal(Signal::SIGKILL)?;
         if !procs::wait_gone(&[postmaster], GONE_TIMEOUT) {
             return Err(self.gone_timeout(i, "its postmaster to die after SIGKILL"));
@@ -354,6 +383,7 @@ impl Sandbox {
                 return Err(self.gone_timeout(i, "the children of its killed postmaster to die"));
             }
         }
+        *lock(&self.nodes[i].crashed) = Some(leftovers);
         tracing::info!(node = i, pid = postmaster.pid, "sandbox: killed -9");
         Ok(())
     }
@@ -612,6 +642,7 @@ impl Sandbox {
             data: self.dir().join(format!("node{i}")),
             log: self.dir().join(format!("node{i}.log")),
             port: free_port()?,
+            crashed: Mutex::new(None),
         })
     }
 
@@ -720,7 +751,40 @@ impl Sandbox {
     }
 
     fn upstreams(&self) -> MutexGuard<'_, Vec<Option<usize>>> {
-        self.upstream.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.upstream)
+    }
+
+    /// The System V shared memory id on line 7 of node `i`'s pid file.
+    fn pid_file_shmid(&self, i: usize) -> Option<i32> {
+        let text = fs::read_to_string(self.nodes.get(i)?.data.join("postmaster.pid")).ok()?;
+        text.lines().nth(6)?.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// Frees the shared memory of node `i` if it was killed and never
+    /// started again.
+    fn remove_crash_leftovers(&self, i: usize) {
+        let Some(leftovers) = lock(&self.nodes[i].crashed).take() else {
+            return;
+        };
+        if matches!(self.postmaster(i), Ok(Some(_))) {
+            return;
+        }
+        for file in &leftovers.files {
+            let _ = fs::remove_file(file);
+        }
+        if let Some(shmid) = leftovers.shmid {
+            if procs::sysv_segment_abandoned(shmid, leftovers.postmaster_pid) {
+                let id = shmid.to_string();
+                if let Err(e) = self.runner.run(
+                    Path::new("ipcrm"),
+                    ["-m", id.as_str()],
+                    None,
+                    Duration::from_secs(10),
+                ) {
+                    tracing::warn!(node = i, shmid, error = %e, "sandbox: could not remove shared memory");
+                }
+            }
+        }
     }
 
     fn write_file(&self, path: &Path, contents: &str) -> Result<(), SandboxError> {
@@ -787,6 +851,8 @@ impl Sandbox {
         );
         match result {
             Ok(_) => {
+                // Starting on the same data directory reclaimed them.
+                *lock(&node.crashed) = None;
                 tracing::info!(node = i, port = node.port, "sandbox: server started");
                 Ok(())
             }
@@ -929,6 +995,7 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {
             self.shut_down(i);
+            self.remove_crash_leftovers(i);
         }
         tracing::info!(dir = %self.dir().display(), "sandbox: stopped and removed");
     }

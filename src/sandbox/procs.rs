@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -123,6 +124,38 @@ pub(crate) fn descendants(root: &Proc) -> Vec<Proc> {
         parents.extend(found.iter().map(|p| p.pid));
     }
     found.into_iter().collect()
+}
+
+/// The PostgreSQL dynamic shared memory files `pid` has mapped (a
+/// killed server cannot remove them itself).
+pub(crate) fn shm_files(pid: i32) -> Vec<PathBuf> {
+    let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .filter(|path| path.starts_with("/dev/shm/PostgreSQL."))
+        .map(PathBuf::from)
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// Whether System V shared memory segment `shmid` still exists, was
+/// created by `creator` and has nobody attached: only then is it the
+/// abandoned segment of that dead postmaster.
+pub(crate) fn sysv_segment_abandoned(shmid: i32, creator: i32) -> bool {
+    let Ok(table) = fs::read_to_string("/proc/sysvipc/shm") else {
+        return false;
+    };
+    table.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.get(1).and_then(|v| v.parse::<i32>().ok()) == Some(shmid)
+            && f.get(4).and_then(|v| v.parse::<i32>().ok()) == Some(creator)
+            && f.get(6).and_then(|v| v.parse::<u64>().ok()) == Some(0)
+    })
 }
 
 /// Waits until none of `procs` is alive; true when they all went in time.

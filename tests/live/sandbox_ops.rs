@@ -114,6 +114,16 @@ fn processes_mentioning(needle: &str) -> Vec<(i32, String, char)> {
     found
 }
 
+/// The pid on the first line of node `i`'s postmaster.pid.
+fn postmaster_pid(sb: &Sandbox, i: usize) -> i32 {
+    let path = sb.dir().join(format!("node{i}/postmaster.pid"));
+    let text = ok("read postmaster.pid", std::fs::read_to_string(&path));
+    match text.lines().next().and_then(|l| l.trim().parse().ok()) {
+        Some(pid) => pid,
+        None => panic!("no pid in {}: {text:?}", path.display()),
+    }
+}
+
 fn dir_name(sb: &Sandbox) -> String {
     match sb.dir().file_name() {
         Some(n) => n.to_string_lossy().into_owned(),
@@ -214,23 +224,7 @@ fn kill9_then_start_node() {
     let sb = start(1);
     let name = dir_name(&sb);
     let before = processes_mentioning(&name);
-    let primary_pid: i32 = ok(
-        "pid",
-        sb.sql(0, "SELECT pg_backend_pid()")
-            .map(|_| ())
-            .and_then(|_| {
-                std::fs::read_to_string(sb.dir().join("node0/postmaster.pid")).map_err(|e| {
-                    plusmoin::sandbox::SandboxError::Io {
-                        what: "read pid file".into(),
-                        source: e,
-                    }
-                })
-            }),
-    )
-    .lines()
-    .next()
-    .and_then(|l| l.trim().parse().ok())
-    .unwrap_or(0);
+    let primary_pid = postmaster_pid(&sb, 0);
     assert!(before.iter().any(|(pid, _, _)| *pid == primary_pid));
 
     ok("kill9", sb.kill9(0));
@@ -348,4 +342,56 @@ fn drop_leaves_no_process_nor_directory() {
     let left = processes_mentioning(&name);
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(!dir.exists(), "{} still exists", dir.display());
+}
+
+#[test]
+fn drop_frees_the_shared_memory_of_a_killed_node() {
+    let sb = start(0);
+    let name = dir_name(&sb);
+    let pid_file = ok(
+        "read postmaster.pid",
+        std::fs::read_to_string(sb.dir().join("node0/postmaster.pid")),
+    );
+    let shmid: Option<String> = pid_file
+        .lines()
+        .nth(6)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(str::to_owned);
+    let Some(shmid) = shmid else {
+        panic!("no shmid in postmaster.pid: {pid_file:?}")
+    };
+    let mut files: Vec<String> = processes_mentioning(&name)
+        .iter()
+        .filter_map(|(pid, _, _)| std::fs::read_to_string(format!("/proc/{pid}/maps")).ok())
+        .flat_map(|maps| {
+            maps.lines()
+                .filter_map(|l| l.split_whitespace().nth(5))
+                .filter(|p| p.starts_with("/dev/shm/PostgreSQL."))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    files.sort();
+    files.dedup();
+    assert!(!files.is_empty(), "no dynamic shared memory mapped");
+    let segment_exists = || {
+        std::fs::read_to_string("/proc/sysvipc/shm")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(shmid.as_str()))
+    };
+    assert!(segment_exists(), "segment {shmid} not found");
+
+    ok("kill9", sb.kill9(0));
+    // The kill left them behind, as a crash does...
+    assert!(files.iter().all(|f| std::path::Path::new(f).exists()));
+    assert!(segment_exists());
+    // ...and the sandbox's drop takes them away.
+    drop(sb);
+    let left: Vec<_> = files
+        .iter()
+        .filter(|f| std::path::Path::new(f).exists())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!segment_exists(), "segment {shmid} left behind");
 }
