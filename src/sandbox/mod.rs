@@ -266,7 +266,7 @@ impl Sandbox {
         let owner = server_owner()?;
         let base = base_dir();
         let dir = tempfile::Builder::new()
-            .prefix("plusmoin-sandbox-")
+            .prefix(DIR_PREFIX)
             .tempdir_in(&base)
             .map_err(|source| SandboxError::Io {
                 what: format!("creating a temporary directory in {}", base.display()),
@@ -277,6 +277,10 @@ impl Sandbox {
             cwd: dir.path().to_path_buf(),
         };
         runner.chown(dir.path())?;
+        if let Some(stamp) = owner_stamp() {
+            runner.write_file(&dir.path().join(OWNER_FILE), &stamp)?;
+        }
+        reap_orphans(&runner, &bin, &base);
         let mut sandbox = Sandbox {
             bin,
             runner,
@@ -887,23 +891,7 @@ impl Sandbox {
     /// The running postmaster of node `i`, from its pid file; checked
     /// against the command line so a reused pid is never taken for it.
     fn postmaster(&self, i: usize) -> Result<Option<Proc>, SandboxError> {
-        let data = &self.node(i)?.data;
-        let Ok(text) = fs::read_to_string(data.join("postmaster.pid")) else {
-            return Ok(None);
-        };
-        let Some(pid) = text
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse::<i32>().ok())
-        else {
-            return Ok(None);
-        };
-        let Some(postmaster) = procs::identify(pid) else {
-            return Ok(None);
-        };
-        let ours =
-            procs::cmdline(pid).is_some_and(|cmd| cmd.contains(data.to_string_lossy().as_ref()));
-        Ok(ours.then_some(postmaster))
+        Ok(running_postmaster(&self.node(i)?.data))
     }
 
     /// A killed postmaster leaves its pid file, and its process may linger
@@ -954,40 +942,109 @@ impl Sandbox {
     /// Best-effort end of node `i` for Drop: thaw, immediate stop, then
     /// SIGKILL whatever is left.
     fn shut_down(&self, i: usize) {
-        let Ok(Some(postmaster)) = self.postmaster(i) else {
-            return;
-        };
-        let mut all = procs::descendants(&postmaster);
-        all.push(postmaster);
+        shut_down_server(&self.runner, &self.bin, &self.nodes[i].data);
+    }
+}
+
+/// The running postmaster of the server in `data`, from its pid file;
+/// checked against its command line so a reused pid is never taken for it.
+fn running_postmaster(data: &Path) -> Option<Proc> {
+    let text = fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let pid = text.lines().next()?.trim().parse::<i32>().ok()?;
+    let postmaster = procs::identify(pid)?;
+    let ours = procs::cmdline(pid).is_some_and(|cmd| cmd.contains(data.to_string_lossy().as_ref()));
+    ours.then_some(postmaster)
+}
+
+/// Best-effort end of the server in `data`, for Drop and orphans: thaw,
+/// immediate stop, then SIGKILL whatever is left.
+fn shut_down_server(runner: &Runner, bin: &Path, data: &Path) {
+    let Some(postmaster) = running_postmaster(data) else {
+        return;
+    };
+    let mut all = procs::descendants(&postmaster);
+    all.push(postmaster);
+    for p in &all {
+        let _ = p.signal(Signal::SIGCONT);
+    }
+    if let Err(e) = runner.run(
+        &bin.join("pg_ctl"),
+        [
+            "stop".as_ref(),
+            "-D".as_ref(),
+            data.as_os_str(),
+            "-m".as_ref(),
+            "immediate".as_ref(),
+            "-w".as_ref(),
+            "-t".as_ref(),
+            "10".as_ref(),
+        ],
+        None,
+        Duration::from_secs(20),
+    ) {
+        tracing::warn!(data = %data.display(), error = %e, "sandbox: immediate stop failed, killing");
+    }
+    if !procs::wait_gone(&all, Duration::from_secs(2)) {
         for p in &all {
-            let _ = p.signal(Signal::SIGCONT);
+            let _ = p.signal(Signal::SIGKILL);
         }
-        let data = self.nodes[i].data.clone();
-        if let Err(e) = self.runner.run(
-            &self.bin.join("pg_ctl"),
-            [
-                "stop".as_ref(),
-                "-D".as_ref(),
-                data.as_os_str(),
-                "-m".as_ref(),
-                "immediate".as_ref(),
-                "-w".as_ref(),
-                "-t".as_ref(),
-                "10".as_ref(),
-            ],
-            None,
-            Duration::from_secs(20),
-        ) {
-            tracing::warn!(node = i, error = %e, "sandbox: immediate stop failed, killing");
+        if !procs::wait_gone(&all, GONE_TIMEOUT) {
+            tracing::warn!(data = %data.display(), "sandbox: server processes survived SIGKILL");
         }
-        if !procs::wait_gone(&all, Duration::from_secs(2)) {
-            for p in &all {
-                let _ = p.signal(Signal::SIGKILL);
+    }
+}
+
+/// The file naming the process that owns a sandbox directory.
+const OWNER_FILE: &str = "owner";
+/// The prefix of every sandbox directory's name.
+const DIR_PREFIX: &str = "plusmoin-sandbox-";
+
+/// "pid start-time" of this process, for [`OWNER_FILE`].
+fn owner_stamp() -> Option<String> {
+    let me = procs::identify(std::process::id() as i32)?;
+    Some(format!("{} {}", me.pid, me.start_time()))
+}
+
+/// Stops the servers and removes the directories of sandboxes whose owning
+/// process died without dropping them (a killed test run, a demo stopped
+/// with kill -9), so they do not pile up. Sandboxes of live processes, and
+/// directories without an owner file yet, are left alone.
+fn reap_orphans(runner: &Runner, bin: &Path, base: &Path) {
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let is_sandbox = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(DIR_PREFIX));
+        let dir = entry.path();
+        if !is_sandbox || !dir.is_dir() {
+            continue;
+        }
+        let Ok(stamp) = fs::read_to_string(dir.join(OWNER_FILE)) else {
+            continue;
+        };
+        let mut words = stamp.split_whitespace().map(|w| w.parse::<u64>().ok());
+        let (Some(Some(pid)), Some(Some(start))) = (words.next(), words.next()) else {
+            continue;
+        };
+        let owner_alive = i32::try_from(pid)
+            .ok()
+            .and_then(procs::identify)
+            .is_some_and(|p| p.start_time() == start);
+        if owner_alive {
+            continue;
+        }
+        tracing::warn!(dir = %dir.display(), owner_pid = pid, "sandbox: removing an orphaned sandbox");
+        if let Ok(nodes) = fs::read_dir(&dir) {
+            for node in nodes.flatten() {
+                if node.path().join("postmaster.pid").is_file() {
+                    shut_down_server(runner, bin, &node.path());
+                }
             }
-            if !procs::wait_gone(&all, GONE_TIMEOUT) {
-                tracing::warn!(node = i, "sandbox: server processes survived SIGKILL");
-            }
         }
+        let _ = fs::remove_dir_all(&dir);
     }
 }
 

@@ -68,6 +68,12 @@ pub(crate) fn cmdline(pid: i32) -> Option<String> {
 }
 
 impl Proc {
+    /// When the process started (clock ticks since boot): with the pid,
+    /// what tells it from a later process reusing that pid.
+    pub(crate) fn start_time(&self) -> u64 {
+        self.start
+    }
+
     /// Still the same process, and not a zombie.
     pub(crate) fn is_alive(&self) -> bool {
         matches!(stat(self.pid), Some(s) if s.start == self.start && !matches!(s.state, 'Z' | 'X'))

@@ -395,3 +395,27 @@ fn drop_frees_the_shared_memory_of_a_killed_node() {
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(!segment_exists(), "segment {shmid} left behind");
 }
+
+#[test]
+fn a_new_sandbox_reaps_the_orphan_of_a_dead_process() {
+    let orphan = start(0);
+    let name = dir_name(&orphan);
+    // Pretend its owner died without dropping it (a pid above any pid_max).
+    ok(
+        "fake owner",
+        std::fs::write(orphan.dir().join("owner"), "4194999999 1\n"),
+    );
+    assert!(!processes_mentioning(&name).is_empty());
+
+    let fresh = start(0);
+    assert!(!orphan.dir().exists(), "orphan directory kept");
+    let left = processes_mentioning(&name);
+    assert!(left.is_empty(), "orphan servers left: {left:?}");
+    // The fresh one belongs to a live process: untouched by later starts.
+    let other = start(0);
+    assert!(fresh.dir().exists());
+    assert_eq!(ok("fresh answers", fresh.sql(0, "SELECT 1")), "1");
+    drop(other);
+    drop(fresh);
+    drop(orphan); // its servers and directory are already gone: no panic
+}
