@@ -242,10 +242,12 @@ fn base_dir() -> PathBuf {
     }
 }
 
+/// A libpq connection-string value, quoted (the socket path may hold spaces).
 fn conninfo_quote(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
+/// A SQL (and postgresql.conf) string literal.
 fn sql_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
@@ -1061,6 +1063,12 @@ impl Drop for Sandbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sandbox_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Sandbox>();
+    }
 
     #[test]
     fn versions_order_numerically() {
