@@ -1,0 +1,457 @@
+//! Probing the PostgreSQL nodes (SPEC §2): one persistent tokio-postgres
+//! connection per node, the role query, and the heartbeat table (written on
+//! masters, read on slaves). It owns the per-node deadline: whatever a node
+//! does — refuse, hang after accepting TCP, answer nonsense — its probe ends
+//! within `connect_timeout` as an [`Observation`], and never delays the
+//! other nodes, which are probed at the same time.
+
+mod node;
+mod tls;
+
+use crate::cluster::{ClusterId, NodeName, Observation, Time};
+use crate::config::{Config, Secret, SslMode};
+use node::{Failure, NodeConn};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tracing::{debug, error, info};
+
+/// The heartbeat table, for operators who create it beforehand.
+pub use node::CREATE_TABLE as HEARTBEAT_TABLE_DDL;
+
+/// What the probes need from the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeSettings {
+    pub dbname: String,
+    pub user: String,
+    pub password: Secret,
+    /// Key of this plusmoin instance's heartbeat row.
+    pub instance_name: String,
+    pub is_slave_statement: String,
+    pub sslmode: SslMode,
+    pub sslrootcert: Option<PathBuf>,
+    /// The deadline of one node's whole probe: connect, authentication and
+    /// statements together.
+    pub connect_timeout: Duration,
+}
+
+impl ProbeSettings {
+    pub fn from_config(c: &Config) -> Self {
+        ProbeSettings {
+            dbname: c.dbname.clone(),
+            user: c.user.clone(),
+            password: c.password.clone(),
+            instance_name: c.instance_name.clone(),
+            is_slave_statement: c.is_slave_statement.clone(),
+            sslmode: c.sslmode,
+            sslrootcert: c.sslrootcert.clone(),
+            connect_timeout: c.connect_timeout,
+        }
+    }
+
+    /// Whether open connections were made with other credentials or TLS
+    /// than these settings ask for.
+    fn connection_differs(&self, other: &ProbeSettings) -> bool {
+        self.dbname != other.dbname
+            || self.user != other.user
+            || self.password != other.password
+            || self.sslmode != other.sslmode
+            || self.sslrootcert != other.sslrootcert
+    }
+}
+
+/// What to do for one node this beat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeTarget {
+    pub name: NodeName,
+    /// Cluster id to write into the heartbeat row if the node turns out to
+    /// be a master.
+    pub cluster_id: Option<ClusterId>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot read sslrootcert {path}: {source}")]
+    ReadRootCert {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("sslrootcert {path} is not a PEM certificate file: {source}")]
+    ParseRootCert {
+        path: PathBuf,
+        source: native_tls::Error,
+    },
+    #[error("sslrootcert {path} holds no certificate")]
+    NoRootCert { path: PathBuf },
+    #[error("cannot set up tls: {0}")]
+    Tls(#[source] native_tls::Error),
+}
+
+/// What every probe task shares: read-only for the duration of a beat.
+pub(crate) struct Shared {
+    settings: ProbeSettings,
+    tls: tls::Tls,
+    pg_ssl_mode: tokio_postgres::config::SslMode,
+}
+
+impl Shared {
+    fn new(settings: ProbeSettings) -> Result<Shared, ProbeError> {
+        let (tls, pg_ssl_mode) = tls::build(settings.sslmode, settings.sslrootcert.as_deref())?;
+        Ok(Shared {
+            settings,
+            tls,
+            pg_ssl_mode,
+        })
+    }
+}
+
+/// Probes the nodes, keeping one connection per node across beats.
+pub struct Prober {
+    shared: Arc<Shared>,
+    conns: HashMap<NodeName, NodeConn>,
+    /// The last Down reason logged per node, so a node that stays down for
+    /// the same reason is logged at error level once, not every beat.
+    last_down: HashMap<NodeName, String>,
+}
+
+impl Prober {
+    /// Builds the TLS connector now, so a bad `sslrootcert` is reported at
+    /// start.
+    pub fn new(settings: ProbeSettings) -> Result<Prober, ProbeError> {
+        Ok(Prober {
+            shared: Arc::new(Shared::new(settings)?),
+            conns: HashMap::new(),
+            last_down: HashMap::new(),
+        })
+    }
+
+    pub fn settings(&self) -> &ProbeSettings {
+        &self.shared.settings
+    }
+
+    /// Reload. Connections made with other credentials or TLS settings are
+    /// dropped (they reconnect next beat); on error the old settings stay.
+    pub fn update_settings(&mut self, settings: ProbeSettings) -> Result<(), ProbeError> {
+        let shared = Shared::new(settings)?;
+        if shared.settings.connection_differs(&self.shared.settings) {
+            debug!(dropped = self.conns.len(), "connection settings changed");
+            self.conns.clear();
+        }
+        self.shared = Arc::new(shared);
+        Ok(())
+    }
+
+    /// Probes every target in parallel; one observation per target, in the
+    /// same order. Takes at most `connect_timeout` (and a few ms): a node
+    /// that has not answered by then is down and its connection dropped.
+    /// Connections to nodes no longer listed are closed.
+    pub async fn probe_all(
+        &mut self,
+        targets: &[ProbeTarget],
+        now: Time,
+    ) -> Vec<(NodeName, Observation)> {
+        let mut set = JoinSet::new();
+        let mut index_of = HashMap::new();
+        for (i, target) in targets.iter().enumerate() {
+            let conn = self.conns.remove(&target.name);
+            let handle = set.spawn(probe_node(self.shared.clone(), target.clone(), conn, now));
+            index_of.insert(handle.id(), i);
+        }
+        let mut results: Vec<Option<Observation>> = vec![None; targets.len()];
+        while let Some(joined) = set.join_next_with_id().await {
+            match joined {
+                Ok((id, (conn, obs))) => {
+                    if let Some(&i) = index_of.get(&id) {
+                        if let Some(conn) = conn {
+                            self.conns.insert(targets[i].name.clone(), conn);
+                        }
+                        results[i] = Some(obs);
+                    }
+                }
+                Err(e) => {
+                    if let Some(&i) = index_of.get(&e.id()) {
+                        results[i] = Some(Observation::Down {
+                            reason: format!("probe failed: {e}"),
+                        });
+                    }
+                }
+            }
+        }
+        let listed: HashSet<&NodeName> = targets.iter().map(|t| &t.name).collect();
+        self.conns.retain(|name, _| listed.contains(name));
+        self.last_down.retain(|name, _| listed.contains(name));
+
+        let out: Vec<(NodeName, Observation)> = targets
+            .iter()
+            .zip(results)
+            .map(|(t, obs)| {
+                let obs = obs.unwrap_or_else(|| Observation::Down {
+                    reason: "probe failed".into(),
+                });
+                (t.name.clone(), obs)
+            })
+            .collect();
+        for (name, obs) in &out {
+            self.log(name, obs);
+        }
+        out
+    }
+
+    /// Connections currently kept open.
+    pub fn connections_held(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn log(&mut self, name: &NodeName, obs: &Observation) {
+        match obs {
+            Observation::Down { reason } => {
+                if self.last_down.get(name) == Some(reason) {
+                    debug!(node = %name, reason = %reason, "node still down");
+                } else {
+                    error!(node = %name, reason = %reason, "node down");
+                    self.last_down.insert(name.clone(), reason.clone());
+                }
+            }
+            other => {
+                if self.last_down.remove(name).is_some() {
+                    info!(node = %name, "node answers again");
+                }
+                debug!(node = %name, observation = ?other, "probed");
+            }
+        }
+    }
+}
+
+/// One node's probe under its single deadline. The connection comes in and
+/// goes back out, unless it broke or the deadline passed.
+async fn probe_node(
+    shared: Arc<Shared>,
+    target: ProbeTarget,
+    conn: Option<NodeConn>,
+    now: Time,
+) -> (Option<NodeConn>, Observation) {
+    let deadline = shared.settings.connect_timeout;
+    let run = probe_with(&shared, &target, conn, now);
+    let (conn, obs) = match tokio::time::timeout(deadline, run).await {
+        Ok(done) => done,
+        // The future, and the connection in it, are dropped here.
+        Err(_) => (
+            None,
+            Observation::Down {
+                reason: format!("no answer within {}", fmt_duration(deadline)),
+            },
+        ),
+    };
+    let obs = match obs {
+        Observation::Down { reason } => Observation::Down {
+            reason: scrub(reason, shared.settings.password.expose()),
+        },
+        other => other,
+    };
+    (conn, obs)
+}
+
+async fn probe_with(
+    shared: &Shared,
+    target: &ProbeTarget,
+    conn: Option<NodeConn>,
+    now: Time,
+) -> (Option<NodeConn>, Observation) {
+    // A kept connection may have died since the last beat without us
+    // noticing (server restarted): then one fresh attempt, same deadline.
+    let reused = conn.as_ref().is_some_and(|c| !c.is_closed());
+    let mut conn = match conn {
+        Some(c) if reused => c,
+        _ => match NodeConn::connect(shared, &target.name).await {
+            Ok(c) => c,
+            Err(f) => return (None, down(f)),
+        },
+    };
+    let first = conn
+        .observe(shared, &target.name, target.cluster_id, now)
+        .await;
+    match first {
+        Ok(obs) => (Some(conn), obs),
+        Err(f) if f.broken && reused => {
+            debug!(node = %target.name, reason = %f.reason, "kept connection broke, reconnecting");
+            drop(conn);
+            let mut conn = match NodeConn::connect(shared, &target.name).await {
+                Ok(c) => c,
+                Err(f) => return (None, down(f)),
+            };
+            match conn
+                .observe(shared, &target.name, target.cluster_id, now)
+                .await
+            {
+                Ok(obs) => (Some(conn), obs),
+                Err(f) => finish(conn, f),
+            }
+        }
+        Err(f) => finish(conn, f),
+    }
+}
+
+fn finish(conn: NodeConn, f: Failure) -> (Option<NodeConn>, Observation) {
+    let keep = !f.broken && !conn.is_closed();
+    (keep.then_some(conn), down(f))
+}
+
+fn down(f: Failure) -> Observation {
+    Observation::Down { reason: f.reason }
+}
+
+/// Removes the password from a text that a server or a library produced:
+/// none should ever contain it, but reasons end up in logs and files.
+fn scrub(text: String, password: &str) -> String {
+    if password.is_empty() || !text.contains(password) {
+        text
+    } else {
+        text.replace(password, "***")
+    }
+}
+
+/// `5s`, `1.5s`, `0.25s`.
+fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        let s = format!("{:.3}", d.as_secs_f64());
+        format!("{}s", s.trim_end_matches('0').trim_end_matches('.'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(fmt_duration(Duration::from_secs(5)), "5s");
+        assert_eq!(fmt_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(fmt_duration(Duration::from_millis(250)), "0.25s");
+        assert_eq!(fmt_duration(Duration::from_millis(0)), "0s");
+    }
+
+    #[test]
+    fn scrubbing() {
+        assert_eq!(
+            scrub("FATAL: hunter2 bad".into(), "hunter2"),
+            "FATAL: *** bad"
+        );
+        assert_eq!(scrub("nothing here".into(), "hunter2"), "nothing here");
+        assert_eq!(scrub("abc".into(), ""), "abc");
+    }
+
+    fn settings() -> ProbeSettings {
+        ProbeSettings {
+            dbname: "db".into(),
+            user: "u".into(),
+            password: Secret::new("p"),
+            instance_name: "i".into(),
+            is_slave_statement: "SELECT pg_is_in_recovery()".into(),
+            sslmode: SslMode::Disable,
+            sslrootcert: None,
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn what_makes_a_reconnect() {
+        let a = settings();
+        let mut b = a.clone();
+        b.instance_name = "other".into();
+        b.is_slave_statement = "SELECT true".into();
+        b.connect_timeout = Duration::from_secs(9);
+        assert!(!a.connection_differs(&b));
+        for change in [
+            |s: &mut ProbeSettings| s.password = Secret::new("q"),
+            |s: &mut ProbeSettings| s.user = "v".into(),
+            |s: &mut ProbeSettings| s.dbname = "e".into(),
+            |s: &mut ProbeSettings| s.sslmode = SslMode::Require,
+            |s: &mut ProbeSettings| s.sslrootcert = Some("/x".into()),
+        ] {
+            let mut c = a.clone();
+            change(&mut c);
+            assert!(a.connection_differs(&c), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn bad_update_keeps_old_settings() {
+        let mut p = Prober::new(settings()).unwrap();
+        let mut bad = settings();
+        bad.sslmode = SslMode::VerifyCa;
+        bad.sslrootcert = Some("/nonexistent/root.crt".into());
+        assert!(p.update_settings(bad).is_err());
+        assert_eq!(p.settings(), &settings());
+    }
+
+    #[tokio::test]
+    async fn refused_node_is_down_quickly() {
+        // A port nobody listens on: bind, learn it, close.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut p = Prober::new(settings()).unwrap();
+        let name = NodeName::new("127.0.0.1", port);
+        let t0 = std::time::Instant::now();
+        let out = p
+            .probe_all(
+                &[ProbeTarget {
+                    name: name.clone(),
+                    cluster_id: None,
+                }],
+                Time(0),
+            )
+            .await;
+        assert!(t0.elapsed() < Duration::from_millis(900));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, name);
+        match &out[0].1 {
+            Observation::Down { reason } => assert!(reason.contains("refused"), "{reason}"),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(p.connections_held(), 0);
+    }
+
+    #[tokio::test]
+    async fn silent_server_is_down_at_the_deadline() {
+        // Accepts TCP and never says a word, like a frozen postmaster.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let mut s = settings();
+        s.connect_timeout = Duration::from_millis(300);
+        let mut p = Prober::new(s).unwrap();
+        let t0 = std::time::Instant::now();
+        let out = p
+            .probe_all(
+                &[ProbeTarget {
+                    name: NodeName::new("127.0.0.1", port),
+                    cluster_id: Some(0),
+                }],
+                Time(0),
+            )
+            .await;
+        let took = t0.elapsed();
+        hold.abort();
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_millis(500), "{took:?}");
+        assert_eq!(
+            out[0].1,
+            Observation::Down {
+                reason: "no answer within 0.3s".into()
+            }
+        );
+        assert_eq!(p.connections_held(), 0);
+    }
+}

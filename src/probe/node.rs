@@ -1,0 +1,388 @@
+//! One node's persistent connection and the couple of statements a beat runs
+//! on it: the role query, then the heartbeat write (master) or read (slave).
+
+use super::tls::Tls;
+use super::Shared;
+use crate::cluster::{ClusterId, Heartbeat, NodeName, Observation, Time};
+use std::time::{Duration, SystemTime};
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, NoTls, Statement};
+use tracing::debug;
+
+/// The heartbeat table: one row per plusmoin instance, so that instances
+/// watching the same servers never overwrite each other's beat.
+pub const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS plusmoin_heartbeat (\
+     instance_name text PRIMARY KEY, \
+     cluster_id integer, \
+     master_name text NOT NULL, \
+     beat_at timestamptz NOT NULL)";
+
+const UPSERT: &str = "INSERT INTO plusmoin_heartbeat (instance_name, cluster_id, master_name, beat_at) \
+     VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (instance_name) DO UPDATE SET \
+     cluster_id = EXCLUDED.cluster_id, master_name = EXCLUDED.master_name, beat_at = EXCLUDED.beat_at";
+
+const SELECT: &str =
+    "SELECT master_name, cluster_id, beat_at FROM plusmoin_heartbeat WHERE instance_name = $1";
+
+/// Why a probe failed, and whether the connection can still be used.
+#[derive(Debug)]
+pub(super) struct Failure {
+    pub reason: String,
+    /// The connection is broken (closed, I/O, protocol): drop it and
+    /// reconnect next time. SQL errors leave it usable.
+    pub broken: bool,
+}
+
+impl Failure {
+    fn sql(context: &str, err: &tokio_postgres::Error) -> Failure {
+        Failure {
+            reason: format!("{context}: {}", describe(err)),
+            broken: err.as_db_error().is_none(),
+        }
+    }
+    fn answer(reason: String) -> Failure {
+        Failure {
+            reason,
+            broken: false,
+        }
+    }
+}
+
+/// One line for a tokio-postgres error, with its causes: its own `Display`
+/// stops at "db error" or "error connecting to server".
+pub(super) fn describe(err: &tokio_postgres::Error) -> String {
+    if let Some(db) = err.as_db_error() {
+        return format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+    }
+    let mut out = err.to_string();
+    let mut cause = std::error::Error::source(err);
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// A live connection to one node, kept across beats, with the statements
+/// prepared on it.
+pub(super) struct NodeConn {
+    client: Client,
+    /// Drives the socket; aborted (after a short grace) once the client goes.
+    task: Option<JoinHandle<()>>,
+    /// The role statement and the text it was prepared from, so a reload
+    /// that changes `is_slave_statement` re-prepares it.
+    role: Option<(String, Statement)>,
+    upsert: Option<Statement>,
+    select: Option<Statement>,
+}
+
+impl Drop for NodeConn {
+    fn drop(&mut self) {
+        // The client is dropped right after this, which makes the connection
+        // task send Terminate and finish. A frozen server would keep it
+        // waiting forever, so it gets a second, then it is aborted.
+        if let Some(task) = self.task.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(async move {
+                        let abort = task.abort_handle();
+                        if tokio::time::timeout(Duration::from_secs(1), task)
+                            .await
+                            .is_err()
+                        {
+                            abort.abort();
+                        }
+                    });
+                }
+                Err(_) => task.abort(),
+            }
+        }
+    }
+}
+
+impl NodeConn {
+    pub(super) async fn connect(shared: &Shared, node: &NodeName) -> Result<NodeConn, Failure> {
+        let s = &shared.settings;
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(&node.host)
+            .port(node.port)
+            .user(&s.user)
+            .password(s.password.expose())
+            .dbname(&s.dbname)
+            .application_name("plusmoin")
+            .ssl_mode(shared.pg_ssl_mode)
+            .connect_timeout(s.connect_timeout);
+        let fail = |e: tokio_postgres::Error| Failure {
+            reason: describe(&e),
+            broken: true,
+        };
+        let name = node.clone();
+        let (client, task) = match &shared.tls {
+            Tls::Off => {
+                let (client, connection) = cfg.connect(NoTls).await.map_err(fail)?;
+                (client, tokio::spawn(drive(name, connection)))
+            }
+            Tls::Native(tls) => {
+                let (client, connection) = cfg.connect(tls.clone()).await.map_err(fail)?;
+                (client, tokio::spawn(drive(name, connection)))
+            }
+        };
+        debug!(node = %node, "connected");
+        Ok(NodeConn {
+            client,
+            task: Some(task),
+            role: None,
+            upsert: None,
+            select: None,
+        })
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// The beat's statements on this node.
+    pub(super) async fn observe(
+        &mut self,
+        shared: &Shared,
+        node: &NodeName,
+        cluster_id: Option<ClusterId>,
+        now: Time,
+    ) -> Result<Observation, Failure> {
+        let s = &shared.settings;
+        if self.role(&s.is_slave_statement).await? {
+            let heartbeat = self.read_heartbeat(&s.instance_name).await?;
+            Ok(Observation::Slave { heartbeat })
+        } else {
+            self.write_heartbeat(&s.instance_name, node, cluster_id, now)
+                .await?;
+            Ok(Observation::Master { wrote_at: now })
+        }
+    }
+
+    /// Runs `is_slave_statement`: true on a slave.
+    async fn role(&mut self, text: &str) -> Result<bool, Failure> {
+        const WHAT: &str = "is_slave_statement";
+        let stmt = match &self.role {
+            Some((t, s)) if t == text => s.clone(),
+            _ => {
+                self.role = None;
+                let s = self
+                    .client
+                    .prepare(text)
+                    .await
+                    .map_err(|e| Failure::sql(&format!("{WHAT} failed"), &e))?;
+                check_role_columns(&s).map_err(Failure::answer)?;
+                self.role = Some((text.to_owned(), s.clone()));
+                s
+            }
+        };
+        let rows = match self.client.query(&stmt, &[]).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                // A changed schema can invalidate the cached plan.
+                self.role = None;
+                return Err(Failure::sql(&format!("{WHAT} failed"), &e));
+            }
+        };
+        match rows.as_slice() {
+            [] => Err(Failure::answer(format!("{WHAT} returned no row"))),
+            [row] => match row.try_get::<_, Option<bool>>(0) {
+                Ok(Some(v)) => Ok(v),
+                Ok(None) => Err(Failure::answer(format!("{WHAT} returned NULL"))),
+                Err(e) => Err(Failure::answer(format!(
+                    "{WHAT} returned nonsense: {}",
+                    describe(&e)
+                ))),
+            },
+            more => Err(Failure::answer(format!(
+                "{WHAT} returned {} rows, expected one",
+                more.len()
+            ))),
+        }
+    }
+
+    /// Upserts this instance's row. A missing table is created once; any
+    /// other failure means this is not a master plusmoin can use.
+    async fn write_heartbeat(
+        &mut self,
+        instance: &str,
+        node: &NodeName,
+        cluster_id: Option<ClusterId>,
+        now: Time,
+    ) -> Result<(), Failure> {
+        let cluster = match cluster_id.map(i32::try_from).transpose() {
+            Ok(c) => c,
+            Err(_) => {
+                return Err(Failure::answer(format!(
+                    "cluster id {cluster_id:?} does not fit the heartbeat table"
+                )))
+            }
+        };
+        let master_name = node.to_string();
+        let beat_at = now.to_system_time();
+        let mut created = false;
+        loop {
+            let result = self
+                .try_upsert(instance, cluster, &master_name, beat_at)
+                .await;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if !created && e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+                    self.upsert = None;
+                    self.select = None;
+                    created = true;
+                    if let Err(e) = self.client.batch_execute(CREATE_TABLE).await {
+                        // Another instance may have created it at the same moment.
+                        let raced = e.code() == Some(&SqlState::DUPLICATE_TABLE)
+                            || e.code() == Some(&SqlState::UNIQUE_VIOLATION);
+                        if !raced {
+                            return Err(Failure::sql("cannot create the heartbeat table", &e));
+                        }
+                    }
+                    debug!(node = %node, "heartbeat table created");
+                }
+                Err(e) => {
+                    self.upsert = None;
+                    return Err(Failure::sql("cannot write the heartbeat", &e));
+                }
+            }
+        }
+    }
+
+    async fn try_upsert(
+        &mut self,
+        instance: &str,
+        cluster: Option<i32>,
+        master_name: &str,
+        beat_at: SystemTime,
+    ) -> Result<(), tokio_postgres::Error> {
+        let stmt = match &self.upsert {
+            Some(s) => s.clone(),
+            None => {
+                let s = self
+                    .client
+                    .prepare_typed(
+                        UPSERT,
+                        &[Type::TEXT, Type::INT4, Type::TEXT, Type::TIMESTAMPTZ],
+                    )
+                    .await?;
+                self.upsert = Some(s.clone());
+                s
+            }
+        };
+        self.client
+            .execute(&stmt, &[&instance, &cluster, &master_name, &beat_at])
+            .await?;
+        Ok(())
+    }
+
+    /// Reads this instance's row as replayed on a slave. Not there yet (no
+    /// table, no row) is `None`: the slave is simply not in sync.
+    async fn read_heartbeat(&mut self, instance: &str) -> Result<Option<Heartbeat>, Failure> {
+        const WHAT: &str = "cannot read the heartbeat";
+        let stmt = match &self.select {
+            Some(s) => s.clone(),
+            None => match self.client.prepare_typed(SELECT, &[Type::TEXT]).await {
+                Ok(s) => {
+                    self.select = Some(s.clone());
+                    s
+                }
+                Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(None),
+                Err(e) => return Err(Failure::sql(WHAT, &e)),
+            },
+        };
+        let rows = match self.client.query(&stmt, &[&instance]).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.select = None;
+                if e.code() == Some(&SqlState::UNDEFINED_TABLE) {
+                    return Ok(None);
+                }
+                return Err(Failure::sql(WHAT, &e));
+            }
+        };
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let bad = |e: tokio_postgres::Error| {
+            Failure::answer(format!(
+                "the heartbeat table has an unexpected shape: {}",
+                describe(&e)
+            ))
+        };
+        let master_name: String = row.try_get(0).map_err(bad)?;
+        let cluster_id: Option<i32> = row.try_get(1).map_err(bad)?;
+        let beat_at: SystemTime = row.try_get(2).map_err(bad)?;
+        let cluster_id = match cluster_id.map(ClusterId::try_from).transpose() {
+            Ok(c) => c,
+            Err(_) => {
+                return Err(Failure::answer(format!(
+                    "the heartbeat row holds an invalid cluster id {cluster_id:?}"
+                )))
+            }
+        };
+        Ok(Some(Heartbeat {
+            master_name,
+            cluster_id,
+            written_at: Time::from_system_time(beat_at),
+        }))
+    }
+}
+
+/// `is_slave_statement` must yield a single boolean column; checked once at
+/// prepare time so the reason names the mistake.
+fn check_role_columns(stmt: &Statement) -> Result<(), String> {
+    let types: Vec<&Type> = stmt.columns().iter().map(|c| c.type_()).collect();
+    role_columns_reason(&types).map_or(Ok(()), Err)
+}
+
+pub(super) fn role_columns_reason(types: &[&Type]) -> Option<String> {
+    match types {
+        [t] if **t == Type::BOOL => None,
+        [t] => Some(format!(
+            "is_slave_statement returned a {} column, expected one boolean column",
+            t.name()
+        )),
+        [] => Some("is_slave_statement returned no column, expected one boolean column".into()),
+        more => Some(format!(
+            "is_slave_statement returned {} columns, expected one boolean column",
+            more.len()
+        )),
+    }
+}
+
+async fn drive<S, T>(node: NodeName, connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        debug!(node = %node, error = %describe(&e), "connection ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_columns() {
+        assert_eq!(role_columns_reason(&[&Type::BOOL]), None);
+        let text = role_columns_reason(&[&Type::TEXT]).unwrap();
+        assert!(text.contains("a text column"), "{text}");
+        let two = role_columns_reason(&[&Type::BOOL, &Type::BOOL]).unwrap();
+        assert!(two.contains("2 columns"), "{two}");
+        let none = role_columns_reason(&[]).unwrap();
+        assert!(none.contains("no column"), "{none}");
+    }
+}
