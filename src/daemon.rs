@@ -125,7 +125,9 @@ impl Daemon {
                 payload,
                 timeout: self.config.trigger_timeout,
             }),
-            Err(err) => error!(cluster = e.cluster_id, event = %e.kind, "cannot build payload: {err}"),
+            Err(err) => {
+                error!(cluster = e.cluster_id, event = %e.kind, "cannot build payload: {err}")
+            }
         }
     }
 

@@ -132,11 +132,17 @@ fn play_story(sb: &Sandbox, stop: &AtomicBool) {
     if !pause(stop, 5) {
         return;
     }
-    step(&format!("stopping standby {s2}: expect slave_down"), &|| sb.stop(2));
+    step(
+        &format!("stopping standby {s2}: expect slave_down"),
+        &|| sb.stop(2),
+    );
     if !pause(stop, 5) {
         return;
     }
-    step(&format!("starting standby {s2} again: expect slave_up"), &|| sb.start_node(2));
+    step(
+        &format!("starting standby {s2} again: expect slave_up"),
+        &|| sb.start_node(2),
+    );
     if !pause(stop, 6) {
         return;
     }
@@ -150,7 +156,10 @@ fn play_story(sb: &Sandbox, stop: &AtomicBool) {
     if !pause(stop, 3) {
         return;
     }
-    step(&format!("re-pointing standby {s2} to the new primary {s1}"), &|| sb.repoint(2, 1));
+    step(
+        &format!("re-pointing standby {s2} to the new primary {s1}"),
+        &|| sb.repoint(2, 1),
+    );
     if !pause(stop, 8) {
         return;
     }

@@ -148,7 +148,10 @@ fn reload(cli: &Cli) -> ExitCode {
     };
     match lifecycle::reload(&config.pid_file) {
         Ok(pid) => {
-            println!("asked plusmoin (pid {pid}) to reload {}", cli.config.display());
+            println!(
+                "asked plusmoin (pid {pid}) to reload {}",
+                cli.config.display()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => fail(1, e),

@@ -58,14 +58,21 @@ fn check_config_rejects_each_bad_file_with_one_precise_line() {
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{name}: {err}");
         assert_eq!(err.lines().count(), 1, "{name}: one line: {err}");
-        assert!(err.contains(&path.display().to_string()), "{name}: names the file: {err}");
+        assert!(
+            err.contains(&path.display().to_string()),
+            "{name}: names the file: {err}"
+        );
         assert!(err.contains(expect), "{name}: expected {expect:?} in {err}");
         assert!(!err.contains("secret-pw"), "{name}: password leaked: {err}");
         assert!(!err.contains("panicked"), "{name}: {err}");
     }
     let o = plusmoin(&["-c", "/nonexistent/plusmoin.json", "check-config"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("/nonexistent/plusmoin.json"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/nonexistent/plusmoin.json"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -96,7 +103,11 @@ fn status_without_a_daemon_fails_clearly() {
         args.extend_from_slice(extra);
         let o = plusmoin(&args);
         assert_eq!(o.status.code(), Some(1));
-        assert!(stderr(&o).contains("older than three beats"), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("older than three beats"),
+            "{}",
+            stderr(&o)
+        );
     }
 }
 

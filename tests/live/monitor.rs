@@ -159,8 +159,16 @@ impl Plusmoin {
             .unwrap_or_default();
         files.retain(|p| p.extension().is_some_and(|e| e == "ev"));
         files.sort_by_key(|p| {
-            let name = p.file_name().unwrap_or_default().to_string_lossy().to_string();
-            let nanos: u128 = name.split('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            let nanos: u128 = name
+                .split('-')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
             (nanos, name)
         });
         files
@@ -201,14 +209,21 @@ impl Plusmoin {
             .unwrap_or(Value::Null)
     }
 
-    pub fn wait_status(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let mut st = Value::Null;
         let ok = wait_until(timeout, || {
             st = self.status();
             pred(&st)
         });
         if !ok {
-            self.fail(&format!("status never showed {what} within {timeout:?}; last: {st:#}"));
+            self.fail(&format!(
+                "status never showed {what} within {timeout:?}; last: {st:#}"
+            ));
         }
         st
     }
@@ -217,7 +232,14 @@ impl Plusmoin {
         let kinds: Vec<String> = self
             .changes()
             .iter()
-            .map(|e| format!("{}({}, {})", e.kind, e.cluster(), e.payload["trigger"]["name"]))
+            .map(|e| {
+                format!(
+                    "{}({}, {})",
+                    e.kind,
+                    e.cluster(),
+                    e.payload["trigger"]["name"]
+                )
+            })
             .collect();
         let log = self.log();
         let tail: Vec<&str> = log.lines().rev().take(60).collect();
@@ -286,7 +308,11 @@ fn start_reports_one_cluster_and_slave_stop_and_start_give_slave_down_and_up() {
     assert!(wait_until(LONG, || beats(&p) >= 4), "{}", p.log());
     let changes = p.changes();
     let kinds: Vec<&str> = changes.iter().map(|e| e.kind.as_str()).collect();
-    assert_eq!(kinds, ["plusmoin_up"], "only plusmoin_up at start: {changes:?}");
+    assert_eq!(
+        kinds,
+        ["plusmoin_up"],
+        "only plusmoin_up at start: {changes:?}"
+    );
     let up = &changes[0].payload;
     assert_eq!(up["cluster_id"], 0);
     assert_eq!(up["trigger"], Value::Null);
@@ -308,10 +334,10 @@ fn start_reports_one_cluster_and_slave_stop_and_start_give_slave_down_and_up() {
         e.kind == "slave_down" && e.about(&n2)
     });
     assert_eq!(down.cluster(), 0);
-    assert_eq!(names(&down.payload["lost"]), [n2.clone()]);
-    assert_eq!(names(&down.payload["slaves"]), [n1.clone()]);
+    assert_eq!(names(&down.payload["lost"]), [n2.as_str()]);
+    assert_eq!(names(&down.payload["slaves"]), [n1.as_str()]);
     p.wait_status("the stopped standby lost", LONG, |st| {
-        names(&st["clusters"][0]["lost"]) == [n2.clone()]
+        names(&st["clusters"][0]["lost"]) == [n2.as_str()]
     });
 
     sb.start_node(2).expect("start standby");
@@ -338,8 +364,12 @@ fn frozen_master_gives_master_down_and_thawed_master_up() {
         st["clusters"][0]["has_master"] == false
     });
     assert_eq!(st["clusters"][0]["cluster_id"], 0);
-    assert_eq!(names(&st["clusters"][0]["slaves"]).len(), 2, "slaves stay: {st:#}");
-    assert_eq!(names(&st["clusters"][0]["lost"]), [n0.clone()]);
+    assert_eq!(
+        names(&st["clusters"][0]["slaves"]).len(),
+        2,
+        "slaves stay: {st:#}"
+    );
+    assert_eq!(names(&st["clusters"][0]["lost"]), [n0.as_str()]);
     sb.thaw(0).expect("thaw");
     let up = p.wait_event("master_up", LONG, |e| e.kind == "master_up");
     assert!(up.about(&n0));
@@ -365,10 +395,10 @@ fn failover_keeps_cluster_id_and_returning_old_master_splits() {
     sb.repoint(2, 1).expect("repoint standby 2");
     let st = p.wait_status("standby 2 in sync with the new master", LONG, |st| {
         st["clusters"][0]["master"]["name"] == n1.as_str()
-            && names(&st["clusters"][0]["slaves"]) == [n2.clone()]
+            && names(&st["clusters"][0]["slaves"]) == [n2.as_str()]
             && st["clusters"][0]["slaves"][0]["master_name"] == n1.as_str()
     });
-    assert_eq!(names(&st["clusters"][0]["lost"]), [n0.clone()]);
+    assert_eq!(names(&st["clusters"][0]["lost"]), [n0.as_str()]);
     // If it fell out of sync meanwhile, it came back with slave_up.
     let changes = p.changes();
     let last_for_n2 = changes
@@ -389,7 +419,7 @@ fn failover_keeps_cluster_id_and_returning_old_master_splits() {
     });
     assert_eq!(st["clusters"][0]["cluster_id"], 0);
     assert_eq!(st["clusters"][0]["master"]["name"], n1.as_str());
-    assert_eq!(names(&st["clusters"][0]["slaves"]), [n2.clone()]);
+    assert_eq!(names(&st["clusters"][0]["slaves"]), [n2.as_str()]);
     assert_eq!(st["clusters"][1]["cluster_id"], 1);
     assert_eq!(st["clusters"][1]["master"]["name"], n0.as_str());
 }
@@ -409,9 +439,11 @@ fn frozen_slave_does_not_delay_detection_of_stopped_slave() {
     let stopped = std::time::Instant::now();
     // Every beat waits at most connect_timeout for the frozen node, so the
     // stopped one is reported within a couple of beats, while 1 stays frozen.
-    p.wait_event("slave_down for the stopped standby", Duration::from_secs(8), |e| {
-        e.kind == "slave_down" && e.about(&n2)
-    });
+    p.wait_event(
+        "slave_down for the stopped standby",
+        Duration::from_secs(8),
+        |e| e.kind == "slave_down" && e.about(&n2),
+    );
     let frozen_down = p.wait_event("slave_down for the frozen standby", LONG, |e| {
         e.kind == "slave_down" && e.about(&n1)
     });
@@ -434,7 +466,9 @@ fn frozen_slave_does_not_delay_detection_of_stopped_slave() {
 fn sigterm_finishes_cleanly_and_removes_pid_file() {
     let sb = Sandbox::start(1).expect("sandbox");
     let mut p = Plusmoin::start(&sb, &Timings::default(), "");
-    p.wait_status("one cluster", LONG, |st| st["clusters"][0]["has_master"] == true);
+    p.wait_status("one cluster", LONG, |st| {
+        st["clusters"][0]["has_master"] == true
+    });
     let pid_file = p.dir.path().join("plusmoin.pid");
     let pid: u32 = std::fs::read_to_string(&pid_file)
         .expect("pid file")
