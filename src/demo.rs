@@ -78,7 +78,7 @@ fn demo(story: bool) -> Result<(), String> {
     let config = config::load(&cfg_path).map_err(|e| e.to_string())?;
     crate::lifecycle::init_logging(LogLevel::Info, None).map_err(|e| e.to_string())?;
     say(&format!(
-        "plusmoin watches {} (config {}); `plusmoin -c {} status --table` shows its view",
+        "plusmoin watches {} servers (config {}); `plusmoin -c {} status --table` shows its view",
         nodes.len(),
         cfg_path.display(),
         cfg_path.display()

@@ -168,14 +168,33 @@ fn log_outcome(job: &TriggerJob, outcome: &TriggerOutcome) {
     let trigger = job.kind.as_str();
     let command = job.command.line.as_str();
     match outcome {
-        TriggerOutcome::Succeeded { elapsed, .. } => {
+        TriggerOutcome::Succeeded { elapsed, output } => {
             // Heartbeat triggers run every beat: keep them out of an
-            // info-level log.
+            // info-level log. What a trigger prints is shown (bounded) so
+            // that a trigger can report what it did.
             let elapsed_ms = elapsed.as_millis() as u64;
+            let text = output.text();
+            let output = text.trim_end();
             if job.kind == EventKind::PlusmoinHeartbeat {
-                tracing::debug!(cluster, trigger, command, elapsed_ms, "trigger succeeded");
-            } else {
+                tracing::debug!(
+                    cluster,
+                    trigger,
+                    command,
+                    elapsed_ms,
+                    output,
+                    "trigger succeeded"
+                );
+            } else if output.is_empty() {
                 tracing::info!(cluster, trigger, command, elapsed_ms, "trigger succeeded");
+            } else {
+                tracing::info!(
+                    cluster,
+                    trigger,
+                    command,
+                    elapsed_ms,
+                    output,
+                    "trigger succeeded"
+                );
             }
         }
         TriggerOutcome::Failed {
