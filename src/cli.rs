@@ -50,6 +50,18 @@ pub enum Command {
     },
     /// Validate the configuration and print a summary of it.
     CheckConfig,
+    /// Hold a node out of pgpool for maintenance: plusmoin detaches it and
+    /// never attaches it until `release` (kept beside the status file).
+    Hold {
+        /// The node as configured: HOST:PORT (a bare HOST if unique).
+        #[arg(value_name = "HOST:PORT")]
+        node: String,
+    },
+    /// Release a held node: plusmoin attaches it again once it is in sync.
+    Release {
+        #[arg(value_name = "HOST:PORT")]
+        node: String,
+    },
     /// Start a local sandbox cluster (a primary and two standbys) and a
     /// foreground plusmoin on it that prints every event, then play a short
     /// failover story. Needs PostgreSQL installed; Ctrl-C stops everything.

@@ -34,12 +34,16 @@ pub struct Daemon {
     dispatcher: Dispatcher,
     /// The last status-file error, logged once until it changes.
     status_error: Option<String>,
+    /// pgpool handlers, reconciliation and holds (inert without a section).
+    pgpool: crate::pgpool::Sidecar,
 }
 
 impl Daemon {
     pub fn new(config: Config) -> Result<Daemon, DaemonError> {
         let prober = Prober::new(ProbeSettings::from_config(&config))?;
+        let pgpool = crate::pgpool::Sidecar::new(&config);
         Ok(Daemon {
+            pgpool,
             config: Arc::new(config),
             prober,
             state: State::default(),
@@ -96,6 +100,7 @@ impl Daemon {
         for e in &events {
             self.act(&next, e);
         }
+        self.pgpool.beat(&next, &events);
         self.state = next;
         self.write_status(now);
         events
@@ -132,12 +137,13 @@ impl Daemon {
     }
 
     fn write_status(&mut self, now: Time) {
-        let st = Status::new(
+        let mut st = Status::new(
             &self.state,
             &self.config.instance_name,
             now,
             self.config.heartbeat,
         );
+        st.held = self.pgpool.held();
         match status::write(&self.config.status_file, &st) {
             Ok(()) => {
                 if self.status_error.take().is_some() {
@@ -159,6 +165,7 @@ impl Daemon {
     pub fn reconfigure(&mut self, config: Config) -> Result<(), DaemonError> {
         self.prober
             .update_settings(ProbeSettings::from_config(&config))?;
+        self.pgpool.reconfigure(&config);
         self.config = Arc::new(config);
         Ok(())
     }
@@ -171,6 +178,7 @@ impl Daemon {
     pub async fn shutdown(self) {
         let grace = self.config.trigger_timeout.min(Duration::from_secs(10));
         self.dispatcher.shutdown(grace).await;
+        self.pgpool.shutdown().await;
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`probe`]: tokio-postgres probes, the heartbeat table, TLS.
 //! - [`actions`]: trigger scripts, run in order per cluster.
 //! - [`status`]: the status file, written atomically.
+//! - [`pgpool`]: the pgpool-II sidecar: pcp handlers, reconciliation, holds.
 //! - [`daemon`]: the beat loop, signals, reload.
 //! - [`lifecycle`]: process plumbing: locked pid file, detaching, dropping
 //!   root, `stop`/`reload`, logging set-up.
@@ -27,6 +28,7 @@ pub mod daemon;
 pub mod demo;
 pub mod lifecycle;
 pub mod payload;
+pub mod pgpool;
 pub mod probe;
 pub mod sandbox;
 pub mod status;

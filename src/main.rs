@@ -19,6 +19,8 @@ fn main() -> ExitCode {
         Command::Reload => reload(&cli),
         Command::Status { table } => show_status(&cli, table),
         Command::Demo { no_story } => demo::run(!no_story),
+        Command::Hold { ref node } => hold(&cli, node, true),
+        Command::Release { ref node } => hold(&cli, node, false),
     }
 }
 
@@ -36,6 +38,9 @@ fn check_config(cli: &Cli) -> ExitCode {
         Ok(c) => {
             if let Some(w) = lifecycle::world_readable_warning(&cli.config) {
                 eprintln!("plusmoin: warning: {w}");
+            }
+            for w in plusmoin::pgpool::problems(&c) {
+                eprintln!("plusmoin: warning: pgpool: {w}");
             }
             print!("{}", c.summary());
             println!("configuration OK");
@@ -176,6 +181,41 @@ fn show_status(cli: &Cli, table: bool) -> ExitCode {
             }
             Err(e) => fail(1, e),
         },
+        Err(e) => fail(1, e),
+    }
+}
+
+fn hold(cli: &Cli, node: &str, on: bool) -> ExitCode {
+    use plusmoin::pgpool::hold;
+    let config = match load(cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if config.pgpool.is_none() {
+        eprintln!("plusmoin: warning: no \"pgpool\" section: a hold is only shown in the status");
+    }
+    let result = if on {
+        hold::hold(&config, node)
+    } else {
+        hold::release(&config, node)
+    };
+    match result {
+        Ok((name, true)) if on => {
+            println!("{name} held: plusmoin detaches it from pgpool and does not attach it until `plusmoin release {name}`");
+            ExitCode::SUCCESS
+        }
+        Ok((name, false)) if on => {
+            println!("{name} was already held");
+            ExitCode::SUCCESS
+        }
+        Ok((name, true)) => {
+            println!("{name} released: plusmoin attaches it to pgpool once it is in sync");
+            ExitCode::SUCCESS
+        }
+        Ok((name, false)) => {
+            println!("{name} was not held");
+            ExitCode::SUCCESS
+        }
         Err(e) => fail(1, e),
     }
 }

@@ -40,6 +40,9 @@ pub mod defaults {
     pub const IS_SLAVE_STATEMENT: &str = "SELECT pg_is_in_recovery()";
     /// A node's port when it does not say.
     pub const PORT: u16 = 5432;
+    pub const PCP_HOST: &str = "127.0.0.1";
+    pub const PCP_PORT: u16 = 9898;
+    pub const PGPOOL_BIN_DIR: &str = "/usr/sbin";
 }
 
 /// Reads and validates the configuration file at `path`.
@@ -190,6 +193,28 @@ pub struct TriggerCommand {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
     pub name: NodeName,
+    /// pgpool-II's number for this backend, when written on the node; it
+    /// wins over what `pgpool.pgpool_conf` says.
+    pub pgpool_node_id: Option<u32>,
+}
+
+/// The optional `pgpool` section (SPEC §5): how to reach pcp, and which
+/// pgpool node id each configured node has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgpoolConfig {
+    pub pcp_host: String,
+    pub pcp_port: u16,
+    pub pcp_user: String,
+    /// Given to pcp as `PCPPASSFILE`; never read by plusmoin except to
+    /// check its mode.
+    pub pcppass_file: PathBuf,
+    pub pgpool_conf: Option<PathBuf>,
+    /// Where the `pcp_*` programs are.
+    pub bin_dir: PathBuf,
+    pub templates: crate::pgpool::templates::PcpTemplates,
+    /// Every node that has an id, from `pgpool_node_id` or `pgpool_conf`;
+    /// nodes missing here are left alone by the pgpool handlers.
+    pub node_ids: BTreeMap<NodeName, u32>,
 }
 
 /// The validated configuration.
@@ -216,6 +241,8 @@ pub struct Config {
     pub instance_name: String,
     pub sslmode: SslMode,
     pub sslrootcert: Option<PathBuf>,
+    /// `None`: no pgpool handling at all.
+    pub pgpool: Option<PgpoolConfig>,
 }
 
 impl Config {
@@ -262,7 +289,21 @@ impl Config {
             text.push_str("  (none)\n");
         }
         for node in &self.nodes {
-            let _ = writeln!(text, "  {}", node.name);
+            match self.pgpool.as_ref().map(|p| p.node_ids.get(&node.name)) {
+                Some(Some(id)) => {
+                    let _ = writeln!(text, "  {:<30} pgpool node {id}", node.name.to_string());
+                }
+                Some(None) => {
+                    let _ = writeln!(
+                        text,
+                        "  {:<30} (no pgpool node id: not handled by pgpool actions)",
+                        node.name.to_string()
+                    );
+                }
+                None => {
+                    let _ = writeln!(text, "  {}", node.name);
+                }
+            }
         }
         let _ = writeln!(
             text,
@@ -276,6 +317,34 @@ impl Config {
                 .get(&kind)
                 .map_or("(nothing runs)", |t| t.line.as_str());
             let _ = writeln!(text, "  {:<20} {command}", kind.as_str());
+        }
+        match &self.pgpool {
+            None => text.push_str("pgpool: (no pgpool section: no pgpool handling)\n"),
+            Some(p) => {
+                text.push_str("pgpool:\n");
+                let mut row = |key: &str, value: &dyn fmt::Display| {
+                    let _ = writeln!(text, "  {key:<20} {value}");
+                };
+                row("pcp_host", &p.pcp_host);
+                row("pcp_port", &p.pcp_port);
+                row("pcp_user", &p.pcp_user);
+                row("pcppass_file", &p.pcppass_file.display());
+                row(
+                    "pgpool_conf",
+                    &p.pgpool_conf
+                        .as_ref()
+                        .map_or_else(|| "(none)".to_string(), |c| c.display().to_string()),
+                );
+                row("bin_dir", &p.bin_dir.display());
+                for c in crate::pgpool::templates::Command::ALL {
+                    let how = if p.templates.is_shipped(c) {
+                        "shipped"
+                    } else {
+                        "overridden"
+                    };
+                    row(&format!("templates.{c}"), &how);
+                }
+            }
         }
         text
     }

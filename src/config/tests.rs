@@ -736,3 +736,218 @@ proptest! {
         prop_assert!(c.is_ok(), "{:?}", c.err().map(|e| e.to_string()));
     }
 }
+
+// ---- the pgpool section (issue 4) ----
+
+fn with_pgpool(pgpool: &str, nodes: &str) -> String {
+    format!(
+        "{{\"dbname\": \"d\", \"user\": \"u\", \"password\": \"p\",\n\"nodes\": [{nodes}],\n\"pgpool\": {pgpool}\n}}"
+    )
+}
+
+#[test]
+fn pgpool_section_defaults_and_explicit_node_ids() {
+    let c = parse_ok(&with_pgpool(
+        r#"{"pcp_user": "pgpool", "pcppass_file": "/etc/plusmoin/pcppass"}"#,
+        r#"{"host": "db1", "pgpool_node_id": 1}, {"host": "db2"}"#,
+    ));
+    let p = c.pgpool.expect("pgpool section");
+    assert_eq!(p.pcp_host, "127.0.0.1");
+    assert_eq!(p.pcp_port, 9898);
+    assert_eq!(p.pcp_user, "pgpool");
+    assert_eq!(p.pcppass_file, PathBuf::from("/etc/plusmoin/pcppass"));
+    assert_eq!(p.bin_dir, PathBuf::from("/usr/sbin"));
+    assert_eq!(p.pgpool_conf, None);
+    assert_eq!(
+        p.templates,
+        crate::pgpool::templates::PcpTemplates::default()
+    );
+    let ids: Vec<(String, u32)> = p
+        .node_ids
+        .iter()
+        .map(|(n, i)| (n.to_string(), *i))
+        .collect();
+    assert_eq!(ids, [("db1:5432".to_string(), 1)], "db2 has no id");
+    assert_eq!(c.nodes[0].pgpool_node_id, Some(1));
+    assert!(parse_ok(MINIMAL).pgpool.is_none());
+}
+
+#[test]
+fn pgpool_conf_maps_node_ids_and_explicit_ids_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("pgpool.conf");
+    std::fs::write(
+        &conf,
+        "backend_hostname0 = 'db1'\nbackend_port0 = 5432\n\
+         backend_hostname1 = 'DB2'\nbackend_port1 = 5433\n\
+         backend_hostname2 = 'db3'\n",
+    )
+    .unwrap();
+    let c = parse_ok(&with_pgpool(
+        &format!(
+            r#"{{"pcp_user": "pgpool", "pcppass_file": "/x", "pgpool_conf": "{}",
+                 "pcp_host": "pgpool.local", "pcp_port": 9999, "bin_dir": "/opt/pgpool/bin"}}"#,
+            conf.display()
+        ),
+        r#"{"host": "db1"}, {"host": "db2", "port": 5433}, {"host": "db3", "pgpool_node_id": 7},
+           {"host": "db4"}"#,
+    ));
+    let p = c.pgpool.unwrap();
+    let ids: Vec<(String, u32)> = p
+        .node_ids
+        .iter()
+        .map(|(n, i)| (n.to_string(), *i))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("db1:5432".to_string(), 0),
+            ("db2:5433".to_string(), 1),
+            ("db3:5432".to_string(), 7)
+        ]
+    );
+    assert_eq!(p.pcp_host, "pgpool.local");
+    assert_eq!(p.pcp_port, 9999);
+    assert_eq!(p.bin_dir, PathBuf::from("/opt/pgpool/bin"));
+    let summary = parse_ok(&with_pgpool(
+        &format!(
+            r#"{{"pcp_user": "pgpool", "pcppass_file": "/x", "pgpool_conf": "{}"}}"#,
+            conf.display()
+        ),
+        r#"{"host": "db1"}, {"host": "db4"}"#,
+    ))
+    .summary();
+    assert!(summary.contains("pgpool node 0"), "{summary}");
+    assert!(
+        summary.contains("db4:5432") && summary.contains("no pgpool node id"),
+        "{summary}"
+    );
+    assert!(summary.contains("templates.attach"), "{summary}");
+}
+
+#[test]
+fn pgpool_errors_point_at_the_key() {
+    let text = with_pgpool(r#"{"pcp_user": "pgpool"}"#, "");
+    assert_eq!(
+        refused(&text),
+        "x.json:3:11: pgpool: missing required key \"pcppass_file\""
+    );
+    let text = with_pgpool(
+        r#"{"pcp_user": "pgpool", "pcppass_file": "/x", "pcp_prot": 1}"#,
+        "",
+    );
+    assert_eq!(
+        refused(&text),
+        "x.json:3:56: pgpool: unknown key \"pcp_prot\" (did you mean \"pcp_port\"?)"
+    );
+    let text = with_pgpool(
+        r#"{"pcp_user": "pgpool", "pcppass_file": "/x", "pcp_port": 0}"#,
+        "",
+    );
+    assert_eq!(
+        refused(&text),
+        "x.json:3:68: pgpool.pcp_port: 0 is outside 1-65535"
+    );
+    let text = with_pgpool(r#"{"pcp_user": "", "pcppass_file": "/x"}"#, "");
+    assert_eq!(
+        refused(&text),
+        "x.json:3:24: pgpool.pcp_user: must not be empty"
+    );
+    let text = with_pgpool("[]", "");
+    assert!(refused(&text).starts_with("x.json:3:11: pgpool: expected an object"));
+}
+
+#[test]
+fn pgpool_node_id_errors() {
+    let pg = r#"{"pcp_user": "pgpool", "pcppass_file": "/x"}"#;
+    let text = with_pgpool(pg, r#"{"host": "a", "pgpool_node_id": -1}"#);
+    assert_eq!(
+        refused(&text),
+        "x.json:2:43: nodes[0].pgpool_node_id: -1 is outside 0-4095"
+    );
+    let text = with_pgpool(pg, r#"{"host": "a", "pgpool_node_id": 1.5}"#);
+    assert_eq!(
+        refused(&text),
+        "x.json:2:43: nodes[0].pgpool_node_id: 1.5 is not an integer node id"
+    );
+    let text = with_pgpool(
+        pg,
+        r#"{"host": "a", "pgpool_node_id": 1}, {"host": "b", "pgpool_node_id": 1}"#,
+    );
+    assert_eq!(
+        refused(&text),
+        "x.json:2:79: nodes[1].pgpool_node_id: pgpool node id 1 is given to both a:5432 and b:5432"
+    );
+    let text = r#"{"dbname": "d", "user": "u", "password": "p",
+"nodes": [{"host": "a", "pgpool_node_id": 0}]}"#;
+    assert_eq!(
+        refused(text),
+        "x.json:2:43: nodes[0].pgpool_node_id: set, but there is no \"pgpool\" section to use it"
+    );
+}
+
+#[test]
+fn pgpool_conf_problems_are_reported_at_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.conf");
+    let text = with_pgpool(
+        &format!(
+            r#"{{"pcp_user": "pgpool", "pcppass_file": "/x", "pgpool_conf": "{}"}}"#,
+            missing.display()
+        ),
+        "",
+    );
+    let e = refused(&text);
+    assert!(
+        e.starts_with("x.json:3:71: pgpool.pgpool_conf: cannot read "),
+        "{e}"
+    );
+    let bad = dir.path().join("bad.conf");
+    std::fs::write(&bad, "backend_hostname0 = 'a'\nbackend_port0 = 'x'\n").unwrap();
+    let text = with_pgpool(
+        &format!(
+            r#"{{"pcp_user": "pgpool", "pcppass_file": "/x", "pgpool_conf": "{}"}}"#,
+            bad.display()
+        ),
+        "",
+    );
+    let e = refused(&text);
+    assert!(
+        e.contains("pgpool.pgpool_conf: ") && e.contains("line 2:"),
+        "{e}"
+    );
+}
+
+#[test]
+fn pgpool_templates_are_checked_at_load_time() {
+    let text = with_pgpool(
+        r#"{"pcp_user": "pgpool", "pcppass_file": "/x",
+  "templates": {"attach": "pcp_attach_node -n {{nodeid}}", "detach": null}}"#,
+        "",
+    );
+    let e = refused(&text);
+    assert!(
+        e.starts_with("x.json:4:27: pgpool.templates.attach: "),
+        "{e}"
+    );
+    assert!(
+        e.contains("nodeid") && e.contains("variables: node_id, host"),
+        "{e}"
+    );
+    let text = with_pgpool(
+        r#"{"pcp_user": "pgpool", "pcppass_file": "/x", "templates": {"atach": "x"}}"#,
+        "",
+    );
+    assert_eq!(
+        refused(&text),
+        "x.json:3:70: pgpool.templates: unknown template \"atach\" (did you mean \"attach\"?)"
+    );
+    let c = parse_ok(&with_pgpool(
+        r#"{"pcp_user": "pgpool", "pcppass_file": "/x",
+  "templates": {"node_info": "/opt/bin/pcp_node_info -v -n {{node_id}} -h {{pcp_host}}"}}"#,
+        "",
+    ));
+    let t = c.pgpool.unwrap().templates;
+    assert!(t.node_info.starts_with("/opt/bin/pcp_node_info -v"));
+    assert_eq!(t.attach, crate::pgpool::templates::ATTACH);
+}

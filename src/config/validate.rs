@@ -5,15 +5,19 @@
 //! the first one a reader meets in the file.
 
 use super::json::{Document, Json, Spanned};
-use super::{defaults, Config, ConfigError, LogLevel, NodeConfig, Secret, SslMode, TriggerCommand};
+use super::{
+    defaults, Config, ConfigError, LogLevel, NodeConfig, PgpoolConfig, Secret, SslMode,
+    TriggerCommand,
+};
 use crate::cluster::{EventKind, NodeName};
+use crate::pgpool::templates::{self, PcpTemplates};
 use serde_json::Number;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Every top-level key, in the order the documentation lists them.
-pub const KEYS: [&str; 19] = [
+pub const KEYS: [&str; 20] = [
     "dbname",
     "user",
     "password",
@@ -33,9 +37,24 @@ pub const KEYS: [&str; 19] = [
     "daemon_user",
     "pid_file",
     "status_file",
+    "pgpool",
 ];
 
-const NODE_KEYS: [&str; 2] = ["host", "port"];
+const NODE_KEYS: [&str; 3] = ["host", "port", "pgpool_node_id"];
+
+const PGPOOL_KEYS: [&str; 7] = [
+    "pcp_host",
+    "pcp_port",
+    "pcp_user",
+    "pcppass_file",
+    "pgpool_conf",
+    "bin_dir",
+    "templates",
+];
+
+/// Highest `pgpool_node_id` accepted: far above pgpool's backend limit (128),
+/// low enough that a slip (a port written as an id) is caught.
+const MAX_PGPOOL_NODE_ID: i128 = 4095;
 
 /// Longest duration accepted anywhere: beyond it a number is surely a slip
 /// (milliseconds written as seconds), and `Duration` arithmetic stays far
@@ -73,6 +92,22 @@ struct Raw {
     daemon_user: Option<String>,
     pid_file: Option<PathBuf>,
     status_file: Option<PathBuf>,
+    pgpool: Option<RawPgpool>,
+    /// Where each node's `pgpool_node_id` was written, by node index.
+    node_id_at: Vec<Option<usize>>,
+}
+
+/// The `pgpool` section before node ids are resolved (the nodes may come
+/// after it in the file).
+struct RawPgpool {
+    at: usize,
+    pcp_host: Option<String>,
+    pcp_port: Option<u16>,
+    pcp_user: Option<String>,
+    pcppass_file: Option<PathBuf>,
+    pgpool_conf: Option<(PathBuf, usize)>,
+    bin_dir: Option<PathBuf>,
+    templates: PcpTemplates,
 }
 
 impl Validator<'_> {
@@ -131,7 +166,12 @@ impl Validator<'_> {
                         _ => Some(self.path(value, k)?),
                     })
                 }
-                "nodes" => raw.nodes = Some(self.nodes(value)?),
+                "nodes" => {
+                    let (nodes, at) = self.nodes(value)?;
+                    raw.nodes = Some(nodes);
+                    raw.node_id_at = at;
+                }
+                "pgpool" => raw.pgpool = Some(self.pgpool(value)?),
                 "triggers" => raw.triggers = Some(self.triggers(value)?),
                 "trigger_timeout" => raw.trigger_timeout = Some(self.duration(value, k)?),
                 "log_file" => raw.log_file = Some(self.path(value, k)?),
@@ -218,6 +258,9 @@ impl Validator<'_> {
             },
         };
 
+        let nodes = raw.nodes.unwrap_or_default();
+        let pgpool = self.resolve_pgpool(raw.pgpool, &nodes, &raw.node_id_at)?;
+
         Ok(Config {
             source: self.source.to_path_buf(),
             dbname,
@@ -226,7 +269,7 @@ impl Validator<'_> {
             heartbeat: raw.heartbeat.unwrap_or(defaults::HEARTBEAT),
             max_sync_delay: max,
             recover_sync_delay: recover,
-            nodes: raw.nodes.unwrap_or_default(),
+            nodes,
             triggers: raw.triggers.unwrap_or_default(),
             trigger_timeout: raw.trigger_timeout.unwrap_or(defaults::TRIGGER_TIMEOUT),
             log_file: raw.log_file.unwrap_or_else(|| defaults::LOG_FILE.into()),
@@ -245,7 +288,184 @@ impl Validator<'_> {
             instance_name,
             sslmode: raw.sslmode.unwrap_or_default(),
             sslrootcert: raw.sslrootcert.unwrap_or_default(),
+            pgpool,
         })
+    }
+
+    fn pgpool(&self, v: &Spanned<Json>) -> Result<RawPgpool, ConfigError> {
+        let Json::Object(entries) = &v.value else {
+            return Err(self.at(
+                v.at,
+                "pgpool",
+                format!(
+                    "expected an object {{\"pcp_user\": …, \"pcppass_file\": …}}, found {}",
+                    v.value.describe()
+                ),
+            ));
+        };
+        let mut p = RawPgpool {
+            at: v.at,
+            pcp_host: None,
+            pcp_port: None,
+            pcp_user: None,
+            pcppass_file: None,
+            pgpool_conf: None,
+            bin_dir: None,
+            templates: PcpTemplates::default(),
+        };
+        let mut seen = HashMap::new();
+        for (key, value) in entries {
+            self.check_key(&mut seen, key, "pgpool", "key", &PGPOOL_KEYS)?;
+            let k = format!("pgpool.{}", key.value);
+            match key.value.as_str() {
+                "pcp_host" => {
+                    let h = self.non_empty_string(value, &k)?;
+                    if h.trim() != h {
+                        return Err(self.at(value.at, &k, format!("{h:?} has spaces around it")));
+                    }
+                    p.pcp_host = Some(h);
+                }
+                "pcp_port" => p.pcp_port = Some(self.port(value, &k)?),
+                "pcp_user" => p.pcp_user = Some(self.non_empty_string(value, &k)?),
+                "pcppass_file" => p.pcppass_file = Some(self.path(value, &k)?),
+                "pgpool_conf" => {
+                    if !matches!(value.value, Json::Null) {
+                        p.pgpool_conf = Some((self.path(value, &k)?, value.at));
+                    }
+                }
+                "bin_dir" => p.bin_dir = Some(self.path(value, &k)?),
+                _ => p.templates = self.templates(value)?,
+            }
+        }
+        Ok(p)
+    }
+
+    fn templates(&self, v: &Spanned<Json>) -> Result<PcpTemplates, ConfigError> {
+        let Json::Object(entries) = &v.value else {
+            return Err(self.at(
+                v.at,
+                "pgpool.templates",
+                format!(
+                    "expected an object of command → template, found {}",
+                    v.value.describe()
+                ),
+            ));
+        };
+        let names = templates::Command::ALL.map(templates::Command::as_str);
+        let mut seen = HashMap::new();
+        let mut t = PcpTemplates::default();
+        for (key, value) in entries {
+            self.check_key(&mut seen, key, "pgpool.templates", "template", &names)?;
+            let Some(c) = templates::Command::ALL
+                .into_iter()
+                .find(|c| c.as_str() == key.value)
+            else {
+                return Err(self.at(key.at, "pgpool.templates", "unknown template"));
+            };
+            let k = format!("pgpool.templates.{c}");
+            let text = match &value.value {
+                // null: the shipped one.
+                Json::Null => continue,
+                _ => self.non_empty_string(value, &k)?,
+            };
+            templates::check(c, &text).map_err(|e| {
+                self.at(
+                    value.at,
+                    &k,
+                    format!("{e} (variables: {})", templates::VARIABLES.join(", ")),
+                )
+            })?;
+            t.set(c, text);
+        }
+        Ok(t)
+    }
+
+    /// Checks the `pgpool` section as a whole and gives every node its
+    /// pgpool id: `pgpool_node_id` first, then `pgpool_conf`.
+    fn resolve_pgpool(
+        &self,
+        raw: Option<RawPgpool>,
+        nodes: &[NodeConfig],
+        node_id_at: &[Option<usize>],
+    ) -> Result<Option<PgpoolConfig>, ConfigError> {
+        let Some(raw) = raw else {
+            if let Some((i, at)) = node_id_at
+                .iter()
+                .enumerate()
+                .find_map(|(i, at)| at.map(|a| (i, a)))
+            {
+                return Err(self.at(
+                    at,
+                    &format!("nodes[{i}].pgpool_node_id"),
+                    "set, but there is no \"pgpool\" section to use it",
+                ));
+            }
+            return Ok(None);
+        };
+        let required =
+            |key: &str| self.at(raw.at, "pgpool", format!("missing required key {key:?}"));
+        let pcp_user = raw.pcp_user.ok_or_else(|| required("pcp_user"))?;
+        let pcppass_file = raw.pcppass_file.ok_or_else(|| required("pcppass_file"))?;
+        let mut node_ids = BTreeMap::new();
+        for node in nodes {
+            if let Some(id) = node.pgpool_node_id {
+                node_ids.insert(node.name.clone(), id);
+            }
+        }
+        if let Some((conf, at)) = &raw.pgpool_conf {
+            let key = "pgpool.pgpool_conf";
+            let text = std::fs::read_to_string(conf)
+                .map_err(|e| self.at(*at, key, format!("cannot read {}: {e}", conf.display())))?;
+            let backends = crate::pgpool::conf::backends(&text)
+                .map_err(|e| self.at(*at, key, format!("{}: {e}", conf.display())))?;
+            for node in nodes {
+                if node_ids.contains_key(&node.name) {
+                    continue;
+                }
+                let found = backends.iter().find(|(_, b)| {
+                    b.host.eq_ignore_ascii_case(&node.name.host) && b.port == node.name.port
+                });
+                if let Some((id, _)) = found {
+                    node_ids.insert(node.name.clone(), *id);
+                }
+            }
+        }
+        // Two nodes with one id would make plusmoin fight itself.
+        let mut by_id: HashMap<u32, &NodeName> = HashMap::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let Some(id) = node_ids.get(&node.name) else {
+                continue;
+            };
+            if let Some(other) = by_id.insert(*id, &node.name) {
+                let (at, key) = match node_id_at.get(i).copied().flatten() {
+                    Some(at) => (at, format!("nodes[{i}].pgpool_node_id")),
+                    None => (
+                        raw.pgpool_conf.as_ref().map_or(raw.at, |(_, at)| *at),
+                        "pgpool.pgpool_conf".to_string(),
+                    ),
+                };
+                return Err(self.at(
+                    at,
+                    &key,
+                    format!(
+                        "pgpool node id {id} is given to both {other} and {}",
+                        node.name
+                    ),
+                ));
+            }
+        }
+        Ok(Some(PgpoolConfig {
+            pcp_host: raw.pcp_host.unwrap_or_else(|| defaults::PCP_HOST.into()),
+            pcp_port: raw.pcp_port.unwrap_or(defaults::PCP_PORT),
+            pcp_user,
+            pcppass_file,
+            pgpool_conf: raw.pgpool_conf.map(|(p, _)| p),
+            bin_dir: raw
+                .bin_dir
+                .unwrap_or_else(|| defaults::PGPOOL_BIN_DIR.into()),
+            templates: raw.templates,
+            node_ids,
+        }))
     }
 
     /// Refuses a key written twice or not among `known`; `parent` prefixes
@@ -365,7 +585,11 @@ impl Validator<'_> {
         self.choice(v, "sslmode", &choices)
     }
 
-    fn nodes(&self, v: &Spanned<Json>) -> Result<Vec<NodeConfig>, ConfigError> {
+    #[allow(clippy::type_complexity)]
+    fn nodes(
+        &self,
+        v: &Spanned<Json>,
+    ) -> Result<(Vec<NodeConfig>, Vec<Option<usize>>), ConfigError> {
         let Json::Array(items) = &v.value else {
             return Err(self.at(
                 v.at,
@@ -377,10 +601,12 @@ impl Validator<'_> {
             ));
         };
         let mut nodes: Vec<NodeConfig> = Vec::with_capacity(items.len());
+        let mut id_at = Vec::with_capacity(items.len());
         // Host names are compared without case: `DB1` and `db1` are one server.
         let mut index: HashMap<(String, u16), usize> = HashMap::new();
         for (i, item) in items.iter().enumerate() {
-            let node = self.node(item, i)?;
+            let (node, at) = self.node(item, i)?;
+            id_at.push(at);
             let id = (node.name.host.to_ascii_lowercase(), node.name.port);
             if let Some(first) = index.get(&id) {
                 return Err(self.at(
@@ -392,10 +618,14 @@ impl Validator<'_> {
             index.insert(id, i);
             nodes.push(node);
         }
-        Ok(nodes)
+        Ok((nodes, id_at))
     }
 
-    fn node(&self, v: &Spanned<Json>, i: usize) -> Result<NodeConfig, ConfigError> {
+    fn node(
+        &self,
+        v: &Spanned<Json>,
+        i: usize,
+    ) -> Result<(NodeConfig, Option<usize>), ConfigError> {
         let me = format!("nodes[{i}]");
         let Json::Object(entries) = &v.value else {
             return Err(self.at(
@@ -410,6 +640,8 @@ impl Validator<'_> {
         let mut seen = HashMap::new();
         let mut host = None;
         let mut port = None;
+        let mut pgpool_node_id = None;
+        let mut id_at = None;
         for (key, value) in entries {
             self.check_key(&mut seen, key, &me, "key", &NODE_KEYS)?;
             let k = format!("{me}.{}", key.value);
@@ -421,13 +653,36 @@ impl Validator<'_> {
                     }
                     host = Some(h);
                 }
+                "pgpool_node_id" => {
+                    pgpool_node_id = Some(self.pgpool_node_id(value, &k)?);
+                    id_at = Some(value.at);
+                }
                 _ => port = Some(self.port(value, &k)?),
             }
         }
         let host = host.ok_or_else(|| self.at(v.at, &me, "missing required key \"host\""))?;
-        Ok(NodeConfig {
-            name: NodeName::new(host, port.unwrap_or(defaults::PORT)),
-        })
+        Ok((
+            NodeConfig {
+                name: NodeName::new(host, port.unwrap_or(defaults::PORT)),
+                pgpool_node_id,
+            },
+            id_at,
+        ))
+    }
+
+    fn pgpool_node_id(&self, v: &Spanned<Json>, key: &str) -> Result<u32, ConfigError> {
+        let Json::Number(number, n) = &v.value else {
+            return Err(self.at(
+                v.at,
+                key,
+                format!("expected an integer node id, found {}", v.value.describe()),
+            ));
+        };
+        match integer(number) {
+            Some(id) if (0..=MAX_PGPOOL_NODE_ID).contains(&id) => Ok(id as u32),
+            Some(_) => Err(self.at(v.at, key, format!("{n} is outside 0-{MAX_PGPOOL_NODE_ID}"))),
+            None => Err(self.at(v.at, key, format!("{n} is not an integer node id"))),
+        }
     }
 
     fn port(&self, v: &Spanned<Json>, key: &str) -> Result<u16, ConfigError> {
