@@ -145,11 +145,21 @@ fn hint(output: &str) -> &'static str {
         || o.contains("connection to host")
         || o.contains("connection to socket")
         || o.contains("timed out")
+        || o.contains("unable to read data from socket")
     {
         " (pgpool's pcp port is unreachable: is pgpool running, and are pcp_host/pcp_port right?)"
     } else {
         ""
     }
+}
+
+/// Whether pcp's stderr reports a refusal (`ERROR:`/`FATAL:` lines, as
+/// libpq prints them).
+fn reports_error(stderr: &str) -> bool {
+    stderr.lines().any(|l| {
+        let l = l.trim_start();
+        l.starts_with("ERROR") || l.starts_with("FATAL")
+    })
 }
 
 /// Runs the pcp commands of one `pgpool` section.
@@ -243,8 +253,10 @@ impl Pcp {
             }
         };
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // pcp exits 0 after some refusals (a bad password, say): its
+        // ERROR/FATAL line on stderr is the only sign.
+        if !out.status.success() || reports_error(&stderr) {
             let both = format!("{} {}", stderr.trim(), stdout.trim());
             let output = bounded(&both.split_whitespace().collect::<Vec<_>>().join(" "));
             return Err(PcpError::Failed {
@@ -340,6 +352,14 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(3));
         let e = pcp.run(Command::Detach, &node, 1).await.unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
+        // Exit 0 with a FATAL line is a failure too.
+        let t = PcpTemplates {
+            attach: "/bin/sh -c 'echo \"FATAL:  authentication failed\" >&2'".into(),
+            ..PcpTemplates::default()
+        };
+        let pcp = Pcp::with_templates(&config("/usr/sbin"), &t, Duration::from_secs(5)).unwrap();
+        let e = pcp.run(Command::Attach, &node, 1).await.unwrap_err();
+        assert!(e.to_string().contains("pcppass_file"), "{e}");
         let e = Pcp::new(&config("/nonexistent/bin"), Duration::from_secs(1))
             .unwrap()
             .run(Command::Attach, &node, 1)

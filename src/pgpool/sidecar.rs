@@ -295,14 +295,10 @@ async fn work(
 ) {
     let mut health = Health::default();
     while let Some(job) = rx.recv().await {
-        let v = Arc::clone(&view.borrow());
         match job {
-            Job::Event { kind, node } => {
-                if let Some(t) = v.targets.get(&node) {
-                    handle(&pcp, &mut health, kind, &node, t).await;
-                }
-            }
+            Job::Event { kind, node } => handle(&pcp, &mut health, kind, &node, &view).await,
             Job::Reconcile => {
+                let v = Arc::clone(&view.borrow());
                 reconcile(&pcp, &mut health, &v).await;
                 reconcile_queued.store(false, Ordering::SeqCst);
             }
@@ -361,16 +357,28 @@ async fn settle(pcp: &Pcp, node: &NodeName, id: u32, want: Want) -> Result<Settl
 }
 
 /// An event handler: settles `node` now, retrying with backoff, one log
-/// line for the outcome.
-async fn handle(pcp: &Pcp, health: &mut Health, kind: EventKind, node: &NodeName, t: &Target) {
+/// line for the outcome. Each attempt reads plusmoin's newest view: a retry
+/// must not detach a node that came back meanwhile.
+async fn handle(
+    pcp: &Pcp,
+    health: &mut Health,
+    kind: EventKind,
+    node: &NodeName,
+    view: &watch::Receiver<Arc<View>>,
+) {
     let event = kind.as_str();
-    let id = t.id;
-    if t.want == Want::Leave {
-        info!(node = %node, pgpool_id = id, event, "pgpool: plusmoin does not know this node's role; pgpool left as it is");
-        return;
-    }
     let mut last = String::new();
+    let mut want = Want::Leave;
     for attempt in 1..=ATTEMPTS {
+        let Some(t) = view.borrow().targets.get(node).cloned() else {
+            return;
+        };
+        let id = t.id;
+        want = t.want;
+        if t.want == Want::Leave {
+            info!(node = %node, pgpool_id = id, event, "pgpool: plusmoin does not know this node's role; pgpool left as it is");
+            return;
+        }
         match settle(pcp, node, id, t.want).await {
             Ok(Settled::InStep(status)) => {
                 health.ok();
@@ -416,12 +424,12 @@ async fn handle(pcp: &Pcp, health: &mut Health, kind: EventKind, node: &NodeName
             tokio::time::sleep(backoff(attempt)).await;
         }
     }
-    let action = match t.want {
+    let action = match want {
         Want::Attached => "attach",
         _ => "detach",
     };
     error!(
-        node = %node, pgpool_id = id, event, action, attempts = ATTEMPTS, error = %last,
+        node = %node, event, action, attempts = ATTEMPTS, error = %last,
         "pgpool: gave up on this event; reconciliation keeps trying"
     );
 }

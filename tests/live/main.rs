@@ -2,6 +2,7 @@
 //! module per area).
 
 mod monitor;
+mod pgpool;
 mod pgpool_fixture;
 mod sandbox_ops;
 

@@ -1,0 +1,381 @@
+//! End-to-end: a real `plusmoin -x start` with a `pgpool` section, in front
+//! of which a real pgpool-II (health check every second, auto_failback off)
+//! serves the sandbox (issue 4). Every attach asserted here is plusmoin's
+//! doing: pgpool never attaches a node by itself with auto_failback off.
+
+use crate::monitor::{names, node, Plusmoin, Timings};
+use crate::wait_until;
+use plusmoin::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions, PCP_USER};
+use plusmoin::sandbox::Sandbox;
+use std::path::Path;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(30);
+const UP: &[&str] = &["up", "waiting"];
+
+fn setup(standbys: usize) -> (Sandbox, Pgpool) {
+    assert!(
+        pgpool_installed(),
+        "pgpool-II is not installed (apt-get install pgpool2)"
+    );
+    let sb = Sandbox::start(standbys).expect("sandbox");
+    let pgpool = Pgpool::start(
+        &sb,
+        PgpoolOptions {
+            auto_failback: None,
+            health_check_period: Some(1),
+            ..PgpoolOptions::default()
+        },
+    )
+    .expect("pgpool");
+    (sb, pgpool)
+}
+
+/// The `pgpool` section for `pg`, node ids from its pgpool.conf.
+fn section(pg: &Pgpool, pcppass: &Path) -> String {
+    format!(
+        r#", "pgpool": {{"pcp_host": "{}", "pcp_port": {}, "pcp_user": "{PCP_USER}",
+           "pcppass_file": "{}", "pgpool_conf": "{}", "bin_dir": "{}"}}"#,
+        pg.host(),
+        pg.pcp_port(),
+        pcppass.display(),
+        pg.conf_file().display(),
+        pg.bin_dir().display()
+    )
+}
+
+fn start(sb: &Sandbox, pg: &Pgpool) -> Plusmoin {
+    let p = Plusmoin::start(sb, &Timings::default(), &section(pg, pg.pcppass_file()));
+    healthy(&p, sb);
+    p
+}
+
+fn healthy(p: &Plusmoin, sb: &Sandbox) {
+    let n: Vec<String> = (1..sb.len()).map(|i| node(sb, i)).collect();
+    let n0 = node(sb, 0);
+    p.wait_status("one cluster, every slave in sync", LONG, |st| {
+        st["clusters"][0]["master"]["name"] == n0.as_str()
+            && names(&st["clusters"][0]["slaves"]) == n
+    });
+}
+
+fn status(pg: &Pgpool, id: usize) -> String {
+    pg.node_status(id).unwrap_or_else(|e| format!("error: {e}"))
+}
+
+/// Waits until pgpool shows node `id` in one of `want`; fails with
+/// plusmoin's log.
+fn wait_pgpool(p: &Plusmoin, pg: &Pgpool, id: usize, want: &[&str], what: &str) {
+    if let Err(e) = pg.wait_status(id, want, LONG) {
+        p.fail(&format!("{what}: {e}"));
+    }
+}
+
+fn wait_log(p: &Plusmoin, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let mut found = String::new();
+    let ok = wait_until(LONG, || match p.log().lines().find(|l| pred(l)) {
+        Some(l) => {
+            found = l.to_string();
+            true
+        }
+        None => false,
+    });
+    if !ok {
+        let log = p.log();
+        let ours: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("pgpool") && !l.contains("in step"))
+            .collect();
+        p.fail(&format!(
+            "no log line {what}; pgpool lines:\n{}",
+            ours.join("\n")
+        ));
+    }
+    found
+}
+
+fn plusmoin_cmd(p: &Plusmoin, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_plusmoin"))
+        .arg("-c")
+        .arg(&p.config_path)
+        .args(args)
+        .output()
+        .expect("run plusmoin")
+}
+
+#[test]
+fn stopped_standby_is_detached_and_attached_again_by_plusmoin_when_in_sync() {
+    let (sb, pg) = setup(2);
+    let p = start(&sb, &pg);
+    let n2 = node(&sb, 2);
+    wait_pgpool(&p, &pg, 2, UP, "node 2 up at start");
+
+    sb.stop(2).expect("stop standby 2");
+    p.wait_event("slave_down for standby 2", LONG, |e| {
+        e.kind == "slave_down" && e.about(&n2)
+    });
+    wait_pgpool(&p, &pg, 2, &["down"], "node 2 detached");
+    // pgpool's health check may have detached it first; either way the
+    // handler looked and logged its outcome.
+    wait_log(&p, "with the slave_down handler's outcome", |l| {
+        l.contains("slave_down") && l.contains("pgpool_id=2") && l.contains("pgpool: ")
+    });
+
+    sb.start_node(2).expect("start standby 2");
+    p.wait_event("slave_up for standby 2", LONG, |e| {
+        e.kind == "slave_up" && e.about(&n2)
+    });
+    // auto_failback is off: only plusmoin attaches.
+    wait_pgpool(&p, &pg, 2, UP, "node 2 attached again");
+    let line = wait_log(&p, "saying plusmoin attached node 2", |l| {
+        l.contains("attached node 2")
+    });
+    assert!(line.contains(&n2), "{line}");
+    let nodes = pg.show_pool_nodes().expect("SHOW pool_nodes");
+    assert_eq!(nodes[2].1, "up", "{nodes:?}");
+}
+
+#[test]
+fn standby_out_of_sync_but_running_is_detached_by_plusmoin_not_by_pgpool() {
+    let (sb, pg) = setup(1);
+    let p = start(&sb, &pg);
+    let n1 = node(&sb, 1);
+    wait_pgpool(&p, &pg, 1, UP, "node 1 up at start");
+
+    // The standby stays up (pgpool's health check passes) but stops
+    // replaying: only plusmoin's heartbeat sees it fall behind.
+    sb.sql(1, "SELECT pg_wal_replay_pause()")
+        .expect("pause replay");
+    p.wait_event("slave_down for the paused standby", LONG, |e| {
+        e.kind == "slave_down" && e.about(&n1)
+    });
+    wait_pgpool(&p, &pg, 1, &["down"], "node 1 detached by plusmoin");
+    let line = wait_log(&p, "saying plusmoin detached node 1", |l| {
+        l.contains("detached node 1") && l.contains("slave_down")
+    });
+    assert!(
+        line.contains(&n1) && (line.contains("before=up") || line.contains("before=waiting")),
+        "pgpool still had it attached: {line}"
+    );
+
+    sb.sql(1, "SELECT pg_wal_replay_resume()")
+        .expect("resume replay");
+    p.wait_event("slave_up once caught up", LONG, |e| {
+        e.kind == "slave_up" && e.about(&n1)
+    });
+    wait_pgpool(&p, &pg, 1, UP, "node 1 attached again");
+    wait_log(&p, "saying plusmoin attached node 1", |l| {
+        l.contains("attached node 1") && l.contains("slave_up")
+    });
+}
+
+#[test]
+fn reconciliation_attaches_a_node_detached_while_plusmoin_was_stopped() {
+    let (sb, pg) = setup(2);
+    let mut p = start(&sb, &pg);
+    let n1 = node(&sb, 1);
+    wait_pgpool(&p, &pg, 1, UP, "node 1 up at start");
+    assert!(p.terminate(), "clean exit: {}", p.log());
+
+    pg.detach(1)
+        .expect("detach node 1 while plusmoin is stopped");
+    assert_eq!(status(&pg, 1), "down");
+    let events_before = p.changes().len();
+
+    p.spawn();
+    wait_pgpool(&p, &pg, 1, UP, "node 1 attached by reconciliation");
+    let line = wait_log(&p, "saying reconciliation attached node 1", |l| {
+        l.contains("reconciliation attached node 1")
+    });
+    assert!(line.contains(&n1), "{line}");
+    // No event was needed: the standby never left sync.
+    let after: Vec<String> = p.changes()[events_before..]
+        .iter()
+        .map(|e| e.kind.clone())
+        .collect();
+    assert!(
+        after.iter().all(|k| k == "plusmoin_up"),
+        "only plusmoin_up after the restart: {after:?}"
+    );
+}
+
+#[test]
+fn held_node_stays_detached_while_in_sync_and_release_attaches_it() {
+    let (sb, pg) = setup(2);
+    let p = start(&sb, &pg);
+    let n1 = node(&sb, 1);
+    wait_pgpool(&p, &pg, 1, UP, "node 1 up at start");
+
+    let out = plusmoin_cmd(&p, &["hold", &n1]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("held"),
+        "{out:?}"
+    );
+    p.wait_status("node 1 shown held", LONG, |st| st["held"][0] == n1.as_str());
+    wait_pgpool(&p, &pg, 1, &["down"], "held node 1 detached");
+    // Several reconciliations pass: it stays down though in sync.
+    let left = wait_until(Duration::from_secs(6), || status(&pg, 1) != "down");
+    assert!(!left, "held node 1 came back: {}", status(&pg, 1));
+    let st = p.status();
+    assert!(
+        names(&st["clusters"][0]["slaves"]).contains(&n1),
+        "in sync: {st:#}"
+    );
+    let table = plusmoin_cmd(&p, &["status", "--table"]);
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    assert!(
+        table.lines().any(|l| l.contains(&n1) && l.contains("held")),
+        "{table}"
+    );
+    let bad = plusmoin_cmd(&p, &["hold", "127.0.0.1:1"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a configured node"));
+
+    let out = plusmoin_cmd(&p, &["release", &n1]);
+    assert!(out.status.success(), "{out:?}");
+    wait_pgpool(&p, &pg, 1, UP, "released node 1 attached");
+    p.wait_status("nothing held", LONG, |st| {
+        st["held"].as_array().is_some_and(|a| a.is_empty())
+    });
+}
+
+#[test]
+fn wrong_pcp_password_is_reported_once_and_fixing_it_recovers() {
+    let (sb, pg) = setup(1);
+    let dir = tempfile::tempdir().expect("dir");
+    let pcppass = dir.path().join("pcppass");
+    let write = |line: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&pcppass, line).expect("write pcppass");
+        std::fs::set_permissions(&pcppass, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    };
+    write(&format!("*:*:{PCP_USER}:wrong-password\n"));
+    pg.detach(1).expect("detach node 1");
+    let p = Plusmoin::start(&sb, &Timings::default(), &section(&pg, &pcppass));
+    let n1 = node(&sb, 1);
+    healthy(&p, &sb);
+    let line = wait_log(&p, "about the refused pcp password", |l| {
+        l.contains("pgpool: pcp failed")
+    });
+    assert!(line.contains("pcppass_file"), "a hint: {line}");
+    assert!(
+        !line.contains("wrong-password"),
+        "no secret in the log: {line}"
+    );
+    // Monitoring goes on, and the error is not repeated every beat.
+    let beats = |p: &Plusmoin| {
+        p.events()
+            .iter()
+            .filter(|e| e.kind == "plusmoin_heartbeat")
+            .count()
+    };
+    let now = beats(&p);
+    assert!(wait_until(LONG, || beats(&p) >= now + 8), "{}", p.log());
+    let errors = p.log().matches("pgpool: pcp failed").count();
+    assert_eq!(errors, 1, "{}", p.log());
+    assert_eq!(status(&pg, 1), "down", "nothing attached without pcp");
+
+    let real = std::fs::read_to_string(pg.pcppass_file()).expect("fixture pcppass");
+    write(&real);
+    wait_pgpool(
+        &p,
+        &pg,
+        1,
+        UP,
+        "reconciliation attaches node 1 once pcp works",
+    );
+    wait_log(&p, "saying pcp answers again", |l| {
+        l.contains("pcp answers again")
+    });
+    assert!(p.status()["clusters"][0]["slaves"][0]["name"] == n1.as_str());
+}
+
+#[test]
+fn pgpool_down_is_reported_monitoring_goes_on_and_its_view_is_fixed_when_back() {
+    let (sb, pg) = setup(2);
+    let p = start(&sb, &pg);
+    let n2 = node(&sb, 2);
+    wait_pgpool(&p, &pg, 2, UP, "node 2 up at start");
+
+    pg.stop().expect("stop pgpool");
+    // Keep the pcp port ours while pgpool is away: other tests on this
+    // machine start pgpools on free ports, and one answering on this port
+    // with the same sandbox credentials would be "our" pgpool to plusmoin.
+    let squatter = PortSquatter::bind(pg.pcp_port());
+    wait_log(&p, "about pgpool being unreachable", |l| {
+        l.contains("pgpool: pcp failed") && l.contains("unreachable")
+    });
+    // Events still fire while pgpool is away.
+    sb.stop(2).expect("stop standby 2");
+    p.wait_event("slave_down while pgpool is down", LONG, |e| {
+        e.kind == "slave_down" && e.about(&n2)
+    });
+    sb.start_node(2).expect("start standby 2");
+    p.wait_event("slave_up while pgpool is down", LONG, |e| {
+        e.kind == "slave_up" && e.about(&n2)
+    });
+    healthy(&p, &sb);
+
+    // pgpool is back. Make its view wrong behind plusmoin's back (node 2
+    // down while plusmoin sees it in sync) unless it already is (pgpool may
+    // come back with it down): no event comes, reconciliation alone must
+    // fix it.
+    drop(squatter);
+    pg.start_again().expect("pgpool back");
+    wait_log(&p, "saying pcp answers again", |l| {
+        l.contains("pcp answers again")
+    });
+    // The slave_up handler (retrying while pgpool was away) has finished.
+    wait_log(&p, "with the slave_up handler's outcome", |l| {
+        l.contains("event=\"slave_up\"")
+            && ["nothing to do", "gave up", "attached node 2"]
+                .iter()
+                .any(|o| l.contains(o))
+    });
+    if status(&pg, 2) != "down" {
+        pg.detach(2).expect("detach node 2 behind plusmoin's back");
+    }
+    wait_pgpool(&p, &pg, 2, UP, "reconciliation attaches node 2");
+    wait_log(&p, "saying reconciliation attached node 2", |l| {
+        l.contains("reconciliation attached node 2")
+    });
+}
+
+/// Holds a loopback port, accepting and at once closing every connection
+/// (pcp then fails as with a pgpool that went away), until dropped.
+struct PortSquatter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PortSquatter {
+    fn bind(port: u16) -> PortSquatter {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind pcp port");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((conn, _)) => drop(conn),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        PortSquatter {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for PortSquatter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
