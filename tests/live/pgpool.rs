@@ -379,3 +379,40 @@ impl Drop for PortSquatter {
         }
     }
 }
+
+#[test]
+fn pcppass_readable_by_others_is_reported_by_check_config_and_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::start(1).expect("sandbox");
+    let dir = tempfile::tempdir().expect("dir");
+    let pcppass = dir.path().join("pcppass");
+    std::fs::write(&pcppass, "*:*:pgpool:secret-pw\n").expect("write");
+    std::fs::set_permissions(&pcppass, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let extra = format!(
+        r#", "pgpool": {{"pcp_user": "pgpool", "pcppass_file": "{}", "pcp_port": 1999}}"#,
+        pcppass.display()
+    );
+    let p = Plusmoin::start(&sb, &Timings::default(), &extra);
+    let check = plusmoin_cmd(&p, &["check-config"]);
+    let stderr = String::from_utf8_lossy(&check.stderr).to_string();
+    assert!(check.status.success(), "only a warning: {check:?}");
+    assert!(
+        stderr.contains("warning: pgpool: pcppass_file") && stderr.contains("mode 0644"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&check.stdout).to_string();
+    assert!(
+        stdout.contains("no pgpool node id"),
+        "no id for any node: {stdout}"
+    );
+    let line = wait_log(&p, "about the pcppass mode at start", |l| {
+        l.contains("ERROR") && l.contains("mode 0644")
+    });
+    assert!(!line.contains("secret-pw"), "{line}");
+    wait_log(&p, "saying nodes without an id are left alone", |l| {
+        l.contains("no pgpool node id for this node")
+    });
+    // Nodes without an id: no pcp command is ever run for them.
+    healthy(&p, &sb);
+    assert!(!p.log().contains("pgpool: pcp failed"), "{}", p.log());
+}
