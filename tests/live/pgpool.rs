@@ -416,3 +416,59 @@ fn pcppass_readable_by_others_is_reported_by_check_config_and_at_start() {
     healthy(&p, &sb);
     assert!(!p.log().contains("pgpool: pcp failed"), "{}", p.log());
 }
+
+#[test]
+fn hung_master_is_detached_and_attached_again_when_it_answers() {
+    let (sb, pg) = setup(1);
+    let p = start(&sb, &pg);
+    let n0 = node(&sb, 0);
+    wait_pgpool(&p, &pg, 0, UP, "node 0 up at start");
+
+    sb.freeze(0).expect("freeze primary");
+    let thaw = scopeguard(|| {
+        let _ = sb.thaw(0);
+    });
+    p.wait_event("master_down for the hung primary", LONG, |e| {
+        e.kind == "master_down" && e.about(&n0)
+    });
+    wait_pgpool(&p, &pg, 0, &["down"], "node 0 detached");
+    // plusmoin's handler either detached it or found pgpool's health check
+    // had already done so; either way it looked and said so.
+    wait_log(&p, "with the master_down handler's outcome", |l| {
+        l.contains("event=\"master_down\"")
+            && l.contains("pgpool_id=0")
+            && (l.contains("detached node 0") || l.contains("nothing to do"))
+    });
+
+    drop(thaw);
+    p.wait_event("master_up for the primary answering again", LONG, |e| {
+        e.kind == "master_up" && e.about(&n0)
+    });
+    // pgpool never re-attaches a primary by itself.
+    wait_pgpool(&p, &pg, 0, UP, "node 0 attached again by plusmoin");
+    wait_log(&p, "saying plusmoin attached node 0", |l| {
+        l.contains("attached node 0")
+    });
+    if std::env::var_os("PLUSMOIN_SHOW_LOG").is_some() {
+        let log = p.log();
+        for l in log
+            .lines()
+            .filter(|l| l.contains("pgpool") && !l.contains("in step"))
+        {
+            eprintln!("{l}");
+        }
+    }
+}
+
+/// Runs `f` when dropped (a thaw must happen even if the test fails).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
