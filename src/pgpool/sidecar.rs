@@ -481,3 +481,189 @@ async fn reconcile(pcp: &Pcp, health: &mut Health, v: &View) {
     }
     health.ok();
 }
+
+#[cfg(test)]
+mod tests {
+    //! The sidecar against a fake pcp: a shell script keeping each node's
+    //! pgpool status in a file, which can refuse attaches (exit 0, nothing
+    //! done, as pgpool does) a given number of times.
+    use super::*;
+    use crate::cluster::{Cluster, NodeState, Time};
+    use std::path::Path;
+
+    const FAKE_PCP: &str = r#"#!/bin/sh
+# fake pcp: $1 = info|attach|detach, $2 = node id; state in this directory.
+d="$(dirname "$0")"
+echo "$1 $2" >> "$d/calls"
+case "$1" in
+  info) echo "h 5432 1 0.5 $(cat "$d/$2")" ;;
+  attach)
+    if [ -s "$d/$2.refuse" ]; then
+      n=$(cat "$d/$2.refuse"); echo $((n - 1)) > "$d/$2.refuse"
+      [ "$n" -gt 1 ] || rm -f "$d/$2.refuse"
+    else
+      echo waiting > "$d/$2"
+    fi ;;
+  detach) echo down > "$d/$2" ;;
+esac
+"#;
+
+    struct Fake {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fake {
+        fn new(statuses: &[&str]) -> Fake {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = tempfile::tempdir().unwrap();
+            let script = dir.path().join("pcp.sh");
+            std::fs::write(&script, FAKE_PCP).unwrap();
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+            for (i, s) in statuses.iter().enumerate() {
+                std::fs::write(dir.path().join(i.to_string()), format!("{s}\n")).unwrap();
+            }
+            Fake { dir }
+        }
+        fn path(&self) -> &Path {
+            self.dir.path()
+        }
+        fn status(&self, id: usize) -> String {
+            std::fs::read_to_string(self.path().join(id.to_string()))
+                .unwrap()
+                .trim()
+                .to_string()
+        }
+        fn calls(&self) -> Vec<String> {
+            std::fs::read_to_string(self.path().join("calls"))
+                .unwrap_or_default()
+                .lines()
+                .map(String::from)
+                .collect()
+        }
+        fn config(&self) -> Config {
+            let d = self.path().display();
+            let t = |c: &str| format!("{d}/pcp.sh {c} {{{{node_id}}}}");
+            let text = format!(
+                r#"{{"dbname": "d", "user": "u", "password": "p", "instance_name": "i",
+                    "status_file": "{d}/status.json", "trigger_timeout": 5,
+                    "nodes": [{{"host": "db0", "pgpool_node_id": 0}},
+                              {{"host": "db1", "pgpool_node_id": 1}},
+                              {{"host": "db2"}}],
+                    "pgpool": {{"pcp_user": "pgpool", "pcppass_file": "{d}/pcppass",
+                                "templates": {{"attach": "{}", "detach": "{}", "node_info": "{}"}}}}}}"#,
+                t("attach"),
+                t("detach"),
+                t("info")
+            );
+            crate::config::parse(&text, Path::new("x.json")).unwrap()
+        }
+    }
+
+    /// db0 master, db1 in `place1`, db2 (no pgpool id) slave.
+    fn state(place1: Place) -> State {
+        let node = |host: &str, place| NodeState {
+            place,
+            cluster_id: Some(0),
+            ..NodeState::new(NodeName::new(host, 5432), Time(0))
+        };
+        State {
+            started: true,
+            next_cluster_id: 1,
+            clusters: [(
+                0,
+                Cluster {
+                    id: 0,
+                    master: Some(NodeName::new("db0", 5432)),
+                },
+            )]
+            .into(),
+            nodes: vec![
+                node("db0", Place::Master),
+                node("db1", place1),
+                node("db2", Place::Slave),
+            ],
+            last_written: Default::default(),
+        }
+    }
+
+    fn event(kind: EventKind, host: &str) -> Event {
+        Event {
+            kind,
+            cluster_id: 0,
+            node: Some(NodeName::new(host, 5432)),
+        }
+    }
+
+    async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn reconciliation_attaches_in_sync_nodes_and_detaches_lost_ones() {
+        let fake = Fake::new(&["down", "up"]);
+        let mut s = Sidecar::new(&fake.config());
+        s.beat(&state(Place::Lost), &[]);
+        wait_for("node 0 attached, node 1 detached", || {
+            fake.status(0) == "waiting" && fake.status(1) == "down"
+        })
+        .await;
+        // Nothing for db2, which has no id; nothing before the first beat.
+        assert!(fake
+            .calls()
+            .iter()
+            .all(|c| c.ends_with(" 0") || c.ends_with(" 1")));
+        s.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn nothing_is_done_before_the_first_beat_is_decided() {
+        let fake = Fake::new(&["down", "down"]);
+        let mut s = Sidecar::new(&fake.config());
+        s.beat(&State::default(), &[]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+        s.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn refused_attach_is_retried_until_pgpool_shows_it() {
+        let fake = Fake::new(&["up", "down"]);
+        std::fs::write(fake.path().join("1.refuse"), "1\n").unwrap();
+        let mut s = Sidecar::new(&fake.config());
+        // Let the first reconciliation pass, so the event handler does the work.
+        s.last_reconcile = Some(Instant::now());
+        s.beat(&state(Place::Slave), &[event(EventKind::SlaveUp, "db1")]);
+        wait_for("node 1 attached", || fake.status(1) == "waiting").await;
+        let attaches = fake.calls().iter().filter(|c| *c == "attach 1").count();
+        assert_eq!(attaches, 2, "one refused, one taken: {:?}", fake.calls());
+        s.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn held_node_is_detached_and_never_attached() {
+        let fake = Fake::new(&["up", "up"]);
+        let config = fake.config();
+        hold::hold(&config, "db1:5432").unwrap();
+        let mut s = Sidecar::new(&config);
+        s.beat(&state(Place::Slave), &[event(EventKind::SlaveUp, "db1")]);
+        assert_eq!(s.held(), ["db1:5432"]);
+        wait_for("held node 1 detached", || fake.status(1) == "down").await;
+        // Further beats and events never attach it.
+        s.last_reconcile = None;
+        s.beat(&state(Place::Slave), &[event(EventKind::SlaveUp, "db1")]);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(fake.status(1), "down");
+        assert!(!fake.calls().contains(&"attach 1".to_string()));
+        // Released: the next reconciliation attaches it.
+        hold::release(&config, "db1:5432").unwrap();
+        s.last_reconcile = None;
+        s.beat(&state(Place::Slave), &[]);
+        assert!(s.held().is_empty());
+        wait_for("released node 1 attached", || fake.status(1) == "waiting").await;
+        s.shutdown().await;
+    }
+}
