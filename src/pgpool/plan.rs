@@ -32,6 +32,31 @@ impl Want {
     }
 }
 
+/// Whether plusmoin sees no server up at all. Then the likelier story is
+/// that plusmoin itself is cut off (its network, its DNS), not that every
+/// server died; detaching everything from pgpool on that evidence would turn
+/// plusmoin's problem into an outage. pgpool's own health check still
+/// detaches servers that are really gone.
+pub fn blind(started: bool, places: impl IntoIterator<Item = Place>) -> bool {
+    let mut any = false;
+    for p in places {
+        any = true;
+        if matches!(p, Place::Master | Place::Slave) {
+            return false;
+        }
+    }
+    started && any
+}
+
+/// `want`, except that a blind plusmoin detaches only held nodes.
+pub fn unless_blind(want: Want, blind: bool, held: bool) -> Want {
+    if blind && want == Want::Detached && !held {
+        Want::Leave
+    } else {
+        want
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Attach,
@@ -78,6 +103,20 @@ mod tests {
         for p in [Place::Master, Place::Slave, Place::Lost, Place::Clusterless] {
             assert_eq!(Want::of(Some(p), true), Want::Detached, "{p:?}");
         }
+    }
+
+    #[test]
+    fn seeing_no_server_at_all_detaches_only_held_nodes() {
+        use Place::*;
+        assert!(blind(true, [Lost, Lost, Clusterless]));
+        assert!(!blind(true, [Lost, Slave]));
+        assert!(!blind(true, [Master]));
+        assert!(!blind(false, [Lost]), "before the first beat");
+        assert!(!blind(true, []), "no nodes");
+        assert_eq!(unless_blind(Want::Detached, true, false), Want::Leave);
+        assert_eq!(unless_blind(Want::Detached, true, true), Want::Detached);
+        assert_eq!(unless_blind(Want::Detached, false, false), Want::Detached);
+        assert_eq!(unless_blind(Want::Attached, true, false), Want::Attached);
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub struct Sidecar {
     held_path: PathBuf,
     held: BTreeSet<String>,
     held_error: Option<String>,
+    /// Whether plusmoin saw no node up at the last beat (see [`plan::blind`]).
+    blind: bool,
     view: watch::Sender<Arc<View>>,
     worker: Option<Worker>,
     last_reconcile: Option<Instant>,
@@ -95,6 +97,7 @@ impl Sidecar {
             held_path: hold::path_for(&config.status_file),
             held: BTreeSet::new(),
             held_error: None,
+            blind: false,
             view,
             worker: None,
             last_reconcile: None,
@@ -148,6 +151,15 @@ impl Sidecar {
         let Some(pcp) = self.pcp.clone() else {
             return;
         };
+        let blind = plan::blind(state.started, state.nodes.iter().map(|n| n.place));
+        if blind != self.blind {
+            if blind {
+                warn!("pgpool: plusmoin reaches no server at all: it may be plusmoin that is cut off, so it detaches nothing (except held nodes) until it sees one again");
+            } else {
+                info!("pgpool: plusmoin sees servers again: detaching resumes");
+            }
+            self.blind = blind;
+        }
         let targets = state
             .nodes
             .iter()
@@ -159,7 +171,7 @@ impl Sidecar {
                     n.name.clone(),
                     Target {
                         id,
-                        want: Want::of(place, held),
+                        want: plan::unless_blind(Want::of(place, held), blind, held),
                         place,
                         held,
                     },
@@ -376,7 +388,11 @@ async fn handle(
         let id = t.id;
         want = t.want;
         if t.want == Want::Leave {
-            info!(node = %node, pgpool_id = id, event, "pgpool: plusmoin does not know this node's role; pgpool left as it is");
+            if t.place == Some(Place::Lost) {
+                info!(node = %node, pgpool_id = id, event, "pgpool: not detaching: plusmoin reaches no server at all (pgpool's health check decides)");
+            } else {
+                info!(node = %node, pgpool_id = id, event, "pgpool: plusmoin does not know this node's role; pgpool left as it is");
+            }
             return;
         }
         match settle(pcp, node, id, t.want).await {
@@ -616,6 +632,29 @@ esac
             .calls()
             .iter()
             .all(|c| c.ends_with(" 0") || c.ends_with(" 1")));
+        s.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn seeing_no_server_at_all_detaches_nothing() {
+        let fake = Fake::new(&["up", "up"]);
+        let mut s = Sidecar::new(&fake.config());
+        let mut st = state(Place::Lost);
+        for n in &mut st.nodes {
+            n.place = Place::Lost;
+        }
+        s.beat(&st, &[event(EventKind::SlaveDown, "db1")]);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!((fake.status(0), fake.status(1)), ("up".into(), "up".into()));
+        assert!(
+            !fake.calls().iter().any(|c| c.starts_with("detach")),
+            "{:?}",
+            fake.calls()
+        );
+        // One server seen again: the lost one is detached.
+        s.last_reconcile = None;
+        s.beat(&state(Place::Lost), &[]);
+        wait_for("node 1 detached", || fake.status(1) == "down").await;
         s.shutdown().await;
     }
 
