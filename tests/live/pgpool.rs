@@ -258,6 +258,9 @@ fn wrong_pcp_password_is_reported_once_and_fixing_it_recovers() {
     let line = wait_log(&p, "about the refused pcp password", |l| {
         l.contains("pgpool: pcp failed")
     });
+    if std::env::var_os("PLUSMOIN_SHOW_LOG").is_some() {
+        eprintln!("{line}");
+    }
     assert!(line.contains("pcppass_file"), "a hint: {line}");
     assert!(
         !line.contains("wrong-password"),
