@@ -30,6 +30,13 @@ pub enum StatusError {
         source: serde_json::Error,
     },
     #[error(
+        "plusmoin is not running (no live daemon holds {pid_file}); its last status was written at {updated_at}"
+    )]
+    NotRunning {
+        pid_file: PathBuf,
+        updated_at: String,
+    },
+    #[error(
         "status file {path} is {age:.0} s old, older than three beats ({limit:.0} s): \
          the daemon (pid {pid}) is not running or not beating"
     )]

@@ -1,6 +1,7 @@
 //! Integration tests against real PostgreSQL servers (one binary, one
 //! module per area).
 
+mod daemon;
 mod monitor;
 mod sandbox_ops;
 

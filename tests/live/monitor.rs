@@ -15,6 +15,9 @@ pub struct Timings {
     pub connect_timeout: f64,
     pub max_sync_delay: f64,
     pub recover_sync_delay: f64,
+    pub instance_name: &'static str,
+    /// `None`: the current user (no privilege change).
+    pub daemon_user: Option<&'static str>,
 }
 
 impl Default for Timings {
@@ -24,6 +27,8 @@ impl Default for Timings {
             connect_timeout: 1.0,
             max_sync_delay: 3.0,
             recover_sync_delay: 1.5,
+            instance_name: "test",
+            daemon_user: None,
         }
     }
 }
@@ -66,21 +71,43 @@ impl Plusmoin {
     /// Writes a configuration for `sb` (with `extra` top-level JSON members
     /// appended) and starts plusmoin on it.
     pub fn start(sb: &Sandbox, t: &Timings, extra: &str) -> Plusmoin {
+        let mut p = Plusmoin::configure(sb, t, extra);
+        p.spawn();
+        p
+    }
+
+    /// Writes the configuration without starting plusmoin.
+    pub fn configure(sb: &Sandbox, t: &Timings, extra: &str) -> Plusmoin {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir(dir.path().join("events")).expect("events dir");
         let script = dir.path().join("record.sh");
         std::fs::write(&script, RECORD).expect("write script");
         make_executable(&script);
-        let nodes: Vec<String> = (0..sb.len())
-            .map(|i| format!(r#"{{"host": "{}", "port": {}}}"#, sb.host(), sb.port(i)))
+        let config_path = dir.path().join("plusmoin.json");
+        let p = Plusmoin {
+            dir,
+            config_path,
+            child: None,
+        };
+        let all: Vec<usize> = (0..sb.len()).collect();
+        p.write_config(sb, t, extra, &all);
+        p
+    }
+
+    /// (Re)writes the configuration, watching the sandbox nodes `nodes`.
+    pub fn write_config(&self, sb: &Sandbox, t: &Timings, extra: &str, nodes: &[usize]) {
+        let nodes: Vec<String> = nodes
+            .iter()
+            .map(|&i| format!(r#"{{"host": "{}", "port": {}}}"#, sb.host(), sb.port(i)))
             .collect();
-        let s = script.display();
-        let d = dir.path().display();
+        let s = self.dir.path().join("record.sh");
+        let s = s.display();
+        let d = self.dir.path().display();
         let config = format!(
             r#"{{
   "dbname": "{SANDBOX_DBNAME}", "user": "{SANDBOX_USER}", "password": "{SANDBOX_PASSWORD}",
   "heartbeat": {hb}, "connect_timeout": {ct}, "max_sync_delay": {max}, "recover_sync_delay": {rec},
-  "trigger_timeout": 10, "log_level": "debug", "daemon_user": "{user}", "instance_name": "test",
+  "trigger_timeout": 10, "log_level": "debug", "daemon_user": "{user}", "instance_name": "{instance}",
   "sslmode": "disable",
   "status_file": "{d}/status.json", "pid_file": "{d}/plusmoin.pid", "log_file": "{d}/plusmoin.log",
   "nodes": [{nodes}],
@@ -91,18 +118,14 @@ impl Plusmoin {
             ct = t.connect_timeout,
             max = t.max_sync_delay,
             rec = t.recover_sync_delay,
-            user = current_user(),
+            user = t.daemon_user.map(String::from).unwrap_or_else(current_user),
+            instance = t.instance_name,
             nodes = nodes.join(", "),
         );
-        let config_path = dir.path().join("plusmoin.json");
-        std::fs::write(&config_path, config).expect("write config");
-        let mut p = Plusmoin {
-            dir,
-            config_path,
-            child: None,
-        };
-        p.spawn();
-        p
+        // Atomically, so a daemon reloading never reads half of it.
+        let tmp = self.dir.path().join("plusmoin.json.tmp");
+        std::fs::write(&tmp, config).expect("write config");
+        std::fs::rename(&tmp, &self.config_path).expect("rename config");
     }
 
     /// Starts the process (again, after `kill`).
