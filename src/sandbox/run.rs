@@ -1,0 +1,174 @@
+//! Running PostgreSQL's command-line tools for the sandbox: as the `postgres`
+//! OS user when we are root (PostgreSQL refuses to run as root), with a
+//! clean environment, a deadline, and errors that carry the command line and
+//! its stderr.
+
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::unistd::{Gid, Uid};
+
+use super::SandboxError;
+
+/// Libpq variables from our own environment that would silently redirect a
+/// tool to another server, user or database.
+const PG_ENV: &[&str] = &[
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGDATABASE",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGOPTIONS",
+    "PGSSLMODE",
+    "PGDATA",
+    "PGAPPNAME",
+    "PGTARGETSESSIONATTRS",
+];
+
+/// Runs tools in `cwd` as `owner` (None: as ourselves).
+#[derive(Debug)]
+pub(crate) struct Runner {
+    pub owner: Option<(Uid, Gid)>,
+    pub cwd: PathBuf,
+}
+
+/// What a finished command printed.
+pub(crate) struct Output {
+    pub stdout: String,
+}
+
+impl Runner {
+    /// Runs `program args` and waits at most `timeout` for it. `secret`, when
+    /// given, is masked in the command line kept for errors.
+    pub(crate) fn run<I, S>(
+        &self,
+        program: &Path,
+        args: I,
+        secret: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Output, SandboxError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<S> = args.into_iter().collect();
+        let mut words = vec![program.to_string_lossy().into_owned()];
+        words.extend(
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned()),
+        );
+        let mut command_line = shell_words::join(&words);
+        if let Some(secret) = secret.filter(|s| !s.is_empty()) {
+            command_line = command_line.replace(secret, "***");
+        }
+
+        let mut cmd = Command::new(program);
+        cmd.args(&args)
+            .current_dir(&self.cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("LC_ALL", "C")
+            // Bounds a connection attempt to a frozen server.
+            .env("PGCONNECT_TIMEOUT", "10");
+        for var in PG_ENV {
+            cmd.env_remove(var);
+        }
+        if let Some((uid, gid)) = self.owner {
+            // std drops supplementary groups when it changes the uid.
+            cmd.uid(uid.as_raw()).gid(gid.as_raw());
+            cmd.env("HOME", &self.cwd)
+                .env("USER", "postgres")
+                .env("LOGNAME", "postgres");
+        }
+        tracing::debug!(command = %command_line, "sandbox: running");
+        let mut child = cmd.spawn().map_err(|source| SandboxError::Spawn {
+            command: command_line.clone(),
+            source,
+        })?;
+        // Read both pipes while waiting so a chatty tool never blocks on a
+        // full pipe. (Servers are always started with `pg_ctl -l`, so no
+        // long-lived process keeps these pipes open.)
+        let stdout = child.stdout.take().map(drain);
+        let stderr = child.stderr.take().map(drain);
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                Err(source) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(SandboxError::Spawn {
+                        command: command_line,
+                        source,
+                    });
+                }
+            }
+        };
+        let stdout = stdout.map(join).unwrap_or_default();
+        let stderr = stderr.map(join).unwrap_or_default();
+        match status {
+            None => Err(SandboxError::CommandTimeout {
+                command: command_line,
+                timeout,
+                stderr: stderr.trim().to_owned(),
+            }),
+            Some(status) if status.success() => Ok(Output { stdout }),
+            Some(status) => Err(SandboxError::Failed {
+                command: command_line,
+                status: status.to_string(),
+                stderr: stderr.trim().to_owned(),
+            }),
+        }
+    }
+
+    /// Gives `path` to the server's OS user so the servers (and pg_rewind)
+    /// may rewrite what we wrote as root.
+    pub(crate) fn chown(&self, path: &Path) -> Result<(), SandboxError> {
+        if let Some((uid, gid)) = self.owner {
+            nix::unistd::chown(path, Some(uid), Some(gid)).map_err(|e| SandboxError::Io {
+                what: format!("chown {} to postgres", path.display()),
+                source: e.into(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Writes a whole file, owned by the server's OS user.
+    pub(crate) fn write_file(&self, path: &Path, contents: &str) -> Result<(), SandboxError> {
+        std::fs::write(path, contents).map_err(|source| SandboxError::Io {
+            what: format!("write {}", path.display()),
+            source,
+        })?;
+        self.chown(path)
+    }
+}
+
+fn drain<R: Read + Send + 'static>(mut pipe: R) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+fn join(handle: thread::JoinHandle<String>) -> String {
+    handle.join().unwrap_or_default()
+}

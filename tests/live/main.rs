@@ -1,0 +1,22 @@
+//! Integration tests against real PostgreSQL servers (one binary, one
+//! module per area).
+
+mod sandbox_ops;
+
+use std::time::{Duration, Instant};
+
+/// Polls `check` every 50 ms until it returns true or `timeout` passes;
+/// returns whether it became true.
+#[allow(dead_code)]
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
