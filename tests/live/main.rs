@@ -1,6 +1,7 @@
 //! Integration tests against real PostgreSQL servers (one binary, one
 //! module per area).
 
+mod probe;
 mod sandbox_ops;
 
 use std::time::{Duration, Instant};
