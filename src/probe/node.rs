@@ -78,8 +78,12 @@ pub(super) fn describe(err: &tokio_postgres::Error) -> String {
     let mut out = err.to_string();
     let mut cause = std::error::Error::source(err);
     while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
+        // Some causes (TLS) repeat their own cause in their message.
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         cause = c.source();
     }
     out

@@ -466,3 +466,235 @@ impl Drop for Thaw<'_> {
 fn scopeguard(sb: &Sandbox, i: usize) -> Thaw<'_> {
     Thaw(sb, i)
 }
+
+/// Runs openssl in `dir`; panics with its output on failure.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = ok(
+        "openssl",
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output(),
+    );
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, and a server certificate it signed for `san`.
+fn make_cert(dir: &std::path::Path, stem: &str, ca: &str, san: &str) {
+    let ext = format!("{stem}.ext");
+    ok(
+        "write ext",
+        std::fs::write(
+            dir.join(&ext),
+            format!("basicConstraints=CA:FALSE\nsubjectAltName={san}\n"),
+        ),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{stem}.key"),
+            "-out",
+            &format!("{stem}.csr"),
+            "-subj",
+            "/CN=plusmoin-test-server",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{stem}.csr"),
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &format!("{stem}.crt"),
+        ],
+    );
+}
+
+fn make_ca(dir: &std::path::Path, stem: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{stem}.key"),
+            "-out",
+            &format!("{stem}.crt"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=plusmoin test {stem}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+}
+
+/// Points node 0 at the server certificate `stem` and turns TLS on.
+fn serve_tls(sb: &Sandbox, stem: &str) {
+    let dir = sb.dir();
+    let key = dir.join(format!("{stem}.key"));
+    // The server wants its key private to the user it runs as.
+    if nix::unistd::Uid::effective().is_root() {
+        let owner = ok("postgres user", nix::unistd::User::from_name("postgres"));
+        let Some(owner) = owner else {
+            panic!("no postgres user");
+        };
+        for f in [key.clone(), dir.join(format!("{stem}.crt"))] {
+            ok(
+                "chown",
+                nix::unistd::chown(&f, Some(owner.uid), Some(owner.gid)),
+            );
+        }
+    }
+    use std::os::unix::fs::PermissionsExt;
+    ok(
+        "chmod",
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)),
+    );
+    for statement in [
+        format!(
+            "ALTER SYSTEM SET ssl_cert_file = '{}'",
+            dir.join(format!("{stem}.crt")).display()
+        ),
+        format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
+        "ALTER SYSTEM SET ssl = on".to_owned(),
+        "SELECT pg_reload_conf()".to_owned(),
+    ] {
+        ok("tls setup", sb.sql(0, &statement));
+    }
+}
+
+/// Whether plusmoin's session on node 0 uses TLS.
+fn session_uses_tls(sb: &Sandbox) -> bool {
+    let out = ok(
+        "pg_stat_ssl",
+        sb.sql(
+            0,
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'plusmoin'",
+        ),
+    );
+    out.trim() == "t"
+}
+
+/// sslmode as libpq means it: prefer/require encrypt without verifying,
+/// verify-ca checks the chain only, verify-full the host name too.
+#[test]
+fn tls_modes() {
+    let sb = start(0);
+    let rt = runtime();
+    let dir = sb.dir();
+    make_ca(dir, "ca");
+    make_ca(dir, "other-ca");
+    // Signed by `ca`, but for another name than 127.0.0.1.
+    make_cert(dir, "wrong-name", "ca", "DNS:wrong.invalid");
+    make_cert(dir, "right-name", "ca", "IP:127.0.0.1");
+    serve_tls(&sb, "wrong-name");
+
+    let t = targets(&sb, &[0]);
+    let with = |mode: SslMode, root: Option<&str>| {
+        let mut s = settings("pm-tls", Duration::from_secs(10));
+        s.sslmode = mode;
+        s.sslrootcert = root.map(|r| dir.join(format!("{r}.crt")));
+        s
+    };
+    let mut p = prober(with(SslMode::Prefer, None));
+    // The reload takes a moment: wait until the session is encrypted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(is_master(&beat(&rt, &mut p, &t)[0]));
+        if session_uses_tls(&sb) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "TLS never used");
+        ok("reconnect", p.update_settings(with(SslMode::Require, None)));
+        ok("reconnect", p.update_settings(with(SslMode::Prefer, None)));
+    }
+
+    let cases: &[(SslMode, Option<&str>, Option<&str>)] = &[
+        (SslMode::Require, None, None),
+        (SslMode::VerifyCa, Some("ca"), None),
+        (
+            SslMode::VerifyCa,
+            Some("other-ca"),
+            Some("certificate verify failed"),
+        ),
+        // libpq: a root certificate makes require check the chain.
+        (
+            SslMode::Require,
+            Some("other-ca"),
+            Some("certificate verify failed"),
+        ),
+        (
+            SslMode::VerifyFull,
+            Some("ca"),
+            Some("certificate verify failed"),
+        ),
+    ];
+    for (mode, root, failure) in cases {
+        ok("update", p.update_settings(with(*mode, *root)));
+        let obs = beat(&rt, &mut p, &t);
+        match failure {
+            None => {
+                assert!(is_master(&obs[0]), "{mode:?} {root:?}: {obs:?}");
+                assert!(session_uses_tls(&sb), "{mode:?} {root:?}");
+            }
+            Some(needle) => {
+                assert_down_with(&obs[0], &["TLS", needle]);
+                assert_eq!(p.connections_held(), 0);
+            }
+        }
+    }
+
+    // With a certificate naming 127.0.0.1, verify-full succeeds.
+    serve_tls(&sb, "right-name");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        ok("update", p.update_settings(with(SslMode::Disable, None)));
+        ok(
+            "update",
+            p.update_settings(with(SslMode::VerifyFull, Some("ca"))),
+        );
+        let obs = beat(&rt, &mut p, &t);
+        if is_master(&obs[0]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "verify-full never passed: {obs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(session_uses_tls(&sb));
+}
