@@ -3,6 +3,7 @@
 
 mod daemon;
 mod monitor;
+mod probe;
 mod sandbox_ops;
 
 use std::time::{Duration, Instant};
