@@ -18,6 +18,9 @@ pub struct Timings {
     pub instance_name: &'static str,
     /// `None`: the current user (no privilege change).
     pub daemon_user: Option<&'static str>,
+    pub log_level: &'static str,
+    /// More node objects (JSON), e.g. nodes of another sandbox.
+    pub extra_nodes: Vec<String>,
 }
 
 impl Default for Timings {
@@ -29,6 +32,8 @@ impl Default for Timings {
             recover_sync_delay: 1.5,
             instance_name: "test",
             daemon_user: None,
+            log_level: "debug",
+            extra_nodes: Vec::new(),
         }
     }
 }
@@ -61,6 +66,8 @@ pub const RECORD: &str = r#"#!/bin/sh
 d="$(dirname "$0")/events"
 f="$d/$(date +%s%N)-$$"
 { printf '%s\n' "$PLUSMOIN_TRIGGER"; cat; } > "$f.tmp" && mv "$f.tmp" "$f.ev"
+# What a trigger can see besides stdin, for the secrets checks.
+{ env; tr '\0' ' ' < /proc/$$/cmdline; } > "$f.env"
 "#;
 
 pub fn node(sb: &Sandbox, i: usize) -> String {
@@ -99,6 +106,7 @@ impl Plusmoin {
         let nodes: Vec<String> = nodes
             .iter()
             .map(|&i| format!(r#"{{"host": "{}", "port": {}}}"#, sb.host(), sb.port(i)))
+            .chain(t.extra_nodes.iter().cloned())
             .collect();
         let s = self.dir.path().join("record.sh");
         let s = s.display();
@@ -107,7 +115,7 @@ impl Plusmoin {
             r#"{{
   "dbname": "{SANDBOX_DBNAME}", "user": "{SANDBOX_USER}", "password": "{SANDBOX_PASSWORD}",
   "heartbeat": {hb}, "connect_timeout": {ct}, "max_sync_delay": {max}, "recover_sync_delay": {rec},
-  "trigger_timeout": 10, "log_level": "debug", "daemon_user": "{user}", "instance_name": "{instance}",
+  "trigger_timeout": 10, "log_level": "{level}", "daemon_user": "{user}", "instance_name": "{instance}",
   "sslmode": "disable",
   "status_file": "{d}/status.json", "pid_file": "{d}/plusmoin.pid", "log_file": "{d}/plusmoin.log",
   "nodes": [{nodes}],
@@ -120,6 +128,7 @@ impl Plusmoin {
             rec = t.recover_sync_delay,
             user = t.daemon_user.map(String::from).unwrap_or_else(current_user),
             instance = t.instance_name,
+            level = t.log_level,
             nodes = nodes.join(", "),
         );
         // Atomically, so a daemon reloading never reads half of it.
@@ -501,4 +510,37 @@ fn sigterm_finishes_cleanly_and_removes_pid_file() {
     assert_eq!(pid, p.pid());
     assert!(p.terminate(), "exit status 0 after SIGTERM: {}", p.log());
     assert!(!pid_file.exists());
+}
+
+/// Fails if `secret` appears in anything plusmoin wrote or showed: its log
+/// and output, the status file, every trigger payload, environment and
+/// command line. (The configuration file itself holds it, of course.)
+pub fn assert_no_secret(p: &Plusmoin, secret: &str) {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(p.dir.path(), &mut files);
+    let mut checked = 0;
+    for f in files {
+        if f == p.config_path || f.file_name().is_some_and(|n| n == "record.sh") {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap_or_default()).into_owned();
+        assert!(
+            !text.contains(secret),
+            "secret found in {}:\n{}",
+            f.display(),
+            text.lines().filter(|l| l.contains(secret)).collect::<Vec<_>>().join("\n")
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "too few files checked: {checked}");
 }
