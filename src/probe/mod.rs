@@ -275,7 +275,8 @@ async fn probe_with(
     match first {
         Ok(obs) => (Some(conn), obs),
         Err(f) if f.broken && reused => {
-            debug!(node = %target.name, reason = %f.reason, "kept connection broke, reconnecting");
+            let reason = scrub(f.reason, shared.settings.password.expose());
+            debug!(node = %target.name, reason = %reason, "kept connection broke, reconnecting");
             drop(conn);
             let mut conn = match NodeConn::connect(shared, &target.name).await {
                 Ok(c) => c,

@@ -368,6 +368,12 @@ impl NodeConn {
 /// `is_slave_statement` must yield a single boolean column; checked once at
 /// prepare time so the reason names the mistake.
 fn check_role_columns(stmt: &Statement) -> Result<(), String> {
+    if !stmt.params().is_empty() {
+        return Err(format!(
+            "is_slave_statement expects {} parameters, plusmoin gives none",
+            stmt.params().len()
+        ));
+    }
     let types: Vec<&Type> = stmt.columns().iter().map(|c| c.type_()).collect();
     role_columns_reason(&types).map_or(Ok(()), Err)
 }

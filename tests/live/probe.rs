@@ -323,6 +323,10 @@ fn bad_answers_and_wrong_password() {
             "SELECT 1/0 = 1",
             &["is_slave_statement failed", "division by zero"],
         ),
+        (
+            "SELECT $1::boolean",
+            &["is_slave_statement expects 1 parameters"],
+        ),
     ];
     for (statement, needles) in cases {
         let mut s = settings("pm-stmt", Duration::from_secs(10));
