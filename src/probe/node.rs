@@ -136,6 +136,10 @@ impl NodeConn {
             .password(s.password.expose())
             .dbname(&s.dbname)
             .application_name("plusmoin")
+            // The heartbeat must not wait for synchronous standbys: with
+            // one of them down, every write would hang and a healthy master
+            // would look down.
+            .options("-c synchronous_commit=local")
             .ssl_mode(shared.pg_ssl_mode)
             .connect_timeout(s.connect_timeout);
         let fail = |e: tokio_postgres::Error| Failure {
