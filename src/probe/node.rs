@@ -136,6 +136,10 @@ impl NodeConn {
             .password(s.password.expose())
             .dbname(&s.dbname)
             .application_name("plusmoin")
+            // The heartbeat must not wait for synchronous standbys: with
+            // one of them down, every write would hang and a healthy master
+            // would look down.
+            .options("-c synchronous_commit=local")
             .ssl_mode(shared.pg_ssl_mode)
             .connect_timeout(s.connect_timeout);
         let fail = |e: tokio_postgres::Error| Failure {
@@ -368,6 +372,12 @@ impl NodeConn {
 /// `is_slave_statement` must yield a single boolean column; checked once at
 /// prepare time so the reason names the mistake.
 fn check_role_columns(stmt: &Statement) -> Result<(), String> {
+    if !stmt.params().is_empty() {
+        return Err(format!(
+            "is_slave_statement expects {} parameters, plusmoin gives none",
+            stmt.params().len()
+        ));
+    }
     let types: Vec<&Type> = stmt.columns().iter().map(|c| c.type_()).collect();
     role_columns_reason(&types).map_or(Ok(()), Err)
 }

@@ -323,6 +323,10 @@ fn bad_answers_and_wrong_password() {
             "SELECT 1/0 = 1",
             &["is_slave_statement failed", "division by zero"],
         ),
+        (
+            "SELECT $1::boolean",
+            &["is_slave_statement expects 1 parameters"],
+        ),
     ];
     for (statement, needles) in cases {
         let mut s = settings("pm-stmt", Duration::from_secs(10));
@@ -339,6 +343,21 @@ fn bad_answers_and_wrong_password() {
     );
     assert!(is_master(&beat(&rt, &mut p, &t)[0]));
     assert_eq!(p.connections_held(), 1);
+
+    // A synchronous standby that is missing does not hold the heartbeat.
+    ok(
+        "sync",
+        sb.sql(0, "ALTER SYSTEM SET synchronous_standby_names = 'nobody'"),
+    );
+    ok("reload", sb.sql(0, "SELECT pg_reload_conf()"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ok("show", sb.sql(0, "SHOW synchronous_standby_names")).trim() != "nobody" {
+        assert!(Instant::now() < deadline, "reload not applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let began = Instant::now();
+    assert!(is_master(&beat(&rt, &mut p, &t)[0]));
+    assert!(began.elapsed() < Duration::from_secs(5));
 
     // Changing the password drops the connection; the new one fails.
     let wrong = "Wr0ng-horse-battery";
