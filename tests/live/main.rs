@@ -2,6 +2,7 @@
 //! module per area).
 
 mod daemon;
+mod faults;
 mod monitor;
 mod probe;
 mod sandbox_ops;

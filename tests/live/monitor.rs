@@ -538,7 +538,10 @@ pub fn assert_no_secret(p: &Plusmoin, secret: &str) {
             !text.contains(secret),
             "secret found in {}:\n{}",
             f.display(),
-            text.lines().filter(|l| l.contains(secret)).collect::<Vec<_>>().join("\n")
+            text.lines()
+                .filter(|l| l.contains(secret))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         checked += 1;
     }
