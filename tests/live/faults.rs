@@ -268,3 +268,101 @@ fn restart_in_the_middle_of_beats_settles_back_to_healthy() {
         "{changes:?}"
     );
 }
+
+/// Unmounts the test's tmpfs, also when the test fails.
+struct Mount(std::path::PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn unwritable_or_full_status_directory_keeps_the_previous_file_and_monitoring_goes_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = nix::unistd::geteuid().is_root();
+    let sb = Sandbox::start(1).expect("sandbox");
+    let n1 = node(&sb, 1);
+    let st_dir = tempfile::tempdir().expect("dir");
+    let mount = root.then(|| {
+        // A small file system of our own, to fill up.
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+            .arg(st_dir.path())
+            .status()
+            .expect("mount")
+            .success();
+        assert!(ok, "mount tmpfs");
+        Mount(st_dir.path().to_path_buf())
+    });
+    let t = Timings {
+        daemon_user: root.then_some("nobody"),
+        log_level: "info",
+        status_file: Some(st_dir.path().join("status.json")),
+        ..Timings::default()
+    };
+    let mut p = Plusmoin::configure(&sb, &t, "");
+    for d in [p.dir.path().to_path_buf(), p.dir.path().join("events")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    std::fs::set_permissions(st_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    p.spawn();
+    p.wait_status("healthy", LONG, |st| {
+        names(&st["clusters"][0]["slaves"]) == [n1.as_str()]
+    });
+    let status_file = st_dir.path().join("status.json");
+    let errors = |p: &Plusmoin| log_lines_with(p, &["cannot write status file"]);
+    let again = |p: &Plusmoin| log_lines_with(p, &["status file written again"]);
+
+    // Unwritable directory (as the unprivileged daemon user).
+    std::fs::set_permissions(st_dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+    assert!(wait_until(LONG, || errors(&p) == 1), "{}", p.log());
+    let frozen = std::fs::read(&status_file).expect("previous status");
+    serde_json::from_slice::<Value>(&frozen).expect("previous status is whole JSON");
+    sb.stop(1).expect("stop standby");
+    p.wait_event("slave_down while the status cannot be written", LONG, |e| {
+        e.kind == "slave_down" && e.about(&n1)
+    });
+    assert_eq!(
+        std::fs::read(&status_file).unwrap(),
+        frozen,
+        "previous file intact"
+    );
+    assert_eq!(errors(&p), 1, "logged once, not every beat: {}", p.log());
+    std::fs::set_permissions(st_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    assert!(wait_until(LONG, || again(&p) == 1), "{}", p.log());
+    p.wait_status("the lost standby shown", LONG, |st| {
+        names(&st["clusters"][0]["lost"]) == [n1.as_str()]
+    });
+
+    if mount.is_some() {
+        // Disk full: fill the file system, then free it.
+        let filler = st_dir.path().join("filler");
+        let chunk = vec![0u8; 64 * 1024];
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+        drop(f);
+        assert!(wait_until(LONG, || errors(&p) == 2), "{}", p.log());
+        assert!(p.log().contains("No space left on device"), "{}", p.log());
+        let frozen = std::fs::read(&status_file).expect("previous status");
+        serde_json::from_slice::<Value>(&frozen).expect("previous status is whole JSON");
+        sb.start_node(1).expect("start standby");
+        p.wait_event("slave_up while the disk is full", LONG, |e| {
+            e.kind == "slave_up" && e.about(&n1)
+        });
+        assert_eq!(
+            std::fs::read(&status_file).unwrap(),
+            frozen,
+            "previous file intact"
+        );
+        std::fs::remove_file(&filler).unwrap();
+        assert!(wait_until(LONG, || again(&p) == 2), "{}", p.log());
+        p.wait_status("the standby back", LONG, |st| {
+            names(&st["clusters"][0]["slaves"]) == [n1.as_str()]
+        });
+    } else {
+        eprintln!("not root: the disk-full half needs a tmpfs mount and was not run");
+    }
+    p.terminate();
+    drop(mount);
+}

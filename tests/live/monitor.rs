@@ -21,6 +21,8 @@ pub struct Timings {
     pub log_level: &'static str,
     /// More node objects (JSON), e.g. nodes of another sandbox.
     pub extra_nodes: Vec<String>,
+    /// `None`: `status.json` in the test's directory.
+    pub status_file: Option<PathBuf>,
 }
 
 impl Default for Timings {
@@ -34,6 +36,7 @@ impl Default for Timings {
             daemon_user: None,
             log_level: "debug",
             extra_nodes: Vec::new(),
+            status_file: None,
         }
     }
 }
@@ -117,7 +120,7 @@ impl Plusmoin {
   "heartbeat": {hb}, "connect_timeout": {ct}, "max_sync_delay": {max}, "recover_sync_delay": {rec},
   "trigger_timeout": 10, "log_level": "{level}", "daemon_user": "{user}", "instance_name": "{instance}",
   "sslmode": "disable",
-  "status_file": "{d}/status.json", "pid_file": "{d}/plusmoin.pid", "log_file": "{d}/plusmoin.log",
+  "status_file": "{status}", "pid_file": "{d}/plusmoin.pid", "log_file": "{d}/plusmoin.log",
   "nodes": [{nodes}],
   "triggers": {{"plusmoin_up": "{s}", "plusmoin_heartbeat": "{s}", "master_up": "{s}",
                 "master_down": "{s}", "slave_up": "{s}", "slave_down": "{s}"}}{extra}
@@ -129,6 +132,11 @@ impl Plusmoin {
             user = t.daemon_user.map(String::from).unwrap_or_else(current_user),
             instance = t.instance_name,
             level = t.log_level,
+            status = t
+                .status_file
+                .clone()
+                .unwrap_or_else(|| self.dir.path().join("status.json"))
+                .display(),
             nodes = nodes.join(", "),
         );
         // Atomically, so a daemon reloading never reads half of it.
@@ -234,8 +242,17 @@ impl Plusmoin {
         found.unwrap_or_else(|| self.fail(&format!("no event {what} within {timeout:?}")))
     }
 
+    pub fn status_path(&self) -> PathBuf {
+        let text = std::fs::read_to_string(&self.config_path).unwrap_or_default();
+        let cfg: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        cfg["status_file"]
+            .as_str()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.dir.path().join("status.json"))
+    }
+
     pub fn status(&self) -> Value {
-        std::fs::read(self.dir.path().join("status.json"))
+        std::fs::read(self.status_path())
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or(Value::Null)
