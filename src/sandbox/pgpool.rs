@@ -96,10 +96,6 @@ pub struct PgpoolOptions {
     /// `health_check_period` in seconds (None: 1); retries are always 0, so
     /// one failed check detaches the node.
     pub health_check_period: Option<u32>,
-    /// Lines appended verbatim to pgpool.conf; pgpool takes the last value
-    /// of a parameter, so these override the fixture's own settings (for
-    /// example `search_primary_node_timeout = 30`).
-    pub extra_conf: Vec<String>,
 }
 
 /// pgpool's view of one backend, from `pcp_node_info`.
@@ -186,6 +182,18 @@ impl Pgpool {
     /// Returns once pgpool accepts connections and `pcp_node_info` answers
     /// for every node.
     pub fn start(sb: &Sandbox, opts: PgpoolOptions) -> Result<Pgpool, SandboxError> {
+        Pgpool::start_with_conf(sb, opts, &[])
+    }
+
+    /// [`Pgpool::start`] with `extra_conf` lines appended verbatim to
+    /// pgpool.conf. pgpool takes the last value of a parameter, so they
+    /// override the fixture's own settings (for example
+    /// `search_primary_node_timeout = 30`).
+    pub fn start_with_conf(
+        sb: &Sandbox,
+        opts: PgpoolOptions,
+        extra_conf: &[&str],
+    ) -> Result<Pgpool, SandboxError> {
         let began = Instant::now();
         let bin = pgpool_bin_dir()?;
         let psql = pg_bin_dir()?.join("psql");
@@ -246,6 +254,7 @@ impl Pgpool {
                 pcp_port: pgpool.pcp_port,
                 backends: &backends,
                 opts: &opts,
+                extra_conf,
             });
             pgpool.runner.write_file(&pgpool.conf, &conf)?;
             pgpool.write_pcppass()?;
@@ -766,6 +775,7 @@ struct ConfInput<'a> {
     pcp_port: u16,
     backends: &'a [Backend],
     opts: &'a PgpoolOptions,
+    extra_conf: &'a [&'a str],
 }
 
 /// The whole pgpool.conf (pgpool-II 4.2+ parameter names).
@@ -852,7 +862,7 @@ fn render_conf(c: &ConfInput) -> String {
             app = q(&b.application_name),
         ));
     }
-    for line in &c.opts.extra_conf {
+    for line in c.extra_conf {
         conf.push_str(line);
         conf.push('\n');
     }
@@ -1190,7 +1200,6 @@ mod tests {
         let opts = PgpoolOptions {
             auto_failback: Some(Duration::from_secs(3)),
             health_check_period: Some(2),
-            extra_conf: vec!["search_primary_node_timeout = 30".into()],
         };
         let conf = render_conf(&ConfInput {
             dir: Path::new("/dev/shm/x'y"),
@@ -1198,6 +1207,7 @@ mod tests {
             pcp_port: 9898,
             backends: &backends,
             opts: &opts,
+            extra_conf: &["search_primary_node_timeout = 30"],
         });
         for want in [
             "backend_clustering_mode = 'streaming_replication'",
@@ -1224,6 +1234,7 @@ mod tests {
             pcp_port: 2,
             backends: &backends,
             opts: &PgpoolOptions::default(),
+            extra_conf: &[],
         });
         assert!(off.contains("auto_failback = off\n"));
         assert!(off.contains("health_check_period = 1\n"));

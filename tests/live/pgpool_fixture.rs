@@ -238,3 +238,40 @@ fn alive(pid: i32) -> bool {
         .and_then(|s| s.rsplit_once(')')?.1.trim_start().chars().next())
         .is_some_and(|state| !matches!(state, 'Z' | 'X'))
 }
+
+#[test]
+fn a_stopped_primary_is_detached_and_a_promoted_standby_becomes_pgpools_primary() {
+    let sb = ok("sandbox start", Sandbox::start(2));
+    // Long enough for the promotion below even on a loaded machine.
+    let extra = "search_primary_node_timeout = 60";
+    let pgpool = ok(
+        "pgpool start",
+        Pgpool::start_with_conf(&sb, PgpoolOptions::default(), &[extra]),
+    );
+    let conf = ok("read conf", std::fs::read_to_string(pgpool.conf_file()));
+    assert!(conf.ends_with(&format!("{extra}\n")));
+    ok("stop node 0", sb.stop(0));
+    ok("node 0 down", pgpool.wait_status(0, &["down"], NOTICE));
+    // No failover_command: pgpool promotes nothing by itself.
+    stays(&pgpool, 1, "waiting", Duration::from_secs(1));
+    assert!(ok("node 1 in recovery", sb.is_in_recovery(1)));
+    ok("promote 1", sb.promote(1));
+    ok("repoint 2", sb.repoint(2, 1));
+    // pgpool is still searching for a primary (search_primary_node_timeout)
+    // and finds the promoted one.
+    let mut last = None;
+    let found = wait_until(NOTICE, || {
+        last = pgpool.node_info(1).ok();
+        last.as_ref().is_some_and(|i| i.role == "primary")
+    });
+    assert!(found, "pgpool never took node 1 as primary: {last:?}");
+    let shown = ok("show pool_nodes", pgpool.show_pool_nodes());
+    assert_eq!(
+        shown,
+        vec![
+            (0, "down".to_owned()),
+            (1, "up".to_owned()),
+            (2, "up".to_owned())
+        ]
+    );
+}
