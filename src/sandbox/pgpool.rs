@@ -64,6 +64,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long detach/attach wait for pgpool to show the result.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
+/// How many times node_info and show_pool_nodes try (see retry_transient).
+const TRANSIENT_ATTEMPTS: u32 = 4;
 /// How many fresh port pairs a first start tries when a port got taken.
 const PORT_ATTEMPTS: usize = 5;
 /// Libpq variables of our own environment that would redirect psql.
@@ -355,14 +357,13 @@ impl Pgpool {
     }
 
     /// pgpool's view of backend `id` through `pcp_node_info -v`.
+    ///
+    /// pgpool 4.3's pcp_node_info also queries the backends (for
+    /// `pg_status`/`pg_role`), so it fails now and then while a backend is
+    /// going down ("FATAL: unable to read data from DB node N"): such
+    /// failures are retried a few times before they are returned.
     pub fn node_info(&self, id: usize) -> Result<NodeInfo, SandboxError> {
-        self.check_id(id)?;
-        let id_arg = id.to_string();
-        let (command, out) = self.pcp("pcp_node_info", &["-v", "-n", &id_arg])?;
-        parse_node_info(&out).ok_or(SandboxError::Unexpected {
-            command,
-            output: out,
-        })
+        retry_transient(|| self.node_info_once(id))
     }
 
     /// The status pgpool reports for backend `id` ("up", "waiting", "down",
@@ -374,8 +375,18 @@ impl Pgpool {
     /// `(node_id, status)` of every backend from `SHOW pool_nodes`, asked
     /// through pgpool's own port as the sandbox's plusmoin role. The act of
     /// connecting makes "waiting" nodes "up", so this shows "up" where pcp
-    /// showed "waiting" a moment before.
+    /// showed "waiting" a moment before. A new session fails while pgpool
+    /// fails a node over or back, or while a backend goes down: such
+    /// failures are retried a few times before they are returned.
     pub fn show_pool_nodes(&self) -> Result<Vec<(usize, String)>, SandboxError> {
+        let (command, out) = retry_transient(|| self.psql_show_pool_nodes())?;
+        parse_pool_nodes(&out).ok_or(SandboxError::Unexpected {
+            command,
+            output: out,
+        })
+    }
+
+    fn psql_show_pool_nodes(&self) -> Result<(String, String), SandboxError> {
         let port = self.port.to_string();
         let mut cmd = Command::new(&self.psql);
         cmd.args([
@@ -399,11 +410,7 @@ impl Pgpool {
             "SHOW pool_nodes",
         ])
         .env("PGPASSWORD", SANDBOX_PASSWORD);
-        let (command, out) = self.run(cmd)?;
-        parse_pool_nodes(&out).ok_or(SandboxError::Unexpected {
-            command,
-            output: out,
-        })
+        self.run(cmd)
     }
 
     /// Attaches backend `id` (`pcp_attach_node`) and waits until pgpool
@@ -482,6 +489,16 @@ impl Pgpool {
     }
 
     // ---- plumbing ----------------------------------------------------
+
+    fn node_info_once(&self, id: usize) -> Result<NodeInfo, SandboxError> {
+        self.check_id(id)?;
+        let id_arg = id.to_string();
+        let (command, out) = self.pcp("pcp_node_info", &["-v", "-n", &id_arg])?;
+        parse_node_info(&out).ok_or(SandboxError::Unexpected {
+            command,
+            output: out,
+        })
+    }
 
     fn check_id(&self, id: usize) -> Result<(), SandboxError> {
         if id < self.nodes {
@@ -646,7 +663,7 @@ impl Pgpool {
             }
             let last = match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
                 Err(e) => format!("port {}: {e}", self.port),
-                Ok(_) => match (0..self.nodes).try_for_each(|i| self.node_info(i).map(drop)) {
+                Ok(_) => match (0..self.nodes).try_for_each(|i| self.node_info_once(i).map(drop)) {
                     Ok(()) => return Ok(()),
                     Err(e) => e.to_string(),
                 },
@@ -947,6 +964,23 @@ fn parse_pool_nodes(out: &str) -> Option<Vec<(usize, String)>> {
         nodes.push((id, status.to_owned()));
     }
     (!nodes.is_empty()).then_some(nodes)
+}
+
+/// Runs `f` again (at most [`TRANSIENT_ATTEMPTS`] times in all, with a
+/// growing pause) while it fails with a command failure: what pgpool
+/// answers while it fails a node over or a backend goes down.
+fn retry_transient<T>(mut f: impl FnMut() -> Result<T, SandboxError>) -> Result<T, SandboxError> {
+    let mut attempt = 1;
+    loop {
+        match f() {
+            Err(SandboxError::Failed { ref stderr, .. }) if attempt < TRANSIENT_ATTEMPTS => {
+                tracing::debug!(attempt, stderr = %stderr, "pgpool: transient failure, retrying");
+                thread::sleep(Duration::from_millis(100) * attempt);
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// pcp and psql print their refusals as `ERROR:`/`FATAL:` lines.

@@ -50,16 +50,27 @@ fn pcp_statuses(pgpool: &Pgpool) -> Vec<String> {
         .collect()
 }
 
-/// Asserts that pgpool keeps node `id` at `status` for `period` (pcp polled).
-fn stays(pgpool: &Pgpool, id: usize, status: &str, period: Duration) {
+/// Asserts that pgpool keeps node `id` at one of `statuses` for `period`
+/// (pcp polled).
+fn stays_in(pgpool: &Pgpool, id: usize, statuses: &[&str], period: Duration) {
+    let mut seen = Ok(String::new());
     let changed = wait_until(period, || {
-        pgpool.node_status(id).map_or(true, |s| s != status)
+        seen = pgpool.node_status(id);
+        seen.as_ref()
+            .map_or(true, |s| !statuses.contains(&s.as_str()))
     });
     assert!(
         !changed,
-        "node {id} left {status:?}: now {:?}",
-        pgpool.node_status(id)
+        "node {id} left {statuses:?}: {}",
+        match seen {
+            Ok(s) => s,
+            Err(e) => e.to_string(),
+        }
     );
+}
+
+fn stays(pgpool: &Pgpool, id: usize, status: &str, period: Duration) {
+    stays_in(pgpool, id, &[status], period);
 }
 
 #[test]
@@ -253,7 +264,7 @@ fn a_stopped_primary_is_detached_and_a_promoted_standby_becomes_pgpools_primary(
     ok("stop node 0", sb.stop(0));
     ok("node 0 down", pgpool.wait_status(0, &["down"], NOTICE));
     // No failover_command: pgpool promotes nothing by itself.
-    stays(&pgpool, 1, "waiting", Duration::from_secs(1));
+    stays_in(&pgpool, 1, UP, Duration::from_secs(1));
     assert!(ok("node 1 in recovery", sb.is_in_recovery(1)));
     ok("promote 1", sb.promote(1));
     ok("repoint 2", sb.repoint(2, 1));
