@@ -1131,6 +1131,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pgpool_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Pgpool>();
+    }
+
+    #[test]
     fn parses_terse_node_info() {
         let info = parse_node_info(
             "127.0.0.1 25431 1 0.500000 waiting up standby standby 0 streaming async 2026-11-25 18:40:07\n",

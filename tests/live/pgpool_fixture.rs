@@ -286,3 +286,24 @@ fn a_stopped_primary_is_detached_and_a_promoted_standby_becomes_pgpools_primary(
         ]
     );
 }
+
+#[test]
+fn pcp_ignores_a_pcppass_file_that_is_not_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_sb, pgpool) = setup(1, PgpoolOptions::default());
+    let chmod = |mode| {
+        ok(
+            "chmod pcppass",
+            std::fs::set_permissions(pgpool.pcppass_file(), std::fs::Permissions::from_mode(mode)),
+        )
+    };
+    chmod(0o644);
+    let refused = pgpool.node_status(0);
+    chmod(0o600);
+    let Err(e) = refused else {
+        panic!("pcp used a 0644 pcppass file: {refused:?}")
+    };
+    // No word about the file: pcp just logs in without a password.
+    assert!(e.to_string().contains("authentication failed"), "{e}");
+    assert!(UP.contains(&ok("status", pgpool.node_status(0)).as_str()));
+}
