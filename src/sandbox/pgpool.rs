@@ -9,8 +9,9 @@
 //! its cleanup on drop — including the pgpools of test processes that died
 //! without dropping theirs.
 //!
-//! Facts it is built around (pgpool-II 4.3): pcp commands exit 0 even when
-//! pgpool refused, so their stderr is checked; pcp silently ignores a
+//! Facts it is built around (pgpool-II 4.3): pcp commands exit 0 when
+//! pgpool refused a request (an unknown node id, for one; only a failed
+//! login or connection exits 1), so their stderr is checked; pcp silently ignores a
 //! pcppass file that is not mode 0600; an attach is only queued when
 //! `pcp_attach_node` returns; a node detached by hand stays down across a
 //! pgpool restart because pgpool remembers it in its status file (unless it
@@ -93,7 +94,11 @@ pub struct PgpoolOptions {
     /// with that `auto_failback_interval` (whole seconds, rounded down).
     /// The streaming-replication check it needs is always on
     /// (`sr_check_period = 1`), and `backend_application_nameN` is the
-    /// sandbox's `application_name` of node N.
+    /// sandbox's `application_name` of node N. pgpool fails a node back as
+    /// soon as its health check passes and sr_check saw it streaming, but
+    /// at most once per interval per node: the first failback after
+    /// pgpool's start is immediate, the next one waits until the interval
+    /// since the previous failback has passed (a pgpool restart resets it).
     pub auto_failback: Option<Duration>,
     /// `health_check_period` in seconds (None: 1); retries are always 0, so
     /// one failed check detaches the node.
