@@ -14,6 +14,7 @@
 //! directory; the `plusmoin` role (with [`SANDBOX_PASSWORD`]) is what
 //! plusmoin itself uses, over TCP with scram-sha-256.
 
+pub mod pgpool;
 mod procs;
 mod run;
 

@@ -5,6 +5,7 @@ mod daemon;
 mod faults;
 mod monitor;
 mod probe;
+mod pgpool_fixture;
 mod sandbox_ops;
 
 use std::time::{Duration, Instant};

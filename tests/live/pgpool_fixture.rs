@@ -1,0 +1,309 @@
+//! The pgpool-II fixture against a real pgpool in front of real servers:
+//! pgpool's view of the nodes (pcp and `SHOW pool_nodes`), health-check
+//! detaches, detach/attach, the status file across restarts, pgpool's own
+//! auto_failback (the baseline plusmoin is compared with) and cleanup.
+
+use std::time::{Duration, Instant};
+
+use plusmoin::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions};
+use plusmoin::sandbox::Sandbox;
+
+use crate::wait_until;
+
+/// How long pgpool may take to notice a node's change (health check every
+/// second, plus a loaded 2-core machine).
+const NOTICE: Duration = Duration::from_secs(30);
+const UP: &[&str] = &["up", "waiting"];
+
+fn ok<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+/// A sandbox with `standbys` standbys and a pgpool in front of it. The
+/// sandbox is returned first so callers bind it first: it is dropped after
+/// pgpool.
+fn setup(standbys: usize, opts: PgpoolOptions) -> (Sandbox, Pgpool) {
+    assert!(
+        pgpool_installed(),
+        "pgpool-II is not installed (apt-get install pgpool2)"
+    );
+    let sb = ok("sandbox start", Sandbox::start(standbys));
+    let began = Instant::now();
+    let pgpool = ok("pgpool start", Pgpool::start(&sb, opts));
+    eprintln!(
+        "pgpool on {} (pcp {}) in front of {} nodes started in {:?}",
+        pgpool.port(),
+        pgpool.pcp_port(),
+        sb.len(),
+        began.elapsed()
+    );
+    (sb, pgpool)
+}
+
+/// pcp's status of every node.
+fn pcp_statuses(pgpool: &Pgpool) -> Vec<String> {
+    (0..pgpool.len())
+        .map(|i| ok("node_status", pgpool.node_status(i)))
+        .collect()
+}
+
+/// Asserts that pgpool keeps node `id` at one of `statuses` for `period`
+/// (pcp polled).
+fn stays_in(pgpool: &Pgpool, id: usize, statuses: &[&str], period: Duration) {
+    let mut seen = Ok(String::new());
+    let changed = wait_until(period, || {
+        seen = pgpool.node_status(id);
+        seen.as_ref()
+            .map_or(true, |s| !statuses.contains(&s.as_str()))
+    });
+    assert!(
+        !changed,
+        "node {id} left {statuses:?}: {}",
+        match seen {
+            Ok(s) => s,
+            Err(e) => e.to_string(),
+        }
+    );
+}
+
+fn stays(pgpool: &Pgpool, id: usize, status: &str, period: Duration) {
+    stays_in(pgpool, id, &[status], period);
+}
+
+#[test]
+fn all_nodes_up_after_start_and_views_agree() {
+    let (sb, pgpool) = setup(2, PgpoolOptions::default());
+    let pcp = pcp_statuses(&pgpool);
+    assert!(pcp.iter().all(|s| UP.contains(&s.as_str())), "pcp: {pcp:?}");
+    let shown = ok("show pool_nodes", pgpool.show_pool_nodes());
+    let ids: Vec<usize> = shown.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, vec![0, 1, 2], "{shown:?}");
+    assert!(shown.iter().all(|(_, s)| s == "up"), "{shown:?}");
+    // Roles come from pgpool probing the servers, not from our config.
+    let roles: Vec<String> = (0..sb.len())
+        .map(|i| ok("node_info", pgpool.node_info(i)).role)
+        .collect();
+    assert_eq!(roles, vec!["primary", "standby", "standby"]);
+    // The config pgpool runs with names every sandbox node by its port.
+    let conf = ok("read conf", std::fs::read_to_string(pgpool.conf_file()));
+    for i in 0..sb.len() {
+        assert!(
+            conf.contains(&format!("backend_port{i} = {}\n", sb.port(i))),
+            "backend_port{i} missing"
+        );
+    }
+    // The pcppass file is one pcp will use.
+    let meta = ok("stat pcppass", std::fs::metadata(pgpool.pcppass_file()));
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    assert!(pgpool.bin_dir().join("pcp_attach_node").is_file());
+    assert!(pgpool.node_status(3).is_err(), "node 3 does not exist");
+}
+
+#[test]
+fn a_stopped_standby_is_detached_by_health_check_and_stays_down() {
+    let (sb, pgpool) = setup(2, PgpoolOptions::default());
+    ok("stop node 2", sb.stop(2));
+    ok("node 2 down", pgpool.wait_status(2, &["down"], NOTICE));
+    let shown = ok("show pool_nodes", pgpool.show_pool_nodes());
+    assert_eq!(
+        shown,
+        vec![
+            (0, "up".to_owned()),
+            (1, "up".to_owned()),
+            (2, "down".to_owned())
+        ]
+    );
+    // auto_failback is off: back and streaming, it stays detached.
+    ok("start node 2", sb.start_node(2));
+    ok("node 2 streams", sb.wait_until_streaming(2, NOTICE));
+    stays(&pgpool, 2, "down", Duration::from_secs(4));
+    ok("attach node 2", pgpool.attach(2));
+    assert!(UP.contains(&ok("status", pgpool.node_status(2)).as_str()));
+}
+
+#[test]
+fn detach_and_attach_are_confirmed_by_pgpool() {
+    let (_sb, pgpool) = setup(1, PgpoolOptions::default());
+    ok("detach 1", pgpool.detach(1));
+    assert_eq!(ok("status", pgpool.node_status(1)), "down");
+    let shown = ok("show pool_nodes", pgpool.show_pool_nodes());
+    assert_eq!(shown, vec![(0, "up".to_owned()), (1, "down".to_owned())]);
+    // Nothing attaches it again by itself.
+    stays(&pgpool, 1, "down", Duration::from_secs(3));
+    ok("attach 1", pgpool.attach(1));
+    let status = ok("status", pgpool.node_status(1));
+    assert!(UP.contains(&status.as_str()), "{status}");
+    let shown = ok("show pool_nodes", pgpool.show_pool_nodes());
+    assert_eq!(shown, vec![(0, "up".to_owned()), (1, "up".to_owned())]);
+}
+
+#[test]
+fn a_detached_node_stays_down_across_a_pgpool_restart() {
+    let (_sb, pgpool) = setup(2, PgpoolOptions::default());
+    ok("detach 1", pgpool.detach(1));
+    let pids = pgpool.pids();
+    assert!(!pids.is_empty());
+    ok("stop", pgpool.stop());
+    assert!(pgpool.pids().is_empty());
+    assert!(pgpool.node_status(0).is_err(), "pcp answered while stopped");
+    assert!(
+        pids.iter().all(|p| !alive(*p)),
+        "pgpool processes left after stop: {pids:?}"
+    );
+    let began = Instant::now();
+    ok("start again", pgpool.start_again());
+    eprintln!("pgpool restarted in {:?}", began.elapsed());
+    assert_eq!(
+        pcp_statuses(&pgpool)
+            .iter()
+            .map(|s| UP.contains(&s.as_str()))
+            .collect::<Vec<_>>(),
+        vec![true, false, true]
+    );
+    assert_eq!(ok("status 1", pgpool.node_status(1)), "down");
+    stays(&pgpool, 1, "down", Duration::from_secs(2));
+    // -D forgets it.
+    ok("stop", pgpool.stop());
+    ok(
+        "start again discarding status",
+        pgpool.start_again_discarding_status(),
+    );
+    let pcp = pcp_statuses(&pgpool);
+    assert!(pcp.iter().all(|s| UP.contains(&s.as_str())), "{pcp:?}");
+}
+
+#[test]
+fn auto_failback_reattaches_a_restarted_standby_once_it_streams() {
+    let (sb, pgpool) = setup(
+        1,
+        PgpoolOptions {
+            auto_failback: Some(Duration::from_secs(1)),
+            ..PgpoolOptions::default()
+        },
+    );
+    // sr_check sees the standby streaming under its application_name.
+    let mut last = None;
+    let streaming = wait_until(NOTICE, || {
+        last = pgpool.node_info(1).ok();
+        last.as_ref()
+            .is_some_and(|i| i.replication_state == "streaming")
+    });
+    assert!(streaming, "sr_check never saw node 1 streaming: {last:?}");
+
+    ok("stop node 1", sb.stop(1));
+    ok("node 1 down", pgpool.wait_status(1, &["down"], NOTICE));
+    // While it is down, sr_check no longer sees it streaming.
+    let gone = wait_until(NOTICE, || {
+        last = pgpool.node_info(1).ok();
+        last.as_ref()
+            .is_some_and(|i| i.replication_state != "streaming")
+    });
+    assert!(gone, "sr_check still sees node 1 streaming: {last:?}");
+    assert_eq!(ok("status", pgpool.node_status(1)), "down");
+
+    let began = Instant::now();
+    ok("start node 1", sb.start_node(1));
+    let status = ok("node 1 back", pgpool.wait_status(1, UP, NOTICE));
+    eprintln!(
+        "auto_failback: node 1 {status} {:?} after its restart",
+        began.elapsed()
+    );
+    let info = ok("node_info", pgpool.node_info(1));
+    assert_eq!(info.replication_state, "streaming", "{info:?}");
+
+    // The baseline's known flaw: a standby detached on purpose comes back.
+    ok("detach 1", pgpool.detach(1));
+    ok(
+        "auto_failback re-attaches a detached node",
+        pgpool.wait_status(1, UP, NOTICE),
+    );
+}
+
+#[test]
+fn drop_leaves_no_pgpool_process() {
+    let (_sb, pgpool) = setup(1, PgpoolOptions::default());
+    let pids = pgpool.pids();
+    // The main process, 4 children, pcp, the worker and 2 health checks.
+    assert!(pids.len() >= 6, "{pids:?}");
+    assert!(pids.iter().all(|p| alive(*p)));
+    let dir = pgpool.dir().to_path_buf();
+    drop(pgpool);
+    let left: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+    assert!(
+        left.is_empty(),
+        "pgpool processes left after drop: {left:?}"
+    );
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+/// Whether `pid` is a live (not zombie) process.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')')?.1.trim_start().chars().next())
+        .is_some_and(|state| !matches!(state, 'Z' | 'X'))
+}
+
+#[test]
+fn a_stopped_primary_is_detached_and_a_promoted_standby_becomes_pgpools_primary() {
+    let sb = ok("sandbox start", Sandbox::start(2));
+    // Long enough for the promotion below even on a loaded machine.
+    let extra = "search_primary_node_timeout = 60";
+    let pgpool = ok(
+        "pgpool start",
+        Pgpool::start_with_conf(&sb, PgpoolOptions::default(), &[extra]),
+    );
+    let conf = ok("read conf", std::fs::read_to_string(pgpool.conf_file()));
+    assert!(conf.ends_with(&format!("{extra}\n")));
+    ok("stop node 0", sb.stop(0));
+    ok("node 0 down", pgpool.wait_status(0, &["down"], NOTICE));
+    // No failover_command: pgpool promotes nothing by itself.
+    stays_in(&pgpool, 1, UP, Duration::from_secs(1));
+    assert!(ok("node 1 in recovery", sb.is_in_recovery(1)));
+    ok("promote 1", sb.promote(1));
+    ok("repoint 2", sb.repoint(2, 1));
+    // pgpool is still searching for a primary (search_primary_node_timeout)
+    // and finds the promoted one.
+    let mut last = None;
+    let found = wait_until(NOTICE, || {
+        last = pgpool.node_info(1).ok();
+        last.as_ref().is_some_and(|i| i.role == "primary")
+    });
+    assert!(found, "pgpool never took node 1 as primary: {last:?}");
+    let shown = ok("show pool_nodes", pgpool.show_pool_nodes());
+    assert_eq!(
+        shown,
+        vec![
+            (0, "down".to_owned()),
+            (1, "up".to_owned()),
+            (2, "up".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn pcp_ignores_a_pcppass_file_that_is_not_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_sb, pgpool) = setup(1, PgpoolOptions::default());
+    let chmod = |mode| {
+        ok(
+            "chmod pcppass",
+            std::fs::set_permissions(pgpool.pcppass_file(), std::fs::Permissions::from_mode(mode)),
+        )
+    };
+    chmod(0o644);
+    let refused = pgpool.node_status(0);
+    chmod(0o600);
+    let Err(e) = refused else {
+        panic!("pcp used a 0644 pcppass file: {refused:?}")
+    };
+    // No word about the file: pcp just logs in without a password.
+    assert!(e.to_string().contains("authentication failed"), "{e}");
+    assert!(UP.contains(&ok("status", pgpool.node_status(0)).as_str()));
+}
