@@ -169,7 +169,17 @@ fn show_status(cli: &Cli, table: bool) -> ExitCode {
         Err(code) => return code,
     };
     let now = plusmoin::cluster::Time::now().as_secs_f64();
-    match status::read(&config.status_file, now) {
+    let read = status::read(&config.status_file, now).and_then(|st| {
+        // A fresh file from a daemon that just died is no status either.
+        match lifecycle::running_pid(&config.pid_file) {
+            Ok(None) => Err(status::StatusError::NotRunning {
+                pid_file: config.pid_file.clone(),
+                updated_at: st.updated_at,
+            }),
+            _ => Ok(st),
+        }
+    });
+    match read {
         Ok(st) if table => {
             print!("{}", status::table(&st));
             ExitCode::SUCCESS

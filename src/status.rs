@@ -30,6 +30,13 @@ pub enum StatusError {
         source: serde_json::Error,
     },
     #[error(
+        "plusmoin is not running (no live daemon holds {pid_file}); its last status was written at {updated_at}"
+    )]
+    NotRunning {
+        pid_file: PathBuf,
+        updated_at: String,
+    },
+    #[error(
         "status file {path} is {age:.0} s old, older than three beats ({limit:.0} s): \
          the daemon (pid {pid}) is not running or not beating"
     )]
@@ -59,14 +66,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    // tempfile names its random path in errors; drop that so the same
+    // failure reads the same every beat (and is logged once).
+    let plain = |e: std::io::Error| {
+        let msg = e.to_string();
+        match msg.split_once(" at path \"") {
+            Some((head, _)) => std::io::Error::new(e.kind(), head.to_string()),
+            None => e,
+        }
+    };
     let mut tmp = tempfile::Builder::new()
         .prefix(".plusmoin-status-")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
+        .tempfile_in(dir)
+        .map_err(plain)?;
+    tmp.write_all(bytes).map_err(plain)?;
+    tmp.as_file().sync_all().map_err(plain)?;
     // Readable by the operator's tools, like the file it replaces.
-    set_mode_0644(tmp.path())?;
-    tmp.persist(path).map_err(|e| e.error)?;
+    set_mode_0644(tmp.path()).map_err(plain)?;
+    tmp.persist(path).map_err(|e| plain(e.error))?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }

@@ -436,7 +436,7 @@ async fn dispatcher_keeps_the_order_of_one_cluster() {
         let delay = format!("0.{:02}", (n - i) * 3);
         d.dispatch(job(
             &[p(&s), &i.to_string(), &delay],
-            EventKind::PlusmoinHeartbeat,
+            EventKind::SlaveUp,
             0,
             "{}",
         ));
@@ -444,6 +444,44 @@ async fn dispatcher_keeps_the_order_of_one_cluster() {
     d.shutdown(Duration::from_secs(60)).await;
     let expected: Vec<String> = (0..n).map(|i| i.to_string()).collect();
     assert_eq!(lines(&out), expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_heartbeat_triggers_do_not_pile_up_and_others_keep_their_order() {
+    let dir = TempDir::new().unwrap();
+    let out = dir.path().join("order");
+    let s = appender(dir.path(), &out);
+    let d = Dispatcher::new();
+    // hb0 runs (slowly) while the next beats' heartbeats arrive: one of them
+    // waits its turn, the others are skipped; every other trigger runs, in
+    // order.
+    let first = script(
+        dir.path(),
+        "first.sh",
+        &format!(
+            "echo started >> {f}\nsleep 0.5\necho hb0 >> {f}",
+            f = p(&out)
+        ),
+    );
+    d.dispatch(job(&[p(&first)], EventKind::PlusmoinHeartbeat, 0, "{}"));
+    assert!(wait_until(Duration::from_secs(10), || !lines(&out).is_empty()).await);
+    for beat in 1..5 {
+        let down = format!("down{beat}");
+        d.dispatch(job(&[p(&s), &down, "0"], EventKind::SlaveDown, 0, "{}"));
+        let hb = format!("hb{beat}");
+        d.dispatch(job(
+            &[p(&s), &hb, "0"],
+            EventKind::PlusmoinHeartbeat,
+            0,
+            "{}",
+        ));
+    }
+    d.shutdown(Duration::from_secs(60)).await;
+    assert_eq!(
+        lines(&out),
+        ["started", "hb0", "down1", "hb1", "down2", "down3", "down4"],
+        "hb2..hb4 skipped while hb1 waited"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,7 +19,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -481,6 +481,8 @@ struct Queue {
     tx: mpsc::UnboundedSender<TriggerJob>,
     /// Jobs sent and not yet started.
     backlog: Arc<AtomicUsize>,
+    /// A `plusmoin_heartbeat` job is queued and not started yet.
+    heartbeat_queued: Arc<AtomicBool>,
 }
 
 impl Default for Dispatcher {
@@ -520,9 +522,29 @@ impl Dispatcher {
             let queue = queues.entry(cluster).or_insert_with(|| {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let backlog = Arc::new(AtomicUsize::new(0));
-                workers.spawn_on(worker(rx, Arc::clone(&backlog)), &runtime);
-                Queue { tx, backlog }
+                let heartbeat_queued = Arc::new(AtomicBool::new(false));
+                workers.spawn_on(
+                    worker(rx, Arc::clone(&backlog), Arc::clone(&heartbeat_queued)),
+                    &runtime,
+                );
+                Queue {
+                    tx,
+                    backlog,
+                    heartbeat_queued,
+                }
             });
+            // A heartbeat trigger slower than the beat must not pile up:
+            // while one still waits its turn, later ones are skipped (the
+            // order of the other triggers is kept; they are never skipped).
+            if job.kind == EventKind::PlusmoinHeartbeat
+                && queue.heartbeat_queued.swap(true, Ordering::SeqCst)
+            {
+                tracing::debug!(
+                    cluster,
+                    "plusmoin_heartbeat trigger of an earlier beat still waits; skipped this one"
+                );
+                return;
+            }
             let waiting = queue.backlog.fetch_add(1, Ordering::SeqCst) + 1;
             match queue.tx.send(job) {
                 Ok(()) => {
@@ -581,9 +603,16 @@ impl Dispatcher {
     }
 }
 
-async fn worker(mut rx: mpsc::UnboundedReceiver<TriggerJob>, backlog: Arc<AtomicUsize>) {
+async fn worker(
+    mut rx: mpsc::UnboundedReceiver<TriggerJob>,
+    backlog: Arc<AtomicUsize>,
+    heartbeat_queued: Arc<AtomicBool>,
+) {
     while let Some(job) = rx.recv().await {
         backlog.fetch_sub(1, Ordering::SeqCst);
+        if job.kind == EventKind::PlusmoinHeartbeat {
+            heartbeat_queued.store(false, Ordering::SeqCst);
+        }
         run(&job).await;
     }
 }

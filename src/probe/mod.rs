@@ -205,20 +205,48 @@ impl Prober {
     }
 
     fn log(&mut self, name: &NodeName, obs: &Observation) {
-        match obs {
-            Observation::Down { reason } => {
-                if self.last_down.get(name) == Some(reason) {
-                    debug!(node = %name, reason = %reason, "node still down");
-                } else {
-                    error!(node = %name, reason = %reason, "node down");
-                    self.last_down.insert(name.clone(), reason.clone());
-                }
+        match (note(&mut self.last_down, name, obs), obs) {
+            (Change::NewDown, Observation::Down { reason }) => {
+                error!(node = %name, reason = %reason, "node down")
             }
-            other => {
-                if self.last_down.remove(name).is_some() {
-                    info!(node = %name, "node answers again");
-                }
-                debug!(node = %name, observation = ?other, "probed");
+            (Change::StillDown, Observation::Down { reason }) => {
+                debug!(node = %name, reason = %reason, "node still down")
+            }
+            (Change::Back, other) => {
+                info!(node = %name, observation = ?other, "node answers again")
+            }
+            (_, other) => debug!(node = %name, observation = ?other, "probed"),
+        }
+    }
+}
+
+/// How a node's observation compares with the last logged one.
+#[derive(Debug, PartialEq, Eq)]
+enum Change {
+    /// Down, and not for the reason last logged: worth an error line.
+    NewDown,
+    StillDown,
+    /// Answers after having been down.
+    Back,
+    Up,
+}
+
+/// Records `obs` in `last_down` and says what changed.
+fn note(last_down: &mut HashMap<NodeName, String>, name: &NodeName, obs: &Observation) -> Change {
+    match obs {
+        Observation::Down { reason } => {
+            if last_down.get(name) == Some(reason) {
+                Change::StillDown
+            } else {
+                last_down.insert(name.clone(), reason.clone());
+                Change::NewDown
+            }
+        }
+        _ => {
+            if last_down.remove(name).is_some() {
+                Change::Back
+            } else {
+                Change::Up
             }
         }
     }
@@ -275,7 +303,8 @@ async fn probe_with(
     match first {
         Ok(obs) => (Some(conn), obs),
         Err(f) if f.broken && reused => {
-            debug!(node = %target.name, reason = %f.reason, "kept connection broke, reconnecting");
+            let reason = scrub(f.reason, shared.settings.password.expose());
+            debug!(node = %target.name, reason = %reason, "kept connection broke, reconnecting");
             drop(conn);
             let mut conn = match NodeConn::connect(shared, &target.name).await {
                 Ok(c) => c,
@@ -333,6 +362,32 @@ mod tests {
         assert_eq!(fmt_duration(Duration::from_millis(1500)), "1.5s");
         assert_eq!(fmt_duration(Duration::from_millis(250)), "0.25s");
         assert_eq!(fmt_duration(Duration::from_millis(0)), "0s");
+    }
+
+    #[test]
+    fn errors_are_logged_when_they_change() {
+        let mut last = HashMap::new();
+        let n = NodeName::new("db1", 5432);
+        let down = |r: &str| Observation::Down { reason: r.into() };
+        let slave = Observation::Slave { heartbeat: None };
+        assert_eq!(note(&mut last, &n, &slave), Change::Up);
+        assert_eq!(note(&mut last, &n, &down("refused")), Change::NewDown);
+        assert_eq!(note(&mut last, &n, &down("refused")), Change::StillDown);
+        assert_eq!(note(&mut last, &n, &down("timeout")), Change::NewDown);
+        assert_eq!(note(&mut last, &n, &slave), Change::Back);
+        assert_eq!(note(&mut last, &n, &slave), Change::Up);
+        assert_eq!(note(&mut last, &n, &down("timeout")), Change::NewDown);
+        // Another node has its own history.
+        let m = NodeName::new("db2", 5432);
+        assert_eq!(note(&mut last, &m, &down("timeout")), Change::NewDown);
+    }
+
+    /// The daemon drives probes from spawned tasks.
+    #[allow(dead_code)]
+    fn probe_all_is_send(p: &mut Prober) {
+        fn is_send<T: Send>(_: &T) {}
+        is_send(p);
+        is_send(&p.probe_all(&[], Time(0)));
     }
 
     #[test]

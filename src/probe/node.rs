@@ -6,7 +6,7 @@ use super::Shared;
 use crate::cluster::{ClusterId, Heartbeat, NodeName, Observation, Time};
 use std::time::{Duration, SystemTime};
 use tokio::task::JoinHandle;
-use tokio_postgres::error::SqlState;
+use tokio_postgres::error::{Severity, SqlState};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls, Statement};
 use tracing::debug;
@@ -40,7 +40,7 @@ impl Failure {
     fn sql(context: &str, err: &tokio_postgres::Error) -> Failure {
         Failure {
             reason: format!("{context}: {}", describe(err)),
-            broken: err.as_db_error().is_none(),
+            broken: breaks_connection(err),
         }
     }
     fn answer(reason: String) -> Failure {
@@ -48,6 +48,19 @@ impl Failure {
             reason,
             broken: false,
         }
+    }
+}
+
+/// Whether the session is over after `err`: closed, I/O or protocol
+/// trouble, or a FATAL from the server (shutdown, terminated backend), whose
+/// message arrives as the answer to the pending statement.
+fn breaks_connection(err: &tokio_postgres::Error) -> bool {
+    match err.as_db_error() {
+        None => true,
+        Some(db) => matches!(
+            db.parsed_severity(),
+            Some(Severity::Fatal | Severity::Panic)
+        ),
     }
 }
 
@@ -65,8 +78,12 @@ pub(super) fn describe(err: &tokio_postgres::Error) -> String {
     let mut out = err.to_string();
     let mut cause = std::error::Error::source(err);
     while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
+        // Some causes (TLS) repeat their own cause in their message.
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         cause = c.source();
     }
     out
@@ -119,10 +136,18 @@ impl NodeConn {
             .password(s.password.expose())
             .dbname(&s.dbname)
             .application_name("plusmoin")
+            // The heartbeat must not wait for synchronous standbys: with
+            // one of them down, every write would hang and a healthy master
+            // would look down.
+            .options("-c synchronous_commit=local")
             .ssl_mode(shared.pg_ssl_mode)
             .connect_timeout(s.connect_timeout);
         let fail = |e: tokio_postgres::Error| Failure {
-            reason: describe(&e),
+            reason: if e.as_db_error().is_some() {
+                format!("cannot log in: {}", describe(&e))
+            } else {
+                describe(&e)
+            },
             broken: true,
         };
         let name = node.clone();
@@ -294,6 +319,11 @@ impl NodeConn {
             Some(s) => s.clone(),
             None => match self.client.prepare_typed(SELECT, &[Type::TEXT]).await {
                 Ok(s) => {
+                    let columns: Vec<(&str, &Type)> =
+                        s.columns().iter().map(|c| (c.name(), c.type_())).collect();
+                    if let Some(reason) = heartbeat_columns_reason(&columns) {
+                        return Err(Failure::answer(reason));
+                    }
                     self.select = Some(s.clone());
                     s
                 }
@@ -342,6 +372,12 @@ impl NodeConn {
 /// `is_slave_statement` must yield a single boolean column; checked once at
 /// prepare time so the reason names the mistake.
 fn check_role_columns(stmt: &Statement) -> Result<(), String> {
+    if !stmt.params().is_empty() {
+        return Err(format!(
+            "is_slave_statement expects {} parameters, plusmoin gives none",
+            stmt.params().len()
+        ));
+    }
     let types: Vec<&Type> = stmt.columns().iter().map(|c| c.type_()).collect();
     role_columns_reason(&types).map_or(Ok(()), Err)
 }
@@ -359,6 +395,26 @@ pub(super) fn role_columns_reason(types: &[&Type]) -> Option<String> {
             more.len()
         )),
     }
+}
+
+/// The heartbeat columns a slave reads must have the types plusmoin wrote,
+/// or the lag computed from them would be nonsense.
+pub(super) fn heartbeat_columns_reason(columns: &[(&str, &Type)]) -> Option<String> {
+    const EXPECTED: [(&str, &Type, &str); 3] = [
+        ("master_name", &Type::TEXT, "text"),
+        ("cluster_id", &Type::INT4, "integer"),
+        ("beat_at", &Type::TIMESTAMPTZ, "timestamptz"),
+    ];
+    for ((name, want, want_name), (_, got)) in EXPECTED.iter().zip(columns) {
+        let text_like = **want == Type::TEXT && [Type::VARCHAR, Type::BPCHAR].contains(got);
+        if *want != *got && !text_like {
+            return Some(format!(
+                "the heartbeat table's {name} column is {}, expected {want_name}",
+                got.name()
+            ));
+        }
+    }
+    None
 }
 
 async fn drive<S, T>(node: NodeName, connection: tokio_postgres::Connection<S, T>)
@@ -384,5 +440,28 @@ mod tests {
         assert!(two.contains("2 columns"), "{two}");
         let none = role_columns_reason(&[]).unwrap();
         assert!(none.contains("no column"), "{none}");
+    }
+
+    #[test]
+    fn heartbeat_columns() {
+        let good = [
+            ("master_name", &Type::TEXT),
+            ("cluster_id", &Type::INT4),
+            ("beat_at", &Type::TIMESTAMPTZ),
+        ];
+        assert_eq!(heartbeat_columns_reason(&good), None);
+        let mut varchar = good;
+        varchar[0].1 = &Type::VARCHAR;
+        assert_eq!(heartbeat_columns_reason(&varchar), None);
+        let mut text_id = good;
+        text_id[1].1 = &Type::TEXT;
+        assert_eq!(
+            heartbeat_columns_reason(&text_id).as_deref(),
+            Some("the heartbeat table's cluster_id column is text, expected integer")
+        );
+        let mut naive = good;
+        naive[2].1 = &Type::TIMESTAMP;
+        let r = heartbeat_columns_reason(&naive).unwrap();
+        assert!(r.contains("beat_at column is timestamp,"), "{r}");
     }
 }

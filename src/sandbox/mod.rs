@@ -515,6 +515,12 @@ impl Sandbox {
         self.psql(i, SANDBOX_DBNAME, sql)
     }
 
+    /// Like [`Sandbox::sql`], in database `dbname` (e.g. `postgres`, to drop
+    /// the plusmoin database).
+    pub fn sql_in(&self, i: usize, dbname: &str, sql: &str) -> Result<String, SandboxError> {
+        self.psql(i, dbname, sql)
+    }
+
     /// Whether node `i` is a standby (`pg_is_in_recovery()`).
     pub fn is_in_recovery(&self, i: usize) -> Result<bool, SandboxError> {
         let out = self.sql(i, "SELECT pg_is_in_recovery()")?;

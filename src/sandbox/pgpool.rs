@@ -9,8 +9,9 @@
 //! its cleanup on drop — including the pgpools of test processes that died
 //! without dropping theirs.
 //!
-//! Facts it is built around (pgpool-II 4.3): pcp commands exit 0 even when
-//! pgpool refused, so their stderr is checked; pcp silently ignores a
+//! Facts it is built around (pgpool-II 4.3): pcp commands exit 0 when
+//! pgpool refused a request (an unknown node id, for one; only a failed
+//! login or connection exits 1), so their stderr is checked; pcp silently ignores a
 //! pcppass file that is not mode 0600; an attach is only queued when
 //! `pcp_attach_node` returns; a node detached by hand stays down across a
 //! pgpool restart because pgpool remembers it in its status file (unless it
@@ -64,6 +65,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long detach/attach wait for pgpool to show the result.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
+/// How many times node_info and show_pool_nodes try (see retry_transient).
+const TRANSIENT_ATTEMPTS: u32 = 4;
 /// How many fresh port pairs a first start tries when a port got taken.
 const PORT_ATTEMPTS: usize = 5;
 /// Libpq variables of our own environment that would redirect psql.
@@ -91,15 +94,15 @@ pub struct PgpoolOptions {
     /// with that `auto_failback_interval` (whole seconds, rounded down).
     /// The streaming-replication check it needs is always on
     /// (`sr_check_period = 1`), and `backend_application_nameN` is the
-    /// sandbox's `application_name` of node N.
+    /// sandbox's `application_name` of node N. pgpool fails a node back as
+    /// soon as its health check passes and sr_check saw it streaming, but
+    /// at most once per interval per node: the first failback after
+    /// pgpool's start is immediate, the next one waits until the interval
+    /// since the previous failback has passed (a pgpool restart resets it).
     pub auto_failback: Option<Duration>,
     /// `health_check_period` in seconds (None: 1); retries are always 0, so
     /// one failed check detaches the node.
     pub health_check_period: Option<u32>,
-    /// Lines appended verbatim to pgpool.conf; pgpool takes the last value
-    /// of a parameter, so these override the fixture's own settings (for
-    /// example `search_primary_node_timeout = 30`).
-    pub extra_conf: Vec<String>,
 }
 
 /// pgpool's view of one backend, from `pcp_node_info`.
@@ -186,6 +189,18 @@ impl Pgpool {
     /// Returns once pgpool accepts connections and `pcp_node_info` answers
     /// for every node.
     pub fn start(sb: &Sandbox, opts: PgpoolOptions) -> Result<Pgpool, SandboxError> {
+        Pgpool::start_with_conf(sb, opts, &[])
+    }
+
+    /// [`Pgpool::start`] with `extra_conf` lines appended verbatim to
+    /// pgpool.conf. pgpool takes the last value of a parameter, so they
+    /// override the fixture's own settings (for example
+    /// `search_primary_node_timeout = 30`).
+    pub fn start_with_conf(
+        sb: &Sandbox,
+        opts: PgpoolOptions,
+        extra_conf: &[&str],
+    ) -> Result<Pgpool, SandboxError> {
         let began = Instant::now();
         let bin = pgpool_bin_dir()?;
         let psql = pg_bin_dir()?.join("psql");
@@ -246,6 +261,7 @@ impl Pgpool {
                 pcp_port: pgpool.pcp_port,
                 backends: &backends,
                 opts: &opts,
+                extra_conf,
             });
             pgpool.runner.write_file(&pgpool.conf, &conf)?;
             pgpool.write_pcppass()?;
@@ -346,14 +362,13 @@ impl Pgpool {
     }
 
     /// pgpool's view of backend `id` through `pcp_node_info -v`.
+    ///
+    /// pgpool 4.3's pcp_node_info also queries the backends (for
+    /// `pg_status`/`pg_role`), so it fails now and then while a backend is
+    /// going down ("FATAL: unable to read data from DB node N"): such
+    /// failures are retried a few times before they are returned.
     pub fn node_info(&self, id: usize) -> Result<NodeInfo, SandboxError> {
-        self.check_id(id)?;
-        let id_arg = id.to_string();
-        let (command, out) = self.pcp("pcp_node_info", &["-v", "-n", &id_arg])?;
-        parse_node_info(&out).ok_or(SandboxError::Unexpected {
-            command,
-            output: out,
-        })
+        retry_transient(|| self.node_info_once(id))
     }
 
     /// The status pgpool reports for backend `id` ("up", "waiting", "down",
@@ -365,8 +380,18 @@ impl Pgpool {
     /// `(node_id, status)` of every backend from `SHOW pool_nodes`, asked
     /// through pgpool's own port as the sandbox's plusmoin role. The act of
     /// connecting makes "waiting" nodes "up", so this shows "up" where pcp
-    /// showed "waiting" a moment before.
+    /// showed "waiting" a moment before. A new session fails while pgpool
+    /// fails a node over or back, or while a backend goes down: such
+    /// failures are retried a few times before they are returned.
     pub fn show_pool_nodes(&self) -> Result<Vec<(usize, String)>, SandboxError> {
+        let (command, out) = retry_transient(|| self.psql_show_pool_nodes())?;
+        parse_pool_nodes(&out).ok_or(SandboxError::Unexpected {
+            command,
+            output: out,
+        })
+    }
+
+    fn psql_show_pool_nodes(&self) -> Result<(String, String), SandboxError> {
         let port = self.port.to_string();
         let mut cmd = Command::new(&self.psql);
         cmd.args([
@@ -390,11 +415,7 @@ impl Pgpool {
             "SHOW pool_nodes",
         ])
         .env("PGPASSWORD", SANDBOX_PASSWORD);
-        let (command, out) = self.run(cmd)?;
-        parse_pool_nodes(&out).ok_or(SandboxError::Unexpected {
-            command,
-            output: out,
-        })
+        self.run(cmd)
     }
 
     /// Attaches backend `id` (`pcp_attach_node`) and waits until pgpool
@@ -473,6 +494,16 @@ impl Pgpool {
     }
 
     // ---- plumbing ----------------------------------------------------
+
+    fn node_info_once(&self, id: usize) -> Result<NodeInfo, SandboxError> {
+        self.check_id(id)?;
+        let id_arg = id.to_string();
+        let (command, out) = self.pcp("pcp_node_info", &["-v", "-n", &id_arg])?;
+        parse_node_info(&out).ok_or(SandboxError::Unexpected {
+            command,
+            output: out,
+        })
+    }
 
     fn check_id(&self, id: usize) -> Result<(), SandboxError> {
         if id < self.nodes {
@@ -637,7 +668,7 @@ impl Pgpool {
             }
             let last = match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
                 Err(e) => format!("port {}: {e}", self.port),
-                Ok(_) => match (0..self.nodes).try_for_each(|i| self.node_info(i).map(drop)) {
+                Ok(_) => match (0..self.nodes).try_for_each(|i| self.node_info_once(i).map(drop)) {
                     Ok(()) => return Ok(()),
                     Err(e) => e.to_string(),
                 },
@@ -766,6 +797,7 @@ struct ConfInput<'a> {
     pcp_port: u16,
     backends: &'a [Backend],
     opts: &'a PgpoolOptions,
+    extra_conf: &'a [&'a str],
 }
 
 /// The whole pgpool.conf (pgpool-II 4.2+ parameter names).
@@ -852,7 +884,7 @@ fn render_conf(c: &ConfInput) -> String {
             app = q(&b.application_name),
         ));
     }
-    for line in &c.opts.extra_conf {
+    for line in c.extra_conf {
         conf.push_str(line);
         conf.push('\n');
     }
@@ -937,6 +969,23 @@ fn parse_pool_nodes(out: &str) -> Option<Vec<(usize, String)>> {
         nodes.push((id, status.to_owned()));
     }
     (!nodes.is_empty()).then_some(nodes)
+}
+
+/// Runs `f` again (at most [`TRANSIENT_ATTEMPTS`] times in all, with a
+/// growing pause) while it fails with a command failure: what pgpool
+/// answers while it fails a node over or a backend goes down.
+fn retry_transient<T>(mut f: impl FnMut() -> Result<T, SandboxError>) -> Result<T, SandboxError> {
+    let mut attempt = 1;
+    loop {
+        match f() {
+            Err(SandboxError::Failed { ref stderr, .. }) if attempt < TRANSIENT_ATTEMPTS => {
+                tracing::debug!(attempt, stderr = %stderr, "pgpool: transient failure, retrying");
+                thread::sleep(Duration::from_millis(100) * attempt);
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// pcp and psql print their refusals as `ERROR:`/`FATAL:` lines.
@@ -1087,6 +1136,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pgpool_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Pgpool>();
+    }
+
+    #[test]
     fn parses_terse_node_info() {
         let info = parse_node_info(
             "127.0.0.1 25431 1 0.500000 waiting up standby standby 0 streaming async 2026-11-25 18:40:07\n",
@@ -1190,7 +1245,6 @@ mod tests {
         let opts = PgpoolOptions {
             auto_failback: Some(Duration::from_secs(3)),
             health_check_period: Some(2),
-            extra_conf: vec!["search_primary_node_timeout = 30".into()],
         };
         let conf = render_conf(&ConfInput {
             dir: Path::new("/dev/shm/x'y"),
@@ -1198,6 +1252,7 @@ mod tests {
             pcp_port: 9898,
             backends: &backends,
             opts: &opts,
+            extra_conf: &["search_primary_node_timeout = 30"],
         });
         for want in [
             "backend_clustering_mode = 'streaming_replication'",
@@ -1224,6 +1279,7 @@ mod tests {
             pcp_port: 2,
             backends: &backends,
             opts: &PgpoolOptions::default(),
+            extra_conf: &[],
         });
         assert!(off.contains("auto_failback = off\n"));
         assert!(off.contains("health_check_period = 1\n"));

@@ -1,9 +1,12 @@
 //! Integration tests against real PostgreSQL servers (one binary, one
 //! module per area).
 
+mod daemon;
+mod faults;
 mod monitor;
 mod pgpool;
 mod pgpool_fixture;
+mod probe;
 mod sandbox_ops;
 
 use std::time::{Duration, Instant};

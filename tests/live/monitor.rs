@@ -15,6 +15,14 @@ pub struct Timings {
     pub connect_timeout: f64,
     pub max_sync_delay: f64,
     pub recover_sync_delay: f64,
+    pub instance_name: &'static str,
+    /// `None`: the current user (no privilege change).
+    pub daemon_user: Option<&'static str>,
+    pub log_level: &'static str,
+    /// More node objects (JSON), e.g. nodes of another sandbox.
+    pub extra_nodes: Vec<String>,
+    /// `None`: `status.json` in the test's directory.
+    pub status_file: Option<PathBuf>,
 }
 
 impl Default for Timings {
@@ -24,6 +32,11 @@ impl Default for Timings {
             connect_timeout: 1.0,
             max_sync_delay: 3.0,
             recover_sync_delay: 1.5,
+            instance_name: "test",
+            daemon_user: None,
+            log_level: "debug",
+            extra_nodes: Vec::new(),
+            status_file: None,
         }
     }
 }
@@ -56,6 +69,8 @@ pub const RECORD: &str = r#"#!/bin/sh
 d="$(dirname "$0")/events"
 f="$d/$(date +%s%N)-$$"
 { printf '%s\n' "$PLUSMOIN_TRIGGER"; cat; } > "$f.tmp" && mv "$f.tmp" "$f.ev"
+# What a trigger can see besides stdin, for the secrets checks.
+{ env; tr '\0' ' ' < /proc/$$/cmdline; } > "$f.env"
 "#;
 
 pub fn node(sb: &Sandbox, i: usize) -> String {
@@ -66,23 +81,46 @@ impl Plusmoin {
     /// Writes a configuration for `sb` (with `extra` top-level JSON members
     /// appended) and starts plusmoin on it.
     pub fn start(sb: &Sandbox, t: &Timings, extra: &str) -> Plusmoin {
+        let mut p = Plusmoin::configure(sb, t, extra);
+        p.spawn();
+        p
+    }
+
+    /// Writes the configuration without starting plusmoin.
+    pub fn configure(sb: &Sandbox, t: &Timings, extra: &str) -> Plusmoin {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir(dir.path().join("events")).expect("events dir");
         let script = dir.path().join("record.sh");
         std::fs::write(&script, RECORD).expect("write script");
         make_executable(&script);
-        let nodes: Vec<String> = (0..sb.len())
-            .map(|i| format!(r#"{{"host": "{}", "port": {}}}"#, sb.host(), sb.port(i)))
+        let config_path = dir.path().join("plusmoin.json");
+        let p = Plusmoin {
+            dir,
+            config_path,
+            child: None,
+        };
+        let all: Vec<usize> = (0..sb.len()).collect();
+        p.write_config(sb, t, extra, &all);
+        p
+    }
+
+    /// (Re)writes the configuration, watching the sandbox nodes `nodes`.
+    pub fn write_config(&self, sb: &Sandbox, t: &Timings, extra: &str, nodes: &[usize]) {
+        let nodes: Vec<String> = nodes
+            .iter()
+            .map(|&i| format!(r#"{{"host": "{}", "port": {}}}"#, sb.host(), sb.port(i)))
+            .chain(t.extra_nodes.iter().cloned())
             .collect();
-        let s = script.display();
-        let d = dir.path().display();
+        let s = self.dir.path().join("record.sh");
+        let s = s.display();
+        let d = self.dir.path().display();
         let config = format!(
             r#"{{
   "dbname": "{SANDBOX_DBNAME}", "user": "{SANDBOX_USER}", "password": "{SANDBOX_PASSWORD}",
   "heartbeat": {hb}, "connect_timeout": {ct}, "max_sync_delay": {max}, "recover_sync_delay": {rec},
-  "trigger_timeout": 10, "log_level": "debug", "daemon_user": "{user}", "instance_name": "test",
+  "trigger_timeout": 10, "log_level": "{level}", "daemon_user": "{user}", "instance_name": "{instance}",
   "sslmode": "disable",
-  "status_file": "{d}/status.json", "pid_file": "{d}/plusmoin.pid", "log_file": "{d}/plusmoin.log",
+  "status_file": "{status}", "pid_file": "{d}/plusmoin.pid", "log_file": "{d}/plusmoin.log",
   "nodes": [{nodes}],
   "triggers": {{"plusmoin_up": "{s}", "plusmoin_heartbeat": "{s}", "master_up": "{s}",
                 "master_down": "{s}", "slave_up": "{s}", "slave_down": "{s}"}}{extra}
@@ -91,18 +129,20 @@ impl Plusmoin {
             ct = t.connect_timeout,
             max = t.max_sync_delay,
             rec = t.recover_sync_delay,
-            user = current_user(),
+            user = t.daemon_user.map(String::from).unwrap_or_else(current_user),
+            instance = t.instance_name,
+            level = t.log_level,
+            status = t
+                .status_file
+                .clone()
+                .unwrap_or_else(|| self.dir.path().join("status.json"))
+                .display(),
             nodes = nodes.join(", "),
         );
-        let config_path = dir.path().join("plusmoin.json");
-        std::fs::write(&config_path, config).expect("write config");
-        let mut p = Plusmoin {
-            dir,
-            config_path,
-            child: None,
-        };
-        p.spawn();
-        p
+        // Atomically, so a daemon reloading never reads half of it.
+        let tmp = self.dir.path().join("plusmoin.json.tmp");
+        std::fs::write(&tmp, config).expect("write config");
+        std::fs::rename(&tmp, &self.config_path).expect("rename config");
     }
 
     /// Starts the process (again, after `kill`).
@@ -202,8 +242,17 @@ impl Plusmoin {
         found.unwrap_or_else(|| self.fail(&format!("no event {what} within {timeout:?}")))
     }
 
+    pub fn status_path(&self) -> PathBuf {
+        let text = std::fs::read_to_string(&self.config_path).unwrap_or_default();
+        let cfg: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        cfg["status_file"]
+            .as_str()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.dir.path().join("status.json"))
+    }
+
     pub fn status(&self) -> Value {
-        std::fs::read(self.dir.path().join("status.json"))
+        std::fs::read(self.status_path())
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or(Value::Null)
@@ -478,4 +527,40 @@ fn sigterm_finishes_cleanly_and_removes_pid_file() {
     assert_eq!(pid, p.pid());
     assert!(p.terminate(), "exit status 0 after SIGTERM: {}", p.log());
     assert!(!pid_file.exists());
+}
+
+/// Fails if `secret` appears in anything plusmoin wrote or showed: its log
+/// and output, the status file, every trigger payload, environment and
+/// command line. (The configuration file itself holds it, of course.)
+pub fn assert_no_secret(p: &Plusmoin, secret: &str) {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(p.dir.path(), &mut files);
+    let mut checked = 0;
+    for f in files {
+        if f == p.config_path || f.file_name().is_some_and(|n| n == "record.sh") {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap_or_default()).into_owned();
+        assert!(
+            !text.contains(secret),
+            "secret found in {}:\n{}",
+            f.display(),
+            text.lines()
+                .filter(|l| l.contains(secret))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "too few files checked: {checked}");
 }

@@ -3,9 +3,9 @@
 //! serves the sandbox (issue 4). Every attach asserted here is plusmoin's
 //! doing: pgpool never attaches a node by itself with auto_failback off.
 
-use crate::monitor::{names, node, Plusmoin, Timings};
+use crate::monitor::{assert_no_secret, names, node, Plusmoin, Timings};
 use crate::wait_until;
-use plusmoin::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions, PCP_USER};
+use plusmoin::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions, PCP_PASSWORD, PCP_USER};
 use plusmoin::sandbox::Sandbox;
 use std::path::Path;
 use std::time::Duration;
@@ -292,6 +292,8 @@ fn wrong_pcp_password_is_reported_once_and_fixing_it_recovers() {
         l.contains("pcp answers again")
     });
     assert!(p.status()["clusters"][0]["slaves"][0]["name"] == n1.as_str());
+    assert_no_secret(&p, "wrong-password");
+    assert_no_secret(&p, PCP_PASSWORD);
 }
 
 #[test]

@@ -50,16 +50,27 @@ fn pcp_statuses(pgpool: &Pgpool) -> Vec<String> {
         .collect()
 }
 
-/// Asserts that pgpool keeps node `id` at `status` for `period` (pcp polled).
-fn stays(pgpool: &Pgpool, id: usize, status: &str, period: Duration) {
+/// Asserts that pgpool keeps node `id` at one of `statuses` for `period`
+/// (pcp polled).
+fn stays_in(pgpool: &Pgpool, id: usize, statuses: &[&str], period: Duration) {
+    let mut seen = Ok(String::new());
     let changed = wait_until(period, || {
-        pgpool.node_status(id).map_or(true, |s| s != status)
+        seen = pgpool.node_status(id);
+        seen.as_ref()
+            .map_or(true, |s| !statuses.contains(&s.as_str()))
     });
     assert!(
         !changed,
-        "node {id} left {status:?}: now {:?}",
-        pgpool.node_status(id)
+        "node {id} left {statuses:?}: {}",
+        match seen {
+            Ok(s) => s,
+            Err(e) => e.to_string(),
+        }
     );
+}
+
+fn stays(pgpool: &Pgpool, id: usize, status: &str, period: Duration) {
+    stays_in(pgpool, id, &[status], period);
 }
 
 #[test]
@@ -237,4 +248,62 @@ fn alive(pid: i32) -> bool {
         .ok()
         .and_then(|s| s.rsplit_once(')')?.1.trim_start().chars().next())
         .is_some_and(|state| !matches!(state, 'Z' | 'X'))
+}
+
+#[test]
+fn a_stopped_primary_is_detached_and_a_promoted_standby_becomes_pgpools_primary() {
+    let sb = ok("sandbox start", Sandbox::start(2));
+    // Long enough for the promotion below even on a loaded machine.
+    let extra = "search_primary_node_timeout = 60";
+    let pgpool = ok(
+        "pgpool start",
+        Pgpool::start_with_conf(&sb, PgpoolOptions::default(), &[extra]),
+    );
+    let conf = ok("read conf", std::fs::read_to_string(pgpool.conf_file()));
+    assert!(conf.ends_with(&format!("{extra}\n")));
+    ok("stop node 0", sb.stop(0));
+    ok("node 0 down", pgpool.wait_status(0, &["down"], NOTICE));
+    // No failover_command: pgpool promotes nothing by itself.
+    stays_in(&pgpool, 1, UP, Duration::from_secs(1));
+    assert!(ok("node 1 in recovery", sb.is_in_recovery(1)));
+    ok("promote 1", sb.promote(1));
+    ok("repoint 2", sb.repoint(2, 1));
+    // pgpool is still searching for a primary (search_primary_node_timeout)
+    // and finds the promoted one.
+    let mut last = None;
+    let found = wait_until(NOTICE, || {
+        last = pgpool.node_info(1).ok();
+        last.as_ref().is_some_and(|i| i.role == "primary")
+    });
+    assert!(found, "pgpool never took node 1 as primary: {last:?}");
+    let shown = ok("show pool_nodes", pgpool.show_pool_nodes());
+    assert_eq!(
+        shown,
+        vec![
+            (0, "down".to_owned()),
+            (1, "up".to_owned()),
+            (2, "up".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn pcp_ignores_a_pcppass_file_that_is_not_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_sb, pgpool) = setup(1, PgpoolOptions::default());
+    let chmod = |mode| {
+        ok(
+            "chmod pcppass",
+            std::fs::set_permissions(pgpool.pcppass_file(), std::fs::Permissions::from_mode(mode)),
+        )
+    };
+    chmod(0o644);
+    let refused = pgpool.node_status(0);
+    chmod(0o600);
+    let Err(e) = refused else {
+        panic!("pcp used a 0644 pcppass file: {refused:?}")
+    };
+    // No word about the file: pcp just logs in without a password.
+    assert!(e.to_string().contains("authentication failed"), "{e}");
+    assert!(UP.contains(&ok("status", pgpool.node_status(0)).as_str()));
 }

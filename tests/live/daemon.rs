@@ -1,0 +1,239 @@
+//! The daemon's lifecycle from the command line, against real servers:
+//! background `start`, `status`, a refused second `start`, `reload` (nodes
+//! added and removed, a broken file ignored), `stop`; and two instances on
+//! the same servers.
+
+use crate::monitor::{names, node, Plusmoin, Timings};
+use crate::wait_until;
+use plusmoin::sandbox::Sandbox;
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn plusmoin(p: &Plusmoin, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_plusmoin"))
+        .arg("-c")
+        .arg(&p.config_path)
+        .args(args)
+        .output()
+        .expect("run plusmoin")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn pid_of(p: &Plusmoin) -> Option<i32> {
+    std::fs::read_to_string(p.dir.path().join("plusmoin.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie counts as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+fn uid_of(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Stops a background daemon if a test fails half-way.
+struct StopGuard<'a>(&'a Plusmoin);
+impl Drop for StopGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(pid) = pid_of(self.0) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+fn node_since(st: &Value, name: &str) -> Option<String> {
+    let clusters = st["clusters"].as_array()?;
+    clusters
+        .iter()
+        .flat_map(|c| {
+            c["master"]
+                .as_object()
+                .map(|_| &c["master"])
+                .into_iter()
+                .chain(c["slaves"].as_array().into_iter().flatten())
+                .chain(c["lost"].as_array().into_iter().flatten())
+        })
+        .find(|n| n["name"] == name)
+        .and_then(|n| n["since"].as_str().map(String::from))
+}
+
+#[test]
+fn background_daemon_status_reload_and_stop() {
+    let sb = Sandbox::start(2).expect("sandbox");
+    let root = nix::unistd::geteuid().is_root();
+    let t = Timings {
+        // As root the daemon drops to nobody: a real privilege change.
+        daemon_user: root.then_some("nobody"),
+        ..Timings::default()
+    };
+    let p = Plusmoin::configure(&sb, &t, "");
+    let _guard = StopGuard(&p);
+    // nobody must be able to write the status, run the trigger, record.
+    for d in [p.dir.path().to_path_buf(), p.dir.path().join("events")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let (n0, n1, n2) = (node(&sb, 0), node(&sb, 1), node(&sb, 2));
+    p.write_config(&sb, &t, "", &[0, 1]);
+    // A pid file left by a crash is taken over.
+    std::fs::write(p.dir.path().join("plusmoin.pid"), "999999\n").unwrap();
+
+    let o = plusmoin(&p, &["start"]);
+    assert!(o.status.success(), "start: {}", text(&o.stderr));
+    let pid = pid_of(&p).expect("pid file written");
+    assert!(alive(pid));
+    if root {
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        assert_eq!(
+            uid_of(pid),
+            Some(nobody.uid.as_raw()),
+            "runs as daemon_user"
+        );
+    }
+    p.wait_status("two nodes watched", LONG, |st| {
+        st["clusters"][0]["master"]["name"] == n0.as_str()
+            && names(&st["clusters"][0]["slaves"]) == [n1.as_str()]
+    });
+    let log = std::fs::read_to_string(p.dir.path().join("plusmoin.log")).unwrap_or_default();
+    assert!(log.contains("plusmoin starting"), "logs to log_file: {log}");
+
+    let o = plusmoin(&p, &["status", "--table"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let table = text(&o.stdout);
+    assert!(table.contains(&n0) && table.contains("master"), "{table}");
+    assert!(table.contains(&n1) && table.contains("slave"), "{table}");
+    let o = plusmoin(&p, &["status"]);
+    assert!(o.status.success());
+    let json: Value = serde_json::from_slice(&o.stdout).expect("status prints JSON");
+    assert_eq!(json["clusters"][0]["cluster_id"], 0);
+
+    let o = plusmoin(&p, &["start"]);
+    assert_eq!(o.status.code(), Some(1), "second start refused");
+    assert!(
+        text(&o.stderr).contains(&format!("already running (pid {pid}")),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // Reload: node 2 added, node 1 removed; node 0 keeps its state.
+    let since0 = node_since(&p.status(), &n0).expect("since");
+    p.write_config(&sb, &t, "", &[0, 2]);
+    let o = plusmoin(&p, &["reload"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let st = p.wait_status("node 2 in, node 1 out", LONG, |st| {
+        names(&st["clusters"][0]["slaves"]) == [n2.as_str()]
+            && !st.to_string().contains(&format!("\"{n1}\""))
+    });
+    assert_eq!(
+        node_since(&st, &n0),
+        Some(since0),
+        "unchanged node kept its state"
+    );
+    assert!(
+        !p.changes()
+            .iter()
+            .any(|e| e.kind == "plusmoin_up" && e.payload["slaves"].to_string().contains(&n2)),
+        "no restart: plusmoin_up is not run again"
+    );
+
+    // A broken configuration sent by SIGHUP: logged, the old one stays.
+    std::fs::write(&p.config_path, "{ \"dbname\": ").unwrap();
+    let o = plusmoin(&p, &["reload"]);
+    assert_eq!(o.status.code(), Some(2), "reload checks the file first");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    assert!(
+        wait_until(LONG, || {
+            std::fs::read_to_string(p.dir.path().join("plusmoin.log"))
+                .unwrap_or_default()
+                .contains("configuration not reloaded, the old one stays in force")
+        }),
+        "broken reload logged"
+    );
+    let before = p.status()["updated_at_unix"].as_f64().unwrap_or(0.0);
+    let st = p.wait_status("still beating after the broken reload", LONG, |st| {
+        st["updated_at_unix"].as_f64().unwrap_or(0.0) > before + 1.0
+    });
+    assert_eq!(names(&st["clusters"][0]["slaves"]), [n2.as_str()]);
+    assert!(alive(pid));
+
+    p.write_config(&sb, &t, "", &[0, 2]);
+    let o = plusmoin(&p, &["stop"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains(&format!("pid {pid}")));
+    assert!(wait_until(Duration::from_secs(5), || !alive(pid)));
+    let o = plusmoin(&p, &["status"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "no status once the daemon is gone"
+    );
+}
+
+#[test]
+fn two_instances_on_the_same_servers_see_no_false_lag() {
+    let sb = Sandbox::start(2).expect("sandbox");
+    let ta = Timings {
+        instance_name: "pgpool-a",
+        ..Timings::default()
+    };
+    let tb = Timings {
+        instance_name: "pgpool-b",
+        heartbeat: 0.7,
+        ..Timings::default()
+    };
+    let a = Plusmoin::start(&sb, &ta, "");
+    let b = Plusmoin::start(&sb, &tb, "");
+    let beats = |p: &Plusmoin| {
+        p.events()
+            .iter()
+            .filter(|e| e.kind == "plusmoin_heartbeat")
+            .count()
+    };
+    assert!(wait_until(LONG, || beats(&a) >= 12 && beats(&b) >= 12));
+    for p in [&a, &b] {
+        let changes: Vec<String> = p.changes().iter().map(|e| e.kind.clone()).collect();
+        assert_eq!(changes, ["plusmoin_up"], "no flapping: {changes:?}");
+        let st = p.status();
+        let slaves = st["clusters"][0]["slaves"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(slaves.len(), 2, "{st:#}");
+        for s in slaves {
+            let lag = s["lag"].as_f64().expect("lag");
+            assert!(lag < 1.0, "false lag {lag} in {st:#}");
+        }
+    }
+    let rows = sb
+        .sql(0, "SELECT instance_name FROM plusmoin_heartbeat ORDER BY 1")
+        .expect("rows");
+    assert_eq!(rows.trim(), "pgpool-a\npgpool-b");
+}
