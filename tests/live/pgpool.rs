@@ -24,7 +24,6 @@ fn setup(standbys: usize) -> (Sandbox, Pgpool) {
         PgpoolOptions {
             auto_failback: None,
             health_check_period: Some(1),
-            ..PgpoolOptions::default()
         },
     )
     .expect("pgpool");
