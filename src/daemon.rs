@@ -240,7 +240,12 @@ fn reload(daemon: &mut Daemon, path: &std::path::Path) {
         }
         Err(e) => error!("configuration not reloaded, the old one stays in force: {e}"),
     }
-    if let Some(w) = crate::lifecycle::world_readable_warning(path) {
+    for w in daemon
+        .config()
+        .secret_files()
+        .into_iter()
+        .filter_map(crate::lifecycle::world_readable_warning)
+    {
         warn!("{w}");
     }
 }

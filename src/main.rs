@@ -36,7 +36,7 @@ fn load(cli: &Cli) -> Result<config::Config, ExitCode> {
 fn check_config(cli: &Cli) -> ExitCode {
     match load(cli) {
         Ok(c) => {
-            if let Some(w) = lifecycle::world_readable_warning(&cli.config) {
+            for w in secret_warnings(&c) {
                 eprintln!("plusmoin: warning: {w}");
             }
             for w in plusmoin::pgpool::problems(&c) {
@@ -50,13 +50,22 @@ fn check_config(cli: &Cli) -> ExitCode {
     }
 }
 
+/// Files holding a password that group or others can read.
+fn secret_warnings(config: &config::Config) -> Vec<String> {
+    config
+        .secret_files()
+        .into_iter()
+        .filter_map(lifecycle::world_readable_warning)
+        .collect()
+}
+
 fn start(cli: &Cli) -> ExitCode {
     let config = match load(cli) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let warning = lifecycle::world_readable_warning(&cli.config);
-    if let Some(w) = &warning {
+    let warnings = secret_warnings(&config);
+    for w in &warnings {
         eprintln!("plusmoin: warning: {w}");
     }
     // Absolute, so SIGHUP still finds it after the daemon's chdir("/").
@@ -90,7 +99,7 @@ fn start(cli: &Cli) -> ExitCode {
             }
         }
     };
-    if let Some(w) = warning {
+    for w in warnings {
         tracing::warn!("{w}");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

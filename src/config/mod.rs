@@ -9,9 +9,12 @@
 
 mod error;
 mod json;
+mod secrets;
 #[cfg(test)]
 mod tests;
 mod validate;
+
+pub use secrets::{PasswordSource, PgPass};
 
 pub use error::{ConfigError, Position};
 
@@ -68,7 +71,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Validates configuration text; `source` names it in errors and in
 /// [`Config::source`].
 pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
-    parse_with_hostname(text, source, &system_hostname)
+    parse_with(text, source, &system_hostname, &secrets::default_pgpass)
 }
 
 fn system_hostname() -> Result<String, String> {
@@ -78,11 +81,13 @@ fn system_hostname() -> Result<String, String> {
         .map_err(|_| "it is not valid UTF-8".to_string())
 }
 
-/// [`parse`] with the host name (the default `instance_name`) supplied.
-fn parse_with_hostname(
+/// [`parse`] with the host name (the default `instance_name`) and the
+/// place of libpq's password file supplied.
+fn parse_with(
     text: &str,
     source: &Path,
     hostname: &dyn Fn() -> Result<String, String>,
+    pgpass: &dyn Fn() -> Option<PathBuf>,
 ) -> Result<Config, ConfigError> {
     let doc = json::Document::new(text);
     let root = doc.parse().map_err(|e| ConfigError::Syntax {
@@ -94,6 +99,7 @@ fn parse_with_hostname(
         doc: &doc,
         source,
         hostname,
+        pgpass,
     }
     .config(&root)
 }
@@ -106,7 +112,8 @@ impl Secret {
     pub fn new(s: impl Into<String>) -> Self {
         Secret(s.into())
     }
-    /// The secret itself: call only where it is handed to a server.
+    /// The secret itself: call only where it is handed to a server or
+    /// scrubbed from a message.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -193,6 +200,9 @@ pub struct TriggerCommand {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
     pub name: NodeName,
+    /// The password for this node from libpq's password file, when neither
+    /// `password` nor `password_file` is set.
+    pub password: Option<Secret>,
     /// pgpool-II's number for this backend, when written on the node; it
     /// wins over what `pgpool.pgpool_conf` says.
     pub pgpool_node_id: Option<u32>,
@@ -224,7 +234,10 @@ pub struct Config {
     pub source: PathBuf,
     pub dbname: String,
     pub user: String,
+    /// The password for every node (empty when it comes from libpq's
+    /// password file: then each node has its own in [`NodeConfig::password`]).
     pub password: Secret,
+    pub password_source: PasswordSource,
     pub heartbeat: Duration,
     pub max_sync_delay: Duration,
     pub recover_sync_delay: Duration,
@@ -246,6 +259,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// The files that may hold a password: the configuration itself, and
+    /// `password_file` or libpq's password file when the password is there.
+    pub fn secret_files(&self) -> Vec<&Path> {
+        std::iter::once(self.source.as_path())
+            .chain(self.password_source.file())
+            .collect()
+    }
+
     /// What `plusmoin check-config` prints: every setting as it will be used,
     /// defaults filled in, the password never shown.
     pub fn summary(&self) -> String {
@@ -258,10 +279,11 @@ impl Config {
         row("instance_name", &self.instance_name);
         row("dbname", &self.dbname);
         row("user", &self.user);
-        let password = if self.password.expose().is_empty() {
-            "(empty)"
-        } else {
-            "(set, not shown)"
+        let password = match &self.password_source {
+            PasswordSource::Inline if self.password.expose().is_empty() => "(empty)".to_string(),
+            PasswordSource::Inline => "(set, not shown)".to_string(),
+            PasswordSource::File(p) => format!("(from password_file {}, not shown)", p.display()),
+            PasswordSource::PgPass(p) => format!("(from {} for each node, not shown)", p.display()),
         };
         row("password", &password);
         row("sslmode", &self.sslmode);

@@ -8,8 +8,13 @@ fn host() -> Result<String, String> {
     Ok("test-host".to_string())
 }
 
+/// No libpq password file, whatever the machine running the tests has.
+fn no_pgpass() -> Option<PathBuf> {
+    None
+}
+
 fn parse_ok(text: &str) -> Config {
-    match parse_with_hostname(text, Path::new("x.json"), &host) {
+    match parse_with(text, Path::new("x.json"), &host, &no_pgpass) {
         Ok(c) => c,
         Err(e) => panic!("expected a valid configuration, got: {e}"),
     }
@@ -17,7 +22,7 @@ fn parse_ok(text: &str) -> Config {
 
 /// The message for `text`, which must be refused.
 fn refused(text: &str) -> String {
-    match parse_with_hostname(text, Path::new("x.json"), &host) {
+    match parse_with(text, Path::new("x.json"), &host, &no_pgpass) {
         Ok(c) => panic!("expected an error, got {c:?}"),
         Err(e) => e.to_string(),
     }
@@ -124,7 +129,7 @@ fn instance_name_defaults_to_the_real_host_name() {
 #[test]
 fn unreadable_host_name_without_instance_name_is_refused() {
     let failing = || Err("EPERM".to_string());
-    let e = parse_with_hostname(MINIMAL, Path::new("x.json"), &failing);
+    let e = parse_with(MINIMAL, Path::new("x.json"), &failing, &no_pgpass);
     assert_eq!(
         e.map_err(|e| e.to_string()),
         Err("x.json: instance_name: not set, and the host name cannot be read (EPERM): set instance_name".to_string())
@@ -188,9 +193,10 @@ fn missing_required_key_is_named() {
         let mut entries = vec![r#""dbname": "d""#, r#""user": "u""#, r#""password": "p""#];
         entries.retain(|e| !e.starts_with(&format!("\"{key}\"")));
         let text = format!("{{{}}}", entries.join(", "));
-        assert_eq!(
-            refused(&text),
-            format!("x.json: missing required key \"{key}\"")
+        let msg = refused(&text);
+        assert!(
+            msg.starts_with(&format!("x.json: missing required key \"{key}\"")),
+            "{msg}"
         );
     }
 }
@@ -608,7 +614,7 @@ fn jsonish() -> impl Strategy<Value = String> {
 }
 
 fn never_panics_and_one_line(text: &str) -> Result<(), TestCaseError> {
-    if let Err(e) = parse_with_hostname(text, Path::new("f.json"), &host) {
+    if let Err(e) = parse_with(text, Path::new("f.json"), &host, &no_pgpass) {
         let msg = e.to_string();
         prop_assert!(!msg.contains('\n') && !msg.contains('\r'), "{}", msg);
         prop_assert!(msg.starts_with("f.json"), "{}", msg);
@@ -688,7 +694,7 @@ fn configish() -> impl Strategy<Value = String> {
 proptest! {
     #[test]
     fn random_configs_pass_only_when_valid(text in configish()) {
-        match parse_with_hostname(&text, Path::new("f.json"), &host) {
+        match parse_with(&text, Path::new("f.json"), &host, &no_pgpass) {
             Err(e) => {
                 let msg = e.to_string();
                 prop_assert!(!msg.contains('\n'), "{}", msg);
@@ -732,7 +738,7 @@ proptest! {
         let text = format!(
             r#"{{"dbname": "d", "user": "u", "password": "p", "heartbeat": {h:?}, "max_sync_delay": {m:?}, "recover_sync_delay": {m:?}}}"#
         );
-        let c = parse_with_hostname(&text, Path::new("f.json"), &host);
+        let c = parse_with(&text, Path::new("f.json"), &host, &no_pgpass);
         prop_assert!(c.is_ok(), "{:?}", c.err().map(|e| e.to_string()));
     }
 }
@@ -950,4 +956,70 @@ fn pgpool_templates_are_checked_at_load_time() {
     let t = c.pgpool.unwrap().templates;
     assert!(t.node_info.starts_with("/opt/bin/pcp_node_info -v"));
     assert_eq!(t.attach, crate::pgpool::templates::ATTACH);
+}
+
+#[test]
+fn password_can_come_from_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("pw");
+    std::fs::write(&f, "from-the-file\n").unwrap();
+    let text = format!(
+        r#"{{"dbname": "d", "user": "u", "password_file": "{}"}}"#,
+        f.display()
+    );
+    let c = parse_ok(&text);
+    assert_eq!(c.password.expose(), "from-the-file");
+    assert_eq!(c.password_source, PasswordSource::File(f.clone()));
+    assert!(c.summary().contains("from password_file"));
+    assert!(!c.summary().contains("from-the-file"));
+
+    let both = format!(
+        r#"{{"dbname": "d", "user": "u", "password": "p", "password_file": "{}"}}"#,
+        f.display()
+    );
+    assert_eq!(
+        refused(&both),
+        "x.json:1:64: password_file: set either password or password_file, not both"
+    );
+    let missing = r#"{"dbname": "d", "user": "u", "password_file": "/nonexistent/pw"}"#;
+    let msg = refused(missing);
+    assert!(
+        msg.starts_with("x.json:1:47: password_file: cannot read /nonexistent/pw: "),
+        "{msg}"
+    );
+}
+
+#[test]
+fn password_can_come_from_libpq_password_file_per_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("pgpass");
+    std::fs::write(
+        &f,
+        "db1:5432:d:u:one\n*:5433:d:u:two\n# a comment\n*:*:other:u:never\n",
+    )
+    .unwrap();
+    let pgpass = || Some(f.clone());
+    let text = r#"{"dbname": "d", "user": "u",
+        "nodes": [{"host": "db1", "port": 5432}, {"host": "db2", "port": 5433}]}"#;
+    let c = parse_with(text, Path::new("x.json"), &host, &pgpass).unwrap();
+    assert_eq!(c.password_source, PasswordSource::PgPass(f.clone()));
+    let pw: Vec<&str> = c
+        .nodes
+        .iter()
+        .map(|n| n.password.as_ref().map_or("", |p| p.expose()))
+        .collect();
+    assert_eq!(pw, ["one", "two"]);
+
+    let text = r#"{"dbname": "d", "user": "u", "nodes": [{"host": "db3", "port": 5432}]}"#;
+    let msg = parse_with(text, Path::new("x.json"), &host, &pgpass)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        msg,
+        format!(
+            "x.json: nodes[0]: no password: neither password nor password_file is set, and {} \
+             has no entry for db3:5432 (database d, user u)",
+            f.display()
+        )
+    );
 }

@@ -5,6 +5,7 @@
 //! the first one a reader meets in the file.
 
 use super::json::{Document, Json, Spanned};
+use super::secrets::{self, PasswordSource};
 use super::{
     defaults, Config, ConfigError, LogLevel, NodeConfig, PgpoolConfig, Secret, SslMode,
     TriggerCommand,
@@ -17,10 +18,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Every top-level key, in the order the documentation lists them.
-pub const KEYS: [&str; 20] = [
+pub const KEYS: [&str; 21] = [
     "dbname",
     "user",
     "password",
+    "password_file",
     "instance_name",
     "heartbeat",
     "max_sync_delay",
@@ -68,6 +70,9 @@ pub(super) struct Validator<'a> {
     pub source: &'a Path,
     /// Stands in for `gethostname` so tests need not depend on the machine.
     pub hostname: &'a dyn Fn() -> Result<String, String>,
+    /// libpq's password file to use when neither `password` nor
+    /// `password_file` is set (`$PGPASSFILE`, else `~/.pgpass`).
+    pub pgpass: &'a dyn Fn() -> Option<PathBuf>,
 }
 
 /// Values read so far, each with where it was written.
@@ -76,6 +81,7 @@ struct Raw {
     dbname: Option<String>,
     user: Option<String>,
     password: Option<String>,
+    password_file: Option<(PathBuf, usize)>,
     instance_name: Option<String>,
     heartbeat: Option<Duration>,
     max_sync_delay: Option<(Duration, usize)>,
@@ -149,6 +155,7 @@ impl Validator<'_> {
                 "dbname" => raw.dbname = Some(self.non_empty_string(value, k)?),
                 "user" => raw.user = Some(self.non_empty_string(value, k)?),
                 "password" => raw.password = Some(self.string(value, k)?),
+                "password_file" => raw.password_file = Some((self.path(value, k)?, value.at)),
                 "instance_name" => raw.instance_name = Some(self.non_empty_string(value, k)?),
                 "heartbeat" => raw.heartbeat = Some(self.duration(value, k)?),
                 "max_sync_delay" => raw.max_sync_delay = Some((self.duration(value, k)?, value.at)),
@@ -190,7 +197,6 @@ impl Validator<'_> {
         let missing = |key: &str| self.error(None, None, format!("missing required key {key:?}"));
         let dbname = raw.dbname.ok_or_else(|| missing("dbname"))?;
         let user = raw.user.ok_or_else(|| missing("user"))?;
-        let password = raw.password.ok_or_else(|| missing("password"))?;
 
         let max = raw
             .max_sync_delay
@@ -258,7 +264,9 @@ impl Validator<'_> {
             },
         };
 
-        let nodes = raw.nodes.unwrap_or_default();
+        let mut nodes = raw.nodes.unwrap_or_default();
+        let (password, password_source) =
+            self.password(raw.password, raw.password_file, &dbname, &user, &mut nodes)?;
         let pgpool = self.resolve_pgpool(raw.pgpool, &nodes, &raw.node_id_at)?;
 
         Ok(Config {
@@ -266,6 +274,7 @@ impl Validator<'_> {
             dbname,
             user,
             password: Secret::new(password),
+            password_source,
             heartbeat: raw.heartbeat.unwrap_or(defaults::HEARTBEAT),
             max_sync_delay: max,
             recover_sync_delay: recover,
@@ -290,6 +299,72 @@ impl Validator<'_> {
             sslrootcert: raw.sslrootcert.unwrap_or_default(),
             pgpool,
         })
+    }
+
+    /// The password, from `password`, `password_file`, or else libpq's
+    /// password file (one entry per node, each node's kept on the node).
+    fn password(
+        &self,
+        inline: Option<String>,
+        file: Option<(PathBuf, usize)>,
+        dbname: &str,
+        user: &str,
+        nodes: &mut [NodeConfig],
+    ) -> Result<(String, PasswordSource), ConfigError> {
+        match (inline, file) {
+            (Some(_), Some((_, at))) => Err(self.at(
+                at,
+                "password_file",
+                "set either password or password_file, not both",
+            )),
+            (Some(p), None) => Ok((p, PasswordSource::Inline)),
+            (None, Some((path, at))) => {
+                let p = secrets::read_password_file(&path)
+                    .map_err(|e| self.at(at, "password_file", e))?;
+                Ok((p, PasswordSource::File(path)))
+            }
+            (None, None) => {
+                let missing = || {
+                    self.error(
+                        None,
+                        None,
+                        "missing required key \"password\" (or \"password_file\", or an entry \
+                         for every node in PGPASSFILE or ~/.pgpass)",
+                    )
+                };
+                let path = (self.pgpass)().ok_or_else(missing)?;
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
+                    Err(e) => {
+                        return Err(self.error(
+                            None,
+                            Some("password"),
+                            format!("not set, and {} cannot be read: {e}", path.display()),
+                        ))
+                    }
+                };
+                let pgpass = secrets::PgPass::parse(&text);
+                for (i, node) in nodes.iter_mut().enumerate() {
+                    let found = pgpass
+                        .lookup(&node.name.host, node.name.port, dbname, user)
+                        .ok_or_else(|| {
+                            self.error(
+                                None,
+                                Some(&format!("nodes[{i}]")),
+                                format!(
+                                    "no password: neither password nor password_file is set, and {} \
+                                     has no entry for {} (database {dbname}, user {user})",
+                                    path.display(),
+                                    node.name
+                                ),
+                            )
+                        })?;
+                    node.password = Some(Secret::new(found));
+                }
+                Ok((String::new(), PasswordSource::PgPass(path)))
+            }
+        }
     }
 
     fn pgpool(&self, v: &Spanned<Json>) -> Result<RawPgpool, ConfigError> {
@@ -664,6 +739,7 @@ impl Validator<'_> {
         Ok((
             NodeConfig {
                 name: NodeName::new(host, port.unwrap_or(defaults::PORT)),
+                password: None,
                 pgpool_node_id,
             },
             id_at,

@@ -11,7 +11,7 @@ mod tls;
 use crate::cluster::{ClusterId, NodeName, Observation, Time};
 use crate::config::{Config, Secret, SslMode};
 use node::{Failure, NodeConn};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +27,8 @@ pub struct ProbeSettings {
     pub dbname: String,
     pub user: String,
     pub password: Secret,
+    /// Nodes with a password of their own (from libpq's password file).
+    pub node_passwords: BTreeMap<NodeName, Secret>,
     /// Key of this plusmoin instance's heartbeat row.
     pub instance_name: String,
     pub is_slave_statement: String,
@@ -43,6 +45,11 @@ impl ProbeSettings {
             dbname: c.dbname.clone(),
             user: c.user.clone(),
             password: c.password.clone(),
+            node_passwords: c
+                .nodes
+                .iter()
+                .filter_map(|n| Some((n.name.clone(), n.password.clone()?)))
+                .collect(),
             instance_name: c.instance_name.clone(),
             is_slave_statement: c.is_slave_statement.clone(),
             sslmode: c.sslmode,
@@ -51,12 +58,32 @@ impl ProbeSettings {
         }
     }
 
+    /// The password to log in to `node` with.
+    pub fn password_for(&self, node: &NodeName) -> &Secret {
+        self.node_passwords.get(node).unwrap_or(&self.password)
+    }
+
+    /// Removes every password from a text that a server or a library
+    /// produced: none should ever contain one, but reasons end up in logs
+    /// and files.
+    pub fn scrub(&self, text: String) -> String {
+        // Longest first, so that a password containing another is removed
+        // whole.
+        let mut all: Vec<&str> = std::iter::once(&self.password)
+            .chain(self.node_passwords.values())
+            .map(Secret::expose)
+            .collect();
+        all.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        all.into_iter().fold(text, scrub)
+    }
+
     /// Whether open connections were made with other credentials or TLS
     /// than these settings ask for.
     fn connection_differs(&self, other: &ProbeSettings) -> bool {
         self.dbname != other.dbname
             || self.user != other.user
             || self.password != other.password
+            || self.node_passwords != other.node_passwords
             || self.sslmode != other.sslmode
             || self.sslrootcert != other.sslrootcert
     }
@@ -274,7 +301,7 @@ async fn probe_node(
     };
     let obs = match obs {
         Observation::Down { reason } => Observation::Down {
-            reason: scrub(reason, shared.settings.password.expose()),
+            reason: shared.settings.scrub(reason),
         },
         other => other,
     };
@@ -303,7 +330,7 @@ async fn probe_with(
     match first {
         Ok(obs) => (Some(conn), obs),
         Err(f) if f.broken && reused => {
-            let reason = scrub(f.reason, shared.settings.password.expose());
+            let reason = shared.settings.scrub(f.reason);
             debug!(node = %target.name, reason = %reason, "kept connection broke, reconnecting");
             drop(conn);
             let mut conn = match NodeConn::connect(shared, &target.name).await {
@@ -331,8 +358,7 @@ fn down(f: Failure) -> Observation {
     Observation::Down { reason: f.reason }
 }
 
-/// Removes the password from a text that a server or a library produced:
-/// none should ever contain it, but reasons end up in logs and files.
+/// Removes `password` from `text`.
 fn scrub(text: String, password: &str) -> String {
     if password.is_empty() || !text.contains(password) {
         text
@@ -405,12 +431,24 @@ mod tests {
             dbname: "db".into(),
             user: "u".into(),
             password: Secret::new("p"),
+            node_passwords: Default::default(),
             instance_name: "i".into(),
             is_slave_statement: "SELECT pg_is_in_recovery()".into(),
             sslmode: SslMode::Disable,
             sslrootcert: None,
             connect_timeout: Duration::from_secs(1),
         }
+    }
+
+    #[test]
+    fn node_passwords_win_and_every_password_is_scrubbed() {
+        let mut s = settings();
+        s.password = Secret::new("pw");
+        let n = NodeName::new("h", 1);
+        s.node_passwords.insert(n.clone(), Secret::new("node-pw"));
+        assert_eq!(s.password_for(&n).expose(), "node-pw");
+        assert_eq!(s.password_for(&NodeName::new("h", 2)).expose(), "pw");
+        assert_eq!(s.scrub("x node-pw y".into()), "x *** y");
     }
 
     #[test]
@@ -427,6 +465,10 @@ mod tests {
             |s: &mut ProbeSettings| s.dbname = "e".into(),
             |s: &mut ProbeSettings| s.sslmode = SslMode::Require,
             |s: &mut ProbeSettings| s.sslrootcert = Some("/x".into()),
+            |s: &mut ProbeSettings| {
+                s.node_passwords
+                    .insert(NodeName::new("h", 1), Secret::new("r"));
+            },
         ] {
             let mut c = a.clone();
             change(&mut c);

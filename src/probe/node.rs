@@ -133,7 +133,7 @@ impl NodeConn {
         cfg.host(&node.host)
             .port(node.port)
             .user(&s.user)
-            .password(s.password.expose())
+            .password(s.password_for(node).expose())
             .dbname(&s.dbname)
             .application_name("plusmoin")
             // The heartbeat must not wait for synchronous standbys: with

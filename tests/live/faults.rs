@@ -366,3 +366,59 @@ fn unwritable_or_full_status_directory_keeps_the_previous_file_and_monitoring_go
     p.terminate();
     drop(mount);
 }
+
+#[test]
+fn password_from_password_file_or_pgpassfile_never_shows() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::start(1).expect("sandbox");
+    let (n0, n1) = (node(&sb, 0), node(&sb, 1));
+    let secrets = tempfile::tempdir().expect("dir");
+    let pw_file = secrets.path().join("password");
+    std::fs::write(&pw_file, format!("{SANDBOX_PASSWORD}\n")).unwrap();
+    // Readable by others: warned about.
+    std::fs::set_permissions(&pw_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let pgpass = secrets.path().join("pgpass");
+    std::fs::write(
+        &pgpass,
+        format!("127.0.0.1:*:plusmoin:plusmoin:{SANDBOX_PASSWORD}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let with_file = Timings {
+        instance_name: "from-file",
+        password_json: Some(format!(r#""password_file": "{}""#, pw_file.display())),
+        ..Timings::default()
+    };
+    let a = Plusmoin::start(&sb, &with_file, "");
+    let with_pgpass = Timings {
+        instance_name: "from-pgpass",
+        password_json: Some(String::new()),
+        ..Timings::default()
+    };
+    let mut b = Plusmoin::configure(&sb, &with_pgpass, "");
+    b.env
+        .push(("PGPASSFILE".into(), pgpass.display().to_string()));
+    b.spawn();
+    for p in [&a, &b] {
+        p.wait_status("healthy", LONG, |st| {
+            st["clusters"][0]["master"]["name"] == n0.as_str()
+                && names(&st["clusters"][0]["slaves"]) == [n1.as_str()]
+        });
+    }
+    let warned = format!("{} is readable by group or others", pw_file.display());
+    assert!(a.log().contains(&warned), "{}", a.log());
+    let not_warned = format!("{} is readable", pgpass.display());
+    assert!(
+        !b.log().contains(&not_warned),
+        "pgpass is 0600: {}",
+        b.log()
+    );
+    sb.stop(1).expect("stop");
+    for p in [&a, &b] {
+        p.wait_event("slave_down", LONG, |e| {
+            e.kind == "slave_down" && e.about(&n1)
+        });
+        assert_no_secret(p, SANDBOX_PASSWORD);
+    }
+}

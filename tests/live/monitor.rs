@@ -23,6 +23,9 @@ pub struct Timings {
     pub extra_nodes: Vec<String>,
     /// `None`: `status.json` in the test's directory.
     pub status_file: Option<PathBuf>,
+    /// How the password is given: `None` writes `"password": "…"`; the
+    /// string replaces that member (empty: no password key at all).
+    pub password_json: Option<String>,
 }
 
 impl Default for Timings {
@@ -37,6 +40,7 @@ impl Default for Timings {
             log_level: "debug",
             extra_nodes: Vec::new(),
             status_file: None,
+            password_json: None,
         }
     }
 }
@@ -61,6 +65,8 @@ impl Ev {
 pub struct Plusmoin {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
+    /// Extra environment for the plusmoin process.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -97,6 +103,7 @@ impl Plusmoin {
         let p = Plusmoin {
             dir,
             config_path,
+            env: Vec::new(),
             child: None,
         };
         let all: Vec<usize> = (0..sb.len()).collect();
@@ -116,7 +123,7 @@ impl Plusmoin {
         let d = self.dir.path().display();
         let config = format!(
             r#"{{
-  "dbname": "{SANDBOX_DBNAME}", "user": "{SANDBOX_USER}", "password": "{SANDBOX_PASSWORD}",
+  "dbname": "{SANDBOX_DBNAME}", "user": "{SANDBOX_USER}", {password}
   "heartbeat": {hb}, "connect_timeout": {ct}, "max_sync_delay": {max}, "recover_sync_delay": {rec},
   "trigger_timeout": 10, "log_level": "{level}", "daemon_user": "{user}", "instance_name": "{instance}",
   "sslmode": "disable",
@@ -132,6 +139,11 @@ impl Plusmoin {
             user = t.daemon_user.map(String::from).unwrap_or_else(current_user),
             instance = t.instance_name,
             level = t.log_level,
+            password = match &t.password_json {
+                None => format!(r#""password": "{SANDBOX_PASSWORD}","#),
+                Some(p) if p.is_empty() => String::new(),
+                Some(p) => format!("{p},"),
+            },
             status = t
                 .status_file
                 .clone()
@@ -157,6 +169,7 @@ impl Plusmoin {
             .arg("-c")
             .arg(&self.config_path)
             .args(["-x", "start"])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

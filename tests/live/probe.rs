@@ -40,6 +40,7 @@ fn settings(instance: &str, timeout: Duration) -> ProbeSettings {
         dbname: SANDBOX_DBNAME.into(),
         user: SANDBOX_USER.into(),
         password: Secret::new(SANDBOX_PASSWORD),
+        node_passwords: Default::default(),
         instance_name: instance.into(),
         is_slave_statement: "SELECT pg_is_in_recovery()".into(),
         // The sandbox has no TLS: prefer falls back to plain, as libpq does.
