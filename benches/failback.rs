@@ -2,8 +2,8 @@
 //! pgpool-II serve it again — with plusmoin's pgpool handlers, and with
 //! pgpool's own `auto_failback` (interval 1 s, and its default 60 s).
 //!
-//! `cargo bench --bench failback` (5 runs per setup, 3 of them for the
-//! 60 s interval's second outage; `-- --quick`: 2 and 1). It owns one
+//! `cargo bench --bench failback` (5 runs per setup, 3 for the 60 s
+//! interval's second outage, 1 for (c3); `-- --quick`: 2, 1 and 1). It owns one
 //! sandbox (a primary and one standby, sandbox node 1 = pgpool backend 1),
 //! one pgpool at a time in front of it, and plusmoin in setup (a); all are
 //! stopped by their Drop guards, on error and on panic too.
@@ -25,7 +25,9 @@
 //!   each run — a standby that fails more than 60 s after its previous
 //!   failback, what a lone outage gets — and (c2) stops the same standby
 //!   again as soon as (c1) saw it back, without restarting pgpool: a second
-//!   outage within the interval, where the 60 s bite.
+//!   outage within the interval, where the 60 s bite. (c3) checks that the
+//!   restart stands for a lone outage: the same pgpool, not restarted, the
+//!   standby stopped once 60 s have passed since its last failback.
 //!
 //! All pgpools run health_check_period 1 s (retries 0) and sr_check_period
 //! 1 s, so only who fails back, and the interval, differ. Then, per setup,
@@ -138,26 +140,47 @@ fn run(quick: bool) -> Res<String> {
     }
 
     // (c) auto_failback, interval 60 s.
-    let (mut c1, mut c2) = (Vec::new(), Vec::new());
+    let (mut c1, mut c2, mut c3) = (Vec::new(), Vec::new(), Vec::new());
     let q_c;
     {
         let pg = start_pgpool(&sb, Some(DEFAULT_INTERVAL))?;
+        let mut last_up = Instant::now();
         for i in 1..=runs {
             restart_pgpool(&pg)?;
             let r = outage(&sb, &pg, None)?;
             println!("(c1) auto_failback 60 s run {i}: {}", r.line());
             c1.push(r.failback);
+            last_up = r.up_at;
             if i <= c2_runs {
                 let first_up = r.up_at;
                 let r = outage(&sb, &pg, None)?;
                 println!(
                     "(c2) second outage      run {i}: {} (restarted {:.1} s after the first failback)",
                     r.line(),
-                    (r.ready_at - first_up).as_secs_f64()
+                    r.ready_at.duration_since(first_up).as_secs_f64()
                 );
                 c2.push(r.failback);
+                last_up = r.up_at;
             }
         }
+        // Is a restart really what a lone outage gets? The same pgpool, no
+        // restart, the standby stopped once the interval since its last
+        // failback has passed.
+        let since = last_up.elapsed();
+        if let Some(rest) = (DEFAULT_INTERVAL + Duration::from_secs(1)).checked_sub(since) {
+            println!(
+                "(c3) waiting {:.0} s for the interval since the last failback to pass",
+                rest.as_secs_f64()
+            );
+            sleep(rest);
+        }
+        let r = outage(&sb, &pg, None)?;
+        println!(
+            "(c3) outage > 60 s after the last failback, no restart: {} (stopped {:.1} s after it)",
+            r.line(),
+            r.stopped_at.duration_since(last_up).as_secs_f64()
+        );
+        c3.push(r.failback);
         restart_pgpool(&pg)?;
         q_c = detached_on_purpose(&pg)?;
         println!("(c) detached on purpose (pgpool just restarted): {q_c}");
@@ -170,6 +193,7 @@ fn run(quick: bool) -> Res<String> {
         b: &b,
         c1: &c1,
         c2: &c2,
+        c3: &c3,
         q_plain: &q_plain,
         q_hold: &q_hold,
         q_b: &q_b,
@@ -179,6 +203,8 @@ fn run(quick: bool) -> Res<String> {
 
 /// One outage's timings.
 struct Outage {
+    /// When the standby's stop began.
+    stopped_at: Instant,
     /// `start_node`'s own duration (pg_ctl start -w).
     start: Duration,
     /// From `start_node`'s return to pgpool showing the node up/waiting.
@@ -200,6 +226,7 @@ impl Outage {
 /// Stops the standby, waits until pgpool (and plusmoin) saw it down, keeps
 /// it down [`OUTAGE`] more, starts it and times pgpool's failback.
 fn outage(sb: &Sandbox, pg: &Pgpool, pm: Option<&Daemon>) -> Res<Outage> {
+    let stopping = Instant::now();
     sb.stop(STANDBY)?;
     wait_status(pg, &["down"], SETTLE_TIMEOUT)?;
     if let Some(pm) = pm {
@@ -212,6 +239,7 @@ fn outage(sb: &Sandbox, pg: &Pgpool, pm: Option<&Daemon>) -> Res<Outage> {
     wait_status(pg, UP, FAILBACK_TIMEOUT)?;
     let up_at = Instant::now();
     Ok(Outage {
+        stopped_at: stopping,
         start: ready_at - called,
         failback: up_at - ready_at,
         ready_at,
@@ -480,6 +508,7 @@ struct Report<'a> {
     b: &'a [Duration],
     c1: &'a [Duration],
     c2: &'a [Duration],
+    c3: &'a [Duration],
     q_plain: &'a str,
     q_hold: &'a str,
     q_b: &'a str,
@@ -531,6 +560,11 @@ fn report(r: &Report) -> String {
         "| (c2) auto_failback, interval 60 s, the same standby's next outage right after | {} | {} | (same as c1, once the interval has passed) |\n",
         r.c2_runs,
         stats(r.c2)
+    ));
+    t.push_str(&format!(
+        "| (c3) auto_failback, interval 60 s, an outage more than 60 s after the previous failback, no restart | {} | {} | |\n",
+        r.c3.len(),
+        stats(r.c3)
     ));
     t
 }
