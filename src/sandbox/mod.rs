@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Uid, User};
 
-use procs::Proc;
+use procs::{owner_stamp, Proc, OWNER_FILE};
 use run::Runner;
 
 /// The role plusmoin logs in as.
@@ -1003,49 +1003,14 @@ fn shut_down_server(runner: &Runner, bin: &Path, data: &Path) {
     }
 }
 
-/// The file naming the process that owns a sandbox directory.
-const OWNER_FILE: &str = "owner";
 /// The prefix of every sandbox directory's name.
 const DIR_PREFIX: &str = "plusmoin-sandbox-";
 
-/// "pid start-time" of this process, for [`OWNER_FILE`].
-fn owner_stamp() -> Option<String> {
-    let me = procs::identify(std::process::id() as i32)?;
-    Some(format!("{} {}", me.pid, me.start_time()))
-}
-
 /// Stops the servers and removes the directories of sandboxes whose owning
-/// process died without dropping them (a killed test run, a demo stopped
-/// with kill -9), so they do not pile up. Sandboxes of live processes, and
-/// directories without an owner file yet, are left alone.
+/// process died without dropping them, so they do not pile up.
 fn reap_orphans(runner: &Runner, bin: &Path, base: &Path) {
-    let Ok(entries) = fs::read_dir(base) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let is_sandbox = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with(DIR_PREFIX));
-        let dir = entry.path();
-        if !is_sandbox || !dir.is_dir() {
-            continue;
-        }
-        let Ok(stamp) = fs::read_to_string(dir.join(OWNER_FILE)) else {
-            continue;
-        };
-        let mut words = stamp.split_whitespace().map(|w| w.parse::<u64>().ok());
-        let (Some(Some(pid)), Some(Some(start))) = (words.next(), words.next()) else {
-            continue;
-        };
-        let owner_alive = i32::try_from(pid)
-            .ok()
-            .and_then(procs::identify)
-            .is_some_and(|p| p.start_time() == start);
-        if owner_alive {
-            continue;
-        }
-        tracing::warn!(dir = %dir.display(), owner_pid = pid, "sandbox: removing an orphaned sandbox");
+    for (dir, owner_pid) in procs::orphaned_dirs(base, DIR_PREFIX) {
+        tracing::warn!(dir = %dir.display(), owner_pid, "sandbox: removing an orphaned sandbox");
         if let Ok(nodes) = fs::read_dir(&dir) {
             for node in nodes.flatten() {
                 if node.path().join("postmaster.pid").is_file() {

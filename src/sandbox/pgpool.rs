@@ -33,11 +33,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-use super::procs::{self, Proc};
-use super::run::Runner;
+use super::procs::{self, owner_stamp, Proc, OWNER_FILE};
+use super::run::{command_line, run_command, Output, Runner};
 use super::{
-    base_dir, free_port, lock, owner_stamp, pg_bin_dir, sql_quote, Sandbox, SandboxError, HOST,
-    OWNER_FILE, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER,
+    base_dir, free_port, lock, pg_bin_dir, sql_quote, Sandbox, SandboxError, HOST, SANDBOX_DBNAME,
+    SANDBOX_PASSWORD, SANDBOX_USER,
 };
 
 /// The pcp user of every sandbox pgpool.
@@ -69,21 +69,6 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 const TRANSIENT_ATTEMPTS: u32 = 4;
 /// How many fresh port pairs a first start tries when a port got taken.
 const PORT_ATTEMPTS: usize = 5;
-/// Libpq variables of our own environment that would redirect psql.
-const PG_ENV: &[&str] = &[
-    "PGHOST",
-    "PGHOSTADDR",
-    "PGPORT",
-    "PGDATABASE",
-    "PGUSER",
-    "PGPASSFILE",
-    "PGSERVICE",
-    "PGSERVICEFILE",
-    "PGOPTIONS",
-    "PGSSLMODE",
-    "PGAPPNAME",
-    "PGTARGETSESSIONATTRS",
-];
 /// How pgpool says it could not bind (its log, at start).
 const BIND_FAILURE: &str = "Address already in use";
 
@@ -384,14 +369,14 @@ impl Pgpool {
     /// fails a node over or back, or while a backend goes down: such
     /// failures are retried a few times before they are returned.
     pub fn show_pool_nodes(&self) -> Result<Vec<(usize, String)>, SandboxError> {
-        let (command, out) = retry_transient(|| self.psql_show_pool_nodes())?;
-        parse_pool_nodes(&out).ok_or(SandboxError::Unexpected {
-            command,
-            output: out,
+        let out = retry_transient(|| self.psql_show_pool_nodes())?;
+        parse_pool_nodes(&out.stdout).ok_or(SandboxError::Unexpected {
+            command: out.command,
+            output: out.stdout,
         })
     }
 
-    fn psql_show_pool_nodes(&self) -> Result<(String, String), SandboxError> {
+    fn psql_show_pool_nodes(&self) -> Result<Output, SandboxError> {
         let port = self.port.to_string();
         let mut cmd = Command::new(&self.psql);
         cmd.args([
@@ -415,7 +400,7 @@ impl Pgpool {
             "SHOW pool_nodes",
         ])
         .env("PGPASSWORD", SANDBOX_PASSWORD);
-        self.run(cmd)
+        self.run(cmd, None)
     }
 
     /// Attaches backend `id` (`pcp_attach_node`) and waits until pgpool
@@ -498,10 +483,10 @@ impl Pgpool {
     fn node_info_once(&self, id: usize) -> Result<NodeInfo, SandboxError> {
         self.check_id(id)?;
         let id_arg = id.to_string();
-        let (command, out) = self.pcp("pcp_node_info", &["-v", "-n", &id_arg])?;
-        parse_node_info(&out).ok_or(SandboxError::Unexpected {
-            command,
-            output: out,
+        let out = self.pcp("pcp_node_info", &["-v", "-n", &id_arg])?;
+        parse_node_info(&out.stdout).ok_or(SandboxError::Unexpected {
+            command: out.command,
+            output: out.stdout,
         })
     }
 
@@ -522,12 +507,12 @@ impl Pgpool {
     fn write_fixed_files(&self) -> Result<(), SandboxError> {
         let mut cmd = Command::new(self.bin.join("pg_md5"));
         cmd.arg(PCP_PASSWORD);
-        let (command, out) = self.run(cmd)?;
-        let hash = out.trim();
+        let out = self.run(cmd, Some(PCP_PASSWORD))?;
+        let hash = out.stdout.trim();
         if hash.len() != 32 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(SandboxError::Unexpected {
-                command: command.replace(PCP_PASSWORD, "***"),
-                output: out,
+                command: out.command,
+                output: out.stdout,
             });
         }
         self.runner
@@ -704,63 +689,21 @@ impl Pgpool {
 
     /// Runs `pcp_<tool> -h -p -U -w args` with our pcppass file. pcp exits
     /// 0 even when pgpool refused, so an ERROR or FATAL on stderr is a
-    /// failure too. Returns the command line (for errors) and stdout.
-    fn pcp(&self, tool: &str, args: &[&str]) -> Result<(String, String), SandboxError> {
+    /// failure too.
+    fn pcp(&self, tool: &str, args: &[&str]) -> Result<Output, SandboxError> {
         let port = self.pcp_port.to_string();
         let mut cmd = Command::new(self.bin.join(tool));
         cmd.args(["-h", HOST, "-p", &port, "-U", PCP_USER, "-w"])
             .args(args)
             .env("PCPPASSFILE", &self.pcppass);
-        self.run(cmd)
+        self.run(cmd, None)
     }
 
     /// Runs a client tool as ourselves, in pgpool's directory, with a
     /// deadline; stderr naming an ERROR or FATAL fails it even on exit 0.
-    fn run(&self, mut cmd: Command) -> Result<(String, String), SandboxError> {
-        for var in PG_ENV {
-            cmd.env_remove(var);
-        }
-        cmd.current_dir(self.dir())
-            .env("LC_ALL", "C")
-            .env("PGCONNECT_TIMEOUT", "10")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let command = command_line(&cmd);
-        let mut child = cmd.spawn().map_err(|source| SandboxError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-        let stdout = child.stdout.take().map(drain);
-        let stderr = child.stderr.take().map(drain);
-        let deadline = Instant::now() + COMMAND_TIMEOUT;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
-                Ok(None) | Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-            }
-        };
-        let stdout = stdout.map(join).unwrap_or_default();
-        let stderr = stderr.map(join).unwrap_or_default();
-        let stderr = stderr.trim().to_owned();
-        match status {
-            None => Err(SandboxError::CommandTimeout {
-                command,
-                timeout: COMMAND_TIMEOUT,
-                stderr,
-            }),
-            Some(status) if status.success() && !reports_error(&stderr) => Ok((command, stdout)),
-            Some(status) => Err(SandboxError::Failed {
-                command,
-                status: status.to_string(),
-                stderr,
-            }),
-        }
+    fn run(&self, mut cmd: Command, secret: Option<&str>) -> Result<Output, SandboxError> {
+        cmd.current_dir(self.dir());
+        run_command(cmd, secret, COMMAND_TIMEOUT, reports_error)
     }
 
     /// The last lines of pgpool's log, for start failures.
@@ -805,6 +748,15 @@ fn render_conf(c: &ConfInput) -> String {
     let dir = c.dir.to_string_lossy();
     let q = |s: &str| sql_quote(s);
     let path = |name: &str| q(&c.dir.join(name).to_string_lossy());
+    // Both checks log in to the backends as the sandbox's own role.
+    let login = |check: &str| {
+        format!(
+            "{check}_user = {}\n{check}_password = {}\n{check}_database = {}\n",
+            q(SANDBOX_USER),
+            q(SANDBOX_PASSWORD),
+            q(SANDBOX_DBNAME),
+        )
+    };
     let mut conf = format!(
         "# written by plusmoin's sandbox (pgpool fixture)\n\
          backend_clustering_mode = 'streaming_replication'\n\
@@ -830,15 +782,11 @@ fn render_conf(c: &ConfInput) -> String {
          memqcache_max_num_cache = 100\n\
          memqcache_oiddir = {oiddir}\n\
          sr_check_period = 1\n\
-         sr_check_user = {user}\n\
-         sr_check_password = {password}\n\
-         sr_check_database = {dbname}\n\
+         {sr_check_login}\
          delay_threshold = 0\n\
          health_check_period = {hc_period}\n\
          health_check_timeout = 2\n\
-         health_check_user = {user}\n\
-         health_check_password = {password}\n\
-         health_check_database = {dbname}\n\
+         {health_check_login}\
          health_check_max_retries = 0\n\
          health_check_retry_delay = 1\n\
          connect_timeout = 5000\n\
@@ -861,9 +809,8 @@ fn render_conf(c: &ConfInput) -> String {
         pid_file = path("pgpool.pid"),
         pool_passwd = path("pool_passwd"),
         oiddir = path("oiddir"),
-        user = q(SANDBOX_USER),
-        password = q(SANDBOX_PASSWORD),
-        dbname = q(SANDBOX_DBNAME),
+        sr_check_login = login("sr_check"),
+        health_check_login = login("health_check"),
         hc_period = c.opts.health_check_period.unwrap_or(1),
         auto_failback = if c.opts.auto_failback.is_some() {
             "on"
@@ -1046,33 +993,8 @@ fn shut_down(mut running: Running, signal: Signal, timeout: Duration) -> Result<
 /// and removes their directories. A pgpool is found by the pid in its pid
 /// file and recognised by its command line naming its directory.
 fn reap_orphans(base: &Path) {
-    let Ok(entries) = fs::read_dir(base) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let dir = entry.path();
-        let ours = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with(DIR_PREFIX));
-        if !ours || !dir.is_dir() {
-            continue;
-        }
-        let Ok(stamp) = fs::read_to_string(dir.join(OWNER_FILE)) else {
-            continue;
-        };
-        let mut words = stamp.split_whitespace().map(|w| w.parse::<u64>().ok());
-        let (Some(Some(pid)), Some(Some(start))) = (words.next(), words.next()) else {
-            continue;
-        };
-        let owner_alive = i32::try_from(pid)
-            .ok()
-            .and_then(procs::identify)
-            .is_some_and(|p| p.start_time() == start);
-        if owner_alive {
-            continue;
-        }
-        tracing::warn!(dir = %dir.display(), owner_pid = pid, "pgpool: removing an orphaned pgpool");
+    for (dir, owner_pid) in procs::orphaned_dirs(base, DIR_PREFIX) {
+        tracing::warn!(dir = %dir.display(), owner_pid, "pgpool: removing an orphaned pgpool");
         if let Some(main) = pid_file_process(&dir) {
             let mut all = procs::descendants(&main);
             all.push(main);
@@ -1109,26 +1031,6 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), SandboxError> {
         what: format!("chmod {mode:o} {}", path.display()),
         source,
     })
-}
-
-/// A command as one shell-quoted line, for errors (secrets never appear on
-/// our command lines: they travel in files and the environment).
-fn command_line(cmd: &Command) -> String {
-    let mut words = vec![cmd.get_program().to_string_lossy().into_owned()];
-    words.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
-    shell_words::join(&words)
-}
-
-fn drain<R: Read + Send + 'static>(mut pipe: R) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = pipe.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-}
-
-fn join(handle: thread::JoinHandle<String>) -> String {
-    handle.join().unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -2,11 +2,13 @@
 //! children, signalling them, and waiting for them to be gone.
 //!
 //! A process is identified by its pid *and* its start time, so a pid that was
-//! reused by an unrelated process after ours died is never signalled.
+//! reused by an unrelated process after ours died is never signalled. The
+//! same pair, kept in an owner file, tells the fixture directories of a dead
+//! test process (orphans to reap) from those of a live one.
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -164,6 +166,51 @@ pub(crate) fn sysv_segment_abandoned(shmid: i32, creator: i32) -> bool {
     })
 }
 
+/// The file naming the process that owns a fixture directory.
+pub(crate) const OWNER_FILE: &str = "owner";
+
+/// "pid start-time" of this process, for [`OWNER_FILE`].
+pub(crate) fn owner_stamp() -> Option<String> {
+    let me = identify(std::process::id() as i32)?;
+    Some(format!("{} {}", me.pid, me.start_time()))
+}
+
+/// The directories in `base` named `prefix...` whose owner died without
+/// removing them (a killed test run, a demo stopped with kill -9), each with
+/// the dead owner's pid. Directories of live owners, and those without a
+/// readable owner file yet, are not listed.
+pub(crate) fn orphaned_dirs(base: &Path, prefix: &str) -> Vec<(PathBuf, u64)> {
+    let Ok(entries) = fs::read_dir(base) else {
+        return Vec::new();
+    };
+    let mut orphans = Vec::new();
+    for entry in entries.flatten() {
+        let ours = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(prefix));
+        let dir = entry.path();
+        if !ours || !dir.is_dir() {
+            continue;
+        }
+        let Ok(stamp) = fs::read_to_string(dir.join(OWNER_FILE)) else {
+            continue;
+        };
+        let mut words = stamp.split_whitespace().map(|w| w.parse::<u64>().ok());
+        let (Some(Some(pid)), Some(Some(start))) = (words.next(), words.next()) else {
+            continue;
+        };
+        let owner_alive = i32::try_from(pid)
+            .ok()
+            .and_then(identify)
+            .is_some_and(|p| p.start_time() == start);
+        if !owner_alive {
+            orphans.push((dir, pid));
+        }
+    }
+    orphans
+}
+
 /// Waits until none of `procs` is alive; true when they all went in time.
 pub(crate) fn wait_gone(procs: &[Proc], timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
@@ -203,5 +250,45 @@ mod tests {
         };
         assert!(!kid.is_alive(), "reaped child still seen alive");
         assert!(wait_gone(&[kid], Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn orphans_are_dirs_of_dead_owners_only() {
+        let base = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("tempdir: {e}"),
+        };
+        let Some(me) = identify(std::process::id() as i32) else {
+            panic!("own process not found in /proc")
+        };
+        let stamps = [
+            ("fx-live", Some(format!("{} {}", me.pid, me.start_time()))),
+            // Our pid, but another start time: a reused pid, owner dead.
+            (
+                "fx-dead",
+                Some(format!("{} {}", me.pid, me.start_time() + 1)),
+            ),
+            ("fx-fresh", None),
+            ("fx-garbled", Some("not a stamp".to_owned())),
+            (
+                "other-dead",
+                Some(format!("{} {}", me.pid, me.start_time() + 1)),
+            ),
+        ];
+        for (name, stamp) in &stamps {
+            let dir = base.path().join(name);
+            if let Err(e) = fs::create_dir(&dir) {
+                panic!("mkdir {}: {e}", dir.display());
+            }
+            if let Some(stamp) = stamp {
+                if let Err(e) = fs::write(dir.join(OWNER_FILE), stamp) {
+                    panic!("write owner of {name}: {e}");
+                }
+            }
+        }
+        // A plain file with the prefix is no fixture directory.
+        let _ = fs::write(base.path().join("fx-file"), "1 1");
+        let found = orphaned_dirs(base.path(), "fx-");
+        assert_eq!(found, vec![(base.path().join("fx-dead"), me.pid as u64)]);
     }
 }

@@ -41,8 +41,10 @@ pub(crate) struct Runner {
     pub cwd: PathBuf,
 }
 
-/// What a finished command printed.
+/// What a finished command printed, and its command line (secret masked)
+/// for errors about what it printed.
 pub(crate) struct Output {
+    pub command: String,
     pub stdout: String,
 }
 
@@ -60,29 +62,8 @@ impl Runner {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let args: Vec<S> = args.into_iter().collect();
-        let mut words = vec![program.to_string_lossy().into_owned()];
-        words.extend(
-            args.iter()
-                .map(|a| a.as_ref().to_string_lossy().into_owned()),
-        );
-        let mut command_line = shell_words::join(&words);
-        if let Some(secret) = secret.filter(|s| !s.is_empty()) {
-            command_line = command_line.replace(secret, "***");
-        }
-
         let mut cmd = Command::new(program);
-        cmd.args(&args)
-            .current_dir(&self.cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env("LC_ALL", "C")
-            // Bounds a connection attempt to a frozen server.
-            .env("PGCONNECT_TIMEOUT", "10");
-        for var in PG_ENV {
-            cmd.env_remove(var);
-        }
+        cmd.args(args).current_dir(&self.cwd);
         if let Some((uid, gid)) = self.owner {
             // std drops supplementary groups when it changes the uid.
             cmd.uid(uid.as_raw()).gid(gid.as_raw());
@@ -90,53 +71,7 @@ impl Runner {
                 .env("USER", "postgres")
                 .env("LOGNAME", "postgres");
         }
-        tracing::debug!(command = %command_line, "sandbox: running");
-        let mut child = cmd.spawn().map_err(|source| SandboxError::Spawn {
-            command: command_line.clone(),
-            source,
-        })?;
-        // Read both pipes while waiting so a chatty tool never blocks on a
-        // full pipe. (Servers are always started with `pg_ctl -l`, so no
-        // long-lived process keeps these pipes open.)
-        let stdout = child.stdout.take().map(drain);
-        let stderr = child.stderr.take().map(drain);
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() < deadline => {
-                    thread::sleep(Duration::from_millis(10));
-                }
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-                Err(source) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(SandboxError::Spawn {
-                        command: command_line,
-                        source,
-                    });
-                }
-            }
-        };
-        let stdout = stdout.map(join).unwrap_or_default();
-        let stderr = stderr.map(join).unwrap_or_default();
-        match status {
-            None => Err(SandboxError::CommandTimeout {
-                command: command_line,
-                timeout,
-                stderr: stderr.trim().to_owned(),
-            }),
-            Some(status) if status.success() => Ok(Output { stdout }),
-            Some(status) => Err(SandboxError::Failed {
-                command: command_line,
-                status: status.to_string(),
-                stderr: stderr.trim().to_owned(),
-            }),
-        }
+        run_command(cmd, secret, timeout, |_| false)
     }
 
     /// Gives `path` to the server's OS user so the servers (and pg_rewind)
@@ -159,6 +94,95 @@ impl Runner {
         })?;
         self.chown(path)
     }
+}
+
+/// Runs `cmd` (program, arguments, directory, user and any variables of
+/// its own already set) to the end, within `timeout`: stdin closed, output
+/// captured, the C locale, and none of our libpq variables except those
+/// `cmd` sets on purpose. It fails on a non-zero exit, and also when
+/// `stderr_fails` says its stderr reports a failure (tools that exit 0 on
+/// a refusal). `secret`, when given, is masked in the command line kept
+/// for logs and errors.
+pub(crate) fn run_command(
+    mut cmd: Command,
+    secret: Option<&str>,
+    timeout: Duration,
+    stderr_fails: fn(&str) -> bool,
+) -> Result<Output, SandboxError> {
+    let mut command_line = command_line(&cmd);
+    if let Some(secret) = secret.filter(|s| !s.is_empty()) {
+        command_line = command_line.replace(secret, "***");
+    }
+    let own: Vec<std::ffi::OsString> = cmd.get_envs().map(|(k, _)| k.to_owned()).collect();
+    for var in PG_ENV {
+        if !own.iter().any(|k| k == var) {
+            cmd.env_remove(var);
+        }
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("LC_ALL", "C")
+        // Bounds a connection attempt to a frozen server.
+        .env("PGCONNECT_TIMEOUT", "10");
+    tracing::debug!(command = %command_line, "sandbox: running");
+    let mut child = cmd.spawn().map_err(|source| SandboxError::Spawn {
+        command: command_line.clone(),
+        source,
+    })?;
+    // Read both pipes while waiting so a chatty tool never blocks on a
+    // full pipe. (Servers are always started with their output going to a
+    // log file, so no long-lived process keeps these pipes open.)
+    let stdout = child.stdout.take().map(drain);
+    let stderr = child.stderr.take().map(drain);
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Err(source) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(SandboxError::Spawn {
+                    command: command_line,
+                    source,
+                });
+            }
+        }
+    };
+    let stdout = stdout.map(join).unwrap_or_default();
+    let stderr = stderr.map(join).unwrap_or_default();
+    let stderr = stderr.trim().to_owned();
+    match status {
+        None => Err(SandboxError::CommandTimeout {
+            command: command_line,
+            timeout,
+            stderr,
+        }),
+        Some(status) if status.success() && !stderr_fails(&stderr) => Ok(Output {
+            command: command_line,
+            stdout,
+        }),
+        Some(status) => Err(SandboxError::Failed {
+            command: command_line,
+            status: status.to_string(),
+            stderr,
+        }),
+    }
+}
+
+/// A command as one shell-quoted line, for logs and errors.
+pub(crate) fn command_line(cmd: &Command) -> String {
+    let mut words = vec![cmd.get_program().to_string_lossy().into_owned()];
+    words.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    shell_words::join(&words)
 }
 
 fn drain<R: Read + Send + 'static>(mut pipe: R) -> thread::JoinHandle<String> {
