@@ -180,4 +180,8 @@ pub struct Policy {
 }
 
 #[cfg(test)]
+mod difftest;
+#[cfg(test)]
+mod reference;
+#[cfg(test)]
 mod tests;
