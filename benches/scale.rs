@@ -80,6 +80,12 @@ fn main() {
         println!("{}", serde_json::to_string(&m).expect("json"));
         return;
     }
+    if !std::env::args().any(|a| a == "--bench") {
+        // Built and run as a test (`cargo test --all-targets`): measuring
+        // here would only slow the tests down.
+        eprintln!("scale: run it with `cargo bench --bench scale`; nothing measured");
+        return;
+    }
     let sizes: Vec<usize> = match std::env::var("SCALE_SIZES") {
         Ok(list) => list
             .split(',')

@@ -98,6 +98,12 @@ fn ms(d: Duration) -> String {
 }
 
 fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        // Built and run as a test (`cargo test --all-targets`): measuring
+        // here would only slow the tests down.
+        eprintln!("step: run it with `cargo bench --bench step`; nothing measured");
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let budget = Duration::from_secs(if quick { 2 } else { 10 });
     let max_iter = if quick { 20 } else { 200 };

@@ -180,8 +180,4 @@ pub struct Policy {
 }
 
 #[cfg(test)]
-mod difftest;
-#[cfg(test)]
-mod reference;
-#[cfg(test)]
 mod tests;
