@@ -118,28 +118,25 @@ async fn frozen_is_down_at_the_deadline_and_refusing_quickly() {
     ])
     .await
     .expect("fake server");
-    let deadline = Duration::from_millis(500);
-    let mut p = prober(deadline);
-
+    // Refused: down long before a generous deadline.
+    let mut patient = prober(Duration::from_secs(5));
     let t0 = Instant::now();
-    let out = p.probe_all(&targets(&pg, &[1]), Time(1)).await;
-    assert!(
-        t0.elapsed() < Duration::from_millis(250),
-        "{:?}",
-        t0.elapsed()
-    );
+    let out = patient.probe_all(&targets(&pg, &[1]), Time(1)).await;
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     match &out[0].1 {
         Observation::Down { reason } => assert!(reason.contains("refused"), "{reason}"),
         o => panic!("refusing node: {o:?}"),
     }
 
     // All three at once: the healthy one answers, the frozen one is down
-    // at the deadline, not before and not much after.
+    // at the deadline, not before and not long after.
+    let deadline = Duration::from_millis(500);
+    let mut p = prober(deadline);
     let t0 = Instant::now();
     let out = p.probe_all(&targets(&pg, &[0, 1, 2]), Time(2)).await;
     let took = t0.elapsed();
     assert!(took >= deadline, "{took:?}");
-    assert!(took < deadline + Duration::from_millis(300), "{took:?}");
+    assert!(took < deadline + Duration::from_secs(1), "{took:?}");
     assert_eq!(
         out[0].1,
         Observation::Down {
