@@ -12,7 +12,8 @@
 //!
 //! For digging: `SCALE_SIZES=1000` picks the sizes, `SCALE_WRAP="perf
 //! record -g --"` runs the measuring process under a profiler, and
-//! `SCALE_RT=current` gives it a single-threaded runtime instead.
+//! `SCALE_RT=current` gives it a single-threaded runtime instead,
+//! `SCALE_FROZEN_EVERY=0` freezes no node (1: all of them).
 
 use plusmoin::cluster::Place;
 use plusmoin::daemon::Daemon;
@@ -31,8 +32,13 @@ fn layout(n: usize) -> Vec<FakeNode> {
     let mut nodes = Vec::with_capacity(n);
     let mut master = 0;
     let mut k = 0;
+    // SCALE_FROZEN_EVERY=0: none frozen (to see what they cost).
+    let every: usize = std::env::var("SCALE_FROZEN_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     for i in 0..n {
-        if i % 10 == 9 {
+        if every > 0 && i % every == every - 1 {
             nodes.push(FakeNode::master().with(Fault::Frozen));
             continue;
         }
