@@ -201,6 +201,9 @@ impl Phase {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         let frac = (self.0 % 1000) as f64 / 1000.0;
+        if std::env::var_os("LATENCY_VERBOSE").is_some() {
+            eprintln!("  (phase {frac:.3} of a heartbeat)");
+        }
         std::thread::sleep(Duration::from_secs_f64(frac * HEARTBEAT));
     }
 }
