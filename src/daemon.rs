@@ -6,11 +6,12 @@
 //! [`crate::lifecycle`]; this module only beats.
 
 use crate::actions::trigger::{Dispatcher, TriggerJob};
-use crate::cluster::{self, Event, EventKind, Policy, State, Time};
+use crate::cluster::{self, ClusterId, Event, EventKind, NodeName, Policy, State, Time};
 use crate::config::{self, Config};
 use crate::payload::{Status, TriggerPayload};
 use crate::probe::{ProbeSettings, ProbeTarget, Prober};
 use crate::status;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,13 +57,28 @@ impl Daemon {
         &self.state
     }
 
+    /// Connections kept open to the nodes (for the scale benchmark).
+    pub fn connections_held(&self) -> usize {
+        self.prober.connections_held()
+    }
+
     fn targets(&self) -> Vec<ProbeTarget> {
+        // One map rather than a search per node: a beat over thousands of
+        // nodes stays linear (reversed so the first of a name wins, as
+        // `State::node` finds).
+        let cluster_of: HashMap<&NodeName, Option<ClusterId>> = self
+            .state
+            .nodes
+            .iter()
+            .rev()
+            .map(|s| (&s.name, s.cluster_id))
+            .collect();
         self.config
             .nodes
             .iter()
             .map(|n| ProbeTarget {
                 name: n.name.clone(),
-                cluster_id: self.state.node(&n.name).and_then(|s| s.cluster_id),
+                cluster_id: cluster_of.get(&n.name).copied().flatten(),
             })
             .collect()
     }

@@ -19,6 +19,7 @@
 //! - [`sandbox`]: a local primary + standbys for tests and the demo.
 //! - [`demo`]: `plusmoin demo`, the sandbox with a live plusmoin on it.
 //! - [`cli`]: the command line.
+//! - `fakepg` (hidden): a simulated PostgreSQL server for tests and benches.
 
 pub mod actions;
 pub mod cli;
@@ -26,6 +27,8 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+#[doc(hidden)]
+pub mod fakepg;
 pub mod lifecycle;
 pub mod payload;
 pub mod pgpool;

@@ -78,6 +78,22 @@ pub enum LifecycleError {
     LogFile { path: PathBuf, source: io::Error },
     #[error("cannot set up logging: {0}")]
     Logging(String),
+    #[error("cannot raise the open files limit: {0}")]
+    NoFileLimit(#[source] Errno),
+}
+
+/// Raises the soft limit on open files to the hard limit and returns the
+/// limit now in force. plusmoin keeps one connection per node open across
+/// beats, and the usual soft limit (1024) would cap it near a thousand
+/// nodes, where the hard limit is usually far higher.
+pub fn raise_nofile_limit() -> Result<u64, LifecycleError> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(LifecycleError::NoFileLimit)?;
+    if soft >= hard {
+        return Ok(soft);
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(LifecycleError::NoFileLimit)?;
+    Ok(hard)
 }
 
 /// How long a would-be daemon keeps trying a held lock before calling it
@@ -616,5 +632,17 @@ mod tests {
             e.to_string(),
             "plusmoin is already running (pid 42, /run/p.pid)"
         );
+    }
+
+    #[test]
+    fn open_files_limit_is_raised_to_the_hard_limit() {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        // Lower the soft limit first so there is something to raise.
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(512), hard).unwrap();
+        assert_eq!(raise_nofile_limit().unwrap(), hard);
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
+        // Already there: nothing to do, same answer.
+        assert_eq!(raise_nofile_limit().unwrap(), hard);
     }
 }

@@ -102,6 +102,11 @@ fn start(cli: &Cli) -> ExitCode {
     for w in warnings {
         tracing::warn!("{w}");
     }
+    // One connection per node: a thousand nodes would hit the usual 1024.
+    match lifecycle::raise_nofile_limit() {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(e) => tracing::warn!("{e}"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

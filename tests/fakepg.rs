@@ -1,0 +1,199 @@
+//! The simulated PostgreSQL server (`plusmoin::fakepg`) seen through
+//! plusmoin's real probes: what the scale benchmark relies on.
+
+use plusmoin::cluster::{Observation, Time};
+use plusmoin::config::{Secret, SslMode};
+use plusmoin::fakepg::{FakeNode, FakePg, Fault};
+use plusmoin::probe::{ProbeSettings, ProbeTarget, Prober};
+use std::time::{Duration, Instant};
+
+fn prober(connect_timeout: Duration) -> Prober {
+    Prober::new(ProbeSettings {
+        dbname: "plusmoin".into(),
+        user: "plusmoin".into(),
+        password: Secret::new("unused"),
+        node_passwords: Default::default(),
+        instance_name: "fake-test".into(),
+        is_slave_statement: "SELECT pg_is_in_recovery()".into(),
+        sslmode: SslMode::Disable,
+        sslrootcert: None,
+        connect_timeout,
+    })
+    .expect("prober")
+}
+
+fn targets(pg: &FakePg, which: &[usize]) -> Vec<ProbeTarget> {
+    which
+        .iter()
+        .map(|&i| ProbeTarget {
+            name: pg.name(i),
+            cluster_id: Some(7),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_and_slaves_replay_its_heartbeat_with_their_lag() {
+    let lag = Duration::from_millis(400);
+    let pg = FakePg::start(vec![
+        FakeNode::master(),
+        FakeNode::slave(0, Duration::ZERO),
+        FakeNode::slave(0, lag),
+    ])
+    .await
+    .expect("fake server");
+    let mut p = prober(Duration::from_secs(2));
+    let master = pg.name(0);
+
+    // Before any write, the slaves have no row to replay.
+    let out = p.probe_all(&targets(&pg, &[1, 2]), Time(1)).await;
+    assert_eq!(out[0].1, Observation::Slave { heartbeat: None });
+    assert_eq!(out[1].1, Observation::Slave { heartbeat: None });
+
+    let wrote = Time::from_secs_f64(1_700_000_000.25);
+    let out = p.probe_all(&targets(&pg, &[0]), wrote).await;
+    assert_eq!(
+        out[0],
+        (master.clone(), Observation::Master { wrote_at: wrote })
+    );
+    let written = Instant::now();
+
+    // The slave without lag replays the write at once, with its master's
+    // name and the cluster id plusmoin wrote; the lagging one not yet.
+    let out = p.probe_all(&targets(&pg, &[1, 2]), Time(2)).await;
+    let Observation::Slave {
+        heartbeat: Some(hb),
+    } = &out[0].1
+    else {
+        panic!("slave without lag: {:?}", out[0].1);
+    };
+    assert_eq!(hb.master_name, master.to_string());
+    assert_eq!(hb.cluster_id, Some(7));
+    assert_eq!(hb.written_at, wrote);
+    if written.elapsed() < lag {
+        assert_eq!(out[1].1, Observation::Slave { heartbeat: None });
+    }
+
+    // The lagging slave shows it once `lag` has passed, and not before.
+    let mut seen_at = None;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let out = p.probe_all(&targets(&pg, &[2]), Time(3)).await;
+        if let Observation::Slave {
+            heartbeat: Some(hb),
+        } = &out[0].1
+        {
+            if hb.written_at == wrote {
+                seen_at = Some(written.elapsed());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let shown = seen_at.is_some();
+    assert!(shown, "the lagging slave never replayed the write");
+    assert!(seen_at.unwrap_or_default() >= lag, "{seen_at:?}");
+
+    // A later write supersedes the first on the slave without lag.
+    let later = Time::from_secs_f64(1_700_000_001.5);
+    p.probe_all(&targets(&pg, &[0]), later).await;
+    let out = p.probe_all(&targets(&pg, &[1]), Time(4)).await;
+    match &out[0].1 {
+        Observation::Slave {
+            heartbeat: Some(hb),
+        } => assert_eq!(hb.written_at, later),
+        o => panic!("{o:?}"),
+    }
+    // Connections to nodes not probed are closed; one kept per node probed.
+    assert_eq!(p.connections_held(), 1);
+    p.probe_all(&targets(&pg, &[0, 1, 2]), Time(5)).await;
+    assert_eq!(p.connections_held(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_is_down_at_the_deadline_and_refusing_quickly() {
+    let pg = FakePg::start(vec![
+        FakeNode::master().with(Fault::Frozen),
+        FakeNode::master().with(Fault::Refusing),
+        FakeNode::master(),
+    ])
+    .await
+    .expect("fake server");
+    // Refused: down long before a generous deadline.
+    let mut patient = prober(Duration::from_secs(5));
+    let t0 = Instant::now();
+    let out = patient.probe_all(&targets(&pg, &[1]), Time(1)).await;
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    match &out[0].1 {
+        Observation::Down { reason } => assert!(reason.contains("refused"), "{reason}"),
+        o => panic!("refusing node: {o:?}"),
+    }
+
+    // All three at once: the healthy one answers, the frozen one is down
+    // at the deadline, not before and not long after.
+    let deadline = Duration::from_millis(500);
+    let mut p = prober(deadline);
+    let t0 = Instant::now();
+    let out = p.probe_all(&targets(&pg, &[0, 1, 2]), Time(2)).await;
+    let took = t0.elapsed();
+    assert!(took >= deadline, "{took:?}");
+    assert!(took < deadline + Duration::from_secs(1), "{took:?}");
+    assert_eq!(
+        out[0].1,
+        Observation::Down {
+            reason: "no answer within 0.5s".into()
+        }
+    );
+    assert!(matches!(out[1].1, Observation::Down { .. }));
+    assert_eq!(out[2].1, Observation::Master { wrote_at: Time(2) });
+    assert_eq!(p.connections_held(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_change_at_run_time_and_slow_answers_past_the_deadline_are_down() {
+    let pg = FakePg::start(vec![FakeNode::master(), FakeNode::slave(0, Duration::ZERO)])
+        .await
+        .expect("fake server");
+    let mut p = prober(Duration::from_millis(400));
+    let all = targets(&pg, &[0, 1]);
+    let out = p.probe_all(&all, Time(1)).await;
+    assert_eq!(out[0].1, Observation::Master { wrote_at: Time(1) });
+    assert!(matches!(out[1].1, Observation::Slave { .. }));
+
+    // Slow within the deadline: still answers.
+    pg.set_fault(1, Fault::Slow { ms: 50 });
+    let out = p.probe_all(&all, Time(2)).await;
+    assert!(
+        matches!(out[1].1, Observation::Slave { .. }),
+        "{:?}",
+        out[1].1
+    );
+    // Slow past it (two round trips of 300 ms): down at the deadline.
+    pg.set_fault(1, Fault::Slow { ms: 300 });
+    let out = p.probe_all(&all, Time(3)).await;
+    assert_eq!(
+        out[1].1,
+        Observation::Down {
+            reason: "no answer within 0.4s".into()
+        }
+    );
+    // A kept connection that freezes: down at the deadline, and dropped.
+    pg.set_fault(1, Fault::None);
+    p.probe_all(&all, Time(4)).await;
+    assert_eq!(p.connections_held(), 2);
+    pg.set_fault(0, Fault::Frozen);
+    let t0 = Instant::now();
+    let out = p.probe_all(&all, Time(5)).await;
+    assert!(t0.elapsed() >= Duration::from_millis(400));
+    assert!(
+        matches!(out[0].1, Observation::Down { .. }),
+        "{:?}",
+        out[0].1
+    );
+    assert!(matches!(out[1].1, Observation::Slave { .. }));
+    assert_eq!(p.connections_held(), 1);
+    // Thawed: answers again on a new connection.
+    pg.set_fault(0, Fault::None);
+    let out = p.probe_all(&all, Time(6)).await;
+    assert_eq!(out[0].1, Observation::Master { wrote_at: Time(6) });
+}
