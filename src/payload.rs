@@ -140,19 +140,37 @@ impl Status {
         now: Time,
         heartbeat: std::time::Duration,
     ) -> Status {
+        // One pass over the nodes (configuration order kept in each list),
+        // not one per cluster: the status is written every beat.
+        let mut clusters: std::collections::BTreeMap<ClusterId, ClusterStatus> = state
+            .clusters
+            .values()
+            .map(|c| {
+                let status = ClusterStatus {
+                    cluster_id: c.id,
+                    has_master: c.master.is_some(),
+                    master: None,
+                    slaves: Vec::new(),
+                    lost: Vec::new(),
+                };
+                (c.id, status)
+            })
+            .collect();
+        let mut clusterless = Vec::new();
+        for n in &state.nodes {
+            let entry = NodeEntry::from_state(n);
+            match n.cluster_id.and_then(|id| clusters.get_mut(&id)) {
+                Some(c) => match n.place {
+                    Place::Master => c.master = Some(entry),
+                    Place::Slave => c.slaves.push(entry),
+                    Place::Lost | Place::Clusterless => c.lost.push(entry),
+                },
+                None => clusterless.push(entry),
+            }
+        }
         Status {
-            clusters: state
-                .clusters
-                .keys()
-                .map(|&id| ClusterStatus {
-                    cluster_id: id,
-                    has_master: state.clusters[&id].master.is_some(),
-                    master: master_entry(state, id),
-                    slaves: entries(state.members(id, Place::Slave)),
-                    lost: entries(state.members(id, Place::Lost)),
-                })
-                .collect(),
-            clusterless: entries(state.clusterless()),
+            clusters: clusters.into_values().collect(),
+            clusterless,
             instance_name: instance_name.to_string(),
             updated_at: rfc3339(now),
             updated_at_unix: now.as_secs_f64(),
