@@ -100,6 +100,8 @@ pub(super) struct NodeConn {
     role: Option<(String, Statement)>,
     upsert: Option<Statement>,
     select: Option<Statement>,
+    /// The node was a master at the last probe on this connection.
+    was_master: bool,
 }
 
 impl Drop for NodeConn {
@@ -168,6 +170,7 @@ impl NodeConn {
             role: None,
             upsert: None,
             select: None,
+            was_master: false,
         })
     }
 
@@ -184,20 +187,34 @@ impl NodeConn {
         now: Time,
     ) -> Result<Observation, Failure> {
         let s = &shared.settings;
-        // The role statement and the heartbeat read go out together, in one
-        // round trip (tokio-postgres pipelines concurrent queries on a
+        // Two statements a beat at most. On a node that was a slave (or is
+        // new), the role statement and the heartbeat read go out together in
+        // one round trip (tokio-postgres pipelines concurrent queries on a
         // connection; each has its own Sync, so an error in one leaves the
-        // other alone). Both only read, so the read is harmless on a master,
-        // where its result is ignored; a slave, the common case, then costs
-        // one round trip per beat instead of two (benches/scale.rs).
-        let (role, heartbeat) = tokio::join!(
-            role(&self.client, &mut self.role, &s.is_slave_statement),
-            read_heartbeat(&self.client, &mut self.select, &s.instance_name),
-        );
-        if role? {
-            Ok(Observation::Slave {
-                heartbeat: heartbeat?,
-            })
+        // other alone): a slave, the common case, costs one round trip
+        // (benches/scale.rs). On a node that was a master the read would be
+        // wasted: the role goes alone, then the write.
+        let (role, heartbeat) = if self.was_master {
+            (
+                role(&self.client, &mut self.role, &s.is_slave_statement).await,
+                None,
+            )
+        } else {
+            let (r, h) = tokio::join!(
+                role(&self.client, &mut self.role, &s.is_slave_statement),
+                read_heartbeat(&self.client, &mut self.select, &s.instance_name),
+            );
+            (r, Some(h))
+        };
+        let is_slave = role?;
+        self.was_master = !is_slave;
+        if is_slave {
+            // Only when a master was just demoted: the read it skipped.
+            let heartbeat = match heartbeat {
+                Some(h) => h?,
+                None => read_heartbeat(&self.client, &mut self.select, &s.instance_name).await?,
+            };
+            Ok(Observation::Slave { heartbeat })
         } else {
             self.write_heartbeat(&s.instance_name, node, cluster_id, now)
                 .await?;
