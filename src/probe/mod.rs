@@ -138,6 +138,10 @@ impl Shared {
 pub struct Prober {
     shared: Arc<Shared>,
     conns: HashMap<NodeName, NodeConn>,
+    /// Connection attempts a server accepted but has not answered yet (a
+    /// frozen server): kept across beats rather than opening a new
+    /// connection every beat.
+    pending: HashMap<NodeName, Pending>,
     /// The last Down reason logged per node, so a node that stays down for
     /// the same reason is logged at error level once, not every beat.
     last_down: HashMap<NodeName, String>,
@@ -150,6 +154,7 @@ impl Prober {
         Ok(Prober {
             shared: Arc::new(Shared::new(settings)?),
             conns: HashMap::new(),
+            pending: HashMap::new(),
             last_down: HashMap::new(),
         })
     }
@@ -165,6 +170,7 @@ impl Prober {
         if shared.settings.connection_differs(&self.shared.settings) {
             debug!(dropped = self.conns.len(), "connection settings changed");
             self.conns.clear();
+            self.pending.clear();
         }
         self.shared = Arc::new(shared);
         Ok(())
@@ -183,16 +189,26 @@ impl Prober {
         let mut index_of = HashMap::new();
         for (i, target) in targets.iter().enumerate() {
             let conn = self.conns.remove(&target.name);
-            let handle = set.spawn(probe_node(self.shared.clone(), target.clone(), conn, now));
+            let pending = self.pending.remove(&target.name);
+            let handle = set.spawn(probe_node(
+                self.shared.clone(),
+                target.clone(),
+                conn,
+                pending,
+                now,
+            ));
             index_of.insert(handle.id(), i);
         }
         let mut results: Vec<Option<Observation>> = vec![None; targets.len()];
         while let Some(joined) = set.join_next_with_id().await {
             match joined {
-                Ok((id, (conn, obs))) => {
+                Ok((id, (conn, pending, obs))) => {
                     if let Some(&i) = index_of.get(&id) {
                         if let Some(conn) = conn {
                             self.conns.insert(targets[i].name.clone(), conn);
+                        }
+                        if let Some(p) = pending {
+                            self.pending.insert(targets[i].name.clone(), p);
                         }
                         results[i] = Some(obs);
                     }
@@ -208,6 +224,7 @@ impl Prober {
         }
         let listed: HashSet<&NodeName> = targets.iter().map(|t| &t.name).collect();
         self.conns.retain(|name, _| listed.contains(name));
+        self.pending.retain(|name, _| listed.contains(name));
         self.last_down.retain(|name, _| listed.contains(name));
 
         let out: Vec<(NodeName, Observation)> = targets
@@ -279,56 +296,101 @@ fn note(last_down: &mut HashMap<NodeName, String>, name: &NodeName, obs: &Observ
     }
 }
 
+/// A connection attempt running in a task of its own, so that it can
+/// outlive the beat that started it; aborted when dropped.
+pub(crate) struct Pending {
+    handle: tokio::task::JoinHandle<Result<NodeConn, Failure>>,
+    since: tokio::time::Instant,
+}
+
+impl Pending {
+    fn start(shared: Arc<Shared>, node: NodeName) -> Pending {
+        Pending {
+            handle: tokio::spawn(async move { NodeConn::connect(&shared, &node).await }),
+            since: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// How long an unanswered connection attempt is kept before a new one
+/// replaces it (a server that comes back answers the kept one at once).
+fn pending_max_age(connect_timeout: Duration) -> Duration {
+    (connect_timeout * 10).max(Duration::from_secs(60))
+}
+
 /// One node's probe under its single deadline. The connection comes in and
-/// goes back out, unless it broke or the deadline passed.
+/// goes back out, unless it broke or the deadline passed; an attempt to
+/// connect that the server has not answered by the deadline is kept for the
+/// next beat.
 async fn probe_node(
     shared: Arc<Shared>,
     target: ProbeTarget,
     conn: Option<NodeConn>,
+    pending: Option<Pending>,
     now: Time,
-) -> (Option<NodeConn>, Observation) {
-    let deadline = shared.settings.connect_timeout;
-    let run = probe_with(&shared, &target, conn, now);
-    let (conn, obs) = match tokio::time::timeout(deadline, run).await {
+) -> (Option<NodeConn>, Option<Pending>, Observation) {
+    let limit = shared.settings.connect_timeout;
+    let deadline = tokio::time::Instant::now() + limit;
+    let late = || Observation::Down {
+        reason: format!("no answer within {}", fmt_duration(limit)),
+    };
+    let (conn, reused) = match conn {
+        Some(c) if !c.is_closed() => (c, true),
+        _ => {
+            let mut pending = match pending {
+                Some(p) if p.since.elapsed() < pending_max_age(limit) => p,
+                _ => Pending::start(shared.clone(), target.name.clone()),
+            };
+            let connected = tokio::time::timeout_at(deadline, &mut pending.handle).await;
+            match connected {
+                Err(_) => return (None, Some(pending), late()),
+                Ok(Ok(Ok(c))) => (c, false),
+                Ok(Ok(Err(f))) => return (None, None, scrubbed(&shared, down(f))),
+                Ok(Err(e)) => {
+                    let reason = format!("probe failed: {e}");
+                    return (None, None, Observation::Down { reason });
+                }
+            }
+        }
+    };
+    let run = probe_with(&shared, &target, conn, reused, now);
+    let (conn, obs) = match tokio::time::timeout_at(deadline, run).await {
         Ok(done) => done,
         // The future, and the connection in it, are dropped here.
-        Err(_) => (
-            None,
-            Observation::Down {
-                reason: format!("no answer within {}", fmt_duration(deadline)),
-            },
-        ),
+        Err(_) => (None, late()),
     };
-    let obs = match obs {
+    (conn, None, scrubbed(&shared, obs))
+}
+
+fn scrubbed(shared: &Shared, obs: Observation) -> Observation {
+    match obs {
         Observation::Down { reason } => Observation::Down {
             reason: shared.settings.scrub(reason),
         },
         other => other,
-    };
-    (conn, obs)
+    }
 }
 
 async fn probe_with(
     shared: &Shared,
     target: &ProbeTarget,
-    conn: Option<NodeConn>,
+    mut conn: NodeConn,
+    reused: bool,
     now: Time,
 ) -> (Option<NodeConn>, Observation) {
-    // A kept connection may have died since the last beat without us
-    // noticing (server restarted): then one fresh attempt, same deadline.
-    let reused = conn.as_ref().is_some_and(|c| !c.is_closed());
-    let mut conn = match conn {
-        Some(c) if reused => c,
-        _ => match NodeConn::connect(shared, &target.name).await {
-            Ok(c) => c,
-            Err(f) => return (None, down(f)),
-        },
-    };
     let first = conn
         .observe(shared, &target.name, target.cluster_id, now)
         .await;
     match first {
         Ok(obs) => (Some(conn), obs),
+        // A kept connection may have died since the last beat without us
+        // noticing (server restarted): then one fresh attempt, same deadline.
         Err(f) if f.broken && reused => {
             let reason = shared.settings.scrub(f.reason);
             debug!(node = %target.name, reason = %reason, "kept connection broke, reconnecting");
@@ -513,6 +575,39 @@ mod tests {
             o => panic!("{o:?}"),
         }
         assert_eq!(p.connections_held(), 0);
+    }
+
+    #[tokio::test]
+    async fn silent_server_is_not_sent_a_new_connection_every_beat() {
+        // Counts the connections a silent server accepts over four beats:
+        // the unanswered attempt is kept, not replaced each beat.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(s);
+            }
+        });
+        let mut s = settings();
+        s.connect_timeout = Duration::from_millis(200);
+        let mut p = Prober::new(s).unwrap();
+        let target = [ProbeTarget {
+            name: NodeName::new("127.0.0.1", port),
+            cluster_id: Some(0),
+        }];
+        for _ in 0..4 {
+            let out = p.probe_all(&target, Time(0)).await;
+            assert!(matches!(out[0].1, Observation::Down { .. }));
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Forgotten with the node: the attempt is aborted.
+        p.probe_all(&[], Time(0)).await;
+        assert!(p.pending.is_empty());
+        hold.abort();
     }
 
     #[tokio::test]
