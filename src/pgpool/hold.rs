@@ -113,25 +113,46 @@ pub fn resolve(config: &Config, given: &str) -> Result<NodeName, HoldError> {
 /// Holds the node `given` names; whether it was not held before.
 pub fn hold(config: &Config, given: &str) -> Result<(NodeName, bool), HoldError> {
     let node = resolve(config, given)?;
-    let path = path_for(&config.status_file);
-    let mut held = read(&path)?;
-    let added = held.insert(node.to_string());
-    if added {
-        write(&path, held)?;
-    }
+    let added = change(&path_for(&config.status_file), |held| {
+        held.insert(node.to_string())
+    })?;
     Ok((node, added))
 }
 
 /// Releases the node `given` names; whether it was held.
 pub fn release(config: &Config, given: &str) -> Result<(NodeName, bool), HoldError> {
     let node = resolve(config, given)?;
-    let path = path_for(&config.status_file);
-    let mut held = read(&path)?;
-    let removed = held.remove(&node.to_string());
-    if removed {
-        write(&path, held)?;
-    }
+    let removed = change(&path_for(&config.status_file), |held| {
+        held.remove(&node.to_string())
+    })?;
     Ok((node, removed))
+}
+
+/// Read, change, write, under an exclusive lock on `held.json.lock`, so two
+/// operators running `hold`/`release` at the same moment both count. The
+/// file is written only when `f` says it changed something.
+fn change(path: &Path, f: impl FnOnce(&mut BTreeSet<String>) -> bool) -> Result<bool, HoldError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let err = |source| HoldError::Write {
+        path: lock_path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(err)?;
+    let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| err(std::io::Error::from(errno)))?;
+    let mut held = read(path)?;
+    let changed = f(&mut held);
+    if changed {
+        write(path, held)?;
+    }
+    Ok(changed)
 }
 
 #[cfg(test)]
@@ -190,5 +211,25 @@ mod tests {
         let path = dir.path().join("held.json");
         std::fs::write(&path, "{not json").unwrap();
         assert!(matches!(read(&path), Err(HoldError::Invalid { .. })));
+    }
+
+    #[test]
+    fn concurrent_holds_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        std::thread::scope(|scope| {
+            for node in ["db1:5432", "db2:5433", "db2:5434", "[::1]:6000"] {
+                let c = &c;
+                scope.spawn(move || {
+                    for _ in 0..20 {
+                        hold(c, node).unwrap();
+                        release(c, node).unwrap();
+                    }
+                    hold(c, node).unwrap();
+                });
+            }
+        });
+        let held = read(&path_for(&c.status_file)).unwrap();
+        assert_eq!(held.len(), 4, "{held:?}");
     }
 }
