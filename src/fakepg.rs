@@ -420,6 +420,19 @@ async fn play_dead(r: &mut BufReader<TcpStream>) {
     while matches!(r.read(&mut sink).await, Ok(n) if n > 0) {}
 }
 
+/// Plays `fault`: a frozen node never answers again (until the client
+/// goes), a refusing one closes. True when the connection is over.
+async fn hangs_up(r: &mut BufReader<TcpStream>, fault: Fault) -> bool {
+    match fault {
+        Fault::Frozen => {
+            play_dead(r).await;
+            true
+        }
+        Fault::Refusing => true,
+        Fault::None | Fault::Slow { .. } => false,
+    }
+}
+
 async fn serve(stream: TcpStream, index: usize, shared: Arc<Shared>) {
     let mut r = BufReader::new(stream);
     let _ = serve_conn(&mut r, index, &shared).await;
@@ -427,13 +440,8 @@ async fn serve(stream: TcpStream, index: usize, shared: Arc<Shared>) {
 
 async fn serve_conn(r: &mut BufReader<TcpStream>, index: usize, shared: &Shared) -> io::Result<()> {
     let node = shared.node(index);
-    match node.fault {
-        Fault::Frozen => {
-            play_dead(r).await;
-            return Ok(());
-        }
-        Fault::Refusing => return Ok(()),
-        Fault::None | Fault::Slow { .. } => {}
+    if hangs_up(r, node.fault).await {
+        return Ok(());
     }
     // Startup, after declining TLS or GSS encryption as often as asked.
     loop {
@@ -474,13 +482,8 @@ async fn serve_conn(r: &mut BufReader<TcpStream>, index: usize, shared: &Shared)
     loop {
         let msg = read_msg(r).await?;
         let node = shared.node(index);
-        match node.fault {
-            Fault::Frozen => {
-                play_dead(r).await;
-                return Ok(());
-            }
-            Fault::Refusing => return Ok(()),
-            Fault::None | Fault::Slow { .. } => {}
+        if hangs_up(r, node.fault).await {
+            return Ok(());
         }
         let mut b = Body(&msg.body);
         match msg.tag {

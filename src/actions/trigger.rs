@@ -184,8 +184,6 @@ fn log_outcome(job: &TriggerJob, outcome: &TriggerOutcome) {
                     output,
                     "trigger succeeded"
                 );
-            } else if output.is_empty() {
-                tracing::info!(cluster, trigger, command, elapsed_ms, "trigger succeeded");
             } else {
                 tracing::info!(
                     cluster,
