@@ -46,6 +46,8 @@ pub mod defaults {
     pub const PCP_HOST: &str = "127.0.0.1";
     pub const PCP_PORT: u16 = 9898;
     pub const PGPOOL_BIN_DIR: &str = "/usr/sbin";
+    /// Longer than a watchdog election can make a pcp call wait (about 10 s).
+    pub const PCP_TIMEOUT: Duration = Duration::from_secs(20);
 }
 
 /// Reads and validates the configuration file at `path`.
@@ -222,6 +224,9 @@ pub struct PgpoolConfig {
     /// Where the `pcp_*` programs are.
     pub bin_dir: PathBuf,
     pub templates: crate::pgpool::templates::PcpTemplates,
+    /// The deadline of one pcp command (default 20 s): a watchdog election
+    /// makes pcp wait up to about 10 s, which must not count as a failure.
+    pub pcp_timeout: Duration,
     /// Every node that has an id, from `pgpool_node_id` or `pgpool_conf`;
     /// nodes missing here are left alone by the pgpool handlers.
     pub node_ids: BTreeMap<NodeName, u32>,
@@ -358,6 +363,10 @@ impl Config {
                         .map_or_else(|| "(none)".to_string(), |c| c.display().to_string()),
                 );
                 row("bin_dir", &p.bin_dir.display());
+                row(
+                    "pcp_timeout",
+                    &format!("{} s", validate::secs(p.pcp_timeout)),
+                );
                 for c in crate::pgpool::templates::Command::ALL {
                     let how = if p.templates.is_shipped(c) {
                         "shipped"

@@ -44,7 +44,7 @@ pub const KEYS: [&str; 21] = [
 
 const NODE_KEYS: [&str; 3] = ["host", "port", "pgpool_node_id"];
 
-const PGPOOL_KEYS: [&str; 7] = [
+const PGPOOL_KEYS: [&str; 8] = [
     "pcp_host",
     "pcp_port",
     "pcp_user",
@@ -52,6 +52,7 @@ const PGPOOL_KEYS: [&str; 7] = [
     "pgpool_conf",
     "bin_dir",
     "templates",
+    "pcp_timeout",
 ];
 
 /// Highest `pgpool_node_id` accepted: far above pgpool's backend limit (128),
@@ -114,6 +115,7 @@ struct RawPgpool {
     pgpool_conf: Option<(PathBuf, usize)>,
     bin_dir: Option<PathBuf>,
     templates: PcpTemplates,
+    pcp_timeout: Option<Duration>,
 }
 
 impl Validator<'_> {
@@ -387,6 +389,7 @@ impl Validator<'_> {
             pgpool_conf: None,
             bin_dir: None,
             templates: PcpTemplates::default(),
+            pcp_timeout: None,
         };
         let mut seen = HashMap::new();
         for (key, value) in entries {
@@ -409,6 +412,7 @@ impl Validator<'_> {
                     }
                 }
                 "bin_dir" => p.bin_dir = Some(self.path(value, &k)?),
+                "pcp_timeout" => p.pcp_timeout = Some(self.duration(value, &k)?),
                 _ => p.templates = self.templates(value)?,
             }
         }
@@ -539,6 +543,7 @@ impl Validator<'_> {
                 .bin_dir
                 .unwrap_or_else(|| defaults::PGPOOL_BIN_DIR.into()),
             templates: raw.templates,
+            pcp_timeout: raw.pcp_timeout.unwrap_or(defaults::PCP_TIMEOUT),
             node_ids,
         }))
     }

@@ -63,32 +63,199 @@ impl fmt::Display for NodeStatus {
     }
 }
 
-/// Reads the status out of `pcp_node_info`'s output: the `Status Name`
-/// line of `-v`, or else the fifth field of the terse line (`host port
-/// status weight status_name …`, the same in pgpool 4.1–4.5).
-pub fn parse_node_info(out: &str) -> Result<NodeStatus, String> {
+/// The role pgpool gives a backend (`pcp_node_info`'s `Role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Standby,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+        }
+    }
+    fn from_name(s: &str) -> Option<Role> {
+        match s.to_ascii_lowercase().as_str() {
+            // "main"/"replica" are the names of other clustering modes.
+            "primary" | "main" => Some(Role::Primary),
+            "standby" | "replica" => Some(Role::Standby),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// pgpool's view of one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub status: NodeStatus,
+    /// `None` when the answer does not say (a custom template printing
+    /// only the status): such a pgpool is taken to have no known primary.
+    pub role: Option<Role>,
+}
+
+impl NodeInfo {
+    /// pgpool's primary, attached.
+    pub fn is_attached_primary(&self) -> bool {
+        self.role == Some(Role::Primary) && self.status.is_attached()
+    }
+}
+
+/// Reads status and role out of `pcp_node_info`'s output: the `Status
+/// Name` and `Role` lines of `-v` (labels matched exactly: 4.3 also has
+/// `Backend Status Name` and `Backend Role`, which are what the backend
+/// itself says), or else the terse line `host port status weight
+/// status_name …`, where the status name is the fifth field in every
+/// version and the role the sixth (before 4.3) or seventh (4.3+, after the
+/// backend status name).
+pub fn parse_node_info(out: &str) -> Result<NodeInfo, String> {
+    let mut status = None;
+    let mut role = None;
     for line in out.lines() {
         if let Some((key, value)) = line.split_once(':') {
-            if key.trim().eq_ignore_ascii_case("status name") {
-                return NodeStatus::from_name(value.trim())
-                    .ok_or_else(|| format!("unknown status {:?}", value.trim()));
+            let key = key.trim();
+            if key.eq_ignore_ascii_case("status name") {
+                status = Some(
+                    NodeStatus::from_name(value.trim())
+                        .ok_or_else(|| format!("unknown status {:?}", value.trim()))?,
+                );
+            } else if key.eq_ignore_ascii_case("role") {
+                role = Role::from_name(value.trim());
             }
         }
+    }
+    if let Some(status) = status {
+        return Ok(NodeInfo { status, role });
     }
     let Some(line) = out.lines().find(|l| !l.trim().is_empty()) else {
         return Err("no output".to_string());
     };
     let fields: Vec<&str> = line.split_whitespace().collect();
     match fields.get(4) {
-        Some(s) => NodeStatus::from_name(s).ok_or_else(|| {
-            format!(
-                "the fifth field {s:?} of {:?} is not a status",
-                bounded(line)
-            )
-        }),
+        Some(s) => {
+            let status = NodeStatus::from_name(s).ok_or_else(|| {
+                format!(
+                    "the fifth field {s:?} of {:?} is not a status",
+                    bounded(line)
+                )
+            })?;
+            let role = fields
+                .iter()
+                .skip(5)
+                .take(2)
+                .find_map(|f| Role::from_name(f));
+            Ok(NodeInfo { status, role })
+        }
         None => Err(format!(
             "{:?} has fewer than five fields",
             bounded(line.trim())
+        )),
+    }
+}
+
+/// What `pcp_watchdog_info -v` says about the pgpool plusmoin talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watchdog {
+    /// `use_watchdog = off`: this pgpool is alone, its sidecar acts.
+    Off,
+    On {
+        /// The local member's state: `LEADER` (`MASTER` before 4.2),
+        /// `STANDBY`, `JOINING`, `STANDING FOR LEADER`…
+        local_state: String,
+        /// The leader's node name, `None` while there is none ("Not Set").
+        leader: Option<String>,
+        /// Whether the cluster has its quorum ("QUORUM EXIST" or "QUORUM
+        /// IS ON THE EDGE"); without it pgpool itself holds failovers.
+        quorum: bool,
+    },
+}
+
+impl Watchdog {
+    /// Whether the plusmoin beside this pgpool is the one that acts: no
+    /// watchdog, or this pgpool leads a cluster that has its quorum.
+    pub fn acting(&self) -> bool {
+        match self {
+            Watchdog::Off => true,
+            Watchdog::On {
+                local_state,
+                quorum,
+                ..
+            } => *quorum && is_leader_state(local_state),
+        }
+    }
+
+    /// One line for logs, `status` and `check-config`.
+    pub fn describe(&self) -> String {
+        match self {
+            Watchdog::Off => "no watchdog: this pgpool is alone, plusmoin acts".into(),
+            Watchdog::On {
+                local_state,
+                leader,
+                quorum,
+            } => {
+                let leader = leader.as_deref().unwrap_or("none (election)");
+                let quorum = if *quorum { "quorum" } else { "NO quorum" };
+                let what = if self.acting() {
+                    "this pgpool leads: plusmoin acts"
+                } else {
+                    "plusmoin watches only (the leader's plusmoin acts)"
+                };
+                format!("watchdog: this pgpool is {local_state}, leader {leader}, {quorum}: {what}")
+            }
+        }
+    }
+}
+
+fn is_leader_state(s: &str) -> bool {
+    s.eq_ignore_ascii_case("LEADER") || s.eq_ignore_ascii_case("MASTER")
+}
+
+/// Reads `pcp_watchdog_info -v`. The node list starts with the local
+/// member, so the first `Status Name` after `Watchdog Node Information` is
+/// this pgpool's own state.
+pub fn parse_watchdog_info(out: &str) -> Result<Watchdog, String> {
+    let mut leader = None;
+    let mut quorum = None;
+    let mut in_nodes = false;
+    let mut local_state = None;
+    for line in out.lines() {
+        if line.trim_start().starts_with("Watchdog Node Information") {
+            in_nodes = true;
+            continue;
+        }
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if key.eq_ignore_ascii_case("Leader Node Name")
+            || key.eq_ignore_ascii_case("Master Node Name")
+        {
+            leader = (!value.eq_ignore_ascii_case("Not Set") && !value.is_empty())
+                .then(|| value.to_string());
+        } else if key.eq_ignore_ascii_case("Quorum state") {
+            let v = value.to_ascii_uppercase();
+            quorum = Some(v == "QUORUM EXIST" || v == "QUORUM IS ON THE EDGE");
+        } else if in_nodes && local_state.is_none() && key.eq_ignore_ascii_case("Status Name") {
+            local_state = Some(value.to_string());
+        }
+    }
+    match (local_state, quorum) {
+        (Some(local_state), Some(quorum)) => Ok(Watchdog::On {
+            local_state,
+            leader,
+            quorum,
+        }),
+        _ => Err(format!(
+            "no quorum state and local member's status in {:?} (the watchdog_info template must use -v)",
+            bounded(&out.split_whitespace().collect::<Vec<_>>().join(" "))
         )),
     }
 }
@@ -269,12 +436,29 @@ impl Pcp {
     }
 
     /// pgpool's view of `node`.
-    pub async fn node_info(&self, node: &NodeName, id: u32) -> Result<NodeStatus, PcpError> {
+    pub async fn node_info(&self, node: &NodeName, id: u32) -> Result<NodeInfo, PcpError> {
         let out = self.run(Command::NodeInfo, node, id).await?;
         parse_node_info(&out).map_err(|reason| PcpError::Unreadable {
             program: "pcp_node_info".into(),
             reason,
         })
+    }
+
+    /// Whether this pgpool runs a watchdog, and its place in it. `node` only
+    /// fills the template's node variables.
+    pub async fn watchdog(&self, node: &NodeName) -> Result<Watchdog, PcpError> {
+        match self.run(Command::WatchdogInfo, node, 0).await {
+            Ok(out) => parse_watchdog_info(&out).map_err(|reason| PcpError::Unreadable {
+                program: "pcp_watchdog_info".into(),
+                reason,
+            }),
+            // pgpool refuses with "watchdog is not enabled" (on stderr, exit
+            // 0 or 1 depending on the release).
+            Err(PcpError::Failed { output, .. }) if output.contains("watchdog is not enabled") => {
+                Ok(Watchdog::Off)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -286,19 +470,129 @@ mod tests {
     fn terse_and_verbose_node_info_are_read() {
         // pgpool 4.3, terse.
         let terse = "127.0.0.1 5433 1 0.333333 waiting up standby standby 0 none none 2026-11-25 18:00:00\n";
-        assert_eq!(parse_node_info(terse), Ok(NodeStatus::Waiting));
+        let info = |status, role| NodeInfo { status, role };
+        assert_eq!(
+            parse_node_info(terse),
+            Ok(info(NodeStatus::Waiting, Some(Role::Standby)))
+        );
+        let primary =
+            "127.0.0.1 5432 2 0.5 up up primary primary 0 none none 2026-11-25 18:00:00\n";
+        assert_eq!(
+            parse_node_info(primary),
+            Ok(info(NodeStatus::Up, Some(Role::Primary)))
+        );
         // pgpool 4.1, terse.
         let old = "db1 5432 3 0.500000 down standby 0 streaming async 2020-01-01 00:00:00\n";
-        assert_eq!(parse_node_info(old), Ok(NodeStatus::Down));
+        assert_eq!(
+            parse_node_info(old),
+            Ok(info(NodeStatus::Down, Some(Role::Standby)))
+        );
+        // Verbose: "Role", not "Backend Role" (what the server says of itself).
         let verbose = "Hostname               : 127.0.0.1\nPort                   : 5433\n\
                        Status                 : 2\nWeight                 : 0.5\n\
-                       Status Name            : up\nBackend Status Name    : up\n";
-        assert_eq!(parse_node_info(verbose), Ok(NodeStatus::Up));
+                       Status Name            : up\nBackend Status Name    : up\n\
+                       Role                   : standby\nBackend Role           : primary\n";
+        assert_eq!(
+            parse_node_info(verbose),
+            Ok(info(NodeStatus::Up, Some(Role::Standby)))
+        );
+        // A custom template printing only a status: no role known.
+        assert_eq!(
+            parse_node_info("h 5432 2 0.5 up\n"),
+            Ok(info(NodeStatus::Up, None))
+        );
         assert!(parse_node_info("").is_err());
         assert!(parse_node_info("a b c").is_err());
         assert!(parse_node_info("a b c d e f")
             .unwrap_err()
             .contains("\"e\""));
+    }
+
+    /// What pgpool 4.3 prints with use_watchdog = off (stderr, exit 0).
+    const WATCHDOG_OFF: &str =
+        "/bin/sh -c 'echo \"ERROR: PCP: informing watchdog info failed\" >&2; \
+         echo \"DETAIL: watchdog is not enabled\" >&2'";
+
+    fn watchdog_verbose(local: &str, leader: &str, quorum: &str) -> String {
+        format!(
+            "Watchdog Cluster Information \n\
+             Total Nodes              : 3\n\
+             Remote Nodes             : 2\n\
+             Member Remote Nodes      : 2\n\
+             Alive Remote Nodes       : 2\n\
+             Nodes required for quorum: 2\n\
+             Quorum state             : {quorum}\n\
+             Local node escalation    : NO\n\
+             Leader Node Name         : {leader}\n\
+             Leader Host Name         : 127.0.0.1\n\n\
+             Watchdog Node Information \n\
+             Node Name         : 127.0.0.1:9001 Linux host\n\
+             Host Name         : 127.0.0.1\n\
+             Status            : 7\n\
+             Status Name       : {local}\n\
+             Membership Status : MEMBER\n\n\
+             Node Name         : 127.0.0.1:9002 Linux host\n\
+             Status Name       : LEADER\n"
+        )
+    }
+
+    #[test]
+    fn watchdog_info_names_the_local_state_leader_and_quorum() {
+        let w = parse_watchdog_info(&watchdog_verbose(
+            "STANDBY",
+            "127.0.0.1:9002 Linux host",
+            "QUORUM EXIST",
+        ))
+        .unwrap();
+        assert_eq!(
+            w,
+            Watchdog::On {
+                local_state: "STANDBY".into(),
+                leader: Some("127.0.0.1:9002 Linux host".into()),
+                quorum: true
+            }
+        );
+        assert!(!w.acting(), "a standby member's plusmoin only watches");
+        let w = parse_watchdog_info(&watchdog_verbose("LEADER", "me", "QUORUM EXIST")).unwrap();
+        assert!(w.acting());
+        let w = parse_watchdog_info(&watchdog_verbose("LEADER", "me", "QUORUM ABSENT")).unwrap();
+        assert!(!w.acting(), "a leader without quorum does not act");
+        let w = parse_watchdog_info(&watchdog_verbose(
+            "STANDING FOR LEADER",
+            "Not Set",
+            "NO LEADER NODE",
+        ))
+        .unwrap();
+        assert!(!w.acting());
+        assert!(matches!(w, Watchdog::On { leader: None, .. }));
+        assert!(w.describe().contains("election"), "{}", w.describe());
+        assert!(Watchdog::Off.acting());
+        // Terse output is not enough to tell the local member.
+        assert!(
+            parse_watchdog_info("3 3 YES me host\n\nme host 9999 9000 4 LEADER 0 MEMBER\n")
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn watchdog_not_enabled_means_off() {
+        let pcp = Pcp::new(&config("/usr/sbin"), Duration::from_secs(5)).unwrap();
+        let t = PcpTemplates {
+            watchdog_info: WATCHDOG_OFF.into(),
+            ..PcpTemplates::default()
+        };
+        let pcp = Pcp::with_templates(&config("/usr/sbin"), &t, pcp.timeout).unwrap();
+        let node = NodeName::new("db1", 5432);
+        assert_eq!(pcp.watchdog(&node).await.unwrap(), Watchdog::Off);
+        let t = PcpTemplates {
+            watchdog_info: "/bin/sh -c 'echo \"ERROR: connection refused\" >&2; exit 1'".into(),
+            ..PcpTemplates::default()
+        };
+        let pcp = Pcp::with_templates(&config("/usr/sbin"), &t, pcp.timeout).unwrap();
+        assert!(
+            pcp.watchdog(&node).await.is_err(),
+            "unreachable is not \"off\""
+        );
     }
 
     #[test]
@@ -328,6 +622,7 @@ mod tests {
             pgpool_conf: None,
             bin_dir: bin_dir.into(),
             templates: PcpTemplates::default(),
+            pcp_timeout: Duration::from_secs(20),
             node_ids: Default::default(),
         }
     }
@@ -340,10 +635,14 @@ mod tests {
             node_info: "/usr/bin/env sh -c 'echo \"$PCPPASSFILE\" 5432 2 0.5 up' x {{host}}".into(),
             attach: "/bin/sleep 5".into(),
             detach: "/bin/sh -c 'echo nope >&2; exit 3'".into(),
+            watchdog_info: WATCHDOG_OFF.into(),
         };
         let pcp =
             Pcp::with_templates(&config("/usr/sbin"), &t, Duration::from_millis(300)).unwrap();
-        assert_eq!(pcp.node_info(&node, 1).await.unwrap(), NodeStatus::Up);
+        assert_eq!(
+            pcp.node_info(&node, 1).await.unwrap().status,
+            NodeStatus::Up
+        );
         let out = pcp.run(Command::NodeInfo, &node, 1).await.unwrap();
         assert!(out.starts_with("/nonexistent/pcppass "), "{out}");
         let started = std::time::Instant::now();

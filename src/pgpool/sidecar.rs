@@ -34,8 +34,6 @@ const CONFIRM_POLL: Duration = Duration::from_millis(200);
 /// Reconciliation runs every beat, but not more often than this: each node
 /// costs a process.
 const RECONCILE_EVERY: Duration = Duration::from_secs(2);
-/// The longest a pcp command may run (or `trigger_timeout`, if shorter).
-const PCP_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Pause before attempt `attempt + 1`: 1 s, 2 s, 4 s…
@@ -105,7 +103,7 @@ impl Sidecar {
         let Some(p) = &config.pgpool else {
             return s;
         };
-        match Pcp::new(p, config.trigger_timeout.min(PCP_TIMEOUT)) {
+        match Pcp::new(p, p.pcp_timeout) {
             Ok(pcp) => s.pcp = Some(Arc::new(pcp)),
             Err(e) => {
                 error!("pgpool handling disabled: {e}");
@@ -338,7 +336,7 @@ enum Settled {
 
 /// Looks at pgpool's view, acts if it differs from `want`, and confirms.
 async fn settle(pcp: &Pcp, node: &NodeName, id: u32, want: Want) -> Result<Settled, PcpError> {
-    let before = pcp.node_info(node, id).await?;
+    let before = pcp.node_info(node, id).await?.status;
     let Some(action) = plan::action(want, before) else {
         return Ok(Settled::InStep(before));
     };
@@ -349,7 +347,7 @@ async fn settle(pcp: &Pcp, node: &NodeName, id: u32, want: Want) -> Result<Settl
     pcp.run(command, node, id).await?;
     let deadline = Instant::now() + CONFIRM_WINDOW;
     loop {
-        let after = pcp.node_info(node, id).await?;
+        let after = pcp.node_info(node, id).await?.status;
         if action.done(after) {
             return Ok(Settled::Done {
                 action,

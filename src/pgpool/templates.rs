@@ -15,28 +15,38 @@ use serde::Serialize;
 pub const ATTACH: &str = include_str!("../../pgpool/attach.hbs");
 pub const DETACH: &str = include_str!("../../pgpool/detach.hbs");
 pub const NODE_INFO: &str = include_str!("../../pgpool/node_info.hbs");
+pub const WATCHDOG_INFO: &str = include_str!("../../pgpool/watchdog_info.hbs");
 
 /// The variables a template may use, for messages and docs.
 pub const VARIABLES: [&str; 7] = [
     "node_id", "host", "port", "pcp_host", "pcp_port", "pcp_user", "bin_dir",
 ];
 
-/// Which of the three commands.
+/// Which of the four commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Command {
     Attach,
     Detach,
     NodeInfo,
+    /// Which pgpool of a watchdog cluster leads (not about one node: the
+    /// node variables are those of the first configured node).
+    WatchdogInfo,
 }
 
 impl Command {
-    pub const ALL: [Command; 3] = [Command::Attach, Command::Detach, Command::NodeInfo];
+    pub const ALL: [Command; 4] = [
+        Command::Attach,
+        Command::Detach,
+        Command::NodeInfo,
+        Command::WatchdogInfo,
+    ];
     /// The key under `pgpool.templates`.
     pub fn as_str(self) -> &'static str {
         match self {
             Command::Attach => "attach",
             Command::Detach => "detach",
             Command::NodeInfo => "node_info",
+            Command::WatchdogInfo => "watchdog_info",
         }
     }
     pub fn shipped(self) -> &'static str {
@@ -44,6 +54,7 @@ impl Command {
             Command::Attach => ATTACH,
             Command::Detach => DETACH,
             Command::NodeInfo => NODE_INFO,
+            Command::WatchdogInfo => WATCHDOG_INFO,
         }
     }
 }
@@ -61,6 +72,7 @@ pub struct PcpTemplates {
     pub attach: String,
     pub detach: String,
     pub node_info: String,
+    pub watchdog_info: String,
 }
 
 impl Default for PcpTemplates {
@@ -69,6 +81,7 @@ impl Default for PcpTemplates {
             attach: ATTACH.to_string(),
             detach: DETACH.to_string(),
             node_info: NODE_INFO.to_string(),
+            watchdog_info: WATCHDOG_INFO.to_string(),
         }
     }
 }
@@ -79,6 +92,7 @@ impl PcpTemplates {
             Command::Attach => &self.attach,
             Command::Detach => &self.detach,
             Command::NodeInfo => &self.node_info,
+            Command::WatchdogInfo => &self.watchdog_info,
         }
     }
     pub fn set(&mut self, c: Command, text: String) {
@@ -86,6 +100,7 @@ impl PcpTemplates {
             Command::Attach => self.attach = text,
             Command::Detach => self.detach = text,
             Command::NodeInfo => self.node_info = text,
+            Command::WatchdogInfo => self.watchdog_info = text,
         }
     }
     /// Whether `c` is the shipped template.
@@ -231,6 +246,9 @@ mod tests {
             r.render(Command::NodeInfo, &vars()).unwrap()[0],
             "/usr/sbin/pcp_node_info"
         );
+        let argv = r.render(Command::WatchdogInfo, &vars()).unwrap();
+        assert_eq!(argv[0], "/usr/sbin/pcp_watchdog_info");
+        assert_eq!(argv.last().map(String::as_str), Some("-v"));
         for c in Command::ALL {
             check(c, c.shipped()).unwrap();
         }
