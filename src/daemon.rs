@@ -160,6 +160,7 @@ impl Daemon {
             self.config.heartbeat,
         );
         st.held = self.pgpool.held();
+        st.pgpool = self.pgpool.report();
         match status::write(&self.config.status_file, &st) {
             Ok(()) => {
                 if self.status_error.take().is_some() {

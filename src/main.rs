@@ -43,6 +43,15 @@ fn check_config(cli: &Cli) -> ExitCode {
                 eprintln!("plusmoin: warning: pgpool: {w}");
             }
             print!("{}", c.summary());
+            match plusmoin::pgpool::watchdog_line(&c) {
+                Some(Ok(line)) => println!("pgpool says: {line}"),
+                Some(Err(e)) => {
+                    eprintln!(
+                        "plusmoin: warning: pgpool: cannot ask pgpool about its watchdog: {e}"
+                    )
+                }
+                None => {}
+            }
             println!("configuration OK");
             ExitCode::SUCCESS
         }

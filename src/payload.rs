@@ -131,6 +131,32 @@ pub struct Status {
     /// Nodes an operator holds out of pgpool on purpose.
     #[serde(default)]
     pub held: Vec<String>,
+    /// What the pgpool sidecar last found (absent without a `pgpool`
+    /// section, or before its first round).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgpool: Option<PgpoolReport>,
+}
+
+/// The pgpool sidecar's view, as `status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PgpoolReport {
+    /// This pgpool's place in its watchdog cluster, in words.
+    pub watchdog: String,
+    /// Whether this plusmoin is the one sending pcp actions.
+    pub acting: bool,
+    /// The node pgpool has as its primary, if any.
+    pub primary: Option<String>,
+    /// Why plusmoin acts on no node at the moment.
+    pub paused: Option<String>,
+    /// Per node, why plusmoin leaves it as it is (disagreements with
+    /// pgpool, back-off, a second primary…).
+    #[serde(default)]
+    pub remarks: std::collections::BTreeMap<String, String>,
+    /// Nodes plusmoin does not attach for now, with the seconds left.
+    #[serde(default)]
+    pub backing_off: std::collections::BTreeMap<String, f64>,
+    /// The last pcp failure, while pgpool cannot be asked.
+    pub error: Option<String>,
 }
 
 impl Status {
@@ -177,6 +203,7 @@ impl Status {
             heartbeat: heartbeat.as_secs_f64(),
             pid: std::process::id(),
             held: Vec::new(),
+            pgpool: None,
         }
     }
 }

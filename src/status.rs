@@ -184,10 +184,35 @@ pub fn table(status: &Status) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    if let Some(p) = &status.pgpool {
+        out.push_str(&pgpool_lines(p));
+    }
     out.push_str(&format!(
         "instance {} (pid {}), updated {}\n",
         status.instance_name, status.pid, status.updated_at
     ));
+    out
+}
+
+/// The pgpool sidecar's part of the table.
+fn pgpool_lines(p: &crate::payload::PgpoolReport) -> String {
+    let mut out = format!(
+        "pgpool: primary {}; {}\n",
+        p.primary.as_deref().unwrap_or("none"),
+        p.watchdog
+    );
+    if let Some(e) = &p.error {
+        out.push_str(&format!("pgpool: cannot be asked: {e}\n"));
+    }
+    if let Some(why) = &p.paused {
+        out.push_str(&format!("pgpool: {why}\n"));
+    }
+    for (node, why) in &p.remarks {
+        out.push_str(&format!("pgpool: {node}: {why}\n"));
+    }
+    for (node, left) in &p.backing_off {
+        out.push_str(&format!("pgpool: {node}: not attached for {left} s more\n"));
+    }
     out
 }
 
@@ -293,5 +318,29 @@ mod tests {
             "{t}"
         );
         assert!(lines[2].ends_with("connection refused"), "{t}");
+        assert!(!t.contains("pgpool"), "no pgpool section: {t}");
+    }
+
+    #[test]
+    fn table_shows_the_pgpool_sidecars_view() {
+        let mut st = status_at(Time(1_000_000_000));
+        st.pgpool = Some(crate::payload::PgpoolReport {
+            watchdog: "watchdog: this pgpool is STANDBY".into(),
+            acting: false,
+            primary: Some("db1:5432".into()),
+            paused: Some("not the watchdog leader".into()),
+            remarks: [("db0:5432".to_string(), "a second primary".to_string())].into(),
+            backing_off: [("db3:5432".to_string(), 4.5)].into(),
+            error: None,
+        });
+        let t = table(&st);
+        for line in [
+            "pgpool: primary db1:5432; watchdog: this pgpool is STANDBY",
+            "pgpool: not the watchdog leader",
+            "pgpool: db0:5432: a second primary",
+            "pgpool: db3:5432: not attached for 4.5 s more",
+        ] {
+            assert!(t.contains(line), "{line:?} missing from:\n{t}");
+        }
     }
 }

@@ -363,10 +363,7 @@ impl Config {
                         .map_or_else(|| "(none)".to_string(), |c| c.display().to_string()),
                 );
                 row("bin_dir", &p.bin_dir.display());
-                row(
-                    "pcp_timeout",
-                    &format!("{} s", validate::secs(p.pcp_timeout)),
-                );
+                row("pcp_timeout", &validate::secs(p.pcp_timeout));
                 for c in crate::pgpool::templates::Command::ALL {
                     let how = if p.templates.is_shipped(c) {
                         "shipped"

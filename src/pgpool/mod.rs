@@ -57,6 +57,31 @@ pub fn problems(config: &Config) -> Vec<String> {
     out
 }
 
+/// What pgpool says of its watchdog, for `check-config`: `None` without a
+/// `pgpool` section; otherwise a line saying whether this plusmoin would
+/// act, or why pgpool could not be asked.
+pub fn watchdog_line(config: &Config) -> Option<Result<String, String>> {
+    let p = config.pgpool.as_ref()?;
+    let node = config.nodes.first()?.name.clone();
+    let pcp = match pcp::Pcp::new(p, p.pcp_timeout) {
+        Ok(pcp) => pcp,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return Some(Err(format!("cannot start the async runtime: {e}"))),
+    };
+    Some(
+        runtime
+            .block_on(pcp.watchdog(&node))
+            .map(|w| w.describe())
+            .map_err(|e| e.to_string()),
+    )
+}
+
 /// Configured nodes that have no pgpool node id.
 pub fn unmapped(config: &Config) -> Vec<NodeName> {
     let Some(p) = &config.pgpool else {

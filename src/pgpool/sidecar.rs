@@ -1,20 +1,25 @@
-//! The running side: one background worker per `pgpool` section that runs
-//! the event handlers and the periodic reconciliation, one job at a time,
-//! never blocking the beat loop or the user triggers.
+//! The running side: one background worker per `pgpool` section that reads
+//! pgpool's view, decides with [`plan::decide`] and applies the pcp actions,
+//! one round at a time, never blocking the beat loop or the user triggers.
 //!
-//! Each beat the daemon hands over its view (what pgpool should show for
-//! every mapped node, holds included) and the beat's events. An event is a
-//! prompt to settle that node now, with retries; reconciliation settles
-//! every node, level-triggered, so whatever happened while plusmoin or pgpool
-//! was restarting is repaired without an event. Both read the newest view
-//! when they run, so a job queued behind a slow one never acts on old news.
+//! Each beat the daemon hands over its view (plusmoin's place of every
+//! mapped node, the master each slave replays, holds). A round runs when a
+//! beat's events concern a mapped node, and at least every
+//! [`RECONCILE_EVERY`] otherwise: it asks pgpool whether it leads its
+//! watchdog cluster, reads every mapped backend's status and role, decides,
+//! acts, and confirms each action by reading pgpool again. Rounds are
+//! level-triggered, so whatever happened while plusmoin or pgpool was
+//! restarting is repaired without an event, and a refused action is tried
+//! again next round. Each round reads the newest view, so a round queued
+//! behind a slow one never acts on old news.
 
 use super::hold;
-use super::pcp::{NodeStatus, Pcp, PcpError};
-use super::plan::{self, Action, Want};
+use super::pcp::{NodeStatus, Pcp, PcpError, Watchdog};
+use super::plan::{self, Action, Decision, Memory, Ours, Remark, Seen, Settings, Step};
 use super::templates::Command;
-use crate::cluster::{Event, EventKind, NodeName, Place, State};
+use crate::cluster::{Event, EventKind, NodeName, State};
 use crate::config::Config;
+use crate::payload::PgpoolReport;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,29 +30,20 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-/// Attempts of an event handler before it leaves the node to reconciliation.
-pub const ATTEMPTS: u32 = 3;
 /// How long pgpool gets to show an attach or detach before it counts as not
 /// taken: an attach is only queued when pcp returns.
 const CONFIRM_WINDOW: Duration = Duration::from_secs(3);
 const CONFIRM_POLL: Duration = Duration::from_millis(200);
-/// Reconciliation runs every beat, but not more often than this: each node
-/// costs a process.
-const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+/// A round runs every beat, but not more often than this without an
+/// event: each node costs a process.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Pause before attempt `attempt + 1`: 1 s, 2 s, 4 s…
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(5))
-}
-
-/// What the sidecar wants pgpool to show for one mapped node.
+/// plusmoin's view of one mapped node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Target {
     id: u32,
-    want: Want,
-    place: Option<Place>,
-    held: bool,
+    ours: Ours,
 }
 
 #[derive(Debug, Default)]
@@ -59,7 +55,8 @@ struct View {
 }
 
 enum Job {
-    Event { kind: EventKind, node: NodeName },
+    /// Events of a beat about mapped nodes: settle them now.
+    Events(Vec<(NodeName, EventKind)>),
     Reconcile,
 }
 
@@ -74,12 +71,12 @@ struct Worker {
 pub struct Sidecar {
     pcp: Option<Arc<Pcp>>,
     node_ids: BTreeMap<NodeName, u32>,
+    settings: Settings,
     held_path: PathBuf,
     held: BTreeSet<String>,
     held_error: Option<String>,
-    /// Whether plusmoin saw no node up at the last beat (see [`plan::blind`]).
-    blind: bool,
     view: watch::Sender<Arc<View>>,
+    report: watch::Sender<Option<PgpoolReport>>,
     worker: Option<Worker>,
     last_reconcile: Option<Instant>,
 }
@@ -89,14 +86,16 @@ impl Sidecar {
     /// missing programs, nodes without an id).
     pub fn new(config: &Config) -> Sidecar {
         let (view, _) = watch::channel(Arc::new(View::default()));
+        let (report, _) = watch::channel(None);
         let mut s = Sidecar {
             pcp: None,
             node_ids: BTreeMap::new(),
+            settings: Settings::new(config.heartbeat),
             held_path: hold::path_for(&config.status_file),
             held: BTreeSet::new(),
             held_error: None,
-            blind: false,
             view,
+            report,
             worker: None,
             last_reconcile: None,
         };
@@ -129,7 +128,7 @@ impl Sidecar {
     }
 
     /// Takes a reloaded configuration: a new worker (the old one finishes
-    /// its job in progress and ends); the holds read so far are kept.
+    /// its round in progress and ends); the holds read so far are kept.
     pub fn reconfigure(&mut self, config: &Config) {
         let mut next = Sidecar::new(config);
         next.held = std::mem::take(&mut self.held);
@@ -141,70 +140,68 @@ impl Sidecar {
         self.held.iter().cloned().collect()
     }
 
-    /// Takes the beat's outcome: reads the holds, queues a handler per event
-    /// about a mapped node, and a reconciliation when one is due. Never
-    /// waits for pgpool.
+    /// What the worker last found out about pgpool (`None` before its first
+    /// round, or without a `pgpool` section).
+    pub fn report(&self) -> Option<PgpoolReport> {
+        self.report.borrow().clone()
+    }
+
+    /// Takes the beat's outcome: reads the holds, prompts a round when an
+    /// event concerns a mapped node, and a reconciliation round when one is
+    /// due. Never waits for pgpool.
     pub fn beat(&mut self, state: &State, events: &[Event]) {
         self.read_held();
         let Some(pcp) = self.pcp.clone() else {
             return;
         };
-        let blind = plan::blind(state.started, state.nodes.iter().map(|n| n.place));
-        if blind != self.blind {
-            if blind {
-                warn!("pgpool: plusmoin reaches no server at all: it may be plusmoin that is cut off, so it detaches nothing (except held nodes) until it sees one again");
-            } else {
-                info!("pgpool: plusmoin sees servers again: detaching resumes");
-            }
-            self.blind = blind;
-        }
         let targets = state
             .nodes
             .iter()
             .filter_map(|n| {
                 let id = *self.node_ids.get(&n.name)?;
-                let held = self.held.contains(&n.name.to_string());
-                let place = state.started.then_some(n.place);
-                Some((
-                    n.name.clone(),
-                    Target {
-                        id,
-                        want: plan::unless_blind(Want::of(place, held), blind, held),
-                        place,
-                        held,
-                    },
-                ))
+                let ours = Ours {
+                    place: state.started.then_some(n.place),
+                    master_name: n.master_name.clone(),
+                    held: self.held.contains(&n.name.to_string()),
+                };
+                Some((n.name.clone(), Target { id, ours }))
             })
             .collect();
         self.view.send_replace(Arc::new(View {
             started: state.started,
             targets,
         }));
+        let settings = self.settings;
+        let report = self.report.clone();
         let Some((tx, reconcile_queued)) = self
-            .worker(pcp)
+            .worker(pcp, settings, report)
             .map(|w| (w.tx.clone(), Arc::clone(&w.reconcile_queued)))
         else {
             return;
         };
-        for e in events {
-            let handled = matches!(
-                e.kind,
-                EventKind::SlaveDown
-                    | EventKind::SlaveUp
-                    | EventKind::MasterUp
-                    | EventKind::MasterDown
-            );
-            let Some(node) = e.node.as_ref().filter(|_| handled) else {
-                continue;
-            };
-            if !self.node_ids.contains_key(node) {
-                debug!(node = %node, event = %e.kind, "pgpool: node has no pgpool id; nothing to do");
-                continue;
-            }
-            let _ = tx.send(Job::Event {
-                kind: e.kind,
-                node: node.clone(),
-            });
+        let prompted: Vec<(NodeName, EventKind)> = events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.kind,
+                    EventKind::SlaveDown
+                        | EventKind::SlaveUp
+                        | EventKind::MasterUp
+                        | EventKind::MasterDown
+                )
+            })
+            .filter_map(|e| {
+                let node = e.node.as_ref()?;
+                if !self.node_ids.contains_key(node) {
+                    debug!(node = %node, event = %e.kind, "pgpool: node has no pgpool id; nothing to do");
+                    return None;
+                }
+                Some((node.clone(), e.kind))
+            })
+            .collect();
+        if !prompted.is_empty() {
+            let _ = tx.send(Job::Events(prompted));
+            return;
         }
         let due = self
             .last_reconcile
@@ -216,7 +213,12 @@ impl Sidecar {
     }
 
     /// The worker, started on first use (it needs the runtime).
-    fn worker(&mut self, pcp: Arc<Pcp>) -> Option<&Worker> {
+    fn worker(
+        &mut self,
+        pcp: Arc<Pcp>,
+        settings: Settings,
+        report: watch::Sender<Option<PgpoolReport>>,
+    ) -> Option<&Worker> {
         if self.worker.as_ref().is_some_and(|w| w.task.is_finished()) {
             error!("pgpool worker ended unexpectedly; starting a new one");
             self.worker = None;
@@ -225,7 +227,16 @@ impl Sidecar {
             let runtime = tokio::runtime::Handle::try_current().ok()?;
             let (tx, rx) = mpsc::unbounded_channel();
             let queued = Arc::new(AtomicBool::new(false));
-            let task = runtime.spawn(work(pcp, rx, self.view.subscribe(), Arc::clone(&queued)));
+            let rounds = Rounds {
+                pcp,
+                settings,
+                report,
+                memory: Memory::default(),
+                health: Health::default(),
+                said: Said::default(),
+                watchdog: None,
+            };
+            let task = runtime.spawn(work(rounds, rx, self.view.subscribe(), Arc::clone(&queued)));
             self.worker = Some(Worker {
                 tx,
                 reconcile_queued: queued,
@@ -261,8 +272,8 @@ impl Sidecar {
         }
     }
 
-    /// Lets the job in progress finish (bounded), then stops the worker and
-    /// kills any pcp command still running.
+    /// Lets the round in progress finish (bounded), then stops the worker
+    /// and kills any pcp command still running.
     pub async fn shutdown(self) {
         let Some(w) = self.worker else { return };
         drop(w.tx);
@@ -276,7 +287,7 @@ impl Sidecar {
     }
 }
 
-/// The last pcp failure, logged once per change rather than every beat.
+/// The last pcp failure, logged once per change rather than every round.
 #[derive(Default)]
 struct Health {
     error: Option<String>,
@@ -297,203 +308,220 @@ impl Health {
     }
 }
 
-async fn work(
+/// The remarks of the decisions, each logged once until it changes.
+#[derive(Default)]
+struct Said {
+    paused: Option<String>,
+    nodes: BTreeMap<NodeName, String>,
+}
+
+impl Said {
+    fn log(&mut self, d: &Decision, ids: &BTreeMap<NodeName, u32>) {
+        let paused = d.paused.as_ref().map(|r| r.text.clone());
+        if paused != self.paused {
+            match &d.paused {
+                Some(r) => say(r, None, None),
+                None if self.paused.is_some() => info!("pgpool: plusmoin acts again"),
+                None => {}
+            }
+            self.paused = paused;
+        }
+        self.nodes.retain(|n, _| d.remarks.contains_key(n));
+        for (node, r) in &d.remarks {
+            if self.nodes.get(node) != Some(&r.text) {
+                say(r, Some(node), ids.get(node).copied());
+                self.nodes.insert(node.clone(), r.text.clone());
+            }
+        }
+    }
+}
+
+fn say(r: &Remark, node: Option<&NodeName>, id: Option<u32>) {
+    let node = node.map(ToString::to_string);
+    let node = node.as_deref().unwrap_or("-");
+    if r.warn {
+        warn!(node, pgpool_id = id, "pgpool: {}", r.text);
+    } else {
+        info!(node, pgpool_id = id, "pgpool: {}", r.text);
+    }
+}
+
+/// Everything a worker keeps between rounds.
+struct Rounds {
     pcp: Arc<Pcp>,
+    settings: Settings,
+    report: watch::Sender<Option<PgpoolReport>>,
+    memory: Memory,
+    health: Health,
+    said: Said,
+    watchdog: Option<Watchdog>,
+}
+
+async fn work(
+    mut r: Rounds,
     mut rx: mpsc::UnboundedReceiver<Job>,
     view: watch::Receiver<Arc<View>>,
     reconcile_queued: Arc<AtomicBool>,
 ) {
-    let mut health = Health::default();
     while let Some(job) = rx.recv().await {
-        match job {
-            Job::Event { kind, node } => handle(&pcp, &mut health, kind, &node, &view).await,
-            Job::Reconcile => {
-                let v = Arc::clone(&view.borrow());
-                reconcile(&pcp, &mut health, &v).await;
-                reconcile_queued.store(false, Ordering::SeqCst);
+        // Everything queued meanwhile is settled by this one round.
+        let mut events = BTreeMap::new();
+        let mut take = |job| {
+            if let Job::Events(list) = job {
+                events.extend(list);
             }
+        };
+        take(job);
+        while let Ok(job) = rx.try_recv() {
+            take(job);
         }
+        reconcile_queued.store(false, Ordering::SeqCst);
+        let v = Arc::clone(&view.borrow());
+        r.round(&v, &events).await;
     }
 }
 
-/// How one attempt to settle a node ended.
-enum Settled {
-    /// pgpool already shows what plusmoin wants.
-    InStep(NodeStatus),
-    /// Acted, and pgpool shows it.
-    Done {
-        action: Action,
-        before: NodeStatus,
-        after: NodeStatus,
-    },
-    /// Acted, but pgpool does not show it within the confirm window.
-    NotTaken {
-        action: Action,
-        before: NodeStatus,
-        after: NodeStatus,
-    },
+impl Rounds {
+    /// Reads pgpool, decides, acts and confirms; stops at the first pcp
+    /// failure (pgpool unreachable: the other nodes would fail the same
+    /// way, slowly).
+    async fn round(&mut self, v: &View, events: &BTreeMap<NodeName, EventKind>) {
+        let Some(first) = v.targets.keys().next().filter(|_| v.started) else {
+            return;
+        };
+        let watchdog = match self.pcp.watchdog(first).await {
+            Ok(w) => w,
+            Err(e) => return self.failed(&e),
+        };
+        if self.watchdog.as_ref() != Some(&watchdog) {
+            info!(
+                acting = watchdog.acting(),
+                "pgpool: {}",
+                watchdog.describe()
+            );
+            self.watchdog = Some(watchdog.clone());
+        }
+        let mut seen = Vec::with_capacity(v.targets.len());
+        for (name, t) in &v.targets {
+            match self.pcp.node_info(name, t.id).await {
+                Ok(pgpool) => seen.push(Seen {
+                    name: name.clone(),
+                    id: t.id,
+                    ours: t.ours.clone(),
+                    pgpool,
+                }),
+                Err(e) => return self.failed(&e),
+            }
+        }
+        self.health.ok();
+        let ids: BTreeMap<NodeName, u32> =
+            v.targets.iter().map(|(n, t)| (n.clone(), t.id)).collect();
+        let d = plan::decide(
+            &seen,
+            watchdog.acting(),
+            &self.settings,
+            Instant::now(),
+            &mut self.memory,
+        );
+        self.said.log(&d, &ids);
+        for step in &d.steps {
+            let before = seen
+                .iter()
+                .find(|s| s.name == step.node)
+                .map_or(NodeStatus::Unused, |s| s.pgpool.status);
+            let event = events.get(&step.node).map(|k| k.as_str());
+            match apply(&self.pcp, step).await {
+                Ok(after) if step.action.done(after) => {
+                    self.memory.record(&step.node, step.action, Instant::now());
+                    let what = if event.is_some() {
+                        ""
+                    } else {
+                        "reconciliation "
+                    };
+                    info!(
+                        node = %step.node, pgpool_id = step.id, event = event.unwrap_or("-"),
+                        action = step.action.as_str(), before = %before, after = %after,
+                        "pgpool: {what}{} node {}", step.action.past(), step.id
+                    );
+                }
+                Ok(after) => warn!(
+                    node = %step.node, pgpool_id = step.id, event = event.unwrap_or("-"),
+                    action = step.action.as_str(), before = %before, after = %after,
+                    "pgpool: {} not taken yet (pgpool still shows {after}); the next round tries again",
+                    step.action.as_str()
+                ),
+                Err(e) => return self.failed(&e),
+            }
+        }
+        // Every prompting event gets a line saying what came of it.
+        for (node, kind) in events {
+            if d.steps.iter().any(|s| &s.node == node) {
+                continue;
+            }
+            let status = seen
+                .iter()
+                .find(|s| &s.name == node)
+                .map_or(NodeStatus::Unused, |s| s.pgpool.status);
+            let why = d
+                .remarks
+                .get(node)
+                .or(d.paused.as_ref())
+                .map_or("pgpool already agrees", |r| r.text.as_str());
+            info!(
+                node = %node, pgpool_id = ids.get(node).copied(), event = kind.as_str(),
+                pgpool_status = %status, "pgpool: nothing to do ({why})"
+            );
+        }
+        self.publish(&watchdog, &d);
+    }
+
+    fn failed(&mut self, e: &PcpError) {
+        self.health.failed(e);
+        let mut report = self.report.borrow().clone().unwrap_or_default();
+        report.error = Some(e.to_string());
+        self.report.send_replace(Some(report));
+    }
+
+    fn publish(&mut self, watchdog: &Watchdog, d: &Decision) {
+        let now = Instant::now();
+        let report = PgpoolReport {
+            watchdog: watchdog.describe(),
+            acting: watchdog.acting(),
+            primary: d.primary.as_ref().map(ToString::to_string),
+            paused: d.paused.as_ref().map(|r| r.text.clone()),
+            remarks: d
+                .remarks
+                .iter()
+                .map(|(n, r)| (n.to_string(), r.text.clone()))
+                .collect(),
+            backing_off: self
+                .memory
+                .backing_off(now)
+                .into_iter()
+                .map(|(n, left)| (n.to_string(), (left.as_secs_f64() * 10.0).ceil() / 10.0))
+                .collect(),
+            error: None,
+        };
+        self.report.send_replace(Some(report));
+    }
 }
 
-/// Looks at pgpool's view, acts if it differs from `want`, and confirms.
-async fn settle(pcp: &Pcp, node: &NodeName, id: u32, want: Want) -> Result<Settled, PcpError> {
-    let before = pcp.node_info(node, id).await?.status;
-    let Some(action) = plan::action(want, before) else {
-        return Ok(Settled::InStep(before));
-    };
-    let command = match action {
+/// Runs the step's pcp command and reads pgpool until it shows the result
+/// or the confirm window passes; pgpool's status at the end.
+async fn apply(pcp: &Pcp, step: &Step) -> Result<NodeStatus, PcpError> {
+    let command = match step.action {
         Action::Attach => Command::Attach,
         Action::Detach => Command::Detach,
     };
-    pcp.run(command, node, id).await?;
+    pcp.run(command, &step.node, step.id).await?;
     let deadline = Instant::now() + CONFIRM_WINDOW;
     loop {
-        let after = pcp.node_info(node, id).await?.status;
-        if action.done(after) {
-            return Ok(Settled::Done {
-                action,
-                before,
-                after,
-            });
-        }
-        if Instant::now() >= deadline {
-            return Ok(Settled::NotTaken {
-                action,
-                before,
-                after,
-            });
+        let after = pcp.node_info(&step.node, step.id).await?.status;
+        if step.action.done(after) || Instant::now() >= deadline {
+            return Ok(after);
         }
         tokio::time::sleep(CONFIRM_POLL).await;
     }
-}
-
-/// An event handler: settles `node` now, retrying with backoff, one log
-/// line for the outcome. Each attempt reads plusmoin's newest view: a retry
-/// must not detach a node that came back meanwhile.
-async fn handle(
-    pcp: &Pcp,
-    health: &mut Health,
-    kind: EventKind,
-    node: &NodeName,
-    view: &watch::Receiver<Arc<View>>,
-) {
-    let event = kind.as_str();
-    let mut last = String::new();
-    let mut want = Want::Leave;
-    for attempt in 1..=ATTEMPTS {
-        let Some(t) = view.borrow().targets.get(node).cloned() else {
-            return;
-        };
-        let id = t.id;
-        want = t.want;
-        if t.want == Want::Leave {
-            if t.place == Some(Place::Lost) {
-                info!(node = %node, pgpool_id = id, event, "pgpool: not detaching: plusmoin reaches no server at all (pgpool's health check decides)");
-            } else {
-                info!(node = %node, pgpool_id = id, event, "pgpool: plusmoin does not know this node's role; pgpool left as it is");
-            }
-            return;
-        }
-        match settle(pcp, node, id, t.want).await {
-            Ok(Settled::InStep(status)) => {
-                health.ok();
-                let why = if t.held && status == NodeStatus::Down {
-                    "held: not attaching"
-                } else {
-                    "pgpool already agrees"
-                };
-                info!(node = %node, pgpool_id = id, event, pgpool_status = %status, held = t.held, "pgpool: nothing to do ({why})");
-                return;
-            }
-            Ok(Settled::Done {
-                action,
-                before,
-                after,
-            }) => {
-                health.ok();
-                info!(
-                    node = %node, pgpool_id = id, event, action = action.as_str(),
-                    before = %before, after = %after, attempt, held = t.held,
-                    "pgpool: {} node {id}", past(action)
-                );
-                return;
-            }
-            Ok(Settled::NotTaken {
-                action,
-                before,
-                after,
-            }) => {
-                health.ok();
-                last = format!(
-                    "pgpool still shows {after} after {} (was {before})",
-                    action.as_str()
-                );
-                warn!(node = %node, pgpool_id = id, event, action = action.as_str(), attempt, "pgpool: {last}; retrying");
-            }
-            Err(e) => {
-                health.failed(&e);
-                last = e.to_string();
-            }
-        }
-        if attempt < ATTEMPTS {
-            tokio::time::sleep(backoff(attempt)).await;
-        }
-    }
-    let action = match want {
-        Want::Attached => "attach",
-        _ => "detach",
-    };
-    error!(
-        node = %node, event, action, attempts = ATTEMPTS, error = %last,
-        "pgpool: gave up on this event; reconciliation keeps trying"
-    );
-}
-
-fn past(a: Action) -> &'static str {
-    match a {
-        Action::Attach => "attached",
-        Action::Detach => "detached",
-    }
-}
-
-/// Settles every mapped node once; stops at the first pcp failure (pgpool
-/// unreachable: the other nodes would fail the same way, slowly).
-async fn reconcile(pcp: &Pcp, health: &mut Health, v: &View) {
-    if !v.started {
-        return;
-    }
-    for (node, t) in &v.targets {
-        if t.want == Want::Leave {
-            continue;
-        }
-        match settle(pcp, node, t.id, t.want).await {
-            Ok(Settled::InStep(status)) => {
-                debug!(node = %node, pgpool_id = t.id, pgpool_status = %status, "pgpool: in step");
-            }
-            Ok(Settled::Done {
-                action,
-                before,
-                after,
-            }) => info!(
-                node = %node, pgpool_id = t.id, action = action.as_str(), before = %before,
-                after = %after, place = t.place.map_or("-", Place::as_str), held = t.held,
-                "pgpool: reconciliation {} node {}", past(action), t.id
-            ),
-            Ok(Settled::NotTaken {
-                action,
-                before,
-                after,
-            }) => warn!(
-                node = %node, pgpool_id = t.id, action = action.as_str(), before = %before,
-                after = %after, "pgpool: reconciliation's {} not taken yet; next round retries",
-                action.as_str()
-            ),
-            Err(e) => {
-                health.failed(&e);
-                return;
-            }
-        }
-    }
-    health.ok();
 }
 
 #[cfg(test)]
@@ -502,23 +530,30 @@ mod tests {
     //! pgpool status in a file, which can refuse attaches (exit 0, nothing
     //! done, as pgpool does) a given number of times.
     use super::*;
-    use crate::cluster::{Cluster, NodeState, Time};
+    use crate::cluster::{Cluster, NodeState, Place, Time};
     use std::path::Path;
 
     const FAKE_PCP: &str = r#"#!/bin/sh
-# fake pcp: $1 = info|attach|detach, $2 = node id; state in this directory.
+# fake pcp: $1 = info|attach|detach|watchdog, $2 = node id; state in this
+# directory: file N holds "status role" of node N, file watchdog what
+# pcp_watchdog_info -v prints (none: watchdog off).
 d="$(dirname "$0")"
 echo "$1 $2" >> "$d/calls"
+[ "$1" = watchdog ] || read -r st role < "$d/$2"
 case "$1" in
-  info) echo "h 5432 1 0.5 $(cat "$d/$2")" ;;
+  info) echo "h 5432 1 0.5 $st $st $role $role 0 none none 2026-01-01 00:00:00" ;;
   attach)
     if [ -s "$d/$2.refuse" ]; then
       n=$(cat "$d/$2.refuse"); echo $((n - 1)) > "$d/$2.refuse"
       [ "$n" -gt 1 ] || rm -f "$d/$2.refuse"
     else
-      echo waiting > "$d/$2"
+      echo "waiting $role" > "$d/$2"
     fi ;;
-  detach) echo down > "$d/$2" ;;
+  detach) echo "down $role" > "$d/$2" ;;
+  watchdog)
+    if [ -f "$d/watchdog" ]; then cat "$d/watchdog"
+    else echo "ERROR: PCP: informing watchdog info failed" >&2; echo "DETAIL: watchdog is not enabled" >&2
+    fi ;;
 esac
 "#;
 
@@ -534,17 +569,21 @@ esac
             std::fs::write(&script, FAKE_PCP).unwrap();
             std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
             for (i, s) in statuses.iter().enumerate() {
-                std::fs::write(dir.path().join(i.to_string()), format!("{s}\n")).unwrap();
+                let role = if i == 0 { "primary" } else { "standby" };
+                std::fs::write(dir.path().join(i.to_string()), format!("{s} {role}\n")).unwrap();
             }
             Fake { dir }
         }
         fn path(&self) -> &Path {
             self.dir.path()
         }
+        /// pgpool's status of node `id` (node 0 is pgpool's primary).
         fn status(&self, id: usize) -> String {
             std::fs::read_to_string(self.path().join(id.to_string()))
                 .unwrap()
-                .trim()
+                .split_whitespace()
+                .next()
+                .unwrap()
                 .to_string()
         }
         fn calls(&self) -> Vec<String> {
@@ -564,20 +603,28 @@ esac
                               {{"host": "db1", "pgpool_node_id": 1}},
                               {{"host": "db2"}}],
                     "pgpool": {{"pcp_user": "pgpool", "pcppass_file": "{d}/pcppass",
-                                "templates": {{"attach": "{}", "detach": "{}", "node_info": "{}"}}}}}}"#,
+                                "templates": {{"attach": "{}", "detach": "{}", "node_info": "{}",
+                                               "watchdog_info": "{}"}}}}}}"#,
                 t("attach"),
                 t("detach"),
-                t("info")
+                t("info"),
+                t("watchdog")
             );
             crate::config::parse(&text, Path::new("x.json")).unwrap()
         }
     }
 
-    /// db0 master, db1 in `place1`, db2 (no pgpool id) slave.
+    /// db0 master, db1 in `place1`, db2 (no pgpool id) slave; slaves
+    /// replay db0's heartbeat.
     fn state(place1: Place) -> State {
         let node = |host: &str, place| NodeState {
             place,
             cluster_id: Some(0),
+            master_name: match place {
+                Place::Master => Some(format!("{host}:5432")),
+                Place::Slave => Some("db0:5432".into()),
+                _ => None,
+            },
             ..NodeState::new(NodeName::new(host, 5432), Time(0))
         };
         State {
@@ -618,13 +665,19 @@ esac
 
     #[tokio::test]
     async fn reconciliation_attaches_in_sync_nodes_and_detaches_lost_ones() {
-        let fake = Fake::new(&["down", "up"]);
+        let fake = Fake::new(&["up", "up"]);
         let mut s = Sidecar::new(&fake.config());
         s.beat(&state(Place::Lost), &[]);
-        wait_for("node 0 attached, node 1 detached", || {
-            fake.status(0) == "waiting" && fake.status(1) == "down"
-        })
-        .await;
+        wait_for("node 1 detached", || fake.status(1) == "down").await;
+        s.last_reconcile = None;
+        s.beat(&state(Place::Slave), &[]);
+        wait_for("node 1 attached", || fake.status(1) == "waiting").await;
+        let report = s.report().expect("a report after a round");
+        assert_eq!(report.primary.as_deref(), Some("db0:5432"));
+        assert!(
+            report.acting && report.watchdog.contains("no watchdog"),
+            "{report:?}"
+        );
         // Nothing for db2, which has no id; nothing before the first beat.
         assert!(fake
             .calls()
@@ -671,10 +724,19 @@ esac
         let fake = Fake::new(&["up", "down"]);
         std::fs::write(fake.path().join("1.refuse"), "1\n").unwrap();
         let mut s = Sidecar::new(&fake.config());
-        // Let the first reconciliation pass, so the event handler does the work.
-        s.last_reconcile = Some(Instant::now());
         s.beat(&state(Place::Slave), &[event(EventKind::SlaveUp, "db1")]);
-        wait_for("node 1 attached", || fake.status(1) == "waiting").await;
+        // The refused attach is tried again at a later round.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while fake.status(1) != "waiting" {
+            assert!(
+                Instant::now() < deadline,
+                "never attached: {:?}",
+                fake.calls()
+            );
+            s.last_reconcile = None;
+            s.beat(&state(Place::Slave), &[]);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let attaches = fake.calls().iter().filter(|c| *c == "attach 1").count();
         assert_eq!(attaches, 2, "one refused, one taken: {:?}", fake.calls());
         s.shutdown().await;
@@ -701,6 +763,43 @@ esac
         s.beat(&state(Place::Slave), &[]);
         assert!(s.held().is_empty());
         wait_for("released node 1 attached", || fake.status(1) == "waiting").await;
+        s.shutdown().await;
+    }
+
+    /// What pgpool 4.3's `pcp_watchdog_info -v` prints on a member.
+    fn watchdog_verbose(local: &str) -> String {
+        format!(
+            "Watchdog Cluster Information \nQuorum state             : QUORUM EXIST\n\
+             Leader Node Name         : 127.0.0.1:9999 Linux other\n\n\
+             Watchdog Node Information \nNode Name         : 127.0.0.1:9998 Linux me\n\
+             Status Name       : {local}\n\nNode Name         : 127.0.0.1:9999 Linux other\n\
+             Status Name       : LEADER\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn a_watchdog_follower_acts_on_nothing_until_its_pgpool_leads() {
+        let fake = Fake::new(&["up", "down"]);
+        std::fs::write(fake.path().join("watchdog"), watchdog_verbose("STANDBY")).unwrap();
+        let mut s = Sidecar::new(&fake.config());
+        s.beat(&state(Place::Slave), &[event(EventKind::SlaveUp, "db1")]);
+        wait_for("a round's report", || s.report().is_some()).await;
+        let report = s.report().unwrap();
+        assert!(!report.acting, "{report:?}");
+        assert!(report.paused.unwrap().contains("not the watchdog leader"));
+        assert!(
+            !fake.calls().iter().any(|c| c.starts_with("attach")),
+            "{:?}",
+            fake.calls()
+        );
+        // Its pgpool becomes the leader: it takes over.
+        std::fs::write(fake.path().join("watchdog"), watchdog_verbose("LEADER")).unwrap();
+        s.last_reconcile = None;
+        s.beat(&state(Place::Slave), &[]);
+        wait_for("node 1 attached by the new leader's plusmoin", || {
+            fake.status(1) == "waiting"
+        })
+        .await;
         s.shutdown().await;
     }
 }
