@@ -70,6 +70,7 @@ struct Worker {
 /// (holds are still read, so `plusmoin status` shows them).
 pub struct Sidecar {
     pcp: Option<Arc<Pcp>>,
+    config: Option<crate::config::PgpoolConfig>,
     node_ids: BTreeMap<NodeName, u32>,
     settings: Settings,
     held_path: PathBuf,
@@ -89,6 +90,7 @@ impl Sidecar {
         let (report, _) = watch::channel(None);
         let mut s = Sidecar {
             pcp: None,
+            config: config.pgpool.clone(),
             node_ids: BTreeMap::new(),
             settings: Settings::new(config.heartbeat),
             held_path: hold::path_for(&config.status_file),
@@ -130,6 +132,12 @@ impl Sidecar {
     /// Takes a reloaded configuration: a new worker (the old one finishes
     /// its round in progress and ends); the holds read so far are kept.
     pub fn reconfigure(&mut self, config: &Config) {
+        // Same pgpool and timings: keep the worker, and with it the
+        // back-offs and what was already said.
+        if config.pgpool == self.config && Settings::new(config.heartbeat) == self.settings {
+            self.held_path = hold::path_for(&config.status_file);
+            return;
+        }
         let mut next = Sidecar::new(config);
         next.held = std::mem::take(&mut self.held);
         *self = next;
