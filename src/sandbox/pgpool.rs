@@ -71,9 +71,25 @@ const TRANSIENT_ATTEMPTS: u32 = 4;
 const PORT_ATTEMPTS: usize = 5;
 /// How pgpool says it could not bind (its log, at start).
 const BIND_FAILURE: &str = "Address already in use";
+/// The failover_command script in pgpool's directory (`failover: true`).
+const FAILOVER_SCRIPT: &str = "failover.sh";
+/// The follow_primary_command script in pgpool's directory.
+const FOLLOW_SCRIPT: &str = "follow_primary.sh";
+/// One line per failover_command run.
+const FAILOVER_LOG: &str = "failover.log";
+/// One line per follow_primary_command run.
+const FOLLOW_LOG: &str = "follow.log";
+/// What both scripts do first: close every descriptor inherited from
+/// pgpool beyond stdin/stdout/stderr (its listening sockets among them), so
+/// nothing they start can keep pgpool's ports.
+const CLOSE_INHERITED_FDS: &str = "for fd in $(ls /proc/$$/fd); do\n  \
+     [ \"$fd\" -gt 2 ] && eval \"exec $fd>&-\"\n\
+     done 2>/dev/null\n";
 
 /// How the pgpool in front of the sandbox behaves beyond the fixed basics.
-#[derive(Clone, Debug, Default)]
+/// `Default` is the "easy lab shape": no retries, no failover scripts, the
+/// checks log in to the sandbox database.
+#[derive(Clone, Debug)]
 pub struct PgpoolOptions {
     /// None: `auto_failback = off`. Some(interval): `auto_failback = on`
     /// with that `auto_failback_interval` (whole seconds, rounded down).
@@ -85,9 +101,45 @@ pub struct PgpoolOptions {
     /// pgpool's start is immediate, the next one waits until the interval
     /// since the previous failback has passed (a pgpool restart resets it).
     pub auto_failback: Option<Duration>,
-    /// `health_check_period` in seconds (None: 1); retries are always 0, so
-    /// one failed check detaches the node.
+    /// `health_check_period` in seconds (None: 1).
     pub health_check_period: Option<u32>,
+    /// `health_check_max_retries` (default 0: one failed check detaches
+    /// the node). With retries, a really dead node is detached only after
+    /// every retry failed (10 retries, delay 1: about 11 s).
+    pub health_check_max_retries: u32,
+    /// `health_check_retry_delay` in seconds (default 1).
+    pub health_check_retry_delay: u32,
+    /// When true pgpool gets real scripts, written into its directory and
+    /// run as the servers' OS user: a `failover_command` that promotes the
+    /// new main node (`pg_ctl promote -w`) when the failed node was the
+    /// primary, and a `follow_primary_command` that re-points each standby
+    /// at the new primary (`ALTER SYSTEM SET primary_conninfo` +
+    /// `pg_reload_conf()`, the sandbox's own conninfo shape). The follow
+    /// script does NOT attach the standby again: pgpool leaves it down
+    /// (re-attaching is plusmoin's job). Neither script starts a server.
+    /// Each run appends a line to `failover.log` / `follow.log`, see
+    /// [`Pgpool::failover_runs`] and [`Pgpool::follow_runs`]. False (the
+    /// default): both commands are empty, nothing is promoted.
+    pub failover: bool,
+    /// The database pgpool's health check and streaming-replication check
+    /// log in to (as the sandbox's plusmoin role). None (the default): the
+    /// sandbox database, the one plusmoin uses. `Some("postgres")` lets a
+    /// test refuse pgpool's checks on one node with
+    /// [`Sandbox::hba_prepend`] while plusmoin still gets in.
+    pub health_check_database: Option<String>,
+}
+
+impl Default for PgpoolOptions {
+    fn default() -> Self {
+        PgpoolOptions {
+            auto_failback: None,
+            health_check_period: None,
+            health_check_max_retries: 0,
+            health_check_retry_delay: 1,
+            failover: false,
+            health_check_database: None,
+        }
+    }
 }
 
 /// pgpool's view of one backend, from `pcp_node_info`.
@@ -231,9 +283,13 @@ impl Pgpool {
             .map(|i| Backend {
                 port: sb.port(i),
                 application_name: application_name(sb, i),
+                data: sb.data_dir(i).to_path_buf(),
             })
             .collect();
         pgpool.write_fixed_files()?;
+        if opts.failover {
+            pgpool.write_scripts(sb)?;
+        }
         let mut attempt = 1;
         loop {
             if pgpool.port == pgpool.pcp_port {
@@ -280,6 +336,30 @@ impl Pgpool {
             "pgpool: started"
         );
         Ok(pgpool)
+    }
+
+    /// One line per run of the failover_command script (`failover: true`),
+    /// oldest first: `failover failed=<id> old_primary=<id> new_main=<id>
+    /// action=<promoted|none|promote-failed|no-new-main>`. Empty when it never ran.
+    pub fn failover_runs(&self) -> Vec<String> {
+        self.script_log(FAILOVER_LOG)
+    }
+
+    /// One line per run of the follow_primary_command script, oldest
+    /// first: `follow node=<id> new_primary=<id> old_primary=<id>
+    /// result=<repointed|skipped|failed|unknown-pair>` (skipped: the node
+    /// was not a running standby, e.g. the dead old primary).
+    pub fn follow_runs(&self) -> Vec<String> {
+        self.script_log(FOLLOW_LOG)
+    }
+
+    fn script_log(&self, name: &str) -> Vec<String> {
+        fs::read_to_string(self.dir().join(name))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The port clients connect to pgpool on (127.0.0.1).
@@ -531,6 +611,70 @@ impl Pgpool {
         )
     }
 
+    /// The failover and follow_primary scripts (see
+    /// [`PgpoolOptions::failover`]): the sandbox's binaries, socket
+    /// directory and conninfo shape are baked in; pgpool passes node ids,
+    /// ports and data directories through its %-escapes.
+    fn write_scripts(&self, sb: &Sandbox) -> Result<(), SandboxError> {
+        let dir = self.dir();
+        let pg_ctl = sb.bin.join("pg_ctl");
+        let failover = format!(
+            "#!/bin/bash\n\
+             # written by plusmoin's sandbox: pgpool's failover_command\n\
+             # args: %d (failed node) %m (new main) %P (old primary) %R (new main's data)\n\
+             {CLOSE_INHERITED_FDS}\
+             FAILED=\"$1\"; NEW_MAIN=\"$2\"; OLD_PRIMARY=\"$3\"; NEW_MAIN_DATA=\"$4\"\n\
+             if [ \"$NEW_MAIN\" -lt 0 ]; then\n  action=no-new-main\n\
+             elif [ \"$OLD_PRIMARY\" != -1 ] && [ \"$FAILED\" != \"$OLD_PRIMARY\" ]; then\n  action=none\n\
+             elif {pg_ctl} promote -w -t 60 -D \"$NEW_MAIN_DATA\"; then\n  action=promoted\n\
+             else\n  action=promote-failed\nfi\n\
+             echo \"failover failed=$FAILED old_primary=$OLD_PRIMARY new_main=$NEW_MAIN action=$action\" >> {log}\n\
+             exit 0\n",
+            pg_ctl = shell_quote(&pg_ctl.to_string_lossy()),
+            log = shell_quote(&dir.join(FAILOVER_LOG).to_string_lossy()),
+        );
+        let mut pairs = String::new();
+        for node in 0..sb.len() {
+            for primary in (0..sb.len()).filter(|p| *p != node) {
+                let sql = format!(
+                    "ALTER SYSTEM SET primary_conninfo = {}",
+                    sql_quote(&sb.primary_conninfo(node, primary))
+                );
+                pairs.push_str(&format!(
+                    "  {node}:{primary}) SQL={} ;;\n",
+                    shell_quote(&sql)
+                ));
+            }
+        }
+        let follow = format!(
+            "#!/bin/bash\n\
+             # written by plusmoin's sandbox: pgpool's follow_primary_command\n\
+             # args: %d (node to re-point) %p (its port) %m (new primary) %P (old primary)\n\
+             # It re-points the standby; it does not attach it in pgpool again.\n\
+             {CLOSE_INHERITED_FDS}\
+             NODE=\"$1\"; NODE_PORT=\"$2\"; NEW_PRIMARY=\"$3\"; OLD_PRIMARY=\"$4\"\n\
+             export PGCONNECT_TIMEOUT=5\n\
+             psql_node() {{ {psql} -X -A -t -q -h {sock} -p \"$NODE_PORT\" -U postgres -d postgres -c \"$1\"; }}\n\
+             SQL=\n\
+             case \"$NODE:$NEW_PRIMARY\" in\n{pairs}esac\n\
+             if [ -z \"$SQL\" ]; then\n  result=unknown-pair\n\
+             elif [ \"$(psql_node 'SELECT pg_is_in_recovery()' 2>/dev/null)\" != t ]; then\n  result=skipped\n\
+             elif psql_node \"$SQL\" && psql_node 'SELECT pg_reload_conf()' >/dev/null; then\n  result=repointed\n\
+             else\n  result=failed\nfi\n\
+             echo \"follow node=$NODE new_primary=$NEW_PRIMARY old_primary=$OLD_PRIMARY result=$result\" >> {log}\n\
+             exit 0\n",
+            psql = shell_quote(&sb.bin.join("psql").to_string_lossy()),
+            sock = shell_quote(&sb.dir().to_string_lossy()),
+            log = shell_quote(&dir.join(FOLLOW_LOG).to_string_lossy()),
+        );
+        for (name, text) in [(FAILOVER_SCRIPT, failover), (FOLLOW_SCRIPT, follow)] {
+            let path = dir.join(name);
+            self.runner.write_file(&path, &text)?;
+            set_mode(&path, 0o755)?;
+        }
+        Ok(())
+    }
+
     /// The pcppass file, owned by us (we run the pcp commands) and created
     /// 0600 from the start, since pcp ignores it otherwise.
     fn write_pcppass(&self) -> Result<(), SandboxError> {
@@ -731,6 +875,7 @@ impl Drop for Pgpool {
 struct Backend {
     port: u16,
     application_name: String,
+    data: PathBuf,
 }
 
 /// Everything pgpool.conf depends on.
@@ -749,13 +894,32 @@ fn render_conf(c: &ConfInput) -> String {
     let q = |s: &str| sql_quote(s);
     let path = |name: &str| q(&c.dir.join(name).to_string_lossy());
     // Both checks log in to the backends as the sandbox's own role.
+    let database = c
+        .opts
+        .health_check_database
+        .as_deref()
+        .unwrap_or(SANDBOX_DBNAME);
     let login = |check: &str| {
         format!(
             "{check}_user = {}\n{check}_password = {}\n{check}_database = {}\n",
             q(SANDBOX_USER),
             q(SANDBOX_PASSWORD),
-            q(SANDBOX_DBNAME),
+            q(database),
         )
+    };
+    let (failover_command, follow_command) = if c.opts.failover {
+        (
+            q(&format!(
+                "{} %d %m %P %R",
+                c.dir.join(FAILOVER_SCRIPT).display()
+            )),
+            q(&format!(
+                "{} %d %p %m %P",
+                c.dir.join(FOLLOW_SCRIPT).display()
+            )),
+        )
+    } else {
+        (q(""), q(""))
     };
     let mut conf = format!(
         "# written by plusmoin's sandbox (pgpool fixture)\n\
@@ -787,12 +951,12 @@ fn render_conf(c: &ConfInput) -> String {
          health_check_period = {hc_period}\n\
          health_check_timeout = 2\n\
          {health_check_login}\
-         health_check_max_retries = 0\n\
-         health_check_retry_delay = 1\n\
+         health_check_max_retries = {hc_retries}\n\
+         health_check_retry_delay = {hc_retry_delay}\n\
          connect_timeout = 5000\n\
-         failover_command = ''\n\
+         failover_command = {failover_command}\n\
          failback_command = ''\n\
-         follow_primary_command = ''\n\
+         follow_primary_command = {follow_command}\n\
          failover_on_backend_error = off\n\
          failover_on_backend_shutdown = off\n\
          detach_false_primary = off\n\
@@ -812,6 +976,8 @@ fn render_conf(c: &ConfInput) -> String {
         sr_check_login = login("sr_check"),
         health_check_login = login("health_check"),
         hc_period = c.opts.health_check_period.unwrap_or(1),
+        hc_retries = c.opts.health_check_max_retries,
+        hc_retry_delay = c.opts.health_check_retry_delay,
         auto_failback = if c.opts.auto_failback.is_some() {
             "on"
         } else {
@@ -825,10 +991,12 @@ fn render_conf(c: &ConfInput) -> String {
              backend_port{i} = {port}\n\
              backend_weight{i} = 1\n\
              backend_flag{i} = 'ALLOW_TO_FAILOVER'\n\
-             backend_application_name{i} = {app}\n",
+             backend_application_name{i} = {app}\n\
+             backend_data_directory{i} = {data}\n",
             host = q(HOST),
             port = b.port,
             app = q(&b.application_name),
+            data = q(&b.data.to_string_lossy()),
         ));
     }
     for line in c.extra_conf {
@@ -1026,6 +1194,11 @@ fn pid_file_process(dir: &Path) -> Option<Proc> {
     ours.then_some(proc)
 }
 
+/// A word for bash, single-quoted.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 fn set_mode(path: &Path, mode: u32) -> Result<(), SandboxError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| SandboxError::Io {
         what: format!("chmod {mode:o} {}", path.display()),
@@ -1138,15 +1311,21 @@ mod tests {
             Backend {
                 port: 5432,
                 application_name: "node0".into(),
+                data: PathBuf::from("/d/node0"),
             },
             Backend {
                 port: 5433,
                 application_name: "node1".into(),
+                data: PathBuf::from("/d/node1"),
             },
         ];
         let opts = PgpoolOptions {
             auto_failback: Some(Duration::from_secs(3)),
             health_check_period: Some(2),
+            health_check_max_retries: 5,
+            failover: true,
+            health_check_database: Some("postgres".into()),
+            ..PgpoolOptions::default()
         };
         let conf = render_conf(&ConfInput {
             dir: Path::new("/dev/shm/x'y"),
@@ -1165,11 +1344,16 @@ mod tests {
             "backend_port1 = 5433\n",
             "backend_application_name1 = 'node1'\n",
             "health_check_period = 2\n",
-            "health_check_max_retries = 0\n",
+            "health_check_max_retries = 5\n",
+            "health_check_retry_delay = 1\n",
+            "health_check_database = 'postgres'\n",
+            "sr_check_database = 'postgres'\n",
+            "backend_data_directory1 = '/d/node1'\n",
+            "failover_command = '/dev/shm/x''y/failover.sh %d %m %P %R'\n",
+            "follow_primary_command = '/dev/shm/x''y/follow_primary.sh %d %p %m %P'\n",
             "auto_failback = on\n",
             "auto_failback_interval = 3\n",
             "failover_on_backend_error = off\n",
-            "failover_command = ''\n",
         ] {
             assert!(conf.contains(want), "missing {want:?} in:\n{conf}");
         }
@@ -1185,6 +1369,10 @@ mod tests {
         });
         assert!(off.contains("auto_failback = off\n"));
         assert!(off.contains("health_check_period = 1\n"));
+        assert!(off.contains("health_check_max_retries = 0\n"));
+        assert!(off.contains("failover_command = ''\n"));
+        assert!(off.contains("follow_primary_command = ''\n"));
+        assert!(off.contains("health_check_database = 'plusmoin'\n"));
     }
 
     #[test]

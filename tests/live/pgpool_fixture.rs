@@ -307,3 +307,134 @@ fn pcp_ignores_a_pcppass_file_that_is_not_0600() {
     assert!(e.to_string().contains("authentication failed"), "{e}");
     assert!(UP.contains(&ok("status", pgpool.node_status(0)).as_str()));
 }
+
+/// Polls `pgpool.node_info(id)` until `check` holds; the last answer.
+fn wait_info(
+    pgpool: &Pgpool,
+    id: usize,
+    timeout: Duration,
+    check: impl Fn(&plusmoin::sandbox::pgpool::NodeInfo) -> bool,
+) -> Result<plusmoin::sandbox::pgpool::NodeInfo, String> {
+    let mut last = Err("never asked".to_owned());
+    let found = wait_until(timeout, || {
+        last = pgpool.node_info(id).map_err(|e| e.to_string());
+        last.as_ref().is_ok_and(&check)
+    });
+    match last {
+        Ok(info) if found => Ok(info),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+#[test]
+fn with_failover_a_killed_primary_is_replaced_and_the_other_standby_follows() {
+    let (sb, pgpool) = setup(
+        2,
+        PgpoolOptions {
+            failover: true,
+            ..PgpoolOptions::default()
+        },
+    );
+    assert!(pgpool.failover_runs().is_empty());
+    let began = Instant::now();
+    ok("kill -9 node 0", sb.kill9(0));
+    ok("node 0 down", pgpool.wait_status(0, &["down"], NOTICE));
+    let promoted = wait_until(NOTICE, || sb.is_in_recovery(1).is_ok_and(|r| !r));
+    assert!(
+        promoted,
+        "node 1 still in recovery; log: {:?}",
+        pgpool.failover_runs()
+    );
+    let info = wait_info(&pgpool, 1, NOTICE, |i| i.role == "primary")
+        .unwrap_or_else(|e| panic!("pgpool never took node 1 as primary: {e}"));
+    eprintln!(
+        "failover: node 1 primary in pgpool {:?} after the kill ({info:?})",
+        began.elapsed()
+    );
+    let followed = wait_until(NOTICE, || {
+        pgpool
+            .follow_runs()
+            .iter()
+            .any(|l| l.starts_with("follow node=2 new_primary=1 "))
+    });
+    assert!(
+        followed,
+        "no follow run for node 2: {:?}",
+        pgpool.follow_runs()
+    );
+    let failovers = pgpool.failover_runs();
+    assert_eq!(
+        failovers,
+        vec!["failover failed=0 old_primary=0 new_main=1 action=promoted".to_owned()]
+    );
+    let follows = pgpool.follow_runs();
+    eprintln!("follow runs: {follows:?}");
+    assert!(
+        follows.contains(&"follow node=2 new_primary=1 old_primary=0 result=repointed".to_owned()),
+        "{follows:?}"
+    );
+    ok("record the new upstreams", sb.set_upstream(1, None));
+    ok("record the new upstreams", sb.set_upstream(2, Some(1)));
+    ok(
+        "node 2 streams from node 1",
+        sb.wait_until_streaming(2, NOTICE),
+    );
+    // A row written on the new primary reaches node 2.
+    ok(
+        "write on node 1",
+        sb.sql(1, "CREATE TABLE after_failover AS SELECT 42 AS x"),
+    );
+    let replicated = wait_until(NOTICE, || {
+        sb.sql(2, "SELECT x FROM after_failover")
+            .is_ok_and(|o| o.trim() == "42")
+    });
+    assert!(replicated, "the row written on node 1 never reached node 2");
+    // The follow script re-points but does not attach: pgpool keeps node 2
+    // down until someone (plusmoin) attaches it.
+    let status2 = ok("status 2", pgpool.node_status(2));
+    eprintln!("after follow_primary: node 2 is {status2} in pgpool");
+    assert_eq!(status2, "down");
+    assert_eq!(pgpool.failover_runs().len(), 1);
+}
+
+#[test]
+fn with_retries_a_primary_frozen_3s_is_never_detached() {
+    let (sb, pgpool) = setup(
+        1,
+        PgpoolOptions {
+            failover: true,
+            health_check_period: Some(1),
+            health_check_max_retries: 5,
+            health_check_retry_delay: 1,
+            ..PgpoolOptions::default()
+        },
+    );
+    ok("freeze node 0", sb.freeze(0));
+    let frozen_at = Instant::now();
+    let mut seen = Vec::new();
+    while frozen_at.elapsed() < Duration::from_secs(3) {
+        seen.push(pgpool.node_status(0).map_err(|e| e.to_string()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ok("thaw node 0", sb.thaw(0));
+    eprintln!(
+        "frozen {:?}; statuses while frozen: {seen:?}",
+        frozen_at.elapsed()
+    );
+    assert!(
+        !seen.iter().any(|s| s.as_deref() == Ok("down")),
+        "node 0 went down while frozen: {seen:?}"
+    );
+    stays_in(&pgpool, 0, UP, Duration::from_secs(8));
+    assert!(
+        pgpool.failover_runs().is_empty(),
+        "{:?}",
+        pgpool.failover_runs()
+    );
+    assert!(
+        pgpool.follow_runs().is_empty(),
+        "{:?}",
+        pgpool.follow_runs()
+    );
+    assert!(ok("node 1 in recovery", sb.is_in_recovery(1)));
+}
