@@ -33,6 +33,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
+mod watchdog;
+
+pub use watchdog::{PgpoolCluster, WatchdogInfo, WatchdogNode};
+
 use super::procs::{self, owner_stamp, Proc, OWNER_FILE};
 use super::run::{command_line, run_command, Output, Runner};
 use super::{
@@ -239,6 +243,47 @@ impl Pgpool {
         extra_conf: &[&str],
     ) -> Result<Pgpool, SandboxError> {
         let began = Instant::now();
+        let mut pgpool = Pgpool::create(sb, &opts)?;
+        let extra: Vec<String> = extra_conf.iter().map(|l| l.to_string()).collect();
+        let mut attempt = 1;
+        loop {
+            if pgpool.port == pgpool.pcp_port {
+                pgpool.pcp_port = free_port()?;
+                continue;
+            }
+            pgpool.write_conf(sb, &opts, &extra)?;
+            let log_len = pgpool.log_len();
+            match pgpool.launch(false) {
+                Ok(()) => break,
+                Err(e) => {
+                    if attempt >= PORT_ATTEMPTS || !pgpool.bind_failed_since(log_len) {
+                        return Err(e);
+                    }
+                    tracing::warn!(
+                        port = pgpool.port,
+                        pcp_port = pgpool.pcp_port,
+                        "pgpool: port taken, retrying"
+                    );
+                    pgpool.port = free_port()?;
+                    pgpool.pcp_port = free_port()?;
+                    attempt += 1;
+                }
+            }
+        }
+        tracing::info!(
+            dir = %pgpool.dir().display(),
+            port = pgpool.port,
+            pcp_port = pgpool.pcp_port,
+            nodes = pgpool.nodes,
+            elapsed_ms = began.elapsed().as_millis() as u64,
+            "pgpool: started"
+        );
+        Ok(pgpool)
+    }
+
+    /// A pgpool not started yet: its directory with the fixed files (and
+    /// the scripts when `opts.failover`), and two free ports.
+    fn create(sb: &Sandbox, opts: &PgpoolOptions) -> Result<Pgpool, SandboxError> {
         let bin = pgpool_bin_dir()?;
         let psql = pg_bin_dir()?.join("psql");
         let base = base_dir();
@@ -263,7 +308,7 @@ impl Pgpool {
                 source,
             })?;
         }
-        let mut pgpool = Pgpool {
+        let pgpool = Pgpool {
             bin,
             psql,
             runner,
@@ -279,6 +324,21 @@ impl Pgpool {
             running: Mutex::new(None),
             dir,
         };
+        pgpool.write_fixed_files()?;
+        if opts.failover {
+            pgpool.write_scripts(sb)?;
+        }
+        Ok(pgpool)
+    }
+
+    /// Writes pgpool.conf for the current ports, with `extra` lines last,
+    /// and the pcppass file for the current pcp port.
+    fn write_conf(
+        &self,
+        sb: &Sandbox,
+        opts: &PgpoolOptions,
+        extra: &[String],
+    ) -> Result<(), SandboxError> {
         let backends: Vec<Backend> = (0..sb.len())
             .map(|i| Backend {
                 port: sb.port(i),
@@ -286,56 +346,28 @@ impl Pgpool {
                 data: sb.data_dir(i).to_path_buf(),
             })
             .collect();
-        pgpool.write_fixed_files()?;
-        if opts.failover {
-            pgpool.write_scripts(sb)?;
-        }
-        let mut attempt = 1;
-        loop {
-            if pgpool.port == pgpool.pcp_port {
-                pgpool.pcp_port = free_port()?;
-                continue;
-            }
-            let conf = render_conf(&ConfInput {
-                dir: pgpool.dir(),
-                port: pgpool.port,
-                pcp_port: pgpool.pcp_port,
-                backends: &backends,
-                opts: &opts,
-                extra_conf,
-            });
-            pgpool.runner.write_file(&pgpool.conf, &conf)?;
-            pgpool.write_pcppass()?;
-            let log_len = fs::metadata(&pgpool.log).map_or(0, |m| m.len());
-            match pgpool.launch(false) {
-                Ok(()) => break,
-                Err(e) => {
-                    let log = fs::read(&pgpool.log).unwrap_or_default();
-                    let new_log =
-                        String::from_utf8_lossy(log.get(log_len as usize..).unwrap_or_default());
-                    if attempt >= PORT_ATTEMPTS || !new_log.contains(BIND_FAILURE) {
-                        return Err(e);
-                    }
-                    tracing::warn!(
-                        port = pgpool.port,
-                        pcp_port = pgpool.pcp_port,
-                        "pgpool: port taken, retrying"
-                    );
-                    pgpool.port = free_port()?;
-                    pgpool.pcp_port = free_port()?;
-                    attempt += 1;
-                }
-            }
-        }
-        tracing::info!(
-            dir = %pgpool.dir().display(),
-            port = pgpool.port,
-            pcp_port = pgpool.pcp_port,
-            nodes = pgpool.nodes,
-            elapsed_ms = began.elapsed().as_millis() as u64,
-            "pgpool: started"
-        );
-        Ok(pgpool)
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let conf = render_conf(&ConfInput {
+            dir: self.dir(),
+            port: self.port,
+            pcp_port: self.pcp_port,
+            backends: &backends,
+            opts,
+            extra_conf: &extra,
+        });
+        self.runner.write_file(&self.conf, &conf)?;
+        self.write_pcppass()
+    }
+
+    fn log_len(&self) -> u64 {
+        fs::metadata(&self.log).map_or(0, |m| m.len())
+    }
+
+    /// Whether pgpool's log says, after byte `since`, that it could not bind.
+    fn bind_failed_since(&self, since: u64) -> bool {
+        let log = fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(log.get(since as usize..).unwrap_or_default())
+            .contains(BIND_FAILURE)
     }
 
     /// One line per run of the failover_command script (`failover: true`),
@@ -827,6 +859,16 @@ impl Pgpool {
         ] {
             if fs::remove_file(&stale).is_ok() {
                 tracing::debug!(file = %stale.display(), "pgpool: removed a stale file");
+            }
+        }
+        // A watchdog member's command socket (wd_ipc_socket_dir is ours).
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".s.PGPOOLWD_CMD.")
+            {
+                let _ = fs::remove_file(entry.path());
             }
         }
     }

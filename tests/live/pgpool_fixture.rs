@@ -464,3 +464,101 @@ fn with_retries_a_primary_frozen_3s_is_never_detached() {
     );
     assert!(ok("node 1 in recovery", sb.is_in_recovery(1)));
 }
+
+#[test]
+fn a_watchdog_cluster_elects_a_leader_forwards_pcp_and_reelects() {
+    use plusmoin::sandbox::pgpool::PgpoolCluster;
+    assert!(pgpool_installed(), "pgpool-II is not installed");
+    let sb = ok("sandbox start", Sandbox::start(2));
+    let began = Instant::now();
+    let cluster = ok(
+        "cluster start",
+        PgpoolCluster::start(&sb, PgpoolOptions::default(), 3),
+    );
+    let leader = cluster
+        .leader()
+        .expect("start returned without an agreed leader");
+    eprintln!(
+        "watchdog: 3 members, leader {leader} after {:?}",
+        began.elapsed()
+    );
+    // Every member has its own ports, directory and node id.
+    let mut ports: Vec<u16> = cluster
+        .members()
+        .iter()
+        .flat_map(|m| [m.port(), m.pcp_port()])
+        .collect();
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 6);
+    for (i, m) in cluster.members().iter().enumerate() {
+        let id = ok(
+            "read pgpool_node_id",
+            std::fs::read_to_string(m.dir().join("pgpool_node_id")),
+        );
+        assert_eq!(id.trim(), i.to_string());
+        let w = ok("watchdog_info", m.watchdog_info());
+        assert_eq!(w.total_nodes, 3, "{w:?}");
+        assert_eq!(w.quorum_state, "QUORUM EXIST", "{w:?}");
+        assert_eq!(
+            w.leader_port(),
+            Some(cluster.member(leader).port()),
+            "{w:?}"
+        );
+        let want = if i == leader { "LEADER" } else { "STANDBY" };
+        assert_eq!(w.local_state(), want, "member {i}: {w:?}");
+        assert_eq!(w.escalated, i == leader);
+    }
+    // A detach sent to a non-leader is forwarded; every member sees it.
+    let other = (leader + 1) % 3;
+    ok(
+        "detach 2 through a standby member",
+        cluster.member(other).detach(2),
+    );
+    for (i, m) in cluster.members().iter().enumerate() {
+        ok(
+            &format!("member {i} sees node 2 down"),
+            m.wait_status(2, &["down"], Duration::from_secs(10)),
+        );
+    }
+    // The leader stops: another member takes over.
+    let stopped_at = Instant::now();
+    ok("stop the leader", cluster.member(leader).stop());
+    let new_leader = ok("re-election", cluster.wait_leader(Duration::from_secs(30)));
+    eprintln!(
+        "watchdog: member {new_leader} leader {:?} after the leader {leader} stopped",
+        stopped_at.elapsed()
+    );
+    assert_ne!(new_leader, leader);
+    let w = ok(
+        "new leader's view",
+        cluster.member(new_leader).watchdog_info(),
+    );
+    assert_eq!(w.local_state(), "LEADER", "{w:?}");
+    // The stopped member rejoins as a standby.
+    ok(
+        "restart the old leader",
+        cluster.member(leader).start_again(),
+    );
+    let rejoined = wait_until(Duration::from_secs(20), || {
+        cluster
+            .member(leader)
+            .watchdog_info()
+            .is_ok_and(|w| w.local_state() == "STANDBY")
+    });
+    assert!(rejoined, "{:?}", cluster.member(leader).watchdog_info());
+    assert_eq!(cluster.leader(), Some(new_leader));
+    let pids: Vec<i32> = cluster.members().iter().flat_map(|m| m.pids()).collect();
+    let dirs: Vec<_> = cluster
+        .members()
+        .iter()
+        .map(|m| m.dir().to_path_buf())
+        .collect();
+    drop(cluster);
+    let left: Vec<i32> = pids.into_iter().filter(|p| alive(*p)).collect();
+    assert!(
+        left.is_empty(),
+        "member processes left after drop: {left:?}"
+    );
+    assert!(dirs.iter().all(|d| !d.exists()));
+}
