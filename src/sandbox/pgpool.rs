@@ -38,7 +38,7 @@ mod watchdog;
 pub use watchdog::{PgpoolCluster, WatchdogInfo, WatchdogNode};
 
 use super::procs::{self, owner_stamp, Proc, OWNER_FILE};
-use super::run::{command_line, run_command, Output, Runner};
+use super::run::{command_line, run_capture, run_command, Output, Runner};
 use super::{
     base_dir, free_port, lock, pg_bin_dir, sql_quote, Sandbox, SandboxError, HOST, SANDBOX_DBNAME,
     SANDBOX_PASSWORD, SANDBOX_USER,
@@ -144,6 +144,18 @@ impl Default for PgpoolOptions {
             health_check_database: None,
         }
     }
+}
+
+/// A pcp command's verbatim result (see [`Pgpool::pcp_raw`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PcpOutput {
+    /// The command line run.
+    pub command: String,
+    pub stdout: String,
+    pub stderr: String,
+    /// The exit code; None when it was killed (by a signal, or at the
+    /// 15 s deadline).
+    pub exit_code: Option<i32>,
 }
 
 /// pgpool's view of one backend, from `pcp_node_info`.
@@ -883,6 +895,27 @@ impl Pgpool {
             .args(args)
             .env("PCPPASSFILE", &self.pcppass);
         self.run(cmd, None)
+    }
+
+    /// Runs `pcp_<tool> -h 127.0.0.1 -p <pcp port> -U pgpool -w args`
+    /// with our pcppass file and returns what it printed and its exit code
+    /// as they are, refusals included (for recording outputs, and for tests
+    /// of how pcp behaves). `tool` is the program's name, e.g.
+    /// `pcp_watchdog_info`.
+    pub fn pcp_raw(&self, tool: &str, args: &[&str]) -> Result<PcpOutput, SandboxError> {
+        let port = self.pcp_port.to_string();
+        let mut cmd = Command::new(self.bin.join(tool));
+        cmd.args(["-h", HOST, "-p", &port, "-U", PCP_USER, "-w"])
+            .args(args)
+            .env("PCPPASSFILE", &self.pcppass)
+            .current_dir(self.dir());
+        let c = run_capture(cmd, None, COMMAND_TIMEOUT)?;
+        Ok(PcpOutput {
+            command: c.command,
+            stdout: c.stdout,
+            stderr: c.stderr,
+            exit_code: c.status.and_then(|s| s.code()),
+        })
     }
 
     /// Runs a client tool as ourselves, in pgpool's directory, with a

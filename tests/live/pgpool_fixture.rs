@@ -562,3 +562,202 @@ fn a_watchdog_cluster_elects_a_leader_forwards_pcp_and_reelects() {
     );
     assert!(dirs.iter().all(|d| !d.exists()));
 }
+
+#[test]
+fn health_checks_in_another_database_can_be_refused_on_one_standby() {
+    let (sb, pgpool) = setup(
+        2,
+        PgpoolOptions {
+            health_check_database: Some("postgres".to_owned()),
+            ..PgpoolOptions::default()
+        },
+    );
+    let conf = ok("read conf", std::fs::read_to_string(pgpool.conf_file()));
+    assert!(conf.contains("health_check_database = 'postgres'\n"));
+    // Every node lets the checks in by default.
+    stays_in(&pgpool, 2, UP, Duration::from_secs(2));
+    ok(
+        "refuse pgpool's checks on node 2",
+        sb.hba_prepend(2, "host postgres plusmoin 127.0.0.1/32 reject"),
+    );
+    ok("node 2 down", pgpool.wait_status(2, &["down"], NOTICE));
+    // Node 2 itself is fine and still streams; only pgpool's login is refused.
+    assert!(ok("node 2 in recovery", sb.is_in_recovery(2)));
+    ok("node 2 streams", sb.wait_until_streaming(2, NOTICE));
+    assert!(UP.contains(&ok("status 1", pgpool.node_status(1)).as_str()));
+    // A bad line is refused and the file left as it was.
+    assert!(sb.hba_prepend(1, "host nonsense").is_err());
+    stays_in(&pgpool, 1, UP, Duration::from_secs(2));
+}
+
+/// Records pcp outputs of this machine's pgpool into tests/data/pcp (run
+/// by hand: `cargo test --test live record_pcp_outputs -- --ignored`).
+#[test]
+#[ignore = "writes tests/data/pcp; run by hand"]
+fn record_pcp_outputs() {
+    use plusmoin::sandbox::pgpool::PgpoolCluster;
+    let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pcp");
+    ok("mkdir", std::fs::create_dir_all(&out_dir));
+    let mut index = Vec::new();
+    let mut record = |name: &str, pg: &Pgpool, tool: &str, args: &[&str]| {
+        let out = ok(tool, pg.pcp_raw(tool, args));
+        let base = out_dir.join(name);
+        let write = |ext: &str, text: &str| {
+            ok("write", std::fs::write(base.with_extension(ext), text));
+        };
+        write("stdout.txt", &out.stdout);
+        write("stderr.txt", &out.stderr);
+        write(
+            "exit.txt",
+            &out.exit_code.map_or("killed".to_owned(), |c| c.to_string()),
+        );
+        let args_shown = args.join(" ");
+        index.push(format!(
+            "{name}: {tool} -h HOST -p PCP_PORT -U pgpool -w {args_shown}"
+        ));
+        out
+    };
+    let sb = ok("sandbox", Sandbox::start(2));
+    {
+        let pg = ok("pgpool", Pgpool::start(&sb, PgpoolOptions::default()));
+        record(
+            "watchdog_info_no_watchdog_verbose",
+            &pg,
+            "pcp_watchdog_info",
+            &["-v"],
+        );
+        record(
+            "watchdog_info_no_watchdog_terse",
+            &pg,
+            "pcp_watchdog_info",
+            &[],
+        );
+        for (name, id) in [("primary_up", "0"), ("standby_up", "1")] {
+            record(
+                &format!("node_info_{name}_verbose"),
+                &pg,
+                "pcp_node_info",
+                &["-v", "-n", id],
+            );
+            record(
+                &format!("node_info_{name}_terse"),
+                &pg,
+                "pcp_node_info",
+                &["-n", id],
+            );
+        }
+        ok("detach 2", pg.detach(2));
+        record(
+            "node_info_standby_down_verbose",
+            &pg,
+            "pcp_node_info",
+            &["-v", "-n", "2"],
+        );
+        record(
+            "node_info_standby_down_terse",
+            &pg,
+            "pcp_node_info",
+            &["-n", "2"],
+        );
+        record("node_info_all_terse", &pg, "pcp_node_info", &["-a"]);
+        record("node_info_all_verbose", &pg, "pcp_node_info", &["-a", "-v"]);
+        record("node_info_unknown_node", &pg, "pcp_node_info", &["-n", "7"]);
+        ok("attach 2", pg.attach(2));
+    }
+    {
+        let pg = ok(
+            "pgpool with failover",
+            Pgpool::start(
+                &sb,
+                PgpoolOptions {
+                    failover: true,
+                    ..PgpoolOptions::default()
+                },
+            ),
+        );
+        ok("kill -9 node 0", sb.kill9(0));
+        // As fast as pcp goes, until pgpool settled on node 1 as primary.
+        let mut n = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let out = record(
+                &format!("node_info_during_failover_{n:02}_verbose"),
+                &pg,
+                "pcp_node_info",
+                &["-v", "-n", "1"],
+            );
+            n += 1;
+            if out.stdout.contains("Role                   : primary") || n >= 20 {
+                break;
+            }
+        }
+        record(
+            "node_info_after_failover_all_terse",
+            &pg,
+            "pcp_node_info",
+            &["-a"],
+        );
+    }
+    drop(sb);
+    let sb = ok("sandbox", Sandbox::start(1));
+    let cluster = ok(
+        "cluster",
+        PgpoolCluster::start(&sb, PgpoolOptions::default(), 3),
+    );
+    let leader = cluster.leader().expect("leader");
+    let standby = (leader + 1) % 3;
+    let third = (leader + 2) % 3;
+    for (name, m) in [("leader", leader), ("standby", standby)] {
+        let pg = cluster.member(m);
+        record(
+            &format!("watchdog_info_{name}_verbose"),
+            pg,
+            "pcp_watchdog_info",
+            &["-v"],
+        );
+        record(
+            &format!("watchdog_info_{name}_terse"),
+            pg,
+            "pcp_watchdog_info",
+            &[],
+        );
+    }
+    record(
+        "node_info_watchdog_standby_member_terse",
+        cluster.member(standby),
+        "pcp_node_info",
+        &["-a"],
+    );
+    record(
+        "detach_via_standby_member",
+        cluster.member(standby),
+        "pcp_detach_node",
+        &["-n", "1"],
+    );
+    ok("stop the leader", cluster.member(leader).stop());
+    let mut n = 0;
+    while n < 40 {
+        let out = record(
+            &format!("watchdog_info_election_{n:02}_verbose"),
+            cluster.member(third),
+            "pcp_watchdog_info",
+            &["-v"],
+        );
+        n += 1;
+        if out.stdout.contains("Status Name       : LEADER") && !out.stdout.contains("Not Set") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    record(
+        "watchdog_info_member_after_reelection_terse",
+        cluster.member(third),
+        "pcp_watchdog_info",
+        &[],
+    );
+    drop(cluster);
+    ok(
+        "index",
+        std::fs::write(out_dir.join("commands.txt"), index.join("\n") + "\n"),
+    );
+}
