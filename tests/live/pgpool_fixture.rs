@@ -590,81 +590,69 @@ fn health_checks_in_another_database_can_be_refused_on_one_standby() {
     stays_in(&pgpool, 1, UP, Duration::from_secs(2));
 }
 
+/// Runs `tool args` against `pg`, verbatim.
+fn pcp(pg: &Pgpool, tool: &str, args: &[&str]) -> plusmoin::sandbox::pgpool::PcpOutput {
+    ok(tool, pg.pcp_raw(tool, args))
+}
+
 /// Records pcp outputs of this machine's pgpool into tests/data/pcp (run
-/// by hand: `cargo test --test live record_pcp_outputs -- --ignored`).
+/// by hand: `cargo test --test live record_pcp_outputs -- --ignored`):
+/// `<case>.stdout.txt`, `<case>.stderr.txt`, `<case>.exit.txt`, and
+/// `commands.txt` naming each case's command.
 #[test]
 #[ignore = "writes tests/data/pcp; run by hand"]
 fn record_pcp_outputs() {
-    use plusmoin::sandbox::pgpool::PgpoolCluster;
+    use plusmoin::sandbox::pgpool::{PcpOutput, PgpoolCluster};
     let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pcp");
     ok("mkdir", std::fs::create_dir_all(&out_dir));
     let mut index = Vec::new();
-    let mut record = |name: &str, pg: &Pgpool, tool: &str, args: &[&str]| {
-        let out = ok(tool, pg.pcp_raw(tool, args));
-        let base = out_dir.join(name);
+    let mut save = |name: &str, tool: &str, args: &[&str], out: &PcpOutput| {
         let write = |ext: &str, text: &str| {
-            ok("write", std::fs::write(base.with_extension(ext), text));
+            let path = out_dir.join(format!("{name}.{ext}"));
+            ok("write", std::fs::write(path, text));
         };
         write("stdout.txt", &out.stdout);
         write("stderr.txt", &out.stderr);
-        write(
-            "exit.txt",
-            &out.exit_code.map_or("killed".to_owned(), |c| c.to_string()),
-        );
-        let args_shown = args.join(" ");
+        let exit = out.exit_code.map_or("killed".to_owned(), |c| c.to_string());
+        write("exit.txt", &format!("{exit}\n"));
         index.push(format!(
-            "{name}: {tool} -h HOST -p PCP_PORT -U pgpool -w {args_shown}"
+            "{name}: {tool} -h 127.0.0.1 -p PCP_PORT -U pgpool -w {}",
+            args.join(" ")
         ));
-        out
+    };
+    let mut record = |name: &str, pg: &Pgpool, tool: &str, args: &[&str]| {
+        save(name, tool, args, &pcp(pg, tool, args));
     };
     let sb = ok("sandbox", Sandbox::start(2));
     {
         let pg = ok("pgpool", Pgpool::start(&sb, PgpoolOptions::default()));
-        record(
-            "watchdog_info_no_watchdog_verbose",
-            &pg,
-            "pcp_watchdog_info",
-            &["-v"],
-        );
-        record(
-            "watchdog_info_no_watchdog_terse",
-            &pg,
-            "pcp_watchdog_info",
-            &[],
-        );
+        let wd = "pcp_watchdog_info";
+        record("watchdog_info_no_watchdog_verbose", &pg, wd, &["-v"]);
+        record("watchdog_info_no_watchdog_terse", &pg, wd, &[]);
+        let ni = "pcp_node_info";
         for (name, id) in [("primary_up", "0"), ("standby_up", "1")] {
             record(
                 &format!("node_info_{name}_verbose"),
                 &pg,
-                "pcp_node_info",
+                ni,
                 &["-v", "-n", id],
             );
-            record(
-                &format!("node_info_{name}_terse"),
-                &pg,
-                "pcp_node_info",
-                &["-n", id],
-            );
+            record(&format!("node_info_{name}_terse"), &pg, ni, &["-n", id]);
         }
         ok("detach 2", pg.detach(2));
         record(
             "node_info_standby_down_verbose",
             &pg,
-            "pcp_node_info",
+            ni,
             &["-v", "-n", "2"],
         );
-        record(
-            "node_info_standby_down_terse",
-            &pg,
-            "pcp_node_info",
-            &["-n", "2"],
-        );
-        record("node_info_all_terse", &pg, "pcp_node_info", &["-a"]);
-        record("node_info_all_verbose", &pg, "pcp_node_info", &["-a", "-v"]);
-        record("node_info_unknown_node", &pg, "pcp_node_info", &["-n", "7"]);
-        ok("attach 2", pg.attach(2));
+        record("node_info_standby_down_terse", &pg, ni, &["-n", "2"]);
+        record("node_info_all_terse", &pg, ni, &["-a"]);
+        record("node_info_all_verbose", &pg, ni, &["-a", "-v"]);
+        record("node_info_unknown_node", &pg, ni, &["-n", "7"]);
+        record("attach_node", &pg, "pcp_attach_node", &["-n", "2"]);
     }
-    {
+    let failover_cases = {
         let pg = ok(
             "pgpool with failover",
             Pgpool::start(
@@ -676,28 +664,38 @@ fn record_pcp_outputs() {
             ),
         );
         ok("kill -9 node 0", sb.kill9(0));
-        // As fast as pcp goes, until pgpool settled on node 1 as primary.
-        let mut n = 0;
+        // As fast as pcp goes until pgpool settled on node 1 as primary;
+        // only answers that differ from the previous one are kept.
+        let args = ["-a", "-v"];
+        let (mut cases, mut last) = (Vec::new(), String::new());
         let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let out = record(
-                &format!("node_info_during_failover_{n:02}_verbose"),
-                &pg,
-                "pcp_node_info",
-                &["-v", "-n", "1"],
-            );
-            n += 1;
-            if out.stdout.contains("Role                   : primary") || n >= 20 {
+        while Instant::now() < deadline && cases.len() < 10 {
+            let out = pcp(&pg, "pcp_node_info", &args);
+            let seen = format!("{}{}{:?}", out.stdout, out.stderr, out.exit_code);
+            if seen != last {
+                last = seen;
+                cases.push(out);
+            }
+            let settled = pg.node_info(1).is_ok_and(|i| i.role == "primary")
+                && pg.node_info(0).is_ok_and(|i| i.status == "down");
+            if settled {
                 break;
             }
         }
-        record(
-            "node_info_after_failover_all_terse",
-            &pg,
-            "pcp_node_info",
-            &["-a"],
-        );
+        cases.push(pcp(&pg, "pcp_node_info", &["-a"]));
+        cases
+    };
+    let (after, during) = failover_cases.split_last().expect("cases");
+    for (n, out) in during.iter().enumerate() {
+        let name = format!("node_info_during_failover_{n:02}_all_verbose");
+        save(&name, "pcp_node_info", &["-a", "-v"], out);
     }
+    save(
+        "node_info_after_failover_all_terse",
+        "pcp_node_info",
+        &["-a"],
+        after,
+    );
     drop(sb);
     let sb = ok("sandbox", Sandbox::start(1));
     let cluster = ok(
@@ -707,55 +705,61 @@ fn record_pcp_outputs() {
     let leader = cluster.leader().expect("leader");
     let standby = (leader + 1) % 3;
     let third = (leader + 2) % 3;
+    let wd = "pcp_watchdog_info";
     for (name, m) in [("leader", leader), ("standby", standby)] {
         let pg = cluster.member(m);
-        record(
+        save(
             &format!("watchdog_info_{name}_verbose"),
-            pg,
-            "pcp_watchdog_info",
+            wd,
             &["-v"],
+            &pcp(pg, wd, &["-v"]),
         );
-        record(
+        save(
             &format!("watchdog_info_{name}_terse"),
-            pg,
-            "pcp_watchdog_info",
+            wd,
             &[],
+            &pcp(pg, wd, &[]),
         );
     }
-    record(
-        "node_info_watchdog_standby_member_terse",
-        cluster.member(standby),
-        "pcp_node_info",
+    let m = cluster.member(standby);
+    let ni = "pcp_node_info";
+    save(
+        "node_info_watchdog_standby_member_all_terse",
+        ni,
         &["-a"],
+        &pcp(m, ni, &["-a"]),
     );
-    record(
-        "detach_via_standby_member",
-        cluster.member(standby),
-        "pcp_detach_node",
+    let dt = "pcp_detach_node";
+    save(
+        "detach_node_via_watchdog_standby_member",
+        dt,
         &["-n", "1"],
+        &pcp(m, dt, &["-n", "1"]),
     );
     ok("stop the leader", cluster.member(leader).stop());
-    let mut n = 0;
-    while n < 40 {
-        let out = record(
-            &format!("watchdog_info_election_{n:02}_verbose"),
-            cluster.member(third),
-            "pcp_watchdog_info",
-            &["-v"],
-        );
-        n += 1;
+    let (mut n, mut last) = (0, String::new());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && n < 10 {
+        let out = pcp(cluster.member(third), wd, &["-v"]);
+        if out.stdout != last {
+            save(
+                &format!("watchdog_info_election_{n:02}_verbose"),
+                wd,
+                &["-v"],
+                &out,
+            );
+            n += 1;
+            last = out.stdout.clone();
+        }
         if out.stdout.contains("Status Name       : LEADER") && !out.stdout.contains("Not Set") {
             break;
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(100));
     }
-    record(
-        "watchdog_info_member_after_reelection_terse",
-        cluster.member(third),
-        "pcp_watchdog_info",
-        &[],
-    );
+    let out = pcp(cluster.member(third), wd, &[]);
+    save("watchdog_info_after_reelection_terse", wd, &[], &out);
     drop(cluster);
+    index.sort();
     ok(
         "index",
         std::fs::write(out_dir.join("commands.txt"), index.join("\n") + "\n"),
