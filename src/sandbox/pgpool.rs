@@ -1312,6 +1312,28 @@ mod tests {
     }
 
     #[test]
+    fn parses_recorded_node_info() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/pcp/");
+        let read = |name: &str| {
+            std::fs::read_to_string(format!("{dir}{name}.stdout.txt")).expect("recorded output")
+        };
+        for form in ["verbose", "terse"] {
+            let primary = parse_node_info(&read(&format!("node_info_primary_up_{form}")));
+            assert_eq!(
+                primary.map(|i| i.role),
+                Some("primary".to_owned()),
+                "{form}"
+            );
+            let standby =
+                parse_node_info(&read(&format!("node_info_standby_up_{form}"))).expect(form);
+            assert_eq!(standby.status, "waiting");
+            assert_eq!(standby.replication_state, "streaming");
+            let down = parse_node_info(&read(&format!("node_info_standby_down_{form}")));
+            assert_eq!(down.map(|i| i.status), Some("down".to_owned()), "{form}");
+        }
+    }
+
+    #[test]
     fn terse_node_info_without_a_name_uses_the_code() {
         let info = parse_node_info("db1 5432 3 0.5");
         assert_eq!(info.map(|i| i.status), Some("down".to_owned()));

@@ -437,6 +437,31 @@ mod tests {
     }
 
     #[test]
+    fn parses_recorded_watchdog_info() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/pcp/");
+        let read = |name: &str| {
+            std::fs::read_to_string(format!("{dir}{name}.stdout.txt")).expect("recorded output")
+        };
+        let standby = parse_watchdog_info(&read("watchdog_info_standby_verbose")).expect("parses");
+        assert_eq!(standby.local_state(), "STANDBY");
+        assert_eq!(standby.nodes.len(), 3);
+        let leader_port = standby.leader_port().expect("a leader");
+        let leader = parse_watchdog_info(&read("watchdog_info_leader_verbose")).expect("parses");
+        assert_eq!(leader.local_state(), "LEADER");
+        assert!(leader.escalated);
+        assert_eq!(leader.nodes[0].pgpool_port, leader_port);
+        let election =
+            parse_watchdog_info(&read("watchdog_info_election_00_verbose")).expect("parses");
+        assert_eq!(election.leader_name, "Not Set");
+        assert_eq!(election.leader_port(), None);
+        assert_eq!(election.quorum_state, "NO LEADER NODE");
+        assert_eq!(
+            parse_watchdog_info(&read("watchdog_info_leader_terse")),
+            None
+        );
+    }
+
+    #[test]
     fn watchdog_conf_lists_every_member() {
         let conf = watchdog_conf(&[
             MemberPorts {
