@@ -9,6 +9,12 @@
 //! its cleanup on drop — including the pgpools of test processes that died
 //! without dropping theirs.
 //!
+//! By default it is the "easy lab shape" (no health-check retries, no
+//! failover or follow_primary command, no watchdog); [`PgpoolOptions`] makes
+//! it production-shaped (retries, real failover/follow_primary scripts, the
+//! checks in another database), and [`PgpoolCluster`] runs several members
+//! with the watchdog on.
+//!
 //! Facts it is built around (pgpool-II 4.3): pcp commands exit 0 when
 //! pgpool refused a request (an unknown node id, for one; only a failed
 //! login or connection exits 1), so their stderr is checked; pcp silently ignores a
@@ -235,8 +241,9 @@ pub fn pgpool_installed() -> bool {
 impl Pgpool {
     /// Starts pgpool in front of every node of `sb` (backend N = sandbox
     /// node N) in streaming-replication mode, with load balancing, health
-    /// checks every second, no failover command (a failed node is only
-    /// detached, nothing is promoted) and no failover on backend errors.
+    /// checks every second, by default no failover command (a failed node
+    /// is only detached, nothing is promoted; see [`PgpoolOptions`]) and no
+    /// failover on backend errors.
     /// pgpool runs in the foreground as the sandbox's OS user, on two free
     /// loopback ports, with everything it writes in a directory of its own.
     /// Returns once pgpool accepts connections and `pcp_node_info` answers
