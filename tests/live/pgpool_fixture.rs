@@ -103,6 +103,14 @@ fn all_nodes_up_after_start_and_views_agree() {
     );
     assert!(pgpool.bin_dir().join("pcp_attach_node").is_file());
     assert!(pgpool.node_status(3).is_err(), "node 3 does not exist");
+    // No watchdog here: pcp refuses (on stderr, exit 0) and we say so.
+    let refused = pgpool.watchdog_info();
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("watchdog is not enabled")),
+        "{refused:?}"
+    );
 }
 
 #[test]
