@@ -304,6 +304,7 @@ fn start_pgpool(sb: &Sandbox, auto_failback: Option<Duration>) -> Res<Pgpool> {
         PgpoolOptions {
             auto_failback,
             health_check_period: Some(1),
+            ..PgpoolOptions::default()
         },
     )?)
 }

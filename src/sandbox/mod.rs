@@ -338,6 +338,68 @@ impl Sandbox {
         self.dir.path()
     }
 
+    /// The data directory of node `i` (owned by the servers' OS user).
+    ///
+    /// # Panics
+    /// When `i >= self.len()`, like slice indexing: a caller's bug.
+    pub fn data_dir(&self, i: usize) -> &Path {
+        &self.nodes[i].data
+    }
+
+    /// Records that something outside the sandbox (pgpool's failover or
+    /// follow_primary scripts, say) promoted node `i` (`None`) or re-pointed
+    /// it at `upstream`, so [`Sandbox::wait_until_streaming`] waits for the
+    /// right sender.
+    pub fn set_upstream(&self, i: usize, upstream: Option<usize>) -> Result<(), SandboxError> {
+        self.node(i)?;
+        if let Some(u) = upstream {
+            self.node(u)?;
+        }
+        self.upstreams()[i] = upstream;
+        Ok(())
+    }
+
+    /// Puts `line` first in node `i`'s pg_hba.conf (first match wins, so it
+    /// overrides the sandbox's own lines) and, when the node runs, reloads
+    /// the configuration. The file is checked first (`pg_hba_file_rules`)
+    /// so a bad line fails here, not silently at reload. A reload is
+    /// asynchronous: this waits a moment after signalling the postmaster so
+    /// new connections see the rule. Example: `host postgres plusmoin
+    /// 127.0.0.1/32 reject` refuses pgpool's health check (when it logs in
+    /// to `postgres`) but not plusmoin (database `plusmoin`).
+    pub fn hba_prepend(&self, i: usize, line: &str) -> Result<(), SandboxError> {
+        let path = self.node(i)?.data.join("pg_hba.conf");
+        let old = fs::read_to_string(&path).map_err(|source| SandboxError::Io {
+            what: format!("read {}", path.display()),
+            source,
+        })?;
+        self.write_file(&path, &format!("{}\n{old}", line.trim_end()))?;
+        if self.postmaster(i)?.is_none() {
+            tracing::info!(
+                node = i,
+                line,
+                "sandbox: pg_hba line added (node not running)"
+            );
+            return Ok(());
+        }
+        let errors = self.psql(
+            i,
+            "postgres",
+            "SELECT line_number || ': ' || error FROM pg_hba_file_rules WHERE error IS NOT NULL",
+        )?;
+        if !errors.trim().is_empty() {
+            self.write_file(&path, &old)?;
+            return Err(SandboxError::Unexpected {
+                command: format!("node {i}: pg_hba.conf with {line:?}"),
+                output: errors,
+            });
+        }
+        self.psql(i, "postgres", "SELECT pg_reload_conf()")?;
+        std::thread::sleep(Duration::from_millis(300));
+        tracing::info!(node = i, line, "sandbox: pg_hba line added and reloaded");
+        Ok(())
+    }
+
     /// Stops node `i` cleanly (`pg_ctl stop -m fast`) and waits for it.
     pub fn stop(&self, i: usize) -> Result<(), SandboxError> {
         let data = self.node(i)?.data.clone();

@@ -9,6 +9,12 @@
 //! its cleanup on drop — including the pgpools of test processes that died
 //! without dropping theirs.
 //!
+//! By default it is the "easy lab shape" (no health-check retries, no
+//! failover or follow_primary command, no watchdog); [`PgpoolOptions`] makes
+//! it production-shaped (retries, real failover/follow_primary scripts, the
+//! checks in another database), and [`PgpoolCluster`] runs several members
+//! with the watchdog on.
+//!
 //! Facts it is built around (pgpool-II 4.3): pcp commands exit 0 when
 //! pgpool refused a request (an unknown node id, for one; only a failed
 //! login or connection exits 1), so their stderr is checked; pcp silently ignores a
@@ -33,8 +39,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
+mod watchdog;
+
+pub use watchdog::{PgpoolCluster, WatchdogInfo, WatchdogNode};
+
 use super::procs::{self, owner_stamp, Proc, OWNER_FILE};
-use super::run::{command_line, run_command, Output, Runner};
+use super::run::{command_line, run_capture, run_command, Output, Runner};
 use super::{
     base_dir, free_port, lock, pg_bin_dir, sql_quote, Sandbox, SandboxError, HOST, SANDBOX_DBNAME,
     SANDBOX_PASSWORD, SANDBOX_USER,
@@ -71,9 +81,25 @@ const TRANSIENT_ATTEMPTS: u32 = 4;
 const PORT_ATTEMPTS: usize = 5;
 /// How pgpool says it could not bind (its log, at start).
 const BIND_FAILURE: &str = "Address already in use";
+/// The failover_command script in pgpool's directory (`failover: true`).
+const FAILOVER_SCRIPT: &str = "failover.sh";
+/// The follow_primary_command script in pgpool's directory.
+const FOLLOW_SCRIPT: &str = "follow_primary.sh";
+/// One line per failover_command run.
+const FAILOVER_LOG: &str = "failover.log";
+/// One line per follow_primary_command run.
+const FOLLOW_LOG: &str = "follow.log";
+/// What both scripts do first: close every descriptor inherited from
+/// pgpool beyond stdin/stdout/stderr (its listening sockets among them), so
+/// nothing they start can keep pgpool's ports.
+const CLOSE_INHERITED_FDS: &str = "for fd in $(ls /proc/$$/fd); do\n  \
+     [ \"$fd\" -gt 2 ] && eval \"exec $fd>&-\"\n\
+     done 2>/dev/null\n";
 
 /// How the pgpool in front of the sandbox behaves beyond the fixed basics.
-#[derive(Clone, Debug, Default)]
+/// `Default` is the "easy lab shape": no retries, no failover scripts, the
+/// checks log in to the sandbox database.
+#[derive(Clone, Debug)]
 pub struct PgpoolOptions {
     /// None: `auto_failback = off`. Some(interval): `auto_failback = on`
     /// with that `auto_failback_interval` (whole seconds, rounded down).
@@ -85,9 +111,57 @@ pub struct PgpoolOptions {
     /// pgpool's start is immediate, the next one waits until the interval
     /// since the previous failback has passed (a pgpool restart resets it).
     pub auto_failback: Option<Duration>,
-    /// `health_check_period` in seconds (None: 1); retries are always 0, so
-    /// one failed check detaches the node.
+    /// `health_check_period` in seconds (None: 1).
     pub health_check_period: Option<u32>,
+    /// `health_check_max_retries` (default 0: one failed check detaches
+    /// the node). With retries, a really dead node is detached only after
+    /// every retry failed (10 retries, delay 1: about 11 s).
+    pub health_check_max_retries: u32,
+    /// `health_check_retry_delay` in seconds (default 1).
+    pub health_check_retry_delay: u32,
+    /// When true pgpool gets real scripts, written into its directory and
+    /// run as the servers' OS user: a `failover_command` that promotes the
+    /// new main node (`pg_ctl promote -w`) when the failed node was the
+    /// primary, and a `follow_primary_command` that re-points each standby
+    /// at the new primary (`ALTER SYSTEM SET primary_conninfo` +
+    /// `pg_reload_conf()`, the sandbox's own conninfo shape). The follow
+    /// script does NOT attach the standby again: pgpool leaves it down
+    /// (re-attaching is plusmoin's job). Neither script starts a server.
+    /// Each run appends a line to `failover.log` / `follow.log`, see
+    /// [`Pgpool::failover_runs`] and [`Pgpool::follow_runs`]. False (the
+    /// default): both commands are empty, nothing is promoted.
+    pub failover: bool,
+    /// The database pgpool's health check and streaming-replication check
+    /// log in to (as the sandbox's plusmoin role). None (the default): the
+    /// sandbox database, the one plusmoin uses. `Some("postgres")` lets a
+    /// test refuse pgpool's checks on one node with
+    /// [`Sandbox::hba_prepend`] while plusmoin still gets in.
+    pub health_check_database: Option<String>,
+}
+
+impl Default for PgpoolOptions {
+    fn default() -> Self {
+        PgpoolOptions {
+            auto_failback: None,
+            health_check_period: None,
+            health_check_max_retries: 0,
+            health_check_retry_delay: 1,
+            failover: false,
+            health_check_database: None,
+        }
+    }
+}
+
+/// A pcp command's verbatim result (see [`Pgpool::pcp_raw`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PcpOutput {
+    /// The command line run.
+    pub command: String,
+    pub stdout: String,
+    pub stderr: String,
+    /// The exit code; None when it was killed (by a signal, or at the
+    /// 15 s deadline).
+    pub exit_code: Option<i32>,
 }
 
 /// pgpool's view of one backend, from `pcp_node_info`.
@@ -167,8 +241,9 @@ pub fn pgpool_installed() -> bool {
 impl Pgpool {
     /// Starts pgpool in front of every node of `sb` (backend N = sandbox
     /// node N) in streaming-replication mode, with load balancing, health
-    /// checks every second, no failover command (a failed node is only
-    /// detached, nothing is promoted) and no failover on backend errors.
+    /// checks every second, by default no failover command (a failed node
+    /// is only detached, nothing is promoted; see [`PgpoolOptions`]) and no
+    /// failover on backend errors.
     /// pgpool runs in the foreground as the sandbox's OS user, on two free
     /// loopback ports, with everything it writes in a directory of its own.
     /// Returns once pgpool accepts connections and `pcp_node_info` answers
@@ -187,6 +262,47 @@ impl Pgpool {
         extra_conf: &[&str],
     ) -> Result<Pgpool, SandboxError> {
         let began = Instant::now();
+        let mut pgpool = Pgpool::create(sb, &opts)?;
+        let extra: Vec<String> = extra_conf.iter().map(|l| l.to_string()).collect();
+        let mut attempt = 1;
+        loop {
+            if pgpool.port == pgpool.pcp_port {
+                pgpool.pcp_port = free_port()?;
+                continue;
+            }
+            pgpool.write_conf(sb, &opts, &extra)?;
+            let log_len = pgpool.log_len();
+            match pgpool.launch(false) {
+                Ok(()) => break,
+                Err(e) => {
+                    if attempt >= PORT_ATTEMPTS || !pgpool.bind_failed_since(log_len) {
+                        return Err(e);
+                    }
+                    tracing::warn!(
+                        port = pgpool.port,
+                        pcp_port = pgpool.pcp_port,
+                        "pgpool: port taken, retrying"
+                    );
+                    pgpool.port = free_port()?;
+                    pgpool.pcp_port = free_port()?;
+                    attempt += 1;
+                }
+            }
+        }
+        tracing::info!(
+            dir = %pgpool.dir().display(),
+            port = pgpool.port,
+            pcp_port = pgpool.pcp_port,
+            nodes = pgpool.nodes,
+            elapsed_ms = began.elapsed().as_millis() as u64,
+            "pgpool: started"
+        );
+        Ok(pgpool)
+    }
+
+    /// A pgpool not started yet: its directory with the fixed files (and
+    /// the scripts when `opts.failover`), and two free ports.
+    fn create(sb: &Sandbox, opts: &PgpoolOptions) -> Result<Pgpool, SandboxError> {
         let bin = pgpool_bin_dir()?;
         let psql = pg_bin_dir()?.join("psql");
         let base = base_dir();
@@ -211,7 +327,7 @@ impl Pgpool {
                 source,
             })?;
         }
-        let mut pgpool = Pgpool {
+        let pgpool = Pgpool {
             bin,
             psql,
             runner,
@@ -227,59 +343,74 @@ impl Pgpool {
             running: Mutex::new(None),
             dir,
         };
+        pgpool.write_fixed_files()?;
+        if opts.failover {
+            pgpool.write_scripts(sb)?;
+        }
+        Ok(pgpool)
+    }
+
+    /// Writes pgpool.conf for the current ports, with `extra` lines last,
+    /// and the pcppass file for the current pcp port.
+    fn write_conf(
+        &self,
+        sb: &Sandbox,
+        opts: &PgpoolOptions,
+        extra: &[String],
+    ) -> Result<(), SandboxError> {
         let backends: Vec<Backend> = (0..sb.len())
             .map(|i| Backend {
                 port: sb.port(i),
                 application_name: application_name(sb, i),
+                data: sb.data_dir(i).to_path_buf(),
             })
             .collect();
-        pgpool.write_fixed_files()?;
-        let mut attempt = 1;
-        loop {
-            if pgpool.port == pgpool.pcp_port {
-                pgpool.pcp_port = free_port()?;
-                continue;
-            }
-            let conf = render_conf(&ConfInput {
-                dir: pgpool.dir(),
-                port: pgpool.port,
-                pcp_port: pgpool.pcp_port,
-                backends: &backends,
-                opts: &opts,
-                extra_conf,
-            });
-            pgpool.runner.write_file(&pgpool.conf, &conf)?;
-            pgpool.write_pcppass()?;
-            let log_len = fs::metadata(&pgpool.log).map_or(0, |m| m.len());
-            match pgpool.launch(false) {
-                Ok(()) => break,
-                Err(e) => {
-                    let log = fs::read(&pgpool.log).unwrap_or_default();
-                    let new_log =
-                        String::from_utf8_lossy(log.get(log_len as usize..).unwrap_or_default());
-                    if attempt >= PORT_ATTEMPTS || !new_log.contains(BIND_FAILURE) {
-                        return Err(e);
-                    }
-                    tracing::warn!(
-                        port = pgpool.port,
-                        pcp_port = pgpool.pcp_port,
-                        "pgpool: port taken, retrying"
-                    );
-                    pgpool.port = free_port()?;
-                    pgpool.pcp_port = free_port()?;
-                    attempt += 1;
-                }
-            }
-        }
-        tracing::info!(
-            dir = %pgpool.dir().display(),
-            port = pgpool.port,
-            pcp_port = pgpool.pcp_port,
-            nodes = pgpool.nodes,
-            elapsed_ms = began.elapsed().as_millis() as u64,
-            "pgpool: started"
-        );
-        Ok(pgpool)
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let conf = render_conf(&ConfInput {
+            dir: self.dir(),
+            port: self.port,
+            pcp_port: self.pcp_port,
+            backends: &backends,
+            opts,
+            extra_conf: &extra,
+        });
+        self.runner.write_file(&self.conf, &conf)?;
+        self.write_pcppass()
+    }
+
+    fn log_len(&self) -> u64 {
+        fs::metadata(&self.log).map_or(0, |m| m.len())
+    }
+
+    /// Whether pgpool's log says, after byte `since`, that it could not bind.
+    fn bind_failed_since(&self, since: u64) -> bool {
+        let log = fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(log.get(since as usize..).unwrap_or_default())
+            .contains(BIND_FAILURE)
+    }
+
+    /// One line per run of the failover_command script (`failover: true`),
+    /// oldest first: `failover failed=<id> old_primary=<id> new_main=<id>
+    /// action=<promoted|none|promote-failed|no-new-main>`. Empty when it never ran.
+    pub fn failover_runs(&self) -> Vec<String> {
+        self.script_log(FAILOVER_LOG)
+    }
+
+    /// One line per run of the follow_primary_command script, oldest
+    /// first: `follow node=<id> new_primary=<id> old_primary=<id>
+    /// result=<repointed|skipped|failed|unknown-pair>` (skipped: the node
+    /// was not a running standby, e.g. the dead old primary).
+    pub fn follow_runs(&self) -> Vec<String> {
+        self.script_log(FOLLOW_LOG)
+    }
+
+    fn script_log(&self, name: &str) -> Vec<String> {
+        fs::read_to_string(self.dir().join(name))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The port clients connect to pgpool on (127.0.0.1).
@@ -531,6 +662,70 @@ impl Pgpool {
         )
     }
 
+    /// The failover and follow_primary scripts (see
+    /// [`PgpoolOptions::failover`]): the sandbox's binaries, socket
+    /// directory and conninfo shape are baked in; pgpool passes node ids,
+    /// ports and data directories through its %-escapes.
+    fn write_scripts(&self, sb: &Sandbox) -> Result<(), SandboxError> {
+        let dir = self.dir();
+        let pg_ctl = sb.bin.join("pg_ctl");
+        let failover = format!(
+            "#!/bin/bash\n\
+             # written by plusmoin's sandbox: pgpool's failover_command\n\
+             # args: %d (failed node) %m (new main) %P (old primary) %R (new main's data)\n\
+             {CLOSE_INHERITED_FDS}\
+             FAILED=\"$1\"; NEW_MAIN=\"$2\"; OLD_PRIMARY=\"$3\"; NEW_MAIN_DATA=\"$4\"\n\
+             if [ \"$NEW_MAIN\" -lt 0 ]; then\n  action=no-new-main\n\
+             elif [ \"$OLD_PRIMARY\" != -1 ] && [ \"$FAILED\" != \"$OLD_PRIMARY\" ]; then\n  action=none\n\
+             elif {pg_ctl} promote -w -t 60 -D \"$NEW_MAIN_DATA\"; then\n  action=promoted\n\
+             else\n  action=promote-failed\nfi\n\
+             echo \"failover failed=$FAILED old_primary=$OLD_PRIMARY new_main=$NEW_MAIN action=$action\" >> {log}\n\
+             exit 0\n",
+            pg_ctl = shell_quote(&pg_ctl.to_string_lossy()),
+            log = shell_quote(&dir.join(FAILOVER_LOG).to_string_lossy()),
+        );
+        let mut pairs = String::new();
+        for node in 0..sb.len() {
+            for primary in (0..sb.len()).filter(|p| *p != node) {
+                let sql = format!(
+                    "ALTER SYSTEM SET primary_conninfo = {}",
+                    sql_quote(&sb.primary_conninfo(node, primary))
+                );
+                pairs.push_str(&format!(
+                    "  {node}:{primary}) SQL={} ;;\n",
+                    shell_quote(&sql)
+                ));
+            }
+        }
+        let follow = format!(
+            "#!/bin/bash\n\
+             # written by plusmoin's sandbox: pgpool's follow_primary_command\n\
+             # args: %d (node to re-point) %p (its port) %m (new primary) %P (old primary)\n\
+             # It re-points the standby; it does not attach it in pgpool again.\n\
+             {CLOSE_INHERITED_FDS}\
+             NODE=\"$1\"; NODE_PORT=\"$2\"; NEW_PRIMARY=\"$3\"; OLD_PRIMARY=\"$4\"\n\
+             export PGCONNECT_TIMEOUT=5\n\
+             psql_node() {{ {psql} -X -A -t -q -h {sock} -p \"$NODE_PORT\" -U postgres -d postgres -c \"$1\"; }}\n\
+             SQL=\n\
+             case \"$NODE:$NEW_PRIMARY\" in\n{pairs}esac\n\
+             if [ -z \"$SQL\" ]; then\n  result=unknown-pair\n\
+             elif [ \"$(psql_node 'SELECT pg_is_in_recovery()' 2>/dev/null)\" != t ]; then\n  result=skipped\n\
+             elif psql_node \"$SQL\" && psql_node 'SELECT pg_reload_conf()' >/dev/null; then\n  result=repointed\n\
+             else\n  result=failed\nfi\n\
+             echo \"follow node=$NODE new_primary=$NEW_PRIMARY old_primary=$OLD_PRIMARY result=$result\" >> {log}\n\
+             exit 0\n",
+            psql = shell_quote(&sb.bin.join("psql").to_string_lossy()),
+            sock = shell_quote(&sb.dir().to_string_lossy()),
+            log = shell_quote(&dir.join(FOLLOW_LOG).to_string_lossy()),
+        );
+        for (name, text) in [(FAILOVER_SCRIPT, failover), (FOLLOW_SCRIPT, follow)] {
+            let path = dir.join(name);
+            self.runner.write_file(&path, &text)?;
+            set_mode(&path, 0o755)?;
+        }
+        Ok(())
+    }
+
     /// The pcppass file, owned by us (we run the pcp commands) and created
     /// 0600 from the start, since pcp ignores it otherwise.
     fn write_pcppass(&self) -> Result<(), SandboxError> {
@@ -685,6 +880,16 @@ impl Pgpool {
                 tracing::debug!(file = %stale.display(), "pgpool: removed a stale file");
             }
         }
+        // A watchdog member's command socket (wd_ipc_socket_dir is ours).
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".s.PGPOOLWD_CMD.")
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Runs `pcp_<tool> -h -p -U -w args` with our pcppass file. pcp exits
@@ -697,6 +902,27 @@ impl Pgpool {
             .args(args)
             .env("PCPPASSFILE", &self.pcppass);
         self.run(cmd, None)
+    }
+
+    /// Runs `pcp_<tool> -h 127.0.0.1 -p <pcp port> -U pgpool -w args`
+    /// with our pcppass file and returns what it printed and its exit code
+    /// as they are, refusals included (for recording outputs, and for tests
+    /// of how pcp behaves). `tool` is the program's name, e.g.
+    /// `pcp_watchdog_info`.
+    pub fn pcp_raw(&self, tool: &str, args: &[&str]) -> Result<PcpOutput, SandboxError> {
+        let port = self.pcp_port.to_string();
+        let mut cmd = Command::new(self.bin.join(tool));
+        cmd.args(["-h", HOST, "-p", &port, "-U", PCP_USER, "-w"])
+            .args(args)
+            .env("PCPPASSFILE", &self.pcppass)
+            .current_dir(self.dir());
+        let c = run_capture(cmd, None, COMMAND_TIMEOUT)?;
+        Ok(PcpOutput {
+            command: c.command,
+            stdout: c.stdout,
+            stderr: c.stderr,
+            exit_code: c.status.and_then(|s| s.code()),
+        })
     }
 
     /// Runs a client tool as ourselves, in pgpool's directory, with a
@@ -731,6 +957,7 @@ impl Drop for Pgpool {
 struct Backend {
     port: u16,
     application_name: String,
+    data: PathBuf,
 }
 
 /// Everything pgpool.conf depends on.
@@ -749,13 +976,32 @@ fn render_conf(c: &ConfInput) -> String {
     let q = |s: &str| sql_quote(s);
     let path = |name: &str| q(&c.dir.join(name).to_string_lossy());
     // Both checks log in to the backends as the sandbox's own role.
+    let database = c
+        .opts
+        .health_check_database
+        .as_deref()
+        .unwrap_or(SANDBOX_DBNAME);
     let login = |check: &str| {
         format!(
             "{check}_user = {}\n{check}_password = {}\n{check}_database = {}\n",
             q(SANDBOX_USER),
             q(SANDBOX_PASSWORD),
-            q(SANDBOX_DBNAME),
+            q(database),
         )
+    };
+    let (failover_command, follow_command) = if c.opts.failover {
+        (
+            q(&format!(
+                "{} %d %m %P %R",
+                c.dir.join(FAILOVER_SCRIPT).display()
+            )),
+            q(&format!(
+                "{} %d %p %m %P",
+                c.dir.join(FOLLOW_SCRIPT).display()
+            )),
+        )
+    } else {
+        (q(""), q(""))
     };
     let mut conf = format!(
         "# written by plusmoin's sandbox (pgpool fixture)\n\
@@ -787,12 +1033,12 @@ fn render_conf(c: &ConfInput) -> String {
          health_check_period = {hc_period}\n\
          health_check_timeout = 2\n\
          {health_check_login}\
-         health_check_max_retries = 0\n\
-         health_check_retry_delay = 1\n\
+         health_check_max_retries = {hc_retries}\n\
+         health_check_retry_delay = {hc_retry_delay}\n\
          connect_timeout = 5000\n\
-         failover_command = ''\n\
+         failover_command = {failover_command}\n\
          failback_command = ''\n\
-         follow_primary_command = ''\n\
+         follow_primary_command = {follow_command}\n\
          failover_on_backend_error = off\n\
          failover_on_backend_shutdown = off\n\
          detach_false_primary = off\n\
@@ -812,6 +1058,8 @@ fn render_conf(c: &ConfInput) -> String {
         sr_check_login = login("sr_check"),
         health_check_login = login("health_check"),
         hc_period = c.opts.health_check_period.unwrap_or(1),
+        hc_retries = c.opts.health_check_max_retries,
+        hc_retry_delay = c.opts.health_check_retry_delay,
         auto_failback = if c.opts.auto_failback.is_some() {
             "on"
         } else {
@@ -825,10 +1073,12 @@ fn render_conf(c: &ConfInput) -> String {
              backend_port{i} = {port}\n\
              backend_weight{i} = 1\n\
              backend_flag{i} = 'ALLOW_TO_FAILOVER'\n\
-             backend_application_name{i} = {app}\n",
+             backend_application_name{i} = {app}\n\
+             backend_data_directory{i} = {data}\n",
             host = q(HOST),
             port = b.port,
             app = q(&b.application_name),
+            data = q(&b.data.to_string_lossy()),
         ));
     }
     for line in c.extra_conf {
@@ -1026,6 +1276,11 @@ fn pid_file_process(dir: &Path) -> Option<Proc> {
     ours.then_some(proc)
 }
 
+/// A word for bash, single-quoted.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 fn set_mode(path: &Path, mode: u32) -> Result<(), SandboxError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| SandboxError::Io {
         what: format!("chmod {mode:o} {}", path.display()),
@@ -1061,6 +1316,28 @@ mod tests {
             "127.0.0.1 25431 3 0.500000 down down standby unknown 0 none none 2026-11-25 18:40:31",
         );
         assert_eq!(down.map(|i| i.status), Some("down".to_owned()));
+    }
+
+    #[test]
+    fn parses_recorded_node_info() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/pcp/");
+        let read = |name: &str| {
+            std::fs::read_to_string(format!("{dir}{name}.stdout.txt")).expect("recorded output")
+        };
+        for form in ["verbose", "terse"] {
+            let primary = parse_node_info(&read(&format!("node_info_primary_up_{form}")));
+            assert_eq!(
+                primary.map(|i| i.role),
+                Some("primary".to_owned()),
+                "{form}"
+            );
+            let standby =
+                parse_node_info(&read(&format!("node_info_standby_up_{form}"))).expect(form);
+            assert_eq!(standby.status, "waiting");
+            assert_eq!(standby.replication_state, "streaming");
+            let down = parse_node_info(&read(&format!("node_info_standby_down_{form}")));
+            assert_eq!(down.map(|i| i.status), Some("down".to_owned()), "{form}");
+        }
     }
 
     #[test]
@@ -1138,15 +1415,21 @@ mod tests {
             Backend {
                 port: 5432,
                 application_name: "node0".into(),
+                data: PathBuf::from("/d/node0"),
             },
             Backend {
                 port: 5433,
                 application_name: "node1".into(),
+                data: PathBuf::from("/d/node1"),
             },
         ];
         let opts = PgpoolOptions {
             auto_failback: Some(Duration::from_secs(3)),
             health_check_period: Some(2),
+            health_check_max_retries: 5,
+            failover: true,
+            health_check_database: Some("postgres".into()),
+            ..PgpoolOptions::default()
         };
         let conf = render_conf(&ConfInput {
             dir: Path::new("/dev/shm/x'y"),
@@ -1165,11 +1448,16 @@ mod tests {
             "backend_port1 = 5433\n",
             "backend_application_name1 = 'node1'\n",
             "health_check_period = 2\n",
-            "health_check_max_retries = 0\n",
+            "health_check_max_retries = 5\n",
+            "health_check_retry_delay = 1\n",
+            "health_check_database = 'postgres'\n",
+            "sr_check_database = 'postgres'\n",
+            "backend_data_directory1 = '/d/node1'\n",
+            "failover_command = '/dev/shm/x''y/failover.sh %d %m %P %R'\n",
+            "follow_primary_command = '/dev/shm/x''y/follow_primary.sh %d %p %m %P'\n",
             "auto_failback = on\n",
             "auto_failback_interval = 3\n",
             "failover_on_backend_error = off\n",
-            "failover_command = ''\n",
         ] {
             assert!(conf.contains(want), "missing {want:?} in:\n{conf}");
         }
@@ -1185,6 +1473,10 @@ mod tests {
         });
         assert!(off.contains("auto_failback = off\n"));
         assert!(off.contains("health_check_period = 1\n"));
+        assert!(off.contains("health_check_max_retries = 0\n"));
+        assert!(off.contains("failover_command = ''\n"));
+        assert!(off.contains("follow_primary_command = ''\n"));
+        assert!(off.contains("health_check_database = 'plusmoin'\n"));
     }
 
     #[test]

@@ -104,11 +104,47 @@ impl Runner {
 /// a refusal). `secret`, when given, is masked in the command line kept
 /// for logs and errors.
 pub(crate) fn run_command(
-    mut cmd: Command,
+    cmd: Command,
     secret: Option<&str>,
     timeout: Duration,
     stderr_fails: fn(&str) -> bool,
 ) -> Result<Output, SandboxError> {
+    let raw = run_capture(cmd, secret, timeout)?;
+    let stderr = raw.stderr.trim().to_owned();
+    match raw.status {
+        None => Err(SandboxError::CommandTimeout {
+            command: raw.command,
+            timeout,
+            stderr,
+        }),
+        Some(status) if status.success() && !stderr_fails(&stderr) => Ok(Output {
+            command: raw.command,
+            stdout: raw.stdout,
+        }),
+        Some(status) => Err(SandboxError::Failed {
+            command: raw.command,
+            status: status.to_string(),
+            stderr,
+        }),
+    }
+}
+
+/// What a command printed, verbatim, and how it ended.
+pub(crate) struct Captured {
+    pub command: String,
+    pub stdout: String,
+    pub stderr: String,
+    /// None: killed at the deadline.
+    pub status: Option<std::process::ExitStatus>,
+}
+
+/// [`run_command`]'s environment and deadline, but whatever the command
+/// printed and however it ended is returned as is.
+pub(crate) fn run_capture(
+    mut cmd: Command,
+    secret: Option<&str>,
+    timeout: Duration,
+) -> Result<Captured, SandboxError> {
     let mut command_line = command_line(&cmd);
     if let Some(secret) = secret.filter(|s| !s.is_empty()) {
         command_line = command_line.replace(secret, "***");
@@ -157,25 +193,12 @@ pub(crate) fn run_command(
             }
         }
     };
-    let stdout = stdout.map(join).unwrap_or_default();
-    let stderr = stderr.map(join).unwrap_or_default();
-    let stderr = stderr.trim().to_owned();
-    match status {
-        None => Err(SandboxError::CommandTimeout {
-            command: command_line,
-            timeout,
-            stderr,
-        }),
-        Some(status) if status.success() && !stderr_fails(&stderr) => Ok(Output {
-            command: command_line,
-            stdout,
-        }),
-        Some(status) => Err(SandboxError::Failed {
-            command: command_line,
-            status: status.to_string(),
-            stderr,
-        }),
-    }
+    Ok(Captured {
+        command: command_line,
+        stdout: stdout.map(join).unwrap_or_default(),
+        stderr: stderr.map(join).unwrap_or_default(),
+        status,
+    })
 }
 
 /// A command as one shell-quoted line, for logs and errors.

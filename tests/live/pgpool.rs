@@ -24,6 +24,7 @@ fn setup(standbys: usize) -> (Sandbox, Pgpool) {
         PgpoolOptions {
             auto_failback: None,
             health_check_period: Some(1),
+            ..PgpoolOptions::default()
         },
     )
     .expect("pgpool");

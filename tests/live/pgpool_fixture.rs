@@ -103,6 +103,14 @@ fn all_nodes_up_after_start_and_views_agree() {
     );
     assert!(pgpool.bin_dir().join("pcp_attach_node").is_file());
     assert!(pgpool.node_status(3).is_err(), "node 3 does not exist");
+    // No watchdog here: pcp refuses (on stderr, exit 0) and we say so.
+    let refused = pgpool.watchdog_info();
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("watchdog is not enabled")),
+        "{refused:?}"
+    );
 }
 
 #[test]
@@ -306,4 +314,462 @@ fn pcp_ignores_a_pcppass_file_that_is_not_0600() {
     // No word about the file: pcp just logs in without a password.
     assert!(e.to_string().contains("authentication failed"), "{e}");
     assert!(UP.contains(&ok("status", pgpool.node_status(0)).as_str()));
+}
+
+/// Polls `pgpool.node_info(id)` until `check` holds; the last answer.
+fn wait_info(
+    pgpool: &Pgpool,
+    id: usize,
+    timeout: Duration,
+    check: impl Fn(&plusmoin::sandbox::pgpool::NodeInfo) -> bool,
+) -> Result<plusmoin::sandbox::pgpool::NodeInfo, String> {
+    let mut last = Err("never asked".to_owned());
+    let found = wait_until(timeout, || {
+        last = pgpool.node_info(id).map_err(|e| e.to_string());
+        last.as_ref().is_ok_and(&check)
+    });
+    match last {
+        Ok(info) if found => Ok(info),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+#[test]
+fn with_failover_a_killed_primary_is_replaced_and_the_other_standby_follows() {
+    let (sb, pgpool) = setup(
+        2,
+        PgpoolOptions {
+            failover: true,
+            ..PgpoolOptions::default()
+        },
+    );
+    assert!(pgpool.failover_runs().is_empty());
+    let began = Instant::now();
+    ok("kill -9 node 0", sb.kill9(0));
+    ok("node 0 down", pgpool.wait_status(0, &["down"], NOTICE));
+    let promoted = wait_until(NOTICE, || sb.is_in_recovery(1).is_ok_and(|r| !r));
+    assert!(
+        promoted,
+        "node 1 still in recovery; log: {:?}",
+        pgpool.failover_runs()
+    );
+    let info = wait_info(&pgpool, 1, NOTICE, |i| i.role == "primary")
+        .unwrap_or_else(|e| panic!("pgpool never took node 1 as primary: {e}"));
+    eprintln!(
+        "failover: node 1 primary in pgpool {:?} after the kill ({info:?})",
+        began.elapsed()
+    );
+    let followed = wait_until(NOTICE, || {
+        pgpool
+            .follow_runs()
+            .iter()
+            .any(|l| l.starts_with("follow node=2 new_primary=1 "))
+    });
+    assert!(
+        followed,
+        "no follow run for node 2: {:?}",
+        pgpool.follow_runs()
+    );
+    let failovers = pgpool.failover_runs();
+    assert_eq!(
+        failovers,
+        vec!["failover failed=0 old_primary=0 new_main=1 action=promoted".to_owned()]
+    );
+    let follows = pgpool.follow_runs();
+    eprintln!("follow runs: {follows:?}");
+    assert!(
+        follows.contains(&"follow node=2 new_primary=1 old_primary=0 result=repointed".to_owned()),
+        "{follows:?}"
+    );
+    ok("record the new upstreams", sb.set_upstream(1, None));
+    ok("record the new upstreams", sb.set_upstream(2, Some(1)));
+    ok(
+        "node 2 streams from node 1",
+        sb.wait_until_streaming(2, NOTICE),
+    );
+    // A row written on the new primary reaches node 2.
+    ok(
+        "write on node 1",
+        sb.sql(1, "CREATE TABLE after_failover AS SELECT 42 AS x"),
+    );
+    let replicated = wait_until(NOTICE, || {
+        sb.sql(2, "SELECT x FROM after_failover")
+            .is_ok_and(|o| o.trim() == "42")
+    });
+    assert!(replicated, "the row written on node 1 never reached node 2");
+    // The follow script re-points but does not attach: pgpool keeps node 2
+    // down until someone (plusmoin) attaches it.
+    let status2 = ok("status 2", pgpool.node_status(2));
+    eprintln!("after follow_primary: node 2 is {status2} in pgpool");
+    assert_eq!(status2, "down");
+    assert_eq!(pgpool.failover_runs().len(), 1);
+}
+
+/// The statuses in pgpool's status file (`pgpool_status` in its logdir,
+/// one `up`/`down`/`unused` line per node, rewritten on every change):
+/// readable without asking pgpool, so it does not block while a backend is
+/// frozen (pcp_node_info does).
+fn status_file(pgpool: &Pgpool) -> Vec<String> {
+    std::fs::read_to_string(pgpool.dir().join("pgpool_status"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn with_retries_a_primary_frozen_3s_is_never_detached() {
+    let sb = ok("sandbox start", Sandbox::start(1));
+    let opts = PgpoolOptions {
+        failover: true,
+        health_check_period: Some(1),
+        health_check_max_retries: 5,
+        health_check_retry_delay: 1,
+        ..PgpoolOptions::default()
+    };
+    // LOG level shows the health check's retries: proof the freeze was felt.
+    let pgpool = ok(
+        "pgpool start",
+        Pgpool::start_with_conf(&sb, opts, &["log_min_messages = log"]),
+    );
+    ok("freeze node 0", sb.freeze(0));
+    let frozen_at = Instant::now();
+    let mut seen = Vec::new();
+    while frozen_at.elapsed() < Duration::from_secs(3) {
+        seen.push(status_file(&pgpool));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok("thaw node 0", sb.thaw(0));
+    let thawed_at = Instant::now();
+    while thawed_at.elapsed() < Duration::from_secs(4) {
+        seen.push(status_file(&pgpool));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        seen.iter().all(|s| s.len() == 2),
+        "unreadable status file: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|s| s.first().map(String::as_str) != Some("down")),
+        "node 0 went down in the status file: {seen:?}"
+    );
+    stays_in(&pgpool, 0, UP, Duration::from_secs(3));
+    let log = ok("read log", std::fs::read_to_string(pgpool.log_file()));
+    assert!(
+        log.contains("retrying"),
+        "pgpool's health check never retried during the freeze"
+    );
+    assert!(
+        pgpool.failover_runs().is_empty(),
+        "{:?}",
+        pgpool.failover_runs()
+    );
+    assert!(
+        pgpool.follow_runs().is_empty(),
+        "{:?}",
+        pgpool.follow_runs()
+    );
+    assert!(ok("node 1 in recovery", sb.is_in_recovery(1)));
+}
+
+#[test]
+fn a_watchdog_cluster_elects_a_leader_forwards_pcp_and_reelects() {
+    use plusmoin::sandbox::pgpool::PgpoolCluster;
+    assert!(pgpool_installed(), "pgpool-II is not installed");
+    let sb = ok("sandbox start", Sandbox::start(2));
+    let began = Instant::now();
+    let cluster = ok(
+        "cluster start",
+        PgpoolCluster::start(&sb, PgpoolOptions::default(), 3),
+    );
+    let leader = cluster
+        .leader()
+        .expect("start returned without an agreed leader");
+    eprintln!(
+        "watchdog: 3 members, leader {leader} after {:?}",
+        began.elapsed()
+    );
+    // Every member has its own ports, directory and node id.
+    let mut ports: Vec<u16> = cluster
+        .members()
+        .iter()
+        .flat_map(|m| [m.port(), m.pcp_port()])
+        .collect();
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 6);
+    for (i, m) in cluster.members().iter().enumerate() {
+        let id = ok(
+            "read pgpool_node_id",
+            std::fs::read_to_string(m.dir().join("pgpool_node_id")),
+        );
+        assert_eq!(id.trim(), i.to_string());
+        let w = ok("watchdog_info", m.watchdog_info());
+        assert_eq!(w.total_nodes, 3, "{w:?}");
+        assert_eq!(w.quorum_state, "QUORUM EXIST", "{w:?}");
+        assert_eq!(
+            w.leader_port(),
+            Some(cluster.member(leader).port()),
+            "{w:?}"
+        );
+        let want = if i == leader { "LEADER" } else { "STANDBY" };
+        assert_eq!(w.local_state(), want, "member {i}: {w:?}");
+        assert_eq!(w.escalated, i == leader);
+    }
+    // A detach sent to a non-leader is forwarded; every member sees it.
+    let other = (leader + 1) % 3;
+    ok(
+        "detach 2 through a standby member",
+        cluster.member(other).detach(2),
+    );
+    for (i, m) in cluster.members().iter().enumerate() {
+        ok(
+            &format!("member {i} sees node 2 down"),
+            m.wait_status(2, &["down"], Duration::from_secs(10)),
+        );
+    }
+    // The leader stops: another member takes over.
+    let stopped_at = Instant::now();
+    ok("stop the leader", cluster.member(leader).stop());
+    let new_leader = ok("re-election", cluster.wait_leader(Duration::from_secs(30)));
+    eprintln!(
+        "watchdog: member {new_leader} leader {:?} after the leader {leader} stopped",
+        stopped_at.elapsed()
+    );
+    assert_ne!(new_leader, leader);
+    let w = ok(
+        "new leader's view",
+        cluster.member(new_leader).watchdog_info(),
+    );
+    assert_eq!(w.local_state(), "LEADER", "{w:?}");
+    // The stopped member rejoins as a standby.
+    ok(
+        "restart the old leader",
+        cluster.member(leader).start_again(),
+    );
+    let rejoined = wait_until(Duration::from_secs(20), || {
+        cluster
+            .member(leader)
+            .watchdog_info()
+            .is_ok_and(|w| w.local_state() == "STANDBY")
+    });
+    assert!(rejoined, "{:?}", cluster.member(leader).watchdog_info());
+    assert_eq!(cluster.leader(), Some(new_leader));
+    let pids: Vec<i32> = cluster.members().iter().flat_map(|m| m.pids()).collect();
+    let dirs: Vec<_> = cluster
+        .members()
+        .iter()
+        .map(|m| m.dir().to_path_buf())
+        .collect();
+    drop(cluster);
+    let left: Vec<i32> = pids.into_iter().filter(|p| alive(*p)).collect();
+    assert!(
+        left.is_empty(),
+        "member processes left after drop: {left:?}"
+    );
+    assert!(dirs.iter().all(|d| !d.exists()));
+}
+
+#[test]
+fn health_checks_in_another_database_can_be_refused_on_one_standby() {
+    let (sb, pgpool) = setup(
+        2,
+        PgpoolOptions {
+            health_check_database: Some("postgres".to_owned()),
+            ..PgpoolOptions::default()
+        },
+    );
+    let conf = ok("read conf", std::fs::read_to_string(pgpool.conf_file()));
+    assert!(conf.contains("health_check_database = 'postgres'\n"));
+    // Every node lets the checks in by default.
+    stays_in(&pgpool, 2, UP, Duration::from_secs(2));
+    ok(
+        "refuse pgpool's checks on node 2",
+        sb.hba_prepend(2, "host postgres plusmoin 127.0.0.1/32 reject"),
+    );
+    ok("node 2 down", pgpool.wait_status(2, &["down"], NOTICE));
+    // Node 2 itself is fine and still streams; only pgpool's login is refused.
+    assert!(ok("node 2 in recovery", sb.is_in_recovery(2)));
+    ok("node 2 streams", sb.wait_until_streaming(2, NOTICE));
+    assert!(UP.contains(&ok("status 1", pgpool.node_status(1)).as_str()));
+    // A bad line is refused and the file left as it was.
+    assert!(sb.hba_prepend(1, "host nonsense").is_err());
+    stays_in(&pgpool, 1, UP, Duration::from_secs(2));
+}
+
+/// Runs `tool args` against `pg`, verbatim.
+fn pcp(pg: &Pgpool, tool: &str, args: &[&str]) -> plusmoin::sandbox::pgpool::PcpOutput {
+    ok(tool, pg.pcp_raw(tool, args))
+}
+
+/// Records pcp outputs of this machine's pgpool into tests/data/pcp (run
+/// by hand: `cargo test --test live record_pcp_outputs -- --ignored`):
+/// `<case>.stdout.txt`, `<case>.stderr.txt`, `<case>.exit.txt`, and
+/// `commands.txt` naming each case's command.
+#[test]
+#[ignore = "writes tests/data/pcp; run by hand"]
+fn record_pcp_outputs() {
+    use plusmoin::sandbox::pgpool::{PcpOutput, PgpoolCluster};
+    let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pcp");
+    ok("mkdir", std::fs::create_dir_all(&out_dir));
+    let mut index = Vec::new();
+    let mut save = |name: &str, tool: &str, args: &[&str], out: &PcpOutput| {
+        let write = |ext: &str, text: &str| {
+            let path = out_dir.join(format!("{name}.{ext}"));
+            ok("write", std::fs::write(path, text));
+        };
+        write("stdout.txt", &out.stdout);
+        write("stderr.txt", &out.stderr);
+        let exit = out.exit_code.map_or("killed".to_owned(), |c| c.to_string());
+        write("exit.txt", &format!("{exit}\n"));
+        index.push(format!(
+            "{name}: {tool} -h 127.0.0.1 -p PCP_PORT -U pgpool -w {}",
+            args.join(" ")
+        ));
+    };
+    let mut record = |name: &str, pg: &Pgpool, tool: &str, args: &[&str]| {
+        save(name, tool, args, &pcp(pg, tool, args));
+    };
+    let sb = ok("sandbox", Sandbox::start(2));
+    {
+        let pg = ok("pgpool", Pgpool::start(&sb, PgpoolOptions::default()));
+        let wd = "pcp_watchdog_info";
+        record("watchdog_info_no_watchdog_verbose", &pg, wd, &["-v"]);
+        record("watchdog_info_no_watchdog_terse", &pg, wd, &[]);
+        let ni = "pcp_node_info";
+        for (name, id) in [("primary_up", "0"), ("standby_up", "1")] {
+            record(
+                &format!("node_info_{name}_verbose"),
+                &pg,
+                ni,
+                &["-v", "-n", id],
+            );
+            record(&format!("node_info_{name}_terse"), &pg, ni, &["-n", id]);
+        }
+        ok("detach 2", pg.detach(2));
+        record(
+            "node_info_standby_down_verbose",
+            &pg,
+            ni,
+            &["-v", "-n", "2"],
+        );
+        record("node_info_standby_down_terse", &pg, ni, &["-n", "2"]);
+        record("node_info_all_terse", &pg, ni, &["-a"]);
+        record("node_info_all_verbose", &pg, ni, &["-a", "-v"]);
+        record("node_info_unknown_node", &pg, ni, &["-n", "7"]);
+        record("attach_node", &pg, "pcp_attach_node", &["-n", "2"]);
+    }
+    let failover_cases = {
+        let pg = ok(
+            "pgpool with failover",
+            Pgpool::start(
+                &sb,
+                PgpoolOptions {
+                    failover: true,
+                    ..PgpoolOptions::default()
+                },
+            ),
+        );
+        ok("kill -9 node 0", sb.kill9(0));
+        // As fast as pcp goes until pgpool settled on node 1 as primary;
+        // only answers that differ from the previous one are kept.
+        let args = ["-a", "-v"];
+        let (mut cases, mut last) = (Vec::new(), String::new());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && cases.len() < 10 {
+            let out = pcp(&pg, "pcp_node_info", &args);
+            let seen = format!("{}{}{:?}", out.stdout, out.stderr, out.exit_code);
+            if seen != last {
+                last = seen;
+                cases.push(out);
+            }
+            let settled = pg.node_info(1).is_ok_and(|i| i.role == "primary")
+                && pg.node_info(0).is_ok_and(|i| i.status == "down");
+            if settled {
+                break;
+            }
+        }
+        cases.push(pcp(&pg, "pcp_node_info", &["-a"]));
+        cases
+    };
+    let (after, during) = failover_cases.split_last().expect("cases");
+    for (n, out) in during.iter().enumerate() {
+        let name = format!("node_info_during_failover_{n:02}_all_verbose");
+        save(&name, "pcp_node_info", &["-a", "-v"], out);
+    }
+    save(
+        "node_info_after_failover_all_terse",
+        "pcp_node_info",
+        &["-a"],
+        after,
+    );
+    drop(sb);
+    let sb = ok("sandbox", Sandbox::start(1));
+    let cluster = ok(
+        "cluster",
+        PgpoolCluster::start(&sb, PgpoolOptions::default(), 3),
+    );
+    let leader = cluster.leader().expect("leader");
+    let standby = (leader + 1) % 3;
+    let third = (leader + 2) % 3;
+    let wd = "pcp_watchdog_info";
+    for (name, m) in [("leader", leader), ("standby", standby)] {
+        let pg = cluster.member(m);
+        save(
+            &format!("watchdog_info_{name}_verbose"),
+            wd,
+            &["-v"],
+            &pcp(pg, wd, &["-v"]),
+        );
+        save(
+            &format!("watchdog_info_{name}_terse"),
+            wd,
+            &[],
+            &pcp(pg, wd, &[]),
+        );
+    }
+    let m = cluster.member(standby);
+    let ni = "pcp_node_info";
+    save(
+        "node_info_watchdog_standby_member_all_terse",
+        ni,
+        &["-a"],
+        &pcp(m, ni, &["-a"]),
+    );
+    let dt = "pcp_detach_node";
+    save(
+        "detach_node_via_watchdog_standby_member",
+        dt,
+        &["-n", "1"],
+        &pcp(m, dt, &["-n", "1"]),
+    );
+    ok("stop the leader", cluster.member(leader).stop());
+    let (mut n, mut last) = (0, String::new());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && n < 10 {
+        let out = pcp(cluster.member(third), wd, &["-v"]);
+        if out.stdout != last {
+            save(
+                &format!("watchdog_info_election_{n:02}_verbose"),
+                wd,
+                &["-v"],
+                &out,
+            );
+            n += 1;
+            last = out.stdout.clone();
+        }
+        if out.stdout.contains("Status Name       : LEADER") && !out.stdout.contains("Not Set") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = pcp(cluster.member(third), wd, &[]);
+    save("watchdog_info_after_reelection_terse", wd, &[], &out);
+    drop(cluster);
+    index.sort();
+    ok(
+        "index",
+        std::fs::write(out_dir.join("commands.txt"), index.join("\n") + "\n"),
+    );
 }
