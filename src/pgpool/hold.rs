@@ -274,9 +274,8 @@ pub fn placed_by(instance_name: &str) -> String {
 }
 
 /// What each configured node answered to the role question.
-#[derive(Default)]
-struct Roles {
-    masters: Vec<(NodeName, Session)>,
+struct Roles<S = Session> {
+    masters: Vec<(NodeName, S)>,
     slaves: Vec<NodeName>,
     unreachable: Vec<(NodeName, String)>,
 }
@@ -296,7 +295,11 @@ async fn roles(connector: &Connector, config: &Config) -> Roles {
             (name, answer)
         }
     });
-    let mut roles = Roles::default();
+    let mut roles = Roles {
+        masters: Vec::new(),
+        slaves: Vec::new(),
+        unreachable: Vec::new(),
+    };
     for (name, answer) in futures_join_all(asks).await {
         match answer {
             Ok((session, false)) => roles.masters.push((name, session)),
@@ -334,7 +337,7 @@ async fn futures_join_all<F: std::future::Future>(
 }
 
 /// The one master among `roles`, or why there is none to write to.
-fn the_master(roles: Roles) -> Result<(NodeName, Session), HoldError> {
+fn the_master<S>(roles: Roles<S>) -> Result<(NodeName, S), HoldError> {
     let Roles {
         mut masters,
         slaves,
@@ -906,5 +909,130 @@ mod tests {
         });
         let held = read(&path_for(&c.status_file)).unwrap();
         assert_eq!(held.len(), 4, "{held:?}");
+    }
+
+    #[test]
+    fn the_master_is_the_only_node_out_of_recovery() {
+        let n = |p| NodeName::new("db", p);
+        let roles = |masters: &[u16], slaves: &[u16], down: &[u16]| Roles {
+            masters: masters.iter().map(|&p| (n(p), ())).collect(),
+            slaves: slaves.iter().map(|&p| n(p)).collect(),
+            unreachable: down.iter().map(|&p| (n(p), "refused".into())).collect(),
+        };
+        assert_eq!(the_master(roles(&[1], &[2], &[3])).unwrap().0, n(1));
+        let none = the_master(roles(&[], &[2], &[3])).unwrap_err().to_string();
+        assert!(
+            none.starts_with("no master reachable: a hold is stored on the master"),
+            "{none}"
+        );
+        assert!(none.contains("db:2: in recovery; db:3: refused"), "{none}");
+        let two = the_master(roles(&[1, 3], &[2], &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(two.contains("more than one master (db:1, db:3)"), "{two}");
+    }
+
+    #[test]
+    fn the_table_wins_over_the_legacy_file() {
+        let table: BTreeMap<String, HoldEntry> = [HoldEntry {
+            node: "a:1".into(),
+            placed_by: "bob@h (plusmoin i)".into(),
+            placed_at: "2024-01-01T00:00:00.000Z".into(),
+            reason: None,
+        }]
+        .into_iter()
+        .map(|e| (e.node.clone(), e))
+        .collect();
+        let file: BTreeSet<String> = ["a:1".to_string(), "b:2".to_string()].into();
+        let all = merge(&table, &file);
+        assert_eq!(all["a:1"].placed_by, "bob@h (plusmoin i)");
+        assert_eq!(all["b:2"].placed_by, LEGACY_PLACED_BY);
+        assert_eq!(all.len(), 2);
+    }
+
+    #[test]
+    fn placed_by_names_user_host_and_instance() {
+        let by = placed_by("pgpool1");
+        assert!(by.contains('@'), "{by}");
+        assert!(by.ends_with(" (plusmoin pgpool1)"), "{by}");
+    }
+
+    fn refused_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn no_node_answering_keeps_the_previous_list_and_the_legacy_file_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        hold(&c, "db1:5432").unwrap();
+        let mut h = Holds::new(&c);
+        assert!(h.current().is_empty(), "no I/O before the first refresh");
+        let nowhere = vec![NodeName::new("127.0.0.1", refused_port())];
+        h.refresh(nowhere.clone());
+        h.settle().await;
+        assert!(!h.known(), "the table was never read");
+        assert_eq!(h.names(), ["DB1:5432"]);
+        assert_eq!(h.current()["DB1:5432"].placed_by, LEGACY_PLACED_BY);
+        assert!(h.is_held(&NodeName::new("DB1", 5432)));
+        // A table read that once succeeded stays in force when none answers.
+        h.table
+            .insert("db2:5433".into(), HoldEntry::legacy("db2:5433"));
+        h.table_known = true;
+        h.refresh(nowhere);
+        h.settle().await;
+        assert_eq!(h.names(), ["DB1:5432", "db2:5433"]);
+        assert!(h
+            .table_error
+            .as_deref()
+            .unwrap()
+            .contains("no node answered"));
+        // An unreadable file keeps its previous entries too.
+        std::fs::write(path_for(&c.status_file), "{broken").unwrap();
+        h.refresh(vec![]);
+        h.settle().await;
+        assert_eq!(h.names(), ["DB1:5432", "db2:5433"]);
+        assert!(h.file_error.is_some());
+        // Released from the file: gone.
+        std::fs::write(path_for(&c.status_file), r#"{"held": []}"#).unwrap();
+        h.refresh(vec![]);
+        h.settle().await;
+        assert_eq!(h.names(), ["db2:5433"]);
+    }
+
+    #[tokio::test]
+    async fn refresh_never_waits_for_a_silent_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let keep = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.connect_timeout = std::time::Duration::from_secs(2);
+        let mut h = Holds::new(&c);
+        let t0 = std::time::Instant::now();
+        for _ in 0..5 {
+            h.refresh(vec![NodeName::new("127.0.0.1", port)]);
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_millis(100));
+        assert!(h.in_flight.is_some(), "one read in flight");
+        h.settle().await;
+        let waited = t0.elapsed();
+        assert!(waited >= std::time::Duration::from_secs(2), "{waited:?}");
+        assert!(
+            waited < std::time::Duration::from_secs(3),
+            "one read, not five: {waited:?}"
+        );
+        assert!(h
+            .table_error
+            .as_deref()
+            .unwrap()
+            .contains("no answer within 2s"));
+        keep.abort();
     }
 }
