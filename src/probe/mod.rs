@@ -18,6 +18,8 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info};
 
+/// The maintenance hold table (see [`crate::pgpool::hold`]).
+pub use crate::pgpool::hold::HOLD_TABLE_DDL;
 /// The heartbeat table, for operators who create it beforehand.
 pub use node::CREATE_TABLE as HEARTBEAT_TABLE_DDL;
 
