@@ -153,7 +153,7 @@ fn holds_are_read_from_a_standby_with_the_master_down_and_release_needs_the_mast
     // Masters first: the stopped master does not answer, the standby does.
     let h = read_holds(&c, &sb, &[0, 1]);
     assert!(h.known(), "the table was read");
-    assert_eq!(h.names(), [n1.clone()]);
+    assert_eq!(h.names(), [n1.as_str()]);
     let e = &h.current()[&n1];
     assert!(e.placed_by.ends_with("(plusmoin pgpool1)"), "{e:?}");
     assert!(e.placed_at.ends_with('Z'), "RFC 3339: {e:?}");
@@ -204,7 +204,7 @@ fn release_removes_the_hold_everywhere_and_held_json_still_counts() {
     hold::hold(&config, &n2).expect("legacy hold");
     let h = read_holds(&c, &sb, &[0, 1, 2]);
     assert!(h.known(), "no table yet is no holds, not a failure");
-    assert_eq!(h.names(), [n2.clone()]);
+    assert_eq!(h.names(), [n2.as_str()]);
     assert_eq!(h.current()[&n2].placed_by, LEGACY_PLACED_BY);
 
     ok(plusmoin(&c, &["hold", &n1]));
@@ -252,7 +252,7 @@ fn two_plusmoin_instances_share_the_holds() {
 
     ok(plusmoin(&a, &["hold", &n1, "--reason", "upgrade"]));
     let seen_by_b = read_holds(&b, &sb, &[0, 1]);
-    assert_eq!(seen_by_b.names(), [n1.clone()]);
+    assert_eq!(seen_by_b.names(), [n1.as_str()]);
     let e = &seen_by_b.current()[&n1];
     assert!(e.placed_by.ends_with("(plusmoin pgpool-a)"), "{e:?}");
     assert_eq!(e.reason.as_deref(), Some("upgrade"));
