@@ -530,6 +530,22 @@ pub async fn lift(config: &Config, given: &str) -> Result<Lifted, HoldError> {
     })
 }
 
+/// The order to read the holds in, for [`Holds::refresh`]: the configured
+/// nodes, masters first (they have the latest holds), then slaves, then
+/// the rest (lost, clusterless, not seen yet), each group in configuration
+/// order.
+pub fn read_order(config: &Config, state: &crate::cluster::State) -> Vec<NodeName> {
+    use crate::cluster::Place;
+    let rank = |n: &NodeName| match state.node(n).map(|s| s.place) {
+        Some(Place::Master) => 0,
+        Some(Place::Slave) => 1,
+        _ => 2,
+    };
+    let mut nodes: Vec<NodeName> = config.nodes.iter().map(|n| n.name.clone()).collect();
+    nodes.sort_by_key(|n| rank(n));
+    nodes
+}
+
 /// The holds a daemon reads every beat, without ever waiting for a node:
 /// [`Holds::refresh`] starts a read in the background and takes the result
 /// of the previous one; [`Holds::current`] is the list as of the last
@@ -1034,5 +1050,45 @@ mod tests {
             .unwrap()
             .contains("no answer within 2s"));
         keep.abort();
+    }
+
+    #[test]
+    fn holds_are_read_from_masters_first_then_slaves_then_the_rest() {
+        use crate::cluster::{step, Observation, Policy, State, Time};
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        let names: Vec<NodeName> = c.nodes.iter().map(|n| n.name.clone()).collect();
+        let policy = Policy {
+            max_sync_delay: std::time::Duration::from_secs(10),
+            recover_sync_delay: std::time::Duration::from_secs(5),
+        };
+        let t = Time(1_000_000_000);
+        // DB1 down, db2:5433 a slave with no heartbeat yet (clusterless),
+        // db2:5434 master, [::1]:6000 its slave in sync.
+        let heartbeat = crate::cluster::Heartbeat {
+            master_name: "db2:5434".into(),
+            cluster_id: Some(0),
+            written_at: t,
+        };
+        let obs = vec![
+            (names[0].clone(), Observation::Down { reason: "x".into() }),
+            (names[1].clone(), Observation::Slave { heartbeat: None }),
+            (names[2].clone(), Observation::Master { wrote_at: t }),
+            (
+                names[3].clone(),
+                Observation::Slave {
+                    heartbeat: Some(heartbeat),
+                },
+            ),
+        ];
+        let (state, _) = step(&State::default(), &obs, t, &policy);
+        let order = read_order(&c, &state);
+        let want = [&names[2], &names[3], &names[0], &names[1]].map(Clone::clone);
+        assert_eq!(order, want);
+        assert_eq!(
+            read_order(&c, &State::default()),
+            names,
+            "configuration order"
+        );
     }
 }
