@@ -1091,4 +1091,55 @@ mod tests {
             "configuration order"
         );
     }
+
+    #[derive(Clone, Default)]
+    struct SharedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for SharedLog {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl SharedLog {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_are_logged_and_a_lasting_failure_once() {
+        let log = SharedLog::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        hold(&c, "db2:5433").unwrap();
+        let mut h = Holds::new(&c);
+        let nowhere = vec![NodeName::new("127.0.0.1", refused_port())];
+        for _ in 0..3 {
+            h.refresh(nowhere.clone());
+            h.settle().await;
+        }
+        release(&c, "db2:5433").unwrap();
+        h.refresh(nowhere);
+        h.settle().await;
+        let text = log.text();
+        let held: Vec<&str> = text.lines().filter(|l| l.contains("node held")).collect();
+        assert_eq!(held.len(), 1, "{text}");
+        assert!(held[0].contains("node=db2:5433"), "{text}");
+        assert!(held[0].contains("held.json (this host only)"), "{text}");
+        let released = text.lines().filter(|l| l.contains("node released"));
+        assert_eq!(released.count(), 1, "{text}");
+        let failures = text.lines().filter(|l| l.contains("cannot read the holds"));
+        assert_eq!(failures.count(), 1, "logged once while it lasts: {text}");
+    }
 }
