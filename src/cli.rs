@@ -51,13 +51,20 @@ pub enum Command {
     /// Validate the configuration and print a summary of it.
     CheckConfig,
     /// Hold a node out of pgpool for maintenance: plusmoin detaches it and
-    /// never attaches it until `release` (kept beside the status file).
+    /// never attaches it until `release`. The hold is a row of the table
+    /// plusmoin_hold on the master, so every plusmoin instance sees it. The
+    /// primary cannot be held.
     Hold {
         /// The node as configured: HOST:PORT (a bare HOST if unique).
         #[arg(value_name = "HOST:PORT")]
         node: String,
+        /// Why, for whoever reads `plusmoin status`.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
-    /// Release a held node: plusmoin attaches it again once it is in sync.
+    /// Release a held node (from the master's plusmoin_hold table and from
+    /// this host's legacy held.json): plusmoin attaches it again once it is
+    /// in sync.
     Release {
         #[arg(value_name = "HOST:PORT")]
         node: String,

@@ -159,7 +159,7 @@ impl Daemon {
             now,
             self.config.heartbeat,
         );
-        st.held = self.pgpool.held();
+        st.set_holds(self.pgpool.holds());
         st.pgpool = self.pgpool.report();
         match status::write(&self.config.status_file, &st) {
             Ok(()) => {

@@ -19,8 +19,11 @@ fn main() -> ExitCode {
         Command::Reload => reload(&cli),
         Command::Status { table } => show_status(&cli, table),
         Command::Demo { no_story } => demo::run(!no_story),
-        Command::Hold { ref node } => hold(&cli, node, true),
-        Command::Release { ref node } => hold(&cli, node, false),
+        Command::Hold {
+            ref node,
+            ref reason,
+        } => hold(&cli, node, Some(reason.as_deref())),
+        Command::Release { ref node } => hold(&cli, node, None),
     }
 }
 
@@ -218,8 +221,9 @@ fn show_status(cli: &Cli, table: bool) -> ExitCode {
     }
 }
 
-fn hold(cli: &Cli, node: &str, on: bool) -> ExitCode {
-    use plusmoin::pgpool::hold;
+/// `hold` (`reason` given, maybe `None` inside) or `release` (`None`).
+fn hold(cli: &Cli, node: &str, hold_reason: Option<Option<&str>>) -> ExitCode {
+    use plusmoin::pgpool::hold::{self, Placed};
     let config = match load(cli) {
         Ok(c) => c,
         Err(code) => return code,
@@ -227,28 +231,61 @@ fn hold(cli: &Cli, node: &str, on: bool) -> ExitCode {
     if config.pgpool.is_none() {
         eprintln!("plusmoin: warning: no \"pgpool\" section: a hold is only shown in the status");
     }
-    let result = if on {
-        hold::hold(&config, node)
-    } else {
-        hold::release(&config, node)
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
     };
-    match result {
-        Ok((name, true)) if on => {
-            println!("{name} held: plusmoin detaches it from pgpool and does not attach it until `plusmoin release {name}`");
-            ExitCode::SUCCESS
+    match hold_reason {
+        Some(reason) => {
+            let by = hold::placed_by(&config.instance_name);
+            match runtime.block_on(hold::place(&config, node, reason, &by)) {
+                Ok(Placed::New(e)) => {
+                    println!(
+                        "{} held (by {}, at {}): plusmoin detaches it from pgpool and does not attach it until `plusmoin release {}`",
+                        e.node, e.placed_by, e.placed_at, e.node
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(Placed::Already(e)) => {
+                    println!(
+                        "{} was already held (by {}, at {}{})",
+                        e.node,
+                        e.placed_by,
+                        e.placed_at,
+                        e.reason.map(|r| format!(": {r}")).unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, e),
+            }
         }
-        Ok((name, false)) if on => {
-            println!("{name} was already held");
-            ExitCode::SUCCESS
-        }
-        Ok((name, true)) => {
-            println!("{name} released: plusmoin attaches it to pgpool once it is in sync");
-            ExitCode::SUCCESS
-        }
-        Ok((name, false)) => {
-            println!("{name} was not held");
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(1, e),
+        None => match runtime.block_on(hold::lift(&config, node)) {
+            Ok(l) if l.table.is_none() && !l.file => {
+                println!("{} was not held", l.node);
+                ExitCode::SUCCESS
+            }
+            Ok(l) => {
+                let mut from = Vec::new();
+                if let Some(by) = &l.table {
+                    from.push(format!("the hold placed by {by}"));
+                }
+                if l.file {
+                    from.push(format!(
+                        "the legacy hold in {}",
+                        hold::path_for(&config.status_file).display()
+                    ));
+                }
+                println!(
+                    "{} released ({} removed): plusmoin attaches it to pgpool once it is in sync",
+                    l.node,
+                    from.join(" and ")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, e),
+        },
     }
 }

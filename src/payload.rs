@@ -6,7 +6,9 @@
 //! part of a [`State`], so nothing secret can reach these documents.
 
 use crate::cluster::{ClusterId, EventKind, NodeState, Place, State, Time};
+pub use crate::pgpool::hold::HoldEntry;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A node entry: `host`, `port`, `cluster_id`, `is_slave`, `master_name` as
 /// SPEC §4 asks, then what an operator wants to see at a glance.
@@ -131,6 +133,9 @@ pub struct Status {
     /// Nodes an operator holds out of pgpool on purpose.
     #[serde(default)]
     pub held: Vec<String>,
+    /// The same holds, with who placed each, when and why.
+    #[serde(default)]
+    pub holds: Vec<HoldEntry>,
     /// What the pgpool sidecar last found (absent without a `pgpool`
     /// section, or before its first round).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -203,8 +208,16 @@ impl Status {
             heartbeat: heartbeat.as_secs_f64(),
             pid: std::process::id(),
             held: Vec::new(),
+            holds: Vec::new(),
             pgpool: None,
         }
+    }
+
+    /// Shows `holds` (by node name, as [`crate::pgpool::hold::Holds`] keeps
+    /// them) in both `held` and `holds`.
+    pub fn set_holds(&mut self, holds: &BTreeMap<String, HoldEntry>) {
+        self.held = holds.keys().cloned().collect();
+        self.holds = holds.values().cloned().collect();
     }
 }
 
@@ -340,7 +353,53 @@ mod tests {
             "updated_at_unix": 1700000001.5,
             "heartbeat": 2.0,
             "held": [],
+            "holds": [],
         });
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn status_shows_holds_with_who_placed_them() {
+        let mut st = Status::new(
+            &sample(),
+            "pgpool1",
+            Time(1_700_000_001_500_000),
+            Duration::from_secs(2),
+        );
+        let holds: BTreeMap<String, HoldEntry> = [
+            HoldEntry {
+                node: "db:5434".into(),
+                placed_by: "held.json (this host only)".into(),
+                placed_at: String::new(),
+                reason: None,
+            },
+            HoldEntry {
+                node: "db:5433".into(),
+                placed_by: "alice@admin1 (plusmoin pgpool2)".into(),
+                placed_at: "2023-11-14T22:10:00.000Z".into(),
+                reason: Some("kernel upgrade".into()),
+            },
+        ]
+        .into_iter()
+        .map(|e| (e.node.clone(), e))
+        .collect();
+        st.set_holds(&holds);
+        let got = serde_json::to_value(&st).unwrap();
+        assert_eq!(got["held"], json!(["db:5433", "db:5434"]));
+        assert_eq!(
+            got["holds"],
+            json!([
+                {"node": "db:5433", "placed_by": "alice@admin1 (plusmoin pgpool2)",
+                 "placed_at": "2023-11-14T22:10:00.000Z", "reason": "kernel upgrade"},
+                {"node": "db:5434", "placed_by": "held.json (this host only)",
+                 "placed_at": "", "reason": null},
+            ])
+        );
+        // A status written before holds had details still reads.
+        let mut old = got.clone();
+        old.as_object_mut().unwrap().remove("holds");
+        let back: Status = serde_json::from_value(old).unwrap();
+        assert!(back.holds.is_empty());
+        assert_eq!(back.held, ["db:5433", "db:5434"]);
     }
 }

@@ -132,10 +132,14 @@ pub fn table(status: &Status) -> String {
     let row = |cluster: String, n: &NodeEntry| {
         let mut note = n.reason.clone().unwrap_or_default();
         if held(n) {
+            let hold = match status.holds.iter().find(|h| h.node == n.name) {
+                Some(h) => hold_note(h),
+                None => "held".into(),
+            };
             note = if note.is_empty() {
-                "held".into()
+                hold
             } else {
-                format!("held; {note}")
+                format!("{hold}; {note}")
             };
         }
         [
@@ -214,6 +218,18 @@ fn pgpool_lines(p: &crate::payload::PgpoolReport) -> String {
         out.push_str(&format!("pgpool: {node}: not attached for {left} s more\n"));
     }
     out
+}
+
+/// `held by WHO since WHEN (REASON)`.
+fn hold_note(h: &crate::payload::HoldEntry) -> String {
+    let mut note = format!("held by {}", h.placed_by);
+    if !h.placed_at.is_empty() {
+        note.push_str(&format!(" since {}", h.placed_at));
+    }
+    if let Some(r) = h.reason.as_deref().filter(|r| !r.is_empty()) {
+        note.push_str(&format!(" ({r})"));
+    }
+    note
 }
 
 /// How old a status may be before `plusmoin status` calls the daemon dead.
@@ -342,5 +358,33 @@ mod tests {
         ] {
             assert!(t.contains(line), "{line:?} missing from:\n{t}");
         }
+    }
+
+    #[test]
+    fn table_says_who_held_a_node_and_when() {
+        let mut st = status_at(Time(1_000_000_000));
+        let holds = [crate::payload::HoldEntry {
+            node: "db2:5432".into(),
+            placed_by: "alice@admin1 (plusmoin i2)".into(),
+            placed_at: "2023-11-14T22:10:00.000Z".into(),
+            reason: Some("disk swap".into()),
+        }]
+        .into_iter()
+        .map(|e| (e.node.clone(), e))
+        .collect();
+        st.set_holds(&holds);
+        let t = table(&st);
+        let line = t.lines().find(|l| l.contains("db2:5432")).unwrap();
+        assert!(
+            line.ends_with(
+                "held by alice@admin1 (plusmoin i2) since 2023-11-14T22:10:00.000Z (disk swap); connection refused"
+            ),
+            "{t}"
+        );
+        // Only the names (a status from an older daemon): still "held".
+        st.holds.clear();
+        let t = table(&st);
+        let line = t.lines().find(|l| l.contains("db2:5432")).unwrap();
+        assert!(line.ends_with("held; connection refused"), "{t}");
     }
 }

@@ -1,19 +1,50 @@
 //! Maintenance holds: nodes an operator keeps out of pgpool on purpose
 //! (`plusmoin hold HOST:PORT` / `plusmoin release HOST:PORT`).
 //!
-//! The list lives in `held.json` beside the status file, written atomically
-//! by the command line and read by the daemon every beat, so a hold works
-//! whether or not the daemon runs and survives its restarts. A held node is
-//! detached from pgpool and never attached by plusmoin until released.
+//! Holds are cluster-wide: they are rows of the table `plusmoin_hold` on
+//! the PostgreSQL master, beside the heartbeat table, so they replicate to
+//! every standby and every plusmoin instance (one beside each pgpool of a
+//! watchdog pair) reads the same list, even with the master down. A held
+//! node is detached from pgpool and never attached by plusmoin until
+//! released.
+//!
+//! Before holds were cluster-wide they were kept in `held.json` beside the
+//! status file, for this host only. That file is still read: its entries
+//! count as holds (placed by "held.json (this host only)"), so an upgrade
+//! never attaches a node held on purpose; `release` removes a node from
+//! both places, `hold` writes only the table.
 
-use crate::cluster::NodeName;
+use crate::cluster::{NodeName, Time};
 use crate::config::Config;
+use crate::payload::rfc3339;
+use crate::probe::{Connector, ProbeSettings, Session};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+use tokio_postgres::error::SqlState;
+use tracing::{error, info};
 
-/// The file's name, in the status file's directory.
+/// The legacy file's name, in the status file's directory.
 pub const FILE_NAME: &str = "held.json";
+
+/// The hold table, for operators who create it beforehand (plusmoin creates
+/// it on the master at the first `plusmoin hold`). One row per held node.
+pub const HOLD_TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS plusmoin_hold (\
+     node text PRIMARY KEY, \
+     placed_by text NOT NULL, \
+     placed_at timestamptz NOT NULL DEFAULT now(), \
+     reason text)";
+
+const INSERT: &str = "INSERT INTO plusmoin_hold (node, placed_by, reason) VALUES ($1, $2, $3) \
+     ON CONFLICT (node) DO NOTHING RETURNING node, placed_by, placed_at, reason";
+const SELECT_ONE: &str =
+    "SELECT node, placed_by, placed_at, reason FROM plusmoin_hold WHERE node = $1";
+const SELECT_ALL: &str = "SELECT node, placed_by, placed_at, reason FROM plusmoin_hold";
+const DELETE: &str = "DELETE FROM plusmoin_hold WHERE node = $1 RETURNING placed_by";
+
+/// Who placed the holds read from the legacy `held.json`.
+pub const LEGACY_PLACED_BY: &str = "held.json (this host only)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HoldError {
@@ -34,6 +65,71 @@ pub enum HoldError {
     },
     #[error("{given:?} is not a configured node (configured: {known})")]
     UnknownNode { given: String, known: String },
+    #[error(
+        "no master reachable: a hold is stored on the master, in table plusmoin_hold ({tried})"
+    )]
+    NoMaster { tried: String },
+    #[error("more than one master ({masters}): plusmoin does not know which one holds the cluster's holds; fix the replication first")]
+    SeveralMasters { masters: String },
+    #[error("{node} is the primary: switch over first (a hold keeps a node out of pgpool, and the primary cannot be)")]
+    IsMaster { node: NodeName },
+    #[error("{node} is pgpool's primary (pgpool node {id}): switch over first (a hold keeps a node out of pgpool, and the primary cannot be)")]
+    IsPgpoolPrimary { node: NodeName, id: u32 },
+    #[error(
+        "cannot ask pgpool whether {node} is its primary, so the hold is not placed: {reason}"
+    )]
+    PgpoolUnknown { node: NodeName, reason: String },
+    #[error("{what} on the master {master}: {reason}")]
+    Sql {
+        what: &'static str,
+        master: NodeName,
+        reason: String,
+    },
+    #[error("cannot set up the connection to the nodes: {0}")]
+    Connect(String),
+}
+
+/// One hold, as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldEntry {
+    /// `host:port` as plusmoin prints it.
+    pub node: String,
+    /// Who placed it: `user@host` and the plusmoin instance that ran the
+    /// command, or [`LEGACY_PLACED_BY`].
+    pub placed_by: String,
+    /// When (RFC 3339, UTC); empty for a legacy hold.
+    pub placed_at: String,
+    pub reason: Option<String>,
+}
+
+impl HoldEntry {
+    fn legacy(node: &str) -> HoldEntry {
+        HoldEntry {
+            node: node.to_string(),
+            placed_by: LEGACY_PLACED_BY.to_string(),
+            placed_at: String::new(),
+            reason: None,
+        }
+    }
+
+    fn from_row(row: &tokio_postgres::Row) -> Result<HoldEntry, String> {
+        let bad = |e: tokio_postgres::Error| {
+            format!(
+                "the hold table has an unexpected shape: {}",
+                crate::probe::describe_error(&e)
+            )
+        };
+        let node: String = row.try_get(0).map_err(bad)?;
+        let placed_by: String = row.try_get(1).map_err(bad)?;
+        let placed_at: SystemTime = row.try_get(2).map_err(bad)?;
+        let reason: Option<String> = row.try_get(3).map_err(bad)?;
+        Ok(HoldEntry {
+            node,
+            placed_by,
+            placed_at: rfc3339(Time::from_system_time(placed_at)),
+            reason,
+        })
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -42,7 +138,7 @@ struct HeldFile {
     held: BTreeSet<String>,
 }
 
-/// Where the holds of the daemon writing `status_file` are kept.
+/// Where the legacy holds of the daemon writing `status_file` are kept.
 pub fn path_for(status_file: &Path) -> PathBuf {
     match status_file.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.join(FILE_NAME),
@@ -50,7 +146,7 @@ pub fn path_for(status_file: &Path) -> PathBuf {
     }
 }
 
-/// The held nodes; none when the file does not exist.
+/// The nodes held in the legacy file; none when it does not exist.
 pub fn read(path: &Path) -> Result<BTreeSet<String>, HoldError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
@@ -110,7 +206,8 @@ pub fn resolve(config: &Config, given: &str) -> Result<NodeName, HoldError> {
     })
 }
 
-/// Holds the node `given` names; whether it was not held before.
+/// Legacy: holds the node `given` names in `held.json` (this host only);
+/// whether it was not held before. `plusmoin hold` uses [`place`].
 pub fn hold(config: &Config, given: &str) -> Result<(NodeName, bool), HoldError> {
     let node = resolve(config, given)?;
     let added = change(&path_for(&config.status_file), |held| {
@@ -119,7 +216,8 @@ pub fn hold(config: &Config, given: &str) -> Result<(NodeName, bool), HoldError>
     Ok((node, added))
 }
 
-/// Releases the node `given` names; whether it was held.
+/// Releases the node `given` names from `held.json`; whether it was held
+/// there.
 pub fn release(config: &Config, given: &str) -> Result<(NodeName, bool), HoldError> {
     let node = resolve(config, given)?;
     let removed = change(&path_for(&config.status_file), |held| {
@@ -153,6 +251,609 @@ fn change(path: &Path, f: impl FnOnce(&mut BTreeSet<String>) -> bool) -> Result<
         write(path, held)?;
     }
     Ok(changed)
+}
+
+/// `user@host` of whoever runs the command (the user behind `sudo` when
+/// there is one) and the plusmoin instance, for the `placed_by` column.
+pub fn placed_by(instance_name: &str) -> String {
+    let user = std::env::var("SUDO_USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()));
+    let host = nix::unistd::gethostname()
+        .ok()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "unknown-host".into());
+    format!("{user}@{host} (plusmoin {instance_name})")
+}
+
+/// What each configured node answered to the role question.
+struct Roles<S = Session> {
+    masters: Vec<(NodeName, S)>,
+    slaves: Vec<NodeName>,
+    unreachable: Vec<(NodeName, String)>,
+}
+
+/// Asks every node, at the same time, whether it is in recovery (each
+/// within `connect_timeout`).
+async fn roles(connector: &Connector, config: &Config) -> Roles {
+    let asks = config.nodes.iter().map(|n| {
+        let name = n.name.clone();
+        async move {
+            let answer = async {
+                let session = connector.connect(&name).await?;
+                let slave = connector.is_slave(&session).await?;
+                Ok::<_, String>((session, slave))
+            }
+            .await;
+            (name, answer)
+        }
+    });
+    let mut roles = Roles {
+        masters: Vec::new(),
+        slaves: Vec::new(),
+        unreachable: Vec::new(),
+    };
+    for (name, answer) in futures_join_all(asks).await {
+        match answer {
+            Ok((session, false)) => roles.masters.push((name, session)),
+            Ok((_, true)) => roles.slaves.push(name),
+            Err(reason) => roles.unreachable.push((name, reason)),
+        }
+    }
+    roles
+}
+
+/// Runs the futures concurrently on this task; results in order.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in pinned.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+/// The one master among `roles`, or why there is none to write to.
+fn the_master<S>(roles: Roles<S>) -> Result<(NodeName, S), HoldError> {
+    let Roles {
+        mut masters,
+        slaves,
+        unreachable,
+    } = roles;
+    match masters.len() {
+        1 => Ok(masters.remove(0)),
+        0 => {
+            let mut tried: Vec<String> =
+                slaves.iter().map(|n| format!("{n}: in recovery")).collect();
+            tried.extend(unreachable.iter().map(|(n, r)| format!("{n}: {r}")));
+            Err(HoldError::NoMaster {
+                tried: if tried.is_empty() {
+                    "no node configured".into()
+                } else {
+                    tried.join("; ")
+                },
+            })
+        }
+        _ => Err(HoldError::SeveralMasters {
+            masters: masters
+                .iter()
+                .map(|(n, _)| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+fn connector(config: &Config) -> Result<Connector, HoldError> {
+    Connector::new(ProbeSettings::from_config(config))
+        .map_err(|e| HoldError::Connect(e.to_string()))
+}
+
+/// What [`place`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placed {
+    /// The hold is new.
+    New(HoldEntry),
+    /// The node was already held: the original hold is kept.
+    Already(HoldEntry),
+}
+
+/// Holds the node `given` names, cluster-wide: a row of `plusmoin_hold` on
+/// the master (the table is created if needed). Refused for the master
+/// itself and, with a `pgpool` section, for pgpool's primary (or when
+/// pgpool cannot say).
+pub async fn place(
+    config: &Config,
+    given: &str,
+    reason: Option<&str>,
+    placed_by: &str,
+) -> Result<Placed, HoldError> {
+    let node = resolve(config, given)?;
+    let connector = connector(config)?;
+    let (master, session) = the_master(roles(&connector, config).await)?;
+    if master == node {
+        return Err(HoldError::IsMaster { node });
+    }
+    if let Some(p) = &config.pgpool {
+        if let Some(&id) = p.node_ids.get(&node) {
+            let unknown = |reason: String| HoldError::PgpoolUnknown {
+                node: node.clone(),
+                reason,
+            };
+            let pcp = crate::pgpool::pcp::Pcp::new(p, p.pcp_timeout)
+                .map_err(|e| unknown(e.to_string()))?;
+            let info = pcp
+                .node_info(&node, id)
+                .await
+                .map_err(|e| unknown(e.to_string()))?;
+            if info.is_attached_primary() {
+                return Err(HoldError::IsPgpoolPrimary { node, id });
+            }
+        }
+    }
+    let limit = connector.timeout();
+    let sql = |what: &'static str, reason: String| HoldError::Sql {
+        what,
+        master: master.clone(),
+        reason: connector.scrub(reason),
+    };
+    let client = session.client();
+    let name = node.to_string();
+    let run = async {
+        let mut created = false;
+        loop {
+            match client.query(INSERT, &[&name, &placed_by, &reason]).await {
+                Ok(rows) => {
+                    if let Some(row) = rows.first() {
+                        return HoldEntry::from_row(row)
+                            .map(Placed::New)
+                            .map_err(|r| sql("cannot read the hold back", r));
+                    }
+                    break;
+                }
+                Err(e) if !created && e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+                    created = true;
+                    if let Err(e) = client.batch_execute(HOLD_TABLE_DDL).await {
+                        let raced = e.code() == Some(&SqlState::DUPLICATE_TABLE)
+                            || e.code() == Some(&SqlState::UNIQUE_VIOLATION);
+                        if !raced {
+                            return Err(sql(
+                                "cannot create the hold table",
+                                crate::probe::describe_error(&e),
+                            ));
+                        }
+                    }
+                    info!(master = %master, "hold table plusmoin_hold created");
+                }
+                Err(e) => {
+                    return Err(sql(
+                        "cannot write the hold",
+                        crate::probe::describe_error(&e),
+                    ))
+                }
+            }
+        }
+        // Held already: the original hold stays as it was.
+        let rows = client
+            .query(SELECT_ONE, &[&name])
+            .await
+            .map_err(|e| sql("cannot read the hold", crate::probe::describe_error(&e)))?;
+        match rows.first() {
+            Some(row) => HoldEntry::from_row(row)
+                .map(Placed::Already)
+                .map_err(|r| sql("cannot read the hold", r)),
+            None => Err(sql(
+                "cannot write the hold",
+                "it was released while being placed; try again".into(),
+            )),
+        }
+    };
+    match tokio::time::timeout(limit * 2, run).await {
+        Ok(r) => r,
+        Err(_) => Err(sql(
+            "cannot write the hold",
+            format!("no answer within {} s", (limit * 2).as_secs_f64()),
+        )),
+    }
+}
+
+/// What [`lift`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lifted {
+    pub node: NodeName,
+    /// Who had placed the hold in the table, if there was one.
+    pub table: Option<String>,
+    /// Whether the legacy `held.json` held it.
+    pub file: bool,
+}
+
+/// Releases the node `given` names: deletes its row on the master, then
+/// removes it from the legacy `held.json`. Nothing is changed when no master
+/// is reachable.
+pub async fn lift(config: &Config, given: &str) -> Result<Lifted, HoldError> {
+    let node = resolve(config, given)?;
+    let connector = connector(config)?;
+    let (master, session) = the_master(roles(&connector, config).await)?;
+    let limit = connector.timeout();
+    let sql = |reason: String| HoldError::Sql {
+        what: "cannot delete the hold",
+        master: master.clone(),
+        reason: connector.scrub(reason),
+    };
+    let name = node.to_string();
+    let deleted =
+        match tokio::time::timeout(limit * 2, session.client().query(DELETE, &[&name])).await {
+            Ok(Ok(rows)) => match rows.first() {
+                Some(row) => Some(
+                    row.try_get::<_, String>(0)
+                        .map_err(|e| sql(crate::probe::describe_error(&e)))?,
+                ),
+                None => None,
+            },
+            Ok(Err(e)) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => None,
+            Ok(Err(e)) => return Err(sql(crate::probe::describe_error(&e))),
+            Err(_) => {
+                return Err(sql(format!(
+                    "no answer within {} s",
+                    (limit * 2).as_secs_f64()
+                )))
+            }
+        };
+    let file = change(&path_for(&config.status_file), |held| held.remove(&name))?;
+    Ok(Lifted {
+        node,
+        table: deleted,
+        file,
+    })
+}
+
+/// The order to read the holds in, for [`Holds::refresh`]: the configured
+/// nodes, masters first (they have the latest holds), then slaves, then
+/// the rest (lost, clusterless, not seen yet), each group in configuration
+/// order.
+pub fn read_order(config: &Config, state: &crate::cluster::State) -> Vec<NodeName> {
+    use crate::cluster::Place;
+    let rank = |n: &NodeName| match state.node(n).map(|s| s.place) {
+        Some(Place::Master) => 0,
+        Some(Place::Slave) => 1,
+        _ => 2,
+    };
+    let mut nodes: Vec<NodeName> = config.nodes.iter().map(|n| n.name.clone()).collect();
+    nodes.sort_by_key(|n| rank(n));
+    nodes
+}
+
+/// The holds a daemon reads every beat, without ever waiting for a node:
+/// [`Holds::refresh`] starts a read in the background and takes the result
+/// of the previous one; [`Holds::current`] is the list as of the last
+/// successful read. A failed read leaves the previous list in force
+/// (releasing everything because no node answers would attach nodes held on
+/// purpose), and is logged once until its reason changes.
+pub struct Holds {
+    settings: ProbeSettings,
+    held_path: PathBuf,
+    /// Built at the first read (it reads `sslrootcert`).
+    connector: Option<Connector>,
+    /// The connection of the last read, reused when its node is tried again.
+    cached: Option<(NodeName, Session)>,
+    /// The read running in the background, and where its result arrives.
+    in_flight: Option<(
+        tokio::task::JoinHandle<()>,
+        tokio::sync::oneshot::Receiver<ReadOutcome>,
+    )>,
+    table: BTreeMap<String, HoldEntry>,
+    file: BTreeSet<String>,
+    current: BTreeMap<String, HoldEntry>,
+    /// Whether the table has been read at least once.
+    table_known: bool,
+    table_error: Option<String>,
+    file_error: Option<String>,
+}
+
+/// What one background read brings back.
+struct ReadOutcome {
+    connector: Option<Connector>,
+    cached: Option<(NodeName, Session)>,
+    table: Result<(NodeName, BTreeMap<String, HoldEntry>), String>,
+    file: Result<BTreeSet<String>, String>,
+}
+
+impl Holds {
+    /// No I/O: the first read happens at the first [`Holds::refresh`].
+    pub fn new(config: &Config) -> Holds {
+        Holds {
+            settings: ProbeSettings::from_config(config),
+            held_path: path_for(&config.status_file),
+            connector: None,
+            cached: None,
+            in_flight: None,
+            table: BTreeMap::new(),
+            file: BTreeSet::new(),
+            current: BTreeMap::new(),
+            table_known: false,
+            table_error: None,
+            file_error: None,
+        }
+    }
+
+    /// Takes a reloaded configuration; the holds read so far stay in force.
+    /// A read in flight finishes with the old settings.
+    pub fn reconfigure(&mut self, config: &Config) {
+        let settings = ProbeSettings::from_config(config);
+        if settings != self.settings {
+            self.connector = None;
+            self.cached = None;
+        }
+        self.settings = settings;
+        self.held_path = path_for(&config.status_file);
+    }
+
+    /// Takes the result of a finished background read, then starts a new
+    /// one if none is in flight; never waits. `candidates` are the nodes to
+    /// read from, in order (masters first, then slaves, then the rest): the
+    /// first that answers wins; a missing table there means no holds. Must
+    /// be called within a tokio runtime.
+    pub fn refresh(&mut self, candidates: Vec<NodeName>) {
+        if let Some((_, rx)) = &mut self.in_flight {
+            match rx.try_recv() {
+                Ok(outcome) => {
+                    self.in_flight = None;
+                    self.apply(Some(outcome));
+                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return,
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                    self.in_flight = None;
+                    self.apply(None);
+                }
+            }
+        }
+        let connector = self.connector.take();
+        let cached = self.cached.take();
+        let settings = self.settings.clone();
+        let held_path = self.held_path.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let outcome = read_all(settings, connector, cached, candidates, held_path).await;
+            let _ = tx.send(outcome);
+        });
+        self.in_flight = Some((task, rx));
+    }
+
+    /// Waits for the read in flight, if any, and takes its result (for
+    /// tests, and for a caller that wants the holds before acting).
+    pub async fn settle(&mut self) {
+        if let Some((_task, rx)) = self.in_flight.take() {
+            self.apply(rx.await.ok());
+        }
+    }
+
+    /// The holds as of the last successful read, by node name.
+    pub fn current(&self) -> &BTreeMap<String, HoldEntry> {
+        &self.current
+    }
+
+    /// The held node names.
+    pub fn names(&self) -> Vec<String> {
+        self.current.keys().cloned().collect()
+    }
+
+    /// For tests of callers that have no database: the table counts as
+    /// read (and empty); `held.json` is still read.
+    #[cfg(test)]
+    pub(crate) fn assume_table_read(&mut self) {
+        self.table_known = true;
+    }
+
+    /// Whether `node` is held.
+    pub fn is_held(&self, node: &NodeName) -> bool {
+        self.current.contains_key(&node.to_string())
+    }
+
+    /// Whether the hold table has been read at least once: until then only
+    /// `held.json`'s holds are known, and a caller should not attach nodes.
+    pub fn known(&self) -> bool {
+        self.table_known
+    }
+
+    /// Takes a read's outcome (`None`: the read task died).
+    fn apply(&mut self, outcome: Option<ReadOutcome>) {
+        let outcome = outcome.unwrap_or_else(|| ReadOutcome {
+            connector: None,
+            cached: None,
+            table: Err("the hold read ended without an answer".into()),
+            file: Err("the hold read ended without an answer".into()),
+        });
+        if outcome.connector.is_some() {
+            self.connector = outcome.connector;
+        }
+        self.cached = outcome.cached;
+        match outcome.table {
+            Ok((from, table)) => {
+                if self.table_error.take().is_some() {
+                    info!(node = %from, "holds readable again");
+                }
+                self.table = table;
+                self.table_known = true;
+            }
+            Err(msg) => {
+                if self.table_error.as_deref() != Some(&msg) {
+                    error!("cannot read the holds: {msg} (the previous hold list stays in force)");
+                    self.table_error = Some(msg);
+                }
+            }
+        }
+        match outcome.file {
+            Ok(file) => {
+                if self.file_error.take().is_some() {
+                    info!(file = %self.held_path.display(), "hold list readable again");
+                }
+                self.file = file;
+            }
+            Err(msg) => {
+                if self.file_error.as_deref() != Some(&msg) {
+                    error!("{msg} (the previous hold list stays in force)");
+                    self.file_error = Some(msg);
+                }
+            }
+        }
+        let next = merge(&self.table, &self.file);
+        log_changes(&self.current, &next);
+        self.current = next;
+    }
+}
+
+impl Drop for Holds {
+    fn drop(&mut self) {
+        if let Some((task, _)) = self.in_flight.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The table's holds, and `held.json`'s for the nodes the table does not
+/// hold.
+fn merge(
+    table: &BTreeMap<String, HoldEntry>,
+    file: &BTreeSet<String>,
+) -> BTreeMap<String, HoldEntry> {
+    let mut all = table.clone();
+    for n in file {
+        all.entry(n.clone()).or_insert_with(|| HoldEntry::legacy(n));
+    }
+    all
+}
+
+fn log_changes(before: &BTreeMap<String, HoldEntry>, after: &BTreeMap<String, HoldEntry>) {
+    for (n, e) in after {
+        if !before.contains_key(n) {
+            info!(
+                node = %n,
+                placed_by = %e.placed_by,
+                placed_at = %e.placed_at,
+                reason = e.reason.as_deref().unwrap_or(""),
+                "node held: plusmoin keeps it out of pgpool until released"
+            );
+        }
+    }
+    for n in before.keys() {
+        if !after.contains_key(n) {
+            info!(node = %n, "node released: plusmoin attaches it again when it is in sync");
+        }
+    }
+}
+
+/// One background read: the table from the first candidate that answers,
+/// and the legacy file.
+async fn read_all(
+    settings: ProbeSettings,
+    connector: Option<Connector>,
+    cached: Option<(NodeName, Session)>,
+    candidates: Vec<NodeName>,
+    held_path: PathBuf,
+) -> ReadOutcome {
+    let file = read(&held_path).map_err(|e| e.to_string());
+    let connector = match connector {
+        Some(c) => c,
+        None => match Connector::new(settings) {
+            Ok(c) => c,
+            Err(e) => {
+                return ReadOutcome {
+                    connector: None,
+                    cached: None,
+                    table: Err(e.to_string()),
+                    file,
+                }
+            }
+        },
+    };
+    let (cached, table) = read_table(&connector, cached, &candidates).await;
+    ReadOutcome {
+        connector: Some(connector),
+        cached,
+        table,
+        file,
+    }
+}
+
+#[allow(clippy::type_complexity)]
+async fn read_table(
+    connector: &Connector,
+    mut cached: Option<(NodeName, Session)>,
+    candidates: &[NodeName],
+) -> (
+    Option<(NodeName, Session)>,
+    Result<(NodeName, BTreeMap<String, HoldEntry>), String>,
+) {
+    let mut tried = Vec::new();
+    for node in candidates {
+        let session = match cached.take() {
+            Some((n, s)) if &n == node && !s.is_closed() => s,
+            other => {
+                cached = other;
+                match connector.connect(node).await {
+                    Ok(s) => s,
+                    Err(reason) => {
+                        tried.push(format!("{node}: {reason}"));
+                        continue;
+                    }
+                }
+            }
+        };
+        match select_all(connector, &session).await {
+            Ok(holds) => return (Some((node.clone(), session)), Ok((node.clone(), holds))),
+            Err(reason) => tried.push(format!("{node}: {reason}")),
+        }
+    }
+    let why = if tried.is_empty() {
+        "no node to read them from".to_string()
+    } else {
+        format!("no node answered ({})", tried.join("; "))
+    };
+    (None, Err(why))
+}
+
+async fn select_all(
+    connector: &Connector,
+    session: &Session,
+) -> Result<BTreeMap<String, HoldEntry>, String> {
+    let limit = connector.timeout();
+    let rows = match tokio::time::timeout(limit, session.client().query(SELECT_ALL, &[])).await {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(BTreeMap::new()),
+        Ok(Err(e)) => {
+            return Err(connector.scrub(format!(
+                "cannot read plusmoin_hold: {}",
+                crate::probe::describe_error(&e)
+            )))
+        }
+        Err(_) => return Err(format!("no answer within {} s", limit.as_secs_f64())),
+    };
+    rows.iter()
+        .map(|r| HoldEntry::from_row(r).map(|e| (e.node.clone(), e)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -231,5 +932,221 @@ mod tests {
         });
         let held = read(&path_for(&c.status_file)).unwrap();
         assert_eq!(held.len(), 4, "{held:?}");
+    }
+
+    #[test]
+    fn the_master_is_the_only_node_out_of_recovery() {
+        let n = |p| NodeName::new("db", p);
+        let roles = |masters: &[u16], slaves: &[u16], down: &[u16]| Roles {
+            masters: masters.iter().map(|&p| (n(p), ())).collect(),
+            slaves: slaves.iter().map(|&p| n(p)).collect(),
+            unreachable: down.iter().map(|&p| (n(p), "refused".into())).collect(),
+        };
+        assert_eq!(the_master(roles(&[1], &[2], &[3])).unwrap().0, n(1));
+        let none = the_master(roles(&[], &[2], &[3])).unwrap_err().to_string();
+        assert!(
+            none.starts_with("no master reachable: a hold is stored on the master"),
+            "{none}"
+        );
+        assert!(none.contains("db:2: in recovery; db:3: refused"), "{none}");
+        let two = the_master(roles(&[1, 3], &[2], &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(two.contains("more than one master (db:1, db:3)"), "{two}");
+    }
+
+    #[test]
+    fn the_table_wins_over_the_legacy_file() {
+        let table: BTreeMap<String, HoldEntry> = [HoldEntry {
+            node: "a:1".into(),
+            placed_by: "bob@h (plusmoin i)".into(),
+            placed_at: "2024-01-01T00:00:00.000Z".into(),
+            reason: None,
+        }]
+        .into_iter()
+        .map(|e| (e.node.clone(), e))
+        .collect();
+        let file: BTreeSet<String> = ["a:1".to_string(), "b:2".to_string()].into();
+        let all = merge(&table, &file);
+        assert_eq!(all["a:1"].placed_by, "bob@h (plusmoin i)");
+        assert_eq!(all["b:2"].placed_by, LEGACY_PLACED_BY);
+        assert_eq!(all.len(), 2);
+    }
+
+    #[test]
+    fn placed_by_names_user_host_and_instance() {
+        let by = placed_by("pgpool1");
+        assert!(by.contains('@'), "{by}");
+        assert!(by.ends_with(" (plusmoin pgpool1)"), "{by}");
+    }
+
+    fn refused_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn no_node_answering_keeps_the_previous_list_and_the_legacy_file_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        hold(&c, "db1:5432").unwrap();
+        let mut h = Holds::new(&c);
+        assert!(h.current().is_empty(), "no I/O before the first refresh");
+        let nowhere = vec![NodeName::new("127.0.0.1", refused_port())];
+        h.refresh(nowhere.clone());
+        h.settle().await;
+        assert!(!h.known(), "the table was never read");
+        assert_eq!(h.names(), ["DB1:5432"]);
+        assert_eq!(h.current()["DB1:5432"].placed_by, LEGACY_PLACED_BY);
+        assert!(h.is_held(&NodeName::new("DB1", 5432)));
+        // A table read that once succeeded stays in force when none answers.
+        h.table
+            .insert("db2:5433".into(), HoldEntry::legacy("db2:5433"));
+        h.table_known = true;
+        h.refresh(nowhere);
+        h.settle().await;
+        assert_eq!(h.names(), ["DB1:5432", "db2:5433"]);
+        assert!(h
+            .table_error
+            .as_deref()
+            .unwrap()
+            .contains("no node answered"));
+        // An unreadable file keeps its previous entries too.
+        std::fs::write(path_for(&c.status_file), "{broken").unwrap();
+        h.refresh(vec![]);
+        h.settle().await;
+        assert_eq!(h.names(), ["DB1:5432", "db2:5433"]);
+        assert!(h.file_error.is_some());
+        // Released from the file: gone.
+        std::fs::write(path_for(&c.status_file), r#"{"held": []}"#).unwrap();
+        h.refresh(vec![]);
+        h.settle().await;
+        assert_eq!(h.names(), ["db2:5433"]);
+    }
+
+    #[tokio::test]
+    async fn refresh_never_waits_for_a_silent_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let keep = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.connect_timeout = std::time::Duration::from_secs(2);
+        let mut h = Holds::new(&c);
+        let t0 = std::time::Instant::now();
+        for _ in 0..5 {
+            h.refresh(vec![NodeName::new("127.0.0.1", port)]);
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_millis(100));
+        assert!(h.in_flight.is_some(), "one read in flight");
+        h.settle().await;
+        let waited = t0.elapsed();
+        assert!(waited >= std::time::Duration::from_secs(2), "{waited:?}");
+        assert!(
+            waited < std::time::Duration::from_secs(3),
+            "one read, not five: {waited:?}"
+        );
+        assert!(h
+            .table_error
+            .as_deref()
+            .unwrap()
+            .contains("no answer within 2s"));
+        keep.abort();
+    }
+
+    #[test]
+    fn holds_are_read_from_masters_first_then_slaves_then_the_rest() {
+        use crate::cluster::{step, Observation, Policy, State, Time};
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        let names: Vec<NodeName> = c.nodes.iter().map(|n| n.name.clone()).collect();
+        let policy = Policy {
+            max_sync_delay: std::time::Duration::from_secs(10),
+            recover_sync_delay: std::time::Duration::from_secs(5),
+        };
+        let t = Time(1_000_000_000);
+        // DB1 down, db2:5433 a slave with no heartbeat yet (clusterless),
+        // db2:5434 master, [::1]:6000 its slave in sync.
+        let heartbeat = crate::cluster::Heartbeat {
+            master_name: "db2:5434".into(),
+            cluster_id: Some(0),
+            written_at: t,
+        };
+        let obs = vec![
+            (names[0].clone(), Observation::Down { reason: "x".into() }),
+            (names[1].clone(), Observation::Slave { heartbeat: None }),
+            (names[2].clone(), Observation::Master { wrote_at: t }),
+            (
+                names[3].clone(),
+                Observation::Slave {
+                    heartbeat: Some(heartbeat),
+                },
+            ),
+        ];
+        let (state, _) = step(&State::default(), &obs, t, &policy);
+        let order = read_order(&c, &state);
+        let want = [&names[2], &names[3], &names[0], &names[1]].map(Clone::clone);
+        assert_eq!(order, want);
+        assert_eq!(
+            read_order(&c, &State::default()),
+            names,
+            "configuration order"
+        );
+    }
+
+    #[derive(Clone, Default)]
+    struct SharedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for SharedLog {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl SharedLog {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_are_logged_and_a_lasting_failure_once() {
+        let log = SharedLog::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        hold(&c, "db2:5433").unwrap();
+        let mut h = Holds::new(&c);
+        let nowhere = vec![NodeName::new("127.0.0.1", refused_port())];
+        for _ in 0..3 {
+            h.refresh(nowhere.clone());
+            h.settle().await;
+        }
+        release(&c, "db2:5433").unwrap();
+        h.refresh(nowhere);
+        h.settle().await;
+        let text = log.text();
+        let held: Vec<&str> = text.lines().filter(|l| l.contains("node held")).collect();
+        assert_eq!(held.len(), 1, "{text}");
+        assert!(held[0].contains("node=db2:5433"), "{text}");
+        assert!(held[0].contains("held.json (this host only)"), "{text}");
+        let released = text.lines().filter(|l| l.contains("node released"));
+        assert_eq!(released.count(), 1, "{text}");
+        let failures = text.lines().filter(|l| l.contains("cannot read the holds"));
+        assert_eq!(failures.count(), 1, "logged once while it lasts: {text}");
     }
 }

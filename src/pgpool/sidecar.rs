@@ -20,8 +20,7 @@ use super::templates::Command;
 use crate::cluster::{Event, EventKind, NodeName, State};
 use crate::config::Config;
 use crate::payload::PgpoolReport;
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,9 +72,10 @@ pub struct Sidecar {
     config: Option<crate::config::PgpoolConfig>,
     node_ids: BTreeMap<NodeName, u32>,
     settings: Settings,
-    held_path: PathBuf,
-    held: BTreeSet<String>,
-    held_error: Option<String>,
+    /// The configured nodes, for the order holds are read in.
+    nodes: Config,
+    /// Cluster-wide holds, read in the background every beat.
+    holds: hold::Holds,
     view: watch::Sender<Arc<View>>,
     report: watch::Sender<Option<PgpoolReport>>,
     worker: Option<Worker>,
@@ -93,9 +93,8 @@ impl Sidecar {
             config: config.pgpool.clone(),
             node_ids: BTreeMap::new(),
             settings: Settings::new(config.heartbeat),
-            held_path: hold::path_for(&config.status_file),
-            held: BTreeSet::new(),
-            held_error: None,
+            nodes: config.clone(),
+            holds: hold::Holds::new(config),
             view,
             report,
             worker: None,
@@ -132,20 +131,21 @@ impl Sidecar {
     /// Takes a reloaded configuration: a new worker (the old one finishes
     /// its round in progress and ends); the holds read so far are kept.
     pub fn reconfigure(&mut self, config: &Config) {
+        self.holds.reconfigure(config);
+        self.nodes = config.clone();
         // Same pgpool and timings: keep the worker, and with it the
         // back-offs and what was already said.
         if config.pgpool == self.config && Settings::new(config.heartbeat) == self.settings {
-            self.held_path = hold::path_for(&config.status_file);
             return;
         }
         let mut next = Sidecar::new(config);
-        next.held = std::mem::take(&mut self.held);
+        std::mem::swap(&mut next.holds, &mut self.holds);
         *self = next;
     }
 
-    /// The held nodes as of the last beat.
-    pub fn held(&self) -> Vec<String> {
-        self.held.iter().cloned().collect()
+    /// The holds as of the last read, with who placed each and when.
+    pub fn holds(&self) -> &BTreeMap<String, hold::HoldEntry> {
+        self.holds.current()
     }
 
     /// What the worker last found out about pgpool (`None` before its first
@@ -158,7 +158,9 @@ impl Sidecar {
     /// event concerns a mapped node, and a reconciliation round when one is
     /// due. Never waits for pgpool.
     pub fn beat(&mut self, state: &State, events: &[Event]) {
-        self.read_held();
+        if state.started {
+            self.holds.refresh(hold::read_order(&self.nodes, state));
+        }
         let Some(pcp) = self.pcp.clone() else {
             return;
         };
@@ -170,13 +172,15 @@ impl Sidecar {
                 let ours = Ours {
                     place: state.started.then_some(n.place),
                     master_name: n.master_name.clone(),
-                    held: self.held.contains(&n.name.to_string()),
+                    held: self.holds.is_held(&n.name),
                 };
                 Some((n.name.clone(), Target { id, ours }))
             })
             .collect();
+        // Until the holds have been read once, a held node could be
+        // attached by mistake: pgpool is left alone.
         self.view.send_replace(Arc::new(View {
-            started: state.started,
+            started: state.started && self.holds.known(),
             targets,
         }));
         let settings = self.settings;
@@ -252,32 +256,6 @@ impl Sidecar {
             });
         }
         self.worker.as_ref()
-    }
-
-    fn read_held(&mut self) {
-        match hold::read(&self.held_path) {
-            Ok(held) => {
-                if self.held_error.take().is_some() {
-                    info!(file = %self.held_path.display(), "hold list readable again");
-                }
-                for n in held.difference(&self.held) {
-                    info!(node = %n, "node held: plusmoin keeps it out of pgpool until released");
-                }
-                for n in self.held.difference(&held) {
-                    info!(node = %n, "node released: plusmoin attaches it again when it is in sync");
-                }
-                self.held = held;
-            }
-            Err(e) => {
-                // Keep the last good list: releasing everything because a
-                // file is unreadable would attach nodes held on purpose.
-                let msg = e.to_string();
-                if self.held_error.as_deref() != Some(&msg) {
-                    error!("{msg} (the previous hold list stays in force)");
-                    self.held_error = Some(msg);
-                }
-            }
-        }
     }
 
     /// Lets the round in progress finish (bounded), then stops the worker
@@ -663,6 +641,24 @@ esac
         }
     }
 
+    /// A sidecar whose holds come from held.json only (no database).
+    fn sidecar(config: &Config) -> Sidecar {
+        let mut s = Sidecar::new(config);
+        s.holds.assume_table_read();
+        s
+    }
+
+    /// Beats (each one due a round) until `check` holds.
+    async fn beat_until(s: &mut Sidecar, st: &State, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            s.last_reconcile = None;
+            s.beat(st, &[]);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while !check() {
@@ -674,7 +670,7 @@ esac
     #[tokio::test]
     async fn reconciliation_attaches_in_sync_nodes_and_detaches_lost_ones() {
         let fake = Fake::new(&["up", "up"]);
-        let mut s = Sidecar::new(&fake.config());
+        let mut s = sidecar(&fake.config());
         s.beat(&state(Place::Lost), &[]);
         wait_for("node 1 detached", || fake.status(1) == "down").await;
         s.last_reconcile = None;
@@ -697,7 +693,7 @@ esac
     #[tokio::test]
     async fn seeing_no_server_at_all_detaches_nothing() {
         let fake = Fake::new(&["up", "up"]);
-        let mut s = Sidecar::new(&fake.config());
+        let mut s = sidecar(&fake.config());
         let mut st = state(Place::Lost);
         for n in &mut st.nodes {
             n.place = Place::Lost;
@@ -720,7 +716,7 @@ esac
     #[tokio::test]
     async fn nothing_is_done_before_the_first_beat_is_decided() {
         let fake = Fake::new(&["down", "down"]);
-        let mut s = Sidecar::new(&fake.config());
+        let mut s = sidecar(&fake.config());
         s.beat(&State::default(), &[]);
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(fake.calls().is_empty(), "{:?}", fake.calls());
@@ -731,7 +727,7 @@ esac
     async fn refused_attach_is_retried_until_pgpool_shows_it() {
         let fake = Fake::new(&["up", "down"]);
         std::fs::write(fake.path().join("1.refuse"), "1\n").unwrap();
-        let mut s = Sidecar::new(&fake.config());
+        let mut s = sidecar(&fake.config());
         s.beat(&state(Place::Slave), &[event(EventKind::SlaveUp, "db1")]);
         // The refused attach is tried again at a later round.
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -755,10 +751,13 @@ esac
         let fake = Fake::new(&["up", "up"]);
         let config = fake.config();
         hold::hold(&config, "db1:5432").unwrap();
-        let mut s = Sidecar::new(&config);
+        let mut s = sidecar(&config);
         s.beat(&state(Place::Slave), &[event(EventKind::SlaveUp, "db1")]);
-        assert_eq!(s.held(), ["db1:5432"]);
-        wait_for("held node 1 detached", || fake.status(1) == "down").await;
+        beat_until(&mut s, &state(Place::Slave), "held node 1 detached", || {
+            fake.status(1) == "down"
+        })
+        .await;
+        assert_eq!(s.holds().keys().collect::<Vec<_>>(), ["db1:5432"]);
         // Further beats and events never attach it.
         s.last_reconcile = None;
         s.beat(&state(Place::Slave), &[event(EventKind::SlaveUp, "db1")]);
@@ -767,10 +766,14 @@ esac
         assert!(!fake.calls().contains(&"attach 1".to_string()));
         // Released: the next reconciliation attaches it.
         hold::release(&config, "db1:5432").unwrap();
-        s.last_reconcile = None;
-        s.beat(&state(Place::Slave), &[]);
-        assert!(s.held().is_empty());
-        wait_for("released node 1 attached", || fake.status(1) == "waiting").await;
+        beat_until(
+            &mut s,
+            &state(Place::Slave),
+            "released node 1 attached",
+            || fake.status(1) == "waiting",
+        )
+        .await;
+        assert!(s.holds().is_empty());
         s.shutdown().await;
     }
 
@@ -789,7 +792,7 @@ esac
     async fn a_watchdog_follower_acts_on_nothing_until_its_pgpool_leads() {
         let fake = Fake::new(&["up", "down"]);
         std::fs::write(fake.path().join("watchdog"), watchdog_verbose("STANDBY")).unwrap();
-        let mut s = Sidecar::new(&fake.config());
+        let mut s = sidecar(&fake.config());
         s.beat(&state(Place::Slave), &[event(EventKind::SlaveUp, "db1")]);
         wait_for("a round's report", || s.report().is_some()).await;
         let report = s.report().unwrap();

@@ -178,6 +178,10 @@ impl NodeConn {
         self.client.is_closed()
     }
 
+    pub(super) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// The beat's statements on this node.
     pub(super) async fn observe(
         &mut self,
@@ -299,7 +303,7 @@ impl NodeConn {
 }
 
 /// Runs `is_slave_statement`: true on a slave.
-async fn role(
+pub(super) async fn role(
     client: &Client,
     cache: &mut Option<(String, Statement)>,
     text: &str,

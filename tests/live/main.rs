@@ -3,6 +3,7 @@
 
 mod daemon;
 mod faults;
+mod holds;
 mod monitor;
 mod pgpool;
 mod pgpool_fixture;
