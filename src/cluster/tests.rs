@@ -1,4 +1,5 @@
-//! Scenario tests of the state machine: one test per situation of SPEC §3.
+//! Scenario tests of the state machine: one test per situation of README's
+//! "How it works", step 3.
 //!
 //! A [`Sim`] drives `step` one beat (1 s) at a time. Nodes are `db:PORT`;
 //! masters write the beat's time, and a slave replays the heartbeat a master
@@ -391,6 +392,7 @@ fn two_masters_split_and_slave_following_neither_stays() {
     assert_eq!(
         ev,
         [
+            "slave_down(0, 5433)",
             "master_up(1, 5433)",
             "slave_down(0, 5434)",
             "slave_up(1, 5434)",
