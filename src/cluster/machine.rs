@@ -1,9 +1,12 @@
-//! [`State`] and [`step`]: the rules of SPEC §3 and the lag rules of §2.
+//! [`State`], [`step`] and [`step_news`]: how observations place nodes in
+//! clusters, how lag is measured, and which events fire (README, "How it
+//! works", step 3).
 
 use super::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-/// Where a node stands (SPEC §1).
+/// Where a node stands: master or slave (in sync) of a cluster, lost (a
+/// member of a cluster, but down or out of sync), or clusterless.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Place {
@@ -86,6 +89,10 @@ impl State {
 /// configuration order (nodes missing from it were removed from the
 /// configuration and are forgotten; new ones start clusterless).
 ///
+/// The same as [`step_news`] with `nodes` the names of `observations`, every
+/// node with news and `tick` true (node names are unique, as the
+/// configuration guarantees).
+///
 /// Events come out in this order: master changes (cluster id order, then
 /// new clusters), slave changes (configuration order), then on the first
 /// beat `plusmoin_up` for every cluster, and last `plusmoin_heartbeat` for
@@ -96,6 +103,93 @@ pub fn step(
     observations: &[(NodeName, Observation)],
     now: Time,
     policy: &Policy,
+) -> (State, Vec<Event>) {
+    let nodes = observations
+        .iter()
+        .map(|(name, o)| (name, Some(o)))
+        .collect();
+    decide(prev, nodes, now, policy, true)
+}
+
+/// Decides on the news: `nodes` is the whole configuration in order (nodes
+/// not in it are forgotten, new ones start clusterless); `news` holds
+/// observations for some of them only (news about a node not in `nodes` is
+/// ignored; should one node have several, the last one counts).
+///
+/// A node without news keeps its state unchanged (its place, cluster, lag,
+/// reason, since, last_seen), and a master without news stays its cluster's
+/// master: a node answering as master in that cluster splits off and founds
+/// a new cluster, as it would beside a master that answered.
+///
+/// `tick`: this is a beat's decision — emit `plusmoin_heartbeat` for every
+/// cluster. News between beats (`tick == false`) emits only the node events
+/// it causes.
+///
+/// The first decision (`prev.started == false`) is always made by the
+/// daemon with news for every node and `tick == true`. As in [`step`], it
+/// emits no node event — it only places the nodes — and emits
+/// `plusmoin_up` for every cluster (whatever `tick`, so that it is never
+/// lost), then the heartbeats.
+///
+/// Lag is measured against the master's write known before this decision
+/// (see `Beat::slave`): the daemon steps a beat's master writes before it
+/// reads the slaves, so a slave read afterwards is compared with this
+/// beat's write.
+///
+/// Events come out in the order of [`step`]: master changes (cluster id
+/// order, then new clusters; a slave promoted beside a running master gets
+/// `slave_down` in its old cluster just before `master_up` in the cluster
+/// it founds), slave changes (configuration order), `plusmoin_up`,
+/// `plusmoin_heartbeat`. Which decisions are made does not depend on the
+/// order of `nodes` or `news`; only the ids given to clusters founded in
+/// the same decision, and the relative order of events about different
+/// nodes, follow the configuration order.
+///
+/// A cluster left without any node — its nodes removed from the
+/// configuration, or all of them moved to other clusters (e.g. its master
+/// demoted and now following another cluster's master) — is dropped. It
+/// gets no event of its own for that: the events it gets are those of its
+/// nodes leaving (`master_down` for a master demoted or gone with no
+/// replacement, `slave_down` for a slave in sync that leaves), and no
+/// `plusmoin_heartbeat`, since it no longer exists when the heartbeats go
+/// out. Trigger payloads of those events show it empty. The ids of dropped
+/// clusters are given by [`dropped_clusters`]; ids are never reused.
+pub fn step_news(
+    prev: &State,
+    nodes: &[NodeName],
+    news: &[(NodeName, Observation)],
+    now: Time,
+    policy: &Policy,
+    tick: bool,
+) -> (State, Vec<Event>) {
+    let mut latest: HashMap<&NodeName, &Observation> = HashMap::with_capacity(news.len());
+    for (name, o) in news {
+        latest.insert(name, o);
+    }
+    let nodes = nodes
+        .iter()
+        .map(|name| (name, latest.get(name).copied()))
+        .collect();
+    decide(prev, nodes, now, policy, tick)
+}
+
+/// The clusters of `prev` that `next` no longer has, in id order: the
+/// daemon frees their trigger queues once their last events have run.
+pub fn dropped_clusters(prev: &State, next: &State) -> Vec<ClusterId> {
+    prev.clusters
+        .keys()
+        .filter(|id| !next.clusters.contains_key(id))
+        .copied()
+        .collect()
+}
+
+/// [`step_news`] with each configured node paired with its news, if any.
+fn decide(
+    prev: &State,
+    nodes: Vec<(&NodeName, Option<&Observation>)>,
+    now: Time,
+    policy: &Policy,
+    tick: bool,
 ) -> (State, Vec<Event>) {
     let first = !prev.started;
     // Lookups by name go through maps built once per step, so that a step
@@ -108,8 +202,8 @@ pub fn step(
     let prev_node = |name: &NodeName| prev_by_name.get(name).copied();
     let mut by_node = HashMap::new();
     let mut by_name = HashMap::new();
-    for (i, (name, _)) in observations.iter().enumerate().rev() {
-        by_node.insert(name.clone(), i);
+    for (i, (name, _)) in nodes.iter().enumerate().rev() {
+        by_node.insert((*name).clone(), i);
         by_name.insert(name.to_string(), i);
     }
     let mut beat = Beat {
@@ -117,21 +211,21 @@ pub fn step(
         now,
         policy,
         written_before: &prev.last_written,
-        before: observations
+        before: nodes
             .iter()
             .map(|(name, _)| prev_node(name).map(|n| (n.place, n.cluster_id)))
             .collect(),
-        obs: observations.iter().map(|(_, o)| o).collect(),
+        obs: nodes.iter().map(|(_, o)| *o).collect(),
         next: State {
             started: true,
             next_cluster_id: prev.next_cluster_id,
             clusters: prev.clusters.clone(),
-            nodes: observations
+            nodes: nodes
                 .iter()
                 .map(|(name, _)| {
                     prev_node(name)
                         .cloned()
-                        .unwrap_or_else(|| NodeState::new(name.clone(), now))
+                        .unwrap_or_else(|| NodeState::new((*name).clone(), now))
                 })
                 .collect(),
             last_written: prev.last_written.clone(),
@@ -140,6 +234,7 @@ pub fn step(
         by_node,
         by_name,
         led: HashMap::new(),
+        member_of: Vec::new(),
     };
     beat.forget_removed_masters();
     beat.masters();
@@ -158,11 +253,13 @@ pub fn step(
             node: None,
         }));
     }
-    events.extend(next.clusters.keys().map(|&id| Event {
-        kind: EventKind::PlusmoinHeartbeat,
-        cluster_id: id,
-        node: None,
-    }));
+    if tick {
+        events.extend(next.clusters.keys().map(|&id| Event {
+            kind: EventKind::PlusmoinHeartbeat,
+            cluster_id: id,
+            node: None,
+        }));
+    }
     next.last_written
         .retain(|name, _| by_name.contains_key(name));
     (next, events)
@@ -185,7 +282,7 @@ impl NodeState {
     }
 }
 
-/// The working data of one `step`.
+/// The working data of one decision.
 struct Beat<'a> {
     first: bool,
     now: Time,
@@ -194,7 +291,8 @@ struct Beat<'a> {
     written_before: &'a BTreeMap<String, Time>,
     /// Each node's place and cluster before this beat (`None`: new node).
     before: Vec<Option<(Place, Option<ClusterId>)>>,
-    obs: Vec<&'a Observation>,
+    /// Each node's news, `None` for a node without news (kept as it was).
+    obs: Vec<Option<&'a Observation>>,
     next: State,
     events: Vec<Event>,
     /// Index of each node (the first, should a name repeat) by name…
@@ -204,6 +302,9 @@ struct Beat<'a> {
     /// The cluster each master leads, by `host:port`; filled once masters
     /// are decided, since only [`Beat::masters`] changes a cluster's master.
     led: HashMap<String, ClusterId>,
+    /// Each node's cluster once masters are decided, before any slave
+    /// moves: where a slave replaying a node that leads no cluster goes.
+    member_of: Vec<Option<ClusterId>>,
 }
 
 impl Beat<'_> {
@@ -243,10 +344,11 @@ impl Beat<'_> {
         }
     }
 
-    /// SPEC §3 for nodes that answered as master: keep, replace, split, found.
+    /// Nodes that answered as master: keep, replace, split, found (README,
+    /// "How it works", step 3).
     fn masters(&mut self) {
         for (i, obs) in self.obs.iter().enumerate() {
-            if let Observation::Master { wrote_at } = obs {
+            if let Some(Observation::Master { wrote_at }) = obs {
                 let name = self.next.nodes[i].name.to_string();
                 self.next.last_written.insert(name, *wrote_at);
             }
@@ -259,7 +361,9 @@ impl Beat<'_> {
         // for the whole loop.
         let mut answering: HashMap<ClusterId, Vec<usize>> = HashMap::new();
         for (i, obs) in self.obs.iter().enumerate() {
-            if let (Observation::Master { .. }, Some(c)) = (obs, self.next.nodes[i].cluster_id) {
+            if let (Some(Observation::Master { .. }), Some(c)) =
+                (obs, self.next.nodes[i].cluster_id)
+            {
                 answering.entry(c).or_default().push(i);
             }
         }
@@ -269,8 +373,18 @@ impl Beat<'_> {
                 .master
                 .clone()
                 .and_then(|m| self.index_of(&m));
-            let kept = old.filter(|m| candidates.contains(m));
-            let new_master = kept.or(candidates.first().copied());
+            // A master without news is still its cluster's master.
+            let kept = old.filter(|&m| self.obs[m].is_none() || candidates.contains(&m));
+            // Several nodes answering as master in a cluster whose master is
+            // gone: the lowest name takes the cluster and the others split
+            // off. Not the first in configuration order, so that reordering
+            // the configuration changes no decision.
+            let new_master = kept.or_else(|| {
+                candidates
+                    .iter()
+                    .copied()
+                    .min_by(|&a, &b| self.next.nodes[a].name.cmp(&self.next.nodes[b].name))
+            });
             founders.extend(candidates.iter().filter(|&&c| Some(c) != new_master));
             if let Some(old) = old.filter(|&o| Some(o) != new_master) {
                 // Down or demoted: it stays in the cluster, as lost unless it
@@ -281,7 +395,10 @@ impl Beat<'_> {
                 }
             }
             if let Some(m) = new_master {
-                self.set_master(m, id);
+                // Without news it is `kept`, and stays exactly as it was.
+                if self.obs[m].is_some() {
+                    self.set_master(m, id);
+                }
                 if kept.is_none() {
                     self.emit(EventKind::MasterUp, id, m);
                 }
@@ -291,9 +408,14 @@ impl Beat<'_> {
         }
         founders.extend((0..self.obs.len()).filter(|&i| {
             self.next.nodes[i].place == Place::Clusterless
-                && matches!(self.obs[i], Observation::Master { .. })
+                && matches!(self.obs[i], Some(Observation::Master { .. }))
         }));
         for m in founders {
+            // A slave in sync promoted beside its running master leaves its
+            // cluster like any other leaving slave.
+            if let Some((Place::Slave, Some(old))) = self.before[m] {
+                self.emit(EventKind::SlaveDown, old, m);
+            }
             let id = self.next.next_cluster_id;
             self.next.next_cluster_id += 1;
             self.next.clusters.insert(id, Cluster { id, master: None });
@@ -316,8 +438,9 @@ impl Beat<'_> {
         }
     }
 
-    /// Slaves and unreachable nodes, in configuration order.
+    /// Slaves and unreachable nodes with news, in configuration order.
     fn others(&mut self) {
+        self.member_of = self.next.nodes.iter().map(|n| n.cluster_id).collect();
         // Lowest id first, as a search of the clusters in id order finds.
         for c in self.next.clusters.values().rev() {
             if let Some(m) = &c.master {
@@ -326,20 +449,23 @@ impl Beat<'_> {
         }
         for i in 0..self.obs.len() {
             match self.obs[i] {
-                Observation::Master { .. } => {}
-                Observation::Slave { heartbeat } => self.slave(i, heartbeat.as_ref()),
-                Observation::Down { reason } => self.down(i, reason),
+                None | Some(Observation::Master { .. }) => {}
+                Some(Observation::Slave { heartbeat }) => self.slave(i, heartbeat.as_ref()),
+                Some(Observation::Down { reason }) => self.down(i, reason),
             }
         }
     }
 
     /// The cluster a slave replaying `master_name` belongs to: the cluster
-    /// that master leads, else the cluster it is a member of.
+    /// that master leads, else the cluster it was a member of once masters
+    /// were decided. Not the cluster it may move to later in this decision:
+    /// that would make the answer depend on whether it comes before or after
+    /// the slave in the configuration.
     fn cluster_of_master(&self, master_name: &str) -> Option<ClusterId> {
         self.led.get(master_name).copied().or_else(|| {
             self.by_name
                 .get(master_name)
-                .and_then(|&i| self.next.nodes[i].cluster_id)
+                .and_then(|&i| self.member_of[i])
         })
     }
 
@@ -350,11 +476,17 @@ impl Beat<'_> {
             .and_then(|hb| self.cluster_of_master(&hb.master_name))
             .or(current);
         // Lag is measured against the cluster's current master, so a slave
-        // still replaying a replaced master ages out of sync (SPEC §3). The
-        // reference is the master's write of the previous beat: this beat's
-        // write may not have had time to replicate (probes run concurrently),
-        // and comparing with it would show every healthy slave one heartbeat
-        // behind.
+        // still replaying a replaced master ages out of sync although the
+        // row it shows never changes. The reference is that master's write
+        // known before this decision (`written_before`), falling back to
+        // this decision's write for a master with none before. The daemon
+        // steps a beat's master writes before it reads the slaves, so for a
+        // slave read afterwards the reference is this beat's write: lag =
+        // this beat's write − the row the slave shows. A slave read decided
+        // together with its master's newer write was read before that write
+        // could replicate, and comparing with it would show every healthy
+        // slave one heartbeat behind: it is compared with the previous
+        // write.
         let known = |m: &str| self.by_name.contains_key(m);
         let lag = match (target, heartbeat) {
             (Some(t), Some(hb)) if hb.master_name != own && known(&hb.master_name) => {
@@ -439,7 +571,13 @@ impl Beat<'_> {
         }
     }
 
-    /// Clusters left without any node (removed from the configuration).
+    /// Drops the clusters left without any node: their nodes were removed
+    /// from the configuration, or all moved to other clusters in this
+    /// decision (a master demoted and following another cluster's master,
+    /// its slaves following along). No event is emitted for the drop
+    /// itself; the nodes' departures already gave theirs (`master_down`,
+    /// `slave_down`), and the dropped cluster gets no `plusmoin_heartbeat`.
+    /// See [`step_news`] and [`dropped_clusters`].
     fn drop_empty_clusters(&mut self) {
         let used: HashSet<ClusterId> = self
             .next

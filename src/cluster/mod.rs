@@ -1,4 +1,4 @@
-//! The pure cluster state machine (SPEC §1–§3).
+//! The pure cluster state machine (README, "How it works", step 3).
 //!
 //! It owns every decision plusmoin makes: which node is master, which cluster
 //! each node belongs to, whether a slave is in sync or lost, and which events
@@ -43,8 +43,9 @@ impl fmt::Display for NodeName {
 
 /// A point on plusmoin's own clock, in microseconds since the Unix epoch.
 ///
-/// Only plusmoin's clock is ever compared with itself (SPEC §2), so the
-/// servers' clocks need not agree.
+/// Only plusmoin's clock is ever compared with itself: the heartbeat rows
+/// carry the time plusmoin wrote them, and a slave's lag is the difference
+/// of two such times. So the servers' clocks need not agree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Time(pub i64);
 
@@ -91,7 +92,8 @@ impl std::ops::Add<Duration> for Time {
 /// cluster's id never changes.
 pub type ClusterId = u32;
 
-/// The heartbeat row a slave replays (SPEC §2).
+/// The heartbeat row a slave replays: what plusmoin wrote on a master
+/// (README, "How it works", step 2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Heartbeat {
     /// `host:port` of the master that wrote the row, as written in the config.
@@ -114,7 +116,7 @@ pub enum Observation {
     Slave { heartbeat: Option<Heartbeat> },
 }
 
-/// The six triggers of SPEC §4, which are also the events.
+/// The six triggers, which are also the events (README, "Triggers").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum EventKind {
     PlusmoinUp,
@@ -172,7 +174,9 @@ pub struct Event {
     pub node: Option<NodeName>,
 }
 
-/// The sync limits of SPEC §2.
+/// The sync limits: a slave in sync is lost once its lag exceeds
+/// `max_sync_delay`, and a lost one is back in sync only once its lag is
+/// within `recover_sync_delay`, so a slave near the limit does not flap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
     pub max_sync_delay: Duration,

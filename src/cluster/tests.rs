@@ -1,4 +1,5 @@
-//! Scenario tests of the state machine: one test per situation of SPEC §3.
+//! Scenario tests of the state machine: one test per situation of README's
+//! "How it works", step 3.
 //!
 //! A [`Sim`] drives `step` one beat (1 s) at a time. Nodes are `db:PORT`;
 //! masters write the beat's time, and a slave replays the heartbeat a master
@@ -47,23 +48,7 @@ impl Sim {
         self.now = Time(self.now.0 + BEAT);
         let obs: Vec<(NodeName, Observation)> = nodes
             .iter()
-            .map(|&(port, o)| {
-                let ob = match o {
-                    M => Observation::Master { wrote_at: self.now },
-                    S(master, behind) => Observation::Slave {
-                        heartbeat: Some(Heartbeat {
-                            master_name: name(master).to_string(),
-                            cluster_id: None,
-                            written_at: Time(self.now.0 - behind * BEAT),
-                        }),
-                    },
-                    SNone => Observation::Slave { heartbeat: None },
-                    D => Observation::Down {
-                        reason: "connection refused".into(),
-                    },
-                };
-                (name(port), ob)
-            })
+            .map(|&(port, o)| (name(port), observation(o, self.now)))
             .collect();
         let (next, events) = step(&self.state, &obs, self.now, &self.policy);
         check_invariants(&next);
@@ -88,11 +73,33 @@ impl Sim {
         events
             .into_iter()
             .filter(|e| e.kind != EventKind::PlusmoinHeartbeat)
-            .map(|e| match e.node {
-                Some(n) => format!("{}({}, {})", e.kind, e.cluster_id, n.port),
-                None => format!("{}({})", e.kind, e.cluster_id),
-            })
+            .map(show)
             .collect()
+    }
+
+    /// One [`step_news`] at the current time (which does not move) over
+    /// the configuration `config`; returns every event, heartbeats
+    /// included, as `kind(cluster, port)` strings.
+    fn news(
+        &mut self,
+        config: &[u16],
+        news: Vec<(NodeName, Observation)>,
+        tick: bool,
+    ) -> Vec<String> {
+        let nodes: Vec<NodeName> = config.iter().map(|&p| name(p)).collect();
+        let (next, events) = step_news(&self.state, &nodes, &news, self.now, &self.policy, tick);
+        check_invariants(&next);
+        self.state = next;
+        events.into_iter().map(show).collect()
+    }
+
+    /// Moves the clock by `micros` without deciding anything.
+    fn wait(&mut self, micros: i64) {
+        self.now = Time(self.now.0 + micros);
+    }
+
+    fn node(&self, port: u16) -> NodeState {
+        self.state.node(&name(port)).expect("node known").clone()
     }
 
     /// Repeats the same observations `n` times, returning all events.
@@ -111,6 +118,37 @@ impl Sim {
 
     fn cluster_ids(&self) -> Vec<ClusterId> {
         self.state.clusters.keys().copied().collect()
+    }
+}
+
+/// `o` as probed at `now`: a master writes `now`.
+fn observation(o: O, now: Time) -> Observation {
+    match o {
+        M => Observation::Master { wrote_at: now },
+        S(master, behind) => slave_row(master, Time(now.0 - behind * BEAT)),
+        SNone => Observation::Slave { heartbeat: None },
+        D => Observation::Down {
+            reason: "connection refused".into(),
+        },
+    }
+}
+
+/// A slave showing the row `master` wrote at `written_at`.
+fn slave_row(master: u16, written_at: Time) -> Observation {
+    Observation::Slave {
+        heartbeat: Some(Heartbeat {
+            master_name: name(master).to_string(),
+            cluster_id: None,
+            written_at,
+        }),
+    }
+}
+
+/// An event as `kind(cluster, port)`, or `kind(cluster)`.
+fn show(e: Event) -> String {
+    match e.node {
+        Some(n) => format!("{}({}, {})", e.kind, e.cluster_id, n.port),
+        None => format!("{}({})", e.kind, e.cluster_id),
     }
 }
 
@@ -391,6 +429,7 @@ fn two_masters_split_and_slave_following_neither_stays() {
     assert_eq!(
         ev,
         [
+            "slave_down(0, 5433)",
             "master_up(1, 5433)",
             "slave_down(0, 5434)",
             "slave_up(1, 5434)",
@@ -507,6 +546,303 @@ fn cluster_ids_never_change_across_a_long_story() {
     assert_eq!(sim.at(6432), (Place::Lost, Some(1)));
     assert_eq!(sim.at(6433), (Place::Slave, Some(1)));
     assert_eq!(sim.cluster_ids(), [0, 1, 2]);
+}
+
+#[test]
+fn slave_promoted_while_master_up_leaves_with_slave_down_then_master_up() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    let ev = sim.beat(&[(5432, M), (5433, M), (5434, S(5432, 1))]);
+    assert_eq!(ev, ["slave_down(0, 5433)", "master_up(1, 5433)"]);
+    assert_eq!(sim.at(5433), (Place::Master, Some(1)));
+    assert_eq!(sim.master_of(0), Some(5432));
+    // Demoted again, it follows 5432 back into cluster 0 (cluster 1 empties).
+    let ev = sim.beat(&[(5432, M), (5433, S(5432, 0)), (5434, S(5432, 30))]);
+    assert_eq!(
+        ev,
+        [
+            "master_down(1, 5433)",
+            "slave_up(0, 5433)",
+            "slave_down(0, 5434)"
+        ]
+    );
+    assert_eq!(sim.at(5434), (Place::Lost, Some(0)));
+    // A lost member promoted beside the master was no slave: master_up only.
+    let ev = sim.beat(&[(5432, M), (5433, S(5432, 0)), (5434, M)]);
+    assert_eq!(ev, ["master_up(2, 5434)"]);
+}
+
+#[test]
+fn several_masters_in_a_masterless_cluster_lowest_name_keeps_it() {
+    // Whatever the configuration order, db:5433 keeps cluster 0 and db:5434
+    // leaves it to found cluster 1.
+    for config in [[5432, 5433, 5434], [5434, 5433, 5432]] {
+        let mut sim = Sim::new();
+        let at = |o: [O; 3]| {
+            config
+                .iter()
+                .map(|&p| (p, o[(p - 5432) as usize]))
+                .collect::<Vec<_>>()
+        };
+        sim.beat(&at([M, S(5432, 0), S(5432, 0)]));
+        let ev = sim.beat(&at([D, M, M]));
+        assert_eq!(
+            ev,
+            [
+                "master_up(0, 5433)",
+                "slave_down(0, 5434)",
+                "master_up(1, 5434)"
+            ],
+            "{config:?}"
+        );
+        assert_eq!(sim.master_of(0), Some(5433), "{config:?}");
+        assert_eq!(sim.master_of(1), Some(5434), "{config:?}");
+        assert_eq!(sim.at(5432), (Place::Lost, Some(0)), "{config:?}");
+    }
+}
+
+#[test]
+fn slave_replaying_a_node_that_moves_goes_where_that_node_was() {
+    // 6432 (master of cluster 1) is demoted and follows 5432; 6433 still
+    // replays 6432's last row. Wherever 6433 sits in the configuration, it
+    // goes to 6432's cluster as it was once masters were decided (1), not
+    // to where 6432 moves in the same decision.
+    for config in [[5432, 6432, 6433], [5432, 6433, 6432]] {
+        let mut sim = Sim::new();
+        let obs = |o6: O, o7: O| {
+            config
+                .iter()
+                .map(|&p| match p {
+                    5432 => (p, M),
+                    6432 => (p, o6),
+                    _ => (p, o7),
+                })
+                .collect::<Vec<_>>()
+        };
+        sim.beat(&obs(M, S(6432, 0)));
+        sim.beat(&obs(S(5432, 0), S(6432, 1)));
+        assert_eq!(sim.at(6432), (Place::Slave, Some(0)), "{config:?}");
+        assert_eq!(sim.at(6433), (Place::Slave, Some(1)), "{config:?}");
+        // Next decision: 6432 now sits in cluster 0, and 6433 follows it there.
+        sim.beat(&obs(S(5432, 0), S(6432, 2)));
+        assert_eq!(sim.at(6433).1, Some(0), "{config:?}");
+    }
+}
+
+/// A cluster whose nodes all move elsewhere in one decision is dropped. It
+/// gets the events of its nodes leaving (`master_down` for its master
+/// demoted with no replacement, `slave_down` for a slave in sync) and none
+/// of its own: no `plusmoin_heartbeat` either, and [`dropped_clusters`]
+/// names it so that its trigger queue can be freed.
+#[test]
+fn cluster_emptied_by_moves_is_dropped_after_its_nodes_departure_events() {
+    let mut sim = Sim::new();
+    let nodes = |o6: O, o7: O| vec![(5432, M), (5433, S(5432, 0)), (6432, o6), (6433, o7)];
+    sim.beat(&nodes(M, S(6432, 0)));
+    sim.beat(&nodes(M, S(6432, 0)));
+    assert_eq!(sim.cluster_ids(), [0, 1]);
+    let before = sim.state.clone();
+    // 6432 is demoted and follows 5432; 6433 is re-pointed at 5432 too.
+    let ev = sim.beat(&nodes(S(5432, 0), S(5432, 0)));
+    assert_eq!(
+        ev,
+        [
+            "master_down(1, 6432)",
+            "slave_up(0, 6432)",
+            "slave_down(1, 6433)",
+            "slave_up(0, 6433)"
+        ]
+    );
+    assert_eq!(
+        sim.cluster_ids(),
+        [0],
+        "heartbeats checked by beat(): 0 only"
+    );
+    assert_eq!(dropped_clusters(&before, &sim.state), [1]);
+    assert_eq!(
+        dropped_clusters(&sim.state, &sim.state),
+        Vec::<ClusterId>::new()
+    );
+    // Ids are never reused: the next cluster founded is 2.
+    let ev = sim.beat(&nodes(S(5432, 0), M));
+    assert_eq!(ev, ["slave_down(0, 6433)", "master_up(2, 6433)"]);
+}
+
+#[test]
+fn cluster_of_lost_nodes_emptied_by_moves_is_dropped_without_event() {
+    let mut sim = Sim::new();
+    sim.beat(&[(5432, M), (6432, M), (6433, S(6432, 0))]);
+    // Its master goes down, then its last node (lost) leaves.
+    sim.beat(&[(5432, M), (6432, D), (6433, D)]);
+    let before = sim.state.clone();
+    let ev = sim.beat(&[(5432, M), (6432, S(5432, 30)), (6433, S(5432, 30))]);
+    assert!(ev.is_empty(), "{ev:?}");
+    assert_eq!(sim.at(6432), (Place::Lost, Some(0)));
+    assert_eq!(dropped_clusters(&before, &sim.state), [1]);
+}
+
+#[test]
+fn news_master_write_stepped_first_then_slave_read_lag_is_write_minus_row() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    // Next beat: the master's write is decided first, alone.
+    sim.wait(BEAT);
+    let t2 = sim.now;
+    let ev = sim.news(
+        &[5432, 5433, 5434],
+        vec![(name(5432), Observation::Master { wrote_at: t2 })],
+        false,
+    );
+    assert!(ev.is_empty(), "{ev:?}");
+    assert_eq!(sim.state.last_written[&name(5432).to_string()], t2);
+    // Then the slaves are read: 5433 already shows t2, 5434 a row 3 s older.
+    sim.wait(20_000);
+    let ev = sim.news(
+        &[5432, 5433, 5434],
+        vec![(name(5433), slave_row(5432, t2))],
+        false,
+    );
+    assert!(ev.is_empty(), "{ev:?}");
+    assert_eq!(sim.node(5433).lag, Some(Duration::ZERO));
+    let ev = sim.news(
+        &[5432, 5433, 5434],
+        vec![(name(5434), slave_row(5432, Time(t2.0 - 3 * BEAT)))],
+        true,
+    );
+    assert_eq!(ev, ["plusmoin_heartbeat(0)"]);
+    assert_eq!(sim.node(5434).lag, Some(Duration::from_secs(3)));
+}
+
+#[test]
+fn news_slave_read_with_its_masters_newer_write_is_compared_with_the_previous_write() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    let t1 = sim.now;
+    sim.wait(BEAT);
+    let t2 = sim.now;
+    // Read before t2 could replicate: it shows t1, and shows no lag.
+    sim.news(
+        &[5432, 5433, 5434],
+        vec![
+            (name(5432), Observation::Master { wrote_at: t2 }),
+            (name(5433), slave_row(5432, t1)),
+        ],
+        true,
+    );
+    assert_eq!(sim.node(5433).lag, Some(Duration::ZERO));
+    assert_eq!(sim.at(5433), (Place::Slave, Some(0)));
+    // The next read of 5433 alone is compared with t2.
+    sim.wait(BEAT / 4);
+    sim.news(
+        &[5432, 5433, 5434],
+        vec![(name(5433), slave_row(5432, t1))],
+        false,
+    );
+    assert_eq!(sim.node(5433).lag, Some(Duration::from_secs(1)));
+}
+
+#[test]
+fn news_node_without_news_keeps_everything() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    sim.beat(&[(5432, M), (5433, S(5432, 1)), (5434, D)]);
+    let lost = sim.node(5434);
+    let slave = sim.node(5433);
+    assert_eq!(lost.reason.as_deref(), Some("connection refused"));
+    for k in 0..5 {
+        sim.wait(BEAT / 4);
+        let news = vec![(name(5432), Observation::Master { wrote_at: sim.now })];
+        sim.news(&[5432, 5433, 5434], news, k % 2 == 0);
+        assert_eq!(
+            sim.node(5434),
+            lost,
+            "a lost node keeps place, reason, since, last_seen"
+        );
+        assert_eq!(
+            sim.node(5433),
+            slave,
+            "a slave keeps place, lag, since, last_seen"
+        );
+    }
+}
+
+#[test]
+fn news_master_without_news_keeps_its_cluster() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    let master = sim.node(5432);
+    sim.wait(BEAT);
+    let ev = sim.news(
+        &[5432, 5433, 5434],
+        vec![(
+            name(5433),
+            Observation::Down {
+                reason: "timeout".into(),
+            },
+        )],
+        false,
+    );
+    assert_eq!(ev, ["slave_down(0, 5433)"]);
+    assert_eq!(sim.master_of(0), Some(5432));
+    assert_eq!(sim.node(5432), master, "untouched, last_seen included");
+    // A node answering as master beside it splits off, as beside a master
+    // that answered.
+    let ev = sim.news(
+        &[5432, 5433, 5434],
+        vec![(name(5434), Observation::Master { wrote_at: sim.now })],
+        false,
+    );
+    assert_eq!(ev, ["slave_down(0, 5434)", "master_up(1, 5434)"]);
+    assert_eq!(sim.master_of(0), Some(5432));
+    assert_eq!(sim.node(5432), master);
+}
+
+#[test]
+fn news_between_beats_emit_no_heartbeat() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    sim.wait(BEAT / 4);
+    assert!(sim.news(&[5432, 5433, 5434], vec![], false).is_empty());
+    let ev = sim.news(
+        &[5432, 5433, 5434],
+        vec![(
+            name(5434),
+            Observation::Down {
+                reason: "reset".into(),
+            },
+        )],
+        false,
+    );
+    assert_eq!(ev, ["slave_down(0, 5434)"]);
+    // The beat's decision, even without news, gives the heartbeats.
+    assert_eq!(
+        sim.news(&[5432, 5433, 5434], vec![], true),
+        ["plusmoin_heartbeat(0)"]
+    );
+}
+
+#[test]
+fn news_first_decision_places_nodes_silently_like_step() {
+    let obs: Vec<(NodeName, Observation)> = healthy()
+        .into_iter()
+        .map(|(p, o)| (name(p), observation(o, Time(5 * BEAT))))
+        .collect();
+    let nodes: Vec<NodeName> = obs.iter().map(|(n, _)| n.clone()).collect();
+    let policy = Sim::new().policy;
+    let a = step(&State::default(), &obs, Time(5 * BEAT), &policy);
+    let b = step_news(
+        &State::default(),
+        &nodes,
+        &obs,
+        Time(5 * BEAT),
+        &policy,
+        true,
+    );
+    assert_eq!(a, b);
+    assert_eq!(
+        b.1.iter().cloned().map(show).collect::<Vec<_>>(),
+        ["plusmoin_up(0)", "plusmoin_heartbeat(0)"]
+    );
 }
 
 mod properties {
