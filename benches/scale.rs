@@ -269,15 +269,15 @@ fn measure(n: usize, port: u16, beats: usize) -> Measured {
     rt.block_on(async move {
         let mut daemon = Daemon::new(config).expect("daemon");
         let t0 = Instant::now();
-        daemon.beat().await;
+        daemon.beat_once().await;
         let first_beat = t0.elapsed();
-        daemon.beat().await;
+        daemon.beat_once().await;
         let mut walls = Vec::new();
         let mut cpus = Vec::new();
         for _ in 0..beats {
             let cpu0 = cpu_time();
             let t0 = Instant::now();
-            daemon.beat().await;
+            daemon.beat_once().await;
             walls.push(t0.elapsed());
             cpus.push(cpu_time().saturating_sub(cpu0));
         }

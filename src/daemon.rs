@@ -1,23 +1,37 @@
-//! The beat loop: probes → [`cluster::step`] → actions → status, on a steady
-//! cadence, with SIGTERM/SIGINT (finish the beat, exit) and SIGHUP (reload
-//! the configuration between beats).
+//! The deciding loop: news from the per-node probe tasks ([`Monitor`]) is
+//! decided as it arrives ([`cluster::step_news`]), then acted on (triggers,
+//! the pgpool sidecar) and written to the status file; beats come on a
+//! steady cadence; shutdown and reload come in as inputs.
+//!
+//! A beat: the nodes that were masters write their heartbeat first; once
+//! their writes are back (or after a short bound, should a master hang),
+//! every other node is read, so a slave's lag is this beat's write minus the
+//! row it shows. Each answer is decided when it comes: a hung server delays
+//! only its own news. When the beat's answers are in (or `connect_timeout`
+//! after it began), the beat's own decision emits `plusmoin_heartbeat` and
+//! the status file is written. Between beats, a dropped connection or a
+//! lost node's retry brings news that is decided at once.
 //!
 //! Process plumbing (pid file, detaching, privileges, logging) lives in
-//! [`crate::lifecycle`]; this module only beats.
+//! [`crate::lifecycle`]; this module only decides.
 
 use crate::actions::trigger::{Dispatcher, TriggerJob};
-use crate::cluster::{self, ClusterId, Event, EventKind, NodeName, Policy, State, Time};
+use crate::cluster::{
+    self, ClusterId, Event, EventKind, NodeName, Observation, Policy, State, Time,
+};
 use crate::config::{self, Config};
 use crate::payload::{Status, TriggerPayload};
-use crate::probe::{ProbeSettings, ProbeTarget, Prober};
+use crate::probe::{Monitor, ProbeSettings, Report};
 use crate::status;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -27,29 +41,78 @@ pub enum DaemonError {
     Signal(std::io::Error),
 }
 
+/// The longest the slaves' reads wait for the masters' writes of a beat.
+const MASTERS_BOUND: Duration = Duration::from_millis(300);
+/// A beat still missing answers this long after `connect_timeout` is closed
+/// anyway (a request queued behind a probe already out).
+const BEAT_SLACK: Duration = Duration::from_millis(100);
+/// Between the masters' writes coming back and the slaves' reads: time for
+/// streaming replication to deliver the row (milliseconds on a LAN), so a
+/// healthy slave does not show a heartbeat's lag. Longer at start, when the
+/// row may have just been created.
+const REPLICATION_GRACE: Duration = Duration::from_millis(20);
+const PRIMING_GRACE: Duration = Duration::from_millis(100);
+
+/// The beat in progress.
+#[derive(Debug)]
+struct BeatRun {
+    at: Time,
+    began: Instant,
+    /// The first beat: every node is probed first (roles unknown, masters
+    /// write), then the slaves are read again.
+    priming: bool,
+    /// Masters whose write of this beat has not come back yet.
+    masters: HashSet<NodeName>,
+    /// When the reads go out, once the masters' writes are back.
+    reads_at: Option<Instant>,
+    reads_sent: bool,
+    /// Nodes asked this beat that have not answered since.
+    outstanding: HashSet<NodeName>,
+}
+
 /// Everything that lives across beats.
 pub struct Daemon {
     config: Arc<Config>,
-    prober: Prober,
+    monitor: Monitor,
     state: State,
+    /// The configured nodes, in order.
+    names: Vec<NodeName>,
     dispatcher: Dispatcher,
     /// The last status-file error, logged once until it changes.
     status_error: Option<String>,
     /// pgpool handlers, reconciliation and holds (inert without a section).
     pgpool: crate::pgpool::Sidecar,
+    beat: Option<BeatRun>,
+    /// News not decided yet, in arrival order.
+    news: Vec<(NodeName, Observation)>,
+    /// Before the first decision: each node's latest answer.
+    first: HashMap<NodeName, Observation>,
+    /// Nodes whose latest answer was Down.
+    down: HashSet<NodeName>,
+    /// Nodes the monitor retries on its own.
+    lost: HashSet<NodeName>,
 }
 
 impl Daemon {
+    /// Must run inside the runtime: the node tasks start here.
     pub fn new(config: Config) -> Result<Daemon, DaemonError> {
-        let prober = Prober::new(ProbeSettings::from_config(&config))?;
+        let mut monitor = Monitor::new(ProbeSettings::from_config(&config))?;
+        let names: Vec<NodeName> = config.nodes.iter().map(|n| n.name.clone()).collect();
+        monitor.set_nodes(&names);
         let pgpool = crate::pgpool::Sidecar::new(&config);
         Ok(Daemon {
             pgpool,
             config: Arc::new(config),
-            prober,
+            monitor,
             state: State::default(),
+            names,
             dispatcher: Dispatcher::new(),
             status_error: None,
+            beat: None,
+            news: Vec::new(),
+            first: HashMap::new(),
+            down: HashSet::new(),
+            lost: HashSet::new(),
         })
     }
 
@@ -59,28 +122,11 @@ impl Daemon {
 
     /// Connections kept open to the nodes (for the scale benchmark).
     pub fn connections_held(&self) -> usize {
-        self.prober.connections_held()
+        self.monitor.connections_held()
     }
 
-    fn targets(&self) -> Vec<ProbeTarget> {
-        // One map rather than a search per node: a beat over thousands of
-        // nodes stays linear (reversed so the first of a name wins, as
-        // `State::node` finds).
-        let cluster_of: HashMap<&NodeName, Option<ClusterId>> = self
-            .state
-            .nodes
-            .iter()
-            .rev()
-            .map(|s| (&s.name, s.cluster_id))
-            .collect();
-        self.config
-            .nodes
-            .iter()
-            .map(|n| ProbeTarget {
-                name: n.name.clone(),
-                cluster_id: cluster_of.get(&n.name).copied().flatten(),
-            })
-            .collect()
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     fn policy(&self) -> Policy {
@@ -90,36 +136,235 @@ impl Daemon {
         }
     }
 
-    /// Before the first decision, write a heartbeat on every master so the
-    /// slaves have one to replay: otherwise every slave of a fresh cluster
-    /// would start out of sync and come back one beat later.
-    pub async fn prime(&mut self) {
-        let targets = self.targets();
-        let obs = self.prober.probe_all(&targets, Time::now()).await;
-        let masters = obs
-            .iter()
-            .filter(|(_, o)| matches!(o, cluster::Observation::Master { .. }))
-            .count();
-        if masters > 0 {
-            // Streaming replication delivers the row within milliseconds.
-            let settle = self.config.heartbeat.min(Duration::from_millis(500));
-            tokio::time::sleep(settle).await;
+    fn cluster_of(&self, name: &NodeName) -> Option<ClusterId> {
+        self.state.node(name).and_then(|n| n.cluster_id)
+    }
+
+    /// Starts a beat: the masters' writes first. A beat still open is
+    /// decided first.
+    pub fn tick(&mut self) {
+        if self.beat.is_some() {
+            self.close_beat();
+        }
+        let at = Time::now();
+        let priming = !self.state.started;
+        let masters: Vec<NodeName> = if priming {
+            self.names.clone()
+        } else {
+            self.state
+                .nodes
+                .iter()
+                .filter(|n| n.place == cluster::Place::Master)
+                .map(|n| n.name.clone())
+                .collect()
+        };
+        for m in &masters {
+            self.monitor.probe(m, self.cluster_of(m), at);
+        }
+        let masters: HashSet<NodeName> = masters.into_iter().collect();
+        self.beat = Some(BeatRun {
+            at,
+            began: Instant::now(),
+            priming,
+            outstanding: masters.clone(),
+            masters,
+            reads_at: None,
+            reads_sent: false,
+        });
+        if self.beat.as_ref().is_some_and(|b| b.masters.is_empty()) {
+            self.send_reads();
         }
     }
 
-    /// One beat: probe every node, decide, act, write the status.
-    pub async fn beat(&mut self) -> Vec<Event> {
+    /// The second half of a beat: every node that is not one of its masters
+    /// is read (when priming: the nodes that answered as slaves, now that
+    /// the masters have written).
+    fn send_reads(&mut self) {
+        let Some(b) = self.beat.as_mut() else {
+            return;
+        };
+        b.reads_sent = true;
+        let reads: Vec<NodeName> = if b.priming {
+            self.names
+                .iter()
+                .filter(|n| matches!(self.first.get(*n), Some(Observation::Slave { .. })))
+                .cloned()
+                .collect()
+        } else {
+            let masters: HashSet<&NodeName> = self
+                .state
+                .nodes
+                .iter()
+                .filter(|n| n.place == cluster::Place::Master)
+                .map(|n| &n.name)
+                .collect();
+            self.names
+                .iter()
+                .filter(|n| !masters.contains(n))
+                .cloned()
+                .collect()
+        };
+        let at = b.at;
+        for n in &reads {
+            b.outstanding.insert(n.clone());
+        }
+        for n in &reads {
+            let cluster = self.state.node(n).and_then(|s| s.cluster_id);
+            self.monitor.probe(n, cluster, at);
+        }
+    }
+
+    /// When the loop must wake up for the beat in progress.
+    pub fn deadline(&self) -> Option<Instant> {
+        let b = self.beat.as_ref()?;
+        if let (Some(at), false) = (b.reads_at, b.reads_sent) {
+            return Some(at);
+        }
+        if !b.reads_sent {
+            // Priming waits for every node's first answer (each ends by its
+            // deadline); a beat waits a short bound for its masters.
+            let bound = if b.priming {
+                self.config.connect_timeout + BEAT_SLACK
+            } else {
+                MASTERS_BOUND.min(self.config.connect_timeout)
+            };
+            return Some(b.began + bound);
+        }
+        Some(b.began + self.config.connect_timeout + BEAT_SLACK)
+    }
+
+    /// The beat's deadline passed: reads go out, or the beat is decided.
+    pub fn deadline_passed(&mut self) {
+        let Some(b) = self.beat.as_ref() else { return };
+        if !b.reads_sent {
+            self.send_reads();
+        } else {
+            self.close_beat();
+        }
+    }
+
+    /// Takes one probe's outcome (decided by [`Daemon::decide`]).
+    pub fn take(&mut self, r: Report) {
+        if matches!(r.obs, Observation::Down { .. }) {
+            self.down.insert(r.node.clone());
+        } else {
+            self.down.remove(&r.node);
+        }
+        if let Some(b) = self.beat.as_mut() {
+            b.outstanding.remove(&r.node);
+            if b.masters.remove(&r.node) && b.masters.is_empty() && !b.reads_sent {
+                let grace = if b.priming {
+                    PRIMING_GRACE
+                } else {
+                    REPLICATION_GRACE
+                };
+                b.reads_at = Some(Instant::now() + grace);
+            }
+        }
+        if self.state.started {
+            self.news.push((r.node, r.obs));
+        } else {
+            self.first.insert(r.node, r.obs);
+        }
+    }
+
+    /// Decides the news taken so far, and the beat if all its answers are
+    /// in.
+    pub fn decide(&mut self) {
+        if !self.news.is_empty() {
+            let news = std::mem::take(&mut self.news);
+            self.step(&news, false);
+        }
+        let done = self
+            .beat
+            .as_ref()
+            .is_some_and(|b| b.reads_sent && b.outstanding.is_empty());
+        if done {
+            self.close_beat();
+        }
+    }
+
+    /// Decides the beat in progress: its news, `plusmoin_heartbeat`, the
+    /// status file. The first one decides every node at once.
+    fn close_beat(&mut self) {
+        let Some(b) = self.beat.take() else { return };
+        if !self.state.started {
+            let all: Vec<(NodeName, Observation)> = self
+                .names
+                .iter()
+                .map(|n| {
+                    let obs = self.first.remove(n).unwrap_or_else(|| Observation::Down {
+                        reason: "no answer to the first probe".into(),
+                    });
+                    (n.clone(), obs)
+                })
+                .collect();
+            self.first.clear();
+            debug!(
+                elapsed_ms = b.began.elapsed().as_millis() as u64,
+                "first decision"
+            );
+            self.step(&all, true);
+            return;
+        }
+        let news = std::mem::take(&mut self.news);
+        self.step(&news, true);
+    }
+
+    fn step(&mut self, news: &[(NodeName, Observation)], tick: bool) {
         let now = Time::now();
-        let targets = self.targets();
-        let obs = self.prober.probe_all(&targets, now).await;
-        let (next, events) = cluster::step(&self.state, &obs, now, &self.policy());
+        let (next, events) =
+            cluster::step_news(&self.state, &self.names, news, now, &self.policy(), tick);
         for e in &events {
             self.act(&next, e);
         }
         self.pgpool.beat(&next, &events);
+        // TODO(forget_cluster) free the trigger queues of dropped clusters.
+        let _ = cluster::dropped_clusters(&self.state, &next);
         self.state = next;
-        self.write_status(now);
-        events
+        self.update_lost();
+        if tick
+            || events
+                .iter()
+                .any(|e| e.kind != EventKind::PlusmoinHeartbeat)
+        {
+            self.write_status(now);
+        }
+    }
+
+    /// Tells the monitor which nodes to retry between beats: lost ones
+    /// (down or out of sync) and those whose last answer was down.
+    fn update_lost(&mut self) {
+        for n in &self.state.nodes {
+            let lost = n.place == cluster::Place::Lost || self.down.contains(&n.name);
+            if lost != self.lost.contains(&n.name) {
+                self.monitor.set_lost(&n.name, lost);
+                if lost {
+                    self.lost.insert(n.name.clone());
+                } else {
+                    self.lost.remove(&n.name);
+                }
+            }
+        }
+    }
+
+    /// One whole beat, for benchmarks and tests: tick, then every answer
+    /// decided as it comes, until the beat is decided.
+    pub async fn beat_once(&mut self) {
+        self.tick();
+        while self.beat.is_some() {
+            let deadline = self.deadline().unwrap_or_else(Instant::now);
+            tokio::select! {
+                r = self.monitor.recv() => {
+                    self.take(r);
+                    while let Some(r) = self.monitor.try_recv() {
+                        self.take(r);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => self.deadline_passed(),
+            }
+            self.decide();
+        }
     }
 
     fn act(&self, state: &State, e: &Event) {
@@ -177,33 +422,96 @@ impl Daemon {
         }
     }
 
-    /// Takes a new configuration between beats; the state of unchanged nodes
-    /// is kept (the next `step` forgets removed nodes and adds new ones).
+    /// Takes a new configuration; the state of unchanged nodes is kept
+    /// (the next decision forgets removed nodes and adds new ones).
     pub fn reconfigure(&mut self, config: Config) -> Result<(), DaemonError> {
-        self.prober
+        self.monitor
             .update_settings(ProbeSettings::from_config(&config))?;
+        self.names = config.nodes.iter().map(|n| n.name.clone()).collect();
+        self.monitor.set_nodes(&self.names);
         self.pgpool.reconfigure(&config);
         self.config = Arc::new(config);
+        // Nodes removed from the configuration are no one's news.
+        let known: HashSet<&NodeName> = self.names.iter().collect();
+        self.news.retain(|(n, _)| known.contains(n));
+        self.lost.retain(|n| known.contains(n));
+        self.down.retain(|n| known.contains(n));
         Ok(())
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.config
     }
 
     /// Lets running triggers finish (bounded), then kills what remains.
     pub async fn shutdown(self) {
-        let grace = self.config.trigger_timeout.min(Duration::from_secs(10));
+        let grace = shutdown_grace(&self.config);
+        drop(self.monitor);
         self.dispatcher.shutdown(grace).await;
         self.pgpool.shutdown().await;
     }
 }
 
-/// Runs until SIGTERM or SIGINT. `config_path` is read again on SIGHUP.
+/// How long running triggers get at shutdown.
+pub fn shutdown_grace(config: &Config) -> Duration {
+    config.trigger_timeout.min(Duration::from_secs(10))
+}
+
+/// SIGTERM/SIGINT and SIGHUP, listened to from the moment this returns.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers; call it before telling anyone the daemon is
+    /// ready, so an early SIGHUP is not fatal. Needs the runtime.
+    pub fn install() -> Result<Signals, DaemonError> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(DaemonError::Signal)?,
+            int: signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?,
+            hup: signal(SignalKind::hangup()).map_err(DaemonError::Signal)?,
+        })
+    }
+
+    /// Splits into the shutdown future and the reload stream
+    /// [`run_with`] takes.
+    pub fn split(self) -> (impl Future<Output = ()>, mpsc::UnboundedReceiver<()>) {
+        let Signals {
+            mut term,
+            mut int,
+            mut hup,
+        } = self;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                if tx.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        (shutdown, rx)
+    }
+}
+
+/// Runs until SIGTERM or SIGINT; `config_path` is read again on SIGHUP.
 pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    let (shutdown, reload) = Signals::install()?.split();
+    run_with(config, config_path, shutdown, reload).await
+}
+
+/// Runs until `shutdown` resolves; each message on `reload` reads
+/// `config_path` again. The binary wires real signals to these; tests can
+/// drive them directly.
+pub async fn run_with(
+    config: Config,
+    config_path: PathBuf,
+    shutdown: impl Future<Output = ()>,
+    mut reload: mpsc::UnboundedReceiver<()>,
+) -> Result<(), DaemonError> {
     info!(
         config = %config_path.display(),
         nodes = config.nodes.len(),
@@ -212,41 +520,54 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
         "plusmoin starting"
     );
     let mut daemon = Daemon::new(config)?;
-    let mut ticker = ticker(daemon.config().heartbeat);
-    tokio::select! {
-        _ = daemon.prime() => {}
-        _ = term.recv() => return finish(daemon).await,
-        _ = int.recv() => return finish(daemon).await,
-    }
+    let mut beats = ticker(daemon.config().heartbeat, Instant::now());
+    tokio::pin!(shutdown);
+    let mut reload_open = true;
     loop {
+        let deadline = daemon.deadline();
         tokio::select! {
             biased;
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => {
-                let heartbeat = daemon.config().heartbeat;
-                reload(&mut daemon, &config_path);
-                if daemon.config().heartbeat != heartbeat {
-                    ticker = ticker_from(daemon.config().heartbeat, Instant::now() + daemon.config().heartbeat);
+            _ = &mut shutdown => break,
+            r = reload.recv(), if reload_open => {
+                match r {
+                    Some(()) => {
+                        let before = (daemon.config().heartbeat, daemon.config().instance_name.clone(), daemon.config().dbname.clone());
+                        reload_config(&mut daemon, &config_path);
+                        let c = daemon.config();
+                        if (c.heartbeat, c.instance_name.clone(), c.dbname.clone()) != before {
+                            // A new row or database: the masters write it
+                            // before any slave is read again.
+                            beats = ticker(c.heartbeat, Instant::now());
+                        }
+                    }
+                    None => reload_open = false,
                 }
-                continue;
             }
-            _ = ticker.tick() => {}
+            _ = beats.tick() => daemon.tick(),
+            r = daemon.monitor.recv() => {
+                daemon.take(r);
+                while let Some(r) = daemon.monitor.try_recv() {
+                    daemon.take(r);
+                }
+            }
+            _ = sleep_until_some(deadline) => daemon.deadline_passed(),
         }
-        // A signal arriving now waits for the beat to finish.
-        daemon.beat().await;
+        daemon.decide();
     }
-    finish(daemon).await
-}
-
-async fn finish(daemon: Daemon) -> Result<(), DaemonError> {
     info!("plusmoin stopping: waiting for running triggers");
     daemon.shutdown().await;
     info!("plusmoin stopped");
     Ok(())
 }
 
-fn reload(daemon: &mut Daemon, path: &std::path::Path) {
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn reload_config(daemon: &mut Daemon, path: &std::path::Path) {
     match config::load(path) {
         Ok(new) => {
             let nodes = new.nodes.len();
@@ -268,12 +589,8 @@ fn reload(daemon: &mut Daemon, path: &std::path::Path) {
 }
 
 /// Beats on a steady cadence: a slow beat does not shift the next ones, and
-/// beats missed while one ran long are skipped, not bunched up.
-fn ticker(period: Duration) -> tokio::time::Interval {
-    ticker_from(period, Instant::now())
-}
-
-fn ticker_from(period: Duration, start: Instant) -> tokio::time::Interval {
+/// beats missed meanwhile are skipped, not bunched up.
+fn ticker(period: Duration, start: Instant) -> tokio::time::Interval {
     let mut t = tokio::time::interval_at(start, period);
     t.set_missed_tick_behavior(MissedTickBehavior::Skip);
     t

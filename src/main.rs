@@ -136,10 +136,27 @@ fn start(cli: &Cli) -> ExitCode {
             };
         }
     };
+    // Signal handlers before anyone hears the daemon is ready: an early
+    // SIGHUP must reload, not kill it.
+    let signals = match runtime.block_on(async { daemon::Signals::install() }) {
+        Ok(s) => s,
+        Err(e) => {
+            return match detached {
+                Some(d) => {
+                    d.fail(&e.to_string());
+                    ExitCode::from(1)
+                }
+                None => fail(1, e),
+            };
+        }
+    };
     if let Some(d) = detached {
         d.ready();
     }
-    let result = runtime.block_on(daemon::run(config, config_path));
+    let result = runtime.block_on(async move {
+        let (shutdown, reload) = signals.split();
+        daemon::run_with(config, config_path, shutdown, reload).await
+    });
     drop(pid_file);
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,6 +18,7 @@ fn prober(connect_timeout: Duration) -> Prober {
         sslmode: SslMode::Disable,
         sslrootcert: None,
         connect_timeout,
+        retry_interval: Duration::from_millis(250),
     })
     .expect("prober")
 }

@@ -36,6 +36,8 @@ pub mod defaults {
     pub const RECOVER_SYNC_DELAY: Duration = Duration::from_secs(60);
     pub const TRIGGER_TIMEOUT: Duration = Duration::from_secs(60);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+    /// How often a lost node is tried again between beats, at first.
+    pub const RETRY_INTERVAL: Duration = Duration::from_millis(250);
     pub const LOG_FILE: &str = "/var/log/plusmoin/plusmoin.log";
     pub const DAEMON_USER: &str = "nobody";
     pub const PID_FILE: &str = "/var/run/plusmoin/plusmoin.pid";
@@ -255,6 +257,9 @@ pub struct Config {
     pub pid_file: PathBuf,
     pub status_file: PathBuf,
     pub connect_timeout: Duration,
+    /// How often a lost node (down, or out of sync) is tried again between
+    /// beats, at first (default 0.25 s); slower for nodes away for long.
+    pub retry_interval: Duration,
     pub is_slave_statement: String,
     pub instance_name: String,
     pub sslmode: SslMode,
@@ -303,6 +308,7 @@ impl Config {
         row("max_sync_delay", &d(self.max_sync_delay));
         row("recover_sync_delay", &d(self.recover_sync_delay));
         row("connect_timeout", &d(self.connect_timeout));
+        row("retry_interval", &d(self.retry_interval));
         row("trigger_timeout", &d(self.trigger_timeout));
         row("is_slave_statement", &self.is_slave_statement);
         row("log_file", &self.log_file.display());

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Every top-level key, in the order the documentation lists them.
-pub const KEYS: [&str; 21] = [
+pub const KEYS: [&str; 22] = [
     "dbname",
     "user",
     "password",
@@ -28,6 +28,7 @@ pub const KEYS: [&str; 21] = [
     "max_sync_delay",
     "recover_sync_delay",
     "connect_timeout",
+    "retry_interval",
     "is_slave_statement",
     "sslmode",
     "sslrootcert",
@@ -88,6 +89,7 @@ struct Raw {
     max_sync_delay: Option<(Duration, usize)>,
     recover_sync_delay: Option<(Duration, usize)>,
     connect_timeout: Option<Duration>,
+    retry_interval: Option<Duration>,
     is_slave_statement: Option<String>,
     sslmode: Option<SslMode>,
     sslrootcert: Option<Option<PathBuf>>,
@@ -165,6 +167,7 @@ impl Validator<'_> {
                     raw.recover_sync_delay = Some((self.duration(value, k)?, value.at))
                 }
                 "connect_timeout" => raw.connect_timeout = Some(self.duration(value, k)?),
+                "retry_interval" => raw.retry_interval = Some(self.duration(value, k)?),
                 "is_slave_statement" => {
                     raw.is_slave_statement = Some(self.non_empty_string(value, k)?)
                 }
@@ -293,6 +296,7 @@ impl Validator<'_> {
                 .status_file
                 .unwrap_or_else(|| defaults::STATUS_FILE.into()),
             connect_timeout: raw.connect_timeout.unwrap_or(defaults::CONNECT_TIMEOUT),
+            retry_interval: raw.retry_interval.unwrap_or(defaults::RETRY_INTERVAL),
             is_slave_statement: raw
                 .is_slave_statement
                 .unwrap_or_else(|| defaults::IS_SLAVE_STATEMENT.into()),

@@ -595,6 +595,59 @@ mod tests {
         );
     }
 
+    /// Real outputs of pgpool 4.3.5, recorded by the fixture.
+    fn recorded(case: &str) -> String {
+        let path = format!(
+            "{}/tests/data/pcp/{case}.stdout.txt",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn recorded_node_info_gives_status_and_pgpools_role() {
+        use NodeStatus::*;
+        let cases = [
+            ("node_info_primary_up_terse", Waiting, Role::Primary),
+            ("node_info_primary_up_verbose", Waiting, Role::Primary),
+            ("node_info_standby_up_terse", Waiting, Role::Standby),
+            ("node_info_standby_up_verbose", Waiting, Role::Standby),
+            ("node_info_standby_down_terse", Down, Role::Standby),
+            ("node_info_standby_down_verbose", Down, Role::Standby),
+        ];
+        for (case, status, role) in cases {
+            let got = parse_node_info(&recorded(case)).unwrap();
+            // "waiting" and "up" both mean attached; the recording caught
+            // whichever pgpool showed.
+            assert_eq!(
+                got.status.is_attached(),
+                status.is_attached(),
+                "{case}: {got:?}"
+            );
+            assert_eq!(got.role, Some(role), "{case}");
+        }
+    }
+
+    #[test]
+    fn recorded_watchdog_info_says_who_acts() {
+        let leader = parse_watchdog_info(&recorded("watchdog_info_leader_verbose")).unwrap();
+        assert!(leader.acting(), "{leader:?}");
+        let standby = parse_watchdog_info(&recorded("watchdog_info_standby_verbose")).unwrap();
+        assert!(!standby.acting(), "{standby:?}");
+        assert!(
+            matches!(&standby, Watchdog::On { local_state, leader: Some(_), quorum: true } if local_state == "STANDBY")
+        );
+        for case in [
+            "watchdog_info_election_00_verbose",
+            "watchdog_info_election_01_verbose",
+        ] {
+            let w = parse_watchdog_info(&recorded(case)).unwrap();
+            assert!(!w.acting(), "{case}: {w:?}");
+        }
+        // Terse output cannot tell the local member: refused, not guessed.
+        assert!(parse_watchdog_info(&recorded("watchdog_info_leader_terse")).is_err());
+    }
+
     #[test]
     fn failures_carry_a_hint() {
         let e = PcpError::Failed {

@@ -5,8 +5,11 @@
 //! within `connect_timeout` as an [`Observation`], and never delays the
 //! other nodes, which are probed at the same time.
 
+mod monitor;
 mod node;
 mod tls;
+
+pub use monitor::{retry_delay, Cause, Monitor, Report};
 
 use crate::cluster::{ClusterId, NodeName, Observation, Time};
 use crate::config::{Config, Secret, SslMode};
@@ -39,6 +42,8 @@ pub struct ProbeSettings {
     /// The deadline of one node's whole probe: connect, authentication and
     /// statements together.
     pub connect_timeout: Duration,
+    /// How often a lost node is tried again between beats, at first.
+    pub retry_interval: Duration,
 }
 
 impl ProbeSettings {
@@ -57,6 +62,7 @@ impl ProbeSettings {
             sslmode: c.sslmode,
             sslrootcert: c.sslrootcert.clone(),
             connect_timeout: c.connect_timeout,
+            retry_interval: c.retry_interval,
         }
     }
 
@@ -577,6 +583,7 @@ mod tests {
             sslmode: SslMode::Disable,
             sslrootcert: None,
             connect_timeout: Duration::from_secs(1),
+            retry_interval: Duration::from_millis(250),
         }
     }
 

@@ -4,7 +4,9 @@
 use super::tls::Tls;
 use super::Shared;
 use crate::cluster::{ClusterId, Heartbeat, NodeName, Observation, Time};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_postgres::error::{Severity, SqlState};
 use tokio_postgres::types::Type;
@@ -102,6 +104,9 @@ pub(super) struct NodeConn {
     select: Option<Statement>,
     /// The node was a master at the last probe on this connection.
     was_master: bool,
+    /// Signalled when the connection task ends: the server closed the
+    /// connection (died, restarted, terminated us) or it broke.
+    ended: Arc<Notify>,
 }
 
 impl Drop for NodeConn {
@@ -153,14 +158,16 @@ impl NodeConn {
             broken: true,
         };
         let name = node.clone();
+        let ended = Arc::new(Notify::new());
+        let signal = Arc::clone(&ended);
         let (client, task) = match &shared.tls {
             Tls::Off => {
                 let (client, connection) = cfg.connect(NoTls).await.map_err(fail)?;
-                (client, tokio::spawn(drive(name, connection)))
+                (client, tokio::spawn(drive(name, connection, signal)))
             }
             Tls::Native(tls) => {
                 let (client, connection) = cfg.connect(tls.clone()).await.map_err(fail)?;
-                (client, tokio::spawn(drive(name, connection)))
+                (client, tokio::spawn(drive(name, connection, signal)))
             }
         };
         debug!(node = %node, "connected");
@@ -171,6 +178,7 @@ impl NodeConn {
             upsert: None,
             select: None,
             was_master: false,
+            ended,
         })
     }
 
@@ -180,6 +188,15 @@ impl NodeConn {
 
     pub(super) fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Resolves once the connection has ended: news about the server that
+    /// need not wait for the next beat.
+    pub(super) async fn ended(&self) {
+        if self.client.is_closed() {
+            return;
+        }
+        self.ended.notified().await
     }
 
     /// The beat's statements on this node.
@@ -457,14 +474,19 @@ pub(super) fn heartbeat_columns_reason(columns: &[(&str, &Type)]) -> Option<Stri
     None
 }
 
-async fn drive<S, T>(node: NodeName, connection: tokio_postgres::Connection<S, T>)
-where
+async fn drive<S, T>(
+    node: NodeName,
+    connection: tokio_postgres::Connection<S, T>,
+    ended: Arc<Notify>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     if let Err(e) = connection.await {
         debug!(node = %node, error = %describe(&e), "connection ended");
     }
+    // A stored permit: whoever waits later still learns of it.
+    ended.notify_one();
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ fn settings(instance: &str, timeout: Duration) -> ProbeSettings {
         sslmode: SslMode::Prefer,
         sslrootcert: None,
         connect_timeout: timeout,
+        retry_interval: Duration::from_millis(250),
     }
 }
 

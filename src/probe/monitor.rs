@@ -1,0 +1,360 @@
+//! One task per node, each owning its node's connection, and one channel
+//! on which every answer, error, timeout or dropped connection arrives as
+//! it happens: a hung server delays only its own news.
+//!
+//! A node task runs at most one probe at a time, under the probe's single
+//! deadline (`connect_timeout`); a request that comes while one is out is
+//! remembered and run after it (the latest one wins), so `connect_timeout`
+//! may exceed `heartbeat`. Between requests the task watches its kept
+//! connection: when the server closes it (killed, stopped, restarted,
+//! terminated us), it probes at once. While the daemon says the node is
+//! lost it also probes on its own on a short interval (`retry_interval`,
+//! slower for a node away for long), so a server that comes back is seen
+//! at once rather than at the next beat.
+
+use super::node::NodeConn;
+use super::{note, probe_node, Change, Pending, ProbeError, ProbeSettings, ProbeTarget, Shared};
+use crate::cluster::{ClusterId, NodeName, Observation, Time};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, error, info};
+
+/// Why a probe ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The daemon asked (a beat).
+    Asked,
+    /// The kept connection closed between probes.
+    Dropped,
+    /// The node is lost and was tried again.
+    Retry,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Asked => "beat",
+            Cause::Dropped => "connection closed",
+            Cause::Retry => "retry",
+        }
+    }
+}
+
+/// One probe's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub node: NodeName,
+    pub obs: Observation,
+    pub cause: Cause,
+    /// When the probe began (its deadline ran from there).
+    pub began: Instant,
+}
+
+enum Cmd {
+    /// Probe now (or right after the probe in flight); write `cluster_id`
+    /// into the heartbeat row if the node is a master, with time `at`.
+    Probe {
+        cluster_id: Option<ClusterId>,
+        at: Time,
+    },
+    /// Whether the node is lost (tried again on its own) or not.
+    Lost(bool),
+    Settings(Arc<Shared>),
+}
+
+struct Handle {
+    cmd: mpsc::UnboundedSender<Cmd>,
+    task: JoinHandle<()>,
+    connected: Arc<AtomicBool>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The node tasks and the channel of their reports.
+pub struct Monitor {
+    shared: Arc<Shared>,
+    nodes: HashMap<NodeName, Handle>,
+    tx: mpsc::UnboundedSender<Report>,
+    rx: mpsc::UnboundedReceiver<Report>,
+    /// The last Down reason logged per node (logged at error level once).
+    last_down: HashMap<NodeName, String>,
+}
+
+impl Monitor {
+    /// Builds the TLS connector now, so a bad `sslrootcert` is reported at
+    /// start. No task runs until [`Monitor::set_nodes`].
+    pub fn new(settings: ProbeSettings) -> Result<Monitor, ProbeError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok(Monitor {
+            shared: Arc::new(Shared::new(settings)?),
+            nodes: HashMap::new(),
+            tx,
+            rx,
+            last_down: HashMap::new(),
+        })
+    }
+
+    pub fn settings(&self) -> &ProbeSettings {
+        &self.shared.settings
+    }
+
+    /// Reload: every task takes the new settings for its next probe, and
+    /// drops its connection if it was made with other credentials or TLS.
+    /// On error the old settings stay.
+    pub fn update_settings(&mut self, settings: ProbeSettings) -> Result<(), ProbeError> {
+        self.shared = Arc::new(Shared::new(settings)?);
+        for h in self.nodes.values() {
+            let _ = h.cmd.send(Cmd::Settings(Arc::clone(&self.shared)));
+        }
+        Ok(())
+    }
+
+    /// Starts a task for each new node and stops those of nodes no longer
+    /// listed (their connections close).
+    pub fn set_nodes<'a>(&mut self, names: impl IntoIterator<Item = &'a NodeName>) {
+        let mut keep: HashMap<NodeName, Handle> = HashMap::new();
+        for name in names {
+            if keep.contains_key(name) {
+                continue;
+            }
+            let handle = self.nodes.remove(name).unwrap_or_else(|| {
+                let (cmd, rx) = mpsc::unbounded_channel();
+                let connected = Arc::new(AtomicBool::new(false));
+                let task = tokio::spawn(node_task(
+                    name.clone(),
+                    Arc::clone(&self.shared),
+                    rx,
+                    self.tx.clone(),
+                    Arc::clone(&connected),
+                ));
+                Handle {
+                    cmd,
+                    task,
+                    connected,
+                }
+            });
+            keep.insert(name.clone(), handle);
+        }
+        self.nodes = keep;
+        let nodes = &self.nodes;
+        self.last_down.retain(|n, _| nodes.contains_key(n));
+    }
+
+    /// Asks for a probe of `node` (run at once, or right after the one in
+    /// flight).
+    pub fn probe(&self, node: &NodeName, cluster_id: Option<ClusterId>, at: Time) {
+        if let Some(h) = self.nodes.get(node) {
+            let _ = h.cmd.send(Cmd::Probe { cluster_id, at });
+        }
+    }
+
+    /// Tells `node`'s task whether the node is lost (retried on its own).
+    pub fn set_lost(&self, node: &NodeName, lost: bool) {
+        if let Some(h) = self.nodes.get(node) {
+            let _ = h.cmd.send(Cmd::Lost(lost));
+        }
+    }
+
+    /// The next report (logged).
+    pub async fn recv(&mut self) -> Report {
+        // We hold a sender ourselves: the channel never closes.
+        let r = self
+            .rx
+            .recv()
+            .await
+            .expect("the monitor holds a sender of its own channel");
+        self.log(&r);
+        r
+    }
+
+    /// A report already waiting, if any (logged).
+    pub fn try_recv(&mut self) -> Option<Report> {
+        let r = self.rx.try_recv().ok()?;
+        self.log(&r);
+        Some(r)
+    }
+
+    /// Connections currently kept open.
+    pub fn connections_held(&self) -> usize {
+        self.nodes
+            .values()
+            .filter(|h| h.connected.load(Ordering::Relaxed))
+            .count()
+    }
+
+    fn log(&mut self, r: &Report) {
+        let name = &r.node;
+        let cause = r.cause.as_str();
+        match (note(&mut self.last_down, name, &r.obs), &r.obs) {
+            (Change::NewDown, Observation::Down { reason }) => {
+                error!(node = %name, reason = %reason, cause, "node down")
+            }
+            (Change::StillDown, Observation::Down { reason }) => {
+                debug!(node = %name, reason = %reason, cause, "node still down")
+            }
+            (Change::Back, other) => {
+                info!(node = %name, observation = ?other, cause, "node answers again")
+            }
+            (_, other) => debug!(node = %name, observation = ?other, cause, "probed"),
+        }
+    }
+}
+
+/// How long a lost node waits between tries: `base` for its first 30 s
+/// away, then doubling every 30 s up to 5 s (a thousand dead servers then
+/// cost 200 connection attempts a second).
+pub fn retry_delay(base: Duration, lost_for: Duration) -> Duration {
+    let doublings = (lost_for.as_secs() / 30).min(16) as u32;
+    (base * 2u32.pow(doublings)).min(Duration::from_secs(5).max(base))
+}
+
+async fn node_task(
+    name: NodeName,
+    mut shared: Arc<Shared>,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    out: mpsc::UnboundedSender<Report>,
+    connected: Arc<AtomicBool>,
+) {
+    let mut conn: Option<NodeConn> = None;
+    let mut pending: Option<Pending> = None;
+    let mut cluster_id = None;
+    // The probe to run next, if any.
+    let mut want: Option<(Cause, Time)> = None;
+    let mut lost_since: Option<Instant> = None;
+    let mut next_retry: Option<Instant> = None;
+    let mut reset = false;
+    loop {
+        let Some((cause, at)) = want.take() else {
+            // Idle: a request, a dropped connection, or time to retry.
+            let ended = async {
+                match &conn {
+                    Some(c) => c.ended().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let retry = async {
+                match next_retry {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                cmd = cmds.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    apply(cmd, &mut want, &mut cluster_id, &mut lost_since, &mut next_retry, &mut shared, &mut reset);
+                }
+                _ = ended => want = Some((Cause::Dropped, Time::now())),
+                _ = retry => want = Some((Cause::Retry, Time::now())),
+            }
+            if reset {
+                reset = false;
+                conn = None;
+                pending = None;
+                connected.store(false, Ordering::Relaxed);
+            }
+            continue;
+        };
+        let target = ProbeTarget {
+            name: name.clone(),
+            cluster_id,
+        };
+        let began = Instant::now();
+        let probe = probe_node(Arc::clone(&shared), target, conn.take(), pending.take(), at);
+        tokio::pin!(probe);
+        let (c, p, obs) = loop {
+            tokio::select! {
+                done = &mut probe => break done,
+                cmd = cmds.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    apply(cmd, &mut want, &mut cluster_id, &mut lost_since, &mut next_retry, &mut shared, &mut reset);
+                }
+            }
+        };
+        (conn, pending) = (c, p);
+        if reset {
+            reset = false;
+            conn = None;
+            pending = None;
+        }
+        connected.store(conn.is_some(), Ordering::Relaxed);
+        if let Some(since) = lost_since {
+            let base = shared.settings.retry_interval;
+            next_retry = Some(Instant::now() + retry_delay(base, since.elapsed()));
+        }
+        if out
+            .send(Report {
+                node: name.clone(),
+                obs,
+                cause,
+                began,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn apply(
+    cmd: Cmd,
+    want: &mut Option<(Cause, Time)>,
+    cluster_id: &mut Option<ClusterId>,
+    lost_since: &mut Option<Instant>,
+    next_retry: &mut Option<Instant>,
+    shared: &mut Arc<Shared>,
+    reset: &mut bool,
+) {
+    match cmd {
+        Cmd::Probe { cluster_id: c, at } => {
+            *cluster_id = c;
+            *want = Some((Cause::Asked, at));
+        }
+        Cmd::Lost(true) => {
+            if lost_since.is_none() {
+                *lost_since = Some(Instant::now());
+                *next_retry = Some(Instant::now() + shared.settings.retry_interval);
+            }
+        }
+        Cmd::Lost(false) => {
+            *lost_since = None;
+            *next_retry = None;
+        }
+        Cmd::Settings(s) => {
+            if s.settings.connection_differs(&shared.settings) {
+                *reset = true;
+            }
+            *shared = s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_slow_down_for_nodes_away_for_long() {
+        let base = Duration::from_millis(250);
+        let at = |s| retry_delay(base, Duration::from_secs(s));
+        assert_eq!(at(0), base);
+        assert_eq!(at(29), base);
+        assert_eq!(at(30), base * 2);
+        assert_eq!(at(60), base * 4);
+        assert_eq!(at(600), Duration::from_secs(5));
+        assert_eq!(at(100_000), Duration::from_secs(5));
+        // A base above the cap is kept as it is.
+        assert_eq!(
+            retry_delay(Duration::from_secs(9), Duration::from_secs(90)),
+            Duration::from_secs(9)
+        );
+    }
+}
