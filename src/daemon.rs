@@ -66,6 +66,9 @@ struct BeatRun {
     /// When the reads go out, once the masters' writes are back.
     reads_at: Option<Instant>,
     reads_sent: bool,
+    /// When the reads went out: the beat closes `connect_timeout` later at
+    /// the latest.
+    reads_sent_at: Instant,
     /// Nodes asked this beat that have not answered since.
     outstanding: HashSet<NodeName>,
 }
@@ -143,6 +146,12 @@ impl Daemon {
     /// Starts a beat: the masters' writes first. A beat still open is
     /// decided first.
     pub fn tick(&mut self) {
+        // The first decision waits for every node's first answer (each
+        // comes by its deadline): beats meanwhile are skipped, or a hung
+        // server would have the others decided on half their news.
+        if self.beat.as_ref().is_some_and(|b| b.priming) {
+            return;
+        }
         if self.beat.is_some() {
             self.close_beat();
         }
@@ -170,6 +179,7 @@ impl Daemon {
             masters,
             reads_at: None,
             reads_sent: false,
+            reads_sent_at: Instant::now(),
         });
         if self.beat.as_ref().is_some_and(|b| b.masters.is_empty()) {
             self.send_reads();
@@ -184,6 +194,7 @@ impl Daemon {
             return;
         };
         b.reads_sent = true;
+        b.reads_sent_at = Instant::now();
         let reads: Vec<NodeName> = if b.priming {
             self.names
                 .iter()
@@ -230,7 +241,7 @@ impl Daemon {
             };
             return Some(b.began + bound);
         }
-        Some(b.began + self.config.connect_timeout + BEAT_SLACK)
+        Some(b.reads_sent_at + self.config.connect_timeout + BEAT_SLACK)
     }
 
     /// The beat's deadline passed: reads go out, or the beat is decided.

@@ -32,7 +32,7 @@ use tracing::{debug, error, info, warn};
 /// How long pgpool gets to show an attach or detach before it counts as not
 /// taken: an attach is only queued when pcp returns.
 const CONFIRM_WINDOW: Duration = Duration::from_secs(3);
-const CONFIRM_POLL: Duration = Duration::from_millis(200);
+const CONFIRM_POLL: Duration = Duration::from_millis(50);
 /// A round runs every beat, but not more often than this without an
 /// event: each node costs a process.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);

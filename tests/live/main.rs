@@ -2,6 +2,7 @@
 //! module per area).
 
 mod daemon;
+mod events;
 mod faults;
 mod holds;
 mod monitor;

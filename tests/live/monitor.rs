@@ -50,9 +50,20 @@ impl Default for Timings {
 pub struct Ev {
     pub kind: String,
     pub payload: Value,
+    /// When the trigger ran (its file's name), in nanoseconds since the
+    /// Unix epoch.
+    pub at_nanos: u128,
 }
 
 impl Ev {
+    /// Seconds from `t` (wall clock) to when the trigger ran.
+    pub fn secs_after(&self, t: std::time::SystemTime) -> f64 {
+        let t = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        (self.at_nanos as f64 - t as f64) / 1e9
+    }
     pub fn about(&self, node: &str) -> bool {
         self.payload["trigger"]["name"] == node
     }
@@ -229,9 +240,17 @@ impl Plusmoin {
             .filter_map(|p| {
                 let text = std::fs::read_to_string(p).ok()?;
                 let (kind, json) = text.split_once('\n')?;
+                let at_nanos = p
+                    .file_name()?
+                    .to_string_lossy()
+                    .split('-')
+                    .next()?
+                    .parse()
+                    .ok()?;
                 Some(Ev {
                     kind: kind.to_string(),
                     payload: serde_json::from_str(json).ok()?,
+                    at_nanos,
                 })
             })
             .collect()

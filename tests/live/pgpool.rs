@@ -478,3 +478,46 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     }
     Guard(Some(f))
 }
+
+/// A restarted standby is tried again every `retry_interval`, not at the
+/// next beat: with beats 10 s apart it is back in pgpool within a second
+/// or two of accepting connections.
+#[test]
+fn restarted_standby_is_back_in_pgpool_well_before_the_next_beat() {
+    let (sb, pg) = setup(2);
+    let t = Timings {
+        heartbeat: 10.0,
+        connect_timeout: 2.0,
+        max_sync_delay: 30.0,
+        recover_sync_delay: 15.0,
+        ..Timings::default()
+    };
+    let p = Plusmoin::start(&sb, &t, &section(&pg, pg.pcppass_file()));
+    healthy(&p, &sb);
+    let n2 = node(&sb, 2);
+    wait_pgpool(&p, &pg, 2, UP, "node 2 up at start");
+
+    sb.stop(2).expect("stop standby 2");
+    p.wait_event("slave_down for standby 2", LONG, |e| {
+        e.kind == "slave_down" && e.about(&n2)
+    });
+    wait_pgpool(&p, &pg, 2, &["down"], "node 2 detached");
+
+    sb.start_node(2).expect("start standby 2");
+    let accepted = std::time::SystemTime::now();
+    let started = std::time::Instant::now();
+    let e = p.wait_event("slave_up for standby 2", LONG, |e| {
+        e.kind == "slave_up" && e.about(&n2)
+    });
+    let took = e.secs_after(accepted);
+    assert!(
+        took < 2.0,
+        "slave_up {took:.2} s after it accepted connections"
+    );
+    wait_pgpool(&p, &pg, 2, UP, "node 2 attached again");
+    let back = started.elapsed();
+    assert!(
+        back < Duration::from_secs(3),
+        "back in pgpool after {back:?} (heartbeat 10 s)"
+    );
+}
