@@ -210,7 +210,7 @@ fn a_server_hanging_at_start_does_not_make_the_other_slaves_start_out_of_sync() 
     let st = p.status();
     assert_eq!(
         names(&st["clusters"][0]["slaves"]),
-        [n2.clone()],
+        std::slice::from_ref(&n2),
         "standby 2 in sync from the start: {st:#}"
     );
     std::thread::sleep(Duration::from_secs(3));
