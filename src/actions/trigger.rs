@@ -564,6 +564,26 @@ impl Dispatcher {
         }
     }
 
+    /// Frees the queue of cluster `id`, which no longer exists (the state
+    /// machine dropped it: see [`crate::cluster::dropped_clusters`]). The
+    /// jobs already queued for it still run, in order: closing the queue
+    /// lets its worker end once it is idle, and an ended worker is reaped
+    /// here (by this call or a later one). Unknown ids are ignored.
+    ///
+    /// Cluster ids are never reused, so no job should come for `id` again;
+    /// one that did would get a fresh queue, not ordered after the old one.
+    pub fn forget_cluster(&self, id: ClusterId) {
+        let mut inner = lock(&self.inner);
+        // Dropping the sender closes the channel: the worker drains what is
+        // queued, then `recv` returns `None` and it ends.
+        inner.queues.remove(&id);
+        while let Some(ended) = inner.workers.try_join_next() {
+            if let Err(e) = ended {
+                tracing::error!(error = %e, "trigger worker failed");
+            }
+        }
+    }
+
     /// Stops accepting jobs (it consumes the dispatcher), lets the queued
     /// and running jobs finish for up to `grace`, then kills whatever still
     /// runs, along with every process it started.
@@ -612,5 +632,64 @@ async fn worker(
             heartbeat_queued.store(false, Ordering::SeqCst);
         }
         run(&job).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TriggerCommand;
+
+    fn append(
+        cluster_id: ClusterId,
+        file: &std::path::Path,
+        line: &str,
+        delay: &str,
+    ) -> TriggerJob {
+        let script = format!("sleep {delay}; echo {line} >> \"$0\"");
+        let argv = vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            script,
+            file.display().to_string(),
+        ];
+        TriggerJob {
+            kind: EventKind::SlaveUp,
+            cluster_id,
+            command: TriggerCommand {
+                line: argv.join(" "),
+                argv,
+            },
+            payload: "{}".into(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn forget_cluster_frees_its_queue_once_idle_and_runs_what_was_queued() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let out = dir.path().join("ran");
+        let d = Dispatcher::new();
+        d.dispatch(append(7, &out, "a", "0.3"));
+        d.dispatch(append(7, &out, "b", "0"));
+        d.dispatch(append(8, &out, "other", "0"));
+        d.forget_cluster(7);
+        {
+            let inner = lock(&d.inner);
+            assert!(!inner.queues.contains_key(&7), "cluster 7's queue is gone");
+            assert!(inner.queues.contains_key(&8), "cluster 8's queue is kept");
+            assert_eq!(inner.workers.len(), 2, "7's worker still runs its jobs");
+        }
+        // Once idle, 7's worker ends and is reaped; 8's (still open) stays.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while lock(&d.inner).workers.len() > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            d.forget_cluster(99);
+        }
+        assert_eq!(lock(&d.inner).workers.len(), 1);
+        d.shutdown(Duration::from_secs(20)).await;
+        let ran = std::fs::read_to_string(&out).unwrap();
+        let mine: Vec<&str> = ran.lines().filter(|l| *l != "other").collect();
+        assert_eq!(mine, ["a", "b"], "queued jobs ran, in order");
     }
 }

@@ -48,7 +48,7 @@ impl Sim {
         self.now = Time(self.now.0 + BEAT);
         let obs: Vec<(NodeName, Observation)> = nodes
             .iter()
-            .map(|&(port, o)| (name(port), observation(o, self.now)))
+            .map(|&(port, o)| (name(port), observe(o, self.now)))
             .collect();
         let (next, events) = step(&self.state, &obs, self.now, &self.policy);
         check_invariants(&next);
@@ -122,7 +122,7 @@ impl Sim {
 }
 
 /// `o` as probed at `now`: a master writes `now`.
-fn observation(o: O, now: Time) -> Observation {
+fn observe(o: O, now: Time) -> Observation {
     match o {
         M => Observation::Master { wrote_at: now },
         S(master, behind) => slave_row(master, Time(now.0 - behind * BEAT)),
@@ -825,7 +825,7 @@ fn news_between_beats_emit_no_heartbeat() {
 fn news_first_decision_places_nodes_silently_like_step() {
     let obs: Vec<(NodeName, Observation)> = healthy()
         .into_iter()
-        .map(|(p, o)| (name(p), observation(o, Time(5 * BEAT))))
+        .map(|(p, o)| (name(p), observe(o, Time(5 * BEAT))))
         .collect();
     let nodes: Vec<NodeName> = obs.iter().map(|(n, _)| n.clone()).collect();
     let policy = Sim::new().policy;
@@ -848,6 +848,7 @@ fn news_first_decision_places_nodes_silently_like_step() {
 mod properties {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     fn observation() -> impl Strategy<Value = O> {
         prop_oneof![
@@ -858,7 +859,216 @@ mod properties {
         ]
     }
 
+    /// One decision of a story: news or none for each of six nodes, and
+    /// whether it is a beat's decision.
+    fn decision() -> impl Strategy<Value = (Vec<Option<O>>, bool)> {
+        (
+            prop::collection::vec(prop::option::weighted(0.7, observation()), 6),
+            any::<bool>(),
+        )
+    }
+
+    /// The news of a decision at `now`, in configuration order.
+    fn news_of(news: &[Option<O>], now: Time) -> Vec<(NodeName, Observation)> {
+        news.iter()
+            .enumerate()
+            .filter_map(|(i, o)| o.map(|o| (name(5432 + i as u16), observe(o, now))))
+            .collect()
+    }
+
+    /// Plays `story` over db:5432..5437 in that order, half a beat apart;
+    /// the first decision has news for every node and is a beat's, as the
+    /// daemon makes it.
+    fn play(story: &[(Vec<Option<O>>, bool)]) -> Sim {
+        let mut sim = Sim::new();
+        let config: Vec<u16> = (5432..5438).collect();
+        for (k, (news, tick)) in story.iter().enumerate() {
+            sim.wait(BEAT / 2);
+            let news: Vec<Option<O>> = if k == 0 {
+                news.iter().map(|o| Some(o.unwrap_or(D))).collect()
+            } else {
+                news.clone()
+            };
+            sim.news(&config, news_of(&news, sim.now), *tick || k == 0);
+        }
+        sim
+    }
+
+    /// A cluster as order cannot change it: an id that existed before the
+    /// decision, or, for a cluster founded by it, its founder (its master).
+    fn key(prev: &State, next: &State, id: ClusterId) -> String {
+        if id < prev.next_cluster_id {
+            format!("#{id}")
+        } else {
+            let master = next.clusters[&id]
+                .master
+                .as_ref()
+                .expect("founded with a master");
+            format!("founded by {master}")
+        }
+    }
+
+    type Nodes = BTreeMap<NodeName, (Option<String>, NodeState)>;
+    type Clusters = BTreeMap<String, Option<NodeName>>;
+    type Events = BTreeMap<String, Vec<(Option<NodeName>, EventKind)>>;
+
+    /// The outcome of a decision up to a renaming of founded clusters: each
+    /// node's state (its cluster as a [`key`]), each cluster's master, and
+    /// each cluster's events in their order, except that events about
+    /// different nodes are put in name order (a stable sort, so the order of
+    /// one node's events is kept).
+    fn outcome(prev: &State, next: &State, events: &[Event]) -> (Nodes, Clusters, Events) {
+        let nodes = next
+            .nodes
+            .iter()
+            .map(|n| {
+                let mut state = n.clone();
+                let cluster = state.cluster_id.take().map(|id| key(prev, next, id));
+                (n.name.clone(), (cluster, state))
+            })
+            .collect();
+        let clusters = next
+            .clusters
+            .values()
+            .map(|c| (key(prev, next, c.id), c.master.clone()))
+            .collect();
+        let mut by_cluster: Events = BTreeMap::new();
+        for e in events {
+            by_cluster
+                .entry(key(prev, next, e.cluster_id))
+                .or_default()
+                .push((e.node.clone(), e.kind));
+        }
+        for list in by_cluster.values_mut() {
+            list.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        (nodes, clusters, by_cluster)
+    }
+
+    /// Within each cluster: master changes, then slave changes, then
+    /// `plusmoin_up`, then `plusmoin_heartbeat`.
+    fn phases_in_order(events: &[Event]) -> bool {
+        let rank = |k: EventKind| match k {
+            EventKind::MasterDown | EventKind::MasterUp => 0,
+            EventKind::SlaveDown | EventKind::SlaveUp => 1,
+            EventKind::PlusmoinUp => 2,
+            EventKind::PlusmoinHeartbeat => 3,
+        };
+        let mut last: BTreeMap<ClusterId, u8> = BTreeMap::new();
+        events.iter().all(|e| {
+            let r = rank(e.kind);
+            let seen = last.entry(e.cluster_id).or_insert(r);
+            let ok = *seen <= r;
+            *seen = r;
+            ok
+        })
+    }
+
     proptest! {
+        /// Decisions do not depend on the order of the configuration, nor
+        /// on the order the news come in, nor on the order of the nodes in
+        /// the previous state. After a random story (news for some nodes,
+        /// beats or not), one more decision is made twice: in configuration
+        /// order, and with the configuration, the news and the previous
+        /// state's nodes shuffled (some nodes possibly removed). Compared:
+        /// every node's state (place, cluster, master it follows, lag,
+        /// reason, since, last_seen), every cluster's master, the clusters
+        /// written to, and the events of each cluster in their order.
+        ///
+        /// Two things legitimately follow the configuration order and are
+        /// compared up to it: the ids given to clusters founded in the same
+        /// decision (compared up to a renaming: such a cluster is known by
+        /// its founder; ids that existed before must match exactly), and
+        /// the relative order of events about different nodes of one
+        /// cluster (slave changes come in configuration order; the order of
+        /// one node's events, and master changes before slave changes
+        /// before `plusmoin_up` before `plusmoin_heartbeat`, are checked).
+        #[test]
+        fn decisions_do_not_depend_on_configuration_order(
+            story in prop::collection::vec(decision(), 1..12),
+            last in decision(),
+            present in prop::collection::vec(prop::bool::weighted(0.85), 6),
+            config_order in Just((0..6).collect::<Vec<usize>>()).prop_shuffle(),
+            news_order in Just((0..6).collect::<Vec<usize>>()).prop_shuffle(),
+            prev_order in Just((0..6).collect::<Vec<usize>>()).prop_shuffle(),
+        ) {
+            let sim = play(&story);
+            let now = Time(sim.now.0 + BEAT / 2);
+            let (news, tick) = last;
+            let config: Vec<NodeName> = (0..6)
+                .filter(|&i| present[i])
+                .map(|i| name(5432 + i as u16))
+                .collect();
+            let news = news_of(&news, now);
+            let (next, events) = step_news(&sim.state, &config, &news, now, &sim.policy, tick);
+
+            let shuffled = |order: &[usize], names: &[NodeName]| -> Vec<NodeName> {
+                order.iter().map(|&i| name(5432 + i as u16)).filter(|n| names.contains(n)).collect()
+            };
+            let config2 = shuffled(&config_order, &config);
+            let news_names: Vec<NodeName> = news.iter().map(|(n, _)| n.clone()).collect();
+            let news2: Vec<(NodeName, Observation)> = shuffled(&news_order, &news_names)
+                .into_iter()
+                .map(|n| news.iter().find(|(m, _)| *m == n).cloned().unwrap())
+                .collect();
+            let mut prev2 = sim.state.clone();
+            prev2.nodes = prev_order
+                .iter()
+                .filter_map(|&i| sim.state.node(&name(5432 + i as u16)).cloned())
+                .collect();
+            let (next2, events2) = step_news(&prev2, &config2, &news2, now, &sim.policy, tick);
+
+            check_invariants(&next);
+            check_invariants(&next2);
+            prop_assert!(phases_in_order(&events), "{:?}", events);
+            prop_assert!(phases_in_order(&events2), "{:?}", events2);
+            prop_assert_eq!(
+                outcome(&sim.state, &next, &events),
+                outcome(&sim.state, &next2, &events2)
+            );
+            prop_assert_eq!(next.next_cluster_id, next2.next_cluster_id);
+            prop_assert_eq!(&next.last_written, &next2.last_written);
+            prop_assert_eq!(
+                config,
+                next.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>(),
+                "nodes in configuration order"
+            );
+        }
+
+        /// A node without news keeps its state, and `step` is `step_news`
+        /// with news for every node and `tick`.
+        #[test]
+        fn nodes_without_news_unchanged_and_step_is_step_news_with_all_news(
+            story in prop::collection::vec(decision(), 1..12),
+            last in decision(),
+        ) {
+            let sim = play(&story);
+            let now = Time(sim.now.0 + BEAT / 2);
+            let config: Vec<NodeName> = (5432..5438).map(name).collect();
+            let (news, tick) = last;
+            let (next, events) =
+                step_news(&sim.state, &config, &news_of(&news, now), now, &sim.policy, tick);
+            for (i, o) in news.iter().enumerate() {
+                if o.is_none() {
+                    let n = name(5432 + i as u16);
+                    prop_assert_eq!(sim.state.node(&n), next.node(&n));
+                }
+            }
+            prop_assert_eq!(
+                events.iter().any(|e| e.kind == EventKind::PlusmoinHeartbeat),
+                tick && !next.clusters.is_empty()
+            );
+            let all: Vec<(NodeName, Observation)> = news
+                .iter()
+                .enumerate()
+                .map(|(i, o)| (name(5432 + i as u16), observe(o.unwrap_or(D), now)))
+                .collect();
+            prop_assert_eq!(
+                step(&sim.state, &all, now, &sim.policy),
+                step_news(&sim.state, &config, &all, now, &sim.policy, true)
+            );
+        }
+
         /// Random stories over six nodes (and a master name nobody has)
         /// never panic, keep the invariants, and never renumber a cluster.
         #[test]
