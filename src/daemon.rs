@@ -330,8 +330,11 @@ impl Daemon {
             self.act(&next, e);
         }
         self.pgpool.beat(&next, &events);
-        // TODO(forget_cluster) free the trigger queues of dropped clusters.
-        let _ = cluster::dropped_clusters(&self.state, &next);
+        // A cluster emptied by moves is gone: its trigger queue finishes
+        // what it has, then is freed.
+        for id in cluster::dropped_clusters(&self.state, &next) {
+            self.dispatcher.forget_cluster(id);
+        }
         self.state = next;
         self.update_lost();
         if tick
