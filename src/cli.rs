@@ -1,4 +1,4 @@
-//! The command line (SPEC §7): `plusmoin [-c FILE] [-x] COMMAND`.
+//! The command line (README "Configuration"): `plusmoin [-c FILE] [-x] COMMAND`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

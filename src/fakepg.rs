@@ -1,7 +1,7 @@
 //! A simulated PostgreSQL server, for tests and benchmarks only: thousands
 //! of "nodes" in one process, each a listener on its own loopback address
 //! (127.77.x.y, all on one port), answering just the statements plusmoin
-//! sends (SPEC §2) over the real wire protocol, so that the real
+//! sends (README "How it works") over the real wire protocol, so that the real
 //! tokio-postgres probes run unchanged against it.
 //!
 //! Each node plays a [`Role`] — a master, whose heartbeat writes are kept,

@@ -7,7 +7,7 @@
 //! [`actions`] (trigger scripts, never blocking the probes) → [`status`].
 //!
 //! - [`config`]: load and validate the JSON configuration into typed values.
-//! - [`cluster`]: the pure state machine (SPEC §1–§3).
+//! - [`cluster`]: the pure state machine (README "How it works").
 //! - [`payload`]: the JSON shapes of trigger payloads and the status file.
 //! - [`probe`]: tokio-postgres probes, the heartbeat table, TLS.
 //! - [`actions`]: trigger scripts, run in order per cluster.
@@ -28,6 +28,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 #[doc(hidden)]
+#[cfg(any(test, feature = "test-kit"))]
 pub mod fakepg;
 pub mod lifecycle;
 pub mod payload;

@@ -1,4 +1,4 @@
-//! The daemon's process plumbing (SPEC §7), kept apart from the beat loop in
+//! The daemon's process plumbing (README "Configuration"), kept apart from the beat loop in
 //! [`crate::daemon`] so each piece can be tested with real processes: the
 //! locked pid file, detaching into the background, dropping root, `stop`
 //! and `reload` as seen from the command line, logging set-up, and the

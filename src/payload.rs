@@ -1,7 +1,7 @@
-//! The JSON shapes plusmoin shows the world: the trigger payload (SPEC §4)
-//! and the status file (SPEC §6), both built from a [`State`].
+//! The JSON shapes plusmoin shows the world: the trigger payload (README "Triggers")
+//! and the status file (README "Status"), both built from a [`State`].
 //!
-//! The fields SPEC names must stay; the extra ones (`name`, `state`, `lag`,
+//! The fields of the original format must stay; the extra ones (`name`, `state`, `lag`,
 //! `since`, …) are there for operators and may grow. Nothing secret is ever
 //! part of a [`State`], so nothing secret can reach these documents.
 
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A node entry: `host`, `port`, `cluster_id`, `is_slave`, `master_name` as
-/// SPEC §4 asks, then what an operator wants to see at a glance.
+/// the original format has, then what an operator wants to see at a glance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeEntry {
     pub host: String,
@@ -70,7 +70,7 @@ fn master_entry(state: &State, cluster: ClusterId) -> Option<NodeEntry> {
         .map(NodeEntry::from_state)
 }
 
-/// What a trigger reads on stdin (SPEC §4).
+/// What a trigger reads on stdin (README "Triggers").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TriggerPayload {
     pub cluster_id: ClusterId,
@@ -115,7 +115,7 @@ pub struct ClusterStatus {
     pub lost: Vec<NodeEntry>,
 }
 
-/// The status file (SPEC §6).
+/// The status file (README "Status").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub clusters: Vec<ClusterStatus>,

@@ -1,4 +1,4 @@
-//! The status file (SPEC §6): written atomically every beat, read back by
+//! The status file (README "Status"): written atomically every beat, read back by
 //! `plusmoin status`.
 //!
 //! Other programs may read the file at any moment, so it is written to a

@@ -8,7 +8,7 @@ Configure it for master_up, master_down and plusmoin_up, e.g.
                  "master_down": "/usr/share/plusmoin/triggers/current-master.py /var/lib/plusmoin/masters",
                  "plusmoin_up": "/usr/share/plusmoin/triggers/current-master.py /var/lib/plusmoin/masters"}
 
-plusmoin runs it without a shell, with the event's payload (SPEC §4) on
+plusmoin runs it without a shell, with the event's payload (README "Triggers") on
 stdin. The file cluster-N.json is replaced atomically, so a reader never sees
 half of it. Exit status 0 on success; anything else is logged by plusmoin.
 """

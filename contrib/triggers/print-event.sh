@@ -1,7 +1,7 @@
 #!/bin/sh
 # Example plusmoin trigger: prints one line per event, e.g.
 #   slave_down in cluster 0: 127.0.0.1:5434 (lost) | master 127.0.0.1:5432 | slaves: 127.0.0.1:5433 | lost: 127.0.0.1:5434
-# plusmoin writes the payload (SPEC §4) on stdin and sets PLUSMOIN_TRIGGER and
+# plusmoin writes the payload (README "Triggers") on stdin and sets PLUSMOIN_TRIGGER and
 # PLUSMOIN_CLUSTER_ID. Uses jq when it is installed, else prints the raw JSON.
 set -eu
 if command -v jq >/dev/null 2>&1; then

@@ -6,7 +6,7 @@
 #   "triggers": {"master_down": "/usr/share/plusmoin/triggers/syslog-event.sh",
 #                "slave_down":  "/usr/share/plusmoin/triggers/syslog-event.sh", …}
 #
-# plusmoin writes the payload (SPEC §4) on stdin and sets PLUSMOIN_TRIGGER and
+# plusmoin writes the payload (README "Triggers") on stdin and sets PLUSMOIN_TRIGGER and
 # PLUSMOIN_CLUSTER_ID. The pgpool handlers run beside this script: it need
 # not call pcp itself.
 set -eu

@@ -1,4 +1,4 @@
-//! Runs user trigger scripts (SPEC §4) and keeps each cluster's scripts in
+//! Runs user trigger scripts (README "Triggers") and keeps each cluster's scripts in
 //! event order without ever blocking the beat loop.
 //!
 //! This module owns everything between "an event needs a trigger" and "one
@@ -461,7 +461,7 @@ impl Drop for GroupGuard {
 
 /// Runs triggers beside the beat loop: one ordered queue per cluster.
 ///
-/// SPEC §4 wants one cluster's triggers in the order of its events, and a
+/// The trigger contract (README "Triggers") wants one cluster's triggers in the order of its events, and a
 /// slow trigger must never hold up probing or another cluster. So each
 /// cluster gets a worker task draining an unbounded queue, and
 /// [`Dispatcher::dispatch`] only enqueues.

@@ -1,4 +1,4 @@
-//! Configuration: JSON with comments (SPEC §7) loaded and validated into the
+//! Configuration: JSON with comments (README "Configuration") loaded and validated into the
 //! typed [`Config`].
 //!
 //! Loading goes text → comments stripped → syntax checked by serde_json →
@@ -28,7 +28,7 @@ use std::time::Duration;
 /// Where plusmoin looks when `-c` is not given.
 pub const DEFAULT_PATH: &str = "/etc/plusmoin/plusmoin.json";
 
-/// The defaults of SPEC §7, in one place for the loader and the docs.
+/// The defaults (README "Configuration"), in one place for the loader and the docs.
 pub mod defaults {
     use std::time::Duration;
     pub const HEARTBEAT: Duration = Duration::from_secs(60);
@@ -212,7 +212,7 @@ pub struct NodeConfig {
     pub pgpool_node_id: Option<u32>,
 }
 
-/// The optional `pgpool` section (SPEC §5): how to reach pcp, and which
+/// The optional `pgpool` section (README "pgpool-II", pgpool/README.md): how to reach pcp, and which
 /// pgpool node id each configured node has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgpoolConfig {

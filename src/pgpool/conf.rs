@@ -1,5 +1,5 @@
 //! Reads the backend list out of `pgpool.conf`: `backend_hostnameN` and
-//! `backend_portN` give the node id N that pcp commands take (SPEC §5).
+//! `backend_portN` give the node id N that pcp commands take (README "pgpool-II", pgpool/README.md).
 //!
 //! Only these two keys are read. The syntax is PostgreSQL's configuration
 //! syntax: `name = value` (the `=` optional), values bare or in single

@@ -1,4 +1,4 @@
-//! The pgpool-II sidecar (SPEC §5): keeps pgpool's view of its backends in
+//! The pgpool-II sidecar (README "pgpool-II", pgpool/README.md): keeps pgpool's view of its backends in
 //! step with plusmoin's, through pcp commands rendered from templates.
 //!
 //! - [`templates`]: the shipped and overridden pcp command templates.

@@ -2,7 +2,7 @@
 //! with `PCPPASSFILE` set and a deadline (killed past it), and read
 //! `pcp_node_info`'s answer.
 //!
-//! pcp exits 0 even when pgpool refused a request (SPEC §5), so the exit
+//! pcp exits 0 even when pgpool refused a request (README "pgpool-II", pgpool/README.md), so the exit
 //! status only tells whether pcp could talk to pgpool; whether an attach or
 //! detach took effect is for the caller to confirm with [`Pcp::node_info`].
 

@@ -1,4 +1,4 @@
-//! The pcp command templates (SPEC §5): the shipped ones from `pgpool/`,
+//! The pcp command templates (README "pgpool-II", pgpool/README.md): the shipped ones from `pgpool/`,
 //! overrides from the configuration, and their rendering into an argv.
 //!
 //! Templates are handlebars in strict mode, so a misspelt variable fails

@@ -1,4 +1,4 @@
-//! Probing the PostgreSQL nodes (SPEC §2): one persistent tokio-postgres
+//! Probing the PostgreSQL nodes (README "How it works"): one persistent tokio-postgres
 //! connection per node, the role query, and the heartbeat table (written on
 //! masters, read on slaves). It owns the per-node deadline: whatever a node
 //! does — refuse, hang after accepting TCP, answer nonsense — its probe ends
