@@ -6,6 +6,7 @@ mod faults;
 mod monitor;
 mod pgpool;
 mod pgpool_fixture;
+mod pgpool_safety;
 mod probe;
 mod sandbox_ops;
 
