@@ -440,9 +440,6 @@ fn cut_off_from_the_primary_only_detaches_nothing() {
     wait_log(&p, "saying plusmoin disagrees with pgpool", |l| {
         l.contains("disagrees with pgpool") && l.contains(&n0)
     });
-    wait_log(&p, "saying its view of standby 2 is in doubt", |l| {
-        l.contains("its view is in doubt") && l.contains(&n2)
-    });
     let window = watch_window(&t, 10, 4);
     let mut last = Vec::new();
     let left = wait_until(window, || {
@@ -457,6 +454,9 @@ fn cut_off_from_the_primary_only_detaches_nothing() {
         lines.is_empty(),
         "plusmoin acted on a view in doubt: {lines:#?}"
     );
+    wait_log(&p, "saying its view of standby 2 is in doubt", |l| {
+        l.contains("its view is in doubt") && l.contains(&n2)
+    });
     let r = report(&p);
     assert!(
         r["remarks"][n0.as_str()]
