@@ -8,6 +8,7 @@ mod holds;
 mod monitor;
 mod pgpool;
 mod pgpool_fixture;
+mod pgpool_safety;
 mod probe;
 mod sandbox_ops;
 

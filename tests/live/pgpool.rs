@@ -10,8 +10,8 @@ use plusmoin::sandbox::Sandbox;
 use std::path::Path;
 use std::time::Duration;
 
-const LONG: Duration = Duration::from_secs(30);
-const UP: &[&str] = &["up", "waiting"];
+pub(crate) const LONG: Duration = Duration::from_secs(30);
+pub(crate) const UP: &[&str] = &["up", "waiting"];
 
 fn setup(standbys: usize) -> (Sandbox, Pgpool) {
     assert!(
@@ -32,7 +32,7 @@ fn setup(standbys: usize) -> (Sandbox, Pgpool) {
 }
 
 /// The `pgpool` section for `pg`, node ids from its pgpool.conf.
-fn section(pg: &Pgpool, pcppass: &Path) -> String {
+pub(crate) fn section(pg: &Pgpool, pcppass: &Path) -> String {
     format!(
         r#", "pgpool": {{"pcp_host": "{}", "pcp_port": {}, "pcp_user": "{PCP_USER}",
            "pcppass_file": "{}", "pgpool_conf": "{}", "bin_dir": "{}"}}"#,
@@ -50,7 +50,7 @@ fn start(sb: &Sandbox, pg: &Pgpool) -> Plusmoin {
     p
 }
 
-fn healthy(p: &Plusmoin, sb: &Sandbox) {
+pub(crate) fn healthy(p: &Plusmoin, sb: &Sandbox) {
     let n: Vec<String> = (1..sb.len()).map(|i| node(sb, i)).collect();
     let n0 = node(sb, 0);
     p.wait_status("one cluster, every slave in sync", LONG, |st| {
@@ -59,19 +59,19 @@ fn healthy(p: &Plusmoin, sb: &Sandbox) {
     });
 }
 
-fn status(pg: &Pgpool, id: usize) -> String {
+pub(crate) fn status(pg: &Pgpool, id: usize) -> String {
     pg.node_status(id).unwrap_or_else(|e| format!("error: {e}"))
 }
 
 /// Waits until pgpool shows node `id` in one of `want`; fails with
 /// plusmoin's log.
-fn wait_pgpool(p: &Plusmoin, pg: &Pgpool, id: usize, want: &[&str], what: &str) {
+pub(crate) fn wait_pgpool(p: &Plusmoin, pg: &Pgpool, id: usize, want: &[&str], what: &str) {
     if let Err(e) = pg.wait_status(id, want, LONG) {
         p.fail(&format!("{what}: {e}"));
     }
 }
 
-fn wait_log(p: &Plusmoin, what: &str, pred: impl Fn(&str) -> bool) -> String {
+pub(crate) fn wait_log(p: &Plusmoin, what: &str, pred: impl Fn(&str) -> bool) -> String {
     let mut found = String::new();
     let ok = wait_until(LONG, || match p.log().lines().find(|l| pred(l)) {
         Some(l) => {
@@ -94,7 +94,7 @@ fn wait_log(p: &Plusmoin, what: &str, pred: impl Fn(&str) -> bool) -> String {
     found
 }
 
-fn plusmoin_cmd(p: &Plusmoin, args: &[&str]) -> std::process::Output {
+pub(crate) fn plusmoin_cmd(p: &Plusmoin, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_plusmoin"))
         .arg("-c")
         .arg(&p.config_path)
@@ -342,13 +342,13 @@ fn pgpool_down_is_reported_monitoring_goes_on_and_its_view_is_fixed_when_back() 
 
 /// Holds a loopback port, accepting and at once closing every connection
 /// (pcp then fails as with a pgpool that went away), until dropped.
-struct PortSquatter {
+pub(crate) struct PortSquatter {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl PortSquatter {
-    fn bind(port: u16) -> PortSquatter {
+    pub(crate) fn bind(port: u16) -> PortSquatter {
         use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind pcp port");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -467,7 +467,7 @@ fn hung_primary_detached_by_pgpool_is_attached_again_by_plusmoin_when_it_answers
 }
 
 /// Runs `f` when dropped (a thaw must happen even if the test fails).
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+pub(crate) fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     struct Guard<F: FnOnce()>(Option<F>);
     impl<F: FnOnce()> Drop for Guard<F> {
         fn drop(&mut self) {
