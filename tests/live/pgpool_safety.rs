@@ -11,7 +11,9 @@
 //! with generous margins: the machine is small and shared.
 
 use crate::monitor::{names, node, Plusmoin, Timings};
-use crate::pgpool::{scopeguard, section, status, wait_log, wait_pgpool, PortSquatter, LONG, UP};
+use crate::pgpool::{
+    plusmoin_cmd, scopeguard, section, status, wait_log, wait_pgpool, PortSquatter, LONG, UP,
+};
 use crate::wait_until;
 use plusmoin::pgpool::sidecar::RECONCILE_EVERY;
 use plusmoin::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolCluster, PgpoolOptions};
@@ -498,7 +500,7 @@ fn cut_off_from_the_primary_only_detaches_nothing() {
 /// leader's plusmoin acts; when the leader pgpool stops, the new leader's
 /// plusmoin takes over.
 #[test]
-fn watchdog_only_the_leaders_plusmoin_acts_and_a_new_leader_takes_over() {
+fn watchdog_only_the_leaders_plusmoin_acts_holds_are_shared_and_a_new_leader_takes_over() {
     let sb = sandbox(2);
     let cluster = PgpoolCluster::start(&sb, production(0), 3).expect("watchdog cluster");
     let leader = cluster.leader().expect("a leader");
@@ -561,6 +563,47 @@ fn watchdog_only_the_leaders_plusmoin_acts_and_a_new_leader_takes_over() {
         });
         assert!(report(p)["acting"] == false, "{:#}", report(p));
     }
+
+    // A hold placed through a follower's plusmoin is honoured by the
+    // leader's: node 1 is detached and stays out while all run, and a
+    // release through the same follower brings it back.
+    let follower = (0..3).find(|&i| i != leader).expect("a follower");
+    let n1 = node(&sb, 1);
+    let out = plusmoin_cmd(&ps[follower], &["hold", &n1]);
+    assert!(
+        out.status.success(),
+        "hold through member {follower}: {out:?}"
+    );
+    wait_pgpool(
+        &ps[leader],
+        lead,
+        1,
+        &["down"],
+        "held node 1 detached by the leader's plusmoin",
+    );
+    for p in &ps {
+        p.wait_status("the hold shown by every plusmoin", LONG, |st| {
+            st["holds"][0]["node"] == n1.as_str()
+                && st["holds"][0]["placed_by"]
+                    .as_str()
+                    .is_some_and(|b| b.contains(instances[follower]))
+        });
+    }
+    let held_for = watch_window(&Timings::default(), 6, 2);
+    let left = wait_until(held_for, || status(lead, 1) != "down");
+    assert!(!left, "held node 1 came back: {}", status(lead, 1));
+    assert!(
+        ps.iter()
+            .enumerate()
+            .all(|(i, p)| i == leader || actions(p).is_empty()),
+        "only the leader's plusmoin acts on holds"
+    );
+    let out = plusmoin_cmd(&ps[follower], &["release", &n1]);
+    assert!(
+        out.status.success(),
+        "release through member {follower}: {out:?}"
+    );
+    wait_pgpool(&ps[leader], lead, 1, UP, "released node 1 attached again");
 
     // The leader pgpool stops; hold its pcp port so no other test's pgpool
     // takes it for the old leader's plusmoin.
