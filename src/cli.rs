@@ -34,7 +34,9 @@ pub enum Command {
     Start,
     /// Stop the daemon named in the pid file (SIGTERM, then SIGKILL if it lingers).
     Stop {
-        /// Seconds to wait after SIGTERM before SIGKILL.
+        /// Seconds to wait after SIGTERM before SIGKILL (the daemon stops
+        /// probing at once and gives running triggers at most 10 s, the
+        /// pgpool side 2 s: the default covers both).
         #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
         timeout: f64,
     },
