@@ -329,7 +329,11 @@ impl Daemon {
         for e in &events {
             self.act(&next, e);
         }
-        self.pgpool.beat(&next, &events);
+        if tick {
+            self.pgpool.beat(&next, &events);
+        } else {
+            self.pgpool.news(&next, &events);
+        }
         // A cluster emptied by moves is gone: its trigger queue finishes
         // what it has, then is freed.
         for id in cluster::dropped_clusters(&self.state, &next) {

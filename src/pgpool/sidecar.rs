@@ -158,7 +158,20 @@ impl Sidecar {
     /// event concerns a mapped node, and a reconciliation round when one is
     /// due. Never waits for pgpool.
     pub fn beat(&mut self, state: &State, events: &[Event]) {
-        if state.started {
+        self.update(state, events, true);
+    }
+
+    /// Takes news decided between beats: the new view, and a round at once
+    /// if an event concerns a mapped node; holds are read and rounds are
+    /// reconciled at beats only.
+    pub fn news(&mut self, state: &State, events: &[Event]) {
+        self.update(state, events, false);
+    }
+
+    fn update(&mut self, state: &State, events: &[Event], beat: bool) {
+        // Holds are read once a beat; until the first read is in, at every
+        // step (nothing is acted on before it).
+        if state.started && (beat || !self.holds.known()) {
             self.holds.refresh(hold::read_order(&self.nodes, state));
         }
         let Some(pcp) = self.pcp.clone() else {
@@ -213,6 +226,9 @@ impl Sidecar {
             .collect();
         if !prompted.is_empty() {
             let _ = tx.send(Job::Events(prompted));
+            return;
+        }
+        if !beat {
             return;
         }
         let due = self
@@ -349,9 +365,11 @@ async fn work(
     view: watch::Receiver<Arc<View>>,
     reconcile_queued: Arc<AtomicBool>,
 ) {
+    // Events wait here until a round runs (none runs before the first
+    // beat is decided and the holds are read).
+    let mut events = BTreeMap::new();
     while let Some(job) = rx.recv().await {
         // Everything queued meanwhile is settled by this one round.
-        let mut events = BTreeMap::new();
         let mut take = |job| {
             if let Job::Events(list) = job {
                 events.extend(list);
@@ -363,7 +381,10 @@ async fn work(
         }
         reconcile_queued.store(false, Ordering::SeqCst);
         let v = Arc::clone(&view.borrow());
-        r.round(&v, &events).await;
+        if v.started {
+            r.round(&v, &events).await;
+            events.clear();
+        }
     }
 }
 

@@ -82,6 +82,9 @@ pub(crate) fn wait_log(p: &Plusmoin, what: &str, pred: impl Fn(&str) -> bool) ->
     });
     if !ok {
         let log = p.log();
+        if let Some(dir) = std::env::var_os("PLUSMOIN_FAILED_LOG_DIR") {
+            let _ = std::fs::write(std::path::Path::new(&dir).join("plusmoin.log"), &log);
+        }
         let ours: Vec<&str> = log
             .lines()
             .filter(|l| l.contains("pgpool") && !l.contains("in step"))
