@@ -19,6 +19,7 @@ use super::plan::{self, Action, Decision, Memory, Ours, Remark, Seen, Settings, 
 use super::templates::Command;
 use crate::cluster::{Event, EventKind, NodeName, State};
 use crate::config::Config;
+use crate::logonce::LogOnce;
 use crate::payload::PgpoolReport;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -276,19 +277,18 @@ impl Sidecar {
 /// The last pcp failure, logged once per change rather than every round.
 #[derive(Default)]
 struct Health {
-    error: Option<String>,
+    error: LogOnce,
 }
 
 impl Health {
     fn failed(&mut self, e: &PcpError) {
         let msg = e.to_string();
-        if self.error.as_deref() != Some(&msg) {
+        if self.error.changed(&msg) {
             error!(error = %msg, "pgpool: pcp failed; retrying every beat, monitoring goes on");
-            self.error = Some(msg);
         }
     }
     fn ok(&mut self) {
-        if self.error.take().is_some() {
+        if self.error.cleared() {
             info!("pgpool: pcp answers again");
         }
     }
