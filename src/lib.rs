@@ -14,7 +14,7 @@
 //! - [`status`]: the status file, written atomically.
 //! - [`pgpool`]: the pgpool-II sidecar: pcp handlers, reconciliation, holds.
 //! - [`daemon`]: the beat loop, signals, reload.
-//! - [`lifecycle`]: process plumbing: locked pid file, detaching, dropping
+//! - [`lifecycle`]: process plumbing, one file each: locked pid file, detaching, dropping
 //!   root, `stop`/`reload`, logging set-up.
 //! - [`logonce`]: "log once until it changes", for failures that repeat.
 //! - [`sandbox`]: a local primary + standbys for tests and the demo.
