@@ -659,6 +659,23 @@ esac
         }
     }
 
+    /// Beats with a round due and waits for a round's report: the positive
+    /// sign that a round ran, before asserting what it did not do. Done
+    /// twice, so the second round surely began after this beat (the first
+    /// report may come from a round already under way).
+    async fn beat_and_wait_rounds(s: &mut Sidecar, st: &State, events: &[Event]) {
+        for _ in 0..2 {
+            let mut rx = s.report.subscribe();
+            rx.borrow_and_update();
+            s.last_reconcile = None;
+            s.beat(st, events);
+            tokio::time::timeout(Duration::from_secs(15), rx.changed())
+                .await
+                .expect("a round's report within 15 s")
+                .expect("the worker is alive");
+        }
+    }
+
     async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while !check() {
@@ -698,8 +715,7 @@ esac
         for n in &mut st.nodes {
             n.place = Place::Lost;
         }
-        s.beat(&st, &[event(EventKind::SlaveDown, "db1")]);
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        beat_and_wait_rounds(&mut s, &st, &[event(EventKind::SlaveDown, "db1")]).await;
         assert_eq!((fake.status(0), fake.status(1)), ("up".into(), "up".into()));
         assert!(
             !fake.calls().iter().any(|c| c.starts_with("detach")),
@@ -759,9 +775,12 @@ esac
         .await;
         assert_eq!(s.holds().keys().collect::<Vec<_>>(), ["db1:5432"]);
         // Further beats and events never attach it.
-        s.last_reconcile = None;
-        s.beat(&state(Place::Slave), &[event(EventKind::SlaveUp, "db1")]);
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        beat_and_wait_rounds(
+            &mut s,
+            &state(Place::Slave),
+            &[event(EventKind::SlaveUp, "db1")],
+        )
+        .await;
         assert_eq!(fake.status(1), "down");
         assert!(!fake.calls().contains(&"attach 1".to_string()));
         // Released: the next reconciliation attaches it.
