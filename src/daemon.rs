@@ -20,6 +20,7 @@ use crate::cluster::{
     self, ClusterId, Event, EventKind, NodeName, Observation, Policy, State, Time,
 };
 use crate::config::{self, Config};
+use crate::logonce::LogOnce;
 use crate::payload::{Status, TriggerPayload};
 use crate::probe::{Monitor, ProbeSettings, Report};
 use crate::status;
@@ -82,7 +83,7 @@ pub struct Daemon {
     names: Vec<NodeName>,
     dispatcher: Dispatcher,
     /// The last status-file error, logged once until it changes.
-    status_error: Option<String>,
+    status_error: LogOnce,
     /// pgpool handlers, reconciliation and holds (inert without a section).
     pgpool: crate::pgpool::Sidecar,
     beat: Option<BeatRun>,
@@ -110,7 +111,7 @@ impl Daemon {
             state: State::default(),
             names,
             dispatcher: Dispatcher::new(),
-            status_error: None,
+            status_error: LogOnce::default(),
             beat: None,
             news: Vec::new(),
             first: HashMap::new(),
@@ -426,15 +427,14 @@ impl Daemon {
         st.pgpool = self.pgpool.report();
         match status::write(&self.config.status_file, &st) {
             Ok(()) => {
-                if self.status_error.take().is_some() {
+                if self.status_error.cleared() {
                     info!(file = %self.config.status_file.display(), "status file written again");
                 }
             }
             Err(e) => {
                 let msg = e.to_string();
-                if self.status_error.as_deref() != Some(&msg) {
+                if self.status_error.changed(&msg) {
                     error!("{msg} (the previous status file is left as it was)");
-                    self.status_error = Some(msg);
                 }
             }
         }

@@ -14,8 +14,9 @@
 //! - [`status`]: the status file, written atomically.
 //! - [`pgpool`]: the pgpool-II sidecar: pcp handlers, reconciliation, holds.
 //! - [`daemon`]: the beat loop, signals, reload.
-//! - [`lifecycle`]: process plumbing: locked pid file, detaching, dropping
+//! - [`lifecycle`]: process plumbing, one file each: locked pid file, detaching, dropping
 //!   root, `stop`/`reload`, logging set-up.
+//! - [`logonce`]: "log once until it changes", for failures that repeat.
 //! - [`sandbox`]: a local primary + standbys for tests and the demo.
 //! - [`demo`]: `plusmoin demo`, the sandbox with a live plusmoin on it.
 //! - [`cli`]: the command line.
@@ -31,6 +32,7 @@ pub mod demo;
 #[cfg(any(test, feature = "test-kit"))]
 pub mod fakepg;
 pub mod lifecycle;
+pub mod logonce;
 pub mod payload;
 pub mod pgpool;
 pub mod probe;

@@ -1,5 +1,7 @@
 //! The `plusmoin` binary: parse the command line, then hand over to the
-//! library. Errors are printed on one line and turn into a non-zero exit.
+//! library. Every command returns `Result<(), Failure>`; [`main`] is the
+//! one place an error is printed (on one line) and turned into an exit
+//! status.
 
 use clap::Parser;
 use plusmoin::cli::{Cli, Command};
@@ -10,15 +12,55 @@ use std::time::Duration;
 /// Exit status for a configuration error.
 const EXIT_CONFIG: u8 = 2;
 
+/// Why a command failed: the exit status, and the line to print (none when
+/// it was already said elsewhere, e.g. handed to the waiting `start`).
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    msg: Option<String>,
+}
+
+impl Failure {
+    fn new(code: u8, msg: impl std::fmt::Display) -> Failure {
+        Failure {
+            code,
+            msg: Some(msg.to_string()),
+        }
+    }
+    /// Exit `code` with nothing more to print.
+    fn silent(code: u8) -> Failure {
+        Failure { code, msg: None }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if let Some(msg) = f.msg {
+                eprintln!("plusmoin: {msg}");
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::CheckConfig => check_config(&cli),
         Command::Start => start(&cli),
         Command::Stop { timeout } => stop(&cli, timeout),
         Command::Reload => reload(&cli),
         Command::Status { table } => show_status(&cli, table),
-        Command::Demo { no_story } => demo::run(!no_story),
+        Command::Demo { no_story } => {
+            let code = demo::run(!no_story);
+            if code == ExitCode::SUCCESS {
+                Ok(())
+            } else {
+                // The demo printed its reason.
+                Err(Failure::silent(1))
+            }
+        }
         Command::Hold {
             ref node,
             ref reason,
@@ -27,39 +69,33 @@ fn main() -> ExitCode {
     }
 }
 
-fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("plusmoin: {msg}");
-    ExitCode::from(code)
+/// A general failure: exit status 1.
+fn fail(msg: impl std::fmt::Display) -> Failure {
+    Failure::new(1, msg)
 }
 
-fn load(cli: &Cli) -> Result<config::Config, ExitCode> {
-    config::load(&cli.config).map_err(|e| fail(EXIT_CONFIG, e))
+fn load(cli: &Cli) -> Result<config::Config, Failure> {
+    config::load(&cli.config).map_err(|e| Failure::new(EXIT_CONFIG, e))
 }
 
-fn check_config(cli: &Cli) -> ExitCode {
-    match load(cli) {
-        Ok(c) => {
-            for w in secret_warnings(&c) {
-                eprintln!("plusmoin: warning: {w}");
-            }
-            for w in plusmoin::pgpool::problems(&c) {
-                eprintln!("plusmoin: warning: pgpool: {w}");
-            }
-            print!("{}", c.summary());
-            match plusmoin::pgpool::watchdog_line(&c) {
-                Some(Ok(line)) => println!("pgpool says: {line}"),
-                Some(Err(e)) => {
-                    eprintln!(
-                        "plusmoin: warning: pgpool: cannot ask pgpool about its watchdog: {e}"
-                    )
-                }
-                None => {}
-            }
-            println!("configuration OK");
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
+fn check_config(cli: &Cli) -> Result<(), Failure> {
+    let c = load(cli)?;
+    for w in secret_warnings(&c) {
+        eprintln!("plusmoin: warning: {w}");
     }
+    for w in plusmoin::pgpool::problems(&c) {
+        eprintln!("plusmoin: warning: pgpool: {w}");
+    }
+    print!("{}", c.summary());
+    match plusmoin::pgpool::watchdog_line(&c) {
+        Some(Ok(line)) => println!("pgpool says: {line}"),
+        Some(Err(e)) => {
+            eprintln!("plusmoin: warning: pgpool: cannot ask pgpool about its watchdog: {e}")
+        }
+        None => {}
+    }
+    println!("configuration OK");
+    Ok(())
 }
 
 /// Files holding a password that group or others can read.
@@ -71,11 +107,8 @@ fn secret_warnings(config: &config::Config) -> Vec<String> {
         .collect()
 }
 
-fn start(cli: &Cli) -> ExitCode {
-    let config = match load(cli) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+fn start(cli: &Cli) -> Result<(), Failure> {
+    let config = load(cli)?;
     let warnings = secret_warnings(&config);
     for w in &warnings {
         eprintln!("plusmoin: warning: {w}");
@@ -85,10 +118,16 @@ fn start(cli: &Cli) -> ExitCode {
     let detached = if cli.foreground {
         None
     } else {
-        match lifecycle::daemonize() {
-            Ok(d) => Some(d),
-            Err(e) => return fail(1, e),
+        Some(lifecycle::daemonize().map_err(fail)?)
+    };
+    // Once detached, a startup error goes back to the waiting `start`,
+    // which prints it and exits 1.
+    let abort = |detached: Option<lifecycle::Detached>, msg: String| match detached {
+        Some(d) => {
+            d.fail(&msg);
+            Failure::silent(1)
         }
+        None => fail(msg),
     };
     let setup = || -> Result<lifecycle::PidFile, String> {
         // Pid file and log file first, while still root: their directories
@@ -101,15 +140,7 @@ fn start(cli: &Cli) -> ExitCode {
     };
     let pid_file = match setup() {
         Ok(p) => p,
-        Err(msg) => {
-            return match detached {
-                Some(d) => {
-                    d.fail(&msg);
-                    ExitCode::from(1)
-                }
-                None => fail(1, msg),
-            }
-        }
+        Err(msg) => return Err(abort(detached, msg)),
     };
     for w in warnings {
         tracing::warn!("{w}");
@@ -126,29 +157,17 @@ fn start(cli: &Cli) -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            let msg = format!("cannot start the async runtime: {e}");
-            return match detached {
-                Some(d) => {
-                    d.fail(&msg);
-                    ExitCode::from(1)
-                }
-                None => fail(1, msg),
-            };
+            return Err(abort(
+                detached,
+                format!("cannot start the async runtime: {e}"),
+            ))
         }
     };
     // Signal handlers before anyone hears the daemon is ready: an early
     // SIGHUP must reload, not kill it.
     let signals = match runtime.block_on(async { daemon::Signals::install() }) {
         Ok(s) => s,
-        Err(e) => {
-            return match detached {
-                Some(d) => {
-                    d.fail(&e.to_string());
-                    ExitCode::from(1)
-                }
-                None => fail(1, e),
-            };
-        }
+        Err(e) => return Err(abort(detached, e.to_string())),
     };
     if let Some(d) = detached {
         d.ready();
@@ -158,59 +177,47 @@ fn start(cli: &Cli) -> ExitCode {
         daemon::run_with(config, config_path, shutdown, reload).await
     });
     drop(pid_file);
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            fail(1, e)
-        }
-    }
+    result.map_err(|e| {
+        tracing::error!("{e}");
+        fail(e)
+    })
 }
 
-fn stop(cli: &Cli, timeout: f64) -> ExitCode {
-    let config = match load(cli) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+fn stop(cli: &Cli, timeout: f64) -> Result<(), Failure> {
+    let config = load(cli)?;
     let grace = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::from_secs(30));
     match lifecycle::stop(&config.pid_file, grace) {
         Ok(Some(pid)) => {
             println!("plusmoin (pid {pid}) stopped");
-            ExitCode::SUCCESS
+            Ok(())
         }
         Ok(None) => {
             eprintln!(
                 "plusmoin: not running (no live daemon holds {})",
                 config.pid_file.display()
             );
-            ExitCode::SUCCESS
+            Ok(())
         }
-        Err(e) => fail(1, e),
+        Err(e) => Err(fail(e)),
     }
 }
 
-fn reload(cli: &Cli) -> ExitCode {
-    let config = match load(cli) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+fn reload(cli: &Cli) -> Result<(), Failure> {
+    let config = load(cli)?;
     match lifecycle::reload(&config.pid_file) {
         Ok(pid) => {
             println!(
                 "asked plusmoin (pid {pid}) to reload {}",
                 cli.config.display()
             );
-            ExitCode::SUCCESS
+            Ok(())
         }
-        Err(e) => fail(1, e),
+        Err(e) => Err(fail(e)),
     }
 }
 
-fn show_status(cli: &Cli, table: bool) -> ExitCode {
-    let config = match load(cli) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+fn show_status(cli: &Cli, table: bool) -> Result<(), Failure> {
+    let config = load(cli)?;
     let now = plusmoin::cluster::Time::now().as_secs_f64();
     let read = status::read(&config.status_file, now).and_then(|st| {
         // A fresh file from a daemon that just died is no status either.
@@ -225,26 +232,23 @@ fn show_status(cli: &Cli, table: bool) -> ExitCode {
     match read {
         Ok(st) if table => {
             print!("{}", status::table(&st));
-            ExitCode::SUCCESS
+            Ok(())
         }
         Ok(st) => match serde_json::to_string_pretty(&st) {
             Ok(s) => {
                 println!("{s}");
-                ExitCode::SUCCESS
+                Ok(())
             }
-            Err(e) => fail(1, e),
+            Err(e) => Err(fail(e)),
         },
-        Err(e) => fail(1, e),
+        Err(e) => Err(fail(e)),
     }
 }
 
 /// `hold` (`reason` given, maybe `None` inside) or `release` (`None`).
-fn hold(cli: &Cli, node: &str, hold_reason: Option<Option<&str>>) -> ExitCode {
+fn hold(cli: &Cli, node: &str, hold_reason: Option<Option<&str>>) -> Result<(), Failure> {
     use plusmoin::pgpool::hold::{self, Placed};
-    let config = match load(cli) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+    let config = load(cli)?;
     if config.pgpool.is_none() {
         eprintln!("plusmoin: warning: no \"pgpool\" section: a hold is only shown in the status");
     }
@@ -253,7 +257,7 @@ fn hold(cli: &Cli, node: &str, hold_reason: Option<Option<&str>>) -> ExitCode {
         .build()
     {
         Ok(r) => r,
-        Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
+        Err(e) => return Err(fail(format!("cannot start the async runtime: {e}"))),
     };
     match hold_reason {
         Some(reason) => {
@@ -264,7 +268,7 @@ fn hold(cli: &Cli, node: &str, hold_reason: Option<Option<&str>>) -> ExitCode {
                         "{} held (by {}, at {}): plusmoin detaches it from pgpool and does not attach it until `plusmoin release {}`",
                         e.node, e.placed_by, e.placed_at, e.node
                     );
-                    ExitCode::SUCCESS
+                    Ok(())
                 }
                 Ok(Placed::Already(e)) => {
                     println!(
@@ -274,15 +278,15 @@ fn hold(cli: &Cli, node: &str, hold_reason: Option<Option<&str>>) -> ExitCode {
                         e.placed_at,
                         e.reason.map(|r| format!(": {r}")).unwrap_or_default()
                     );
-                    ExitCode::SUCCESS
+                    Ok(())
                 }
-                Err(e) => fail(1, e),
+                Err(e) => Err(fail(e)),
             }
         }
         None => match runtime.block_on(hold::lift(&config, node)) {
             Ok(l) if l.table.is_none() && !l.file => {
                 println!("{} was not held", l.node);
-                ExitCode::SUCCESS
+                Ok(())
             }
             Ok(l) => {
                 let mut from = Vec::new();
@@ -300,9 +304,9 @@ fn hold(cli: &Cli, node: &str, hold_reason: Option<Option<&str>>) -> ExitCode {
                     l.node,
                     from.join(" and ")
                 );
-                ExitCode::SUCCESS
+                Ok(())
             }
-            Err(e) => fail(1, e),
+            Err(e) => Err(fail(e)),
         },
     }
 }

@@ -304,12 +304,25 @@ mod tests {
         let st = status_at(Time(1_000_000_000));
         write(&path, &st).unwrap();
         let before = std::fs::read(&path).unwrap();
-        // The target is a directory now: rename fails, the old content stays.
-        let bad = dir.path().join("sub");
-        std::fs::create_dir(&bad).unwrap();
-        std::fs::write(bad.join("x"), b"x").unwrap();
-        assert!(write(&bad, &st).is_err());
-        assert_eq!(std::fs::read(&path).unwrap(), before);
+        // Make replacing `path` impossible while the file itself stays
+        // writable in place, so only a write that never touches the old
+        // file passes: a read-only directory for a normal user; for root
+        // (who ignores modes) the file bind-mounted onto itself, since a
+        // mount point cannot be renamed over.
+        let _guard = match ReplaceBlocked::new(dir.path(), &path) {
+            Some(g) => g,
+            None => {
+                eprintln!("cannot block the rename here (root without mount): skipped");
+                return;
+            }
+        };
+        let newer = status_at(Time(2_000_000_000));
+        assert!(write(&path, &newer).is_err(), "the write must fail");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "the previous file stays whole"
+        );
         let leftovers = std::fs::read_dir(dir.path())
             .unwrap()
             .filter(|e| {
@@ -321,6 +334,44 @@ mod tests {
             })
             .count();
         assert_eq!(leftovers, 0, "temporary file cleaned up");
+    }
+
+    /// Undoes what `new` did to block replacing the file.
+    enum ReplaceBlocked {
+        ReadOnlyDir(std::path::PathBuf),
+        BindMount(std::path::PathBuf),
+    }
+
+    impl ReplaceBlocked {
+        fn new(dir: &Path, file: &Path) -> Option<ReplaceBlocked> {
+            use std::os::unix::fs::PermissionsExt;
+            if !nix::unistd::geteuid().is_root() {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).ok()?;
+                return Some(ReplaceBlocked::ReadOnlyDir(dir.to_path_buf()));
+            }
+            let ok = std::process::Command::new("mount")
+                .arg("--bind")
+                .arg(file)
+                .arg(file)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            ok.then(|| ReplaceBlocked::BindMount(file.to_path_buf()))
+        }
+    }
+
+    impl Drop for ReplaceBlocked {
+        fn drop(&mut self) {
+            use std::os::unix::fs::PermissionsExt;
+            match self {
+                ReplaceBlocked::ReadOnlyDir(d) => {
+                    let _ = std::fs::set_permissions(&*d, std::fs::Permissions::from_mode(0o755));
+                }
+                ReplaceBlocked::BindMount(f) => {
+                    let _ = std::process::Command::new("umount").arg(&*f).status();
+                }
+            }
+        }
     }
 
     #[test]

@@ -4,11 +4,20 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn plusmoin(args: &[&str]) -> Output {
+/// Runs plusmoin with `home` as its HOME and no PGPASSFILE, so that the
+/// machine's own `~/.pgpass` never changes what it says.
+fn plusmoin_in(home: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_plusmoin"))
         .args(args)
+        .env("HOME", home)
+        .env_remove("PGPASSFILE")
         .output()
         .expect("run plusmoin")
+}
+
+fn plusmoin(args: &[&str]) -> Output {
+    let home = tempfile::tempdir().expect("empty home");
+    plusmoin_in(home.path(), args)
 }
 
 fn stderr(o: &Output) -> String {
@@ -66,6 +75,24 @@ fn check_config_rejects_each_bad_file_with_one_precise_line() {
         assert!(!err.contains("secret-pw"), "{name}: password leaked: {err}");
         assert!(!err.contains("panicked"), "{name}: {err}");
     }
+    // The same file without a password is fine when the pgpass file of the
+    // HOME plusmoin runs with has one: the "missing" case above holds only
+    // because that HOME has none.
+    let home = tempfile::tempdir().unwrap();
+    let pgpass = home.path().join(".pgpass");
+    std::fs::write(&pgpass, "*:*:*:*:from-pgpass\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let missing = dir.path().join("missing.json");
+    let o = plusmoin_in(
+        home.path(),
+        &["-c", missing.to_str().unwrap(), "check-config"],
+    );
+    assert!(
+        o.status.success(),
+        "password from ~/.pgpass: {}",
+        stderr(&o)
+    );
     let o = plusmoin(&["-c", "/nonexistent/plusmoin.json", "check-config"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(

@@ -16,6 +16,7 @@
 
 use crate::cluster::{NodeName, Time};
 use crate::config::Config;
+use crate::logonce::LogOnce;
 use crate::payload::rfc3339;
 use crate::probe::{Connector, ProbeSettings, Session};
 use serde::{Deserialize, Serialize};
@@ -569,8 +570,8 @@ pub struct Holds {
     current: BTreeMap<String, HoldEntry>,
     /// Whether the table has been read at least once.
     table_known: bool,
-    table_error: Option<String>,
-    file_error: Option<String>,
+    table_error: LogOnce,
+    file_error: LogOnce,
 }
 
 /// What one background read brings back.
@@ -594,8 +595,8 @@ impl Holds {
             file: BTreeSet::new(),
             current: BTreeMap::new(),
             table_known: false,
-            table_error: None,
-            file_error: None,
+            table_error: LogOnce::default(),
+            file_error: LogOnce::default(),
         }
     }
 
@@ -692,30 +693,28 @@ impl Holds {
         self.cached = outcome.cached;
         match outcome.table {
             Ok((from, table)) => {
-                if self.table_error.take().is_some() {
+                if self.table_error.cleared() {
                     info!(node = %from, "holds readable again");
                 }
                 self.table = table;
                 self.table_known = true;
             }
             Err(msg) => {
-                if self.table_error.as_deref() != Some(&msg) {
+                if self.table_error.changed(&msg) {
                     error!("cannot read the holds: {msg} (the previous hold list stays in force)");
-                    self.table_error = Some(msg);
                 }
             }
         }
         match outcome.file {
             Ok(file) => {
-                if self.file_error.take().is_some() {
+                if self.file_error.cleared() {
                     info!(file = %self.held_path.display(), "hold list readable again");
                 }
                 self.file = file;
             }
             Err(msg) => {
-                if self.file_error.as_deref() != Some(&msg) {
+                if self.file_error.changed(&msg) {
                     error!("{msg} (the previous hold list stays in force)");
-                    self.file_error = Some(msg);
                 }
             }
         }
@@ -1008,7 +1007,7 @@ mod tests {
         assert_eq!(h.names(), ["DB1:5432", "db2:5433"]);
         assert!(h
             .table_error
-            .as_deref()
+            .current()
             .unwrap()
             .contains("no node answered"));
         // An unreadable file keeps its previous entries too.
@@ -1016,7 +1015,7 @@ mod tests {
         h.refresh(vec![]);
         h.settle().await;
         assert_eq!(h.names(), ["DB1:5432", "db2:5433"]);
-        assert!(h.file_error.is_some());
+        assert!(h.file_error.current().is_some());
         // Released from the file: gone.
         std::fs::write(path_for(&c.status_file), r#"{"held": []}"#).unwrap();
         h.refresh(vec![]);
@@ -1053,7 +1052,7 @@ mod tests {
         );
         assert!(h
             .table_error
-            .as_deref()
+            .current()
             .unwrap()
             .contains("no answer within 2s"));
         keep.abort();

@@ -19,6 +19,7 @@ use super::plan::{self, Action, Decision, Memory, Ours, Remark, Seen, Settings, 
 use super::templates::Command;
 use crate::cluster::{Event, EventKind, NodeName, State};
 use crate::config::Config;
+use crate::logonce::LogOnce;
 use crate::payload::PgpoolReport;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -292,19 +293,18 @@ impl Sidecar {
 /// The last pcp failure, logged once per change rather than every round.
 #[derive(Default)]
 struct Health {
-    error: Option<String>,
+    error: LogOnce,
 }
 
 impl Health {
     fn failed(&mut self, e: &PcpError) {
         let msg = e.to_string();
-        if self.error.as_deref() != Some(&msg) {
+        if self.error.changed(&msg) {
             error!(error = %msg, "pgpool: pcp failed; retrying every beat, monitoring goes on");
-            self.error = Some(msg);
         }
     }
     fn ok(&mut self) {
-        if self.error.take().is_some() {
+        if self.error.cleared() {
             info!("pgpool: pcp answers again");
         }
     }
@@ -680,6 +680,23 @@ esac
         }
     }
 
+    /// Beats with a round due and waits for a round's report: the positive
+    /// sign that a round ran, before asserting what it did not do. Done
+    /// twice, so the second round surely began after this beat (the first
+    /// report may come from a round already under way).
+    async fn beat_and_wait_rounds(s: &mut Sidecar, st: &State, events: &[Event]) {
+        for _ in 0..2 {
+            let mut rx = s.report.subscribe();
+            rx.borrow_and_update();
+            s.last_reconcile = None;
+            s.beat(st, events);
+            tokio::time::timeout(Duration::from_secs(15), rx.changed())
+                .await
+                .expect("a round's report within 15 s")
+                .expect("the worker is alive");
+        }
+    }
+
     async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while !check() {
@@ -719,8 +736,7 @@ esac
         for n in &mut st.nodes {
             n.place = Place::Lost;
         }
-        s.beat(&st, &[event(EventKind::SlaveDown, "db1")]);
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        beat_and_wait_rounds(&mut s, &st, &[event(EventKind::SlaveDown, "db1")]).await;
         assert_eq!((fake.status(0), fake.status(1)), ("up".into(), "up".into()));
         assert!(
             !fake.calls().iter().any(|c| c.starts_with("detach")),
@@ -780,9 +796,12 @@ esac
         .await;
         assert_eq!(s.holds().keys().collect::<Vec<_>>(), ["db1:5432"]);
         // Further beats and events never attach it.
-        s.last_reconcile = None;
-        s.beat(&state(Place::Slave), &[event(EventKind::SlaveUp, "db1")]);
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        beat_and_wait_rounds(
+            &mut s,
+            &state(Place::Slave),
+            &[event(EventKind::SlaveUp, "db1")],
+        )
+        .await;
         assert_eq!(fake.status(1), "down");
         assert!(!fake.calls().contains(&"attach 1".to_string()));
         // Released: the next reconciliation attaches it.

@@ -13,6 +13,7 @@ pub use monitor::{retry_delay, Cause, Monitor, Report};
 
 use crate::cluster::{ClusterId, NodeName, Observation, Time};
 use crate::config::{Config, Secret, SslMode};
+use crate::logonce::LogOnceMap;
 use node::{Failure, NodeConn};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -228,7 +229,7 @@ pub struct Prober {
     pending: HashMap<NodeName, Pending>,
     /// The last Down reason logged per node, so a node that stays down for
     /// the same reason is logged at error level once, not every beat.
-    last_down: HashMap<NodeName, String>,
+    last_down: LogOnceMap<NodeName>,
 }
 
 impl Prober {
@@ -239,7 +240,7 @@ impl Prober {
             shared: Arc::new(Shared::new(settings)?),
             conns: HashMap::new(),
             pending: HashMap::new(),
-            last_down: HashMap::new(),
+            last_down: LogOnceMap::default(),
         })
     }
 
@@ -309,7 +310,7 @@ impl Prober {
         let listed: HashSet<&NodeName> = targets.iter().map(|t| &t.name).collect();
         self.conns.retain(|name, _| listed.contains(name));
         self.pending.retain(|name, _| listed.contains(name));
-        self.last_down.retain(|name, _| listed.contains(name));
+        self.last_down.retain(|name| listed.contains(name));
 
         let out: Vec<(NodeName, Observation)> = targets
             .iter()
@@ -360,18 +361,17 @@ enum Change {
 }
 
 /// Records `obs` in `last_down` and says what changed.
-fn note(last_down: &mut HashMap<NodeName, String>, name: &NodeName, obs: &Observation) -> Change {
+fn note(last_down: &mut LogOnceMap<NodeName>, name: &NodeName, obs: &Observation) -> Change {
     match obs {
         Observation::Down { reason } => {
-            if last_down.get(name) == Some(reason) {
-                Change::StillDown
-            } else {
-                last_down.insert(name.clone(), reason.clone());
+            if last_down.changed(name, reason) {
                 Change::NewDown
+            } else {
+                Change::StillDown
             }
         }
         _ => {
-            if last_down.remove(name).is_some() {
+            if last_down.cleared(name) {
                 Change::Back
             } else {
                 Change::Up
@@ -538,7 +538,7 @@ mod tests {
 
     #[test]
     fn errors_are_logged_when_they_change() {
-        let mut last = HashMap::new();
+        let mut last = LogOnceMap::default();
         let n = NodeName::new("db1", 5432);
         let down = |r: &str| Observation::Down { reason: r.into() };
         let slave = Observation::Slave { heartbeat: None };

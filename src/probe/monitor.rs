@@ -15,6 +15,7 @@
 use super::node::NodeConn;
 use super::{note, probe_node, Change, Pending, ProbeError, ProbeSettings, ProbeTarget, Shared};
 use crate::cluster::{ClusterId, NodeName, Observation, Time};
+use crate::logonce::LogOnceMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -86,7 +87,7 @@ pub struct Monitor {
     tx: mpsc::UnboundedSender<Report>,
     rx: mpsc::UnboundedReceiver<Report>,
     /// The last Down reason logged per node (logged at error level once).
-    last_down: HashMap<NodeName, String>,
+    last_down: LogOnceMap<NodeName>,
 }
 
 impl Monitor {
@@ -99,7 +100,7 @@ impl Monitor {
             nodes: HashMap::new(),
             tx,
             rx,
-            last_down: HashMap::new(),
+            last_down: LogOnceMap::default(),
         })
     }
 
@@ -146,7 +147,7 @@ impl Monitor {
         }
         self.nodes = keep;
         let nodes = &self.nodes;
-        self.last_down.retain(|n, _| nodes.contains_key(n));
+        self.last_down.retain(|n| nodes.contains_key(n));
     }
 
     /// Asks for a probe of `node` (run at once, or right after the one in

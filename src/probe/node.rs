@@ -463,7 +463,9 @@ pub(super) fn heartbeat_columns_reason(columns: &[(&str, &Type)]) -> Option<Stri
         ("beat_at", &Type::TIMESTAMPTZ, "timestamptz"),
     ];
     for ((name, want, want_name), (_, got)) in EXPECTED.iter().zip(columns) {
-        let text_like = **want == Type::TEXT && [Type::VARCHAR, Type::BPCHAR].contains(got);
+        // varchar stores and gives back the very string written; char(n)
+        // would give it back padded, a name matching no node.
+        let text_like = **want == Type::TEXT && **got == Type::VARCHAR;
         if *want != *got && !text_like {
             return Some(format!(
                 "the heartbeat table's {name} column is {}, expected {want_name}",
@@ -515,6 +517,10 @@ mod tests {
         let mut varchar = good;
         varchar[0].1 = &Type::VARCHAR;
         assert_eq!(heartbeat_columns_reason(&varchar), None);
+        let mut padded = good;
+        padded[0].1 = &Type::BPCHAR;
+        let r = heartbeat_columns_reason(&padded).unwrap();
+        assert!(r.contains("master_name column is bpchar"), "{r}");
         let mut text_id = good;
         text_id[1].1 = &Type::TEXT;
         assert_eq!(

@@ -237,3 +237,74 @@ fn two_instances_on_the_same_servers_see_no_false_lag() {
         .expect("rows");
     assert_eq!(rows.trim(), "pgpool-a\npgpool-b");
 }
+
+/// `daemon::run_with` takes its shutdown and reload as inputs: driven here
+/// in-process with a oneshot and a channel, against the real sandbox. A
+/// reload changing `heartbeat` shows in the status and in the pace of the
+/// heartbeat triggers; shutdown returns Ok promptly.
+#[test]
+fn run_with_in_process_reloads_heartbeat_and_shuts_down_on_its_inputs() {
+    let sb = Sandbox::start(1).expect("sandbox");
+    let t = Timings::default();
+    let p = Plusmoin::configure(&sb, &t, "");
+    let config = plusmoin::config::load(&p.config_path).expect("config");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+    let path = p.config_path.clone();
+    let daemon = rt.spawn(plusmoin::daemon::run_with(
+        config,
+        path,
+        async {
+            let _ = stop_rx.await;
+        },
+        reload_rx,
+    ));
+    let beats = |p: &Plusmoin| {
+        p.events()
+            .iter()
+            .filter(|e| e.kind == "plusmoin_heartbeat")
+            .count()
+    };
+    p.wait_status("healthy at heartbeat 0.5", LONG, |st| {
+        st["heartbeat"].as_f64() == Some(0.5)
+            && names(&st["clusters"][0]["slaves"]) == [node(&sb, 1)]
+    });
+
+    // Reload with a 3 s heartbeat.
+    let slow = Timings {
+        heartbeat: 3.0,
+        ..Timings::default()
+    };
+    p.write_config(&sb, &slow, "", &[0, 1]);
+    reload_tx.send(()).expect("reload");
+    p.wait_status("heartbeat 3 after the reload", LONG, |st| {
+        st["heartbeat"].as_f64() == Some(3.0)
+    });
+    // Over 6.5 s the old pace would give 13 beats, the new 2 or 3 (and
+    // one or two queued before the reload may still land).
+    let b = beats(&p);
+    std::thread::sleep(Duration::from_millis(6500));
+    let during = beats(&p) - b;
+    assert!(
+        (1..=5).contains(&during),
+        "{during} heartbeat triggers in 6.5 s at a 3 s heartbeat"
+    );
+
+    let asked = std::time::Instant::now();
+    stop_tx.send(()).expect("shutdown");
+    let result = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), daemon).await })
+        .expect("run_with returned within 10 s")
+        .expect("task");
+    assert!(result.is_ok(), "{result:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        asked.elapsed()
+    );
+}

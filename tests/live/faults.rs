@@ -110,13 +110,25 @@ fn refused_logins_are_contained_and_logged_once_without_the_password() {
     assert_no_secret(&p, "another-secret-pw");
 }
 
+fn count(p: &Plusmoin, pred: impl Fn(&crate::monitor::Ev) -> bool) -> usize {
+    p.events().iter().filter(|e| pred(e)).count()
+}
+
 #[test]
 fn heartbeat_table_tampering_downs_only_that_master_with_a_reason() {
     let sb = Sandbox::start(1).expect("sandbox");
+    // Another cluster watched by the same plusmoin: never disturbed.
+    let other = Sandbox::start(0).expect("other sandbox");
+    let n_other = node(&other, 0);
     let p = Plusmoin::start(
         &sb,
         &Timings {
             log_level: "info",
+            extra_nodes: vec![format!(
+                r#"{{"host": "{}", "port": {}}}"#,
+                other.host(),
+                other.port(0)
+            )],
             ..Timings::default()
         },
         "",
@@ -126,7 +138,14 @@ fn heartbeat_table_tampering_downs_only_that_master_with_a_reason() {
         st["clusters"][0]["master"]["name"] == n0.as_str()
             && names(&st["clusters"][0]["slaves"]) == [n1.as_str()]
     };
-    p.wait_status("healthy", LONG, healthy);
+    let other_healthy = |st: &Value| {
+        st["clusters"][1]["master"]["name"] == n_other.as_str()
+            && st["clusters"][1]["lost"]
+                .as_array()
+                .is_none_or(|l| l.is_empty())
+    };
+    p.wait_status("healthy", LONG, |st| healthy(st) && other_healthy(st));
+    let master_ups = |n: &str| count(&p, |e| e.kind == "master_up" && e.about(n));
 
     // Extra rows of other instances change nothing.
     sb.sql(
@@ -137,7 +156,7 @@ fn heartbeat_table_tampering_downs_only_that_master_with_a_reason() {
     let b = beats(&p);
     assert!(wait_until(LONG, || beats(&p) >= b + 6));
     assert!(healthy(&p.status()));
-    assert_eq!(p.changes().len(), 1, "only plusmoin_up so far");
+    assert_eq!(p.changes().len(), 2, "only plusmoin_up (twice) so far");
 
     // Dropped: plusmoin creates it again; the master never goes down.
     sb.sql(0, "DROP TABLE plusmoin_heartbeat").expect("drop");
@@ -147,34 +166,31 @@ fn heartbeat_table_tampering_downs_only_that_master_with_a_reason() {
     assert!(!p.changes().iter().any(|e| e.kind == "master_down"));
 
     // A column missing: the master cannot be written, so it is not a usable
-    // master; its slave, whose replicated table is as broken, stays in the
-    // (masterless) cluster, lost.
+    // master: down, with the table in its reason; its slave, whose
+    // replicated table is as broken, is lost.
     sb.sql(0, "ALTER TABLE plusmoin_heartbeat DROP COLUMN cluster_id")
         .expect("alter");
     let down = p.wait_event("master_down after the column went", LONG, |e| {
         e.kind == "master_down"
     });
     assert!(down.about(&n0));
-    let st = p.wait_status("master lost with a reason", LONG, |st| {
-        st["clusters"][0]["lost"][0]["name"] == n0.as_str()
+    let st = p.wait_status("master and slave lost, with reasons", LONG, |st| {
+        names(&st["clusters"][0]["lost"]) == [n0.as_str(), n1.as_str()]
     });
-    let reason = st["clusters"][0]["lost"][0]["reason"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
-    assert!(reason.contains("heartbeat"), "{reason}");
+    assert!(names(&st["clusters"][0]["slaves"]).is_empty(), "{st:#}");
+    for i in 0..2 {
+        let reason = st["clusters"][0]["lost"][i]["reason"]
+            .as_str()
+            .unwrap_or("");
+        assert!(
+            reason.contains("heartbeat") || reason.contains("cluster_id"),
+            "{st:#}"
+        );
+    }
     assert!(
         log_lines_with(&p, &["node down", &n0, "heartbeat"]) == 1,
         "{}",
         p.log()
-    );
-    let members: Vec<String> = names(&st["clusters"][0]["slaves"])
-        .into_iter()
-        .chain(names(&st["clusters"][0]["lost"]))
-        .collect();
-    assert!(
-        members.contains(&n1),
-        "the slave stays in cluster 0: {st:#}"
     );
 
     // Repaired (dropped, so plusmoin recreates it): master_up again.
@@ -182,8 +198,15 @@ fn heartbeat_table_tampering_downs_only_that_master_with_a_reason() {
     p.wait_event("master_up after repair", LONG, |e| {
         e.kind == "master_up" && e.about(&n0)
     });
+    p.wait_status("healthy after the repair", LONG, healthy);
+    assert!(
+        log_lines_with(&p, &["node answers again", &n0]) >= 1,
+        "the recovery is logged: {}",
+        p.log()
+    );
 
     // Not writable by plusmoin any more.
+    let ups = master_ups(&n0);
     sb.sql(
         0,
         "ALTER TABLE plusmoin_heartbeat OWNER TO postgres; REVOKE ALL ON plusmoin_heartbeat FROM plusmoin",
@@ -194,12 +217,53 @@ fn heartbeat_table_tampering_downs_only_that_master_with_a_reason() {
             .as_str()
             .is_some_and(|r| r.contains("permission denied"))
     });
-    // A wrong column type on the slave side: the row is unreadable.
+    // Writable again, master_name now varchar: that stores and gives back
+    // exactly what plusmoin wrote, so the master is usable again (a new
+    // master_up) and its slave back in sync.
     sb.sql(0, "GRANT ALL ON plusmoin_heartbeat TO plusmoin; ALTER TABLE plusmoin_heartbeat ALTER COLUMN master_name TYPE varchar(300)")
         .expect("retype");
-    p.wait_event("master back once writable", LONG, |e| {
-        e.kind == "master_up" && e.about(&n0) && e.payload["master"]["name"] == n0.as_str()
+    assert!(
+        wait_until(LONG, || master_ups(&n0) > ups),
+        "a new master_up once writable with a varchar master_name: {}",
+        p.log()
+    );
+    p.wait_status("healthy with a varchar master_name", LONG, healthy);
+
+    // master_name as char(300): the master's write still goes in, so it
+    // stays the master (no failover for a retyped column), but a slave
+    // would read the name back padded, matching no node: it cannot show it
+    // is in sync and is lost, its reason naming the column.
+    let downs = count(&p, |e| e.kind == "master_down" && e.about(&n0));
+    sb.sql(
+        0,
+        "ALTER TABLE plusmoin_heartbeat ALTER COLUMN master_name TYPE char(300)",
+    )
+    .expect("retype");
+    let st = p.wait_status("the slave lost, naming the column", LONG, |st| {
+        names(&st["clusters"][0]["lost"]) == [n1.as_str()]
+            && st["clusters"][0]["lost"][0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("master_name column is bpchar"))
     });
+    assert_eq!(st["clusters"][0]["master"]["name"], n0.as_str(), "{st:#}");
+    assert_eq!(
+        count(&p, |e| e.kind == "master_down" && e.about(&n0)),
+        downs,
+        "the master stays usable"
+    );
+
+    // The other cluster saw nothing of all this.
+    assert!(other_healthy(&p.status()), "{:#}", p.status());
+    let about_other: Vec<String> = p
+        .changes()
+        .iter()
+        .filter(|e| e.cluster() == 1 && e.kind != "plusmoin_up")
+        .map(|e| e.kind.clone())
+        .collect();
+    assert!(
+        about_other.is_empty(),
+        "other cluster disturbed: {about_other:?}"
+    );
     assert_no_secret(&p, SANDBOX_PASSWORD);
 }
 

@@ -28,13 +28,18 @@ pub struct Timings {
     pub password_json: Option<String>,
 }
 
+/// The defaults keep beats fast (0.5 s) but give every probe margins a
+/// loaded 2-core machine cannot eat: a probe there can take well over a
+/// second, so a healthy node is only called down after 3 s without an
+/// answer, and a slave out of sync after 6 s of lag. Tests needing faster
+/// detection say so with their own values and margins that follow from them.
 impl Default for Timings {
     fn default() -> Self {
         Timings {
             heartbeat: 0.5,
-            connect_timeout: 1.0,
-            max_sync_delay: 3.0,
-            recover_sync_delay: 1.5,
+            connect_timeout: 3.0,
+            max_sync_delay: 6.0,
+            recover_sync_delay: 3.0,
             instance_name: "test",
             daemon_user: None,
             log_level: "debug",
