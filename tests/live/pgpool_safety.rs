@@ -190,7 +190,12 @@ fn fail_over(sb: &Sandbox, pg: &Pgpool, p: &Plusmoin) {
 /// sees it go and come back.
 #[test]
 fn primary_frozen_shorter_than_pgpools_retries_is_never_detached() {
-    let t = Timings::default();
+    // plusmoin gives up on the hung primary after 1 s (so it sees it go),
+    // pgpool only after its retries (5 × 1 s).
+    let t = Timings {
+        connect_timeout: 1.0,
+        ..Timings::default()
+    };
     let (sb, pg) = setup(1, production(5));
     let p = start(&sb, &pg, &t);
     let n0 = node(&sb, 0);
