@@ -14,6 +14,7 @@
 //! - [`status`]: the status file, written atomically.
 //! - [`pgpool`]: the pgpool-II sidecar: pcp handlers, reconciliation, holds.
 //! - [`daemon`]: the beat loop, signals, reload.
+//! - [`notify`]: systemd readiness, reload and watchdog notifications.
 //! - [`lifecycle`]: process plumbing: locked pid file, detaching, dropping
 //!   root, `stop`/`reload`, logging set-up.
 //! - [`sandbox`]: a local primary + standbys for tests and the demo.
@@ -31,6 +32,7 @@ pub mod demo;
 #[cfg(any(test, feature = "test-kit"))]
 pub mod fakepg;
 pub mod lifecycle;
+pub mod notify;
 pub mod payload;
 pub mod pgpool;
 pub mod probe;

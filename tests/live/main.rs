@@ -6,6 +6,7 @@ mod events;
 mod faults;
 mod holds;
 mod monitor;
+mod notify;
 mod pgpool;
 mod pgpool_fixture;
 mod pgpool_safety;
