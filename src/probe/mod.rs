@@ -120,6 +120,14 @@ pub enum ProbeError {
     },
     #[error("sslrootcert {path} holds no certificate")]
     NoRootCert { path: PathBuf },
+    #[error(
+        "sslmode {mode} needs a root certificate: set sslrootcert, or put the CA in {}",
+        default.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "~/.postgresql/root.crt (this user has no home directory)".into())
+    )]
+    NoDefaultRootCert {
+        mode: &'static str,
+        default: Option<PathBuf>,
+    },
     #[error("cannot set up tls: {0}")]
     Tls(#[source] native_tls::Error),
 }
