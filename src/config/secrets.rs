@@ -69,6 +69,22 @@ pub fn pgpass_ignored(path: &Path) -> Option<String> {
     })
 }
 
+/// Whether `path` is readable by its owner and group only (no access for
+/// others, group read-only), its group being `user`'s primary group.
+pub fn shared_with_group_of(path: &Path, user: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    if meta.mode() & 0o077 != 0o040 {
+        return false;
+    }
+    matches!(
+        nix::unistd::User::from_name(user),
+        Ok(Some(u)) if u.gid.as_raw() == meta.gid()
+    )
+}
+
 /// One field of a password file line: its text with `\` escapes removed,
 /// and whether it was a bare `*` (an escaped `\*` is a literal star).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +198,39 @@ mod tests {
         assert_eq!(p.lookup("*", 5432, "d", "u"), Some("star"));
         // A trailing backslash is kept.
         assert_eq!(p.lookup("any", 5433, "d", "u"), Some("trailing\\"));
+    }
+
+    #[test]
+    fn a_file_shared_with_the_daemons_group_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("conf");
+        std::fs::write(&f, "{}").unwrap();
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .unwrap()
+            .unwrap();
+        let other = ["nobody", "daemon", "bin"].into_iter().find(|n| {
+            nix::unistd::User::from_name(n)
+                .ok()
+                .flatten()
+                .is_some_and(|u| u.gid != me.gid)
+        });
+        for (mode, shared) in [
+            (0o640, true),
+            (0o600, false),
+            (0o644, false),
+            (0o660, false),
+        ] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(shared_with_group_of(&f, &me.name), shared, "mode {mode:o}");
+            if let Some(o) = other {
+                assert!(
+                    !shared_with_group_of(&f, o),
+                    "{o}'s group is not the file's"
+                );
+            }
+        }
+        assert!(!shared_with_group_of(&dir.path().join("missing"), &me.name));
     }
 
     #[test]
