@@ -87,6 +87,8 @@ pub struct Daemon {
     /// pgpool handlers, reconciliation and holds (inert without a section).
     pgpool: crate::pgpool::Sidecar,
     beat: Option<BeatRun>,
+    /// Beats decided so far (systemd readiness and watchdog follow it).
+    decisions: u64,
     /// News not decided yet, in arrival order.
     news: Vec<(NodeName, Observation)>,
     /// Before the first decision: each node's latest answer.
@@ -113,6 +115,7 @@ impl Daemon {
             dispatcher: Dispatcher::new(),
             status_error: LogOnce::default(),
             beat: None,
+            decisions: 0,
             news: Vec::new(),
             first: HashMap::new(),
             down: HashSet::new(),
@@ -300,6 +303,7 @@ impl Daemon {
     /// status file. The first one decides every node at once.
     fn close_beat(&mut self) {
         let Some(b) = self.beat.take() else { return };
+        self.decisions += 1;
         if !self.state.started {
             let all: Vec<(NodeName, Observation)> = self
                 .names
@@ -538,6 +542,8 @@ pub async fn run_with(
         "plusmoin starting"
     );
     let mut daemon = Daemon::new(config)?;
+    let mut systemd = crate::notify::Notifier::from_env();
+    let mut decided = daemon.decisions;
     let mut beats = ticker(daemon.config().heartbeat, Instant::now());
     tokio::pin!(shutdown);
     let mut reload_open = true;
@@ -549,6 +555,7 @@ pub async fn run_with(
             r = reload.recv(), if reload_open => {
                 match r {
                     Some(()) => {
+                        systemd.reloading();
                         let before = (daemon.config().heartbeat, daemon.config().instance_name.clone(), daemon.config().dbname.clone());
                         reload_config(&mut daemon, &config_path);
                         let c = daemon.config();
@@ -557,6 +564,7 @@ pub async fn run_with(
                             // before any slave is read again.
                             beats = ticker(c.heartbeat, Instant::now());
                         }
+                        systemd.reloaded();
                     }
                     None => reload_open = false,
                 }
@@ -571,7 +579,12 @@ pub async fn run_with(
             _ = sleep_until_some(deadline) => daemon.deadline_passed(),
         }
         daemon.decide();
+        if daemon.decisions != decided {
+            decided = daemon.decisions;
+            systemd.decided();
+        }
     }
+    systemd.stopping();
     info!("plusmoin stopping: waiting for running triggers");
     daemon.shutdown().await;
     info!("plusmoin stopped");

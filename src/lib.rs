@@ -14,6 +14,7 @@
 //! - [`status`]: the status file, written atomically.
 //! - [`pgpool`]: the pgpool-II sidecar: pcp handlers, reconciliation, holds.
 //! - [`daemon`]: the beat loop, signals, reload.
+//! - [`notify`]: systemd readiness, reload and watchdog notifications.
 //! - [`lifecycle`]: process plumbing, one file each: locked pid file, detaching, dropping
 //!   root, `stop`/`reload`, logging set-up.
 //! - [`logonce`]: "log once until it changes", for failures that repeat.
@@ -33,6 +34,7 @@ pub mod demo;
 pub mod fakepg;
 pub mod lifecycle;
 pub mod logonce;
+pub mod notify;
 pub mod payload;
 pub mod pgpool;
 pub mod probe;

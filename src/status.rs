@@ -142,6 +142,8 @@ pub fn table(status: &Status) -> String {
                 format!("{hold}; {note}")
             };
         }
+        // What servers and holders said, as one inert line.
+        let note = crate::probe::escape_controls(&note);
         [
             cluster,
             n.name.clone(),
@@ -372,6 +374,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn table_escapes_what_servers_said() {
+        let mut st = status_at(Time(1_000_000_000));
+        let forged = "FATAL: no\n1        db9:5432  master\u{1b}[2J";
+        st.clusterless[0].reason = Some(forged.into());
+        let t = table(&st);
+        assert_eq!(
+            t.lines().count(),
+            4,
+            "header, one line per node, footer: {t}"
+        );
+        assert!(!t.contains('\u{1b}'), "{t}");
+        assert!(
+            t.contains("FATAL: no\\n1        db9:5432  master\\u{1b}[2J"),
+            "{t}"
+        );
     }
 
     #[test]

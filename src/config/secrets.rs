@@ -48,13 +48,65 @@ pub fn default_pgpass() -> Option<PathBuf> {
     }
 }
 
+/// Why libpq would ignore the password file at `path`: not a plain file,
+/// or group or others have any access to it. `None`: it may be used.
+pub fn pgpass_ignored(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() {
+        return Some(format!(
+            "password file {} is not a plain file: ignored",
+            path.display()
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "password file {} has group or world access (mode {mode:04o}): ignored, \
+             as libpq does; chmod 600 it",
+            path.display()
+        )
+    })
+}
+
+/// Whether `path` is readable by its owner and group only (no access for
+/// others, group read-only), its group being `user`'s primary group.
+pub fn shared_with_group_of(path: &Path, user: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    if meta.mode() & 0o077 != 0o040 {
+        return false;
+    }
+    matches!(
+        nix::unistd::User::from_name(user),
+        Ok(Some(u)) if u.gid.as_raw() == meta.gid()
+    )
+}
+
+/// One field of a password file line: its text with `\` escapes removed,
+/// and whether it was a bare `*` (an escaped `\*` is a literal star).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Field {
+    text: String,
+    any: bool,
+}
+
+impl Field {
+    fn matches(&self, value: &str) -> bool {
+        self.any || self.text == value
+    }
+}
+
 /// A parsed password file: `hostname:port:database:username:password` per
-/// line, `*` matching anything in the first four fields, `\:` and `\\`
-/// escaping, `#` starting a comment line (libpq's rules; the first match
-/// wins).
+/// line, a bare `*` matching anything in the first four fields, `\:` and
+/// `\\` escaping in every field, the password ending at its first
+/// unescaped `:`, `#` starting a comment line (libpq's rules; the first
+/// match wins).
 #[derive(Debug, Default)]
 pub struct PgPass {
-    entries: Vec<[String; 5]>,
+    entries: Vec<([Field; 4], String)>,
 }
 
 impl PgPass {
@@ -62,34 +114,50 @@ impl PgPass {
         let entries = text
             .lines()
             .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
-            .filter_map(|line| {
-                let mut fields = Vec::with_capacity(5);
-                let mut field = String::new();
-                let mut chars = line.chars();
-                while let Some(c) = chars.next() {
-                    match c {
-                        '\\' => field.extend(chars.next()),
-                        ':' if fields.len() < 4 => fields.push(std::mem::take(&mut field)),
-                        c => field.push(c),
-                    }
-                }
-                fields.push(field);
-                <[String; 5]>::try_from(fields).ok()
-            })
+            .filter_map(parse_line)
             .collect();
         PgPass { entries }
     }
 
     pub fn lookup(&self, host: &str, port: u16, database: &str, user: &str) -> Option<&str> {
         let port = port.to_string();
-        let matches = |pattern: &str, value: &str| pattern == "*" || pattern == value;
         self.entries
             .iter()
-            .find(|[h, p, d, u, _]| {
-                matches(h, host) && matches(p, &port) && matches(d, database) && matches(u, user)
+            .find(|([h, p, d, u], _)| {
+                h.matches(host) && p.matches(&port) && d.matches(database) && u.matches(user)
             })
-            .map(|e| e[4].as_str())
+            .map(|(_, password)| password.as_str())
     }
+}
+
+/// One line, or `None` when it has fewer than five fields.
+fn parse_line(line: &str) -> Option<([Field; 4], String)> {
+    let mut fields: Vec<Field> = Vec::with_capacity(4);
+    let mut text = String::new();
+    let mut escaped = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            // A trailing backslash stays, as in libpq.
+            '\\' if chars.peek().is_some() => {
+                escaped = true;
+                text.extend(chars.next());
+            }
+            ':' if fields.len() < 4 => {
+                let any = text == "*" && !escaped;
+                fields.push(Field {
+                    text: std::mem::take(&mut text),
+                    any,
+                });
+                escaped = false;
+            }
+            // The password ends at its first unescaped colon.
+            ':' => break,
+            c => text.push(c),
+        }
+    }
+    let fields = <[Field; 4]>::try_from(fields).ok()?;
+    Some((fields, text))
 }
 
 #[cfg(test)]
@@ -113,6 +181,86 @@ mod tests {
         );
         assert_eq!(p.lookup("db3", 5432, "other", "plusmoin"), None);
         assert_eq!(p.lookup("db1", 5432, "plusmoin", "someone"), None);
+    }
+
+    #[test]
+    fn pgpass_escapes_in_every_field_and_password_ends_at_a_colon() {
+        let p = PgPass::parse(
+            "fe80\\:\\:1:5432:d\\\\b:u\\:x:pw\\:1:extra:fields\n\
+             \\*:5432:d:u:star\n\
+             *:5433:d:u:trailing\\\n",
+        );
+        // Escaped colons in the host, a backslash in the database, a colon
+        // in the user; the password stops at its first unescaped colon.
+        assert_eq!(p.lookup("fe80::1", 5432, "d\\b", "u:x"), Some("pw:1"));
+        // An escaped star is a literal star, not a wildcard.
+        assert_eq!(p.lookup("db1", 5432, "d", "u"), None);
+        assert_eq!(p.lookup("*", 5432, "d", "u"), Some("star"));
+        // A trailing backslash is kept.
+        assert_eq!(p.lookup("any", 5433, "d", "u"), Some("trailing\\"));
+    }
+
+    #[test]
+    fn a_file_shared_with_the_daemons_group_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("conf");
+        std::fs::write(&f, "{}").unwrap();
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .unwrap()
+            .unwrap();
+        let other = ["nobody", "daemon", "bin"].into_iter().find(|n| {
+            nix::unistd::User::from_name(n)
+                .ok()
+                .flatten()
+                .is_some_and(|u| u.gid != me.gid)
+        });
+        for (mode, shared) in [
+            (0o640, true),
+            (0o600, false),
+            (0o644, false),
+            (0o660, false),
+        ] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(shared_with_group_of(&f, &me.name), shared, "mode {mode:o}");
+            if let Some(o) = other {
+                assert!(
+                    !shared_with_group_of(&f, o),
+                    "{o}'s group is not the file's"
+                );
+            }
+        }
+        assert!(!shared_with_group_of(&dir.path().join("missing"), &me.name));
+    }
+
+    #[test]
+    fn pgpass_with_group_or_world_access_is_ignored() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pgpass");
+        std::fs::write(&f, "*:*:*:*:pw\n").unwrap();
+        for (mode, ignored) in [
+            (0o600, false),
+            (0o400, false),
+            (0o640, true),
+            (0o604, true),
+            (0o620, true),
+            (0o601, true),
+        ] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            let why = pgpass_ignored(&f);
+            assert_eq!(why.is_some(), ignored, "mode {mode:o}: {why:?}");
+            if let Some(w) = why {
+                assert!(
+                    w.contains("group or world access") && w.contains("chmod 600"),
+                    "{w}"
+                );
+            }
+        }
+        assert!(pgpass_ignored(dir.path())
+            .unwrap()
+            .contains("not a plain file"));
+        assert!(pgpass_ignored(&dir.path().join("missing")).is_none());
     }
 
     #[test]

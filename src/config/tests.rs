@@ -1001,6 +1001,17 @@ fn password_can_come_from_libpq_password_file_per_node() {
     let pgpass = || Some(f.clone());
     let text = r#"{"dbname": "d", "user": "u",
         "nodes": [{"host": "db1", "port": 5432}, {"host": "db2", "port": 5433}]}"#;
+    // As libpq: ignored while group or others can read it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let msg = parse_with(text, Path::new("x.json"), &host, &pgpass)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("group or world access") && msg.contains("ignored"),
+        "{msg}"
+    );
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
     let c = parse_with(text, Path::new("x.json"), &host, &pgpass).unwrap();
     assert_eq!(c.password_source, PasswordSource::PgPass(f.clone()));
     let pw: Vec<&str> = c
@@ -1022,4 +1033,33 @@ fn password_can_come_from_libpq_password_file_per_node() {
             f.display()
         )
     );
+}
+
+#[test]
+fn password_of_any_wrong_type_never_shows_in_the_error() {
+    for (value, kind) in [
+        ("98765432123", "a number"),
+        ("-98765.4321e3", "a number"),
+        ("true", "a boolean"),
+        ("null", "null"),
+        (r#"["hunter2secret", 98765432123]"#, "an array"),
+        (
+            r#"{"hunter2secret": "hunter2secret", "n": 98765432123}"#,
+            "an object",
+        ),
+        (r#"[{"deep": ["hunter2secret"]}]"#, "an array"),
+    ] {
+        let text = format!(r#"{{"dbname": "d", "user": "u", "password": {value}, "nodes": []}}"#);
+        let msg = refused(&text);
+        for secret in ["98765", "hunter2secret", "true", "4321"] {
+            assert!(
+                !msg.contains(secret) || !value.contains(secret),
+                "{value}: the error shows the password: {msg}"
+            );
+        }
+        assert!(
+            msg.contains("password") && msg.contains(&format!("found {kind}")),
+            "{value}: {msg}"
+        );
+    }
 }

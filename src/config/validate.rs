@@ -158,7 +158,7 @@ impl Validator<'_> {
             match k {
                 "dbname" => raw.dbname = Some(self.non_empty_string(value, k)?),
                 "user" => raw.user = Some(self.non_empty_string(value, k)?),
-                "password" => raw.password = Some(self.string(value, k)?),
+                "password" => raw.password = Some(self.secret_string(value, k)?),
                 "password_file" => raw.password_file = Some((self.path(value, k)?, value.at)),
                 "instance_name" => raw.instance_name = Some(self.non_empty_string(value, k)?),
                 "heartbeat" => raw.heartbeat = Some(self.duration(value, k)?),
@@ -350,6 +350,10 @@ impl Validator<'_> {
                         ))
                     }
                 };
+                if let Some(why) = secrets::pgpass_ignored(&path) {
+                    tracing::warn!("{why}");
+                    return Err(self.error(None, Some("password"), format!("not set, and {why}")));
+                }
                 let pgpass = secrets::PgPass::parse(&text);
                 for (i, node) in nodes.iter_mut().enumerate() {
                     let found = pgpass
@@ -597,6 +601,24 @@ impl Validator<'_> {
                 format!("expected a string, found {}", other.describe()),
             )),
         }
+    }
+
+    /// A string that must never appear in an error: a wrong type is named
+    /// by its JSON type only, never by its value.
+    fn secret_string(&self, v: &Spanned<Json>, key: &str) -> Result<String, ConfigError> {
+        let kind = match &v.value {
+            Json::String(s) => return Ok(s.clone()),
+            Json::Null => "null",
+            Json::Bool(_) => "a boolean",
+            Json::Number(..) => "a number",
+            Json::Array(_) => "an array",
+            Json::Object(_) => "an object",
+        };
+        Err(self.at(
+            v.at,
+            key,
+            format!("expected a string, found {kind} (value not shown)"),
+        ))
     }
 
     fn non_empty_string(&self, v: &Spanned<Json>, key: &str) -> Result<String, ConfigError> {

@@ -74,7 +74,8 @@ impl ProbeSettings {
 
     /// Removes every password from a text that a server or a library
     /// produced: none should ever contain one, but reasons end up in logs
-    /// and files.
+    /// and files. Control characters in it are escaped ([`escape_controls`]):
+    /// a server's message must not forge log lines or table rows.
     pub fn scrub(&self, text: String) -> String {
         // Longest first, so that a password containing another is removed
         // whole.
@@ -83,7 +84,7 @@ impl ProbeSettings {
             .map(Secret::expose)
             .collect();
         all.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        all.into_iter().fold(text, scrub)
+        escape_controls(&all.into_iter().fold(text, scrub))
     }
 
     /// Whether open connections were made with other credentials or TLS
@@ -121,6 +122,14 @@ pub enum ProbeError {
     },
     #[error("sslrootcert {path} holds no certificate")]
     NoRootCert { path: PathBuf },
+    #[error(
+        "sslmode {mode} needs a root certificate: set sslrootcert, or put the CA in {}",
+        default.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "~/.postgresql/root.crt (this user has no home directory)".into())
+    )]
+    NoDefaultRootCert {
+        mode: &'static str,
+        default: Option<PathBuf>,
+    },
     #[error("cannot set up tls: {0}")]
     Tls(#[source] native_tls::Error),
 }
@@ -504,6 +513,25 @@ fn down(f: Failure) -> Observation {
     Observation::Down { reason: f.reason }
 }
 
+/// `text` with its control characters (newlines, escape sequences…) and
+/// bidirectional overrides written as Rust escapes (`\n`, `\u{1b}`), so
+/// that what a server says stays one inert line in logs and tables.
+pub fn escape_controls(text: &str) -> String {
+    let bidi = |c: char| matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(|c| c.is_control() || bidi(c)) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() || bidi(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Removes `password` from `text`.
 fn scrub(text: String, password: &str) -> String {
     if password.is_empty() || !text.contains(password) {
@@ -560,6 +588,25 @@ mod tests {
         fn is_send<T: Send>(_: &T) {}
         is_send(p);
         is_send(&p.probe_all(&[], Time(0)));
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_controls("plain: ok é"), "plain: ok é");
+        assert_eq!(
+            escape_controls("FATAL: x\nERROR: forged\r\t\u{1b}[31m\u{0}\u{7f}\u{202e}"),
+            "FATAL: x\\nERROR: forged\\r\\t\\u{1b}[31m\\u{0}\\u{7f}\\u{202e}"
+        );
+    }
+
+    #[test]
+    fn server_reasons_are_scrubbed_and_escaped() {
+        let mut settings = settings();
+        settings.password = Secret::new("hunter2");
+        assert_eq!(
+            settings.scrub("FATAL: hunter2\nplusmoin: forged line".into()),
+            "FATAL: ***\\nplusmoin: forged line"
+        );
     }
 
     #[test]

@@ -67,13 +67,14 @@ fn breaks_connection(err: &tokio_postgres::Error) -> bool {
 }
 
 /// One line for a tokio-postgres error, with its causes: its own `Display`
-/// stops at "db error" or "error connecting to server".
+/// stops at "db error" or "error connecting to server". What the server
+/// said is escaped ([`super::escape_controls`]): one inert line.
 pub(super) fn describe(err: &tokio_postgres::Error) -> String {
     if let Some(db) = err.as_db_error() {
         return format!(
             "{}: {} (SQLSTATE {})",
-            db.severity(),
-            db.message(),
+            super::escape_controls(db.severity()),
+            super::escape_controls(db.message()),
             db.code().code()
         );
     }
@@ -88,7 +89,7 @@ pub(super) fn describe(err: &tokio_postgres::Error) -> String {
         }
         cause = c.source();
     }
-    out
+    super::escape_controls(&out)
 }
 
 /// A live connection to one node, kept across beats, with the statements

@@ -4,7 +4,7 @@
 use super::ProbeError;
 use crate::config::SslMode;
 use postgres_native_tls::MakeTlsConnector;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tokio_postgres::config::SslMode as PgSslMode;
 
 /// How every connection of one [`super::Prober`] negotiates TLS.
@@ -68,10 +68,28 @@ pub(super) fn build(
     mode: SslMode,
     rootcert: Option<&Path>,
 ) -> Result<(Tls, PgSslMode), ProbeError> {
+    build_in(mode, rootcert, home_dir())
+}
+
+/// [`build`] for a user whose home directory is `home`.
+fn build_in(
+    mode: SslMode,
+    rootcert: Option<&Path>,
+    home: Option<PathBuf>,
+) -> Result<(Tls, PgSslMode), ProbeError> {
     let p = policy(mode, rootcert.is_some());
     if !p.use_tls {
         return Ok((Tls::Off, p.pg_mode));
     }
+    let default;
+    let rootcert = match rootcert {
+        Some(r) => Some(r),
+        None if p.verify_chain => {
+            default = default_root_file(mode, home)?;
+            Some(default.as_path())
+        }
+        None => None,
+    };
     let mut builder = native_tls::TlsConnector::builder();
     builder.danger_accept_invalid_certs(!p.verify_chain);
     builder.danger_accept_invalid_hostnames(!p.verify_host);
@@ -99,6 +117,34 @@ pub(super) fn build(
     }
     let connector = builder.build().map_err(ProbeError::Tls)?;
     Ok((Tls::Native(MakeTlsConnector::new(connector)), p.pg_mode))
+}
+
+/// The home directory of the user plusmoin runs as (after dropping root),
+/// as libpq finds it: the password database, not `$HOME`.
+fn home_dir() -> Option<PathBuf> {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
+        .filter(|d| !d.as_os_str().is_empty())
+}
+
+/// `verify-ca` / `verify-full` without `sslrootcert`: libpq's default root
+/// file, `~/.postgresql/root.crt`, which must exist. Never the system's
+/// public roots: any public CA would then vouch for a server.
+fn default_root_file(mode: SslMode, home: Option<PathBuf>) -> Result<PathBuf, ProbeError> {
+    let name = match mode {
+        SslMode::VerifyFull => "verify-full",
+        _ => "verify-ca",
+    };
+    let path = home.map(|h| h.join(".postgresql").join("root.crt"));
+    match path {
+        Some(p) if p.is_file() => Ok(p),
+        default => Err(ProbeError::NoDefaultRootCert {
+            mode: name,
+            default,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -152,14 +198,50 @@ mod tests {
 
     #[test]
     fn modes_without_rootcert_build() {
-        for mode in [
-            SslMode::Prefer,
-            SslMode::Require,
-            SslMode::VerifyCa,
-            SslMode::VerifyFull,
-        ] {
-            let (tls, _) = build(mode, None).unwrap();
+        let home = tempfile::tempdir().unwrap();
+        for mode in [SslMode::Prefer, SslMode::Require] {
+            let (tls, _) = build_in(mode, None, Some(home.path().into())).unwrap();
             assert!(matches!(tls, Tls::Native(_)));
         }
+    }
+
+    #[test]
+    fn verify_without_rootcert_needs_libpq_default_root_file() {
+        let home = tempfile::tempdir().unwrap();
+        let root = home.path().join(".postgresql").join("root.crt");
+        for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
+            // No root.crt: an error naming it, never the public roots.
+            let err = build_in(mode, None, Some(home.path().into()))
+                .err()
+                .expect("verify without any root certificate must fail");
+            assert!(matches!(err, ProbeError::NoDefaultRootCert { .. }), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains("sslrootcert"), "{msg}");
+            assert!(msg.contains(&root.display().to_string()), "{msg}");
+            let err = build_in(mode, None, None).err().expect("no home: fails");
+            assert!(err.to_string().contains("~/.postgresql/root.crt"), "{err}");
+        }
+        // With root.crt present it is read (a junk one is refused by name).
+        std::fs::create_dir(home.path().join(".postgresql")).unwrap();
+        std::fs::write(&root, "not a certificate\n").unwrap();
+        let err = build_in(SslMode::VerifyCa, None, Some(home.path().into()))
+            .err()
+            .expect("junk root.crt");
+        assert!(
+            matches!(
+                err,
+                ProbeError::ParseRootCert { .. } | ProbeError::NoRootCert { .. }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("root.crt"), "{err}");
+        // sslrootcert wins over the default file.
+        let other = home.path().join("missing.crt");
+        let err = build_in(SslMode::VerifyFull, Some(&other), Some(home.path().into()))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("missing.crt"), "{err}");
+        // prefer/require do not need it.
+        assert!(build_in(SslMode::Require, None, None).is_ok());
     }
 }

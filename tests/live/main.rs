@@ -2,10 +2,12 @@
 //! module per area).
 
 mod daemon;
+mod escape;
 mod events;
 mod faults;
 mod holds;
 mod monitor;
+mod notify;
 mod pgpool;
 mod pgpool_fixture;
 mod pgpool_safety;
