@@ -365,17 +365,57 @@ impl Daemon {
     /// One whole beat, for benchmarks and tests: tick, then every answer
     /// decided as it comes, until the beat is decided.
     pub async fn beat_once(&mut self) {
+        self.beat_once_timed().await;
+    }
+
+    /// [`Daemon::beat_once`], also saying, for every answer taken during
+    /// the beat, how long after the tick it was decided (for the scale
+    /// benchmark). A node asked but not answering before the beat closed
+    /// is not in the list.
+    pub async fn beat_once_timed(&mut self) -> Vec<(NodeName, Duration)> {
+        let t0 = Instant::now();
         self.tick();
+        let mut decided = Vec::new();
+        let mut taken = Vec::new();
         while self.beat.is_some() {
             let deadline = self.deadline().unwrap_or_else(Instant::now);
             tokio::select! {
+                r = self.monitor.recv() => {
+                    taken.push(r.node.clone());
+                    self.take(r);
+                    while let Some(r) = self.monitor.try_recv() {
+                        taken.push(r.node.clone());
+                        self.take(r);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => self.deadline_passed(),
+            }
+            self.decide();
+            let at = t0.elapsed();
+            decided.extend(taken.drain(..).map(|n| (n, at)));
+        }
+        decided
+    }
+
+    /// Runs the deciding loop for `period` as [`run_with`] would (beats
+    /// every `heartbeat` from now, news decided as it comes, lost nodes
+    /// retried), without signals or reloads: for benchmarks.
+    pub async fn run_for(&mut self, period: Duration) {
+        let end = Instant::now() + period;
+        let mut beats = ticker(self.config.heartbeat, Instant::now());
+        loop {
+            let deadline = self.deadline();
+            tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(end) => break,
+                _ = beats.tick() => self.tick(),
                 r = self.monitor.recv() => {
                     self.take(r);
                     while let Some(r) = self.monitor.try_recv() {
                         self.take(r);
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => self.deadline_passed(),
+                _ = sleep_until_some(deadline) => self.deadline_passed(),
             }
             self.decide();
         }
