@@ -13,7 +13,7 @@
 //! moment (and thawed when the victim is brought back): a design whose
 //! beat waits for its slowest server would show that server's
 //! connect_timeout in every figure. `--quick` runs 2 trials of each instead
-//! of 6 (3 instead of 4 at heartbeat 5 s); `LATENCY_VERBOSE=1` prints every
+//! of 10 (5 at heartbeat 5 s); `LATENCY_VERBOSE=1` prints every
 //! sample.
 
 use plusmoin::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
@@ -344,8 +344,8 @@ fn main() {
     for hb in HEARTBEATS {
         let trials = match (quick, hb <= 1.0) {
             (true, _) => 2,
-            (false, true) => 6,
-            (false, false) => 4,
+            (false, true) => 10,
+            (false, false) => 5,
         };
         let rows = measure(&sb, hb, trials, began);
         all.extend(rows);

@@ -447,7 +447,7 @@ fn print_table(rows: &[Measured]) {
         "beats",
         "decided median",
         "decided worst",
-        "frozen decided",
+        "frozen news",
         "beat closed",
         "CPU/beat (med)",
         "peak RSS",
@@ -472,9 +472,10 @@ fn print_table(rows: &[Measured]) {
     }
     println!(
         "\n\"decided\": from the tick to the decision of each answering node's news, over \
-         all measured beats (frozen nodes apart). \"frozen decided\": frozen nodes' news \
-         decided within those beats (they answer nothing). \"beat closed\": when the beat \
-         stopped waiting for the frozen ones (median); the others were decided long before."
+         all measured beats (frozen nodes apart). \"frozen news\": news about frozen nodes \
+         decided during those beats: their own probes (retries, being lost) giving up after \
+         connect_timeout, decided as they came. \"beat closed\": when the beat stopped \
+         waiting for the frozen ones (median), long after the others were decided."
     );
     if let Some(r) = rows.iter().find(|r| r.nodes == 1_000) {
         let aim = |ok: bool| if ok { "met" } else { "MISSED" };
