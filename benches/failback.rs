@@ -142,7 +142,7 @@ fn run(quick: bool) -> Res<String> {
         };
         for i in 1..=runs {
             let r = outage(&sb, &pg, Some(&pm))?;
-            let up = pm.slave_up_after(r.ready_ns)?;
+            let up = pm.slave_up_after(r.stopped_ns, r.ready_ns)?;
             println!(
                 "(a) plusmoin            run {i}: {}; slave_up after {:.2} s",
                 r.line(),
@@ -173,7 +173,7 @@ fn run(quick: bool) -> Res<String> {
             };
             for i in 1..=slow_runs {
                 let r = outage(&sb, &pg, Some(&pm))?;
-                let up = pm.slave_up_after(r.ready_ns)?;
+                let up = pm.slave_up_after(r.stopped_ns, r.ready_ns)?;
                 println!(
                     "(a) plusmoin, heartbeat {hb} s, run {i}: {}; slave_up after {:.2} s",
                     r.line(),
@@ -279,8 +279,10 @@ struct Outage {
     /// From `start_node`'s return to pgpool showing the node up/waiting.
     failback: Duration,
     ready_at: Instant,
-    /// `ready_at` on the wall clock (ns), to compare with trigger stamps.
+    /// `ready_at` and the stop's start on the wall clock (ns), to compare
+    /// with trigger stamps.
     ready_ns: i128,
+    stopped_ns: i128,
     up_at: Instant,
 }
 
@@ -298,6 +300,7 @@ impl Outage {
 /// it down [`OUTAGE`] more, starts it and times pgpool's failback.
 fn outage(sb: &Sandbox, pg: &Pgpool, pm: Option<&Daemon>) -> Res<Outage> {
     let stopping = Instant::now();
+    let stopped_ns = now_ns();
     sb.stop(STANDBY)?;
     wait_status(pg, &["down"], SETTLE_TIMEOUT)?;
     if let Some(pm) = pm {
@@ -316,6 +319,7 @@ fn outage(sb: &Sandbox, pg: &Pgpool, pm: Option<&Daemon>) -> Res<Outage> {
         failback: up_at - ready_at,
         ready_at,
         ready_ns,
+        stopped_ns,
         up_at,
     })
 }
@@ -478,9 +482,11 @@ impl Daemon {
         Ok(daemon)
     }
 
-    /// From `after` (wall clock, ns) to the first `slave_up` trigger
-    /// started since (waited for up to [`SETTLE_TIMEOUT`]).
-    fn slave_up_after(&self, after: i128) -> Res<Duration> {
+    /// From `ready` (wall clock, ns) to the first `slave_up` trigger
+    /// started since `after` (waited for up to [`SETTLE_TIMEOUT`]); zero if
+    /// it started before `ready` (plusmoin can see the server accept
+    /// connections before `pg_ctl start -w`, polling, does).
+    fn slave_up_after(&self, after: i128, ready: i128) -> Res<Duration> {
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         loop {
             let first = std::fs::read_dir(self.dir.path().join("events"))?
@@ -491,7 +497,7 @@ impl Daemon {
                 .filter(|t| *t > after)
                 .min();
             if let Some(t) = first {
-                return Ok(Duration::from_nanos((t - after) as u64));
+                return Ok(Duration::from_nanos((t - ready).max(0) as u64));
             }
             if Instant::now() >= deadline {
                 return Err(format!(
