@@ -18,6 +18,11 @@
 //! Setups:
 //! - (a) plusmoin, heartbeat 1 s, connect_timeout 1 s, max_sync_delay 5 s,
 //!   recover_sync_delay 2 s, with its pgpool section; auto_failback off.
+//!   Then the same at heartbeat 5 s and 60 s ([`SLOW_HEARTBEATS`], 3 runs
+//!   each, 1 with `--quick`): a restarted standby is retried every
+//!   `retry_interval` while lost, so it should be back as fast whatever the
+//!   heartbeat. For every plusmoin run, the time to `slave_up` (a trigger
+//!   writing a timestamp) is taken too.
 //! - (b) auto_failback on, auto_failback_interval 1 s; no plusmoin.
 //! - (c) auto_failback on, auto_failback_interval 60 s (pgpool's default);
 //!   no plusmoin. pgpool fails a node back at most once per interval, the
@@ -63,6 +68,29 @@ const WATCH: Duration = Duration::from_secs(15);
 /// pgpool's default auto_failback_interval.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 const UP: &[&str] = &["up", "waiting"];
+/// The heartbeats measured beside setup (a)'s 1 s.
+const SLOW_HEARTBEATS: [u64; 2] = [5, 60];
+/// The aim for plusmoin: back in pgpool this soon, at every heartbeat.
+const AIM: Duration = Duration::from_millis(300);
+/// The `slave_up` trigger: a nanosecond timestamp in `events/`.
+const SCRIPT: &str = r#"#!/bin/sh
+t=$(date +%s%N)
+d="$(dirname "$0")/events"
+printf '%s\n' "$t" > "$d/$t-$$.tmp" && mv "$d/$t-$$.tmp" "$d/$t-$$.ev"
+"#;
+
+fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// plusmoin's runs at one heartbeat: (to slave_up, to pgpool up) each.
+struct PlusmoinRuns {
+    heartbeat: u64,
+    slave_up: Vec<Duration>,
+    pgpool_up: Vec<Duration>,
+}
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -89,6 +117,8 @@ fn run(quick: bool) -> Res<String> {
         return Err("pgpool-II is not installed (apt-get install pgpool2)".into());
     }
     let (runs, c2_runs) = if quick { (2, 1) } else { (5, 3) };
+    let slow_runs = if quick { 1 } else { 3 };
+    let mut by_hb: Vec<PlusmoinRuns> = Vec::new();
     let sb = Sandbox::start(1)?;
     println!(
         "sandbox: primary :{}, standby :{}; {runs} runs per setup, {c2_runs} for (c2)",
@@ -101,15 +131,28 @@ fn run(quick: bool) -> Res<String> {
     let (q_plain, q_hold);
     {
         let pg = start_pgpool(&sb, None)?;
-        let pm = Daemon::start(&sb, &pg)?;
+        let pm = Daemon::start(&sb, &pg, 1)?;
         pm.wait_in_sync(&sb)?;
         wait_status(&pg, UP, SETTLE_TIMEOUT)?;
         let mut s = Vec::new();
+        let mut one = PlusmoinRuns {
+            heartbeat: 1,
+            slave_up: Vec::new(),
+            pgpool_up: Vec::new(),
+        };
         for i in 1..=runs {
             let r = outage(&sb, &pg, Some(&pm))?;
-            println!("(a) plusmoin            run {i}: {}", r.line());
+            let up = pm.slave_up_after(r.stopped_ns, r.ready_ns)?;
+            println!(
+                "(a) plusmoin            run {i}: {}; slave_up after {:.2} s",
+                r.line(),
+                up.as_secs_f64()
+            );
             s.push(r.failback);
+            one.slave_up.push(up);
+            one.pgpool_up.push(r.failback);
         }
+        by_hb.push(one);
         a = s;
         pm.wait_in_sync(&sb)?;
         q_plain = detached_on_purpose(&pg)?;
@@ -118,6 +161,29 @@ fn run(quick: bool) -> Res<String> {
         wait_status(&pg, UP, SETTLE_TIMEOUT)?;
         q_hold = held(&sb, &pg, &pm)?;
         println!("(a) held: {q_hold}");
+        drop(pm);
+        for hb in SLOW_HEARTBEATS {
+            let pm = Daemon::start(&sb, &pg, hb)?;
+            pm.wait_in_sync(&sb)?;
+            wait_status(&pg, UP, SETTLE_TIMEOUT)?;
+            let mut runs_hb = PlusmoinRuns {
+                heartbeat: hb,
+                slave_up: Vec::new(),
+                pgpool_up: Vec::new(),
+            };
+            for i in 1..=slow_runs {
+                let r = outage(&sb, &pg, Some(&pm))?;
+                let up = pm.slave_up_after(r.stopped_ns, r.ready_ns)?;
+                println!(
+                    "(a) plusmoin, heartbeat {hb} s, run {i}: {}; slave_up after {:.2} s",
+                    r.line(),
+                    up.as_secs_f64()
+                );
+                runs_hb.slave_up.push(up);
+                runs_hb.pgpool_up.push(r.failback);
+            }
+            by_hb.push(runs_hb);
+        }
     }
 
     // (b) auto_failback, interval 1 s.
@@ -186,7 +252,7 @@ fn run(quick: bool) -> Res<String> {
         println!("(c) detached on purpose (pgpool just restarted): {q_c}");
     }
 
-    Ok(report(&Report {
+    let mut text = report(&Report {
         runs,
         c2_runs,
         a: &a,
@@ -198,7 +264,10 @@ fn run(quick: bool) -> Res<String> {
         q_hold: &q_hold,
         q_b: &q_b,
         q_c: &q_c,
-    }))
+    });
+    text.push('\n');
+    text.push_str(&report_heartbeats(&by_hb));
+    Ok(text)
 }
 
 /// One outage's timings.
@@ -210,6 +279,10 @@ struct Outage {
     /// From `start_node`'s return to pgpool showing the node up/waiting.
     failback: Duration,
     ready_at: Instant,
+    /// `ready_at` and the stop's start on the wall clock (ns), to compare
+    /// with trigger stamps.
+    ready_ns: i128,
+    stopped_ns: i128,
     up_at: Instant,
 }
 
@@ -227,6 +300,7 @@ impl Outage {
 /// it down [`OUTAGE`] more, starts it and times pgpool's failback.
 fn outage(sb: &Sandbox, pg: &Pgpool, pm: Option<&Daemon>) -> Res<Outage> {
     let stopping = Instant::now();
+    let stopped_ns = now_ns();
     sb.stop(STANDBY)?;
     wait_status(pg, &["down"], SETTLE_TIMEOUT)?;
     if let Some(pm) = pm {
@@ -236,6 +310,7 @@ fn outage(sb: &Sandbox, pg: &Pgpool, pm: Option<&Daemon>) -> Res<Outage> {
     let called = Instant::now();
     sb.start_node(STANDBY)?;
     let ready_at = Instant::now();
+    let ready_ns = now_ns();
     wait_status(pg, UP, FAILBACK_TIMEOUT)?;
     let up_at = Instant::now();
     Ok(Outage {
@@ -243,6 +318,8 @@ fn outage(sb: &Sandbox, pg: &Pgpool, pm: Option<&Daemon>) -> Res<Outage> {
         start: ready_at - called,
         failback: up_at - ready_at,
         ready_at,
+        ready_ns,
+        stopped_ns,
         up_at,
     })
 }
@@ -352,24 +429,30 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(sb: &Sandbox, pg: &Pgpool) -> Res<Daemon> {
+    fn start(sb: &Sandbox, pg: &Pgpool, heartbeat: u64) -> Res<Daemon> {
         let dir = tempfile::tempdir()?;
         let d = dir.path().display().to_string();
+        std::fs::create_dir(dir.path().join("events"))?;
+        let script = dir.path().join("slave_up.sh");
+        std::fs::write(&script, SCRIPT)?;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
         let nodes: Vec<String> = (0..sb.len())
             .map(|i| format!(r#"{{"host": "{}", "port": {}}}"#, sb.host(), sb.port(i)))
             .collect();
         let config = format!(
             r#"{{
   "dbname": "{SANDBOX_DBNAME}", "user": "{SANDBOX_USER}", "password": "{SANDBOX_PASSWORD}",
-  "heartbeat": 1, "connect_timeout": 1, "max_sync_delay": 5, "recover_sync_delay": 2,
+  "heartbeat": {heartbeat}, "connect_timeout": 1, "max_sync_delay": 5, "recover_sync_delay": 2,
   "log_level": "info", "daemon_user": "{user}", "instance_name": "bench", "sslmode": "disable",
   "status_file": "{d}/status.json", "pid_file": "{d}/plusmoin.pid", "log_file": "{d}/plusmoin.log",
   "nodes": [{nodes}],
+  "triggers": {{"slave_up": "{script}"}},
   "pgpool": {{"pcp_host": "{host}", "pcp_port": {pcp_port}, "pcp_user": "{PCP_USER}",
              "pcppass_file": "{pcppass}", "pgpool_conf": "{conf}", "bin_dir": "{bin}"}}
 }}"#,
             user = current_user(),
             nodes = nodes.join(", "),
+            script = script.display(),
             host = pg.host(),
             pcp_port = pg.pcp_port(),
             pcppass = pg.pcppass_file().display(),
@@ -397,6 +480,34 @@ impl Daemon {
                 .spawn()?,
         );
         Ok(daemon)
+    }
+
+    /// From `ready` (wall clock, ns) to the first `slave_up` trigger
+    /// started since `after` (waited for up to [`SETTLE_TIMEOUT`]); zero if
+    /// it started before `ready` (plusmoin can see the server accept
+    /// connections before `pg_ctl start -w`, polling, does).
+    fn slave_up_after(&self, after: i128, ready: i128) -> Res<Duration> {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let first = std::fs::read_dir(self.dir.path().join("events"))?
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "ev"))
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .filter_map(|t| t.trim().parse::<i128>().ok())
+                .filter(|t| *t > after)
+                .min();
+            if let Some(t) = first {
+                return Ok(Duration::from_nanos((t - ready).max(0) as u64));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "no slave_up within {SETTLE_TIMEOUT:?}; log tail:\n{}",
+                    self.log_tail()
+                )
+                .into());
+            }
+            sleep(POLL);
+        }
     }
 
     fn status(&self) -> Option<serde_json::Value> {
@@ -567,5 +678,26 @@ fn report(r: &Report) -> String {
         r.c3.len(),
         stats(r.c3)
     ));
+    t
+}
+
+/// plusmoin at each heartbeat: to `slave_up`, and to pgpool showing the
+/// standby up, from the restarted standby accepting connections.
+fn report_heartbeats(rows: &[PlusmoinRuns]) -> String {
+    let mut t = String::from(
+        "| plusmoin, heartbeat | runs | to `slave_up`: min / median / max s | to pgpool up: min / median / max s | aim: pgpool up within 0.3 s |\n\
+         |---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let worst = r.pgpool_up.iter().max().copied().unwrap_or_default();
+        t.push_str(&format!(
+            "| {} s | {} | {} | {} | {} |\n",
+            r.heartbeat,
+            r.pgpool_up.len(),
+            stats(&r.slave_up).replace(" | ", " / "),
+            stats(&r.pgpool_up).replace(" | ", " / "),
+            if worst <= AIM { "met" } else { "MISSED" }
+        ));
+    }
     t
 }

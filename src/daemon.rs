@@ -53,6 +53,11 @@ const BEAT_SLACK: Duration = Duration::from_millis(100);
 /// row may have just been created.
 const REPLICATION_GRACE: Duration = Duration::from_millis(20);
 const PRIMING_GRACE: Duration = Duration::from_millis(100);
+/// News is decided at most this often: answers that come together (a
+/// beat's hundreds, the retries of many lost nodes) are decided in one
+/// step rather than one step each. News after a quiet spell is decided at
+/// once.
+const NEWS_BATCH: Duration = Duration::from_millis(10);
 
 /// The beat in progress.
 #[derive(Debug)]
@@ -97,6 +102,8 @@ pub struct Daemon {
     down: HashSet<NodeName>,
     /// Nodes the monitor retries on its own.
     lost: HashSet<NodeName>,
+    /// When news was last decided between beats (see [`NEWS_BATCH`]).
+    last_news_step: Option<Instant>,
 }
 
 impl Daemon {
@@ -120,6 +127,7 @@ impl Daemon {
             first: HashMap::new(),
             down: HashSet::new(),
             lost: HashSet::new(),
+            last_news_step: None,
         })
     }
 
@@ -194,6 +202,8 @@ impl Daemon {
     /// is read (when priming: the nodes that answered as slaves, now that
     /// the masters have written).
     fn send_reads(&mut self) {
+        // The masters' writes are decided before any slave is read.
+        self.step_news();
         let Some(b) = self.beat.as_mut() else {
             return;
         };
@@ -229,8 +239,27 @@ impl Daemon {
         }
     }
 
-    /// When the loop must wake up for the beat in progress.
+    /// When the loop must wake up: for the beat in progress, or to decide
+    /// news held back to be decided together (see [`NEWS_BATCH`]).
     pub fn deadline(&self) -> Option<Instant> {
+        let news = (!self.news.is_empty()).then(|| self.news_due());
+        match (self.beat_deadline(), news) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When news may be decided next.
+    fn news_due(&self) -> Instant {
+        match self.last_news_step {
+            Some(t) => t + NEWS_BATCH,
+            None => Instant::now(),
+        }
+    }
+
+    /// When the beat in progress must move on: its reads go out, or it is
+    /// decided.
+    fn beat_deadline(&self) -> Option<Instant> {
         let b = self.beat.as_ref()?;
         if let (Some(at), false) = (b.reads_at, b.reads_sent) {
             return Some(at);
@@ -248,8 +277,12 @@ impl Daemon {
         Some(b.reads_sent_at + self.config.connect_timeout + BEAT_SLACK)
     }
 
-    /// The beat's deadline passed: reads go out, or the beat is decided.
+    /// [`Daemon::deadline`] passed: if it was the beat's, its reads go out
+    /// or it is decided (held-back news is decided by [`Daemon::decide`]).
     pub fn deadline_passed(&mut self) {
+        if !self.beat_deadline().is_some_and(|d| d <= Instant::now()) {
+            return;
+        }
         let Some(b) = self.beat.as_ref() else { return };
         if !b.reads_sent {
             self.send_reads();
@@ -283,12 +316,12 @@ impl Daemon {
         }
     }
 
-    /// Decides the news taken so far, and the beat if all its answers are
-    /// in.
+    /// Decides the news taken so far (unless news was decided less than
+    /// [`NEWS_BATCH`] ago: then at [`Daemon::deadline`]), and the beat if
+    /// all its answers are in.
     pub fn decide(&mut self) {
-        if !self.news.is_empty() {
-            let news = std::mem::take(&mut self.news);
-            self.step(&news, false);
+        if !self.news.is_empty() && self.news_due() <= Instant::now() {
+            self.step_news();
         }
         let done = self
             .beat
@@ -296,6 +329,15 @@ impl Daemon {
             .is_some_and(|b| b.reads_sent && b.outstanding.is_empty());
         if done {
             self.close_beat();
+        }
+    }
+
+    /// Decides the news taken so far, now.
+    fn step_news(&mut self) {
+        if !self.news.is_empty() {
+            self.last_news_step = Some(Instant::now());
+            let news = std::mem::take(&mut self.news);
+            self.step(&news, false);
         }
     }
 
@@ -334,9 +376,19 @@ impl Daemon {
         for e in &events {
             self.act(&next, e);
         }
+        // The pgpool sidecar is told at every beat (it reads the holds and
+        // reconciles then), and between beats only when something it acts
+        // on changed (an event, a node's place or master): not for every
+        // answer that changed nothing, as retries of lost nodes and each
+        // beat's hundreds of answers mostly are.
+        let changed = !events.is_empty()
+            || self.state.nodes.len() != next.nodes.len()
+            || self.state.nodes.iter().zip(&next.nodes).any(|(a, b)| {
+                a.name != b.name || a.place != b.place || a.master_name != b.master_name
+            });
         if tick {
             self.pgpool.beat(&next, &events);
-        } else {
+        } else if changed {
             self.pgpool.news(&next, &events);
         }
         // A cluster emptied by moves is gone: its trigger queue finishes
@@ -374,17 +426,59 @@ impl Daemon {
     /// One whole beat, for benchmarks and tests: tick, then every answer
     /// decided as it comes, until the beat is decided.
     pub async fn beat_once(&mut self) {
+        self.beat_once_timed().await;
+    }
+
+    /// [`Daemon::beat_once`], also saying, for every answer taken during
+    /// the beat, how long after the tick it was decided (for the scale
+    /// benchmark). A node asked but not answering before the beat closed
+    /// is not in the list.
+    pub async fn beat_once_timed(&mut self) -> Vec<(NodeName, Duration)> {
+        let t0 = Instant::now();
         self.tick();
+        let mut decided = Vec::new();
+        let mut taken = Vec::new();
         while self.beat.is_some() {
             let deadline = self.deadline().unwrap_or_else(Instant::now);
             tokio::select! {
+                r = self.monitor.recv() => {
+                    taken.push(r.node.clone());
+                    self.take(r);
+                    while let Some(r) = self.monitor.try_recv() {
+                        taken.push(r.node.clone());
+                        self.take(r);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => self.deadline_passed(),
+            }
+            self.decide();
+            if self.news.is_empty() {
+                let at = t0.elapsed();
+                decided.extend(taken.drain(..).map(|n| (n, at)));
+            }
+        }
+        decided
+    }
+
+    /// Runs the deciding loop for `period` as [`run_with`] would (beats
+    /// every `heartbeat` from now, news decided as it comes, lost nodes
+    /// retried), without signals or reloads: for benchmarks.
+    pub async fn run_for(&mut self, period: Duration) {
+        let end = Instant::now() + period;
+        let mut beats = ticker(self.config.heartbeat, Instant::now());
+        loop {
+            let deadline = self.deadline();
+            tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(end) => break,
+                _ = beats.tick() => self.tick(),
                 r = self.monitor.recv() => {
                     self.take(r);
                     while let Some(r) = self.monitor.try_recv() {
                         self.take(r);
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => self.deadline_passed(),
+                _ = sleep_until_some(deadline) => self.deadline_passed(),
             }
             self.decide();
         }

@@ -537,7 +537,14 @@ pub async fn lift(config: &Config, given: &str) -> Result<Lifted, HoldError> {
 /// order.
 pub fn read_order(config: &Config, state: &crate::cluster::State) -> Vec<NodeName> {
     use crate::cluster::Place;
-    let rank = |n: &NodeName| match state.node(n).map(|s| s.place) {
+    // One map, not a search per comparison: this runs every beat.
+    let places: std::collections::HashMap<&NodeName, Place> = state
+        .nodes
+        .iter()
+        .rev()
+        .map(|s| (&s.name, s.place))
+        .collect();
+    let rank = |n: &NodeName| match places.get(n) {
         Some(Place::Master) => 0,
         Some(Place::Slave) => 1,
         _ => 2,
