@@ -14,7 +14,7 @@
 //! behind a slow one never acts on old news.
 
 use super::hold;
-use super::pcp::{NodeStatus, Pcp, PcpError, Watchdog};
+use super::pcp::{NodeInfo, NodeStatus, Pcp, PcpError, Watchdog};
 use super::plan::{self, Action, Decision, Memory, Ours, Remark, Seen, Settings, Step};
 use super::templates::Command;
 use crate::cluster::{Event, EventKind, NodeName, State};
@@ -396,8 +396,8 @@ impl Rounds {
         let Some(first) = v.targets.keys().next().filter(|_| v.started) else {
             return;
         };
-        let watchdog = match self.pcp.watchdog(first).await {
-            Ok(w) => w,
+        let (watchdog, seen) = match read_pgpool(&self.pcp, v, first).await {
+            Ok(read) => read,
             Err(e) => return self.failed(&e),
         };
         if self.watchdog.as_ref() != Some(&watchdog) {
@@ -407,18 +407,6 @@ impl Rounds {
                 watchdog.describe()
             );
             self.watchdog = Some(watchdog.clone());
-        }
-        let mut seen = Vec::with_capacity(v.targets.len());
-        for (name, t) in &v.targets {
-            match self.pcp.node_info(name, t.id).await {
-                Ok(pgpool) => seen.push(Seen {
-                    name: name.clone(),
-                    id: t.id,
-                    ours: t.ours.clone(),
-                    pgpool,
-                }),
-                Err(e) => return self.failed(&e),
-            }
         }
         self.health.ok();
         let ids: BTreeMap<NodeName, u32> =
@@ -511,6 +499,85 @@ impl Rounds {
         };
         self.report.send_replace(Some(report));
     }
+}
+
+/// How many pcp commands a round runs at once.
+const PCP_AT_ONCE: usize = 8;
+
+/// What one of a round's pcp reads found.
+enum Read {
+    Watchdog(Watchdog),
+    Node(usize, NodeInfo),
+}
+
+/// pgpool's watchdog and its view of every mapped node, read together (a
+/// few pcp processes at a time, so a round prompted by an event acts
+/// sooner); the first failure ends the round, killing the others.
+async fn read_pgpool(
+    pcp: &Arc<Pcp>,
+    v: &View,
+    first: &NodeName,
+) -> Result<(Watchdog, Vec<Seen>), PcpError> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(PCP_AT_ONCE));
+    let mut set = tokio::task::JoinSet::new();
+    let spawn_err = |e: tokio::task::JoinError| PcpError::Spawn {
+        program: "pcp".into(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    {
+        let (pcp, first, slots) = (Arc::clone(pcp), first.clone(), Arc::clone(&slots));
+        set.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            (0, pcp.watchdog(&first).await.map(Read::Watchdog))
+        });
+    }
+    let targets: Vec<(&NodeName, &Target)> = v.targets.iter().collect();
+    for (i, (name, t)) in targets.iter().enumerate() {
+        let (pcp, name, id, slots) = (Arc::clone(pcp), (*name).clone(), t.id, Arc::clone(&slots));
+        set.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            (
+                i + 1,
+                pcp.node_info(&name, id)
+                    .await
+                    .map(|info| Read::Node(i, info)),
+            )
+        });
+    }
+    // Every read is awaited, and a failure reported in a fixed order
+    // (watchdog first, then the nodes in order), so the same trouble gives
+    // the same message round after round (it is logged once).
+    let mut watchdog = None;
+    let mut infos: Vec<Option<NodeInfo>> = vec![None; targets.len()];
+    let mut failures: Vec<(usize, PcpError)> = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((_, Ok(Read::Watchdog(w)))) => watchdog = Some(w),
+            Ok((_, Ok(Read::Node(i, info)))) => infos[i] = Some(info),
+            Ok((order, Err(e))) => failures.push((order, e)),
+            Err(e) => failures.push((usize::MAX, spawn_err(e))),
+        }
+    }
+    if let Some(first_failure) = failures.into_iter().min_by_key(|(order, _)| *order) {
+        return Err(first_failure.1);
+    }
+    let seen = targets
+        .into_iter()
+        .zip(infos)
+        .filter_map(|((name, t), info)| {
+            Some(Seen {
+                name: name.clone(),
+                id: t.id,
+                ours: t.ours.clone(),
+                pgpool: info?,
+            })
+        })
+        .collect();
+    let watchdog = watchdog.ok_or_else(|| PcpError::Unreadable {
+        program: "pcp_watchdog_info".into(),
+        reason: "no answer".into(),
+    })?;
+    Ok((watchdog, seen))
 }
 
 /// Runs the step's pcp command and reads pgpool until it shows the result
