@@ -445,6 +445,28 @@ impl Pgpool {
         &self.bin
     }
 
+    /// pgpool's own status file (`pgpool_status`), one line per backend
+    /// ("up", "down", …): what pgpool believes, read without pcp, which
+    /// blocks while a backend is frozen. Empty when there is none yet.
+    pub fn status_file_lines(&self) -> Vec<String> {
+        fs::read_to_string(self.dir().join("pgpool_status"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// [`Pgpool::status_file_lines`] every 100 ms for `period`.
+    pub fn watch_status_file(&self, period: Duration) -> Vec<Vec<String>> {
+        let mut seen = Vec::new();
+        let began = Instant::now();
+        while began.elapsed() < period {
+            seen.push(self.status_file_lines());
+            thread::sleep(Duration::from_millis(100));
+        }
+        seen
+    }
+
     /// pgpool's own output (its log goes to stderr), kept across restarts.
     pub fn log_file(&self) -> &Path {
         &self.log

@@ -409,14 +409,6 @@ fn with_failover_a_killed_primary_is_replaced_and_the_other_standby_follows() {
 /// one `up`/`down`/`unused` line per node, rewritten on every change):
 /// readable without asking pgpool, so it does not block while a backend is
 /// frozen (pcp_node_info does).
-fn status_file(pgpool: &Pgpool) -> Vec<String> {
-    std::fs::read_to_string(pgpool.dir().join("pgpool_status"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 #[test]
 fn with_retries_a_primary_frozen_3s_is_never_detached() {
     let sb = ok("sandbox start", Sandbox::start(1));
@@ -433,18 +425,9 @@ fn with_retries_a_primary_frozen_3s_is_never_detached() {
         Pgpool::start_with_conf(&sb, opts, &["log_min_messages = log"]),
     );
     ok("freeze node 0", sb.freeze(0));
-    let frozen_at = Instant::now();
-    let mut seen = Vec::new();
-    while frozen_at.elapsed() < Duration::from_secs(3) {
-        seen.push(status_file(&pgpool));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut seen = pgpool.watch_status_file(Duration::from_secs(3));
     ok("thaw node 0", sb.thaw(0));
-    let thawed_at = Instant::now();
-    while thawed_at.elapsed() < Duration::from_secs(4) {
-        seen.push(status_file(&pgpool));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    seen.extend(pgpool.watch_status_file(Duration::from_secs(4)));
     assert!(
         seen.iter().all(|s| s.len() == 2),
         "unreadable status file: {seen:?}"

@@ -124,14 +124,6 @@ fn attach_attempts(p: &Plusmoin, id: usize) -> usize {
 
 /// The statuses in pgpool's status file (one `up`/`down` line per node):
 /// readable while pcp blocks on a frozen backend.
-fn status_file(pg: &Pgpool) -> Vec<String> {
-    std::fs::read_to_string(pg.dir().join("pgpool_status"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 /// The status's pgpool report.
 fn report(p: &Plusmoin) -> serde_json::Value {
     p.status()["pgpool"].clone()
@@ -205,13 +197,8 @@ fn primary_frozen_shorter_than_pgpools_retries_is_never_detached() {
     let thaw = scopeguard(|| {
         let _ = sb.thaw(0);
     });
-    let mut seen = Vec::new();
-    let frozen_at = Instant::now();
     // Shorter than pgpool's retries (5 × 1 s) and its failover.
-    while frozen_at.elapsed() < Duration::from_secs(3) {
-        seen.push(status_file(&pg));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut seen = pg.watch_status_file(Duration::from_secs(3));
     drop(thaw);
     let down = p.wait_event("master_down for the hung primary", LONG, |e| {
         e.kind == "master_down" && e.about(&n0)
@@ -219,7 +206,7 @@ fn primary_frozen_shorter_than_pgpools_retries_is_never_detached() {
     let down_at = down.payload.clone();
     let mut up = false;
     let back = wait_until(LONG, || {
-        seen.push(status_file(&pg));
+        seen.push(pg.status_file_lines());
         up = p
             .events()
             .iter()
@@ -231,12 +218,7 @@ fn primary_frozen_shorter_than_pgpools_retries_is_never_detached() {
         p.fail(&format!("no master_up for node 0 after {down_at}"));
     }
     // A few more rounds with the primary back: plusmoin leaves it be.
-    let window = watch_window(&t, 8, 3);
-    let watched_at = Instant::now();
-    while watched_at.elapsed() < window {
-        seen.push(status_file(&pg));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    seen.extend(pg.watch_status_file(watch_window(&t, 8, 3)));
     assert!(
         seen.iter().all(|s| s.len() == 2),
         "unreadable status file: {seen:?}"
