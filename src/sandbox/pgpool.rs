@@ -467,6 +467,18 @@ impl Pgpool {
         seen
     }
 
+    /// Why the snapshots of [`Pgpool::watch_status_file`] do not show
+    /// backend `id` up all along: a snapshot unreadable (not one line per
+    /// backend) or showing it down.
+    pub fn down_in(&self, seen: &[Vec<String>], id: usize) -> Option<String> {
+        if let Some(bad) = seen.iter().find(|s| s.len() != self.nodes) {
+            return Some(format!("unreadable status file {bad:?} in {seen:?}"));
+        }
+        seen.iter()
+            .any(|s| s.get(id).map(String::as_str) == Some("down"))
+            .then(|| format!("node {id} went down in the status file: {seen:?}"))
+    }
+
     /// pgpool's own output (its log goes to stderr), kept across restarts.
     pub fn log_file(&self) -> &Path {
         &self.log

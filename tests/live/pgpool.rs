@@ -106,18 +106,23 @@ pub(crate) fn plusmoin_cmd(p: &Plusmoin, args: &[&str]) -> std::process::Output 
         .expect("run plusmoin")
 }
 
+/// Node 2 up in pgpool; then stopped: `slave_down`, and pgpool shows it down.
+fn stop_standby_2_and_see_it_detached(p: &Plusmoin, sb: &Sandbox, pg: &Pgpool) {
+    let n2 = node(sb, 2);
+    wait_pgpool(p, pg, 2, UP, "node 2 up at start");
+    sb.stop(2).expect("stop standby 2");
+    p.wait_event("slave_down for standby 2", LONG, |e| {
+        e.kind == "slave_down" && e.about(&n2)
+    });
+    wait_pgpool(p, pg, 2, &["down"], "node 2 detached");
+}
+
 #[test]
 fn stopped_standby_is_detached_and_attached_again_by_plusmoin_when_in_sync() {
     let (sb, pg) = setup(2);
     let p = start(&sb, &pg);
     let n2 = node(&sb, 2);
-    wait_pgpool(&p, &pg, 2, UP, "node 2 up at start");
-
-    sb.stop(2).expect("stop standby 2");
-    p.wait_event("slave_down for standby 2", LONG, |e| {
-        e.kind == "slave_down" && e.about(&n2)
-    });
-    wait_pgpool(&p, &pg, 2, &["down"], "node 2 detached");
+    stop_standby_2_and_see_it_detached(&p, &sb, &pg);
     // pgpool's health check may have detached it first; either way the
     // handler looked and logged its outcome.
     wait_log(&p, "with the slave_down handler's outcome", |l| {
@@ -498,13 +503,7 @@ fn restarted_standby_is_back_in_pgpool_well_before_the_next_beat() {
     let p = Plusmoin::start(&sb, &t, &section(&pg, pg.pcppass_file()));
     healthy(&p, &sb);
     let n2 = node(&sb, 2);
-    wait_pgpool(&p, &pg, 2, UP, "node 2 up at start");
-
-    sb.stop(2).expect("stop standby 2");
-    p.wait_event("slave_down for standby 2", LONG, |e| {
-        e.kind == "slave_down" && e.about(&n2)
-    });
-    wait_pgpool(&p, &pg, 2, &["down"], "node 2 detached");
+    stop_standby_2_and_see_it_detached(&p, &sb, &pg);
 
     sb.start_node(2).expect("start standby 2");
     let accepted = std::time::SystemTime::now();
