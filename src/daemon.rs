@@ -291,6 +291,14 @@ impl Daemon {
         }
     }
 
+    /// Takes `first` and every other answer already waiting.
+    fn take_all(&mut self, first: Report) {
+        self.take(first);
+        while let Some(r) = self.monitor.try_recv() {
+            self.take(r);
+        }
+    }
+
     /// Takes one probe's outcome (decided by [`Daemon::decide`]).
     pub fn take(&mut self, r: Report) {
         if matches!(r.obs, Observation::Down { .. }) {
@@ -472,12 +480,7 @@ impl Daemon {
                 biased;
                 _ = tokio::time::sleep_until(end) => break,
                 _ = beats.tick() => self.tick(),
-                r = self.monitor.recv() => {
-                    self.take(r);
-                    while let Some(r) = self.monitor.try_recv() {
-                        self.take(r);
-                    }
-                }
+                r = self.monitor.recv() => self.take_all(r),
                 _ = sleep_until_some(deadline) => self.deadline_passed(),
             }
             self.decide();
@@ -664,12 +667,7 @@ pub async fn run_with(
                 }
             }
             _ = beats.tick() => daemon.tick(),
-            r = daemon.monitor.recv() => {
-                daemon.take(r);
-                while let Some(r) = daemon.monitor.try_recv() {
-                    daemon.take(r);
-                }
-            }
+            r = daemon.monitor.recv() => daemon.take_all(r),
             _ = sleep_until_some(deadline) => daemon.deadline_passed(),
         }
         daemon.decide();
