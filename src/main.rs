@@ -134,7 +134,8 @@ fn start(cli: &Cli) -> Result<(), Failure> {
         // are usually root's, and the open descriptors outlive the switch.
         let pid = lifecycle::PidFile::acquire(&config.pid_file).map_err(|e| e.to_string())?;
         let log_file = (!cli.foreground).then_some(config.log_file.as_path());
-        lifecycle::init_logging(config.log_level, log_file).map_err(|e| e.to_string())?;
+        lifecycle::init_logging(config.log_level, config.log_format, log_file)
+            .map_err(|e| e.to_string())?;
         lifecycle::drop_privileges(&config.daemon_user).map_err(|e| e.to_string())?;
         Ok(pid)
     };

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use plusmoin::config::LogLevel;
+use plusmoin::config::{LogFormat, LogLevel};
 use plusmoin::lifecycle::{self, LifecycleError, PidFile};
 
 const HELPER_ENV: &str = "PLUSMOIN_LIFECYCLE_HELPER";
@@ -118,9 +118,16 @@ fn helper_daemon() -> i32 {
     }
 }
 
+fn log_format() -> LogFormat {
+    match std::env::var("HELPER_LOG_FORMAT").as_deref() {
+        Ok("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    }
+}
+
 fn helper_log() -> i32 {
     let file = std::env::var_os("HELPER_LOG_FILE").map(PathBuf::from);
-    if let Err(e) = lifecycle::init_logging(LogLevel::Info, file.as_deref()) {
+    if let Err(e) = lifecycle::init_logging(LogLevel::Info, log_format(), file.as_deref()) {
         eprintln!("init_logging: {e}");
         return 4;
     }
@@ -668,6 +675,36 @@ fn log_file_gets_utc_rfc3339_lines_at_the_configured_level_appended() {
 }
 
 #[test]
+fn json_log_file_has_one_object_a_line_with_the_fields_at_the_top() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("plusmoin.log");
+    let mut helper = spawn_helper(
+        "log",
+        &[
+            ("HELPER_LOG_FILE", &log),
+            ("HELPER_LOG_FORMAT", Path::new("json")),
+        ],
+    );
+    let status = helper.wait_exit();
+    assert!(status.success(), "{status:?}: {}", helper.stderr());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    // Same filtering as text: info, error and the other crate's warning.
+    assert_eq!(lines.len(), 3, "{text}");
+    let info = &lines[0];
+    assert_eq!(info["message"], "info-marker", "{info}");
+    assert_eq!(info["node"], "db1:5432", "fields at the top level: {info}");
+    assert_eq!(info["level"], "INFO", "{info}");
+    assert!(
+        is_utc_rfc3339(info["timestamp"].as_str().unwrap()),
+        "{info}"
+    );
+}
+
+#[test]
 fn logs_go_to_stdout_without_a_file() {
     let mut helper = spawn_helper("log", &[]);
     let line = helper.line_containing("info-marker");
@@ -681,7 +718,7 @@ fn logs_go_to_stdout_without_a_file() {
 fn init_logging_names_a_log_file_it_cannot_open() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("missing-dir/plusmoin.log");
-    let msg = lifecycle::init_logging(LogLevel::Info, Some(&log))
+    let msg = lifecycle::init_logging(LogLevel::Info, LogFormat::Text, Some(&log))
         .unwrap_err()
         .to_string();
     assert!(msg.contains(&log.display().to_string()), "{msg}");

@@ -186,6 +186,33 @@ impl LogLevel {
     }
 }
 
+/// `log_format`: plain lines for people, or one JSON object per line for
+/// log shippers (the same fields: timestamp, level, message, and each event's
+/// own fields such as `event`, `cluster`, `node`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub const ALL: [LogFormat; 2] = [LogFormat::Text, LogFormat::Json];
+    /// The name used in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl fmt::Display for LogLevel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -253,6 +280,7 @@ pub struct Config {
     pub trigger_timeout: Duration,
     pub log_file: PathBuf,
     pub log_level: LogLevel,
+    pub log_format: LogFormat,
     pub daemon_user: String,
     pub pid_file: PathBuf,
     pub status_file: PathBuf,
@@ -318,6 +346,7 @@ impl Config {
         row("is_slave_statement", &self.is_slave_statement);
         row("log_file", &self.log_file.display());
         row("log_level", &self.log_level);
+        row("log_format", &self.log_format);
         row("daemon_user", &self.daemon_user);
         row("pid_file", &self.pid_file.display());
         row("status_file", &self.status_file.display());

@@ -60,6 +60,7 @@ fn full_config_parses_with_values_and_comments_of_both_kinds() {
   },
   "log_file": "/tmp/pm.log",
   "log_level": "debug",
+  "log_format": "json",
   "daemon_user": "postgres",
   "pid_file": "/tmp/pm.pid",
   "status_file": "/tmp/status.json"
@@ -87,6 +88,7 @@ fn full_config_parses_with_values_and_comments_of_both_kinds() {
     assert_eq!(t.line, "/usr/bin/notify 'master is down' --urgent");
     assert_eq!(c.log_file, PathBuf::from("/tmp/pm.log"));
     assert_eq!(c.log_level, LogLevel::Debug);
+    assert_eq!(c.log_format, LogFormat::Json);
     assert_eq!(c.daemon_user, "postgres");
     assert_eq!(c.pid_file, PathBuf::from("/tmp/pm.pid"));
     assert_eq!(c.status_file, PathBuf::from("/tmp/status.json"));
@@ -104,6 +106,7 @@ fn minimal_config_gets_every_default() {
     assert!(c.triggers.is_empty());
     assert_eq!(c.log_file, PathBuf::from("/var/log/plusmoin/plusmoin.log"));
     assert_eq!(c.log_level, LogLevel::Error);
+    assert_eq!(c.log_format, LogFormat::Text);
     assert_eq!(c.daemon_user, "nobody");
     assert_eq!(c.pid_file, PathBuf::from("/var/run/plusmoin/plusmoin.pid"));
     assert_eq!(
@@ -432,6 +435,21 @@ fn unknown_log_level_lists_valid_ones() {
     assert_eq!(
         refused(&text),
         "x.json:2:14: log_level: \"INFO\" is not one of error, info, debug (did you mean \"info\"?)"
+    );
+}
+
+#[test]
+fn unknown_log_format_lists_valid_ones() {
+    let text = with(r#""log_format": "JSON""#);
+    assert_eq!(
+        refused(&text),
+        "x.json:2:15: log_format: \"JSON\" is not one of text, json (did you mean \"json\"?)"
+    );
+    let text = with(r#""log_format": 1"#);
+    assert!(
+        refused(&text).starts_with("x.json:2:15: log_format: "),
+        "{}",
+        refused(&text)
     );
 }
 

@@ -7,7 +7,7 @@
 use super::json::{Document, Json, Spanned};
 use super::secrets::{self, PasswordSource};
 use super::{
-    defaults, Config, ConfigError, LogLevel, NodeConfig, PgpoolConfig, Secret, SslMode,
+    defaults, Config, ConfigError, LogFormat, LogLevel, NodeConfig, PgpoolConfig, Secret, SslMode,
     TriggerCommand,
 };
 use crate::cluster::{EventKind, NodeName};
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Every top-level key, in the order the documentation lists them.
-pub const KEYS: [&str; 22] = [
+pub const KEYS: [&str; 23] = [
     "dbname",
     "user",
     "password",
@@ -37,6 +37,7 @@ pub const KEYS: [&str; 22] = [
     "trigger_timeout",
     "log_file",
     "log_level",
+    "log_format",
     "daemon_user",
     "pid_file",
     "status_file",
@@ -98,6 +99,7 @@ struct Raw {
     trigger_timeout: Option<Duration>,
     log_file: Option<PathBuf>,
     log_level: Option<LogLevel>,
+    log_format: Option<LogFormat>,
     daemon_user: Option<String>,
     pid_file: Option<PathBuf>,
     status_file: Option<PathBuf>,
@@ -188,6 +190,7 @@ impl Validator<'_> {
                 "trigger_timeout" => raw.trigger_timeout = Some(self.duration(value, k)?),
                 "log_file" => raw.log_file = Some(self.path(value, k)?),
                 "log_level" => raw.log_level = Some(self.log_level(value)?),
+                "log_format" => raw.log_format = Some(self.log_format(value)?),
                 "daemon_user" => raw.daemon_user = Some(self.non_empty_string(value, k)?),
                 "pid_file" => raw.pid_file = Some(self.path(value, k)?),
                 "status_file" => raw.status_file = Some(self.path(value, k)?),
@@ -288,6 +291,7 @@ impl Validator<'_> {
             trigger_timeout: raw.trigger_timeout.unwrap_or(defaults::TRIGGER_TIMEOUT),
             log_file: raw.log_file.unwrap_or_else(|| defaults::LOG_FILE.into()),
             log_level: raw.log_level.unwrap_or_default(),
+            log_format: raw.log_format.unwrap_or_default(),
             daemon_user: raw
                 .daemon_user
                 .unwrap_or_else(|| defaults::DAEMON_USER.into()),
@@ -684,6 +688,11 @@ impl Validator<'_> {
     fn log_level(&self, v: &Spanned<Json>) -> Result<LogLevel, ConfigError> {
         let choices = LogLevel::ALL.map(|l| (l.as_str(), l));
         self.choice(v, "log_level", &choices)
+    }
+
+    fn log_format(&self, v: &Spanned<Json>) -> Result<LogFormat, ConfigError> {
+        let choices = LogFormat::ALL.map(|f| (f.as_str(), f));
+        self.choice(v, "log_format", &choices)
     }
 
     fn sslmode(&self, v: &Spanned<Json>) -> Result<SslMode, ConfigError> {

@@ -1,4 +1,4 @@
-//! Logging set-up: level, format, stdout or a file.
+//! Logging set-up: level, format (text or JSON lines), stdout or a file.
 
 use std::fs::OpenOptions;
 use std::io::{self, IsTerminal};
@@ -7,15 +7,24 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use super::LifecycleError;
-use crate::config::LogLevel;
+use crate::config::{LogFormat, LogLevel};
 
 /// The level applies to plusmoin's own events; other crates (tokio-postgres
 /// notices, …) log only warnings and errors, or only errors at `error`.
 /// Timestamps are UTC, RFC 3339. Without a file, logs go to stdout (`-x`).
-pub fn init_logging(level: LogLevel, file: Option<&Path>) -> Result<(), LifecycleError> {
+///
+/// `json`: one object per line, the event's fields at the top level beside
+/// `timestamp`, `level`, `target` and `message` (no spans: plusmoin logs
+/// none that matter), so a shipper needs no parsing rules.
+pub fn init_logging(
+    level: LogLevel,
+    format: LogFormat,
+    file: Option<&Path>,
+) -> Result<(), LifecycleError> {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
     use tracing_subscriber::prelude::*;
+    use tracing_subscriber::Layer;
 
     let (ours, others) = match level {
         LogLevel::Error => (LevelFilter::ERROR, LevelFilter::ERROR),
@@ -40,10 +49,19 @@ pub fn init_logging(level: LogLevel, file: Option<&Path>) -> Result<(), Lifecycl
             (BoxMakeWriter::new(Mutex::new(log)), false)
         }
     };
-    let layer = tracing_subscriber::fmt::layer()
-        .with_writer(writer)
-        .with_ansi(ansi)
-        .with_target(level == LogLevel::Debug);
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
+    let layer: Box<dyn Layer<_> + Send + Sync> = match format {
+        LogFormat::Text => layer
+            .with_ansi(ansi)
+            .with_target(level == LogLevel::Debug)
+            .boxed(),
+        LogFormat::Json => layer
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .boxed(),
+    };
     tracing_subscriber::registry()
         .with(layer.with_filter(filter))
         .try_init()
