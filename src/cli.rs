@@ -78,5 +78,11 @@ pub enum Command {
         /// Only start the sandbox and plusmoin; do not play the story.
         #[arg(long)]
         no_story: bool,
+        /// Also start a real pgpool-II in front of the sandbox (health
+        /// checks, failover_command, auto_failback off) and play the
+        /// sidecar's story: a standby stops and pgpool detaches it; it
+        /// comes back and plusmoin attaches it again in pgpool.
+        #[arg(long)]
+        pgpool: bool,
     },
 }

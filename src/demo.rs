@@ -3,9 +3,17 @@
 //! triggers print every event, and plays a short story: a standby stops and
 //! comes back, then the primary dies and a standby is promoted.
 //!
+//! `--pgpool` puts a real pgpool-II in front of the sandbox (health checks,
+//! a `failover_command`, `auto_failback` off: the shape of a production
+//! pgpool), gives plusmoin a `pgpool` section, and tells the sidecar's
+//! story instead: a standby stops and pgpool detaches it; it starts again,
+//! and plusmoin attaches it back once it is in sync, which pgpool alone
+//! would not do. `pcp_node_info` is shown before and after.
+//!
 //! [`sandbox`]: crate::sandbox
 
 use crate::config::{self, LogLevel};
+use crate::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions, PCP_USER};
 use crate::sandbox::Sandbox;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +22,14 @@ use std::time::{Duration, Instant};
 
 const PRINT_EVENT: &str = include_str!("../contrib/triggers/print-event.sh");
 
-pub fn run(story: bool) -> ExitCode {
-    match demo(story) {
+/// What `demo --pgpool` says when pgpool-II is missing.
+const NO_PGPOOL: &str =
+    "pgpool-II is not installed: install it (Debian, Ubuntu: `apt-get install pgpool2`; \
+     elsewhere see https://www.pgpool.net), then run `plusmoin demo --pgpool` again; \
+     `plusmoin demo` runs without it";
+
+pub fn run(story: bool, pgpool: bool) -> ExitCode {
+    match demo(story, pgpool) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("plusmoin demo: {e}");
@@ -28,9 +42,49 @@ fn say(msg: &str) {
     println!("\n=== demo: {msg}");
 }
 
-fn demo(story: bool) -> Result<(), String> {
+fn demo(story: bool, with_pgpool: bool) -> Result<(), String> {
+    if with_pgpool && !pgpool_installed() {
+        return Err(NO_PGPOOL.into());
+    }
     say("starting a primary and two standbys on loopback (a few seconds)…");
     let sandbox = Arc::new(Sandbox::start(2).map_err(|e| e.to_string())?);
+    let pgpool = match with_pgpool {
+        false => None,
+        true => {
+            say(
+                "starting pgpool-II in front of them: health check every second, 2 retries, \
+                 failover_command, auto_failback off",
+            );
+            let opts = PgpoolOptions {
+                health_check_period: Some(1),
+                health_check_max_retries: 2,
+                failover: true,
+                ..PgpoolOptions::default()
+            };
+            let pg = Pgpool::start(&sandbox, opts).map_err(|e| e.to_string())?;
+            say(&format!(
+                "pgpool listens on {}:{} (pcp on port {})",
+                pg.host(),
+                pg.port(),
+                pg.pcp_port()
+            ));
+            Some(Arc::new(pg))
+        }
+    };
+    let pgpool_section = pgpool.as_ref().map_or_else(String::new, |pg| {
+        format!(
+            r#",
+  "pgpool": {{
+    "pcp_host": "{}", "pcp_port": {}, "pcp_user": "{PCP_USER}",
+    "pcppass_file": "{}", "pgpool_conf": "{}", "bin_dir": "{}"
+  }}"#,
+            pg.host(),
+            pg.pcp_port(),
+            pg.pcppass_file().display(),
+            pg.conf_file().display(),
+            pg.bin_dir().display()
+        )
+    });
     let dir = sandbox.dir().to_path_buf();
     let script = dir.join("print-event.sh");
     std::fs::write(&script, PRINT_EVENT).map_err(|e| e.to_string())?;
@@ -63,7 +117,7 @@ fn demo(story: bool) -> Result<(), String> {
   "triggers": {{
     "plusmoin_up": "{t}", "master_up": "{t}", "master_down": "{t}",
     "slave_up": "{t}", "slave_down": "{t}"
-  }}
+  }}{pgpool_section}
 }}
 "#,
         db = crate::sandbox::SANDBOX_DBNAME,
@@ -87,8 +141,12 @@ fn demo(story: bool) -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
     let story_thread = story.then(|| {
         let sandbox = Arc::clone(&sandbox);
+        let pgpool = pgpool.clone();
         let stop = Arc::clone(&stop);
-        std::thread::spawn(move || play_story(&sandbox, &stop))
+        std::thread::spawn(move || match pgpool {
+            Some(pg) => play_pgpool_story(&sandbox, &pg, &stop),
+            None => play_story(&sandbox, &stop),
+        })
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -99,6 +157,10 @@ fn demo(story: bool) -> Result<(), String> {
     stop.store(true, Ordering::SeqCst);
     if let Some(t) = story_thread {
         let _ = t.join();
+    }
+    if let Some(pg) = pgpool {
+        say("stopping pgpool-II");
+        drop(pg);
     }
     say("stopping the sandbox servers");
     drop(sandbox);
@@ -165,4 +227,84 @@ fn play_story(sb: &Sandbox, stop: &AtomicBool) {
         return;
     }
     say("story over: plusmoin keeps watching. Press Ctrl-C to stop it and the sandbox.");
+}
+
+/// Polls `check` every 200 ms for up to `within`; false when it never held
+/// or the demo is stopping.
+fn wait_for(stop: &AtomicBool, within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// `pcp_node_info -v` for backend `id`, printed as pgpool says it.
+fn show_node_info(pg: &Pgpool, id: usize) {
+    match pg.pcp_raw("pcp_node_info", &["-v", "-n", &id.to_string()]) {
+        Ok(out) => {
+            println!("$ {}", out.command);
+            for line in out.stdout.lines().chain(out.stderr.lines()) {
+                println!("    {line}");
+            }
+        }
+        Err(e) => println!("=== demo: pcp_node_info failed: {e}"),
+    }
+}
+
+fn node_up(pg: &Pgpool, id: usize) -> bool {
+    pg.node_status(id)
+        .is_ok_and(|s| s == "up" || s == "waiting")
+}
+
+fn play_pgpool_story(sb: &Sandbox, pg: &Pgpool, stop: &AtomicBool) {
+    let s2 = sb.port(2);
+    let up = |id| node_up(pg, id);
+    say("waiting until pgpool has every backend up");
+    if !wait_for(stop, Duration::from_secs(30), || (0..pg.len()).all(up)) {
+        say("pgpool did not show every backend up within 30 s");
+        return;
+    }
+    if !pause(stop, 3) {
+        return;
+    }
+    say(&format!(
+        "stopping standby {s2} (pgpool backend 2): expect slave_down; pgpool's health \
+         check (or plusmoin, which saw the connection close) detaches it"
+    ));
+    if let Err(e) = sb.stop(2) {
+        println!("=== demo: that failed: {e}");
+        return;
+    }
+    let down = || pg.node_status(2).is_ok_and(|s| s == "down");
+    if !wait_for(stop, Duration::from_secs(30), down) {
+        say("pgpool did not detach backend 2 within 30 s");
+        return;
+    }
+    say("pgpool has detached backend 2:");
+    show_node_info(pg, 2);
+    if !pause(stop, 2) {
+        return;
+    }
+    say(&format!(
+        "starting standby {s2} again: with auto_failback off pgpool alone would leave it \
+         detached; expect slave_up once it streams, then plusmoin's pcp_attach_node"
+    ));
+    if let Err(e) = sb.start_node(2) {
+        println!("=== demo: that failed: {e}");
+        return;
+    }
+    if !wait_for(stop, Duration::from_secs(60), || up(2)) {
+        say("backend 2 was not attached again within 60 s");
+        return;
+    }
+    say("plusmoin has attached backend 2 again:");
+    show_node_info(pg, 2);
+    say("story over: plusmoin keeps watching. Press Ctrl-C to stop it, pgpool and the sandbox.");
 }

@@ -52,8 +52,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Stop { timeout } => stop(&cli, timeout),
         Command::Reload => reload(&cli),
         Command::Status { table } => show_status(&cli, table),
-        Command::Demo { no_story } => {
-            let code = demo::run(!no_story);
+        Command::Demo { no_story, pgpool } => {
+            let code = demo::run(!no_story, pgpool);
             if code == ExitCode::SUCCESS {
                 Ok(())
             } else {

@@ -2,6 +2,7 @@
 //! module per area).
 
 mod daemon;
+mod demo;
 mod escape;
 mod events;
 mod faults;
