@@ -6,6 +6,7 @@ mod escape;
 mod events;
 mod faults;
 mod holds;
+mod http;
 mod monitor;
 mod notify;
 mod pgpool;
