@@ -591,20 +591,21 @@ fn garbage_oversized_and_slow_requests_get_4xx_or_are_dropped_and_the_beat_goes_
         "a beat came late while slow clients held every connection: {beats:?}"
     );
     // Each is dropped once its head is overdue (5 s), while still sending.
-    let mut dropped = 0;
-    for s in &mut slow {
+    for (i, s) in slow.iter_mut().enumerate() {
         let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
         let mut buf = [0u8; 256];
-        if matches!(s.read(&mut buf), Ok(0) | Err(_)) || s.write_all(b"b").is_err() {
-            dropped += 1;
-        } else if let Ok(n) = s.read(&mut buf) {
+        match s.read(&mut buf) {
+            // Closed (or reset).
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
             // An answer (408) is fine too, as long as it is 4xx.
-            let text = String::from_utf8_lossy(&buf[..n]);
-            assert!(text.starts_with("HTTP/1.1 4"), "{text}");
-            dropped += 1;
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                assert!(text.starts_with("HTTP/1.1 4"), "slow client {i}: {text}");
+            }
+            Err(e) => panic!("slow client {i} still open after 20 s more: {e}"),
         }
     }
-    assert_eq!(dropped, 64);
     assert!(
         opened.elapsed() < Duration::from_secs(30),
         "slow clients dropped after {:?}",
@@ -686,12 +687,11 @@ fn a_changed_http_listen_on_reload_is_warned_about_and_the_listener_stays() {
     let (p, addr) = start(&sb, &t);
     healthy(&p, &sb);
     let other: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    p.write_config(
-        &sb,
-        &t,
-        &format!(r#", "http_listen": "{other}", "heartbeat": 0.6"#),
-        &[0, 1],
-    );
+    let t = Timings {
+        heartbeat: 0.6,
+        ..t
+    };
+    p.write_config(&sb, &t, &format!(r#", "http_listen": "{other}""#), &[0, 1]);
     let pid = nix::unistd::Pid::from_raw(p.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
     let warned = wait_until(LONG, || {
