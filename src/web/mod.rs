@@ -17,7 +17,9 @@ mod server;
 #[cfg(test)]
 mod tests;
 
-pub use server::{bind, serve, Listener};
+pub use server::{
+    bind, serve, Listener, CONNECTION_LIFETIME, HEAD_TIMEOUT, MAX_CONNECTIONS, MAX_HEAD,
+};
 
 use crate::cluster::NodeName;
 use crate::payload::{NodeEntry, Status};
