@@ -432,6 +432,10 @@ fn haproxy(sb: &Sandbox, plusmoin: SocketAddr, write: u16, read: u16) -> Haproxy
 /// recovery; with `write`, a row inserted first (which only a primary
 /// takes).
 fn through(port: u16, write: bool) -> Result<(i32, bool), String> {
+    let db = |e: tokio_postgres::Error| match e.as_db_error() {
+        Some(d) => d.message().to_string(),
+        None => e.to_string(),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -456,12 +460,12 @@ fn through(port: u16, write: bool) -> Result<(i32, bool), String> {
                      INSERT INTO http_test_writes VALUES (now())",
                 )
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(db)?;
         }
         let row = client
             .query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[])
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(db)?;
         drop(client);
         let _ = conn.await;
         Ok((row.get(0), row.get(1)))
@@ -482,11 +486,11 @@ fn haproxy_routes_writes_to_the_primary_and_follows_the_promotion() {
     let port = |i: usize| i32::from(sb.port(i));
 
     let mut last = Err(String::new());
-    let ok = wait_until(LONG, || {
-        last = through(write, true);
-        last == Ok((port(0), false))
-    });
-    assert!(ok, "a write through HAProxy reaches the primary: {last:?}");
+    let ok = consistently(write, true, Ok((port(0), false)), &mut last);
+    assert!(
+        ok,
+        "writes through HAProxy reach the primary only: {last:?}"
+    );
     // Reads go to the standbys, both in turn.
     let mut seen = std::collections::BTreeSet::new();
     let ok = wait_until(LONG, || {
@@ -507,22 +511,30 @@ fn haproxy_routes_writes_to_the_primary_and_follows_the_promotion() {
 
     sb.kill9(0).expect("kill primary");
     sb.promote(1).expect("promote standby 1");
-    let ok = wait_until(LONG, || {
-        last = through(write, true);
-        last == Ok((port(1), false))
-    });
+    let ok = consistently(write, true, Ok((port(1), false)), &mut last);
     assert!(ok, "writes follow the promotion: {last:?}");
     // Standby 2, repointed to the new primary, serves reads again.
     sb.repoint(2, 1).expect("repoint standby 2");
-    let ok = wait_until(LONG, || {
-        last = through(read, false);
-        last == Ok((port(2), true))
-    });
-    assert!(ok, "reads reach the repointed standby: {last:?}");
     // And nothing else: the new primary is no replica.
-    for _ in 0..4 {
-        assert_eq!(through(read, false), Ok((port(2), true)));
-    }
+    let ok = consistently(read, false, Ok((port(2), true)), &mut last);
+    assert!(ok, "reads reach the repointed standby only: {last:?}");
+}
+
+/// Waits until four connections in a row through `port` all give `want`
+/// (HAProxy balances round-robin over the servers it has up, so a second
+/// server up would take one of them); `last` is the last answer.
+fn consistently(
+    port: u16,
+    write: bool,
+    want: Result<(i32, bool), String>,
+    last: &mut Result<(i32, bool), String>,
+) -> bool {
+    wait_until(LONG, || {
+        (0..4).all(|_| {
+            *last = through(port, write);
+            *last == want
+        })
+    })
 }
 
 /// When each status the daemon wrote was decided, polled every 50 ms for
