@@ -40,6 +40,11 @@ pub enum DaemonError {
     Probe(#[from] crate::probe::ProbeError),
     #[error("cannot listen for signals: {0}")]
     Signal(std::io::Error),
+    #[error("cannot listen on http_listen {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The longest the slaves' reads wait for the masters' writes of a beat.
@@ -104,6 +109,8 @@ pub struct Daemon {
     lost: HashSet<NodeName>,
     /// When news was last decided between beats (see [`NEWS_BATCH`]).
     last_news_step: Option<Instant>,
+    /// The HTTP listener's view, published with each status written.
+    web: crate::web::Publisher,
 }
 
 impl Daemon {
@@ -128,6 +135,7 @@ impl Daemon {
             down: HashSet::new(),
             lost: HashSet::new(),
             last_news_step: None,
+            web: crate::web::Publisher::new(),
         })
     }
 
@@ -142,6 +150,11 @@ impl Daemon {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// What the HTTP listener serves: each status as it is written.
+    pub fn snapshots(&self) -> crate::web::Snapshots {
+        self.web.subscribe()
     }
 
     fn policy(&self) -> Policy {
@@ -354,6 +367,7 @@ impl Daemon {
     fn close_beat(&mut self) {
         let Some(b) = self.beat.take() else { return };
         self.decisions += 1;
+        crate::web::metrics::COUNTERS.beat_closed(b.began.elapsed());
         if !self.state.started {
             let all: Vec<(NodeName, Observation)> = self
                 .names
@@ -489,6 +503,7 @@ impl Daemon {
 
     fn act(&self, state: &State, e: &Event) {
         let node = e.node.as_ref().map(|n| n.to_string());
+        crate::web::metrics::COUNTERS.event(e.kind);
         if e.kind == EventKind::PlusmoinHeartbeat {
             tracing::debug!(cluster = e.cluster_id, event = %e.kind, "event");
         } else {
@@ -539,11 +554,23 @@ impl Daemon {
                 }
             }
         }
+        self.web.publish(st, &self.down);
     }
 
     /// Takes a new configuration; the state of unchanged nodes is kept
     /// (the next decision forgets removed nodes and adds new ones).
-    pub fn reconfigure(&mut self, config: Config) -> Result<(), DaemonError> {
+    pub fn reconfigure(&mut self, mut config: Config) -> Result<(), DaemonError> {
+        if config.http_listen != self.config.http_listen {
+            // The listener was bound at start (maybe as root): it stays.
+            let show =
+                |a: Option<std::net::SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
+            warn!(
+                "http_listen changed from {} to {}: this takes a restart; the listener stays as it was until then",
+                show(self.config.http_listen),
+                show(config.http_listen)
+            );
+            config.http_listen = self.config.http_listen;
+        }
         self.monitor
             .update_settings(ProbeSettings::from_config(&config))?;
         self.names = config.nodes.iter().map(|n| n.name.clone()).collect();
@@ -624,12 +651,31 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError
 
 /// Runs until `shutdown` resolves; each message on `reload` reads
 /// `config_path` again. The binary wires real signals to these; tests can
-/// drive them directly.
+/// drive them directly. The HTTP listener, if `http_listen` is set, is
+/// bound here.
 pub async fn run_with(
     config: Config,
     config_path: PathBuf,
     shutdown: impl Future<Output = ()>,
+    reload: mpsc::UnboundedReceiver<()>,
+) -> Result<(), DaemonError> {
+    let http = match config.http_listen {
+        Some(addr) => {
+            Some(crate::web::bind(addr).map_err(|source| DaemonError::Listen { addr, source })?)
+        }
+        None => None,
+    };
+    run_serving(config, config_path, shutdown, reload, http).await
+}
+
+/// [`run_with`], the HTTP listener's socket already bound (by the binary,
+/// before it reports the daemon started).
+pub async fn run_serving(
+    config: Config,
+    config_path: PathBuf,
+    shutdown: impl Future<Output = ()>,
     mut reload: mpsc::UnboundedReceiver<()>,
+    http: Option<std::net::TcpListener>,
 ) -> Result<(), DaemonError> {
     info!(
         config = %config_path.display(),
@@ -639,6 +685,19 @@ pub async fn run_with(
         "plusmoin starting"
     );
     let mut daemon = Daemon::new(config)?;
+    // Stopped when dropped, at the end of this function.
+    let _http = match http {
+        Some(l) => {
+            let addr = l.local_addr().ok();
+            Some(crate::web::serve(l, daemon.snapshots()).map_err(|source| {
+                DaemonError::Listen {
+                    addr: addr.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
+                    source,
+                }
+            })?)
+        }
+        None => None,
+    };
     let mut systemd = crate::notify::Notifier::from_env();
     let mut decided = daemon.decisions;
     let mut beats = ticker(daemon.config().heartbeat, Instant::now());

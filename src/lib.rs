@@ -40,3 +40,4 @@ pub mod pgpool;
 pub mod probe;
 pub mod sandbox;
 pub mod status;
+pub mod web;

@@ -170,12 +170,23 @@ fn start(cli: &Cli) -> Result<(), Failure> {
         Ok(s) => s,
         Err(e) => return Err(abort(detached, e.to_string())),
     };
+    // The HTTP listener's port too: a taken port is a start error.
+    let http = match config.http_listen {
+        None => None,
+        Some(addr) => match plusmoin::web::bind(addr) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let msg = format!("cannot listen on http_listen {addr}: {e}");
+                return Err(abort(detached, msg));
+            }
+        },
+    };
     if let Some(d) = detached {
         d.ready();
     }
     let result = runtime.block_on(async move {
         let (shutdown, reload) = signals.split();
-        daemon::run_with(config, config_path, shutdown, reload).await
+        daemon::run_serving(config, config_path, shutdown, reload, http).await
     });
     drop(pid_file);
     result.map_err(|e| {

@@ -162,6 +162,10 @@ pub struct PgpoolReport {
     pub backing_off: std::collections::BTreeMap<String, f64>,
     /// The last pcp failure, while pgpool cannot be asked.
     pub error: Option<String>,
+    /// pgpool's status of each mapped node (`up`, `waiting`, `down`,
+    /// `quarantine`, `unused`) as the last round read it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, String>,
 }
 
 impl Status {

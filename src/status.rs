@@ -419,6 +419,7 @@ mod tests {
             remarks: [("db0:5432".to_string(), "a second primary".to_string())].into(),
             backing_off: [("db3:5432".to_string(), 4.5)].into(),
             error: None,
+            nodes: Default::default(),
         });
         let t = table(&st);
         for line in [

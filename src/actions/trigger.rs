@@ -160,6 +160,7 @@ impl TriggerOutcome {
 pub async fn run(job: &TriggerJob) -> TriggerOutcome {
     let outcome = execute(job).await;
     log_outcome(job, &outcome);
+    crate::web::metrics::COUNTERS.trigger_ran(job.kind, &outcome);
     outcome
 }
 

@@ -292,6 +292,9 @@ pub struct Config {
     pub instance_name: String,
     pub sslmode: SslMode,
     pub sslrootcert: Option<PathBuf>,
+    /// Where the HTTP listener (metrics, health endpoints) listens; `None`:
+    /// no listener.
+    pub http_listen: Option<std::net::SocketAddr>,
     /// `None`: no pgpool handling at all.
     pub pgpool: Option<PgpoolConfig>,
 }
@@ -350,6 +353,17 @@ impl Config {
         row("daemon_user", &self.daemon_user);
         row("pid_file", &self.pid_file.display());
         row("status_file", &self.status_file.display());
+        row(
+            "http_listen",
+            &self.http_listen.map_or_else(
+                || "(off: no metrics or health endpoints)".to_string(),
+                |a| {
+                    format!(
+                        "{a} (GET /metrics /status /health /primary/HOST:PORT /replica/HOST:PORT)"
+                    )
+                },
+            ),
+        );
         let mut text = format!("configuration\n{out}");
         let _ = writeln!(text, "nodes ({}):", self.nodes.len());
         if self.nodes.is_empty() {

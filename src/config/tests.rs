@@ -1081,3 +1081,50 @@ fn password_of_any_wrong_type_never_shows_in_the_error() {
         );
     }
 }
+
+#[test]
+fn http_listen_is_off_by_default_and_takes_ip_and_port() {
+    assert_eq!(parse_ok(MINIMAL).http_listen, None);
+    let c = parse_ok(&with(r#""http_listen": "127.0.0.1:9187""#));
+    assert_eq!(c.http_listen, Some("127.0.0.1:9187".parse().unwrap()));
+    let s = c.summary();
+    assert!(
+        s.contains("http_listen          127.0.0.1:9187 (GET /metrics"),
+        "{s}"
+    );
+    let c = parse_ok(&with(r#""http_listen": "[::1]:9187""#));
+    assert_eq!(c.http_listen, Some("[::1]:9187".parse().unwrap()));
+    let c = parse_ok(&with(r#""http_listen": null"#));
+    assert_eq!(c.http_listen, None);
+    assert!(c.summary().contains("http_listen          (off"));
+}
+
+#[test]
+fn bad_http_listen_is_refused_with_its_position() {
+    for (value, problem) in [
+        (
+            r#""localhost:9187""#,
+            r#""localhost:9187" is not an IP address and port (e.g. "127.0.0.1:9187", "[::1]:9187")"#,
+        ),
+        (
+            r#""127.0.0.1""#,
+            r#""127.0.0.1" is not an IP address and port (e.g. "127.0.0.1:9187", "[::1]:9187")"#,
+        ),
+        (
+            r#""127.0.0.1:99999""#,
+            r#""127.0.0.1:99999" is not an IP address and port (e.g. "127.0.0.1:9187", "[::1]:9187")"#,
+        ),
+        (
+            r#""0.0.0.0:0""#,
+            r#""0.0.0.0:0": port 0 would listen on a port chosen at random"#,
+        ),
+        ("9187", "expected a string, found number 9187"),
+    ] {
+        let text = with(&format!(r#""http_listen": {value}"#));
+        assert_eq!(
+            refused(&text),
+            format!("x.json:2:16: http_listen: {problem}"),
+            "{value}"
+        );
+    }
+}

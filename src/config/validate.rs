@@ -14,11 +14,12 @@ use crate::cluster::{EventKind, NodeName};
 use crate::pgpool::templates::{self, PcpTemplates};
 use serde_json::Number;
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Every top-level key, in the order the documentation lists them.
-pub const KEYS: [&str; 23] = [
+pub const KEYS: [&str; 24] = [
     "dbname",
     "user",
     "password",
@@ -41,6 +42,7 @@ pub const KEYS: [&str; 23] = [
     "daemon_user",
     "pid_file",
     "status_file",
+    "http_listen",
     "pgpool",
 ];
 
@@ -103,6 +105,7 @@ struct Raw {
     daemon_user: Option<String>,
     pid_file: Option<PathBuf>,
     status_file: Option<PathBuf>,
+    http_listen: Option<Option<SocketAddr>>,
     pgpool: Option<RawPgpool>,
     /// Where each node's `pgpool_node_id` was written, by node index.
     node_id_at: Vec<Option<usize>>,
@@ -194,6 +197,7 @@ impl Validator<'_> {
                 "daemon_user" => raw.daemon_user = Some(self.non_empty_string(value, k)?),
                 "pid_file" => raw.pid_file = Some(self.path(value, k)?),
                 "status_file" => raw.status_file = Some(self.path(value, k)?),
+                "http_listen" => raw.http_listen = Some(self.listen_address(value, k)?),
                 // check_key has refused every other key.
                 _ => return Err(self.at(key.at, k, "unknown key")),
             }
@@ -307,6 +311,7 @@ impl Validator<'_> {
             instance_name,
             sslmode: raw.sslmode.unwrap_or_default(),
             sslrootcert: raw.sslrootcert.unwrap_or_default(),
+            http_listen: raw.http_listen.unwrap_or_default(),
             pgpool,
         })
     }
@@ -639,6 +644,36 @@ impl Validator<'_> {
             return Err(self.at(v.at, key, "a path cannot contain a NUL character"));
         }
         Ok(PathBuf::from(s))
+    }
+
+    /// `"IP:PORT"` (`"[::1]:9187"` for IPv6), or `null` for none. A host
+    /// name is refused: the listener binds one address, known at a glance.
+    fn listen_address(
+        &self,
+        v: &Spanned<Json>,
+        key: &str,
+    ) -> Result<Option<SocketAddr>, ConfigError> {
+        if matches!(v.value, Json::Null) {
+            return Ok(None);
+        }
+        let s = self.string(v, key)?;
+        let addr: SocketAddr = s.trim().parse().map_err(|_| {
+            self.at(
+                v.at,
+                key,
+                format!(
+                    "{s:?} is not an IP address and port (e.g. \"127.0.0.1:9187\", \"[::1]:9187\")"
+                ),
+            )
+        })?;
+        if addr.port() == 0 {
+            return Err(self.at(
+                v.at,
+                key,
+                format!("{s:?}: port 0 would listen on a port chosen at random"),
+            ));
+        }
+        Ok(Some(addr))
     }
 
     fn duration(&self, v: &Spanned<Json>, key: &str) -> Result<Duration, ConfigError> {

@@ -32,6 +32,13 @@ pub enum NodeStatus {
 }
 
 impl NodeStatus {
+    pub const ALL: [NodeStatus; 5] = [
+        NodeStatus::Up,
+        NodeStatus::Waiting,
+        NodeStatus::Down,
+        NodeStatus::Quarantine,
+        NodeStatus::Unused,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             NodeStatus::Up => "up",

@@ -21,6 +21,7 @@ use crate::cluster::{Event, EventKind, NodeName, State};
 use crate::config::Config;
 use crate::logonce::LogOnce;
 use crate::payload::PgpoolReport;
+use crate::web::metrics::{PcpOutcome, COUNTERS};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -425,7 +426,14 @@ impl Rounds {
                 .find(|s| s.name == step.node)
                 .map_or(NodeStatus::Unused, |s| s.pgpool.status);
             let event = events.get(&step.node).map(|k| k.as_str());
-            match apply(&self.pcp, step).await {
+            let result = apply(&self.pcp, step).await;
+            let outcome = match &result {
+                Ok(after) if step.action.done(*after) => PcpOutcome::Ok,
+                Ok(_) => PcpOutcome::NotTaken,
+                Err(_) => PcpOutcome::Failed,
+            };
+            COUNTERS.pcp_action(step.action == Action::Attach, outcome);
+            match result {
                 Ok(after) if step.action.done(after) => {
                     self.memory.record(&step.node, step.action, Instant::now());
                     let what = if event.is_some() {
@@ -467,7 +475,7 @@ impl Rounds {
                 pgpool_status = %status, "pgpool: nothing to do ({why})"
             );
         }
-        self.publish(&watchdog, &d);
+        self.publish(&watchdog, &d, &seen);
     }
 
     fn failed(&mut self, e: &PcpError) {
@@ -477,7 +485,7 @@ impl Rounds {
         self.report.send_replace(Some(report));
     }
 
-    fn publish(&mut self, watchdog: &Watchdog, d: &Decision) {
+    fn publish(&mut self, watchdog: &Watchdog, d: &Decision, seen: &[Seen]) {
         let now = Instant::now();
         let report = PgpoolReport {
             watchdog: watchdog.describe(),
@@ -496,6 +504,10 @@ impl Rounds {
                 .map(|(n, left)| (n.to_string(), (left.as_secs_f64() * 10.0).ceil() / 10.0))
                 .collect(),
             error: None,
+            nodes: seen
+                .iter()
+                .map(|s| (s.name.to_string(), s.pgpool.status.as_str().to_string()))
+                .collect(),
         };
         self.report.send_replace(Some(report));
     }

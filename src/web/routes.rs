@@ -1,0 +1,250 @@
+//! What each request gets, decided from the last [`Snapshot`] alone (no
+//! I/O here, so every answer is unit-tested).
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /metrics` | 200, the Prometheus text format |
+//! | `GET /status` | 200, the status JSON (the status file's); 503 before the first decision |
+//! | `GET /health` | 200 while beats are recent (the `plusmoin status` rule: three heartbeats); 503 with the reason otherwise |
+//! | `GET /primary/HOST:PORT` | 200 when that node is its cluster's master; 503 otherwise |
+//! | `GET /replica/HOST:PORT[?lag=SECONDS]` | 200 when it is a slave in sync (and, with `lag`, at most that far behind); 503 otherwise; 400 for a bad `lag` |
+//!
+//! A node the status does not know is 404. While the view is stale (the
+//! deciding loop not beating) `/primary` and `/replica` answer 503: a load
+//! balancer must not route on an old view. `HEAD` gets the same status
+//! without a body; any other method 405.
+
+use super::metrics::{self, Counters};
+use super::Snapshot;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An answer: status, content type, body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+
+fn text(status: u16, line: impl Into<String>) -> Reply {
+    let mut body = line.into();
+    body.push('\n');
+    Reply {
+        status,
+        content_type: TEXT,
+        body,
+    }
+}
+
+/// The endpoints, for the 404 of an unknown path.
+const ENDPOINTS: &str = "/metrics, /status, /health, /primary/HOST:PORT, /replica/HOST:PORT";
+
+/// The answer to `method path?query`, `now_unix` seconds since the epoch.
+pub fn route(
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    snapshot: Option<&Arc<Snapshot>>,
+    now_unix: f64,
+    counters: &Counters,
+) -> Reply {
+    if method != "GET" && method != "HEAD" {
+        return text(
+            405,
+            format!("method {method} not allowed: only GET and HEAD"),
+        );
+    }
+    let Some(path) = percent_decode(path) else {
+        return text(
+            400,
+            "bad request: the path is not valid percent-encoded UTF-8",
+        );
+    };
+    match path.as_str() {
+        "/metrics" => Reply {
+            status: 200,
+            content_type: metrics::CONTENT_TYPE,
+            body: metrics::render(snapshot.cloned(), counters),
+        },
+        "/status" => match snapshot {
+            None => text(503, starting()),
+            Some(s) => match serde_json::to_string_pretty(&s.status) {
+                Ok(mut body) => {
+                    body.push('\n');
+                    Reply {
+                        status: 200,
+                        content_type: JSON,
+                        body,
+                    }
+                }
+                Err(e) => text(500, format!("cannot show the status: {e}")),
+            },
+        },
+        "/health" => match snapshot {
+            None => text(503, starting()),
+            Some(s) => match stale(s, now_unix) {
+                Some(why) => text(503, why),
+                None => text(
+                    200,
+                    format!(
+                        "ok: last decision {:.1} s ago",
+                        (now_unix - s.status.updated_at_unix).max(0.0)
+                    ),
+                ),
+            },
+        },
+        _ => {
+            if let Some(node) = path.strip_prefix("/primary/") {
+                primary(node, query, snapshot, now_unix)
+            } else if let Some(node) = path.strip_prefix("/replica/") {
+                replica(node, query, snapshot, now_unix)
+            } else {
+                text(404, format!("no such endpoint: try {ENDPOINTS}"))
+            }
+        }
+    }
+}
+
+fn starting() -> String {
+    "plusmoin is starting: no decision yet".to_string()
+}
+
+/// Why the snapshot is too old to act on, if it is: the rule of
+/// `plusmoin status` ([`crate::status::stale_after`]).
+fn stale(s: &Snapshot, now_unix: f64) -> Option<String> {
+    let age = now_unix - s.status.updated_at_unix;
+    let limit = Duration::try_from_secs_f64(s.status.heartbeat)
+        .map(crate::status::stale_after)
+        .unwrap_or_default()
+        .as_secs_f64();
+    (age > limit).then(|| {
+        format!("stale: the last decision is {age:.1} s old, older than three beats ({limit:.1} s): plusmoin is not beating")
+    })
+}
+
+/// The node named in the path, or the answer when there is none to judge.
+fn lookup<'a>(
+    node: &str,
+    snapshot: Option<&'a Arc<Snapshot>>,
+    now_unix: f64,
+) -> Result<&'a crate::payload::NodeEntry, Reply> {
+    let s = snapshot.ok_or_else(|| text(503, starting()))?;
+    let n = s.node(node).ok_or_else(|| {
+        text(
+            404,
+            format!("unknown node {node:?}: not one of the configured nodes (HOST:PORT as plusmoin status names them)"),
+        )
+    })?;
+    if let Some(why) = stale(s, now_unix) {
+        return Err(text(503, why));
+    }
+    Ok(n)
+}
+
+/// The query's parameters: only `lag` is known, and only `/replica` takes it.
+fn lag_bound(query: Option<&str>, takes_lag: bool) -> Result<Option<f64>, Reply> {
+    let mut lag = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value).unwrap_or_default();
+        match key {
+            "lag" if takes_lag => {
+                let secs: f64 = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| {
+                        text(
+                            400,
+                            format!("bad lag {value:?}: a number of seconds, 0 or more"),
+                        )
+                    })?;
+                lag = Some(secs);
+            }
+            _ => return Err(text(400, format!("unknown parameter {key:?}"))),
+        }
+    }
+    Ok(lag)
+}
+
+fn primary(node: &str, query: Option<&str>, snapshot: Option<&Arc<Snapshot>>, now: f64) -> Reply {
+    if let Err(r) = lag_bound(query, false) {
+        return r;
+    }
+    let n = match lookup(node, snapshot, now) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    match (n.state.as_str(), n.cluster_id) {
+        ("master", Some(c)) => text(200, format!("{} is the master of cluster {c}", n.name)),
+        _ => text(503, format!("{} is not a master: {}", n.name, place(n))),
+    }
+}
+
+fn replica(node: &str, query: Option<&str>, snapshot: Option<&Arc<Snapshot>>, now: f64) -> Reply {
+    let bound = match lag_bound(query, true) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let n = match lookup(node, snapshot, now) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    if n.state != "slave" {
+        return text(
+            503,
+            format!("{} is not a slave in sync: {}", n.name, place(n)),
+        );
+    }
+    let c = n.cluster_id.unwrap_or_default();
+    match (bound, n.lag) {
+        (None, _) => text(200, format!("{} is a slave in sync in cluster {c}", n.name)),
+        (Some(max), Some(lag)) if lag <= max => text(
+            200,
+            format!(
+                "{} is a slave in sync in cluster {c}, {lag} s behind (at most {max} s)",
+                n.name
+            ),
+        ),
+        (Some(max), Some(lag)) => text(
+            503,
+            format!("{} is {lag} s behind its master, more than {max} s", n.name),
+        ),
+        (Some(_), None) => text(503, format!("{}'s lag is not known", n.name)),
+    }
+}
+
+/// Where a node is, in words.
+fn place(n: &crate::payload::NodeEntry) -> String {
+    let mut s = match n.cluster_id {
+        Some(c) => format!("{} in cluster {c}", n.state),
+        None => n.state.clone(),
+    };
+    if let Some(r) = &n.reason {
+        s.push_str(&format!(" ({})", crate::probe::escape_controls(r)));
+    }
+    s
+}
+
+/// `%XX` decoded; `None` for a bad escape or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}

@@ -1,0 +1,748 @@
+//! The HTTP listener (`http_listen`) on a real plusmoin watching real
+//! servers: /metrics parsed and compared with the status, /primary and
+//! /replica following a failover, `?lag=` against a standby whose replay is
+//! paused, a real HAProxy routing on those checks, and hostile clients
+//! (garbage, oversized, slow) that never hold the beat back.
+
+use crate::monitor::{names, node, Plusmoin, Timings};
+use crate::wait_until;
+use plusmoin::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
+use plusmoin::web::exposition::{self, Exposition};
+use plusmoin::web::{CONNECTION_LIFETIME, HEAD_TIMEOUT, MAX_CONNECTIONS};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// A loopback port free a moment ago.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 0");
+    l.local_addr().expect("addr").port()
+}
+
+/// plusmoin with its listener on a free loopback port.
+fn start(sb: &Sandbox, t: &Timings) -> (Plusmoin, SocketAddr) {
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let p = Plusmoin::start(sb, t, &format!(r#", "http_listen": "{addr}""#));
+    let up = wait_until(LONG, || get(addr, "/metrics").0 == 200);
+    if !up {
+        p.fail(&format!("the listener never answered on {addr}"));
+    }
+    (p, addr)
+}
+
+/// One raw request; the status (0 when the connection was closed without
+/// an answer) and the whole response as text.
+fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
+    // The server may answer and close before reading it all.
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.")
+        .and_then(|r| r.get(2..5))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// `GET path`: the status and the body.
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: plusmoin\r\nConnection: close\r\n\r\n");
+    let (status, text) = raw(addr, req.as_bytes());
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn code(addr: SocketAddr, path: &str) -> u16 {
+    get(addr, path).0
+}
+
+fn scrape(addr: SocketAddr) -> Exposition {
+    let (status, body) = get(addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    exposition::parse(&body).unwrap_or_else(|e| panic!("not the text format: {e}\n{body}"))
+}
+
+/// The status and the metrics of one same decision: /status, /metrics,
+/// /status again until both statuses are the same decision.
+fn consistent(p: &Plusmoin, addr: SocketAddr) -> (Value, Exposition) {
+    let mut last = None;
+    let ok = wait_until(LONG, || {
+        let before: Value = serde_json::from_str(&get(addr, "/status").1).unwrap_or(Value::Null);
+        let m = scrape(addr);
+        let after: Value = serde_json::from_str(&get(addr, "/status").1).unwrap_or(Value::Null);
+        let same = before["updated_at_unix"].is_number() && before == after;
+        if same {
+            last = Some((after, m));
+        }
+        same
+    });
+    if !ok {
+        p.fail("no two /status answers of the same decision around a scrape");
+    }
+    last.expect("set when ok")
+}
+
+/// Every node of the status: name, state, cluster ("" for none).
+fn status_nodes(st: &Value) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let mut push = |n: &Value| {
+        out.push((
+            n["name"].as_str().unwrap_or("").to_string(),
+            n["state"].as_str().unwrap_or("").to_string(),
+            n["cluster_id"]
+                .as_u64()
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+        ))
+    };
+    for c in st["clusters"].as_array().into_iter().flatten() {
+        for n in std::iter::once(&c["master"])
+            .filter(|m| !m.is_null())
+            .chain(c["slaves"].as_array().into_iter().flatten())
+            .chain(c["lost"].as_array().into_iter().flatten())
+        {
+            push(n);
+        }
+    }
+    for n in st["clusterless"].as_array().into_iter().flatten() {
+        push(n);
+    }
+    out
+}
+
+/// The metrics say what the status says, node by node.
+fn assert_agree(st: &Value, m: &Exposition) {
+    let nodes = status_nodes(st);
+    assert!(!nodes.is_empty(), "{st:#}");
+    for (name, state, cluster) in &nodes {
+        let labels = [("node", name.as_str()), ("cluster", cluster.as_str())];
+        let places = m.matching("plusmoin_node_place", &labels);
+        assert_eq!(places.len(), 4, "{name}: {places:?}");
+        for p in places {
+            let want = if &p.labels["place"] == state {
+                1.0
+            } else {
+                0.0
+            };
+            assert_eq!(p.value, want, "{name} is {state}: {p:?}");
+        }
+        let lag = st["clusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["slaves"].as_array().into_iter().flatten())
+            .find(|n| n["name"] == name.as_str())
+            .and_then(|n| n["lag"].as_f64());
+        if let Some(lag) = lag {
+            assert_eq!(
+                m.value("plusmoin_node_lag_seconds", &labels),
+                Some(lag),
+                "{name}"
+            );
+        }
+    }
+    for c in st["clusters"].as_array().into_iter().flatten() {
+        let id = c["cluster_id"].to_string();
+        let has = if c["has_master"] == true { 1.0 } else { 0.0 };
+        assert_eq!(
+            m.value("plusmoin_cluster_has_master", &[("cluster", id.as_str())]),
+            Some(has)
+        );
+    }
+    assert_eq!(
+        m.value("plusmoin_last_beat_timestamp_seconds", &[]),
+        st["updated_at_unix"].as_f64()
+    );
+}
+
+fn counter(m: &Exposition, name: &str, labels: &[(&str, &str)]) -> f64 {
+    m.value(name, labels)
+        .unwrap_or_else(|| panic!("no {name} {labels:?}"))
+}
+
+fn healthy(p: &Plusmoin, sb: &Sandbox) {
+    let n0 = node(sb, 0);
+    let slaves: Vec<String> = (1..sb.len()).map(|i| node(sb, i)).collect();
+    p.wait_status("one cluster, every slave in sync", LONG, |st| {
+        st["clusters"][0]["master"]["name"] == n0.as_str()
+            && names(&st["clusters"][0]["slaves"]) == slaves
+    });
+}
+
+#[test]
+fn metrics_agree_with_the_status_and_count_a_standby_stopped_and_started() {
+    let sb = Sandbox::start(2).expect("sandbox");
+    let (p, addr) = start(&sb, &Timings::default());
+    healthy(&p, &sb);
+    let n2 = node(&sb, 2);
+
+    let (st, m) = consistent(&p, addr);
+    assert_agree(&st, &m);
+    // /status is the status file's JSON (same decision: same document).
+    let file = p.wait_status("the file at the same decision", LONG, |f| {
+        f["updated_at_unix"].as_f64() >= st["updated_at_unix"].as_f64()
+    });
+    if file["updated_at_unix"] == st["updated_at_unix"] {
+        assert_eq!(file, st);
+    }
+    assert_eq!(
+        m.value(
+            "plusmoin_node_up",
+            &[("node", n2.as_str()), ("cluster", "0")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.value(
+            "plusmoin_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    let ev = |m: &Exposition, k| counter(m, "plusmoin_events_total", &[("event", k)]);
+    let runs = |m: &Exposition, t| {
+        counter(
+            m,
+            "plusmoin_trigger_runs_total",
+            &[("trigger", t), ("outcome", "ok")],
+        )
+    };
+    assert!(ev(&m, "plusmoin_up") >= 1.0);
+    assert!(ev(&m, "plusmoin_heartbeat") >= 1.0);
+    assert!(counter(&m, "plusmoin_beat_duration_seconds_count", &[]) >= 1.0);
+    let (down0, up0) = (ev(&m, "slave_down"), ev(&m, "slave_up"));
+    let (down_runs0, up_runs0) = (runs(&m, "slave_down"), runs(&m, "slave_up"));
+
+    sb.stop(2).expect("stop standby 2");
+    let mut m = scrape(addr);
+    let moved = wait_until(LONG, || {
+        m = scrape(addr);
+        ev(&m, "slave_down") == down0 + 1.0 && runs(&m, "slave_down") == down_runs0 + 1.0
+    });
+    assert!(
+        moved,
+        "slave_down counted, and its trigger run: {:?}",
+        m.matching("plusmoin_trigger_runs_total", &[("outcome", "ok")])
+    );
+    let labels = [("node", n2.as_str()), ("cluster", "0")];
+    assert_eq!(m.value("plusmoin_node_up", &labels), Some(0.0));
+    assert_eq!(
+        m.value(
+            "plusmoin_node_place",
+            &[("node", n2.as_str()), ("cluster", "0"), ("place", "lost")]
+        ),
+        Some(1.0)
+    );
+    let (st, m) = consistent(&p, addr);
+    assert_agree(&st, &m);
+
+    sb.start_node(2).expect("start standby 2");
+    let mut m = scrape(addr);
+    let moved = wait_until(LONG, || {
+        m = scrape(addr);
+        ev(&m, "slave_up") == up0 + 1.0 && runs(&m, "slave_up") == up_runs0 + 1.0
+    });
+    assert!(
+        moved,
+        "slave_up counted, and its trigger run: {:?}",
+        m.matching("plusmoin_trigger_runs_total", &[("outcome", "ok")])
+    );
+    assert_eq!(ev(&m, "slave_down"), down0 + 1.0, "no other slave_down");
+    healthy(&p, &sb);
+    let (st, m) = consistent(&p, addr);
+    assert_agree(&st, &m);
+    assert_eq!(m.value("plusmoin_node_up", &labels), Some(1.0));
+    // Nothing secret: the password is nowhere in what is served.
+    for path in ["/metrics", "/status", "/health"] {
+        assert!(!get(addr, path).1.contains(SANDBOX_PASSWORD), "{path}");
+    }
+}
+
+#[test]
+fn primary_and_replica_follow_a_failover_within_a_beat_and_lag_is_honoured() {
+    let t = Timings::default();
+    let sb = Sandbox::start(2).expect("sandbox");
+    let (p, addr) = start(&sb, &t);
+    healthy(&p, &sb);
+    let (n0, n1, n2) = (node(&sb, 0), node(&sb, 1), node(&sb, 2));
+    let primary = |n: &str| code(addr, &format!("/primary/{n}"));
+    let replica = |n: &str| code(addr, &format!("/replica/{n}"));
+    assert!(wait_until(LONG, || primary(&n0) == 200), "n0 primary");
+    assert_eq!((primary(&n1), primary(&n2)), (503, 503));
+    assert_eq!((replica(&n1), replica(&n2), replica(&n0)), (200, 200, 503));
+    assert_eq!(code(addr, "/primary/nowhere:1"), 404);
+    assert_eq!(code(addr, &format!("/replica/{n1}?lag=soon")), 400);
+    assert_eq!(code(addr, "/health"), 200);
+
+    // ?lag=: standby 2's replay paused, its lag grows beat after beat.
+    sb.sql(2, "SELECT pg_wal_replay_pause()")
+        .expect("pause replay");
+    let _resume = Resume(&sb, 2);
+    let tight = format!("/replica/{n2}?lag=0.5");
+    // Over 0.5 s behind but still in sync by max_sync_delay: the tight
+    // bound says no while plain /replica still says yes.
+    let mut seen = (0, 0);
+    let ok = wait_until(LONG, || {
+        seen = (code(addr, &tight), replica(&n2));
+        seen == (503, 200)
+    });
+    assert!(ok, "?lag=0.5 refused while /replica accepts: last {seen:?}");
+    assert_eq!(code(addr, &format!("/replica/{n2}?lag=1000")), 200);
+    // Past max_sync_delay it is lost: plain /replica says no too.
+    assert!(
+        wait_until(LONG, || replica(&n2) == 503),
+        "lost past max_sync_delay"
+    );
+    sb.sql(2, "SELECT pg_wal_replay_resume()")
+        .expect("resume replay");
+    assert!(wait_until(LONG, || code(addr, &tight) == 200), "caught up");
+
+    // Failover: the primary killed, standby 1 promoted.
+    sb.kill9(0).expect("kill primary");
+    let killed = Instant::now();
+    assert!(
+        wait_until(LONG, || primary(&n0) == 503),
+        "the dead primary is no longer primary"
+    );
+    let down_after = killed.elapsed();
+    sb.promote(1).expect("promote standby 1");
+    let promoted = Instant::now();
+    // Until then, never two primaries; polled as fast as answers come.
+    let mut both = false;
+    let flipped = wait_until(LONG, || {
+        let (a, b) = (primary(&n0), primary(&n1));
+        both |= a == 200 && b == 200;
+        b == 200
+    });
+    let took = promoted.elapsed();
+    assert!(flipped, "the promoted standby became primary");
+    assert!(!both, "two primaries answered 200 at once");
+    assert_eq!(replica(&n1), 503, "a master is no replica");
+    // A beat: the promoted standby keeps its connection, so the next beat's
+    // probe sees it, and the beat is decided by connect_timeout at the
+    // latest. The dead one dropped its connection: seen at once.
+    let beat = Duration::from_secs_f64(t.heartbeat + t.connect_timeout);
+    assert!(
+        took <= beat,
+        "/primary flipped {took:?} after the promotion"
+    );
+    assert!(
+        down_after <= beat,
+        "/primary of the dead one: {down_after:?}"
+    );
+}
+
+/// Resumes WAL replay on drop, should the test fail while it is paused.
+struct Resume<'a>(&'a Sandbox, usize);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.sql(self.1, "SELECT pg_wal_replay_resume()");
+    }
+}
+
+/// A foreground HAProxy; killed on drop.
+struct Haproxy {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn haproxy_installed() -> bool {
+    Command::new("haproxy")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// HAProxy with a write port (servers checked on /primary) and a read port
+/// (checked on /replica), every check asking plusmoin at `plusmoin`.
+fn haproxy(sb: &Sandbox, plusmoin: SocketAddr, write: u16, read: u16) -> Haproxy {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let servers: String = (0..sb.len())
+        .map(|i| {
+            format!(
+                "  server {} {}:{} check addr {} port {}\n",
+                node(sb, i),
+                sb.host(),
+                sb.port(i),
+                plusmoin.ip(),
+                plusmoin.port()
+            )
+        })
+        .collect();
+    let cfg = format!(
+        "global\n  maxconn 200\n\
+         defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  timeout check 2s\n\
+         \x20 default-server inter 200ms fall 1 rise 1 on-marked-down shutdown-sessions\n\
+         frontend pg_write\n  bind 127.0.0.1:{write}\n  default_backend pg_primary\n\
+         frontend pg_read\n  bind 127.0.0.1:{read}\n  default_backend pg_replicas\n\
+         backend pg_primary\n  option httpchk\n  http-check send meth GET uri-lf /primary/%[srv_name]\n  http-check expect status 200\n{servers}\
+         backend pg_replicas\n  balance roundrobin\n  option httpchk\n  http-check send meth GET uri-lf /replica/%[srv_name]\n  http-check expect status 200\n{servers}"
+    );
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, cfg).expect("write haproxy.cfg");
+    let check = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .expect("haproxy -c");
+    assert!(
+        check.status.success(),
+        "haproxy refuses the configuration: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let log = std::fs::File::create(dir.path().join("haproxy.log")).expect("log");
+    let child = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone"))
+        .stderr(log)
+        .spawn()
+        .expect("start haproxy");
+    Haproxy { child, _dir: dir }
+}
+
+/// Through `port`: the port of the server reached and whether it is in
+/// recovery; with `write`, a row inserted first (which only a primary
+/// takes).
+fn through(port: u16, write: bool) -> Result<(i32, bool), String> {
+    let db = |e: tokio_postgres::Error| match e.as_db_error() {
+        Some(d) => d.message().to_string(),
+        None => e.to_string(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let conninfo = format!(
+            "host=127.0.0.1 port={port} user={SANDBOX_USER} password={SANDBOX_PASSWORD} \
+             dbname={SANDBOX_DBNAME} connect_timeout=3"
+        );
+        let (client, conn) = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_postgres::connect(&conninfo, tokio_postgres::NoTls),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+        let conn = tokio::spawn(conn);
+        if write {
+            client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS http_test_writes (at timestamptz); \
+                     INSERT INTO http_test_writes VALUES (now())",
+                )
+                .await
+                .map_err(db)?;
+        }
+        let row = client
+            .query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[])
+            .await
+            .map_err(db)?;
+        drop(client);
+        let _ = conn.await;
+        Ok((row.get(0), row.get(1)))
+    })
+}
+
+#[test]
+fn haproxy_routes_writes_to_the_primary_and_follows_the_promotion() {
+    if !haproxy_installed() {
+        // .ci/run installs it; say so loudly rather than pass in silence.
+        panic!("haproxy is not installed (apt-get install haproxy)");
+    }
+    let sb = Sandbox::start(2).expect("sandbox");
+    let (p, addr) = start(&sb, &Timings::default());
+    healthy(&p, &sb);
+    let (write, read) = (free_port(), free_port());
+    let _h = haproxy(&sb, addr, write, read);
+    let port = |i: usize| i32::from(sb.port(i));
+
+    let mut last = Err(String::new());
+    let ok = consistently(write, true, Ok((port(0), false)), &mut last);
+    assert!(
+        ok,
+        "writes through HAProxy reach the primary only: {last:?}"
+    );
+    // Reads go to the standbys, both in turn.
+    let mut seen = std::collections::BTreeSet::new();
+    let ok = wait_until(LONG, || {
+        match through(read, false) {
+            Ok((p, true)) => {
+                seen.insert(p);
+            }
+            other => last = other,
+        }
+        seen.len() == 2
+    });
+    assert!(ok, "reads reach both standbys: {seen:?}, last {last:?}");
+    assert_eq!(
+        seen,
+        [port(1), port(2)].into(),
+        "only standbys on the read port"
+    );
+
+    sb.kill9(0).expect("kill primary");
+    sb.promote(1).expect("promote standby 1");
+    let ok = consistently(write, true, Ok((port(1), false)), &mut last);
+    assert!(ok, "writes follow the promotion: {last:?}");
+    // Standby 2, repointed to the new primary, serves reads again.
+    sb.repoint(2, 1).expect("repoint standby 2");
+    // And nothing else: the new primary is no replica.
+    let ok = consistently(read, false, Ok((port(2), true)), &mut last);
+    assert!(ok, "reads reach the repointed standby only: {last:?}");
+}
+
+/// Waits until four connections in a row through `port` all give `want`
+/// (HAProxy balances round-robin over the servers it has up, so a second
+/// server up would take one of them); `last` is the last answer.
+fn consistently(
+    port: u16,
+    write: bool,
+    want: Result<(i32, bool), String>,
+    last: &mut Result<(i32, bool), String>,
+) -> bool {
+    wait_until(LONG, || {
+        (0..4).all(|_| {
+            *last = through(port, write);
+            *last == want
+        })
+    })
+}
+
+/// When each status the daemon wrote was decided, polled every 50 ms for
+/// `period`.
+fn beats_during(p: &Plusmoin, period: Duration, mut meanwhile: impl FnMut()) -> Vec<f64> {
+    let mut at: Vec<f64> = Vec::new();
+    let end = Instant::now() + period;
+    while Instant::now() < end {
+        meanwhile();
+        if let Some(t) = p.status()["updated_at_unix"].as_f64() {
+            if at.last() != Some(&t) {
+                at.push(t);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    at
+}
+
+/// The longest gap between two decisions, counting from the first and up
+/// to now.
+fn longest_gap(at: &[f64]) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    at.windows(2)
+        .map(|w| w[1] - w[0])
+        .chain(at.last().map(|l| now - l))
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn garbage_oversized_and_slow_requests_get_4xx_or_are_dropped_and_the_beat_goes_on() {
+    let t = Timings {
+        heartbeat: 1.0,
+        ..Timings::default()
+    };
+    let sb = Sandbox::start(1).expect("sandbox");
+    let (p, addr) = start(&sb, &t);
+    healthy(&p, &sb);
+    // A status older than three beats is what /health and `plusmoin
+    // status` call stale: the beat must never come that late.
+    let stale = 3.0 * t.heartbeat;
+
+    // Slow clients first: as many as the listener serves at once, each
+    // trickling a request head that never ends.
+    let mut slow: Vec<TcpStream> = (0..MAX_CONNECTIONS)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.write_all(b"GET /health HTTP/1.1\r\nX-Slow: ")
+                .expect("start a request");
+            s
+        })
+        .collect();
+    let opened = Instant::now();
+    // One more is closed at once, without an answer.
+    let (status, _) = raw(addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 0, "over the connection limit: closed");
+    let beats = beats_during(&p, Duration::from_secs(3), || {
+        for s in &mut slow {
+            let _ = s.write_all(b"a");
+        }
+    });
+    assert!(beats.len() >= 2, "beats went on: {beats:?}");
+    assert!(
+        longest_gap(&beats) <= stale,
+        "a beat came late while slow clients held every connection: {beats:?}"
+    );
+    // Each is dropped once its head is overdue (5 s), while still sending.
+    for (i, s) in slow.iter_mut().enumerate() {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+        let mut buf = [0u8; 256];
+        match s.read(&mut buf) {
+            // Closed (or reset).
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            // An answer (408) is fine too, as long as it is 4xx.
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                assert!(text.starts_with("HTTP/1.1 4"), "slow client {i}: {text}");
+            }
+            Err(e) => panic!("slow client {i} still open after 20 s more: {e}"),
+        }
+    }
+    // By the head's deadline, not by the connection's lifetime (the
+    // bound halfway between tells which).
+    let bound = (HEAD_TIMEOUT + CONNECTION_LIFETIME) / 2;
+    assert!(
+        opened.elapsed() < bound,
+        "slow clients dropped after {:?}, not within {bound:?}",
+        opened.elapsed()
+    );
+    drop(slow);
+    assert!(
+        wait_until(LONG, || code(addr, "/health") == 200),
+        "serving again"
+    );
+
+    let huge_header = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let long_uri = format!(
+        "GET /primary/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let many_headers: String = (0..500).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many_headers = format!("GET /health HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n");
+    let mut junk = vec![0u8; 1 << 20];
+    for (i, b) in junk.iter_mut().enumerate() {
+        *b = (i * 7919 % 251) as u8;
+    }
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("binary junk", junk),
+        ("not HTTP", b"HELLO plusmoin\r\n\r\n".to_vec()),
+        ("huge header", huge_header.into_bytes()),
+        ("long URI", long_uri.into_bytes()),
+        ("many headers", many_headers.into_bytes()),
+        (
+            "a body",
+            b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+        ),
+        (
+            "a huge body announced",
+            b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n\r\n".to_vec(),
+        ),
+        (
+            "chunked",
+            b"GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+        ),
+        ("PUT", b"PUT /status HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("bad escape", b"GET /primary/%zz HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("traversal", b"GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("bad version", b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n".to_vec()),
+    ];
+    let beats = beats_during(&p, Duration::from_millis(100), || {});
+    let mut at = beats;
+    for (what, req) in &cases {
+        let (status, text) = raw(addr, req);
+        assert!(
+            status == 0 || (400..500).contains(&status) || status == 505,
+            "{what}: {status} {text}"
+        );
+        if let Some(t) = p.status()["updated_at_unix"].as_f64() {
+            if at.last() != Some(&t) {
+                at.push(t);
+            }
+        }
+    }
+    assert!(
+        longest_gap(&at) <= stale,
+        "a beat came late during the bad requests: {at:?}"
+    );
+    // Still alive, still serving, no panic anywhere.
+    assert_eq!(code(addr, "/health"), 200);
+    assert_eq!(code(addr, &format!("/primary/{}", node(&sb, 0))), 200);
+    let log = p.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn a_changed_http_listen_on_reload_is_warned_about_and_the_listener_stays() {
+    let sb = Sandbox::start(1).expect("sandbox");
+    let t = Timings::default();
+    let (p, addr) = start(&sb, &t);
+    healthy(&p, &sb);
+    let other: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let t = Timings {
+        heartbeat: 0.6,
+        ..t
+    };
+    p.write_config(&sb, &t, &format!(r#", "http_listen": "{other}""#), &[0, 1]);
+    let pid = nix::unistd::Pid::from_raw(p.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    let warned = wait_until(LONG, || {
+        p.log().contains(&format!(
+            "http_listen changed from {addr} to {other}: this takes a restart"
+        ))
+    });
+    assert!(warned, "warned: {}", p.log());
+    // The rest of the configuration was taken.
+    p.wait_status("the new heartbeat", LONG, |st| st["heartbeat"] == 0.6);
+    assert_eq!(code(addr, "/health"), 200, "the old listener stays");
+    assert_eq!(code(other, "/health"), 0, "nothing on the new address");
+}
+
+#[test]
+fn a_taken_http_listen_port_is_a_start_error() {
+    let sb = Sandbox::start(0).expect("sandbox");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let p = Plusmoin::configure(
+        &sb,
+        &Timings::default(),
+        &format!(r#", "http_listen": "{addr}""#),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_plusmoin"))
+        .arg("-c")
+        .arg(&p.config_path)
+        .args(["-x", "start"])
+        .output()
+        .expect("run plusmoin");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on http_listen {addr}: ")),
+        "{err}"
+    );
+}
