@@ -26,6 +26,9 @@ pub struct Timings {
     /// How the password is given: `None` writes `"password": "…"`; the
     /// string replaces that member (empty: no password key at all).
     pub password_json: Option<String>,
+    pub trigger_timeout: f64,
+    /// Trigger commands replacing the recording script, by trigger name.
+    pub triggers: Vec<(&'static str, String)>,
 }
 
 /// The defaults keep beats fast (0.5 s) but give every probe margins a
@@ -46,6 +49,8 @@ impl Default for Timings {
             extra_nodes: Vec::new(),
             status_file: None,
             password_json: None,
+            trigger_timeout: 10.0,
+            triggers: Vec::new(),
         }
     }
 }
@@ -134,22 +139,40 @@ impl Plusmoin {
             .map(|&i| format!(r#"{{"host": "{}", "port": {}}}"#, sb.host(), sb.port(i)))
             .chain(t.extra_nodes.iter().cloned())
             .collect();
-        let s = self.dir.path().join("record.sh");
-        let s = s.display();
+        let record = self.dir.path().join("record.sh");
+        let triggers: Vec<String> = [
+            "plusmoin_up",
+            "plusmoin_heartbeat",
+            "master_up",
+            "master_down",
+            "slave_up",
+            "slave_down",
+        ]
+        .iter()
+        .map(|name| {
+            let command = t
+                .triggers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or_else(|| record.display().to_string(), |(_, c)| c.clone());
+            format!("{name:?}: {command:?}")
+        })
+        .collect();
         let d = self.dir.path().display();
         let config = format!(
             r#"{{
   "dbname": "{SANDBOX_DBNAME}", "user": "{SANDBOX_USER}", {password}
   "heartbeat": {hb}, "connect_timeout": {ct}, "max_sync_delay": {max}, "recover_sync_delay": {rec},
-  "trigger_timeout": 10, "log_level": "{level}", "daemon_user": "{user}", "instance_name": "{instance}",
+  "trigger_timeout": {tt}, "log_level": "{level}", "daemon_user": "{user}", "instance_name": "{instance}",
   "sslmode": "disable",
   "status_file": "{status}", "pid_file": "{d}/plusmoin.pid", "log_file": "{d}/plusmoin.log",
   "nodes": [{nodes}],
-  "triggers": {{"plusmoin_up": "{s}", "plusmoin_heartbeat": "{s}", "master_up": "{s}",
-                "master_down": "{s}", "slave_up": "{s}", "slave_down": "{s}"}}{extra}
+  "triggers": {{{triggers}}}{extra}
 }}"#,
             hb = t.heartbeat,
             ct = t.connect_timeout,
+            tt = t.trigger_timeout,
+            triggers = triggers.join(", "),
             max = t.max_sync_delay,
             rec = t.recover_sync_delay,
             user = t.daemon_user.map(String::from).unwrap_or_else(current_user),
@@ -343,7 +366,7 @@ impl Drop for Plusmoin {
     }
 }
 
-fn make_executable(p: &Path) {
+pub fn make_executable(p: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
