@@ -332,6 +332,33 @@ async fn trigger_that_never_reads_a_large_payload_completes() {
     assert!(outcome.is_success(), "{outcome:?}");
 }
 
+/// The payload is written beside the trigger, not before its deadline
+/// starts: a trigger that never reads stdin and hangs is still killed at
+/// its timeout, however large the payload (far above a pipe's buffer).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_trigger_that_never_reads_a_large_payload_is_still_timed_out() {
+    let dir = TempDir::new().unwrap();
+    let pid = dir.path().join("deaf.pid");
+    let _guard = KillOnDrop(vec![pid.clone()]);
+    let s = script(
+        dir.path(),
+        "deaf.sh",
+        &format!("echo $$ > {}\nexec sleep 300", p(&pid)),
+    );
+    let mut j = job(&[p(&s)], EventKind::SlaveDown, 0, &"y".repeat(4 << 20));
+    j.timeout = Duration::from_secs(1);
+    // The bound only keeps a broken build from hanging the suite: the
+    // trigger's own timeout is 1 s, and REAP_LIMIT and PIPE_GRACE add
+    // at most 5.5 s to it.
+    let outcome = tokio::time::timeout(Duration::from_secs(30), run(&j))
+        .await
+        .expect("run returned: the deadline held while stdin was full");
+    assert!(
+        matches!(outcome, TriggerOutcome::TimedOut { .. }),
+        "{outcome:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn trigger_that_reads_a_large_payload_gets_all_of_it() {
     let dir = TempDir::new().unwrap();
