@@ -753,8 +753,17 @@ fn reload_config(daemon: &mut Daemon, path: &std::path::Path) {
     match config::load(path) {
         Ok(new) => {
             let nodes = new.nodes.len();
+            let at_start = start_only_changes(daemon.config(), &new);
             match daemon.reconfigure(new) {
-                Ok(()) => info!(config = %path.display(), nodes, "configuration reloaded"),
+                Ok(()) => {
+                    info!(config = %path.display(), nodes, "configuration reloaded");
+                    if !at_start.is_empty() {
+                        warn!(
+                            keys = at_start.join(", "),
+                            "these settings changed but take effect only when plusmoin is started again"
+                        );
+                    }
+                }
                 Err(e) => error!("configuration not reloaded, the old one stays in force: {e}"),
             }
         }
@@ -768,6 +777,20 @@ fn reload_config(daemon: &mut Daemon, path: &std::path::Path) {
     {
         warn!("{w}");
     }
+}
+
+/// The keys a reload cannot apply: the pid file and the log are opened,
+/// and root dropped for `daemon_user`, once at start.
+fn start_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    [
+        ("pid_file", old.pid_file != new.pid_file),
+        ("log_file", old.log_file != new.log_file),
+        ("log_level", old.log_level != new.log_level),
+        ("daemon_user", old.daemon_user != new.daemon_user),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
 }
 
 /// Beats on a steady cadence: a slow beat does not shift the next ones, and

@@ -171,3 +171,77 @@ fn help_and_version() {
     let o = plusmoin(&["frobnicate"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// README "Failure handling": a configuration, password file or pgpass file
+/// that group or others can read is warned of by check-config (which still
+/// accepts it), each naming its file; private ones are not.
+#[test]
+fn check_config_warns_of_secret_files_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mode =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, "secret-pw\n").unwrap();
+    let with_file = dir.path().join("with-file.json");
+    std::fs::write(
+        &with_file,
+        format!(
+            r#"{{"dbname": "p", "user": "u", "password_file": "{}"}}"#,
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let pgpass = home.path().join(".pgpass");
+    std::fs::write(&pgpass, "*:*:*:*:from-pgpass\n").unwrap();
+    let with_pgpass = dir.path().join("with-pgpass.json");
+    std::fs::write(
+        &with_pgpass,
+        r#"{"dbname": "p", "user": "u", "nodes": [{"host": "db1"}]}"#,
+    )
+    .unwrap();
+    let warning = |p: &Path| format!("{} is readable by group or others", p.display());
+    let check = |config: &Path| {
+        let o = plusmoin_in(
+            home.path(),
+            &["-c", config.to_str().unwrap(), "check-config"],
+        );
+        (o.status.success(), stderr(&o))
+    };
+
+    for (config, secret) in [(&with_file, &pw), (&with_pgpass, &pgpass)] {
+        mode(config, 0o600);
+        mode(secret, 0o600);
+        let (ok, err) = check(config);
+        assert!(ok, "{err}");
+        assert!(!err.contains("readable"), "private files: {err}");
+
+        mode(config, 0o644);
+        let (ok, err) = check(config);
+        assert!(ok, "{err}");
+        assert!(err.contains(&warning(config)), "{err}");
+        mode(config, 0o600);
+
+        mode(secret, 0o640);
+        let (ok, err) = check(config);
+        if secret == &pw {
+            assert!(ok, "{err}");
+            assert!(err.contains(&warning(secret)), "{err}");
+        } else {
+            // As libpq: a pgpass file others can read is ignored, said so.
+            assert!(!ok, "{err}");
+            assert!(
+                err.contains(&format!(
+                    "password file {} has group or world access",
+                    secret.display()
+                )),
+                "{err}"
+            );
+        }
+        assert!(
+            !err.contains("secret-pw") && !err.contains("from-pgpass"),
+            "{err}"
+        );
+    }
+}

@@ -332,6 +332,33 @@ async fn trigger_that_never_reads_a_large_payload_completes() {
     assert!(outcome.is_success(), "{outcome:?}");
 }
 
+/// The payload is written beside the trigger, not before its deadline
+/// starts: a trigger that never reads stdin and hangs is still killed at
+/// its timeout, however large the payload (far above a pipe's buffer).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_trigger_that_never_reads_a_large_payload_is_still_timed_out() {
+    let dir = TempDir::new().unwrap();
+    let pid = dir.path().join("deaf.pid");
+    let _guard = KillOnDrop(vec![pid.clone()]);
+    let s = script(
+        dir.path(),
+        "deaf.sh",
+        &format!("echo $$ > {}\nexec sleep 300", p(&pid)),
+    );
+    let mut j = job(&[p(&s)], EventKind::SlaveDown, 0, &"y".repeat(4 << 20));
+    j.timeout = Duration::from_secs(1);
+    // The bound only keeps a broken build from hanging the suite: the
+    // trigger's own timeout is 1 s, and REAP_LIMIT and PIPE_GRACE add
+    // at most 5.5 s to it.
+    let outcome = tokio::time::timeout(Duration::from_secs(30), run(&j))
+        .await
+        .expect("run returned: the deadline held while stdin was full");
+    assert!(
+        matches!(outcome, TriggerOutcome::TimedOut { .. }),
+        "{outcome:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn trigger_that_reads_a_large_payload_gets_all_of_it() {
     let dir = TempDir::new().unwrap();
@@ -583,4 +610,174 @@ fn dispatch_outside_a_runtime_drops_the_job_without_panicking() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(d.shutdown(Duration::from_secs(5)));
     assert!(!out.exists());
+}
+
+/// The log lines written while `f` runs, on a current-thread runtime so the
+/// dispatcher's workers (spawned on it) log into the same capture.
+fn logged<T>(f: impl std::future::Future<Output = T>) -> (T, String) {
+    let log = SharedLog::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    });
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    (out, text)
+}
+
+/// The only line of `log` containing `needle`.
+fn the_line<'a>(log: &'a str, needle: &str) -> &'a str {
+    let found: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one {needle:?} line expected; log was:\n{log}"
+    );
+    found[0]
+}
+
+#[test]
+fn could_not_start_and_timed_out_are_each_one_error_line_naming_the_command() {
+    let dir = TempDir::new().unwrap();
+    let missing = dir.path().join("no-such-trigger");
+    let noexec = script(dir.path(), "noexec.sh", "exit 0");
+    std::fs::set_permissions(&noexec, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let pid = dir.path().join("hang.pid");
+    let _guard = KillOnDrop(vec![pid.clone()]);
+    let hang = script(
+        dir.path(),
+        "hang.sh",
+        &format!("echo $$ > {}\necho waiting\nsleep 300", p(&pid)),
+    );
+    let ((), log) = logged(async {
+        run(&job(&[p(&missing), "--x"], EventKind::SlaveUp, 2, "{}")).await;
+        run(&job(&[p(&noexec)], EventKind::SlaveDown, 3, "{}")).await;
+        let mut j = job(&[p(&hang)], EventKind::MasterDown, 4, "{}");
+        j.timeout = Duration::from_millis(500);
+        run(&j).await;
+    });
+
+    let starts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("could not start trigger"))
+        .collect();
+    assert_eq!(starts.len(), 2, "log was:\n{log}");
+    let (gone, denied) = (starts[0], starts[1]);
+    assert!(gone.contains("ERROR"), "{gone}");
+    assert!(gone.contains("cluster=2"), "{gone}");
+    assert!(gone.contains("trigger=\"slave_up\""), "{gone}");
+    assert!(
+        gone.contains(&format!("command=\"{} --x\"", p(&missing))),
+        "{gone}"
+    );
+    assert!(gone.contains("No such file or directory"), "{gone}");
+    assert!(denied.contains("ERROR"), "{denied}");
+    assert!(denied.contains("cluster=3"), "{denied}");
+    assert!(denied.contains("trigger=\"slave_down\""), "{denied}");
+    assert!(
+        denied.contains(&format!("command=\"{}\"", p(&noexec))),
+        "{denied}"
+    );
+    assert!(denied.contains("Permission denied"), "{denied}");
+
+    let timed_out = the_line(
+        &log,
+        "trigger timed out; killed it and every process it started",
+    );
+    assert!(timed_out.contains("ERROR"), "{timed_out}");
+    assert!(timed_out.contains("cluster=4"), "{timed_out}");
+    assert!(timed_out.contains("trigger=\"master_down\""), "{timed_out}");
+    assert!(
+        timed_out.contains(&format!("command=\"{}\"", p(&hang))),
+        "{timed_out}"
+    );
+    assert!(timed_out.contains("timeout_s=0.5"), "{timed_out}");
+    assert!(timed_out.contains("waiting"), "its output: {timed_out}");
+}
+
+#[test]
+fn failing_unstartable_and_timed_out_triggers_do_not_block_the_next_ones_of_their_cluster() {
+    let dir = TempDir::new().unwrap();
+    let out = dir.path().join("ran");
+    let s = appender(dir.path(), &out);
+    let failing = script(dir.path(), "fail.sh", "exit 7");
+    let missing = dir.path().join("no-such-trigger");
+    let noexec = script(dir.path(), "noexec.sh", "exit 0");
+    std::fs::set_permissions(&noexec, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let pid = dir.path().join("hang.pid");
+    let _guard = KillOnDrop(vec![pid.clone()]);
+    let hang = script(
+        dir.path(),
+        "hang.sh",
+        &format!("echo $$ > {}\nsleep 300", p(&pid)),
+    );
+    let ((), log) = logged(async {
+        let d = Dispatcher::new();
+        // One cluster, one queue: each bad trigger sits in front of a good
+        // one, which must still run, in order.
+        d.dispatch(job(&[p(&failing)], EventKind::SlaveDown, 6, "{}"));
+        d.dispatch(job(
+            &[p(&s), "after-failure", "0"],
+            EventKind::SlaveDown,
+            6,
+            "{}",
+        ));
+        d.dispatch(job(&[p(&missing)], EventKind::SlaveUp, 6, "{}"));
+        d.dispatch(job(
+            &[p(&s), "after-missing", "0"],
+            EventKind::SlaveUp,
+            6,
+            "{}",
+        ));
+        d.dispatch(job(&[p(&noexec)], EventKind::MasterDown, 6, "{}"));
+        d.dispatch(job(
+            &[p(&s), "after-noexec", "0"],
+            EventKind::MasterDown,
+            6,
+            "{}",
+        ));
+        let mut hung = job(&[p(&hang)], EventKind::MasterUp, 6, "{}");
+        hung.timeout = Duration::from_millis(500);
+        d.dispatch(hung);
+        d.dispatch(job(
+            &[p(&s), "after-timeout", "0"],
+            EventKind::MasterUp,
+            6,
+            "{}",
+        ));
+        // The grace is far longer than all of this takes: shutdown returns
+        // once the queue is empty.
+        d.shutdown(Duration::from_secs(60)).await;
+    });
+    assert_eq!(
+        lines(&out),
+        [
+            "after-failure",
+            "after-missing",
+            "after-noexec",
+            "after-timeout"
+        ],
+        "log was:\n{log}"
+    );
+    assert!(the_line(&log, "trigger failed").contains("exit status: 7"));
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("could not start trigger"))
+            .count(),
+        2,
+        "{log}"
+    );
+    the_line(&log, "trigger timed out");
+    assert!(
+        !log.contains("still running at the end of the shutdown grace"),
+        "{log}"
+    );
 }

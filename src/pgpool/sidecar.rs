@@ -19,7 +19,7 @@ use super::plan::{self, Action, Decision, Memory, Ours, Remark, Seen, Settings, 
 use super::templates::Command;
 use crate::cluster::{Event, EventKind, NodeName, State};
 use crate::config::Config;
-use crate::logonce::LogOnce;
+use crate::logonce::{LogOnce, LogOnceMap};
 use crate::payload::PgpoolReport;
 use crate::web::metrics::{PcpOutcome, COUNTERS};
 use std::collections::BTreeMap;
@@ -64,6 +64,11 @@ enum Job {
 struct Worker {
     tx: mpsc::UnboundedSender<Job>,
     reconcile_queued: Arc<AtomicBool>,
+    /// How many times the worker has taken its queued jobs and dealt with
+    /// them (a round, or nothing when the first beat is not decided yet):
+    /// tests wait on it before asserting that nothing was done.
+    #[cfg_attr(not(test), allow(dead_code))]
+    handled: watch::Receiver<u64>,
     task: JoinHandle<()>,
 }
 
@@ -257,6 +262,7 @@ impl Sidecar {
             let runtime = tokio::runtime::Handle::try_current().ok()?;
             let (tx, rx) = mpsc::unbounded_channel();
             let queued = Arc::new(AtomicBool::new(false));
+            let (handled_tx, handled) = watch::channel(0);
             let rounds = Rounds {
                 pcp,
                 settings,
@@ -266,10 +272,17 @@ impl Sidecar {
                 said: Said::default(),
                 watchdog: None,
             };
-            let task = runtime.spawn(work(rounds, rx, self.view.subscribe(), Arc::clone(&queued)));
+            let task = runtime.spawn(work(
+                rounds,
+                rx,
+                self.view.subscribe(),
+                Arc::clone(&queued),
+                handled_tx,
+            ));
             self.worker = Some(Worker {
                 tx,
                 reconcile_queued: queued,
+                handled,
                 task,
             });
         }
@@ -314,26 +327,30 @@ impl Health {
 /// The remarks of the decisions, each logged once until it changes.
 #[derive(Default)]
 struct Said {
-    paused: Option<String>,
-    nodes: BTreeMap<NodeName, String>,
+    paused: LogOnce,
+    nodes: LogOnceMap<NodeName>,
 }
 
 impl Said {
     fn log(&mut self, d: &Decision, ids: &BTreeMap<NodeName, u32>) {
-        let paused = d.paused.as_ref().map(|r| r.text.clone());
-        if paused != self.paused {
-            match &d.paused {
-                Some(r) => say(r, None, None),
-                None if self.paused.is_some() => info!("pgpool: plusmoin acts again"),
-                None => {}
+        match &d.paused {
+            Some(r) => {
+                if self.paused.changed(&r.text) {
+                    say(r, None, None);
+                }
             }
-            self.paused = paused;
+            None => {
+                if self.paused.cleared() {
+                    info!("pgpool: plusmoin acts again");
+                }
+            }
         }
-        self.nodes.retain(|n, _| d.remarks.contains_key(n));
+        // A node without a remark now is forgotten: its next remark, even
+        // the same as before, is said again.
+        self.nodes.retain(|n| d.remarks.contains_key(n));
         for (node, r) in &d.remarks {
-            if self.nodes.get(node) != Some(&r.text) {
+            if self.nodes.changed(node, &r.text) {
                 say(r, Some(node), ids.get(node).copied());
-                self.nodes.insert(node.clone(), r.text.clone());
             }
         }
     }
@@ -365,6 +382,7 @@ async fn work(
     mut rx: mpsc::UnboundedReceiver<Job>,
     view: watch::Receiver<Arc<View>>,
     reconcile_queued: Arc<AtomicBool>,
+    handled: watch::Sender<u64>,
 ) {
     // Events wait here until a round runs (none runs before the first
     // beat is decided and the holds are read).
@@ -386,6 +404,7 @@ async fn work(
             r.round(&v, &events).await;
             events.clear();
         }
+        handled.send_modify(|n| *n += 1);
     }
 }
 
@@ -625,6 +644,9 @@ mod tests {
 # pcp_watchdog_info -v prints (none: watchdog off).
 d="$(dirname "$0")"
 echo "$1 $2" >> "$d/calls"
+# file fail: every command fails with its text, as pcp does when pgpool is
+# unreachable.
+if [ -f "$d/fail" ]; then echo "ERROR: $(cat "$d/fail")" >&2; exit 1; fi
 [ "$1" = watchdog ] || read -r st role < "$d/$2"
 case "$1" in
   info) echo "h 5432 1 0.5 $st $st $role $role 0 none none 2026-01-01 00:00:00" ;;
@@ -831,12 +853,173 @@ esac
 
     #[tokio::test]
     async fn nothing_is_done_before_the_first_beat_is_decided() {
-        let fake = Fake::new(&["down", "down"]);
+        let fake = Fake::new(&["up", "down"]);
         let mut s = sidecar(&fake.config());
-        s.beat(&State::default(), &[]);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Nodes and an event about a mapped one, but no beat decided yet.
+        let mut before = state(Place::Slave);
+        before.started = false;
+        s.beat(&before, &[event(EventKind::SlaveUp, "db1")]);
+        // The positive sign: the worker took that beat's job and dealt
+        // with it (by doing nothing) before anything is asserted.
+        let mut handled = s.worker.as_ref().expect("a worker").handled.clone();
+        tokio::time::timeout(Duration::from_secs(15), handled.wait_for(|n| *n >= 1))
+            .await
+            .expect("the worker dealt with the job within 15 s")
+            .expect("the worker is alive");
         assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+        assert!(s.report().is_none(), "no round, no report");
+        // Once the first beat is decided, the same sidecar acts: the fake
+        // pcp would have shown calls.
+        s.last_reconcile = None;
+        s.beat(&state(Place::Slave), &[]);
+        wait_for("node 1 attached", || fake.status(1) == "waiting").await;
         s.shutdown().await;
+    }
+
+    /// Shared capture of the log lines written on this thread (the tests'
+    /// runtime is single-threaded, so the worker's lines too).
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn install(&self) -> tracing::subscriber::DefaultGuard {
+            let writer = self.clone();
+            tracing::subscriber::set_default(
+                tracing_subscriber::fmt()
+                    .with_writer(move || writer.clone())
+                    .with_ansi(false)
+                    .with_max_level(tracing::Level::INFO)
+                    .finish(),
+            )
+        }
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+        fn count(&self, needle: &str) -> usize {
+            self.text().lines().filter(|l| l.contains(needle)).count()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lasting_pcp_failure_is_logged_once_retried_every_round_and_its_end_said() {
+        let fake = Fake::new(&["up", "down"]);
+        std::fs::write(fake.path().join("fail"), "connection refused").unwrap();
+        let log = Captured::default();
+        let _guard = log.install();
+        let mut s = sidecar(&fake.config());
+        let st = state(Place::Slave);
+        let mut calls = Vec::new();
+        for round in 0..4 {
+            beat_and_wait_rounds(&mut s, &st, &[event(EventKind::SlaveUp, "db1")]).await;
+            calls.push(fake.calls().len());
+            let report = s.report().expect("a report");
+            assert!(
+                report
+                    .error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("connection refused")),
+                "round {round}: {report:?}"
+            );
+        }
+        // pcp is tried again at every round: no giving up.
+        assert!(
+            calls.windows(2).all(|w| w[1] > w[0]),
+            "pcp runs after each round: {calls:?}"
+        );
+        assert!(
+            !fake
+                .calls()
+                .iter()
+                .any(|c| c.starts_with("attach") || c.starts_with("detach")),
+            "nothing acted on while pgpool could not be read: {:?}",
+            fake.calls()
+        );
+        assert_eq!(
+            log.count("pgpool: pcp failed; retrying every beat"),
+            1,
+            "one line for the same failure:\n{}",
+            log.text()
+        );
+        assert_eq!(log.count("pcp answers again"), 0);
+
+        // Another failure is a new line; then pgpool answers.
+        std::fs::write(fake.path().join("fail"), "authentication failed").unwrap();
+        beat_and_wait_rounds(&mut s, &st, &[]).await;
+        assert_eq!(log.count("pgpool: pcp failed; retrying every beat"), 2);
+        std::fs::remove_file(fake.path().join("fail")).unwrap();
+        beat_until(&mut s, &st, "node 1 attached once pcp answers", || {
+            fake.status(1) == "waiting"
+        })
+        .await;
+        assert_eq!(log.count("pgpool: pcp answers again"), 1, "{}", log.text());
+        assert_eq!(log.count("pgpool: pcp failed"), 2, "{}", log.text());
+        s.shutdown().await;
+    }
+
+    #[test]
+    fn remarks_are_said_once_until_they_change_or_come_back() {
+        let log = Captured::default();
+        let _guard = log.install();
+        let db1 = NodeName::new("db1", 5432);
+        let ids: BTreeMap<NodeName, u32> = [(db1.clone(), 1)].into();
+        let remark = |text: &str| Remark {
+            warn: true,
+            text: text.into(),
+        };
+        let with = |node: Option<&str>, paused: Option<&str>| Decision {
+            remarks: node
+                .map(|t| [(db1.clone(), remark(t))].into())
+                .unwrap_or_default(),
+            paused: paused.map(remark),
+            ..Decision::default()
+        };
+        let mut said = Said::default();
+        for d in [
+            with(Some("backing off"), None),
+            with(Some("backing off"), None),
+            with(Some("is a primary too"), None),
+            with(Some("is a primary too"), None),
+            with(None, None),
+            with(Some("is a primary too"), None),
+            with(None, Some("not the watchdog leader")),
+            with(None, Some("not the watchdog leader")),
+            with(None, None),
+            with(None, None),
+        ] {
+            said.log(&d, &ids);
+        }
+        let text = log.text();
+        let said: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_once("pgpool: ").map(|(_, rest)| rest))
+            .collect();
+        assert_eq!(
+            said.iter()
+                .map(|l| l.split(" node=").next().unwrap_or(l))
+                .collect::<Vec<_>>(),
+            [
+                "backing off",
+                "is a primary too",
+                "is a primary too",
+                "not the watchdog leader",
+                "plusmoin acts again",
+            ],
+            "{text}"
+        );
+        assert!(
+            said[0].contains("node=\"db1:5432\"") && said[0].contains("pgpool_id=1"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
