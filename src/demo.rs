@@ -76,7 +76,8 @@ fn demo(story: bool) -> Result<(), String> {
     let cfg_path = dir.join("plusmoin.json");
     std::fs::write(&cfg_path, cfg).map_err(|e| e.to_string())?;
     let config = config::load(&cfg_path).map_err(|e| e.to_string())?;
-    crate::lifecycle::init_logging(LogLevel::Info, None).map_err(|e| e.to_string())?;
+    crate::lifecycle::init_logging(LogLevel::Info, None, &crate::lifecycle::Owners::me())
+        .map_err(|e| e.to_string())?;
     say(&format!(
         "plusmoin watches {} servers (config {}); `plusmoin -c {} status --table` shows its view",
         nodes.len(),

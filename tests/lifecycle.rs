@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use plusmoin::config::LogLevel;
-use plusmoin::lifecycle::{self, LifecycleError, PidFile};
+use plusmoin::lifecycle::{self, LifecycleError, Owners, PidFile};
 
 const HELPER_ENV: &str = "PLUSMOIN_LIFECYCLE_HELPER";
 const WAIT: Duration = Duration::from_secs(10);
@@ -28,6 +28,10 @@ static HUP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_hup(_: nix::libc::c_int) {
     HUP.store(true, Ordering::SeqCst);
+}
+
+fn me() -> Owners {
+    Owners::me()
 }
 
 fn env_path(name: &str) -> PathBuf {
@@ -73,7 +77,7 @@ fn helper_hold() -> i32 {
         // SAFETY: the handler only stores to an atomic.
         unsafe { sigaction(Signal::SIGHUP, &action) }.expect("install SIGHUP handler");
     }
-    let _pid_file = match PidFile::acquire(&env_path("HELPER_PID_FILE")) {
+    let _pid_file = match PidFile::acquire(&env_path("HELPER_PID_FILE"), &me()) {
         Ok(p) => p,
         Err(e) => {
             println!("error {e}");
@@ -104,7 +108,7 @@ fn helper_daemon() -> i32 {
         // A crash before reporting: the kernel closes the pipe.
         std::process::exit(7);
     }
-    match PidFile::acquire(&env_path("HELPER_PID_FILE")) {
+    match PidFile::acquire(&env_path("HELPER_PID_FILE"), &me()) {
         Err(e) => {
             detached.fail(&e.to_string());
             1
@@ -120,7 +124,7 @@ fn helper_daemon() -> i32 {
 
 fn helper_log() -> i32 {
     let file = std::env::var_os("HELPER_LOG_FILE").map(PathBuf::from);
-    if let Err(e) = lifecycle::init_logging(LogLevel::Info, file.as_deref()) {
+    if let Err(e) = lifecycle::init_logging(LogLevel::Info, file.as_deref(), &me()) {
         eprintln!("init_logging: {e}");
         return 4;
     }
@@ -301,7 +305,7 @@ fn second_acquire_from_another_process_fails_naming_the_holder() {
     holder.wait_ready();
     assert_eq!(file_pid(&path), holder.pid());
 
-    let err = PidFile::acquire(&path).expect_err("the lock is held by the helper");
+    let err = PidFile::acquire(&path, &me()).expect_err("the lock is held by the helper");
     assert!(
         matches!(err, LifecycleError::AlreadyRunning { pid: Some(p), .. } if p == holder.pid())
     );
@@ -311,15 +315,18 @@ fn second_acquire_from_another_process_fails_naming_the_holder() {
     assert!(msg.contains(&path.display().to_string()), "{msg}");
     // The failed attempt must not have clobbered the holder's pid.
     assert_eq!(file_pid(&path), holder.pid());
-    assert_eq!(lifecycle::running_pid(&path).unwrap(), Some(holder.pid()));
+    assert_eq!(
+        lifecycle::running_pid(&path, &me()).unwrap(),
+        Some(holder.pid())
+    );
 }
 
 #[test]
 fn second_acquire_in_the_same_process_fails_too() {
     let dir = tempfile::tempdir().unwrap();
     let path = pid_path(&dir);
-    let _first = PidFile::acquire(&path).unwrap();
-    let msg = PidFile::acquire(&path).unwrap_err().to_string();
+    let _first = PidFile::acquire(&path, &me()).unwrap();
+    let msg = PidFile::acquire(&path, &me()).unwrap_err().to_string();
     assert!(
         msg.contains(&format!("already running (pid {}", std::process::id())),
         "{msg}"
@@ -336,12 +343,12 @@ fn pid_file_left_by_a_killed_daemon_is_taken_over() {
     holder.child.kill().unwrap(); // SIGKILL: no Drop, the file stays
     holder.wait_exit();
     assert_eq!(file_pid(&path), old, "kill -9 leaves the file behind");
-    assert_eq!(lifecycle::running_pid(&path).unwrap(), None);
+    assert_eq!(lifecycle::running_pid(&path, &me()).unwrap(), None);
 
-    let ours = PidFile::acquire(&path).expect("stale file is taken over");
+    let ours = PidFile::acquire(&path, &me()).expect("stale file is taken over");
     assert_eq!(file_pid(&path), std::process::id() as i32);
     assert_eq!(
-        lifecycle::running_pid(&path).unwrap(),
+        lifecycle::running_pid(&path, &me()).unwrap(),
         Some(std::process::id() as i32)
     );
     drop(ours);
@@ -353,8 +360,8 @@ fn stale_pid_naming_a_dead_process_is_overwritten_not_appended() {
     let path = pid_path(&dir);
     // A long pid of a dead process: a shorter new pid must not leave digits.
     std::fs::write(&path, "4194303123\n").unwrap();
-    assert_eq!(lifecycle::running_pid(&path).unwrap(), None);
-    let _ours = PidFile::acquire(&path).unwrap();
+    assert_eq!(lifecycle::running_pid(&path, &me()).unwrap(), None);
+    let _ours = PidFile::acquire(&path, &me()).unwrap();
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
         format!("{}\n", std::process::id())
@@ -365,18 +372,18 @@ fn stale_pid_naming_a_dead_process_is_overwritten_not_appended() {
 fn dropping_the_pid_file_removes_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = pid_path(&dir);
-    let pid_file = PidFile::acquire(&path).unwrap();
+    let pid_file = PidFile::acquire(&path, &me()).unwrap();
     assert!(path.exists());
     drop(pid_file);
     assert!(!path.exists(), "the file should be gone after drop");
-    assert_eq!(lifecycle::running_pid(&path).unwrap(), None);
+    assert_eq!(lifecycle::running_pid(&path, &me()).unwrap(), None);
 }
 
 #[test]
 fn acquire_fails_naming_a_missing_directory() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("not-created");
-    let msg = PidFile::acquire(&missing.join("plusmoin.pid"))
+    let msg = PidFile::acquire(&missing.join("plusmoin.pid"), &me())
         .unwrap_err()
         .to_string();
     assert!(msg.contains(&missing.display().to_string()), "{msg}");
@@ -390,9 +397,12 @@ fn acquire_fails_naming_a_missing_directory() {
 #[test]
 fn running_pid_is_none_without_a_file() {
     let dir = tempfile::tempdir().unwrap();
-    assert_eq!(lifecycle::running_pid(&pid_path(&dir)).unwrap(), None);
     assert_eq!(
-        lifecycle::running_pid(&dir.path().join("no/such/dir.pid")).unwrap(),
+        lifecycle::running_pid(&pid_path(&dir), &me()).unwrap(),
+        None
+    );
+    assert_eq!(
+        lifecycle::running_pid(&dir.path().join("no/such/dir.pid"), &me()).unwrap(),
         None
     );
 }
@@ -405,7 +415,7 @@ fn stop_ends_a_daemon_that_honours_sigterm() {
     holder.wait_ready();
 
     let started = Instant::now();
-    let stopped = lifecycle::stop(&path, Duration::from_secs(20)).unwrap();
+    let stopped = lifecycle::stop(&path, Duration::from_secs(20), &me()).unwrap();
     assert_eq!(stopped, Some(holder.pid()));
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -414,7 +424,7 @@ fn stop_ends_a_daemon_that_honours_sigterm() {
     );
     let status = holder.wait_exit();
     assert_eq!(status.signal(), Some(Signal::SIGTERM as i32), "{status:?}");
-    assert_eq!(lifecycle::running_pid(&path).unwrap(), None);
+    assert_eq!(lifecycle::running_pid(&path, &me()).unwrap(), None);
 }
 
 #[test]
@@ -432,7 +442,10 @@ fn stop_kills_a_daemon_that_ignores_sigterm_after_the_grace() {
 
     let grace = Duration::from_millis(300);
     let started = Instant::now();
-    assert_eq!(lifecycle::stop(&path, grace).unwrap(), Some(holder.pid()));
+    assert_eq!(
+        lifecycle::stop(&path, grace, &me()).unwrap(),
+        Some(holder.pid())
+    );
     assert!(started.elapsed() >= grace, "SIGKILL came before the grace");
     let status = holder.wait_exit();
     assert_eq!(status.signal(), Some(Signal::SIGKILL as i32), "{status:?}");
@@ -443,13 +456,13 @@ fn stop_with_nothing_running_returns_none() {
     let dir = tempfile::tempdir().unwrap();
     let path = pid_path(&dir);
     assert_eq!(
-        lifecycle::stop(&path, Duration::from_secs(1)).unwrap(),
+        lifecycle::stop(&path, Duration::from_secs(1), &me()).unwrap(),
         None
     );
     // A stale file naming our own (live) pid must not get us signalled.
     std::fs::write(&path, format!("{}\n", std::process::id())).unwrap();
     assert_eq!(
-        lifecycle::stop(&path, Duration::from_secs(1)).unwrap(),
+        lifecycle::stop(&path, Duration::from_secs(1), &me()).unwrap(),
         None
     );
 }
@@ -465,7 +478,7 @@ fn reload_sends_sighup_to_the_running_daemon() {
     );
     holder.wait_ready();
 
-    assert_eq!(lifecycle::reload(&path).unwrap(), holder.pid());
+    assert_eq!(lifecycle::reload(&path, &me()).unwrap(), holder.pid());
     wait_until("the helper records SIGHUP", || {
         std::fs::read_to_string(&hup).ok().filter(|s| s == "hup\n")
     });
@@ -479,7 +492,7 @@ fn reload_sends_sighup_to_the_running_daemon() {
 fn reload_fails_naming_the_pid_file_when_not_running() {
     let dir = tempfile::tempdir().unwrap();
     let path = pid_path(&dir);
-    let msg = lifecycle::reload(&path).unwrap_err().to_string();
+    let msg = lifecycle::reload(&path, &me()).unwrap_err().to_string();
     assert!(msg.contains("not running"), "{msg}");
     assert!(msg.contains(&path.display().to_string()), "{msg}");
 }
@@ -566,7 +579,7 @@ fn daemonize_detaches_and_the_daemon_holds_the_pid_file() {
     let status = launcher.wait_exit();
     // The launcher exits only once the daemon reported; reading the pid now
     // needs no waiting.
-    let daemon = lifecycle::running_pid(&path).unwrap();
+    let daemon = lifecycle::running_pid(&path, &me()).unwrap();
     let daemon_guard = daemon.map(KillOnDrop);
     assert!(status.success(), "{status:?}: {}", launcher.stderr());
     let daemon = daemon.expect("the daemon holds the pid file");
@@ -597,10 +610,10 @@ fn daemonize_detaches_and_the_daemon_holds_the_pid_file() {
     }
 
     assert_eq!(
-        lifecycle::stop(&path, Duration::from_secs(5)).unwrap(),
+        lifecycle::stop(&path, Duration::from_secs(5), &me()).unwrap(),
         Some(daemon)
     );
-    assert_eq!(lifecycle::running_pid(&path).unwrap(), None);
+    assert_eq!(lifecycle::running_pid(&path, &me()).unwrap(), None);
     drop(daemon_guard);
 }
 
@@ -623,7 +636,10 @@ fn daemonize_reports_a_startup_failure_to_the_launcher() {
         )),
         "{stderr}"
     );
-    assert_eq!(lifecycle::running_pid(&path).unwrap(), Some(holder.pid()));
+    assert_eq!(
+        lifecycle::running_pid(&path, &me()).unwrap(),
+        Some(holder.pid())
+    );
 }
 
 #[test]
@@ -681,7 +697,7 @@ fn logs_go_to_stdout_without_a_file() {
 fn init_logging_names_a_log_file_it_cannot_open() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("missing-dir/plusmoin.log");
-    let msg = lifecycle::init_logging(LogLevel::Info, Some(&log))
+    let msg = lifecycle::init_logging(LogLevel::Info, Some(&log), &me())
         .unwrap_err()
         .to_string();
     assert!(msg.contains(&log.display().to_string()), "{msg}");

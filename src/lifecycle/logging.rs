@@ -1,18 +1,23 @@
 //! Logging set-up: level, format, stdout or a file.
 
-use std::fs::OpenOptions;
 use std::io::{self, IsTerminal};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
+use super::safefile::{self, Access, Owners};
 use super::LifecycleError;
 use crate::config::LogLevel;
 
 /// The level applies to plusmoin's own events; other crates (tokio-postgres
 /// notices, …) log only warnings and errors, or only errors at `error`.
 /// Timestamps are UTC, RFC 3339. Without a file, logs go to stdout (`-x`).
-pub fn init_logging(level: LogLevel, file: Option<&Path>) -> Result<(), LifecycleError> {
+/// The file is opened as root, often in a directory `daemon_user` can write:
+/// never through a link, and only a regular file one of `owners` owns.
+pub fn init_logging(
+    level: LogLevel,
+    file: Option<&Path>,
+    owners: &Owners,
+) -> Result<(), LifecycleError> {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
     use tracing_subscriber::prelude::*;
@@ -28,15 +33,12 @@ pub fn init_logging(level: LogLevel, file: Option<&Path>) -> Result<(), Lifecycl
     let (writer, ansi) = match file {
         None => (BoxMakeWriter::new(io::stdout), io::stdout().is_terminal()),
         Some(path) => {
-            let log = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o640)
-                .open(path)
-                .map_err(|source| LifecycleError::LogFile {
+            let log = safefile::open_or_create(path, Access::Append, 0o640, owners).map_err(
+                |source| LifecycleError::LogFile {
                     path: path.to_path_buf(),
                     source,
-                })?;
+                },
+            )?;
             (BoxMakeWriter::new(Mutex::new(log)), false)
         }
     };

@@ -23,12 +23,14 @@ mod detach;
 mod logging;
 mod pidfile;
 mod privileges;
+pub mod safefile;
 
 pub use control::{reload, stop};
 pub use detach::{daemonize, Detached};
 pub use logging::init_logging;
 pub use pidfile::{running_pid, PidFile};
 pub use privileges::drop_privileges;
+pub use safefile::Owners;
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -53,6 +55,12 @@ pub enum LifecycleError {
     PidFileRead { path: PathBuf, source: io::Error },
     #[error("pid file {} is locked but holds no valid pid ({content:?})", .path.display())]
     PidFileInvalid { path: PathBuf, content: String },
+    #[error("pid file {} names pid {pid}, but {}: not signalling anyone (a forged or replaced pid file?)", .path.display(), holders_text(.holders))]
+    PidFileForged {
+        path: PathBuf,
+        pid: i32,
+        holders: Vec<i32>,
+    },
     #[error("plusmoin is not running (no live daemon holds {})", .path.display())]
     NotRunning { path: PathBuf },
     #[error("cannot send {signal} to plusmoin (pid {pid}): {source}")]
@@ -81,6 +89,20 @@ pub enum LifecycleError {
     Logging(String),
     #[error("cannot raise the open files limit: {0}")]
     NoFileLimit(#[source] Errno),
+}
+
+fn holders_text(holders: &[i32]) -> String {
+    match holders {
+        [] => "no process this user can see holds its lock".to_string(),
+        _ => format!(
+            "its lock is held by pid {}",
+            holders
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// Raises the soft limit on open files to the hard limit and returns the
