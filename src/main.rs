@@ -98,13 +98,9 @@ fn check_config(cli: &Cli) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Files holding a password that group or others can read.
+/// Files holding a password that group or others can read or write.
 fn secret_warnings(config: &config::Config) -> Vec<String> {
-    config
-        .secret_files()
-        .into_iter()
-        .filter_map(lifecycle::world_readable_warning)
-        .collect()
+    config.secret_warnings()
 }
 
 fn start(cli: &Cli) -> Result<(), Failure> {

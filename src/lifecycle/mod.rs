@@ -35,8 +35,7 @@ pub use safefile::Owners;
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use std::io;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(thiserror::Error, Debug)]
@@ -117,19 +116,6 @@ pub fn raise_nofile_limit() -> Result<u64, LifecycleError> {
     }
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(LifecycleError::NoFileLimit)?;
     Ok(hard)
-}
-
-/// For the configuration and any password file: readable by group or others
-/// means the database password is too. `None` when private or unreadable
-/// (reading it will report that).
-pub fn world_readable_warning(path: &Path) -> Option<String> {
-    let mode = std::fs::metadata(path).ok()?.mode() & 0o777;
-    (mode & 0o044 != 0).then(|| {
-        format!(
-            "{} is readable by group or others (mode {mode:04o}) and may hold a password: chmod 600 it",
-            path.display()
-        )
-    })
 }
 
 #[cfg(test)]
