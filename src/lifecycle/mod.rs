@@ -1,8 +1,8 @@
 //! The daemon's process plumbing (README "Configuration"), kept apart from the beat loop in
 //! [`crate::daemon`] so each piece can be tested with real processes: the
 //! locked pid file, detaching into the background, dropping root, `stop`
-//! and `reload` as seen from the command line, logging set-up, and the
-//! warning about configuration files others can read.
+//! and `reload` as seen from the command line, logging set-up, and opening
+//! files in directories others may write ([`safefile`]).
 //!
 //! The pid file is guarded by an exclusive `flock` held on an open
 //! descriptor for the whole life of the daemon. The kernel releases it
