@@ -769,12 +769,7 @@ fn reload_config(daemon: &mut Daemon, path: &std::path::Path) {
         }
         Err(e) => error!("configuration not reloaded, the old one stays in force: {e}"),
     }
-    for w in daemon
-        .config()
-        .secret_files()
-        .into_iter()
-        .filter_map(crate::lifecycle::world_readable_warning)
-    {
+    for w in daemon.config().secret_warnings() {
         warn!("{w}");
     }
 }

@@ -3,6 +3,11 @@
 //! triggers print every event, and plays a short story: a standby stops and
 //! comes back, then the primary dies and a standby is promoted.
 //!
+//! Run as root, the servers run as `postgres` (PostgreSQL refuses root), and
+//! so do plusmoin and its triggers: a child `plusmoin -x start` as that user,
+//! in the sandbox directory it owns. Only this first process stays root, to
+//! drive the servers for the story and clean up.
+//!
 //! `--pgpool` puts a real pgpool-II in front of the sandbox (health checks,
 //! a `failover_command`, `auto_failback` off: the shape of a production
 //! pgpool), gives plusmoin a `pgpool` section, and tells the sidecar's
@@ -15,6 +20,8 @@
 use crate::config::{self, LogLevel};
 use crate::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions, PCP_USER};
 use crate::sandbox::Sandbox;
+use nix::unistd::{Gid, Pid, Uid};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -48,6 +55,8 @@ fn demo(story: bool, with_pgpool: bool) -> Result<(), String> {
     }
     say("starting a primary and two standbys on loopback (a few seconds)…");
     let sandbox = Arc::new(Sandbox::start(2).map_err(|e| e.to_string())?);
+    let dir = sandbox.dir().to_path_buf();
+    let owner = sandbox.owner();
     let pgpool = match with_pgpool {
         false => None,
         true => {
@@ -71,24 +80,31 @@ fn demo(story: bool, with_pgpool: bool) -> Result<(), String> {
             Some(Arc::new(pg))
         }
     };
-    let pgpool_section = pgpool.as_ref().map_or_else(String::new, |pg| {
-        format!(
-            r#",
+    let pgpool_section = match &pgpool {
+        None => String::new(),
+        Some(pg) => {
+            // plusmoin's own copy of the pcp password file, readable by the
+            // user it runs as (pgpool's is ours alone).
+            let pcppass = dir.join("pcppass");
+            let text = std::fs::read_to_string(pg.pcppass_file())
+                .map_err(|e| format!("cannot read {}: {e}", pg.pcppass_file().display()))?;
+            write_new(&pcppass, &text, 0o600, owner)?;
+            format!(
+                r#",
   "pgpool": {{
     "pcp_host": "{}", "pcp_port": {}, "pcp_user": "{PCP_USER}",
     "pcppass_file": "{}", "pgpool_conf": "{}", "bin_dir": "{}"
   }}"#,
-            pg.host(),
-            pg.pcp_port(),
-            pg.pcppass_file().display(),
-            pg.conf_file().display(),
-            pg.bin_dir().display()
-        )
-    });
-    let dir = sandbox.dir().to_path_buf();
+                pg.host(),
+                pg.pcp_port(),
+                pcppass.display(),
+                pg.conf_file().display(),
+                pg.bin_dir().display()
+            )
+        }
+    };
     let script = dir.join("print-event.sh");
-    std::fs::write(&script, PRINT_EVENT).map_err(|e| e.to_string())?;
-    set_executable(&script).map_err(|e| e.to_string())?;
+    write_new(&script, PRINT_EVENT, 0o755, owner)?;
     let nodes: Vec<String> = (0..sandbox.len())
         .map(|i| {
             format!(
@@ -99,7 +115,8 @@ fn demo(story: bool, with_pgpool: bool) -> Result<(), String> {
         })
         .collect();
     let trigger = script.display().to_string();
-    let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+    let runs_as = owner.map_or_else(nix::unistd::geteuid, |(uid, _)| uid);
+    let user = nix::unistd::User::from_uid(runs_as)
         .ok()
         .flatten()
         .map(|u| u.name)
@@ -128,10 +145,8 @@ fn demo(story: bool, with_pgpool: bool) -> Result<(), String> {
         t = trigger,
     );
     let cfg_path = dir.join("plusmoin.json");
-    std::fs::write(&cfg_path, cfg).map_err(|e| e.to_string())?;
+    write_new(&cfg_path, &cfg, 0o600, owner)?;
     let config = config::load(&cfg_path).map_err(|e| e.to_string())?;
-    crate::lifecycle::init_logging(LogLevel::Info, config.log_format, None)
-        .map_err(|e| e.to_string())?;
     say(&format!(
         "plusmoin watches {} servers (config {}); `plusmoin -c {} status --table` shows its view",
         nodes.len(),
@@ -148,12 +163,10 @@ fn demo(story: bool, with_pgpool: bool) -> Result<(), String> {
             None => play_story(&sandbox, &stop),
         })
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let result = runtime.block_on(crate::daemon::run(config, cfg_path));
+    let result = match owner {
+        Some((uid, gid)) => run_as(uid, gid, &user, &dir, &cfg_path),
+        None => run_here(config, cfg_path),
+    };
     stop.store(true, Ordering::SeqCst);
     if let Some(t) = story_thread {
         let _ = t.join();
@@ -164,12 +177,106 @@ fn demo(story: bool, with_pgpool: bool) -> Result<(), String> {
     }
     say("stopping the sandbox servers");
     drop(sandbox);
-    result.map_err(|e| e.to_string())
+    result
 }
 
-fn set_executable(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+/// plusmoin in this process, as ourselves (we are not root).
+fn run_here(config: config::Config, cfg_path: PathBuf) -> Result<(), String> {
+    crate::lifecycle::init_logging(
+        LogLevel::Info,
+        config.log_format,
+        None,
+        &crate::lifecycle::Owners::me(),
+    )
+    .map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime
+        .block_on(crate::daemon::run(config, cfg_path))
+        .map_err(|e| e.to_string())
+}
+
+static STOP_ASKED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: nix::libc::c_int) {
+    STOP_ASKED.store(true, Ordering::SeqCst);
+}
+
+/// plusmoin as `uid`/`gid` (the servers' user), in the foreground in a child
+/// process, until it exits; Ctrl-C or SIGTERM here is passed on to it (the
+/// terminal's Ctrl-C reaches it anyway, being in our process group).
+fn run_as(uid: Uid, gid: Gid, user: &str, dir: &Path, cfg_path: &Path) -> Result<(), String> {
+    use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find plusmoin itself: {e}"))?;
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { sigaction(sig, &action) }.map_err(|e| format!("cannot handle {sig}: {e}"))?;
+    }
+    // std clears the supplementary groups when it changes the uid as root.
+    let mut child = std::process::Command::new(exe)
+        .arg("-c")
+        .arg(cfg_path)
+        .args(["-x", "start"])
+        .current_dir(dir)
+        .env("HOME", dir)
+        .env("USER", user)
+        .env("LOGNAME", user)
+        .uid(uid.as_raw())
+        .gid(gid.as_raw())
+        .spawn()
+        .map_err(|e| format!("cannot start plusmoin as {user}: {e}"))?;
+    let mut passed_on = false;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            // Killed by the Ctrl-C we also got: that is how the demo ends.
+            Ok(Some(_)) if STOP_ASKED.load(Ordering::SeqCst) => return Ok(()),
+            Ok(Some(status)) => return Err(format!("plusmoin (as {user}) ended: {status}")),
+            Ok(None) => {}
+            Err(e) => return Err(format!("cannot wait for plusmoin: {e}")),
+        }
+        if STOP_ASKED.load(Ordering::SeqCst) && !passed_on {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            passed_on = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Creates `path` (never through a link, never an existing file) with
+/// `contents` and `mode`, owned by `owner` when given: the sandbox directory
+/// belongs to the servers' user.
+fn write_new(
+    path: &Path,
+    contents: &str,
+    mode: u32,
+    owner: Option<(Uid, Gid)>,
+) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(err)?;
+    file.write_all(contents.as_bytes()).map_err(err)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&file, Some(uid.as_raw()), Some(gid.as_raw())).map_err(err)?;
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(err)
 }
 
 /// Sleeps `secs`, returning false as soon as the demo is stopping.

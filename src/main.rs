@@ -98,13 +98,9 @@ fn check_config(cli: &Cli) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Files holding a password that group or others can read.
+/// Files holding a password that group or others can read or write.
 fn secret_warnings(config: &config::Config) -> Vec<String> {
-    config
-        .secret_files()
-        .into_iter()
-        .filter_map(lifecycle::world_readable_warning)
-        .collect()
+    config.secret_warnings()
 }
 
 fn start(cli: &Cli) -> Result<(), Failure> {
@@ -132,9 +128,13 @@ fn start(cli: &Cli) -> Result<(), Failure> {
     let setup = || -> Result<lifecycle::PidFile, String> {
         // Pid file and log file first, while still root: their directories
         // are usually root's, and the open descriptors outlive the switch.
-        let pid = lifecycle::PidFile::acquire(&config.pid_file).map_err(|e| e.to_string())?;
+        // Their directories may be the daemon user's: no link is followed,
+        // and a file there must be root's, ours or that user's.
+        let owners = lifecycle::Owners::me_and(&config.daemon_user);
+        let pid =
+            lifecycle::PidFile::acquire(&config.pid_file, &owners).map_err(|e| e.to_string())?;
         let log_file = (!cli.foreground).then_some(config.log_file.as_path());
-        lifecycle::init_logging(config.log_level, config.log_format, log_file)
+        lifecycle::init_logging(config.log_level, config.log_format, log_file, &owners)
             .map_err(|e| e.to_string())?;
         lifecycle::drop_privileges(&config.daemon_user).map_err(|e| e.to_string())?;
         Ok(pid)
@@ -198,7 +198,8 @@ fn start(cli: &Cli) -> Result<(), Failure> {
 fn stop(cli: &Cli, timeout: f64) -> Result<(), Failure> {
     let config = load(cli)?;
     let grace = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::from_secs(30));
-    match lifecycle::stop(&config.pid_file, grace) {
+    let owners = lifecycle::Owners::me_and(&config.daemon_user);
+    match lifecycle::stop(&config.pid_file, grace, &owners) {
         Ok(Some(pid)) => {
             println!("plusmoin (pid {pid}) stopped");
             Ok(())
@@ -216,7 +217,8 @@ fn stop(cli: &Cli, timeout: f64) -> Result<(), Failure> {
 
 fn reload(cli: &Cli) -> Result<(), Failure> {
     let config = load(cli)?;
-    match lifecycle::reload(&config.pid_file) {
+    let owners = lifecycle::Owners::me_and(&config.daemon_user);
+    match lifecycle::reload(&config.pid_file, &owners) {
         Ok(pid) => {
             println!(
                 "asked plusmoin (pid {pid}) to reload {}",
@@ -231,9 +233,10 @@ fn reload(cli: &Cli) -> Result<(), Failure> {
 fn show_status(cli: &Cli, table: bool) -> Result<(), Failure> {
     let config = load(cli)?;
     let now = plusmoin::cluster::Time::now().as_secs_f64();
-    let read = status::read(&config.status_file, now).and_then(|st| {
+    let owners = lifecycle::Owners::me_and(&config.daemon_user);
+    let read = status::read(&config.status_file, now, &owners).and_then(|st| {
         // A fresh file from a daemon that just died is no status either.
-        match lifecycle::running_pid(&config.pid_file) {
+        match lifecycle::running_pid(&config.pid_file, &owners) {
             Ok(None) => Err(status::StatusError::NotRunning {
                 pid_file: config.pid_file.clone(),
                 updated_at: st.updated_at,

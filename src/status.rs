@@ -7,8 +7,9 @@
 //! writing fails (directory unwritable, disk full) the previous file stays
 //! intact.
 
+use crate::lifecycle::safefile::{self, Access, Owners};
 use crate::payload::{NodeEntry, Status};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,6 +22,11 @@ pub enum StatusError {
     },
     #[error("no status file at {path} ({source}): is plusmoin running?")]
     Missing {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read status file {path}: {source}")]
+    Read {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -81,8 +87,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .map_err(plain)?;
     tmp.write_all(bytes).map_err(plain)?;
     tmp.as_file().sync_all().map_err(plain)?;
-    // Readable by the operator's tools, like the file it replaces.
-    set_mode_0644(tmp.path()).map_err(plain)?;
+    // Readable by the operator's tools, like the file it replaces. On the
+    // open file, not by path: whoever can write the directory could swap the
+    // temporary name for a link between our write and a chmod by path.
+    set_mode_0644(tmp.as_file()).map_err(plain)?;
     tmp.persist(path).map_err(|e| plain(e.error))?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
@@ -90,17 +98,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn set_mode_0644(path: &Path) -> std::io::Result<()> {
+fn set_mode_0644(file: &std::fs::File) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))
 }
 
-/// Reads the status file, refusing one older than three beats.
-pub fn read(path: &Path, now_unix: f64) -> Result<Status, StatusError> {
-    let text = std::fs::read(path).map_err(|source| StatusError::Missing {
-        path: path.to_path_buf(),
-        source,
-    })?;
+/// Reads the status file, refusing one older than three beats. The daemon
+/// user writes its directory: a link or a FIFO there, or a file none of
+/// `owners` owns, is refused (see [`safefile`]).
+///
+/// [`safefile`]: crate::lifecycle::safefile
+pub fn read(path: &Path, now_unix: f64, owners: &Owners) -> Result<Status, StatusError> {
+    let text = safefile::open(path, Access::Read, owners)
+        .and_then(|mut f| {
+            let mut b = Vec::new();
+            f.read_to_end(&mut b).map(|_| b)
+        })
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => StatusError::Missing {
+                path: path.to_path_buf(),
+                source,
+            },
+            _ => StatusError::Read {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
     let status: Status = serde_json::from_slice(&text).map_err(|source| StatusError::Invalid {
         path: path.to_path_buf(),
         source,
@@ -272,7 +295,7 @@ mod tests {
         let st = status_at(Time(1_000_000_000));
         write(&path, &st).unwrap();
         write(&path, &st).unwrap();
-        let back = read(&path, 1_000.5).unwrap();
+        let back = read(&path, 1_000.5, &Owners::me()).unwrap();
         assert_eq!(back, st);
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "only status.json remains");
@@ -283,14 +306,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("status.json");
         write(&path, &status_at(Time(1_000_000_000))).unwrap();
-        let err = read(&path, 1_003.5).unwrap_err().to_string();
+        let err = read(&path, 1_003.5, &Owners::me()).unwrap_err().to_string();
         assert!(err.contains("older than three beats"), "{err}");
-        assert!(read(&path, 1_002.9).is_ok());
+        assert!(read(&path, 1_002.9, &Owners::me()).is_ok());
     }
 
     #[test]
     fn missing_status_is_a_clear_error() {
-        let err = read(Path::new("/nonexistent/status.json"), 0.0)
+        let err = read(Path::new("/nonexistent/status.json"), 0.0, &Owners::me())
             .unwrap_err()
             .to_string();
         assert!(

@@ -245,3 +245,45 @@ fn check_config_warns_of_secret_files_others_can_read() {
         );
     }
 }
+
+/// A link planted where the pid file or the log file goes (their
+/// directories are often the daemon user's): `start` refuses, naming the
+/// file and saying why, and the file the link points to is untouched.
+#[test]
+fn start_refuses_links_planted_as_the_pid_or_log_file() {
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("precious");
+    std::fs::write(&target, "precious\n").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let d = dir.path();
+    let cfg = d.join("plusmoin.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"dbname": "d", "user": "u", "password": "p",
+                "pid_file": "{d}/plusmoin.pid", "log_file": "{d}/plusmoin.log",
+                "status_file": "{d}/status.json",
+                "nodes": [{{"host": "127.0.0.1", "port": 1}}]}}"#,
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for planted in ["plusmoin.pid", "plusmoin.log"] {
+        let link = d.join(planted);
+        symlink(&target, &link).unwrap();
+        let o = plusmoin(&["-c", cfg.to_str().unwrap(), "start"]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{planted}: {err}");
+        assert!(
+            err.contains(&link.display().to_string()),
+            "{planted}: names the file: {err}"
+        );
+        assert!(err.contains("symbolic link"), "{planted}: says why: {err}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+        assert_eq!(std::fs::metadata(&target).unwrap().mode() & 0o777, 0o600);
+        std::fs::remove_file(&link).unwrap();
+    }
+}

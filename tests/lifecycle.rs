@@ -6,7 +6,7 @@
 //! use the library exactly as the daemon will.
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use plusmoin::config::{LogFormat, LogLevel};
-use plusmoin::lifecycle::{self, LifecycleError, PidFile};
+use plusmoin::lifecycle::{self, LifecycleError, Owners, PidFile};
 
 const HELPER_ENV: &str = "PLUSMOIN_LIFECYCLE_HELPER";
 const WAIT: Duration = Duration::from_secs(10);
@@ -25,9 +25,18 @@ const WAIT: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------- helpers --
 
 static HUP: AtomicBool = AtomicBool::new(false);
+static TERM: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_hup(_: nix::libc::c_int) {
     HUP.store(true, Ordering::SeqCst);
+}
+
+extern "C" fn on_term(_: nix::libc::c_int) {
+    TERM.store(true, Ordering::SeqCst);
+}
+
+fn me() -> Owners {
+    Owners::me()
 }
 
 fn env_path(name: &str) -> PathBuf {
@@ -47,6 +56,7 @@ fn helper_process() {
         "daemon" => helper_daemon(),
         "log" => helper_log(),
         "drop" => helper_drop(),
+        "lock" => helper_lock(),
         other => {
             eprintln!("unknown helper mode {other}");
             90
@@ -73,8 +83,17 @@ fn helper_hold() -> i32 {
         // SAFETY: the handler only stores to an atomic.
         unsafe { sigaction(Signal::SIGHUP, &action) }.expect("install SIGHUP handler");
     }
-    let _pid_file = match PidFile::acquire(&env_path("HELPER_PID_FILE")) {
-        Ok(p) => p,
+    if std::env::var_os("HELPER_RELEASE_ON_TERM").is_some() {
+        let action = SigAction::new(
+            SigHandler::Handler(on_term),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { sigaction(Signal::SIGTERM, &action) }.expect("install SIGTERM handler");
+    }
+    let mut pid_file = match PidFile::acquire(&env_path("HELPER_PID_FILE"), &me()) {
+        Ok(p) => Some(p),
         Err(e) => {
             println!("error {e}");
             return 2;
@@ -82,12 +101,30 @@ fn helper_hold() -> i32 {
     };
     println!("ready {}", std::process::id());
     loop {
+        if TERM.swap(false, Ordering::SeqCst) {
+            // Done with the pid file (its lock goes), but still running.
+            drop(pid_file.take());
+            println!("released");
+        }
         if HUP.swap(false, Ordering::SeqCst) {
             if let Some(f) = &hup_file {
                 std::fs::write(f, "hup\n").expect("write hup file");
             }
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Someone else's process holding a lock on a file of its own (which the
+/// test then fills with another process's pid): a forged pid file.
+fn helper_lock() -> i32 {
+    let file = std::fs::File::open(env_path("HELPER_LOCK_FILE")).expect("open lock file");
+    let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("lock");
+    println!("ready {}", std::process::id());
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 
@@ -104,7 +141,7 @@ fn helper_daemon() -> i32 {
         // A crash before reporting: the kernel closes the pipe.
         std::process::exit(7);
     }
-    match PidFile::acquire(&env_path("HELPER_PID_FILE")) {
+    match PidFile::acquire(&env_path("HELPER_PID_FILE"), &me()) {
         Err(e) => {
             detached.fail(&e.to_string());
             1
@@ -127,7 +164,7 @@ fn log_format() -> LogFormat {
 
 fn helper_log() -> i32 {
     let file = std::env::var_os("HELPER_LOG_FILE").map(PathBuf::from);
-    if let Err(e) = lifecycle::init_logging(LogLevel::Info, log_format(), file.as_deref()) {
+    if let Err(e) = lifecycle::init_logging(LogLevel::Info, log_format(), file.as_deref(), &me()) {
         eprintln!("init_logging: {e}");
         return 4;
     }
@@ -308,7 +345,7 @@ fn second_acquire_from_another_process_fails_naming_the_holder() {
     holder.wait_ready();
     assert_eq!(file_pid(&path), holder.pid());
 
-    let err = PidFile::acquire(&path).expect_err("the lock is held by the helper");
+    let err = PidFile::acquire(&path, &me()).expect_err("the lock is held by the helper");
     assert!(
         matches!(err, LifecycleError::AlreadyRunning { pid: Some(p), .. } if p == holder.pid())
     );
@@ -318,15 +355,18 @@ fn second_acquire_from_another_process_fails_naming_the_holder() {
     assert!(msg.contains(&path.display().to_string()), "{msg}");
     // The failed attempt must not have clobbered the holder's pid.
     assert_eq!(file_pid(&path), holder.pid());
-    assert_eq!(lifecycle::running_pid(&path).unwrap(), Some(holder.pid()));
+    assert_eq!(
+        lifecycle::running_pid(&path, &me()).unwrap(),
+        Some(holder.pid())
+    );
 }
 
 #[test]
 fn second_acquire_in_the_same_process_fails_too() {
     let dir = tempfile::tempdir().unwrap();
     let path = pid_path(&dir);
-    let _first = PidFile::acquire(&path).unwrap();
-    let msg = PidFile::acquire(&path).unwrap_err().to_string();
+    let _first = PidFile::acquire(&path, &me()).unwrap();
+    let msg = PidFile::acquire(&path, &me()).unwrap_err().to_string();
     assert!(
         msg.contains(&format!("already running (pid {}", std::process::id())),
         "{msg}"
@@ -343,12 +383,12 @@ fn pid_file_left_by_a_killed_daemon_is_taken_over() {
     holder.child.kill().unwrap(); // SIGKILL: no Drop, the file stays
     holder.wait_exit();
     assert_eq!(file_pid(&path), old, "kill -9 leaves the file behind");
-    assert_eq!(lifecycle::running_pid(&path).unwrap(), None);
+    assert_eq!(lifecycle::running_pid(&path, &me()).unwrap(), None);
 
-    let ours = PidFile::acquire(&path).expect("stale file is taken over");
+    let ours = PidFile::acquire(&path, &me()).expect("stale file is taken over");
     assert_eq!(file_pid(&path), std::process::id() as i32);
     assert_eq!(
-        lifecycle::running_pid(&path).unwrap(),
+        lifecycle::running_pid(&path, &me()).unwrap(),
         Some(std::process::id() as i32)
     );
     drop(ours);
@@ -360,8 +400,8 @@ fn stale_pid_naming_a_dead_process_is_overwritten_not_appended() {
     let path = pid_path(&dir);
     // A long pid of a dead process: a shorter new pid must not leave digits.
     std::fs::write(&path, "4194303123\n").unwrap();
-    assert_eq!(lifecycle::running_pid(&path).unwrap(), None);
-    let _ours = PidFile::acquire(&path).unwrap();
+    assert_eq!(lifecycle::running_pid(&path, &me()).unwrap(), None);
+    let _ours = PidFile::acquire(&path, &me()).unwrap();
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
         format!("{}\n", std::process::id())
@@ -372,18 +412,18 @@ fn stale_pid_naming_a_dead_process_is_overwritten_not_appended() {
 fn dropping_the_pid_file_removes_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = pid_path(&dir);
-    let pid_file = PidFile::acquire(&path).unwrap();
+    let pid_file = PidFile::acquire(&path, &me()).unwrap();
     assert!(path.exists());
     drop(pid_file);
     assert!(!path.exists(), "the file should be gone after drop");
-    assert_eq!(lifecycle::running_pid(&path).unwrap(), None);
+    assert_eq!(lifecycle::running_pid(&path, &me()).unwrap(), None);
 }
 
 #[test]
 fn acquire_fails_naming_a_missing_directory() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("not-created");
-    let msg = PidFile::acquire(&missing.join("plusmoin.pid"))
+    let msg = PidFile::acquire(&missing.join("plusmoin.pid"), &me())
         .unwrap_err()
         .to_string();
     assert!(msg.contains(&missing.display().to_string()), "{msg}");
@@ -397,9 +437,12 @@ fn acquire_fails_naming_a_missing_directory() {
 #[test]
 fn running_pid_is_none_without_a_file() {
     let dir = tempfile::tempdir().unwrap();
-    assert_eq!(lifecycle::running_pid(&pid_path(&dir)).unwrap(), None);
     assert_eq!(
-        lifecycle::running_pid(&dir.path().join("no/such/dir.pid")).unwrap(),
+        lifecycle::running_pid(&pid_path(&dir), &me()).unwrap(),
+        None
+    );
+    assert_eq!(
+        lifecycle::running_pid(&dir.path().join("no/such/dir.pid"), &me()).unwrap(),
         None
     );
 }
@@ -412,7 +455,7 @@ fn stop_ends_a_daemon_that_honours_sigterm() {
     holder.wait_ready();
 
     let started = Instant::now();
-    let stopped = lifecycle::stop(&path, Duration::from_secs(20)).unwrap();
+    let stopped = lifecycle::stop(&path, Duration::from_secs(20), &me()).unwrap();
     assert_eq!(stopped, Some(holder.pid()));
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -421,7 +464,7 @@ fn stop_ends_a_daemon_that_honours_sigterm() {
     );
     let status = holder.wait_exit();
     assert_eq!(status.signal(), Some(Signal::SIGTERM as i32), "{status:?}");
-    assert_eq!(lifecycle::running_pid(&path).unwrap(), None);
+    assert_eq!(lifecycle::running_pid(&path, &me()).unwrap(), None);
 }
 
 #[test]
@@ -439,7 +482,10 @@ fn stop_kills_a_daemon_that_ignores_sigterm_after_the_grace() {
 
     let grace = Duration::from_millis(300);
     let started = Instant::now();
-    assert_eq!(lifecycle::stop(&path, grace).unwrap(), Some(holder.pid()));
+    assert_eq!(
+        lifecycle::stop(&path, grace, &me()).unwrap(),
+        Some(holder.pid())
+    );
     assert!(started.elapsed() >= grace, "SIGKILL came before the grace");
     let status = holder.wait_exit();
     assert_eq!(status.signal(), Some(Signal::SIGKILL as i32), "{status:?}");
@@ -450,13 +496,13 @@ fn stop_with_nothing_running_returns_none() {
     let dir = tempfile::tempdir().unwrap();
     let path = pid_path(&dir);
     assert_eq!(
-        lifecycle::stop(&path, Duration::from_secs(1)).unwrap(),
+        lifecycle::stop(&path, Duration::from_secs(1), &me()).unwrap(),
         None
     );
     // A stale file naming our own (live) pid must not get us signalled.
     std::fs::write(&path, format!("{}\n", std::process::id())).unwrap();
     assert_eq!(
-        lifecycle::stop(&path, Duration::from_secs(1)).unwrap(),
+        lifecycle::stop(&path, Duration::from_secs(1), &me()).unwrap(),
         None
     );
 }
@@ -472,7 +518,7 @@ fn reload_sends_sighup_to_the_running_daemon() {
     );
     holder.wait_ready();
 
-    assert_eq!(lifecycle::reload(&path).unwrap(), holder.pid());
+    assert_eq!(lifecycle::reload(&path, &me()).unwrap(), holder.pid());
     wait_until("the helper records SIGHUP", || {
         std::fs::read_to_string(&hup).ok().filter(|s| s == "hup\n")
     });
@@ -486,29 +532,56 @@ fn reload_sends_sighup_to_the_running_daemon() {
 fn reload_fails_naming_the_pid_file_when_not_running() {
     let dir = tempfile::tempdir().unwrap();
     let path = pid_path(&dir);
-    let msg = lifecycle::reload(&path).unwrap_err().to_string();
+    let msg = lifecycle::reload(&path, &me()).unwrap_err().to_string();
     assert!(msg.contains("not running"), "{msg}");
     assert!(msg.contains(&path.display().to_string()), "{msg}");
 }
 
 #[test]
-fn world_readable_warning_only_for_files_others_can_read() {
+fn secret_file_warnings_for_group_or_other_access() {
+    use plusmoin::config::permission_warnings;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("plusmoin.json");
     std::fs::write(&file, "{}").unwrap();
-    for (mode, warned) in [(0o644, true), (0o640, true), (0o604, true), (0o600, false)] {
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .unwrap();
+    // Files we create get our group: `me` as daemon user shares it, a user
+    // of another group does not.
+    let file_gid = std::fs::metadata(&file).unwrap().gid();
+    let stranger = ["nobody", "daemon", "bin"]
+        .into_iter()
+        .find(|n| {
+            nix::unistd::User::from_name(n)
+                .ok()
+                .flatten()
+                .is_some_and(|u| u.gid.as_raw() != file_gid)
+        })
+        .expect("a user of another group");
+    // (mode, daemon user, warns it is writable, warns it is readable)
+    for (mode, user, writable, readable) in [
+        (0o600, me.name.as_str(), false, false),
+        (0o400, stranger, false, false),
+        (0o640, me.name.as_str(), false, false),
+        (0o640, stranger, false, true),
+        (0o644, me.name.as_str(), false, true),
+        (0o604, me.name.as_str(), false, true),
+        (0o620, me.name.as_str(), true, false),
+        (0o602, me.name.as_str(), true, false),
+        (0o660, me.name.as_str(), true, false),
+        (0o666, stranger, true, true),
+    ] {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
-        let warning = lifecycle::world_readable_warning(&file);
-        assert_eq!(warning.is_some(), warned, "mode {mode:o}: {warning:?}");
-        if let Some(w) = warning {
+        let w = permission_warnings(&file, user);
+        let what = format!("mode {mode:04o}, daemon user {user}: {w:?}");
+        assert_eq!(w.iter().any(|w| w.contains("writable")), writable, "{what}");
+        assert_eq!(w.iter().any(|w| w.contains("readable")), readable, "{what}");
+        for w in &w {
             assert!(w.contains(&file.display().to_string()), "{w}");
             assert!(w.contains(&format!("{mode:04o}")), "{w}");
         }
     }
-    assert_eq!(
-        lifecycle::world_readable_warning(&dir.path().join("absent")),
-        None
-    );
+    assert!(permission_warnings(&dir.path().join("absent"), &me.name).is_empty());
 }
 
 #[test]
@@ -573,7 +646,7 @@ fn daemonize_detaches_and_the_daemon_holds_the_pid_file() {
     let status = launcher.wait_exit();
     // The launcher exits only once the daemon reported; reading the pid now
     // needs no waiting.
-    let daemon = lifecycle::running_pid(&path).unwrap();
+    let daemon = lifecycle::running_pid(&path, &me()).unwrap();
     let daemon_guard = daemon.map(KillOnDrop);
     assert!(status.success(), "{status:?}: {}", launcher.stderr());
     let daemon = daemon.expect("the daemon holds the pid file");
@@ -604,10 +677,10 @@ fn daemonize_detaches_and_the_daemon_holds_the_pid_file() {
     }
 
     assert_eq!(
-        lifecycle::stop(&path, Duration::from_secs(5)).unwrap(),
+        lifecycle::stop(&path, Duration::from_secs(5), &me()).unwrap(),
         Some(daemon)
     );
-    assert_eq!(lifecycle::running_pid(&path).unwrap(), None);
+    assert_eq!(lifecycle::running_pid(&path, &me()).unwrap(), None);
     drop(daemon_guard);
 }
 
@@ -630,7 +703,10 @@ fn daemonize_reports_a_startup_failure_to_the_launcher() {
         )),
         "{stderr}"
     );
-    assert_eq!(lifecycle::running_pid(&path).unwrap(), Some(holder.pid()));
+    assert_eq!(
+        lifecycle::running_pid(&path, &me()).unwrap(),
+        Some(holder.pid())
+    );
 }
 
 #[test]
@@ -718,7 +794,7 @@ fn logs_go_to_stdout_without_a_file() {
 fn init_logging_names_a_log_file_it_cannot_open() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("missing-dir/plusmoin.log");
-    let msg = lifecycle::init_logging(LogLevel::Info, LogFormat::Text, Some(&log))
+    let msg = lifecycle::init_logging(LogLevel::Info, LogFormat::Text, Some(&log), &me())
         .unwrap_err()
         .to_string();
     assert!(msg.contains(&log.display().to_string()), "{msg}");
@@ -743,4 +819,290 @@ fn is_utc_rfc3339(s: &str) -> bool {
         && digits(17..19)
         && b.last() == Some(&b'Z')
         && (b.len() == 20 || (b[19] == b'.' && digits(20..b.len() - 1)))
+}
+
+// ------------------------------------------- files others can plant things --
+
+/// A file outside the test directory that a planted link points to, and what
+/// it held: nothing done through the link may change it.
+struct Target {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Target {
+    const TEXT: &'static str = "precious: not plusmoin's\n";
+
+    fn new() -> Target {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("precious");
+        std::fs::write(&path, Self::TEXT).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Target { _dir: dir, path }
+    }
+
+    fn assert_untouched(&self) {
+        assert_eq!(std::fs::read_to_string(&self.path).unwrap(), Self::TEXT);
+        let mode = std::fs::metadata(&self.path).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600, "target's mode changed");
+    }
+}
+
+#[test]
+fn a_link_planted_as_the_pid_file_is_refused_and_its_target_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    let target = Target::new();
+    std::os::unix::fs::symlink(&target.path, &path).unwrap();
+    let msg = PidFile::acquire(&path, &me()).unwrap_err().to_string();
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(msg.contains("symbolic link"), "{msg}");
+    target.assert_untouched();
+    // stop, reload and status do not read through it either.
+    let msg = lifecycle::stop(&path, Duration::from_secs(1), &me())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("symbolic link"), "{msg}");
+    assert!(lifecycle::reload(&path, &me()).is_err());
+    // A dangling link does not get its target created.
+    let dangling = dir.path().join("dangling.pid");
+    let nowhere = dir.path().join("nowhere");
+    std::os::unix::fs::symlink(&nowhere, &dangling).unwrap();
+    assert!(PidFile::acquire(&dangling, &me()).is_err());
+    assert!(!nowhere.exists(), "created through a dangling link");
+}
+
+#[test]
+fn a_hard_link_planted_as_the_pid_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    // Same file system: a hard link to a file of ours elsewhere in it.
+    let other = tempfile::tempdir_in(dir.path()).unwrap();
+    let victim = other.path().join("victim");
+    std::fs::write(&victim, Target::TEXT).unwrap();
+    std::fs::hard_link(&victim, &path).unwrap();
+    let msg = PidFile::acquire(&path, &me()).unwrap_err().to_string();
+    assert!(msg.contains("hard links"), "{msg}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), Target::TEXT);
+}
+
+#[test]
+fn a_link_planted_as_the_log_file_is_refused_and_its_target_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("plusmoin.log");
+    let target = Target::new();
+    std::os::unix::fs::symlink(&target.path, &log).unwrap();
+    let msg = lifecycle::init_logging(LogLevel::Info, LogFormat::Text, Some(&log), &me())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains(&log.display().to_string()), "{msg}");
+    assert!(msg.contains("symbolic link"), "{msg}");
+    target.assert_untouched();
+}
+
+#[test]
+fn a_link_planted_as_the_status_file_is_not_read_nor_written_through() {
+    use plusmoin::status;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("status.json");
+    let target = Target::new();
+    std::os::unix::fs::symlink(&target.path, &path).unwrap();
+    let msg = status::read(&path, 0.0, &me()).unwrap_err().to_string();
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(msg.contains("symbolic link"), "{msg}");
+    // Written by rename: the link is replaced, not followed.
+    status::write_atomic(&path, b"{}\n").unwrap();
+    target.assert_untouched();
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(meta.file_type().is_file(), "{meta:?}");
+    assert_eq!(meta.mode() & 0o777, 0o644);
+}
+
+#[test]
+fn a_link_planted_as_the_hold_lock_is_refused_and_its_target_untouched() {
+    use plusmoin::pgpool::hold;
+    let dir = tempfile::tempdir().unwrap();
+    let status_file = dir.path().join("status.json");
+    let target = Target::new();
+    let held = hold::path_for(&status_file);
+    let mut lock = held.clone().into_os_string();
+    lock.push(".lock");
+    std::os::unix::fs::symlink(&target.path, &lock).unwrap();
+    let text = format!(
+        r#"{{"dbname": "d", "user": "u", "password": "p", "status_file": "{}",
+            "nodes": [{{"host": "127.0.0.1", "port": 1}}]}}"#,
+        status_file.display()
+    );
+    let cfg = dir.path().join("plusmoin.json");
+    std::fs::write(&cfg, text).unwrap();
+    let config = plusmoin::config::load(&cfg).unwrap();
+    let msg = hold::hold(&config, "127.0.0.1:1").unwrap_err().to_string();
+    assert!(msg.contains("symbolic link"), "{msg}");
+    target.assert_untouched();
+    // held.json itself is not read through a link either.
+    std::fs::remove_file(&lock).unwrap();
+    std::os::unix::fs::symlink(&target.path, &held).unwrap();
+    let msg = hold::read(&held, &me()).unwrap_err().to_string();
+    assert!(msg.contains("symbolic link"), "{msg}");
+}
+
+/// `f` on another thread, its answer within [`WAIT`] or a failure saying it
+/// hung.
+fn within_wait<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(WAIT)
+        .unwrap_or_else(|_| panic!("{what} hung for {WAIT:?}"))
+}
+
+#[test]
+fn a_fifo_as_the_pid_file_does_not_hang_stop_reload_or_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let p = path.clone();
+    let stopped = within_wait("stop", move || {
+        lifecycle::stop(&p, Duration::from_secs(1), &me()).map_err(|e| e.to_string())
+    });
+    let msg = stopped.unwrap_err();
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(msg.contains("FIFO"), "{msg}");
+    let p = path.clone();
+    let reloaded = within_wait("reload", move || {
+        lifecycle::reload(&p, &me()).map_err(|e| e.to_string())
+    });
+    assert!(reloaded.unwrap_err().contains("FIFO"));
+    let p = path.clone();
+    let acquired = within_wait("acquire", move || {
+        PidFile::acquire(&p, &me()).map_err(|e| e.to_string())
+    });
+    assert!(acquired.unwrap_err().contains("FIFO"));
+}
+
+/// A process to be signalled by mistake: it must outlive the test's `stop`.
+struct Victim(Child);
+
+impl Victim {
+    fn start() -> Victim {
+        Victim(
+            Command::new("sleep")
+                .arg("600")
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawn sleep"),
+        )
+    }
+
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    fn assert_alive(&mut self) {
+        assert!(
+            self.0.try_wait().unwrap().is_none(),
+            "the victim was signalled"
+        );
+    }
+}
+
+impl Drop for Victim {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_forged_pid_file_signals_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    let mut victim = Victim::start();
+    // Nobody holds its lock: not running.
+    std::fs::write(&path, format!("{}\n", victim.pid())).unwrap();
+    assert_eq!(
+        lifecycle::stop(&path, Duration::from_secs(1), &me()).unwrap(),
+        None
+    );
+    assert!(lifecycle::reload(&path, &me()).is_err());
+    victim.assert_alive();
+    // Locked by a process of its own, naming the victim: whoever can write
+    // the directory can do that.
+    let mut locker = spawn_helper("lock", &[("HELPER_LOCK_FILE", &path)]);
+    locker.wait_ready();
+    let msg = lifecycle::stop(&path, Duration::from_millis(300), &me())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains(&format!("names pid {}", victim.pid())),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("held by pid {}", locker.pid())),
+        "{msg}"
+    );
+    assert!(msg.contains("not signalling anyone"), "{msg}");
+    let msg = lifecycle::reload(&path, &me()).unwrap_err().to_string();
+    assert!(msg.contains("not signalling anyone"), "{msg}");
+    victim.assert_alive();
+    assert!(
+        locker.child.try_wait().unwrap().is_none(),
+        "locker signalled"
+    );
+}
+
+#[test]
+fn a_pid_file_owned_by_someone_else_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("needs root to chown: skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    let mut victim = Victim::start();
+    std::fs::write(&path, format!("{}\n", victim.pid())).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    nix::unistd::chown(&path, Some(nobody.uid), None).unwrap();
+    let mut locker = spawn_helper("lock", &[("HELPER_LOCK_FILE", &path)]);
+    locker.wait_ready();
+    let msg = lifecycle::stop(&path, Duration::from_millis(300), &me())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("owned by nobody"), "{msg}");
+    assert!(PidFile::acquire(&path, &me()).is_err());
+    victim.assert_alive();
+    // nobody as the daemon user: its file is trusted (and still forged).
+    let msg = lifecycle::stop(&path, Duration::from_millis(300), &Owners::me_and("nobody"))
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("not signalling anyone"), "{msg}");
+    victim.assert_alive();
+}
+
+#[test]
+fn stop_waits_on_the_lock_not_on_the_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    // Releases its pid file on SIGTERM but keeps running: done as plusmoin.
+    let mut holder = spawn_helper(
+        "hold",
+        &[
+            ("HELPER_PID_FILE", &path),
+            ("HELPER_RELEASE_ON_TERM", Path::new("1")),
+        ],
+    );
+    holder.wait_ready();
+    let grace = Duration::from_secs(30);
+    let started = Instant::now();
+    assert_eq!(
+        lifecycle::stop(&path, grace, &me()).unwrap(),
+        Some(holder.pid())
+    );
+    assert!(started.elapsed() < grace, "waited out the grace");
+    holder.line("released");
+    assert!(
+        holder.child.try_wait().unwrap().is_none(),
+        "killed although its lock was gone"
+    );
 }

@@ -1,4 +1,4 @@
-//! The Debian package (README "Debian package"): built with cargo-deb,
+//! The Debian package (README "Running it"): built with cargo-deb,
 //! installed with dpkg, its shipped configuration checked, then purged,
 //! leaving nothing behind.
 //!

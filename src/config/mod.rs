@@ -14,7 +14,7 @@ mod secrets;
 mod tests;
 mod validate;
 
-pub use secrets::{PasswordSource, PgPass};
+pub use secrets::{permission_warnings, PasswordSource, PgPass};
 
 pub use error::{ConfigError, Position};
 
@@ -302,14 +302,19 @@ pub struct Config {
 impl Config {
     /// The files that may hold a password: the configuration itself, and
     /// `password_file` or libpq's password file when the password is there.
-    ///
-    /// A file that only its owner and the group of `daemon_user` can read
-    /// (the Debian package's root:plusmoin 0640 configuration) is not
-    /// listed: the daemon needs to read it, and nobody else can.
     pub fn secret_files(&self) -> Vec<&Path> {
         std::iter::once(self.source.as_path())
             .chain(self.password_source.file())
-            .filter(|p| !secrets::shared_with_group_of(p, &self.daemon_user))
+            .collect()
+    }
+
+    /// What is wrong with who may read or write [`Config::secret_files`]
+    /// (see [`secrets::permission_warnings`]): printed at start, on reload
+    /// and by `check-config`.
+    pub fn secret_warnings(&self) -> Vec<String> {
+        self.secret_files()
+            .into_iter()
+            .flat_map(|p| secrets::permission_warnings(p, &self.daemon_user))
             .collect()
     }
 

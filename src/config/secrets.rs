@@ -69,19 +69,58 @@ pub fn pgpass_ignored(path: &Path) -> Option<String> {
     })
 }
 
-/// Whether `path` is readable by its owner and group only (no access for
-/// others, group read-only), its group being `user`'s primary group.
-pub fn shared_with_group_of(path: &Path, user: &str) -> bool {
+/// What is wrong with who may access `path`, a file that may hold the
+/// database password (the configuration, `password_file`, the pgpass file):
+///
+/// - writable by group or others: they can change the password, the nodes,
+///   or the triggers root or the daemon user will run;
+/// - readable by others, or by a group the daemon user is not in: they can
+///   read the password. A file only its owner and the daemon user's group
+///   can read (the Debian package's root:plusmoin 0640 configuration) is
+///   fine: the daemon needs to read it, and nobody else can.
+///
+/// Empty when all is well, or when the file cannot be looked at (reading it
+/// will report that).
+pub fn permission_warnings(path: &Path, daemon_user: &str) -> Vec<String> {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    let mode = meta.mode() & 0o777;
+    let mut out = Vec::new();
+    if mode & 0o022 != 0 {
+        out.push(format!(
+            "{} is writable by {} (mode {mode:04o}): they can change the password, the nodes \
+             or the triggers plusmoin runs: chmod go-w it",
+            path.display(),
+            match mode & 0o022 {
+                0o020 => "its group",
+                0o002 => "others",
+                _ => "group and others",
+            }
+        ));
+    }
+    let group_may_read = mode & 0o040 == 0 || in_group(daemon_user, meta.gid());
+    if mode & 0o004 != 0 || !group_may_read {
+        out.push(format!(
+            "{} is readable by group or others (mode {mode:04o}) and may hold a password: chmod 600 it",
+            path.display()
+        ));
+    }
+    out
+}
+
+/// Whether `user`'s primary or supplementary groups include `gid`.
+fn in_group(user: &str, gid: u32) -> bool {
+    let Ok(Some(u)) = nix::unistd::User::from_name(user) else {
         return false;
     };
-    if meta.mode() & 0o077 != 0o040 {
-        return false;
+    if u.gid.as_raw() == gid {
+        return true;
     }
     matches!(
-        nix::unistd::User::from_name(user),
-        Ok(Some(u)) if u.gid.as_raw() == meta.gid()
+        nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)),
+        Ok(Some(g)) if g.mem.iter().any(|m| m == user)
     )
 }
 
@@ -198,39 +237,6 @@ mod tests {
         assert_eq!(p.lookup("*", 5432, "d", "u"), Some("star"));
         // A trailing backslash is kept.
         assert_eq!(p.lookup("any", 5433, "d", "u"), Some("trailing\\"));
-    }
-
-    #[test]
-    fn a_file_shared_with_the_daemons_group_only() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("conf");
-        std::fs::write(&f, "{}").unwrap();
-        let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
-            .unwrap()
-            .unwrap();
-        let other = ["nobody", "daemon", "bin"].into_iter().find(|n| {
-            nix::unistd::User::from_name(n)
-                .ok()
-                .flatten()
-                .is_some_and(|u| u.gid != me.gid)
-        });
-        for (mode, shared) in [
-            (0o640, true),
-            (0o600, false),
-            (0o644, false),
-            (0o660, false),
-        ] {
-            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
-            assert_eq!(shared_with_group_of(&f, &me.name), shared, "mode {mode:o}");
-            if let Some(o) = other {
-                assert!(
-                    !shared_with_group_of(&f, o),
-                    "{o}'s group is not the file's"
-                );
-            }
-        }
-        assert!(!shared_with_group_of(&dir.path().join("missing"), &me.name));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `stop` and `reload` of a running daemon, as seen from the command line.
 
-use std::io::{self};
+use std::fs::File;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -18,14 +18,26 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// `plusmoin stop`: `Ok(None)` when nothing was running (the caller words
 /// the message), `Ok(Some(pid))` once that process is gone.
-pub fn stop(pid_file: &Path, grace: Duration) -> Result<Option<i32>, LifecycleError> {
-    let Some(pid) = running_pid(pid_file)? else {
+///
+/// Only the process holding the pid file's lock is signalled (see
+/// [`holder`]), and "gone" means its lock was released: a pid number may be
+/// given to another process, a lock dies with its holder.
+pub fn stop(
+    pid_file: &Path,
+    grace: Duration,
+    owners: &Owners,
+) -> Result<Option<i32>, LifecycleError> {
+    let Some(Holder { pid, file }) = holder(pid_file, owners)? else {
         return Ok(None);
     };
     if !send(pid, Signal::SIGTERM)? {
         return Ok(Some(pid));
     }
-    if wait_gone(pid, grace) {
+    if wait_released(&file, grace) {
+        return Ok(Some(pid));
+    }
+    // Still locked, so still held by that process: a lock outlives no one.
+    if !lock_holders(&file).contains(&pid) {
         return Ok(Some(pid));
     }
     warn!(
@@ -36,7 +48,7 @@ pub fn stop(pid_file: &Path, grace: Duration) -> Result<Option<i32>, LifecycleEr
     if !send(pid, Signal::SIGKILL)? {
         return Ok(Some(pid));
     }
-    if wait_gone(pid, KILL_WAIT) {
+    if wait_released(&file, KILL_WAIT) {
         Ok(Some(pid))
     } else {
         Err(LifecycleError::DidNotExit {
@@ -47,10 +59,11 @@ pub fn stop(pid_file: &Path, grace: Duration) -> Result<Option<i32>, LifecycleEr
 }
 
 /// `plusmoin reload`: the daemon reads its configuration again between beats.
-pub fn reload(pid_file: &Path) -> Result<i32, LifecycleError> {
-    let pid = running_pid(pid_file)?.ok_or_else(|| LifecycleError::NotRunning {
-        path: pid_file.to_path_buf(),
-    })?;
+pub fn reload(pid_file: &Path, owners: &Owners) -> Result<i32, LifecycleError> {
+    let Holder { pid, .. } =
+        holder(pid_file, owners)?.ok_or_else(|| LifecycleError::NotRunning {
+            path: pid_file.to_path_buf(),
+        })?;
     if !send(pid, Signal::SIGHUP)? {
         return Err(LifecycleError::NotRunning {
             path: pid_file.to_path_buf(),
@@ -72,10 +85,12 @@ fn send(pid: i32, signal: Signal) -> Result<bool, LifecycleError> {
     }
 }
 
-fn wait_gone(pid: i32, within: Duration) -> bool {
+/// Whether the lock on `file` is released within `within`. An error taking
+/// the probe lock counts as not yet.
+fn wait_released(file: &File, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     loop {
-        if process_gone(pid) {
+        if lock_is_free(file).unwrap_or(false) {
             return true;
         }
         if Instant::now() >= deadline {
@@ -85,35 +100,5 @@ fn wait_gone(pid: i32, within: Duration) -> bool {
     }
 }
 
-/// A zombie counts as gone: it has run its course, and its parent (init,
-/// or the caller in tests) may be slow to reap it.
-fn process_gone(pid: i32) -> bool {
-    if let Err(Errno::ESRCH) = kill(Pid::from_raw(pid), None) {
-        return true;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => matches!(proc_state(&stat), Some('Z' | 'X')),
-        Err(e) => e.kind() == io::ErrorKind::NotFound,
-    }
-}
-
-/// The state letter of a `/proc/PID/stat` line; the command name before it
-/// is in parentheses and may itself contain spaces and parentheses.
-fn proc_state(stat: &str) -> Option<char> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().next()?.chars().next()
-}
-
-use super::pidfile::{running_pid, POLL_EVERY};
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proc_state_survives_odd_command_names() {
-        assert_eq!(proc_state("12 (a) b) (c) S 1 12 12"), Some('S'));
-        assert_eq!(proc_state("12 (sh) Z 1 12 12"), Some('Z'));
-        assert_eq!(proc_state("garbage"), None);
-    }
-}
+use super::pidfile::{holder, lock_holders, lock_is_free, Holder, POLL_EVERY};
+use super::safefile::Owners;

@@ -1,11 +1,10 @@
 //! Logging set-up: level, format (text or JSON lines), stdout or a file.
 
-use std::fs::OpenOptions;
 use std::io::{self, IsTerminal};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
+use super::safefile::{self, Access, Owners};
 use super::LifecycleError;
 use crate::config::{LogFormat, LogLevel};
 
@@ -16,10 +15,14 @@ use crate::config::{LogFormat, LogLevel};
 /// `json`: one object per line, the event's fields at the top level beside
 /// `timestamp`, `level`, `target` and `message` (no spans: plusmoin logs
 /// none that matter), so a shipper needs no parsing rules.
+///
+/// The file is opened as root, often in a directory `daemon_user` can write:
+/// never through a link, and only a regular file one of `owners` owns.
 pub fn init_logging(
     level: LogLevel,
     format: LogFormat,
     file: Option<&Path>,
+    owners: &Owners,
 ) -> Result<(), LifecycleError> {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
@@ -37,15 +40,12 @@ pub fn init_logging(
     let (writer, ansi) = match file {
         None => (BoxMakeWriter::new(io::stdout), io::stdout().is_terminal()),
         Some(path) => {
-            let log = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o640)
-                .open(path)
-                .map_err(|source| LifecycleError::LogFile {
+            let log = safefile::open_or_create(path, Access::Append, 0o640, owners).map_err(
+                |source| LifecycleError::LogFile {
                     path: path.to_path_buf(),
                     source,
-                })?;
+                },
+            )?;
             (BoxMakeWriter::new(Mutex::new(log)), false)
         }
     };

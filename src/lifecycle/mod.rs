@@ -1,8 +1,8 @@
 //! The daemon's process plumbing (README "Configuration"), kept apart from the beat loop in
 //! [`crate::daemon`] so each piece can be tested with real processes: the
 //! locked pid file, detaching into the background, dropping root, `stop`
-//! and `reload` as seen from the command line, logging set-up, and the
-//! warning about configuration files others can read.
+//! and `reload` as seen from the command line, logging set-up, and opening
+//! files in directories others may write ([`safefile`]).
 //!
 //! The pid file is guarded by an exclusive `flock` held on an open
 //! descriptor for the whole life of the daemon. The kernel releases it
@@ -23,18 +23,19 @@ mod detach;
 mod logging;
 mod pidfile;
 mod privileges;
+pub mod safefile;
 
 pub use control::{reload, stop};
 pub use detach::{daemonize, Detached};
 pub use logging::init_logging;
 pub use pidfile::{running_pid, PidFile};
 pub use privileges::drop_privileges;
+pub use safefile::Owners;
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use std::io;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(thiserror::Error, Debug)]
@@ -53,6 +54,12 @@ pub enum LifecycleError {
     PidFileRead { path: PathBuf, source: io::Error },
     #[error("pid file {} is locked but holds no valid pid ({content:?})", .path.display())]
     PidFileInvalid { path: PathBuf, content: String },
+    #[error("pid file {} names pid {pid}, but {}: not signalling anyone (a forged or replaced pid file?)", .path.display(), holders_text(.holders))]
+    PidFileForged {
+        path: PathBuf,
+        pid: i32,
+        holders: Vec<i32>,
+    },
     #[error("plusmoin is not running (no live daemon holds {})", .path.display())]
     NotRunning { path: PathBuf },
     #[error("cannot send {signal} to plusmoin (pid {pid}): {source}")]
@@ -83,6 +90,20 @@ pub enum LifecycleError {
     NoFileLimit(#[source] Errno),
 }
 
+fn holders_text(holders: &[i32]) -> String {
+    match holders {
+        [] => "no process this user can see holds its lock".to_string(),
+        _ => format!(
+            "its lock is held by pid {}",
+            holders
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 /// Raises the soft limit on open files to the hard limit and returns the
 /// limit now in force. plusmoin keeps one connection per node open across
 /// beats, and the usual soft limit (1024) would cap it near a thousand
@@ -95,19 +116,6 @@ pub fn raise_nofile_limit() -> Result<u64, LifecycleError> {
     }
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(LifecycleError::NoFileLimit)?;
     Ok(hard)
-}
-
-/// For the configuration and any password file: readable by group or others
-/// means the database password is too. `None` when private or unreadable
-/// (reading it will report that).
-pub fn world_readable_warning(path: &Path) -> Option<String> {
-    let mode = std::fs::metadata(path).ok()?.mode() & 0o777;
-    (mode & 0o044 != 0).then(|| {
-        format!(
-            "{} is readable by group or others (mode {mode:04o}) and may hold a password: chmod 600 it",
-            path.display()
-        )
-    })
 }
 
 #[cfg(test)]

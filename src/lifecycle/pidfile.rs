@@ -1,8 +1,8 @@
 //! The locked pid file: who is running, and taking over a stale one.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use tracing::{debug, info, warn};
 
+use super::safefile::{self, Access, Owners};
 use super::LifecycleError;
 
 /// How long a would-be daemon keeps trying a held lock before calling it
@@ -31,8 +32,10 @@ pub struct PidFile {
 impl PidFile {
     /// The directory is not created: it usually needs an owner and mode only
     /// the operator knows (writable by `daemon_user`), as the original
-    /// plusmoin expected.
-    pub fn acquire(path: &Path) -> Result<PidFile, LifecycleError> {
+    /// plusmoin expected. Since that user may plant anything there, the file
+    /// is opened without following links and must be a regular file owned
+    /// by one of `owners` (see [`safefile`]).
+    pub fn acquire(path: &Path, owners: &Owners) -> Result<PidFile, LifecycleError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.is_dir() {
                 return Err(LifecycleError::PidDirMissing {
@@ -42,7 +45,7 @@ impl PidFile {
         }
         let deadline = Instant::now() + LOCK_RETRY_FOR;
         loop {
-            let file = open_pid_file(path)?;
+            let file = open_pid_file(path, owners)?;
             let had_content = file.metadata().map(|m| m.len() > 0).unwrap_or(false);
             let locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(locked) => locked,
@@ -51,7 +54,7 @@ impl PidFile {
                         thread::sleep(POLL_EVERY);
                         continue;
                     }
-                    let pid = read_pid(path);
+                    let pid = read_pid(path, owners);
                     return Err(LifecycleError::AlreadyRunning {
                         pid,
                         path: path.to_path_buf(),
@@ -120,29 +123,25 @@ impl Drop for PidFile {
     }
 }
 
-fn open_pid_file(path: &Path) -> Result<File, LifecycleError> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(path)
-        .map_err(|source| LifecycleError::PidFileOpen {
+fn open_pid_file(path: &Path, owners: &Owners) -> Result<File, LifecycleError> {
+    safefile::open_or_create(path, Access::ReadWrite, 0o644, owners).map_err(|source| {
+        LifecycleError::PidFileOpen {
             path: path.to_path_buf(),
             source,
-        })
+        }
+    })
 }
 
+/// The path itself, never what a link there points to.
 fn same_inode(path: &Path, file: &File) -> bool {
-    match (std::fs::metadata(path), file.metadata()) {
+    match (std::fs::symlink_metadata(path), file.metadata()) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     }
 }
 
-fn read_pid(path: &Path) -> Option<i32> {
-    let file = File::open(path).ok()?;
+fn read_pid(path: &Path, owners: &Owners) -> Option<i32> {
+    let file = safefile::open(path, Access::Read, owners).ok()?;
     parse_pid(&read_content(&file).ok()?)
 }
 
@@ -158,11 +157,26 @@ fn parse_pid(content: &str) -> Option<i32> {
 }
 
 /// Looks at the lock, not at the pid: a stale file may name a pid the
-/// system has since given to an unrelated process.
-pub fn running_pid(path: &Path) -> Result<Option<i32>, LifecycleError> {
+/// system has since given to an unrelated process. The file is opened as
+/// [`safefile`] does (a link or a FIFO there is an error, not followed or
+/// waited on), and a locked file must name the process holding its lock:
+/// anyone able to write the directory could lock a file of their own naming
+/// any pid.
+pub fn running_pid(path: &Path, owners: &Owners) -> Result<Option<i32>, LifecycleError> {
+    Ok(holder(path, owners)?.map(|h| h.pid))
+}
+
+/// The daemon found holding the pid file, and that file, open: its lock is
+/// released when the daemon ends, whatever way.
+pub(super) struct Holder {
+    pub pid: i32,
+    pub file: File,
+}
+
+pub(super) fn holder(path: &Path, owners: &Owners) -> Result<Option<Holder>, LifecycleError> {
     let deadline = Instant::now() + LOCK_RETRY_FOR;
     loop {
-        let file = match File::open(path) {
+        let file = match safefile::open(path, Access::Read, owners) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
@@ -172,35 +186,89 @@ pub fn running_pid(path: &Path) -> Result<Option<i32>, LifecycleError> {
                 })
             }
         };
-        match Flock::lock(file, FlockArg::LockSharedNonblock) {
-            // We got it, so nobody holds it: stale (dropping releases it).
-            Ok(_stale) => return Ok(None),
-            Err((file, Errno::EWOULDBLOCK)) => {
-                let content =
-                    read_content(&file).map_err(|source| LifecycleError::PidFileRead {
-                        path: path.to_path_buf(),
-                        source,
-                    })?;
-                match parse_pid(&content) {
-                    Some(pid) => return Ok(Some(pid)),
-                    // A daemon between truncating and writing its pid.
-                    None if Instant::now() < deadline => thread::sleep(POLL_EVERY),
-                    None => {
-                        return Err(LifecycleError::PidFileInvalid {
-                            path: path.to_path_buf(),
-                            content,
-                        })
-                    }
+        if lock_is_free(&file).map_err(|source| LifecycleError::PidFileLock {
+            path: path.to_path_buf(),
+            source,
+        })? {
+            return Ok(None);
+        }
+        let content = read_content(&file).map_err(|source| LifecycleError::PidFileRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        match parse_pid(&content) {
+            Some(pid) => {
+                let holders = lock_holders(&file);
+                if holders.contains(&pid) {
+                    return Ok(Some(Holder { pid, file }));
                 }
-            }
-            Err((_, source)) => {
-                return Err(LifecycleError::PidFileLock {
+                // A daemon that just exited released its lock meanwhile.
+                if lock_is_free(&file).unwrap_or(false) {
+                    return Ok(None);
+                }
+                return Err(LifecycleError::PidFileForged {
                     path: path.to_path_buf(),
-                    source,
+                    pid,
+                    holders,
+                });
+            }
+            // A daemon between truncating and writing its pid.
+            None if Instant::now() < deadline => thread::sleep(POLL_EVERY),
+            None => {
+                return Err(LifecycleError::PidFileInvalid {
+                    path: path.to_path_buf(),
+                    content,
                 })
             }
         }
     }
+}
+
+/// Whether nobody holds an exclusive lock on `file`: a shared lock is taken
+/// for an instant to find out.
+pub(super) fn lock_is_free(file: &File) -> Result<bool, Errno> {
+    let probe = file
+        .try_clone()
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+    match Flock::lock(probe, FlockArg::LockSharedNonblock) {
+        Ok(_released_on_drop) => Ok(true),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(false),
+        Err((_, e)) => Err(e),
+    }
+}
+
+/// The processes holding a `flock` on `file`, from `/proc/locks` (readable
+/// by anyone, unlike another user's `/proc/PID/fd`).
+pub(super) fn lock_holders(file: &File) -> Vec<i32> {
+    let Ok(meta) = file.metadata() else {
+        return Vec::new();
+    };
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return Vec::new();
+    };
+    flock_holders(&locks, meta.dev(), meta.ino())
+}
+
+/// Lines like `1: FLOCK  ADVISORY  WRITE 4242 fe:00:6307844 0 EOF`: the
+/// holder's pid, then the device (major:minor in hex) and inode; waiters
+/// (`1: -> FLOCK …`) are not holders.
+fn flock_holders(locks: &str, dev: u64, ino: u64) -> Vec<i32> {
+    let (major, minor) = (nix::libc::major(dev) as u64, nix::libc::minor(dev) as u64);
+    locks
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.get(1) != Some(&"FLOCK") {
+                return None;
+            }
+            let pid = f.get(4)?.parse::<i32>().ok()?;
+            let mut id = f.get(5)?.split(':');
+            let maj = u64::from_str_radix(id.next()?, 16).ok()?;
+            let min = u64::from_str_radix(id.next()?, 16).ok()?;
+            let i = id.next()?.parse::<u64>().ok()?;
+            (maj == major && min == minor && i == ino).then_some(pid)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -214,5 +282,30 @@ mod tests {
         assert_eq!(parse_pid("0"), None);
         assert_eq!(parse_pid("-5"), None);
         assert_eq!(parse_pid("12ab"), None);
+    }
+
+    #[test]
+    fn flock_holders_of_one_inode_waiters_and_other_locks_left_out() {
+        let dev = nix::libc::makedev(0xfe, 0x01);
+        let locks = "1: FLOCK  ADVISORY  WRITE 4242 fe:01:77 0 EOF\n\
+                     1: -> FLOCK  ADVISORY  WRITE 4343 fe:01:77 0 EOF\n\
+                     2: POSIX  ADVISORY  WRITE 4444 fe:01:77 0 EOF\n\
+                     3: FLOCK  ADVISORY  READ 4545 fe:01:78 0 EOF\n\
+                     4: FLOCK  ADVISORY  READ 4646 fe:02:77 0 EOF\n";
+        assert_eq!(flock_holders(locks, dev, 77), vec![4242]);
+    }
+
+    #[test]
+    fn lock_holders_finds_this_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, "").unwrap();
+        let file = File::open(&f).unwrap();
+        assert!(lock_is_free(&file).unwrap());
+        let locked = Flock::lock(File::open(&f).unwrap(), FlockArg::LockExclusiveNonblock).unwrap();
+        assert!(!lock_is_free(&file).unwrap());
+        assert_eq!(lock_holders(&file), vec![std::process::id() as i32]);
+        drop(locked);
+        assert!(lock_is_free(&file).unwrap());
     }
 }

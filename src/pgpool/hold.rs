@@ -16,6 +16,7 @@
 
 use crate::cluster::{NodeName, Time};
 use crate::config::Config;
+use crate::lifecycle::safefile::{self, Access, Owners};
 use crate::logonce::LogOnce;
 use crate::payload::rfc3339;
 use crate::probe::{Connector, ProbeSettings, Session};
@@ -147,9 +148,16 @@ pub fn path_for(status_file: &Path) -> PathBuf {
     }
 }
 
-/// The nodes held in the legacy file; none when it does not exist.
-pub fn read(path: &Path) -> Result<BTreeSet<String>, HoldError> {
-    let bytes = match std::fs::read(path) {
+/// The nodes held in the legacy file; none when it does not exist. It lives
+/// in a directory the daemon user writes: a link or FIFO there, or a file
+/// none of `owners` owns, is an error (see [`safefile`]).
+///
+/// [`safefile`]: crate::lifecycle::safefile
+pub fn read(path: &Path, owners: &Owners) -> Result<BTreeSet<String>, HoldError> {
+    let bytes = match safefile::open(path, Access::Read, owners).and_then(|mut f| {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut b).map(|_| b)
+    }) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
         Err(source) => {
@@ -211,7 +219,7 @@ pub fn resolve(config: &Config, given: &str) -> Result<NodeName, HoldError> {
 /// whether it was not held before. `plusmoin hold` uses [`place`].
 pub fn hold(config: &Config, given: &str) -> Result<(NodeName, bool), HoldError> {
     let node = resolve(config, given)?;
-    let added = change(&path_for(&config.status_file), |held| {
+    let added = change(&path_for(&config.status_file), &owners(config), |held| {
         held.insert(node.to_string())
     })?;
     Ok((node, added))
@@ -221,16 +229,29 @@ pub fn hold(config: &Config, given: &str) -> Result<(NodeName, bool), HoldError>
 /// there.
 pub fn release(config: &Config, given: &str) -> Result<(NodeName, bool), HoldError> {
     let node = resolve(config, given)?;
-    let removed = change(&path_for(&config.status_file), |held| {
+    let removed = change(&path_for(&config.status_file), &owners(config), |held| {
         held.remove(&node.to_string())
     })?;
     Ok((node, removed))
 }
 
+/// Who may own the legacy file and its lock: root, whoever runs plusmoin,
+/// the daemon user.
+fn owners(config: &Config) -> Owners {
+    Owners::me_and(&config.daemon_user)
+}
+
 /// Read, change, write, under an exclusive lock on `held.json.lock`, so two
 /// operators running `hold`/`release` at the same moment both count. The
-/// file is written only when `f` says it changed something.
-fn change(path: &Path, f: impl FnOnce(&mut BTreeSet<String>) -> bool) -> Result<bool, HoldError> {
+/// file is written only when `f` says it changed something. The lock file
+/// is opened as [`safefile`] does: never through a link.
+///
+/// [`safefile`]: crate::lifecycle::safefile
+fn change(
+    path: &Path,
+    owners: &Owners,
+    f: impl FnOnce(&mut BTreeSet<String>) -> bool,
+) -> Result<bool, HoldError> {
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
@@ -238,15 +259,11 @@ fn change(path: &Path, f: impl FnOnce(&mut BTreeSet<String>) -> bool) -> Result<
         path: lock_path.clone(),
         source,
     };
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(err)?;
+    let file =
+        safefile::open_or_create(&lock_path, Access::ReadWrite, 0o644, owners).map_err(err)?;
     let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, errno)| err(std::io::Error::from(errno)))?;
-    let mut held = read(path)?;
+    let mut held = read(path, owners)?;
     let changed = f(&mut held);
     if changed {
         write(path, held)?;
@@ -523,7 +540,9 @@ pub async fn lift(config: &Config, given: &str) -> Result<Lifted, HoldError> {
                 )))
             }
         };
-    let file = change(&path_for(&config.status_file), |held| held.remove(&name))?;
+    let file = change(&path_for(&config.status_file), &owners(config), |held| {
+        held.remove(&name)
+    })?;
     Ok(Lifted {
         node,
         table: deleted,
@@ -563,6 +582,8 @@ pub fn read_order(config: &Config, state: &crate::cluster::State) -> Vec<NodeNam
 pub struct Holds {
     settings: ProbeSettings,
     held_path: PathBuf,
+    /// Who may own `held_path`.
+    owners: Owners,
     /// Built at the first read (it reads `sslrootcert`).
     connector: Option<Connector>,
     /// The connection of the last read, reused when its node is tried again.
@@ -595,6 +616,7 @@ impl Holds {
         Holds {
             settings: ProbeSettings::from_config(config),
             held_path: path_for(&config.status_file),
+            owners: owners(config),
             connector: None,
             cached: None,
             in_flight: None,
@@ -617,6 +639,7 @@ impl Holds {
         }
         self.settings = settings;
         self.held_path = path_for(&config.status_file);
+        self.owners = owners(config);
     }
 
     /// Takes the result of a finished background read, then starts a new
@@ -642,9 +665,11 @@ impl Holds {
         let cached = self.cached.take();
         let settings = self.settings.clone();
         let held_path = self.held_path.clone();
+        let owners = self.owners.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            let outcome = read_all(settings, connector, cached, candidates, held_path).await;
+            let outcome =
+                read_all(settings, connector, cached, candidates, held_path, owners).await;
             let _ = tx.send(outcome);
         });
         self.in_flight = Some((task, rx));
@@ -779,8 +804,9 @@ async fn read_all(
     cached: Option<(NodeName, Session)>,
     candidates: Vec<NodeName>,
     held_path: PathBuf,
+    owners: Owners,
 ) -> ReadOutcome {
-    let file = read(&held_path).map_err(|e| e.to_string());
+    let file = read(&held_path, &owners).map_err(|e| e.to_string());
     let connector = match connector {
         Some(c) => c,
         None => match Connector::new(settings) {
@@ -883,7 +909,10 @@ mod tests {
         let c = config(dir.path());
         let path = path_for(&c.status_file);
         assert_eq!(path, dir.path().join("held.json"));
-        assert!(read(&path).unwrap().is_empty(), "no file: nothing held");
+        assert!(
+            read(&path, &Owners::me()).unwrap().is_empty(),
+            "no file: nothing held"
+        );
         assert_eq!(
             hold(&c, "db1:5432").unwrap(),
             (NodeName::new("DB1", 5432), true)
@@ -893,11 +922,11 @@ mod tests {
             hold(&c, "[::1]:6000").unwrap().0,
             NodeName::new("::1", 6000)
         );
-        let held: Vec<String> = read(&path).unwrap().into_iter().collect();
+        let held: Vec<String> = read(&path, &Owners::me()).unwrap().into_iter().collect();
         assert_eq!(held, ["DB1:5432", "[::1]:6000"]);
         assert!(release(&c, "DB1:5432").unwrap().1);
         assert!(!release(&c, "DB1:5432").unwrap().1);
-        let held: Vec<String> = read(&path).unwrap().into_iter().collect();
+        let held: Vec<String> = read(&path, &Owners::me()).unwrap().into_iter().collect();
         assert_eq!(held, ["[::1]:6000"]);
     }
 
@@ -917,7 +946,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("held.json");
         std::fs::write(&path, "{not json").unwrap();
-        assert!(matches!(read(&path), Err(HoldError::Invalid { .. })));
+        assert!(matches!(
+            read(&path, &Owners::me()),
+            Err(HoldError::Invalid { .. })
+        ));
     }
 
     #[test]
@@ -936,7 +968,7 @@ mod tests {
                 });
             }
         });
-        let held = read(&path_for(&c.status_file)).unwrap();
+        let held = read(&path_for(&c.status_file), &Owners::me()).unwrap();
         assert_eq!(held.len(), 4, "{held:?}");
     }
 

@@ -334,6 +334,12 @@ impl Sandbox {
 
     /// The temporary directory holding the data directories, the logs
     /// (`node<i>.log`) and the unix sockets; tests may put files there.
+    /// The OS user the servers run as when we are root (`postgres`), with
+    /// its group; `None` when they run as ourselves.
+    pub fn owner(&self) -> Option<(Uid, Gid)> {
+        self.runner.owner
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -7,7 +7,7 @@ use crate::monitor::{names, node, Plusmoin, Timings};
 use crate::wait_until;
 use plusmoin::sandbox::Sandbox;
 use serde_json::Value;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -530,4 +530,198 @@ fn a_hanging_pcp_holds_up_neither_beats_nor_status_nor_events() {
             .any(|&pid| sleeping(pid))),
         "hung pcp commands killed at shutdown"
     );
+}
+
+fn plusmoin_log(p: &Plusmoin) -> String {
+    std::fs::read_to_string(p.dir.path().join("plusmoin.log")).unwrap_or_default()
+}
+
+/// The Debian package's set-up: the configuration root's, readable by the
+/// daemon user's group only (root:plusmoin 0640). After the switch to
+/// `daemon_user` the daemon must still read it on reload; and a file its
+/// group may write is warned about on reload.
+#[test]
+fn reload_after_the_privilege_drop_reads_a_root_group_0640_config() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("needs root (a privilege drop): skipped");
+        return;
+    }
+    let sb = Sandbox::start(1).expect("sandbox");
+    let t = Timings {
+        daemon_user: Some("nobody"),
+        ..Timings::default()
+    };
+    let p = Plusmoin::configure(&sb, &t, "");
+    let _guard = StopGuard(&p);
+    for d in [p.dir.path().to_path_buf(), p.dir.path().join("events")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let (n0, n1) = (node(&sb, 0), node(&sb, 1));
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    // write_config replaces the file: its owner and mode are set again.
+    let restrict = |mode: u32| {
+        nix::unistd::chown(&p.config_path, Some(nix::unistd::ROOT), Some(nobody.gid)).unwrap();
+        std::fs::set_permissions(&p.config_path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let meta = std::fs::metadata(&p.config_path).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (0, nobody.gid.as_raw(), mode)
+        );
+    };
+    p.write_config(&sb, &t, "", &[0]);
+    restrict(0o640);
+
+    let o = plusmoin(&p, &["start"]);
+    assert!(o.status.success(), "start: {}", text(&o.stderr));
+    assert!(
+        !text(&o.stderr).contains("warning"),
+        "root:nobody's group 0640 is fine: {}",
+        text(&o.stderr)
+    );
+    let pid = pid_of(&p).expect("pid file written");
+    assert_eq!(uid_of(pid), Some(nobody.uid.as_raw()), "runs as nobody");
+    p.wait_status("one node watched", LONG, |st| {
+        st["clusters"][0]["master"]["name"] == n0.as_str()
+    });
+
+    p.write_config(&sb, &t, "", &[0, 1]);
+    restrict(0o640);
+    let o = plusmoin(&p, &["reload"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    p.wait_status("the standby added by the reload", LONG, |st| {
+        names(&st["clusters"][0]["slaves"]) == [n1.as_str()]
+    });
+    let log = plusmoin_log(&p);
+    assert!(log.contains("configuration reloaded"), "{log}");
+    assert!(!log.contains("not reloaded"), "{log}");
+
+    // Group-writable: reloaded (the group may read it) but warned about.
+    restrict(0o660);
+    let o = plusmoin(&p, &["reload"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(wait_until(LONG, || plusmoin_log(&p)
+        .contains("is writable by its group (mode 0660)")));
+    let o = plusmoin(&p, &["stop"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+/// Every process in `/proc` with its parent and real uid.
+fn processes() -> Vec<(i32, i32, u32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(name))?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse::<u32>()
+                    .ok()
+            };
+            Some((pid, field("PPid:")? as i32, field("Uid:")?))
+        })
+        .collect()
+}
+
+/// `root` and every process below it.
+fn descendants(root: i32) -> Vec<(i32, u32)> {
+    let all = processes();
+    let mut found: Vec<(i32, u32)> = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for &(pid, ppid, uid) in &all {
+            if ppid == parent && !found.iter().any(|(p, _)| *p == pid) {
+                found.push((pid, uid));
+                frontier.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// The demo started by a test: interrupted (as Ctrl-C would) and reaped
+/// however the test ends, so it stops its servers.
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        if !wait_until(LONG, || matches!(self.0.try_wait(), Ok(Some(_)))) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// `plusmoin demo` run as root: the servers, plusmoin and its triggers all
+/// run as `postgres`; only the demo's own first process is root. Triggers
+/// are seen through a `jq` of ours first on the PATH (the example trigger
+/// uses jq when there is one), which records who runs it.
+#[test]
+fn demo_as_root_runs_nothing_as_root_but_itself() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("needs root: skipped");
+        return;
+    }
+    let tools = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tools.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let uids = tools.path().join("uids");
+    let jq = tools.path().join("jq");
+    std::fs::write(
+        &jq,
+        format!(
+            "#!/bin/sh\nid -u >> '{}'\ncat >/dev/null\necho recorded-by-test-jq\n",
+            uids.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&jq, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        tools.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut demo = Demo(
+        Command::new(env!("CARGO_BIN_EXE_plusmoin"))
+            .args(["demo", "--no-story"])
+            .env("PATH", path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run plusmoin demo"),
+    );
+    let demo_pid = demo.0.id() as i32;
+    let postgres = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    // plusmoin_up at the start.
+    let enough = wait_until(Duration::from_secs(120), || {
+        assert!(
+            matches!(demo.0.try_wait(), Ok(None)),
+            "the demo ended early"
+        );
+        std::fs::read_to_string(&uids).is_ok_and(|s| s.lines().count() >= 1)
+    });
+    assert!(enough, "no triggers ran within 120 s");
+    let recorded = std::fs::read_to_string(&uids).unwrap();
+    for uid in recorded.lines() {
+        assert_eq!(uid, postgres.uid.to_string(), "a trigger's uid: {recorded}");
+    }
+    let below = descendants(demo_pid);
+    let plusmoin_child = below.iter().find(|(pid, _)| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("start"))
+    });
+    assert!(
+        plusmoin_child.is_some_and(|(_, uid)| *uid == postgres.uid.as_raw()),
+        "plusmoin runs as postgres: {below:?}"
+    );
+    let as_root: Vec<_> = below.iter().filter(|(_, uid)| *uid == 0).collect();
+    assert!(as_root.is_empty(), "run as root by the demo: {as_root:?}");
+    drop(demo);
 }

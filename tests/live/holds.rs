@@ -229,9 +229,12 @@ fn release_removes_the_hold_everywhere_and_held_json_still_counts() {
     let out = ok(plusmoin(&c, &["release", &n2]));
     assert!(out.contains("the legacy hold in"), "{out}");
     assert!(
-        hold::read(&hold::path_for(&config.status_file))
-            .expect("held.json")
-            .is_empty(),
+        hold::read(
+            &hold::path_for(&config.status_file),
+            &plusmoin::lifecycle::Owners::me(),
+        )
+        .expect("held.json")
+        .is_empty(),
         "released from held.json"
     );
     let out = ok(plusmoin(&c, &["release", &n2]));
