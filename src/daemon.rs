@@ -430,10 +430,13 @@ impl Daemon {
     }
 
     /// Tells the monitor which nodes to retry between beats: lost ones
-    /// (down or out of sync) and those whose last answer was down.
+    /// (down or out of sync), clusterless ones (a slave whose master's row
+    /// has not reached it yet, as just after start) and those whose last
+    /// answer was down.
     fn update_lost(&mut self) {
         for n in &self.state.nodes {
-            let lost = n.place == cluster::Place::Lost || self.down.contains(&n.name);
+            let lost = matches!(n.place, cluster::Place::Lost | cluster::Place::Clusterless)
+                || self.down.contains(&n.name);
             if lost != self.lost.contains(&n.name) {
                 self.monitor.set_lost(&n.name, lost);
                 if lost {

@@ -284,6 +284,43 @@ fn replay_paused_is_out_of_sync_once_max_sync_delay_has_passed_not_a_beat_later(
     );
 }
 
+/// A standby that shows no heartbeat row yet at the first decision (here:
+/// replay paused since before plusmoin started, as on a loaded machine
+/// where the row is not replayed within the first read) is clusterless; it
+/// is tried again between beats like a lost node, so it joins its cluster
+/// within moments of replaying the row, not a whole heartbeat later.
+#[test]
+fn a_standby_clusterless_at_start_joins_between_beats() {
+    let sb = Sandbox::start(1).expect("sandbox");
+    let n1 = node(&sb, 1);
+    sb.sql(1, "SELECT pg_wal_replay_pause()").expect("pause");
+    let _resume = Resume(&sb, 1);
+    // Beats 30 s apart: waiting for the next one would take ~30 s.
+    let p = Plusmoin::start(&sb, &timings(30.0, 3.0, 6.0, 3.0), "");
+    p.wait_status("the standby clusterless", LONG, |st| {
+        st["clusterless"][0]["name"] == n1.as_str()
+            && st["clusters"][0]["master"]["name"] == node(&sb, 0).as_str()
+    });
+    let t = SystemTime::now();
+    sb.sql(1, "SELECT pg_wal_replay_resume()").expect("resume");
+    let e = p.wait_event("slave_up for the standby", LONG, |e| {
+        e.kind == "slave_up" && e.about(&n1)
+    });
+    let took = e.secs_after(t);
+    // Retries start every retry_interval (0.25 s); 5 s leaves a loaded
+    // machine room and is far from the 30 s beat.
+    assert!(took < 5.0, "slave_up {took:.2} s after replay resumed");
+}
+
+/// Resumes replay on node `.1` however the test ends.
+struct Resume<'a>(&'a Sandbox, usize);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.sql(self.1, "SELECT pg_wal_replay_resume()");
+    }
+}
+
 #[test]
 fn sigterm_is_obeyed_at_once_while_a_probe_hangs() {
     let sb = Sandbox::start(1).expect("sandbox");
