@@ -764,3 +764,82 @@ fn a_taken_http_listen_port_is_a_start_error() {
         "{err}"
     );
 }
+
+#[test]
+fn with_pgpool_metrics_show_pgpools_view_and_count_the_attach() {
+    use plusmoin::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions};
+    assert!(
+        pgpool_installed(),
+        "pgpool-II is not installed (apt-get install pgpool2)"
+    );
+    let sb = Sandbox::start(2).expect("sandbox");
+    let pg = Pgpool::start(
+        &sb,
+        PgpoolOptions {
+            auto_failback: None,
+            health_check_period: Some(1),
+            ..PgpoolOptions::default()
+        },
+    )
+    .expect("pgpool");
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let extra = format!(
+        r#"{}, "http_listen": "{addr}""#,
+        crate::pgpool::section(&pg, pg.pcppass_file())
+    );
+    let p = Plusmoin::start(&sb, &Timings::default(), &extra);
+    healthy(&p, &sb);
+    let n2 = node(&sb, 2);
+    let pgpool_says = |m: &Exposition, status: &str| {
+        m.value(
+            "plusmoin_node_pgpool_status",
+            &[("node", n2.as_str()), ("cluster", "0"), ("status", status)],
+        )
+    };
+    let attached = |m: &Exposition| {
+        pgpool_says(m, "up") == Some(1.0) || pgpool_says(m, "waiting") == Some(1.0)
+    };
+    let mut m = Exposition::default();
+    let ok = wait_until(LONG, || {
+        m = scrape(addr);
+        attached(&m) && m.value("plusmoin_pgpool_acting", &[]) == Some(1.0)
+    });
+    assert!(
+        ok,
+        "pgpool's view of node 2: {:?}",
+        m.matching("plusmoin_node_pgpool_status", &[])
+    );
+    assert_eq!(m.value("plusmoin_pgpool_pcp_error", &[]), Some(0.0));
+    let attaches = |m: &Exposition| {
+        counter(
+            m,
+            "plusmoin_pcp_actions_total",
+            &[("action", "attach"), ("outcome", "ok")],
+        )
+    };
+    let before = attaches(&m);
+
+    sb.stop(2).expect("stop standby 2");
+    let ok = wait_until(LONG, || {
+        m = scrape(addr);
+        pgpool_says(&m, "down") == Some(1.0)
+    });
+    assert!(
+        ok,
+        "node 2 down in pgpool: {:?}",
+        m.matching("plusmoin_node_pgpool_status", &[])
+    );
+
+    // auto_failback is off: the attach is plusmoin's, and counted.
+    sb.start_node(2).expect("start standby 2");
+    let ok = wait_until(LONG, || {
+        m = scrape(addr);
+        attached(&m) && attaches(&m) > before
+    });
+    assert!(
+        ok,
+        "attach counted and node 2 up again: {:?} {:?}",
+        m.matching("plusmoin_pcp_actions_total", &[]),
+        m.matching("plusmoin_node_pgpool_status", &[("node", n2.as_str())])
+    );
+}
