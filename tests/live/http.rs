@@ -710,6 +710,10 @@ fn garbage_oversized_and_slow_requests_get_4xx_or_are_dropped_and_the_beat_goes_
     );
     // Still alive, still serving, no panic anywhere.
     assert_eq!(code(addr, "/health"), 200);
+    // HEAD: the status and headers, no body.
+    let (status, text) = raw(addr, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "no body: {text:?}");
     assert_eq!(code(addr, &format!("/primary/{}", node(&sb, 0))), 200);
     let log = p.log();
     assert!(!log.contains("panicked"), "{log}");
