@@ -675,14 +675,16 @@ esac
         fn path(&self) -> &Path {
             self.dir.path()
         }
-        /// pgpool's status of node `id` (node 0 is pgpool's primary).
+        /// pgpool's status of node `id` (node 0 is pgpool's primary); an
+        /// empty read (the script rewriting the file) is read again.
         fn status(&self, id: usize) -> String {
-            std::fs::read_to_string(self.path().join(id.to_string()))
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_string()
+            loop {
+                let text = std::fs::read_to_string(self.path().join(id.to_string())).unwrap();
+                if let Some(s) = text.split_whitespace().next() {
+                    return s.to_string();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
         }
         fn calls(&self) -> Vec<String> {
             std::fs::read_to_string(self.path().join("calls"))
