@@ -784,6 +784,7 @@ fn start_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("pid_file", old.pid_file != new.pid_file),
         ("log_file", old.log_file != new.log_file),
         ("log_level", old.log_level != new.log_level),
+        ("log_format", old.log_format != new.log_format),
         ("daemon_user", old.daemon_user != new.daemon_user),
     ]
     .into_iter()

@@ -39,6 +39,10 @@ fn check_config_accepts_the_example_and_prints_a_summary() {
     assert!(out.contains("127.0.0.1:5432"), "{out}");
     assert!(out.contains("configuration OK"), "{out}");
     assert!(!out.contains("change-me"), "password shown: {out}");
+    assert!(
+        out.contains("http_listen          (off: no metrics or health endpoints)"),
+        "{out}"
+    );
 }
 
 /// Each bad configuration exits 2 with one line naming file, key, position.

@@ -439,6 +439,10 @@ impl Rounds {
             &mut self.memory,
         );
         self.said.log(&d, &ids);
+        // pgpool's status of each node, as read and then as each action
+        // left it.
+        let mut statuses: BTreeMap<&NodeName, NodeStatus> =
+            seen.iter().map(|s| (&s.name, s.pgpool.status)).collect();
         for step in &d.steps {
             let before = seen
                 .iter()
@@ -452,6 +456,9 @@ impl Rounds {
                 Err(_) => PcpOutcome::Failed,
             };
             COUNTERS.pcp_action(step.action == Action::Attach, outcome);
+            if let Ok(after) = result {
+                statuses.insert(&step.node, after);
+            }
             match result {
                 Ok(after) if step.action.done(after) => {
                     self.memory.record(&step.node, step.action, Instant::now());
@@ -494,7 +501,7 @@ impl Rounds {
                 pgpool_status = %status, "pgpool: nothing to do ({why})"
             );
         }
-        self.publish(&watchdog, &d, &seen);
+        self.publish(&watchdog, &d, &statuses);
     }
 
     fn failed(&mut self, e: &PcpError) {
@@ -504,7 +511,12 @@ impl Rounds {
         self.report.send_replace(Some(report));
     }
 
-    fn publish(&mut self, watchdog: &Watchdog, d: &Decision, seen: &[Seen]) {
+    fn publish(
+        &mut self,
+        watchdog: &Watchdog,
+        d: &Decision,
+        statuses: &BTreeMap<&NodeName, NodeStatus>,
+    ) {
         let now = Instant::now();
         let report = PgpoolReport {
             watchdog: watchdog.describe(),
@@ -523,9 +535,9 @@ impl Rounds {
                 .map(|(n, left)| (n.to_string(), (left.as_secs_f64() * 10.0).ceil() / 10.0))
                 .collect(),
             error: None,
-            nodes: seen
+            nodes: statuses
                 .iter()
-                .map(|s| (s.name.to_string(), s.pgpool.status.as_str().to_string()))
+                .map(|(n, s)| (n.to_string(), s.as_str().to_string()))
                 .collect(),
         };
         self.report.send_replace(Some(report));
@@ -685,14 +697,16 @@ esac
         fn path(&self) -> &Path {
             self.dir.path()
         }
-        /// pgpool's status of node `id` (node 0 is pgpool's primary).
+        /// pgpool's status of node `id` (node 0 is pgpool's primary); an
+        /// empty read (the script rewriting the file) is read again.
         fn status(&self, id: usize) -> String {
-            std::fs::read_to_string(self.path().join(id.to_string()))
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_string()
+            loop {
+                let text = std::fs::read_to_string(self.path().join(id.to_string())).unwrap();
+                if let Some(s) = text.split_whitespace().next() {
+                    return s.to_string();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
         }
         fn calls(&self) -> Vec<String> {
             std::fs::read_to_string(self.path().join("calls"))
@@ -817,6 +831,17 @@ esac
         wait_for("node 1 attached", || fake.status(1) == "waiting").await;
         let report = s.report().expect("a report after a round");
         assert_eq!(report.primary.as_deref(), Some("db0:5432"));
+        // pgpool's status of each node, as the attach left it.
+        let shown = |n: &str| {
+            s.report()
+                .and_then(|r| r.nodes.get(n).cloned())
+                .unwrap_or_default()
+        };
+        wait_for("the report shows the attach", || {
+            shown("db1:5432") == "waiting"
+        })
+        .await;
+        assert_eq!(shown("db0:5432"), "up");
         assert!(
             report.acting && report.watchdog.contains("no watchdog"),
             "{report:?}"

@@ -79,7 +79,8 @@ async fn accept(listener: TcpListener, snapshots: Snapshots) {
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
         .max_header_size(MAX_HEAD)
-        .max_buf_size(MAX_HEAD.max(8192))
+        // hyper's smallest read buffer (8 KiB): no body is ever read.
+        .max_buf_size(8192)
         .keep_alive(false);
     let builder = Arc::new(builder);
     let mut full_said = false;

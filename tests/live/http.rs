@@ -12,6 +12,7 @@ use plusmoin::web::{CONNECTION_LIFETIME, HEAD_TIMEOUT, MAX_CONNECTIONS};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -377,31 +378,39 @@ fn haproxy_installed() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// HAProxy with a write port (servers checked on /primary) and a read port
-/// (checked on /replica), every check asking plusmoin at `plusmoin`.
-fn haproxy(sb: &Sandbox, plusmoin: SocketAddr, write: u16, read: u16) -> Haproxy {
+/// The ports HAProxy serves clients on.
+struct Ports {
+    write: u16,
+    read: u16,
+    reporting: u16,
+}
+
+/// HAProxy running the shipped `contrib/haproxy.cfg`, made to fit the
+/// sandbox: plusmoin at `plusmoin`, db1 = node 0, db2 = node 2, db3 = node
+/// 1, client ports on loopback.
+fn haproxy(sb: &Sandbox, plusmoin: SocketAddr, ports: &Ports) -> Haproxy {
     let dir = tempfile::tempdir().expect("temp dir");
-    let servers: String = (0..sb.len())
-        .map(|i| {
-            format!(
-                "  server {} {}:{} check addr {} port {}\n",
-                node(sb, i),
-                sb.host(),
-                sb.port(i),
-                plusmoin.ip(),
-                plusmoin.port()
-            )
-        })
-        .collect();
-    let cfg = format!(
-        "global\n  maxconn 200\n\
-         defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  timeout check 2s\n\
-         \x20 default-server inter 200ms fall 1 rise 1 on-marked-down shutdown-sessions\n\
-         frontend pg_write\n  bind 127.0.0.1:{write}\n  default_backend pg_primary\n\
-         frontend pg_read\n  bind 127.0.0.1:{read}\n  default_backend pg_replicas\n\
-         backend pg_primary\n  option httpchk\n  http-check send meth GET uri-lf /primary/%[srv_name]\n  http-check expect status 200\n{servers}\
-         backend pg_replicas\n  balance roundrobin\n  option httpchk\n  http-check send meth GET uri-lf /replica/%[srv_name]\n  http-check expect status 200\n{servers}"
-    );
+    let template =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/haproxy.cfg"))
+            .expect("contrib/haproxy.cfg");
+    let cfg = template
+        .replace("db1:5432", &node(sb, 0))
+        .replace("db2:5432", &node(sb, 2))
+        .replace("db3:5432", &node(sb, 1))
+        .replace("PLUSMOIN_HOST", &plusmoin.ip().to_string())
+        .replace("port 9187", &format!("port {}", plusmoin.port()))
+        .replace("*:5000", &format!("127.0.0.1:{}", ports.write))
+        .replace("*:5001", &format!("127.0.0.1:{}", ports.read))
+        .replace("*:5002", &format!("127.0.0.1:{}", ports.reporting));
+    let left = cfg
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .find(|l| {
+            ["db1:", "db2:", "db3:", "*:", "port 9187"]
+                .iter()
+                .any(|t| l.contains(t))
+        });
+    assert_eq!(left, None, "not fitted to the sandbox:\n{cfg}");
     let path = dir.path().join("haproxy.cfg");
     std::fs::write(&path, cfg).expect("write haproxy.cfg");
     let check = Command::new("haproxy")
@@ -481,8 +490,13 @@ fn haproxy_routes_writes_to_the_primary_and_follows_the_promotion() {
     let sb = Sandbox::start(2).expect("sandbox");
     let (p, addr) = start(&sb, &Timings::default());
     healthy(&p, &sb);
-    let (write, read) = (free_port(), free_port());
-    let _h = haproxy(&sb, addr, write, read);
+    let ports = Ports {
+        write: free_port(),
+        read: free_port(),
+        reporting: free_port(),
+    };
+    let (write, read) = (ports.write, ports.read);
+    let _h = haproxy(&sb, addr, &ports);
     let port = |i: usize| i32::from(sb.port(i));
 
     let mut last = Err(String::new());
@@ -508,6 +522,10 @@ fn haproxy_routes_writes_to_the_primary_and_follows_the_promotion() {
         [port(1), port(2)].into(),
         "only standbys on the read port"
     );
+
+    // The reporting port: standby 2 alone.
+    let ok = consistently(ports.reporting, false, Ok((port(2), true)), &mut last);
+    assert!(ok, "the reporting port reaches standby 2: {last:?}");
 
     sb.kill9(0).expect("kill primary");
     sb.promote(1).expect("promote standby 1");
@@ -692,6 +710,10 @@ fn garbage_oversized_and_slow_requests_get_4xx_or_are_dropped_and_the_beat_goes_
     );
     // Still alive, still serving, no panic anywhere.
     assert_eq!(code(addr, "/health"), 200);
+    // HEAD: the status and headers, no body.
+    let (status, text) = raw(addr, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "no body: {text:?}");
     assert_eq!(code(addr, &format!("/primary/{}", node(&sb, 0))), 200);
     let log = p.log();
     assert!(!log.contains("panicked"), "{log}");
@@ -744,5 +766,84 @@ fn a_taken_http_listen_port_is_a_start_error() {
     assert!(
         err.contains(&format!("cannot listen on http_listen {addr}: ")),
         "{err}"
+    );
+}
+
+#[test]
+fn with_pgpool_metrics_show_pgpools_view_and_count_the_attach() {
+    use plusmoin::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions};
+    assert!(
+        pgpool_installed(),
+        "pgpool-II is not installed (apt-get install pgpool2)"
+    );
+    let sb = Sandbox::start(2).expect("sandbox");
+    let pg = Pgpool::start(
+        &sb,
+        PgpoolOptions {
+            auto_failback: None,
+            health_check_period: Some(1),
+            ..PgpoolOptions::default()
+        },
+    )
+    .expect("pgpool");
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let extra = format!(
+        r#"{}, "http_listen": "{addr}""#,
+        crate::pgpool::section(&pg, pg.pcppass_file())
+    );
+    let p = Plusmoin::start(&sb, &Timings::default(), &extra);
+    healthy(&p, &sb);
+    let n2 = node(&sb, 2);
+    let pgpool_says = |m: &Exposition, status: &str| {
+        m.value(
+            "plusmoin_node_pgpool_status",
+            &[("node", n2.as_str()), ("cluster", "0"), ("status", status)],
+        )
+    };
+    let attached = |m: &Exposition| {
+        pgpool_says(m, "up") == Some(1.0) || pgpool_says(m, "waiting") == Some(1.0)
+    };
+    let mut m = Exposition::default();
+    let ok = wait_until(LONG, || {
+        m = scrape(addr);
+        attached(&m) && m.value("plusmoin_pgpool_acting", &[]) == Some(1.0)
+    });
+    assert!(
+        ok,
+        "pgpool's view of node 2: {:?}",
+        m.matching("plusmoin_node_pgpool_status", &[])
+    );
+    assert_eq!(m.value("plusmoin_pgpool_pcp_error", &[]), Some(0.0));
+    let attaches = |m: &Exposition| {
+        counter(
+            m,
+            "plusmoin_pcp_actions_total",
+            &[("action", "attach"), ("outcome", "ok")],
+        )
+    };
+    let before = attaches(&m);
+
+    sb.stop(2).expect("stop standby 2");
+    let ok = wait_until(LONG, || {
+        m = scrape(addr);
+        pgpool_says(&m, "down") == Some(1.0)
+    });
+    assert!(
+        ok,
+        "node 2 down in pgpool: {:?}",
+        m.matching("plusmoin_node_pgpool_status", &[])
+    );
+
+    // auto_failback is off: the attach is plusmoin's, and counted.
+    sb.start_node(2).expect("start standby 2");
+    let ok = wait_until(LONG, || {
+        m = scrape(addr);
+        attached(&m) && attaches(&m) > before
+    });
+    assert!(
+        ok,
+        "attach counted and node 2 up again: {:?} {:?}",
+        m.matching("plusmoin_pcp_actions_total", &[]),
+        m.matching("plusmoin_node_pgpool_status", &[("node", n2.as_str())])
     );
 }
