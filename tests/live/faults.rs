@@ -317,16 +317,22 @@ fn restart_in_the_middle_of_beats_settles_back_to_healthy() {
         sb.start_node(2).expect("start");
     }
     p.wait_status("healthy again", LONG, healthy);
-    // Whatever was seen, every slave_down of a node is followed by its slave_up.
+    // Whatever was seen, every slave_down of a node is followed by its
+    // slave_up (its trigger may still be running when the status shows the
+    // node back: wait for it to record the event).
+    let settled = |changes: &[crate::monitor::Ev]| {
+        [&n1, &n2].iter().all(|n| {
+            let last = changes
+                .iter()
+                .filter(|e| e.about(n))
+                .map(|e| e.kind.as_str())
+                .next_back();
+            matches!(last, None | Some("slave_up"))
+        })
+    };
+    wait_until(LONG, || settled(&p.changes()));
     let changes = p.changes();
-    for n in [&n1, &n2] {
-        let last = changes
-            .iter()
-            .filter(|e| e.about(n))
-            .map(|e| e.kind.as_str())
-            .next_back();
-        assert!(matches!(last, None | Some("slave_up")), "{n}: {changes:?}");
-    }
+    assert!(settled(&changes), "{changes:?}");
     assert!(
         !changes.iter().any(|e| e.kind == "master_down"),
         "{changes:?}"
