@@ -644,19 +644,42 @@ fn the_line<'a>(log: &'a str, needle: &str) -> &'a str {
     found[0]
 }
 
-#[test]
-fn could_not_start_and_timed_out_are_each_one_error_line_naming_the_command() {
-    let dir = TempDir::new().unwrap();
-    let missing = dir.path().join("no-such-trigger");
-    let noexec = script(dir.path(), "noexec.sh", "exit 0");
+/// Triggers that cannot do their job: a program that does not exist, a
+/// script that is not executable, one that prints "waiting" and hangs
+/// (killed when the guard drops, whatever the test's outcome).
+struct Bad {
+    missing: PathBuf,
+    noexec: PathBuf,
+    hang: PathBuf,
+    _guard: KillOnDrop,
+}
+
+fn bad_triggers(dir: &Path) -> Bad {
+    let noexec = script(dir, "noexec.sh", "exit 0");
     std::fs::set_permissions(&noexec, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let pid = dir.path().join("hang.pid");
-    let _guard = KillOnDrop(vec![pid.clone()]);
+    let pid = dir.join("hang.pid");
     let hang = script(
-        dir.path(),
+        dir,
         "hang.sh",
         &format!("echo $$ > {}\necho waiting\nsleep 300", p(&pid)),
     );
+    Bad {
+        missing: dir.join("no-such-trigger"),
+        noexec,
+        hang,
+        _guard: KillOnDrop(vec![pid]),
+    }
+}
+
+#[test]
+fn could_not_start_and_timed_out_are_each_one_error_line_naming_the_command() {
+    let dir = TempDir::new().unwrap();
+    let Bad {
+        missing,
+        noexec,
+        hang,
+        _guard,
+    } = bad_triggers(dir.path());
     let ((), log) = logged(async {
         run(&job(&[p(&missing), "--x"], EventKind::SlaveUp, 2, "{}")).await;
         run(&job(&[p(&noexec)], EventKind::SlaveDown, 3, "{}")).await;
@@ -709,16 +732,12 @@ fn failing_unstartable_and_timed_out_triggers_do_not_block_the_next_ones_of_thei
     let out = dir.path().join("ran");
     let s = appender(dir.path(), &out);
     let failing = script(dir.path(), "fail.sh", "exit 7");
-    let missing = dir.path().join("no-such-trigger");
-    let noexec = script(dir.path(), "noexec.sh", "exit 0");
-    std::fs::set_permissions(&noexec, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let pid = dir.path().join("hang.pid");
-    let _guard = KillOnDrop(vec![pid.clone()]);
-    let hang = script(
-        dir.path(),
-        "hang.sh",
-        &format!("echo $$ > {}\nsleep 300", p(&pid)),
-    );
+    let Bad {
+        missing,
+        noexec,
+        hang,
+        _guard,
+    } = bad_triggers(dir.path());
     let ((), log) = logged(async {
         let d = Dispatcher::new();
         // One cluster, one queue: each bad trigger sits in front of a good
