@@ -7,7 +7,7 @@
 //! says "well before the next beat", its heartbeat is long enough that a
 //! beat-bound implementation could only pass by luck.
 
-use crate::monitor::{names, node, Plusmoin, Timings};
+use crate::monitor::{healthy, names, node, Plusmoin, Timings};
 use crate::wait_until;
 use plusmoin::sandbox::Sandbox;
 use std::time::{Duration, Instant, SystemTime};
@@ -22,17 +22,6 @@ fn timings(heartbeat: f64, connect_timeout: f64, max: f64, recover: f64) -> Timi
         recover_sync_delay: recover,
         ..Timings::default()
     }
-}
-
-/// Waits until the first cluster has node 0 as master and every other node
-/// as a slave.
-fn healthy(p: &Plusmoin, sb: &Sandbox) {
-    let n0 = node(sb, 0);
-    let slaves: Vec<String> = (1..sb.len()).map(|i| node(sb, i)).collect();
-    p.wait_status("one cluster, every slave in sync", LONG, |st| {
-        st["clusters"][0]["master"]["name"] == n0.as_str()
-            && names(&st["clusters"][0]["slaves"]) == slaves
-    });
 }
 
 /// Waits until `n` plusmoin_heartbeat triggers ran after `t`: that many

@@ -4,7 +4,7 @@
 //! paused, a real HAProxy routing on those checks, and hostile clients
 //! (garbage, oversized, slow) that never hold the beat back.
 
-use crate::monitor::{names, node, Plusmoin, Timings};
+use crate::monitor::{healthy, node, Plusmoin, Timings};
 use crate::wait_until;
 use plusmoin::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
 use plusmoin::web::exposition::{self, Exposition};
@@ -173,15 +173,6 @@ fn assert_agree(st: &Value, m: &Exposition) {
 fn counter(m: &Exposition, name: &str, labels: &[(&str, &str)]) -> f64 {
     m.value(name, labels)
         .unwrap_or_else(|| panic!("no {name} {labels:?}"))
-}
-
-fn healthy(p: &Plusmoin, sb: &Sandbox) {
-    let n0 = node(sb, 0);
-    let slaves: Vec<String> = (1..sb.len()).map(|i| node(sb, i)).collect();
-    p.wait_status("one cluster, every slave in sync", LONG, |st| {
-        st["clusters"][0]["master"]["name"] == n0.as_str()
-            && names(&st["clusters"][0]["slaves"]) == slaves
-    });
 }
 
 #[test]
@@ -771,21 +762,7 @@ fn a_taken_http_listen_port_is_a_start_error() {
 
 #[test]
 fn with_pgpool_metrics_show_pgpools_view_and_count_the_attach() {
-    use plusmoin::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions};
-    assert!(
-        pgpool_installed(),
-        "pgpool-II is not installed (apt-get install pgpool2)"
-    );
-    let sb = Sandbox::start(2).expect("sandbox");
-    let pg = Pgpool::start(
-        &sb,
-        PgpoolOptions {
-            auto_failback: None,
-            health_check_period: Some(1),
-            ..PgpoolOptions::default()
-        },
-    )
-    .expect("pgpool");
+    let (sb, pg) = crate::pgpool::setup(2);
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let extra = format!(
         r#"{}, "http_listen": "{addr}""#,

@@ -104,6 +104,21 @@ pub fn node(sb: &Sandbox, i: usize) -> String {
     format!("{}:{}", sb.host(), sb.port(i))
 }
 
+/// Waits (30 s at most) until the first cluster has node 0 as master and
+/// every other node of `sb` as a slave in sync.
+pub fn healthy(p: &Plusmoin, sb: &Sandbox) {
+    let n0 = node(sb, 0);
+    let slaves: Vec<String> = (1..sb.len()).map(|i| node(sb, i)).collect();
+    p.wait_status(
+        "one cluster, every slave in sync",
+        Duration::from_secs(30),
+        |st| {
+            st["clusters"][0]["master"]["name"] == n0.as_str()
+                && names(&st["clusters"][0]["slaves"]) == slaves
+        },
+    );
+}
+
 impl Plusmoin {
     /// Writes a configuration for `sb` (with `extra` top-level JSON members
     /// appended) and starts plusmoin on it.

@@ -3,7 +3,7 @@
 //! serves the sandbox (issue 4). Every attach asserted here is plusmoin's
 //! doing: pgpool never attaches a node by itself with auto_failback off.
 
-use crate::monitor::{assert_no_secret, names, node, Plusmoin, Timings};
+use crate::monitor::{assert_no_secret, healthy, names, node, Plusmoin, Timings};
 use crate::wait_until;
 use plusmoin::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions, PCP_PASSWORD, PCP_USER};
 use plusmoin::sandbox::Sandbox;
@@ -13,7 +13,9 @@ use std::time::Duration;
 pub(crate) const LONG: Duration = Duration::from_secs(30);
 pub(crate) const UP: &[&str] = &["up", "waiting"];
 
-fn setup(standbys: usize) -> (Sandbox, Pgpool) {
+/// A sandbox and a pgpool in front of it: health check every second,
+/// auto_failback off.
+pub(crate) fn setup(standbys: usize) -> (Sandbox, Pgpool) {
     assert!(
         pgpool_installed(),
         "pgpool-II is not installed (apt-get install pgpool2)"
@@ -48,15 +50,6 @@ fn start(sb: &Sandbox, pg: &Pgpool) -> Plusmoin {
     let p = Plusmoin::start(sb, &Timings::default(), &section(pg, pg.pcppass_file()));
     healthy(&p, sb);
     p
-}
-
-pub(crate) fn healthy(p: &Plusmoin, sb: &Sandbox) {
-    let n: Vec<String> = (1..sb.len()).map(|i| node(sb, i)).collect();
-    let n0 = node(sb, 0);
-    p.wait_status("one cluster, every slave in sync", LONG, |st| {
-        st["clusters"][0]["master"]["name"] == n0.as_str()
-            && names(&st["clusters"][0]["slaves"]) == n
-    });
 }
 
 pub(crate) fn status(pg: &Pgpool, id: usize) -> String {
