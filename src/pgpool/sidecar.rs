@@ -479,7 +479,16 @@ impl Rounds {
                     "pgpool: {} not taken yet (pgpool still shows {after}); the next round tries again",
                     step.action.as_str()
                 ),
-                Err(e) => return self.failed(&e),
+                Err(ApplyError::NotSent(e)) => return self.failed(&e),
+                Err(ApplyError::Unconfirmed(e)) => {
+                    warn!(
+                        node = %step.node, pgpool_id = step.id, event = event.unwrap_or("-"),
+                        action = step.action.as_str(), before = %before,
+                        "pgpool: {} of node {} sent, but pgpool could not be asked whether it took; the next round reads it again",
+                        step.action.as_str(), step.id
+                    );
+                    return self.failed(&e);
+                }
             }
         }
         // Every prompting event gets a line saying what came of it.
@@ -625,20 +634,40 @@ async fn read_pgpool(
 
 /// Runs the step's pcp command and reads pgpool until it shows the result
 /// or the confirm window passes; pgpool's status at the end.
-async fn apply(pcp: &Pcp, step: &Step) -> Result<NodeStatus, PcpError> {
+/// Sends `step` and reads pgpool's status of the node until the action
+/// shows or `CONFIRM_WINDOW` has passed. A failed read is tried again
+/// within the window: pgpool restarts its pcp process about a second after
+/// a failover or failback, and a pcp command caught by that restart fails
+/// ("unable to read data from socket") though the action was carried out.
+async fn apply(pcp: &Pcp, step: &Step) -> Result<NodeStatus, ApplyError> {
     let command = match step.action {
         Action::Attach => Command::Attach,
         Action::Detach => Command::Detach,
     };
-    pcp.run(command, &step.node, step.id).await?;
+    pcp.run(command, &step.node, step.id)
+        .await
+        .map_err(ApplyError::NotSent)?;
     let deadline = Instant::now() + CONFIRM_WINDOW;
     loop {
-        let after = pcp.node_info(&step.node, step.id).await?.status;
-        if step.action.done(after) || Instant::now() >= deadline {
-            return Ok(after);
+        match pcp.node_info(&step.node, step.id).await {
+            Ok(info) if step.action.done(info.status) || Instant::now() >= deadline => {
+                return Ok(info.status)
+            }
+            Ok(_) => {}
+            Err(e) if Instant::now() >= deadline => return Err(ApplyError::Unconfirmed(e)),
+            Err(_) => {}
         }
         tokio::time::sleep(CONFIRM_POLL).await;
     }
+}
+
+/// Why an action has no confirmed outcome.
+#[derive(Debug)]
+enum ApplyError {
+    /// The pcp command itself failed.
+    NotSent(PcpError),
+    /// Sent, but pgpool could not be asked afterwards whether it took.
+    Unconfirmed(PcpError),
 }
 
 #[cfg(test)]
@@ -659,6 +688,13 @@ echo "$1 $2" >> "$d/calls"
 # file fail: every command fails with its text, as pcp does when pgpool is
 # unreachable.
 if [ -f "$d/fail" ]; then echo "ERROR: $(cat "$d/fail")" >&2; exit 1; fi
+# file info.fail: that many info calls fail, as when pgpool restarts its pcp
+# process after a failback (file restart: written there by an attach).
+if [ "$1" = info ] && [ -s "$d/info.fail" ]; then
+  n=$(cat "$d/info.fail"); echo $((n - 1)) > "$d/info.fail"
+  [ "$n" -gt 1 ] || rm -f "$d/info.fail"
+  echo "ERROR: unable to read data from socket." >&2; exit 1
+fi
 [ "$1" = watchdog ] || read -r st role < "$d/$2"
 case "$1" in
   info) echo "h 5432 1 0.5 $st $st $role $role 0 none none 2026-01-01 00:00:00" ;;
@@ -668,6 +704,7 @@ case "$1" in
       [ "$n" -gt 1 ] || rm -f "$d/$2.refuse"
     else
       echo "waiting $role" > "$d/$2"
+      if [ -f "$d/restart" ]; then cp "$d/restart" "$d/info.fail"; fi
     fi ;;
   detach) echo "down $role" > "$d/$2" ;;
   watchdog)
@@ -1045,6 +1082,42 @@ esac
             said[0].contains("node=\"db1:5432\"") && said[0].contains("pgpool_id=1"),
             "{text}"
         );
+    }
+
+    /// pgpool restarts its pcp process about a second after a failback:
+    /// the reads confirming an attach fail for a moment. The attach is
+    /// still confirmed in the same round (no "pcp failed", no second
+    /// attach), as long as pgpool answers again within the confirm window.
+    #[tokio::test]
+    async fn an_attach_is_confirmed_through_pgpools_pcp_restart() {
+        let fake = Fake::new(&["up", "down"]);
+        std::fs::write(fake.path().join("restart"), "3\n").unwrap();
+        let mut s = sidecar(&fake.config());
+        // One beat, one round: nothing else would run another.
+        s.beat(&state(Place::Slave), &[event(EventKind::SlaveUp, "db1")]);
+        wait_for(
+            "the round's report shows the attach, without a pcp error",
+            || {
+                s.report().is_some_and(|r| {
+                    r.error.is_none()
+                        && r.nodes.get("db1:5432").map(String::as_str) == Some("waiting")
+                })
+            },
+        )
+        .await;
+        let calls = fake.calls();
+        let attach = calls
+            .iter()
+            .position(|c| c == "attach 1")
+            .expect("attached");
+        let infos_after = calls[attach..].iter().filter(|c| *c == "info 1").count();
+        assert!(infos_after >= 4, "three failed reads, then one: {calls:?}");
+        assert_eq!(
+            calls.iter().filter(|c| *c == "attach 1").count(),
+            1,
+            "{calls:?}"
+        );
+        s.shutdown().await;
     }
 
     #[tokio::test]
