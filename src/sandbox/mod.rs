@@ -476,6 +476,33 @@ impl Sandbox {
                 child.signal(Signal::SIGSTOP)?;
             }
         }
+        // A signal takes effect when its process next enters the kernel: on
+        // a loaded machine a busy child may still run for a moment. Return
+        // only once every process of the node is stopped (or gone), so a
+        // caller's "frozen" holds from here on.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let running: Vec<procs::Proc> = std::iter::once(postmaster)
+                .chain(procs::descendants(&postmaster))
+                .filter(|p| p.is_alive() && !p.is_stopped())
+                .collect();
+            if running.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(SandboxError::Io {
+                    what: format!(
+                        "freeze node {i}: pids {:?} still not stopped after 10 s",
+                        running.iter().map(|p| p.pid).collect::<Vec<_>>()
+                    ),
+                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                });
+            }
+            for p in &running {
+                p.signal(Signal::SIGSTOP)?;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         tracing::info!(node = i, pid = postmaster.pid, "sandbox: frozen");
         Ok(())
     }
