@@ -210,6 +210,9 @@ impl PgpoolCluster {
             attempt += 1;
         }
         let leader = cluster.wait_leader(ELECTION_TIMEOUT)?;
+        // The leader is agreed a little before every member counts the
+        // others in: a member may still say "QUORUM IS ON THE EDGE".
+        cluster.wait_quorum(ELECTION_TIMEOUT)?;
         tracing::info!(
             members,
             leader,
@@ -262,6 +265,33 @@ impl PgpoolCluster {
         }
         let leader = agreed?;
         running.contains(&leader).then_some(leader)
+    }
+
+    /// Polls `pcp_watchdog_info` until every member says "QUORUM EXIST".
+    fn wait_quorum(&self, timeout: Duration) -> Result<(), SandboxError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let states: Vec<String> = self
+                .members
+                .iter()
+                .map(|m| {
+                    m.watchdog_info()
+                        .map_or_else(|e| e.to_string(), |w| w.quorum_state)
+                })
+                .collect();
+            if states.iter().all(|s| s == "QUORUM EXIST") {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(SandboxError::Io {
+                    what: format!(
+                        "pgpool cluster: no quorum everywhere within {timeout:?}: {states:?}"
+                    ),
+                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Polls [`PgpoolCluster::leader`] until the running members agree on
