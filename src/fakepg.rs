@@ -13,10 +13,11 @@
 //!
 //! What it speaks: SSLRequest (declined), startup with AuthenticationOk (no
 //! password asked), the extended protocol (Parse, Describe, Bind, Execute,
-//! Close, Sync, Flush) for the role statement, the heartbeat upsert and the
-//! heartbeat select, simple Query (answered with an empty command
-//! completion, enough for `CREATE TABLE IF NOT EXISTS`), Terminate. Results
-//! are binary or text as the client asks (timestamps binary only).
+//! Close, Sync, Flush) for the role statement, the heartbeat upsert, the
+//! heartbeat select and the holds read (an empty `plusmoin_hold`, as a
+//! deployment that created it has), simple Query (answered with an empty
+//! command completion, enough for `CREATE TABLE IF NOT EXISTS`), Terminate.
+//! Results are binary or text as the client asks (timestamps binary only).
 //! Anything else gets an ErrorResponse, never a panic.
 //!
 //! It is compiled into the library (hidden from the docs) rather than put
@@ -277,6 +278,8 @@ enum Kind {
     Role,
     Upsert,
     Select,
+    /// The maintenance holds (`plusmoin_hold`): an empty table.
+    Holds,
     /// Anything else: answered with no rows.
     Other,
 }
@@ -288,6 +291,8 @@ impl Kind {
             Kind::Upsert
         } else if q.contains("from plusmoin_heartbeat") {
             Kind::Select
+        } else if q.contains("from plusmoin_hold") {
+            Kind::Holds
         } else if q.trim_start().starts_with("select") {
             Kind::Role
         } else {
@@ -299,7 +304,7 @@ impl Kind {
         match self {
             Kind::Upsert => &[TEXT, INT4, TEXT, TIMESTAMPTZ],
             Kind::Select => &[TEXT],
-            Kind::Role | Kind::Other => &[],
+            Kind::Role | Kind::Holds | Kind::Other => &[],
         }
     }
 
@@ -310,6 +315,12 @@ impl Kind {
                 ("master_name", TEXT, -1),
                 ("cluster_id", INT4, 4),
                 ("beat_at", TIMESTAMPTZ, 8),
+            ],
+            Kind::Holds => &[
+                ("node", TEXT, -1),
+                ("placed_by", TEXT, -1),
+                ("placed_at", TIMESTAMPTZ, 8),
+                ("reason", TEXT, -1),
             ],
             Kind::Upsert | Kind::Other => &[],
         }
@@ -747,7 +758,7 @@ fn execute(
                 None => out.complete("SELECT 0"),
             }
         }
-        Kind::Other => out.complete("SELECT 0"),
+        Kind::Holds | Kind::Other => out.complete("SELECT 0"),
     }
     Ok(())
 }
@@ -781,6 +792,10 @@ mod tests {
         assert_eq!(
             Kind::of("SELECT master_name FROM plusmoin_heartbeat WHERE x"),
             Kind::Select
+        );
+        assert_eq!(
+            Kind::of("SELECT node, placed_by, placed_at, reason FROM plusmoin_hold"),
+            Kind::Holds
         );
         assert_eq!(Kind::of("CREATE TABLE x ()"), Kind::Other);
     }

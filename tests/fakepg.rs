@@ -198,3 +198,30 @@ async fn faults_change_at_run_time_and_slow_answers_past_the_deadline_are_down()
     let out = p.probe_all(&all, Time(6)).await;
     assert_eq!(out[0].1, Observation::Master { wrote_at: Time(6) });
 }
+
+/// The holds are read from the first node that answers, as from a server
+/// with an empty `plusmoin_hold`: the scale benchmark's daemon does not go
+/// from node to node every beat looking for a readable table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_read_as_an_empty_table() {
+    use plusmoin::pgpool::hold::Holds;
+    let pg = FakePg::start(vec![FakeNode::master()])
+        .await
+        .expect("fake server");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path().display();
+    let name = pg.name(0);
+    let text = format!(
+        r#"{{"dbname": "plusmoin", "user": "plusmoin", "password": "unused",
+  "heartbeat": 1, "connect_timeout": 2, "sslmode": "disable",
+  "status_file": "{d}/status.json", "pid_file": "{d}/plusmoin.pid",
+  "nodes": [{{"host": "{}", "port": {}}}]}}"#,
+        name.host, name.port
+    );
+    let config = plusmoin::config::parse(&text, &dir.path().join("plusmoin.json")).expect("config");
+    let mut holds = Holds::new(&config);
+    holds.refresh(vec![name]);
+    holds.settle().await;
+    assert!(holds.known(), "the hold table was read");
+    assert!(holds.current().is_empty());
+}
