@@ -16,9 +16,7 @@
 //! [`crate::lifecycle`]; this module only decides.
 
 use crate::actions::trigger::{Dispatcher, TriggerJob};
-use crate::cluster::{
-    self, ClusterId, Event, EventKind, NodeName, Observation, Policy, State, Time,
-};
+use crate::cluster::{self, Event, EventKind, NodeName, Observation, Policy, State, Time};
 use crate::config::{self, Config};
 use crate::logonce::LogOnce;
 use crate::payload::{Status, TriggerPayload};
@@ -164,10 +162,6 @@ impl Daemon {
         }
     }
 
-    fn cluster_of(&self, name: &NodeName) -> Option<ClusterId> {
-        self.state.node(name).and_then(|n| n.cluster_id)
-    }
-
     /// Starts a beat: the masters' writes first. A beat still open is
     /// decided first.
     pub fn tick(&mut self) {
@@ -182,20 +176,22 @@ impl Daemon {
         }
         let at = Time::now();
         let priming = !self.state.started;
-        let masters: Vec<NodeName> = if priming {
-            self.names.clone()
+        let masters: HashSet<NodeName> = if priming {
+            for n in &self.names {
+                self.monitor.probe(n, None, at);
+            }
+            self.names.iter().cloned().collect()
         } else {
             self.state
                 .nodes
                 .iter()
                 .filter(|n| n.place == cluster::Place::Master)
-                .map(|n| n.name.clone())
+                .map(|n| {
+                    self.monitor.probe(&n.name, n.cluster_id, at);
+                    n.name.clone()
+                })
                 .collect()
         };
-        for m in &masters {
-            self.monitor.probe(m, self.cluster_of(m), at);
-        }
-        let masters: HashSet<NodeName> = masters.into_iter().collect();
         self.beat = Some(BeatRun {
             at,
             began: Instant::now(),
@@ -222,33 +218,22 @@ impl Daemon {
         };
         b.reads_sent = true;
         b.reads_sent_at = Instant::now();
-        let reads: Vec<NodeName> = if b.priming {
-            self.names
-                .iter()
-                .filter(|n| matches!(self.first.get(*n), Some(Observation::Slave { .. })))
-                .cloned()
-                .collect()
-        } else {
-            let masters: HashSet<&NodeName> = self
-                .state
-                .nodes
-                .iter()
-                .filter(|n| n.place == cluster::Place::Master)
-                .map(|n| &n.name)
-                .collect();
-            self.names
-                .iter()
-                .filter(|n| !masters.contains(n))
-                .cloned()
-                .collect()
-        };
         let at = b.at;
-        for n in &reads {
-            b.outstanding.insert(n.clone());
-        }
-        for n in &reads {
-            let cluster = self.state.node(n).and_then(|s| s.cluster_id);
-            self.monitor.probe(n, cluster, at);
+        if b.priming {
+            for n in &self.names {
+                if matches!(self.first.get(n), Some(Observation::Slave { .. })) {
+                    b.outstanding.insert(n.clone());
+                    self.monitor.probe(n, None, at);
+                }
+            }
+        } else {
+            for (name, known) in configured(&self.names, &self.state) {
+                if known.map_or(true, |n| n.place != cluster::Place::Master) {
+                    b.outstanding.insert(name.clone());
+                    self.monitor
+                        .probe(name, known.and_then(|n| n.cluster_id), at);
+                }
+            }
         }
     }
 
@@ -393,8 +378,13 @@ impl Daemon {
 
     fn step(&mut self, news: &[(NodeName, Observation)], tick: bool) {
         let now = Time::now();
-        let (next, events) =
-            cluster::step_news(&self.state, &self.names, news, now, &self.policy(), tick);
+        let prev = std::mem::take(&mut self.state);
+        let cluster::Decision {
+            state: next,
+            events,
+            changed,
+            dropped,
+        } = cluster::decide_news(prev, &self.names, news, now, &self.policy(), tick);
         for e in &events {
             self.act(&next, e);
         }
@@ -403,11 +393,6 @@ impl Daemon {
         // on changed (an event, a node's place or master): not for every
         // answer that changed nothing, as retries of lost nodes and each
         // beat's hundreds of answers mostly are.
-        let changed = !events.is_empty()
-            || self.state.nodes.len() != next.nodes.len()
-            || self.state.nodes.iter().zip(&next.nodes).any(|(a, b)| {
-                a.name != b.name || a.place != b.place || a.master_name != b.master_name
-            });
         if tick {
             self.pgpool.beat(&next, &events);
         } else if changed {
@@ -415,7 +400,7 @@ impl Daemon {
         }
         // A cluster emptied by moves is gone: its trigger queue finishes
         // what it has, then is freed.
-        for id in cluster::dropped_clusters(&self.state, &next) {
+        for id in dropped {
             self.dispatcher.forget_cluster(id);
         }
         self.state = next;
@@ -743,6 +728,30 @@ pub async fn run_serving(
     daemon.shutdown().await;
     info!("plusmoin stopped");
     Ok(())
+}
+
+/// Each configured node with its state, if it has one yet (a node added by
+/// a reload joins the state at the next decision). Linear: the state's
+/// nodes are the configured ones in order, except just after a reload.
+fn configured<'a>(
+    names: &'a [NodeName],
+    state: &'a State,
+) -> impl Iterator<Item = (&'a NodeName, Option<&'a cluster::NodeState>)> {
+    let aligned = names.len() == state.nodes.len()
+        && names.iter().zip(&state.nodes).all(|(a, b)| *a == b.name);
+    let by_name: HashMap<&NodeName, &cluster::NodeState> = if aligned {
+        HashMap::new()
+    } else {
+        state.nodes.iter().rev().map(|n| (&n.name, n)).collect()
+    };
+    names.iter().enumerate().map(move |(i, name)| {
+        let known = if aligned {
+            Some(&state.nodes[i])
+        } else {
+            by_name.get(name).copied()
+        };
+        (name, known)
+    })
 }
 
 async fn sleep_until_some(deadline: Option<Instant>) {

@@ -104,11 +104,10 @@ pub fn step(
     now: Time,
     policy: &Policy,
 ) -> (State, Vec<Event>) {
-    let nodes = observations
-        .iter()
-        .map(|(name, o)| (name, Some(o)))
-        .collect();
-    decide(prev, nodes, now, policy, true)
+    let names: Vec<NodeName> = observations.iter().map(|(n, _)| n.clone()).collect();
+    let obs = observations.iter().map(|(_, o)| Some(o)).collect();
+    let d = decide(prev.clone(), &names, obs, now, policy, true);
+    (d.state, d.events)
 }
 
 /// Decides on the news: `nodes` is the whole configuration in order (nodes
@@ -162,15 +161,49 @@ pub fn step_news(
     policy: &Policy,
     tick: bool,
 ) -> (State, Vec<Event>) {
-    let mut latest: HashMap<&NodeName, &Observation> = HashMap::with_capacity(news.len());
-    for (name, o) in news {
-        latest.insert(name, o);
-    }
-    let nodes = nodes
-        .iter()
-        .map(|name| (name, latest.get(name).copied()))
-        .collect();
-    decide(prev, nodes, now, policy, tick)
+    let d = decide_news(prev.clone(), nodes, news, now, policy, tick);
+    (d.state, d.events)
+}
+
+/// What [`decide_news`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The next state.
+    pub state: State,
+    /// The events, in the order [`step_news`] describes.
+    pub events: Vec<Event>,
+    /// Whether some node changed place, cluster or the master it follows,
+    /// or nodes were added or removed: what the pgpool sidecar is told of
+    /// between beats.
+    pub changed: bool,
+    /// The clusters this decision dropped, in id order (as
+    /// [`dropped_clusters`] would find them).
+    pub dropped: Vec<ClusterId>,
+}
+
+/// [`step_news`] taking the previous state rather than a copy of it, as the
+/// daemon decides: over a thousand nodes, a decision then costs little more
+/// than the news it holds (benches/step.rs). It also says whether anything
+/// moved and which clusters were dropped, so the caller need not compare
+/// whole states.
+pub fn decide_news(
+    prev: State,
+    nodes: &[NodeName],
+    news: &[(NodeName, Observation)],
+    now: Time,
+    policy: &Policy,
+    tick: bool,
+) -> Decision {
+    let obs: Vec<Option<&Observation>> = if news.is_empty() {
+        vec![None; nodes.len()]
+    } else {
+        let mut latest: HashMap<&NodeName, &Observation> = HashMap::with_capacity(news.len());
+        for (name, o) in news {
+            latest.insert(name, o);
+        }
+        nodes.iter().map(|n| latest.get(n).copied()).collect()
+    };
+    decide(prev, nodes, obs, now, policy, tick)
 }
 
 /// The clusters of `prev` that `next` no longer has, in id order: the
@@ -183,67 +216,112 @@ pub fn dropped_clusters(prev: &State, next: &State) -> Vec<ClusterId> {
         .collect()
 }
 
-/// [`step_news`] with each configured node paired with its news, if any.
+/// The host and port a `host:port` text names, exactly as
+/// [`NodeName`]'s `Display` writes them (an IPv6 literal in brackets, the
+/// port without sign or leading zero): `None` for any other text. So a
+/// heartbeat row's master is found among the nodes without writing every
+/// node's name out at each decision.
+pub fn name_parts(text: &str) -> Option<(&str, u16)> {
+    let (head, port) = text.rsplit_once(':')?;
+    let canonical = !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && (port == "0" || !port.starts_with('0'));
+    if !canonical {
+        return None;
+    }
+    let port: u16 = port.parse().ok()?;
+    match head.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(host) if host.contains(':') => Some((host, port)),
+        _ if !head.contains(':') => Some((head, port)),
+        _ => None,
+    }
+}
+
+/// [`decide_news`] with each configured node paired with its news, if any.
 fn decide(
-    prev: &State,
-    nodes: Vec<(&NodeName, Option<&Observation>)>,
+    prev: State,
+    names: &[NodeName],
+    obs: Vec<Option<&Observation>>,
     now: Time,
     policy: &Policy,
     tick: bool,
-) -> (State, Vec<Event>) {
+) -> Decision {
     let first = !prev.started;
-    // Lookups by name go through maps built once per step, so that a step
+    let State {
+        next_cluster_id,
+        clusters,
+        nodes: prev_nodes,
+        last_written,
+        ..
+    } = prev;
+    // Lookups by name go through a map built once per step, so that a step
     // stays linear in the number of nodes (10,000 nodes: see benches/step.rs).
-    let mut prev_by_name: HashMap<&NodeName, &NodeState> = HashMap::new();
-    for n in prev.nodes.iter().rev() {
+    let mut by_node: HashMap<(&str, u16), usize> = HashMap::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate().rev() {
         // Reversed, so the first node of a name wins, as `State::node` finds.
-        prev_by_name.insert(&n.name, n);
+        by_node.insert((name.host.as_str(), name.port), i);
     }
-    let prev_node = |name: &NodeName| prev_by_name.get(name).copied();
-    let mut by_node = HashMap::new();
-    let mut by_name = HashMap::new();
-    for (i, (name, _)) in nodes.iter().enumerate().rev() {
-        by_node.insert((*name).clone(), i);
-        by_name.insert(name.to_string(), i);
-    }
+    let unique = by_node.len() == names.len();
+    // The common case: the same nodes as before, in the same order. Their
+    // states are taken over as they are.
+    let aligned = unique
+        && prev_nodes.len() == names.len()
+        && prev_nodes
+            .iter()
+            .zip(names)
+            .all(|(n, name)| n.name == *name);
+    let (next_nodes, before): (Vec<NodeState>, Vec<Before>) = if aligned {
+        let before = prev_nodes
+            .iter()
+            .map(|n| Some((n.place, n.cluster_id)))
+            .collect();
+        (prev_nodes, before)
+    } else {
+        let mut prev_by_name: HashMap<&NodeName, &NodeState> =
+            HashMap::with_capacity(prev_nodes.len());
+        for n in prev_nodes.iter().rev() {
+            prev_by_name.insert(&n.name, n);
+        }
+        names
+            .iter()
+            .map(|name| match prev_by_name.get(name) {
+                Some(n) => ((*n).clone(), Some((n.place, n.cluster_id))),
+                None => (NodeState::new(name.clone(), now), None),
+            })
+            .unzip()
+    };
     let mut beat = Beat {
         first,
         now,
         policy,
-        written_before: &prev.last_written,
-        before: nodes
-            .iter()
-            .map(|(name, _)| prev_node(name).map(|n| (n.place, n.cluster_id)))
-            .collect(),
-        obs: nodes.iter().map(|(_, o)| *o).collect(),
+        before,
+        obs,
         next: State {
             started: true,
-            next_cluster_id: prev.next_cluster_id,
-            clusters: prev.clusters.clone(),
-            nodes: nodes
-                .iter()
-                .map(|(name, _)| {
-                    prev_node(name)
-                        .cloned()
-                        .unwrap_or_else(|| NodeState::new((*name).clone(), now))
-                })
-                .collect(),
-            last_written: prev.last_written.clone(),
+            next_cluster_id,
+            clusters,
+            nodes: next_nodes,
+            last_written,
         },
+        written: vec![None; names.len()],
         events: Vec::new(),
         by_node,
-        by_name,
-        led: HashMap::new(),
+        led: Vec::new(),
         member_of: Vec::new(),
+        changed: !aligned,
+        dropped: Vec::new(),
     };
     beat.forget_removed_masters();
     beat.masters();
     beat.others();
     beat.drop_empty_clusters();
+    beat.record_writes();
     let Beat {
         mut next,
         mut events,
-        by_name,
+        by_node,
+        changed,
+        dropped,
         ..
     } = beat;
     if first {
@@ -261,8 +339,13 @@ fn decide(
         }));
     }
     next.last_written
-        .retain(|name, _| by_name.contains_key(name));
-    (next, events)
+        .retain(|name, _| name_parts(name).is_some_and(|k| by_node.contains_key(&k)));
+    Decision {
+        state: next,
+        changed: changed || !events.is_empty(),
+        events,
+        dropped,
+    }
 }
 
 impl NodeState {
@@ -282,34 +365,47 @@ impl NodeState {
     }
 }
 
+/// A node's place and cluster before a decision (`None`: a new node).
+type Before = Option<(Place, Option<ClusterId>)>;
+
 /// The working data of one decision.
 struct Beat<'a> {
     first: bool,
     now: Time,
     policy: &'a Policy,
-    /// The heartbeat times written before this beat.
-    written_before: &'a BTreeMap<String, Time>,
     /// Each node's place and cluster before this beat (`None`: new node).
-    before: Vec<Option<(Place, Option<ClusterId>)>>,
+    before: Vec<Before>,
     /// Each node's news, `None` for a node without news (kept as it was).
     obs: Vec<Option<&'a Observation>>,
+    /// The state being decided. Its `last_written` stays the writes known
+    /// before this decision until [`Beat::record_writes`].
     next: State,
+    /// The heartbeat each master wrote in this decision's news.
+    written: Vec<Option<Time>>,
     events: Vec<Event>,
-    /// Index of each node (the first, should a name repeat) by name…
-    by_node: HashMap<NodeName, usize>,
-    /// …and by its `host:port` text, as heartbeat rows name masters.
-    by_name: HashMap<String, usize>,
-    /// The cluster each master leads, by `host:port`; filled once masters
+    /// Index of each node (the first, should a name repeat) by host and
+    /// port.
+    by_node: HashMap<(&'a str, u16), usize>,
+    /// The cluster each node leads, if it is a master; filled once masters
     /// are decided, since only [`Beat::masters`] changes a cluster's master.
-    led: HashMap<String, ClusterId>,
+    led: Vec<Option<ClusterId>>,
     /// Each node's cluster once masters are decided, before any slave
     /// moves: where a slave replaying a node that leads no cluster goes.
     member_of: Vec<Option<ClusterId>>,
+    /// See [`Decision::changed`].
+    changed: bool,
+    /// See [`Decision::dropped`].
+    dropped: Vec<ClusterId>,
 }
 
 impl Beat<'_> {
     fn index_of(&self, name: &NodeName) -> Option<usize> {
-        self.by_node.get(name).copied()
+        self.by_node.get(&(name.host.as_str(), name.port)).copied()
+    }
+
+    /// The node a heartbeat row's `host:port` names, if it is configured.
+    fn index_of_text(&self, text: &str) -> Option<usize> {
+        name_parts(text).and_then(|k| self.by_node.get(&k).copied())
     }
 
     fn emit(&mut self, kind: EventKind, cluster_id: ClusterId, node: usize) {
@@ -327,6 +423,7 @@ impl Beat<'_> {
         let node = &mut self.next.nodes[i];
         if node.place != place || node.cluster_id != cluster {
             node.since = self.now;
+            self.changed = true;
         }
         node.place = place;
         node.cluster_id = cluster;
@@ -337,7 +434,7 @@ impl Beat<'_> {
         let present = &self.by_node;
         for cluster in self.next.clusters.values_mut() {
             if let Some(m) = &cluster.master {
-                if !present.contains_key(m) {
+                if !present.contains_key(&(m.host.as_str(), m.port)) {
                     cluster.master = None;
                 }
             }
@@ -349,8 +446,7 @@ impl Beat<'_> {
     fn masters(&mut self) {
         for (i, obs) in self.obs.iter().enumerate() {
             if let Some(Observation::Master { wrote_at }) = obs {
-                let name = self.next.nodes[i].name.to_string();
-                self.next.last_written.insert(name, *wrote_at);
+                self.written[i] = Some(*wrote_at);
             }
         }
         let mut founders = Vec::new();
@@ -428,7 +524,11 @@ impl Beat<'_> {
         self.place(i, Place::Master, Some(id));
         let node = &mut self.next.nodes[i];
         node.is_slave = false;
-        node.master_name = Some(node.name.to_string());
+        let own = node.name.to_string();
+        if node.master_name.as_ref() != Some(&own) {
+            node.master_name = Some(own);
+            self.changed = true;
+        }
         node.lag = None;
         node.last_seen = Some(self.now);
         node.reason = None;
@@ -441,10 +541,11 @@ impl Beat<'_> {
     /// Slaves and unreachable nodes with news, in configuration order.
     fn others(&mut self) {
         self.member_of = self.next.nodes.iter().map(|n| n.cluster_id).collect();
+        self.led = vec![None; self.next.nodes.len()];
         // Lowest id first, as a search of the clusters in id order finds.
         for c in self.next.clusters.values().rev() {
-            if let Some(m) = &c.master {
-                self.led.insert(m.to_string(), c.id);
+            if let Some(m) = c.master.as_ref().and_then(|m| self.index_of(m)) {
+                self.led[m] = Some(c.id);
             }
         }
         for i in 0..self.obs.len() {
@@ -462,15 +563,11 @@ impl Beat<'_> {
     /// that would make the answer depend on whether it comes before or after
     /// the slave in the configuration.
     fn cluster_of_master(&self, master_name: &str) -> Option<ClusterId> {
-        self.led.get(master_name).copied().or_else(|| {
-            self.by_name
-                .get(master_name)
-                .and_then(|&i| self.member_of[i])
-        })
+        let i = self.index_of_text(master_name)?;
+        self.led[i].or(self.member_of[i])
     }
 
     fn slave(&mut self, i: usize, heartbeat: Option<&Heartbeat>) {
-        let own = self.next.nodes[i].name.to_string();
         let current = self.next.nodes[i].cluster_id;
         let target = heartbeat
             .and_then(|hb| self.cluster_of_master(&hb.master_name))
@@ -487,17 +584,26 @@ impl Beat<'_> {
         // could replicate, and comparing with it would show every healthy
         // slave one heartbeat behind: it is compared with the previous
         // write.
-        let known = |m: &str| self.by_name.contains_key(m);
-        let lag = match (target, heartbeat) {
-            (Some(t), Some(hb)) if hb.master_name != own && known(&hb.master_name) => {
+        let replays = heartbeat.map(|hb| self.index_of_text(&hb.master_name));
+        // Its own row: a slave cloned from the master plusmoin wrote on
+        // (the name's text and the node's are the same exactly when they
+        // name the same node).
+        let own = replays == Some(Some(i));
+        let lag = match (target, heartbeat, replays) {
+            (Some(t), Some(hb), Some(Some(followed))) if !own => {
                 let reference = self.next.clusters[&t]
                     .master
                     .as_ref()
-                    .map(|m| m.to_string())
-                    .unwrap_or_else(|| hb.master_name.clone());
-                self.written_before
-                    .get(&reference)
-                    .or_else(|| self.next.last_written.get(&reference))
+                    .and_then(|m| self.index_of(m))
+                    .unwrap_or(followed);
+                let text = self.next.nodes[reference].name.to_string();
+                // `last_written` still holds the writes known before this
+                // decision; `written`, this decision's.
+                self.next
+                    .last_written
+                    .get(&text)
+                    .copied()
+                    .or(self.written[reference])
                     .map(|w| w.since(hb.written_at))
             }
             _ => None,
@@ -512,9 +618,7 @@ impl Beat<'_> {
         let in_sync = lag.is_some_and(|l| l <= limit);
         let reason = match (heartbeat, lag) {
             (None, _) => Some("no heartbeat row replayed yet".to_string()),
-            (Some(hb), _) if hb.master_name == own => {
-                Some("replays its own heartbeat: follows no master".to_string())
-            }
+            (Some(_), _) if own => Some("replays its own heartbeat: follows no master".to_string()),
             (Some(hb), None) => Some(format!("follows unknown master {}", hb.master_name)),
             (Some(_), Some(l)) if !in_sync => Some(format!(
                 "lag {:.1} s is over {} {:.1} s",
@@ -531,7 +635,11 @@ impl Beat<'_> {
         {
             let node = &mut self.next.nodes[i];
             node.is_slave = true;
-            node.master_name = heartbeat.map(|hb| hb.master_name.clone());
+            let follows = heartbeat.map(|hb| &hb.master_name);
+            if node.master_name.as_ref() != follows {
+                node.master_name = follows.cloned();
+                self.changed = true;
+            }
             node.lag = lag;
             node.last_seen = Some(self.now);
             node.reason = reason;
@@ -585,6 +693,23 @@ impl Beat<'_> {
             .iter()
             .filter_map(|n| n.cluster_id)
             .collect();
-        self.next.clusters.retain(|id, _| used.contains(id));
+        let dropped = &mut self.dropped;
+        self.next.clusters.retain(|id, _| {
+            let keep = used.contains(id);
+            if !keep {
+                dropped.push(*id);
+            }
+            keep
+        });
+    }
+
+    /// This decision's heartbeat writes become the last known ones.
+    fn record_writes(&mut self) {
+        for (i, w) in self.written.iter().enumerate() {
+            if let Some(w) = w {
+                let name = self.next.nodes[i].name.to_string();
+                self.next.last_written.insert(name, *w);
+            }
+        }
     }
 }

@@ -1069,6 +1069,55 @@ mod properties {
             );
         }
 
+        /// What a decision says of itself matches the states: `dropped` is
+        /// what [`dropped_clusters`] finds, and whenever a node changed
+        /// place or the master it follows, or nodes came or went,
+        /// `changed` says so (the daemon tells the pgpool sidecar only
+        /// then).
+        #[test]
+        fn a_decision_says_what_it_dropped_and_whether_anything_moved(
+            story in prop::collection::vec(decision(), 1..12),
+            last in decision(),
+            present in prop::collection::vec(prop::bool::weighted(0.85), 6),
+        ) {
+            let sim = play(&story);
+            let now = Time(sim.now.0 + BEAT / 2);
+            let config: Vec<NodeName> = (0..6)
+                .filter(|&i| present[i])
+                .map(|i| name(5432 + i as u16))
+                .collect();
+            let (news, tick) = last;
+            let news = news_of(&news, now);
+            let d = decide_news(sim.state.clone(), &config, &news, now, &sim.policy, tick);
+            prop_assert_eq!(&d.dropped, &dropped_clusters(&sim.state, &d.state));
+            let moved = !d.events.is_empty()
+                || sim.state.nodes.len() != d.state.nodes.len()
+                || sim.state.nodes.iter().zip(&d.state.nodes).any(|(a, b)| {
+                    a.name != b.name || a.place != b.place || a.master_name != b.master_name
+                });
+            prop_assert!(d.changed || !moved);
+            prop_assert_eq!(
+                (d.state, d.events),
+                step_news(&sim.state, &config, &news, now, &sim.policy, tick)
+            );
+        }
+
+        /// A heartbeat row names its master as `host:port` ([`NodeName`]'s
+        /// text); [`name_parts`] reads exactly that text back, and no
+        /// other text names a node.
+        #[test]
+        fn node_names_are_read_back_from_their_text(
+            host in "[a-z0-9:\\[\\].-]{0,12}",
+            port in any::<u16>(),
+            text in "[a-z0-9:\\[\\]+-]{0,14}",
+        ) {
+            let text_of_n = NodeName::new(host.clone(), port).to_string();
+            prop_assert_eq!(name_parts(&text_of_n), Some((host.as_str(), port)));
+            if let Some((h, p)) = name_parts(&text) {
+                prop_assert_eq!(NodeName::new(h, p).to_string(), text);
+            }
+        }
+
         /// Random stories over six nodes (and a master name nobody has)
         /// never panic, keep the invariants, and never renumber a cluster.
         #[test]

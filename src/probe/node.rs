@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_postgres::error::{Severity, SqlState};
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
 use tracing::debug;
 
@@ -209,13 +209,40 @@ impl NodeConn {
         now: Time,
     ) -> Result<Observation, Failure> {
         let s = &shared.settings;
-        // Two statements a beat at most. On a node that was a slave (or is
-        // new), the role statement and the heartbeat read go out together in
-        // one round trip (tokio-postgres pipelines concurrent queries on a
-        // connection; each has its own Sync, so an error in one leaves the
-        // other alone): a slave, the common case, costs one round trip
+        // One round trip a beat, as a rule (tokio-postgres pipelines
+        // concurrent queries on a connection; each has its own Sync, so an
+        // error in one leaves the other alone). On a node that was a slave
+        // (or is new), the role statement and the heartbeat read go out
+        // together: a slave, the common case, costs one round trip
         // (benches/scale.rs). On a node that was a master the read would be
-        // wasted: the role goes alone, then the write.
+        // wasted: the role goes out with the heartbeat write instead. Should
+        // the node have become a slave meanwhile, that write fails (a
+        // standby is read-only) and is ignored, and the read follows.
+        if self.was_master {
+            if let Some(upsert) = self.upsert.clone() {
+                let (cluster, master_name, beat_at) = row_values(node, cluster_id, now)?;
+                let params: [&(dyn ToSql + Sync); 4] =
+                    [&s.instance_name, &cluster, &master_name, &beat_at];
+                let (role, wrote) = tokio::join!(
+                    role(&self.client, &mut self.role, &s.is_slave_statement),
+                    self.client.execute(&upsert, &params),
+                );
+                if role? {
+                    self.was_master = false;
+                    let heartbeat =
+                        read_heartbeat(&self.client, &mut self.select, &s.instance_name).await?;
+                    return Ok(Observation::Slave { heartbeat });
+                }
+                if wrote.is_err() {
+                    // The table was dropped, say: written again the long
+                    // way, which creates it or says why it cannot.
+                    self.upsert = None;
+                    self.write_heartbeat(&s.instance_name, node, cluster_id, now)
+                        .await?;
+                }
+                return Ok(Observation::Master { wrote_at: now });
+            }
+        }
         let (role, heartbeat) = if self.was_master {
             (
                 role(&self.client, &mut self.role, &s.is_slave_statement).await,
@@ -253,16 +280,7 @@ impl NodeConn {
         cluster_id: Option<ClusterId>,
         now: Time,
     ) -> Result<(), Failure> {
-        let cluster = match cluster_id.map(i32::try_from).transpose() {
-            Ok(c) => c,
-            Err(_) => {
-                return Err(Failure::answer(format!(
-                    "cluster id {cluster_id:?} does not fit the heartbeat table"
-                )))
-            }
-        };
-        let master_name = node.to_string();
-        let beat_at = now.to_system_time();
+        let (cluster, master_name, beat_at) = row_values(node, cluster_id, now)?;
         let mut created = false;
         loop {
             let result = self
@@ -318,6 +336,23 @@ impl NodeConn {
             .await?;
         Ok(())
     }
+}
+
+/// The heartbeat row's cluster id, master name and time.
+fn row_values(
+    node: &NodeName,
+    cluster_id: Option<ClusterId>,
+    now: Time,
+) -> Result<(Option<i32>, String, SystemTime), Failure> {
+    let cluster = match cluster_id.map(i32::try_from).transpose() {
+        Ok(c) => c,
+        Err(_) => {
+            return Err(Failure::answer(format!(
+                "cluster id {cluster_id:?} does not fit the heartbeat table"
+            )))
+        }
+    };
+    Ok((cluster, node.to_string(), now.to_system_time()))
 }
 
 /// Runs `is_slave_statement`: true on a slave.
