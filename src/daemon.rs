@@ -3,10 +3,12 @@
 //! the pgpool sidecar) and written to the status file; beats come on a
 //! steady cadence; shutdown and reload come in as inputs.
 //!
-//! A beat: the nodes that were masters write their heartbeat first; once
-//! their writes are back (or after a short bound, should a master hang),
-//! every other node is read, so a slave's lag is this beat's write minus the
-//! row it shows. Each answer is decided when it comes: a hung server delays
+//! A beat: the nodes that were masters write their heartbeat first; once a
+//! master's write is back (and has had a moment to replicate), the other
+//! members of its cluster are read, so a slave's lag is this beat's write
+//! minus the row it shows. Nodes in no cluster with a master are read once
+//! every master's write is back. A master that hangs holds its cluster's
+//! reads back for a short bound at most, and no other cluster's. Each answer is decided when it comes: a hung server delays
 //! only its own news. When the beat's answers are in (or `connect_timeout`
 //! after it began), the beat's own decision emits `plusmoin_heartbeat` and
 //! the status file is written. Between beats, a dropped connection or a
@@ -16,13 +18,15 @@
 //! [`crate::lifecycle`]; this module only decides.
 
 use crate::actions::trigger::{Dispatcher, TriggerJob};
-use crate::cluster::{self, Event, EventKind, NodeName, Observation, Policy, State, Time};
+use crate::cluster::{
+    self, ClusterId, Event, EventKind, NodeName, Observation, Policy, State, Time,
+};
 use crate::config::{self, Config};
 use crate::logonce::LogOnce;
 use crate::payload::{Status, TriggerPayload};
 use crate::probe::{Monitor, ProbeSettings, Report};
 use crate::status;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -62,6 +66,15 @@ const PRIMING_GRACE: Duration = Duration::from_millis(100);
 /// once.
 const NEWS_BATCH: Duration = Duration::from_millis(10);
 
+/// Reads whose time has come go out together, on this grid from the
+/// beat's start: a thousand masters answering one by one give a few groups
+/// of reads (each preceded by a decision of the writes), not a thousand.
+const READ_QUANTUM: Duration = Duration::from_millis(5);
+
+/// A node to read, and the cluster id it writes should it answer as a
+/// master.
+type Read = (NodeName, Option<ClusterId>);
+
 /// The beat in progress.
 #[derive(Debug)]
 struct BeatRun {
@@ -70,16 +83,39 @@ struct BeatRun {
     /// The first beat: every node is probed first (roles unknown, masters
     /// write), then the slaves are read again.
     priming: bool,
-    /// Masters whose write of this beat has not come back yet.
-    masters: HashSet<NodeName>,
-    /// When the reads go out, once the masters' writes are back.
-    reads_at: Option<Instant>,
-    reads_sent: bool,
-    /// When the reads went out: the beat closes `connect_timeout` later at
-    /// the latest.
+    /// Masters whose write of this beat has not come back yet, each with
+    /// the other members of its cluster: they are read once that write is
+    /// back (and has had [`REPLICATION_GRACE`] to replicate).
+    masters: HashMap<NodeName, Vec<Read>>,
+    /// The nodes in no cluster with a master, read once every master's
+    /// write is back (when priming: the nodes that answered as slaves,
+    /// chosen then).
+    rest: Vec<Read>,
+    /// When `rest` goes out, once every master's write is back.
+    rest_at: Option<Instant>,
+    rest_sent: bool,
+    /// Reads waiting for their time, by when they go out.
+    due: BTreeMap<Instant, Vec<Read>>,
+    /// When reads last went out: once all have, the beat closes
+    /// `connect_timeout` later at the latest.
     reads_sent_at: Instant,
     /// Nodes asked this beat that have not answered since.
     outstanding: HashSet<NodeName>,
+}
+
+impl BeatRun {
+    /// Every read of the beat has gone out.
+    fn reads_sent(&self) -> bool {
+        self.rest_sent && self.due.is_empty()
+    }
+
+    /// `t` rounded up to the beat's [`READ_QUANTUM`] grid.
+    fn on_grid(&self, t: Instant) -> Instant {
+        let q = READ_QUANTUM.as_micros();
+        let since = t.saturating_duration_since(self.began).as_micros();
+        let steps = since.div_ceil(q);
+        self.began + Duration::from_micros((steps * q) as u64)
+    }
 }
 
 /// Everything that lives across beats.
@@ -176,64 +212,115 @@ impl Daemon {
         }
         let at = Time::now();
         let priming = !self.state.started;
-        let masters: HashSet<NodeName> = if priming {
+        let mut masters: HashMap<NodeName, Vec<Read>> = HashMap::new();
+        let mut rest = Vec::new();
+        if priming {
             for n in &self.names {
                 self.monitor.probe(n, None, at);
+                masters.insert(n.clone(), Vec::new());
             }
-            self.names.iter().cloned().collect()
         } else {
-            self.state
-                .nodes
-                .iter()
-                .filter(|n| n.place == cluster::Place::Master)
-                .map(|n| {
-                    self.monitor.probe(&n.name, n.cluster_id, at);
-                    n.name.clone()
-                })
-                .collect()
-        };
+            // Each cluster's master writes first; the other members of its
+            // cluster are read once its write is back.
+            let mut led: HashMap<ClusterId, &NodeName> = HashMap::new();
+            for n in &self.state.nodes {
+                if let (cluster::Place::Master, Some(c)) = (n.place, n.cluster_id) {
+                    self.monitor.probe(&n.name, Some(c), at);
+                    masters.insert(n.name.clone(), Vec::new());
+                    led.insert(c, &n.name);
+                }
+            }
+            for (name, known) in configured(&self.names, &self.state) {
+                if known.is_some_and(|n| n.place == cluster::Place::Master) {
+                    continue;
+                }
+                let cluster = known.and_then(|n| n.cluster_id);
+                let read = (name.clone(), cluster);
+                match cluster.and_then(|c| led.get(&c)) {
+                    Some(m) => masters.get_mut(*m).expect("a master").push(read),
+                    None => rest.push(read),
+                }
+            }
+        }
+        let began = Instant::now();
         self.beat = Some(BeatRun {
             at,
-            began: Instant::now(),
+            began,
             priming,
-            outstanding: masters.clone(),
+            outstanding: masters.keys().cloned().collect(),
+            rest_at: masters.is_empty().then_some(began),
             masters,
-            reads_at: None,
-            reads_sent: false,
-            reads_sent_at: Instant::now(),
+            rest,
+            rest_sent: false,
+            due: BTreeMap::new(),
+            reads_sent_at: began,
         });
-        if self.beat.as_ref().is_some_and(|b| b.masters.is_empty()) {
-            self.send_reads();
-        }
+        self.send_due_reads();
     }
 
-    /// The second half of a beat: every node that is not one of its masters
-    /// is read (when priming: the nodes that answered as slaves, now that
-    /// the masters have written).
-    fn send_reads(&mut self) {
-        // The masters' writes are decided before any slave is read.
+    /// Sends the reads whose time has come: a master's cluster once its
+    /// write is back (and has had time to replicate), the rest once every
+    /// master's is; all of them once the masters have had
+    /// [`MASTERS_BOUND`] (a hung master holds no read back longer).
+    fn send_due_reads(&mut self) {
+        let now = Instant::now();
+        let bound = self.masters_bound();
+        let Some(b) = self.beat.as_mut() else {
+            return;
+        };
+        let mut reads: Vec<Read> = Vec::new();
+        while let Some(group) = b.due.first_entry() {
+            if *group.key() > now {
+                break;
+            }
+            reads.extend(group.remove());
+        }
+        let mut rest_now = false;
+        if !b.rest_sent && b.rest_at.unwrap_or(b.began + bound) <= now {
+            rest_now = true;
+            b.rest_sent = true;
+            for (_, group) in b.masters.drain() {
+                reads.extend(group);
+            }
+            for (_, group) in std::mem::take(&mut b.due) {
+                reads.extend(group);
+            }
+            reads.append(&mut b.rest);
+        }
+        if reads.is_empty() && !rest_now {
+            return;
+        }
+        if b.priming {
+            // The nodes that answered as slaves, now that the masters have
+            // written.
+            reads = self
+                .names
+                .iter()
+                .filter(|n| matches!(self.first.get(*n), Some(Observation::Slave { .. })))
+                .map(|n| (n.clone(), None))
+                .collect();
+        }
+        // The masters' writes are decided before their slaves are read.
         self.step_news();
         let Some(b) = self.beat.as_mut() else {
             return;
         };
-        b.reads_sent = true;
-        b.reads_sent_at = Instant::now();
+        b.reads_sent_at = now;
         let at = b.at;
-        if b.priming {
-            for n in &self.names {
-                if matches!(self.first.get(n), Some(Observation::Slave { .. })) {
-                    b.outstanding.insert(n.clone());
-                    self.monitor.probe(n, None, at);
-                }
-            }
+        for (name, cluster) in reads {
+            self.monitor.probe(&name, cluster, at);
+            b.outstanding.insert(name);
+        }
+    }
+
+    /// How long a beat waits for its masters' writes before reading
+    /// anyway; priming waits for every node's first answer (each ends by
+    /// its deadline).
+    fn masters_bound(&self) -> Duration {
+        if self.beat.as_ref().is_some_and(|b| b.priming) {
+            self.config.connect_timeout + BEAT_SLACK
         } else {
-            for (name, known) in configured(&self.names, &self.state) {
-                if known.map_or(true, |n| n.place != cluster::Place::Master) {
-                    b.outstanding.insert(name.clone());
-                    self.monitor
-                        .probe(name, known.and_then(|n| n.cluster_id), at);
-                }
-            }
+            MASTERS_BOUND.min(self.config.connect_timeout)
         }
     }
 
@@ -255,37 +342,32 @@ impl Daemon {
         }
     }
 
-    /// When the beat in progress must move on: its reads go out, or it is
+    /// When the beat in progress must move on: reads go out, or it is
     /// decided.
     fn beat_deadline(&self) -> Option<Instant> {
         let b = self.beat.as_ref()?;
-        if let (Some(at), false) = (b.reads_at, b.reads_sent) {
-            return Some(at);
+        if b.reads_sent() {
+            return Some(b.reads_sent_at + self.config.connect_timeout + BEAT_SLACK);
         }
-        if !b.reads_sent {
-            // Priming waits for every node's first answer (each ends by its
-            // deadline); a beat waits a short bound for its masters.
-            let bound = if b.priming {
-                self.config.connect_timeout + BEAT_SLACK
-            } else {
-                MASTERS_BOUND.min(self.config.connect_timeout)
-            };
-            return Some(b.began + bound);
+        let mut next = b.due.keys().next().copied();
+        if !b.rest_sent {
+            let rest = b.rest_at.unwrap_or(b.began + self.masters_bound());
+            next = Some(next.map_or(rest, |d| d.min(rest)));
         }
-        Some(b.reads_sent_at + self.config.connect_timeout + BEAT_SLACK)
+        next
     }
 
-    /// [`Daemon::deadline`] passed: if it was the beat's, its reads go out
-    /// or it is decided (held-back news is decided by [`Daemon::decide`]).
+    /// [`Daemon::deadline`] passed: if it was the beat's, reads go out or
+    /// it is decided (held-back news is decided by [`Daemon::decide`]).
     pub fn deadline_passed(&mut self) {
         if !self.beat_deadline().is_some_and(|d| d <= Instant::now()) {
             return;
         }
         let Some(b) = self.beat.as_ref() else { return };
-        if !b.reads_sent {
-            self.send_reads();
-        } else {
+        if b.reads_sent() {
             self.close_beat();
+        } else {
+            self.send_due_reads();
         }
     }
 
@@ -306,13 +388,19 @@ impl Daemon {
         }
         if let Some(b) = self.beat.as_mut() {
             b.outstanding.remove(&r.node);
-            if b.masters.remove(&r.node) && b.masters.is_empty() && !b.reads_sent {
+            if let Some(group) = b.masters.remove(&r.node) {
                 let grace = if b.priming {
                     PRIMING_GRACE
                 } else {
                     REPLICATION_GRACE
                 };
-                b.reads_at = Some(Instant::now() + grace);
+                let at = b.on_grid(Instant::now() + grace);
+                if !group.is_empty() {
+                    b.due.entry(at).or_default().extend(group);
+                }
+                if b.masters.is_empty() && b.rest_at.is_none() {
+                    b.rest_at = Some(at);
+                }
             }
         }
         if self.state.started {
@@ -332,7 +420,7 @@ impl Daemon {
         let done = self
             .beat
             .as_ref()
-            .is_some_and(|b| b.reads_sent && b.outstanding.is_empty());
+            .is_some_and(|b| b.reads_sent() && b.outstanding.is_empty());
         if done {
             self.close_beat();
         }
