@@ -141,6 +141,9 @@ pub struct Daemon {
     down: HashSet<NodeName>,
     /// Nodes the monitor retries on its own.
     lost: HashSet<NodeName>,
+    /// Nodes that entered or left `down` since [`Daemon::update_lost`]
+    /// last ran.
+    down_flipped: Vec<NodeName>,
     /// When news was last decided between beats (see [`NEWS_BATCH`]).
     last_news_step: Option<Instant>,
     /// The HTTP listener's view, published with each status written.
@@ -168,6 +171,7 @@ impl Daemon {
             first: HashMap::new(),
             down: HashSet::new(),
             lost: HashSet::new(),
+            down_flipped: Vec::new(),
             last_news_step: None,
             web: crate::web::Publisher::new(),
         })
@@ -381,10 +385,13 @@ impl Daemon {
 
     /// Takes one probe's outcome (decided by [`Daemon::decide`]).
     pub fn take(&mut self, r: Report) {
-        if matches!(r.obs, Observation::Down { .. }) {
-            self.down.insert(r.node.clone());
+        let flipped = if matches!(r.obs, Observation::Down { .. }) {
+            self.down.insert(r.node.clone())
         } else {
-            self.down.remove(&r.node);
+            self.down.remove(&r.node)
+        };
+        if flipped {
+            self.down_flipped.push(r.node.clone());
         }
         if let Some(b) = self.beat.as_mut() {
             b.outstanding.remove(&r.node);
@@ -492,7 +499,7 @@ impl Daemon {
             self.dispatcher.forget_cluster(id);
         }
         self.state = next;
-        self.update_lost();
+        self.update_lost(changed);
         if tick
             || events
                 .iter()
@@ -506,8 +513,14 @@ impl Daemon {
     /// (down or out of sync), clusterless ones (a slave whose master's row
     /// has not reached it yet, as just after start) and those whose last
     /// answer was down.
-    fn update_lost(&mut self) {
-        for n in &self.state.nodes {
+    ///
+    /// `moved`: some node changed place (or nodes came or went) in the
+    /// decision just made: every node is looked at. Otherwise only the
+    /// nodes whose answers went from down to up or back since the last
+    /// call can have changed.
+    fn update_lost(&mut self, moved: bool) {
+        let flipped = std::mem::take(&mut self.down_flipped);
+        let mut update = |n: &cluster::NodeState| {
             let lost = matches!(n.place, cluster::Place::Lost | cluster::Place::Clusterless)
                 || self.down.contains(&n.name);
             if lost != self.lost.contains(&n.name) {
@@ -516,6 +529,15 @@ impl Daemon {
                     self.lost.insert(n.name.clone());
                 } else {
                     self.lost.remove(&n.name);
+                }
+            }
+        };
+        if moved {
+            self.state.nodes.iter().for_each(&mut update);
+        } else {
+            for name in &flipped {
+                if let Some(n) = self.state.node(name) {
+                    update(n);
                 }
             }
         }

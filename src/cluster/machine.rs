@@ -105,8 +105,7 @@ pub fn step(
     policy: &Policy,
 ) -> (State, Vec<Event>) {
     let names: Vec<NodeName> = observations.iter().map(|(n, _)| n.clone()).collect();
-    let obs = observations.iter().map(|(_, o)| Some(o)).collect();
-    let d = decide(prev.clone(), &names, obs, now, policy, true);
+    let d = decide(prev.clone(), &names, observations, now, policy, true);
     (d.state, d.events)
 }
 
@@ -194,16 +193,7 @@ pub fn decide_news(
     policy: &Policy,
     tick: bool,
 ) -> Decision {
-    let obs: Vec<Option<&Observation>> = if news.is_empty() {
-        vec![None; nodes.len()]
-    } else {
-        let mut latest: HashMap<&NodeName, &Observation> = HashMap::with_capacity(news.len());
-        for (name, o) in news {
-            latest.insert(name, o);
-        }
-        nodes.iter().map(|n| latest.get(n).copied()).collect()
-    };
-    decide(prev, nodes, obs, now, policy, tick)
+    decide(prev, nodes, news, now, policy, tick)
 }
 
 /// The clusters of `prev` that `next` no longer has, in id order: the
@@ -241,7 +231,7 @@ pub fn name_parts(text: &str) -> Option<(&str, u16)> {
 fn decide(
     prev: State,
     names: &[NodeName],
-    obs: Vec<Option<&Observation>>,
+    news: &[(NodeName, Observation)],
     now: Time,
     policy: &Policy,
     tick: bool,
@@ -262,6 +252,24 @@ fn decide(
         by_node.insert((name.host.as_str(), name.port), i);
     }
     let unique = by_node.len() == names.len();
+    // Each node's news, if any (the last one, should it have several).
+    let mut obs: Vec<Option<&Observation>> = vec![None; names.len()];
+    if unique {
+        for (name, o) in news {
+            if let Some(&i) = by_node.get(&(name.host.as_str(), name.port)) {
+                obs[i] = Some(o);
+            }
+        }
+    } else if !news.is_empty() {
+        // A name repeats: every node of that name has the news.
+        let mut latest: HashMap<&NodeName, &Observation> = HashMap::with_capacity(news.len());
+        for (name, o) in news {
+            latest.insert(name, o);
+        }
+        for (i, name) in names.iter().enumerate() {
+            obs[i] = latest.get(name).copied();
+        }
+    }
     // The common case: the same nodes as before, in the same order. Their
     // states are taken over as they are.
     let aligned = unique
@@ -687,6 +695,11 @@ impl Beat<'_> {
     /// `slave_down`), and the dropped cluster gets no `plusmoin_heartbeat`.
     /// See [`step_news`] and [`dropped_clusters`].
     fn drop_empty_clusters(&mut self) {
+        if !self.changed {
+            // No node changed cluster, none came or went: no cluster was
+            // emptied.
+            return;
+        }
         let used: HashSet<ClusterId> = self
             .next
             .nodes
