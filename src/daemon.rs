@@ -22,7 +22,6 @@ use crate::cluster::{
     self, ClusterId, Event, EventKind, NodeName, Observation, Policy, State, Time,
 };
 use crate::config::{self, Config};
-use crate::logonce::LogOnce;
 use crate::payload::{Status, TriggerPayload};
 use crate::probe::{Monitor, ProbeSettings, Report};
 use crate::status;
@@ -126,8 +125,8 @@ pub struct Daemon {
     /// The configured nodes, in order.
     names: Vec<NodeName>,
     dispatcher: Dispatcher,
-    /// The last status-file error, logged once until it changes.
-    status_error: LogOnce,
+    /// Writes the status file beside the loop.
+    status: status::Writer,
     /// pgpool handlers, reconciliation and holds (inert without a section).
     pgpool: crate::pgpool::Sidecar,
     beat: Option<BeatRun>,
@@ -164,7 +163,7 @@ impl Daemon {
             state: State::default(),
             names,
             dispatcher: Dispatcher::new(),
-            status_error: LogOnce::default(),
+            status: status::Writer::new(),
             beat: None,
             decisions: 0,
             news: Vec::new(),
@@ -550,16 +549,32 @@ impl Daemon {
     }
 
     /// [`Daemon::beat_once`], also saying, for every answer taken during
-    /// the beat, how long after the tick it was decided (for the scale
-    /// benchmark). A node asked but not answering before the beat closed
-    /// is not in the list.
+    /// the beat, how long after the tick it was decided (for tests). A node
+    /// asked but not answering before the beat closed is not in the list.
     pub async fn beat_once_timed(&mut self) -> Vec<(NodeName, Duration)> {
+        self.beat_timed(None).await
+    }
+
+    /// One beat as [`run_with`] makes it, for the scale benchmark: the
+    /// tick (which first decides the previous beat, should it still be
+    /// open), then every answer decided as it comes, until the beat is
+    /// decided or `period` has passed since the tick (then it is left open,
+    /// for the next tick to decide, as the next beat would). Says, for
+    /// every answer taken meanwhile, how long after the tick it was
+    /// decided.
+    pub async fn beat_for(&mut self, period: Duration) -> Vec<(NodeName, Duration)> {
+        self.beat_timed(Some(period)).await
+    }
+
+    async fn beat_timed(&mut self, period: Option<Duration>) -> Vec<(NodeName, Duration)> {
         let t0 = Instant::now();
+        let end = period.map(|p| t0 + p);
         self.tick();
         let mut decided = Vec::new();
         let mut taken = Vec::new();
         while self.beat.is_some() {
             let deadline = self.deadline().unwrap_or_else(Instant::now);
+            let deadline = end.map_or(deadline, |e| deadline.min(e));
             tokio::select! {
                 r = self.monitor.recv() => {
                     taken.push(r.node.clone());
@@ -575,6 +590,9 @@ impl Daemon {
             if self.news.is_empty() {
                 let at = t0.elapsed();
                 decided.extend(taken.drain(..).map(|n| (n, at)));
+            }
+            if end.is_some_and(|e| e <= Instant::now()) {
+                break;
             }
         }
         decided
@@ -639,20 +657,14 @@ impl Daemon {
         );
         st.set_holds(self.pgpool.holds());
         st.pgpool = self.pgpool.report();
-        match status::write(&self.config.status_file, &st) {
-            Ok(()) => {
-                if self.status_error.cleared() {
-                    info!(file = %self.config.status_file.display(), "status file written again");
-                }
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                if self.status_error.changed(&msg) {
-                    error!("{msg} (the previous status file is left as it was)");
-                }
-            }
-        }
+        let st = Arc::new(st);
+        self.status.write(&self.config.status_file, Arc::clone(&st));
         self.web.publish(st, &self.down);
+    }
+
+    /// Waits until the statuses decided so far are written.
+    pub fn flush_status(&self) {
+        self.status.flush();
     }
 
     /// Takes a new configuration; the state of unchanged nodes is kept
@@ -829,6 +841,11 @@ pub async fn run_serving(
         }
         daemon.decide();
         if daemon.decisions != decided {
+            if decided == 0 {
+                // Ready once the first status is on disk: `plusmoin status`
+                // answers as soon as `systemctl start` returns.
+                daemon.flush_status();
+            }
             decided = daemon.decisions;
             systemd.decided();
         }

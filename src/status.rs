@@ -8,10 +8,13 @@
 //! intact.
 
 use crate::lifecycle::safefile::{self, Access, Owners};
+use crate::logonce::LogOnce;
 use crate::payload::{NodeEntry, Status};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+use tracing::{error, info};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -52,6 +55,138 @@ pub enum StatusError {
         limit: f64,
         pid: u32,
     },
+}
+
+/// Writes status files on a thread of its own, so that the deciding loop
+/// never waits for a write and its fsyncs (milliseconds, for a thousand
+/// nodes). The newest status wins: one not yet written when a newer one
+/// comes is skipped (each write is whole: temporary file, fsync, rename).
+/// A write that fails is logged, once until the failure changes, and the
+/// previous file stays. Dropping the writer writes the last status given,
+/// then ends the thread.
+pub struct Writer {
+    shared: Arc<WriterShared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Used when no thread could be started: writes are made in place.
+    inline: Mutex<LogOnce>,
+}
+
+#[derive(Default)]
+struct WriterShared {
+    slot: Mutex<Slot>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Slot {
+    next: Option<(PathBuf, Arc<Status>)>,
+    /// Statuses given, and statuses written or skipped.
+    given: u64,
+    done: u64,
+    closed: bool,
+}
+
+impl Default for Writer {
+    fn default() -> Self {
+        Writer::new()
+    }
+}
+
+impl Writer {
+    pub fn new() -> Writer {
+        let shared = Arc::new(WriterShared::default());
+        let worker = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("plusmoin-status".into())
+            .spawn(move || worker.run())
+            .ok();
+        Writer {
+            shared,
+            thread,
+            inline: Mutex::new(LogOnce::default()),
+        }
+    }
+
+    /// Writes `status` to `path` soon (at once, should no thread run).
+    pub fn write(&self, path: &Path, status: Arc<Status>) {
+        if self.thread.is_none() {
+            let mut errors = self.inline.lock().unwrap_or_else(|e| e.into_inner());
+            write_logged(path, &status, &mut errors);
+            return;
+        }
+        let mut slot = self.shared.lock();
+        if slot.next.is_some() {
+            // Skipped for the newer one.
+            slot.done += 1;
+        }
+        slot.next = Some((path.to_path_buf(), status));
+        slot.given += 1;
+        self.shared.wake.notify_all();
+    }
+
+    /// Waits until every status given so far is written (or skipped for a
+    /// newer one).
+    pub fn flush(&self) {
+        let mut slot = self.shared.lock();
+        while slot.done < slot.given && self.thread.is_some() {
+            slot = self
+                .shared
+                .wake
+                .wait(slot)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl WriterShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn run(&self) {
+        let mut errors = LogOnce::default();
+        let mut slot = self.lock();
+        loop {
+            if let Some((path, status)) = slot.next.take() {
+                drop(slot);
+                write_logged(&path, &status, &mut errors);
+                slot = self.lock();
+                slot.done += 1;
+                self.wake.notify_all();
+            } else if slot.closed {
+                return;
+            } else {
+                slot = self.wake.wait(slot).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }
+}
+
+/// [`write`], its failure logged once until it changes.
+fn write_logged(path: &Path, status: &Status, errors: &mut LogOnce) {
+    match write(path, status) {
+        Ok(()) => {
+            if errors.cleared() {
+                info!(file = %path.display(), "status file written again");
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            if errors.changed(&msg) {
+                error!("{msg} (the previous status file is left as it was)");
+            }
+        }
+    }
 }
 
 /// Writes `status` to `path` atomically.
@@ -286,6 +421,26 @@ mod tests {
         ];
         let (s, _) = step(&State::default(), &obs, now, &policy);
         Status::new(&s, "i1", now, Duration::from_secs(1))
+    }
+
+    /// The writer thread writes the newest status given; flush waits for
+    /// it; one given just before the writer is dropped is written too.
+    #[test]
+    fn the_writer_writes_the_newest_status_and_the_last_one_at_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        let read = || -> Status { serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap() };
+        let writer = Writer::new();
+        for k in 1..=50 {
+            writer.write(&path, Arc::new(status_at(Time(k * 1_000_000))));
+        }
+        writer.flush();
+        assert_eq!(read(), status_at(Time(50_000_000)));
+        writer.write(&path, Arc::new(status_at(Time(51_000_000))));
+        drop(writer);
+        assert_eq!(read(), status_at(Time(51_000_000)));
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
     /// The status, as written to the status file.
-    pub status: Status,
+    pub status: Arc<Status>,
     /// Nodes (`host:port`) whose last probe failed.
     pub down: BTreeSet<String>,
 }
@@ -82,7 +82,7 @@ impl Publisher {
 
     /// Publishes `status` (just written to the status file); nothing is
     /// done when no listener runs.
-    pub fn publish(&self, status: Status, down: &HashSet<NodeName>) {
+    pub fn publish(&self, status: Arc<Status>, down: &HashSet<NodeName>) {
         if self.tx.receiver_count() == 0 {
             return;
         }

@@ -61,7 +61,7 @@ fn sample() -> Snapshot {
     );
     let down: HashSet<NodeName> = [n(5434), n(5435)].into();
     Snapshot {
-        status,
+        status: Arc::new(status),
         down: down.iter().map(ToString::to_string).collect(),
     }
 }
@@ -260,7 +260,7 @@ fn status_is_the_status_files_json() {
     let r = fresh("/status");
     assert_eq!((r.status, r.content_type), (200, "application/json"));
     let back: Status = serde_json::from_str(&r.body).unwrap();
-    assert_eq!(back, s.status);
+    assert_eq!(back, *s.status);
 }
 
 fn scrape(s: &Snapshot, c: &Counters) -> Exposition {
@@ -326,8 +326,8 @@ fn metrics_show_every_node_and_cluster() {
 #[test]
 fn metrics_show_pgpools_view_and_holds() {
     let mut s = sample();
-    s.status.held = vec!["db:5434".into()];
-    s.status.pgpool = Some(PgpoolReport {
+    Arc::make_mut(&mut s.status).held = vec!["db:5434".into()];
+    Arc::make_mut(&mut s.status).pgpool = Some(PgpoolReport {
         acting: true,
         nodes: [
             ("db:5432".to_string(), "up".to_string()),
@@ -421,7 +421,7 @@ fn counters_and_the_beat_histogram() {
 fn label_values_are_escaped() {
     let mut s = sample();
     // A node name cannot hold these, but a value must never break a line.
-    s.status.clusterless[0].name = "we\"ird\\node\n:1".into();
+    Arc::make_mut(&mut s.status).clusterless[0].name = "we\"ird\\node\n:1".into();
     let m = scrape(&s, &Counters::new());
     assert_eq!(
         m.value(
