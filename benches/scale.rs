@@ -22,7 +22,15 @@
 //! record -g --"` runs the measuring process under a profiler, and
 //! `SCALE_RT=current` gives it a single-threaded runtime instead,
 //! `SCALE_FROZEN_EVERY=0` freezes no node (1: all of them),
-//! `SCALE_RETRY=0` skips the dead-server part.
+//! `SCALE_RETRY=0` skips the dead-server part, `SCALE_BEATS=N` measures N
+//! beats.
+//!
+//! Memory is read twice: after the measured beats, and after half a minute
+//! more of the real deciding loop (`Daemon::run_for`; not with `--quick`):
+//! resident memory keeps growing for a while after the heap has stopped
+//! growing, as the allocator's pages (each connection's read and write
+//! buffers, 8 KB each in tokio-postgres, walked through as messages come)
+//! are touched one after another.
 
 use plusmoin::cluster::{NodeName, Place};
 use plusmoin::daemon::Daemon;
@@ -91,6 +99,8 @@ struct Measured {
     decided_p99_ms: f64,
     cpu_per_beat_ms: f64,
     peak_rss_mb: f64,
+    /// After half a minute more (NaN with `--quick`).
+    later_rss_mb: f64,
     connections: usize,
     masters: usize,
     slaves: usize,
@@ -115,7 +125,10 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--measure") {
         let n: usize = args[i + 1].parse().expect("node count");
         let port: u16 = args[i + 2].parse().expect("port");
-        let beats = if quick { 3 } else { 8 };
+        let beats = std::env::var("SCALE_BEATS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if quick { 3 } else { 8 });
         let m = measure(n, port, beats);
         println!("{}", serde_json::to_string(&m).expect("json"));
         return;
@@ -373,6 +386,13 @@ fn measure(n: usize, port: u16, beats: usize) -> Measured {
             }
         }
         let worst = decided.iter().copied().fold(f64::NAN, f64::max);
+        let peak = peak_rss_mb();
+        let later = if beats >= 8 {
+            daemon.run_for(Duration::from_secs(30)).await;
+            peak_rss_mb()
+        } else {
+            f64::NAN
+        };
         let count = |p: Place| daemon.state().nodes.iter().filter(|s| s.place == p).count();
         let down = daemon
             .state()
@@ -391,7 +411,8 @@ fn measure(n: usize, port: u16, beats: usize) -> Measured {
             decided_p99_ms: percentile(&mut decided, 0.99),
             // The median: other work on a shared machine inflates some beats.
             cpu_per_beat_ms: median(&mut cpus),
-            peak_rss_mb: peak_rss_mb(),
+            peak_rss_mb: peak,
+            later_rss_mb: later,
             connections: daemon.connections_held(),
             masters: count(Place::Master),
             slaves: count(Place::Slave),
@@ -452,31 +473,33 @@ fn print_table(rows: &[Measured]) {
         CONNECT_TIMEOUT.as_secs()
     );
     println!(
-        "{:>6} {:>7} {:>6} {:>15} {:>14} {:>15} {:>12} {:>14} {:>10} {:>6} {:>21}",
+        "{:>6} {:>7} {:>6} {:>15} {:>12} {:>14} {:>15} {:>14} {:>9} {:>12} {:>6} {:>21}",
         "nodes",
         "frozen",
         "beats",
         "decided median",
+        "decided p99",
         "decided worst",
         "frozen news",
-        "decided p99",
         "CPU/beat (med)",
-        "peak RSS",
+        "RSS",
+        "RSS 30 s on",
         "conns",
         "masters/slaves/down"
     );
     for r in rows {
         println!(
-            "{:>6} {:>7} {:>6} {:>12.1} ms {:>11.1} ms {:>15} {:>9.1} ms {:>11.1} ms {:>7.1} MB {:>6} {:>21}",
+            "{:>6} {:>7} {:>6} {:>12.1} ms {:>9.1} ms {:>11.1} ms {:>15} {:>11.1} ms {:>6.1} MB {:>9.1} MB {:>6} {:>21}",
             r.nodes,
             r.frozen,
             r.beats,
             r.decided_median_ms,
+            r.decided_p99_ms,
             r.decided_worst_ms,
             r.frozen_decided,
-            r.decided_p99_ms,
             r.cpu_per_beat_ms,
             r.peak_rss_mb,
+            r.later_rss_mb,
             r.connections,
             format!("{}/{}/{}", r.masters, r.slaves, r.down),
         );
@@ -486,10 +509,17 @@ fn print_table(rows: &[Measured]) {
          all measured beats (frozen nodes apart). \"frozen news\": news about frozen nodes \
          decided during those beats: their own probes (retries, being lost) giving up after \
          connect_timeout, decided as they came. Beats run back to back, each decided \
-         by the next one's tick, as `plusmoin start` runs them."
+         by the next one's tick, as `plusmoin start` runs them. \"RSS\": peak resident \
+         memory after the measured beats; \"RSS 30 s on\": after half a minute more of the \
+         deciding loop (not measured with --quick)."
     );
     if let Some(r) = rows.iter().find(|r| r.nodes == 1_000) {
         let aim = |ok: bool| if ok { "met" } else { "MISSED" };
+        let rss = if r.later_rss_mb.is_nan() {
+            r.peak_rss_mb
+        } else {
+            r.later_rss_mb.max(r.peak_rss_mb)
+        };
         println!(
             "Aims at 1,000 nodes: decided within 50 ms of the tick: {} (worst {:.1} ms); \
              under 30 ms of CPU per beat: {} ({:.1} ms); under 30 MB: {} ({:.1} MB)",
@@ -497,8 +527,8 @@ fn print_table(rows: &[Measured]) {
             r.decided_worst_ms,
             aim(r.cpu_per_beat_ms < 30.0),
             r.cpu_per_beat_ms,
-            aim(r.peak_rss_mb < 30.0),
-            r.peak_rss_mb
+            aim(rss < 30.0),
+            rss
         );
     }
 }

@@ -63,12 +63,12 @@ const PRIMING_GRACE: Duration = Duration::from_millis(100);
 /// beat's hundreds, the retries of many lost nodes) are decided in one
 /// step rather than one step each. News after a quiet spell is decided at
 /// once.
-const NEWS_BATCH: Duration = Duration::from_millis(10);
+const NEWS_BATCH: Duration = Duration::from_millis(5);
 
 /// Reads whose time has come go out together, on this grid from the
 /// beat's start: a thousand masters answering one by one give a few groups
 /// of reads (each preceded by a decision of the writes), not a thousand.
-const READ_QUANTUM: Duration = Duration::from_millis(5);
+const READ_QUANTUM: Duration = Duration::from_millis(2);
 
 /// A node to read, and the cluster id it writes should it answer as a
 /// master.
