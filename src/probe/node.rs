@@ -310,9 +310,10 @@ impl NodeConn {
             )
         } else {
             let prepare = default_role && self.combined.is_none();
-            let (r, h, c) = tokio::join!(
-                role(&self.client, &mut self.role, &s.is_slave_statement),
-                read_heartbeat(&self.client, &mut self.select, &s.instance_name),
+            // The prepare goes out first (join! polls in order), so that
+            // what a server shows as a session's last statement is the one
+            // that answered.
+            let (c, r, h) = tokio::join!(
                 async {
                     if prepare {
                         prepare_combined(&self.client).await
@@ -320,6 +321,8 @@ impl NodeConn {
                         None
                     }
                 },
+                role(&self.client, &mut self.role, &s.is_slave_statement),
+                read_heartbeat(&self.client, &mut self.select, &s.instance_name),
             );
             if c.is_some() {
                 self.combined = c;
