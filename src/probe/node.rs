@@ -291,7 +291,15 @@ impl NodeConn {
                             .await?;
                         return Ok(Observation::Master { wrote_at: now });
                     }
-                    Combined::Slave(heartbeat) => return Ok(Observation::Slave { heartbeat }),
+                    Combined::Slave(heartbeat) => {
+                        // The two statements it stands for are closed
+                        // (memory here and on the server); should they be
+                        // needed again (an error, a promotion), they are
+                        // prepared again.
+                        self.role = None;
+                        self.select = None;
+                        return Ok(Observation::Slave { heartbeat });
+                    }
                     Combined::Broken(f) => return Err(f),
                     Combined::Failed => {
                         // The table dropped, a changed plan, any error: the
@@ -312,11 +320,13 @@ impl NodeConn {
             let prepare = default_role && self.combined.is_none();
             // The prepare goes out first (join! polls in order), so that
             // what a server shows as a session's last statement is the one
-            // that answered.
+            // that answered. It is boxed: rare (once per connection, as a
+            // rule), it would otherwise enlarge every node's probe future,
+            // which a daemon keeps one of per node.
             let (c, r, h) = tokio::join!(
                 async {
                     if prepare {
-                        prepare_combined(&self.client).await
+                        Box::pin(prepare_combined(&self.client)).await
                     } else {
                         None
                     }
