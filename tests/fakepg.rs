@@ -311,14 +311,9 @@ async fn a_slave_costs_one_statement_with_the_default_role_statement() {
         check(t, &obs);
         assert_eq!(spent, [2, 2, 2], "custom role statement");
     }
-    // And back: the combined statement is prepared again beside the two
-    // statements, which answer that beat, and used from the next on.
+    // And back: the combined statement is prepared again, and answers.
     p.update_settings(settings(timeout, DEFAULT_ROLE))
         .expect("reload");
-    t += 1;
-    let (spent, obs) = counted_beat(&pg, &mut p, Time(t)).await;
-    check(t, &obs);
-    assert_eq!(spent, [2, 2, 2], "back to the default, preparing");
     for _ in 0..3 {
         t += 1;
         let (spent, obs) = counted_beat(&pg, &mut p, Time(t)).await;

@@ -9,10 +9,11 @@
 //! handing it to the connection task, decoding and parsing the answer), not
 //! to the round trips: one statement instead of two is the biggest saving
 //! per slave (benches/scale.rs). The combined statement is only ever a faster
-//! way to the same answer: whenever it cannot give one (not prepared yet,
-//! the table missing or dropped, a shape the checks refuse, any error), the
-//! probe takes the two-statement path, whose answers and reasons are the
-//! reference. A custom `is_slave_statement` always takes that path.
+//! way to the same answer: whenever it cannot give one (the table missing or
+//! dropped, a shape the checks refuse, a row they would refuse, any error),
+//! the probe takes the two-statement path for that probe, whose answers and
+//! reasons are the reference, and tries the combined one again at the next.
+//! A custom `is_slave_statement` always takes the two-statement path.
 
 use super::tls::Tls;
 use super::Shared;
@@ -246,9 +247,8 @@ impl NodeConn {
         // standby is read-only) and is ignored, and the read follows.
         //
         // With the default role statement, a slave costs even less: one
-        // statement ([`COMBINED`], see the module doc), prepared beside the
-        // two it stands for at the first probe on the connection, and used
-        // from the next on. Whenever it cannot answer, those two do.
+        // statement ([`COMBINED`], see the module doc). Whenever it cannot
+        // answer, the two it stands for do, as just described.
         if self.was_master {
             if let Some(upsert) = self.upsert.clone() {
                 let (cluster, master_name, beat_at) = row_values(node, cluster_id, now)?;
@@ -274,16 +274,22 @@ impl NodeConn {
                 return Ok(Observation::Master { wrote_at: now });
             }
         }
-        // The default role statement: role and heartbeat in one statement,
-        // once it is prepared (below, beside the two it stands for).
+        // The default role statement: role and heartbeat in one statement.
         let default_role = s.is_slave_statement == defaults::IS_SLAVE_STATEMENT;
         if !default_role {
             // A reload gave a custom statement: the combined one stands for
             // another, and is prepared again if the default comes back.
             self.combined = None;
         }
-        if !self.was_master {
-            if let Some(stmt) = self.combined.clone() {
+        if !self.was_master && default_role {
+            let stmt = match self.combined.clone() {
+                Some(stmt) => Some(stmt),
+                None => {
+                    self.combined = prepare_combined(&self.client).await?;
+                    self.combined.clone()
+                }
+            };
+            if let Some(stmt) = stmt {
                 match combined(&self.client, &stmt, &s.instance_name).await {
                     Combined::Master => {
                         self.was_master = true;
@@ -292,10 +298,9 @@ impl NodeConn {
                         return Ok(Observation::Master { wrote_at: now });
                     }
                     Combined::Slave(heartbeat) => {
-                        // The two statements it stands for are closed
-                        // (memory here and on the server); should they be
-                        // needed again (an error, a promotion), they are
-                        // prepared again.
+                        // The two statements it stands for, if prepared
+                        // (an error, a promotion), are closed: memory here
+                        // and on the server.
                         self.role = None;
                         self.select = None;
                         return Ok(Observation::Slave { heartbeat });
@@ -304,7 +309,7 @@ impl NodeConn {
                     Combined::Failed => {
                         // The table dropped, a changed plan, any error: the
                         // two statements answer this time, and it is
-                        // prepared again beside them.
+                        // prepared again at the next probe.
                         self.combined = None;
                     }
                     Combined::Unreadable => {}
@@ -317,26 +322,10 @@ impl NodeConn {
                 None,
             )
         } else {
-            let prepare = default_role && self.combined.is_none();
-            // The prepare goes out first (join! polls in order), so that
-            // what a server shows as a session's last statement is the one
-            // that answered. It is boxed: rare (once per connection, as a
-            // rule), it would otherwise enlarge every node's probe future,
-            // which a daemon keeps one of per node.
-            let (c, r, h) = tokio::join!(
-                async {
-                    if prepare {
-                        Box::pin(prepare_combined(&self.client)).await
-                    } else {
-                        None
-                    }
-                },
+            let (r, h) = tokio::join!(
                 role(&self.client, &mut self.role, &s.is_slave_statement),
                 read_heartbeat(&self.client, &mut self.select, &s.instance_name),
             );
-            if c.is_some() {
-                self.combined = c;
-            }
             (r, Some(h))
         };
         let is_slave = role?;
@@ -485,25 +474,32 @@ pub(super) async fn role(
     }
 }
 
-/// Prepares [`COMBINED`]; `None` when it cannot be used yet: the table is
-/// missing, its columns are not those the checks accept, or any other
-/// error. The role and heartbeat statements prepared beside it give this
-/// probe's answer (or reason) all the same, so nothing here is reported.
-async fn prepare_combined(client: &Client) -> Option<Statement> {
-    let stmt = client.prepare_typed(COMBINED, &[Type::TEXT]).await.ok()?;
+/// Prepares [`COMBINED`]; `None` when it cannot be used (yet): the table
+/// is missing, its columns are not those the checks accept, or any other
+/// SQL error. The two statements then answer this probe, with their own
+/// reasons; it is tried again at the next. A broken connection is the
+/// probe's failure, as the role statement would have met it.
+async fn prepare_combined(client: &Client) -> Result<Option<Statement>, Failure> {
+    let stmt = match client.prepare_typed(COMBINED, &[Type::TEXT]).await {
+        Ok(stmt) => stmt,
+        Err(e) if breaks_connection(&e) => {
+            return Err(Failure::sql("is_slave_statement failed", &e))
+        }
+        Err(_) => return Ok(None),
+    };
     let columns: Vec<(&str, &Type)> = stmt
         .columns()
         .iter()
         .map(|c| (c.name(), c.type_()))
         .collect();
     let [(_, role), heartbeat @ .., (_, found)] = columns.as_slice() else {
-        return None;
+        return Ok(None);
     };
     let usable = heartbeat.len() == 3
         && role_columns_reason(&[role]).is_none()
         && heartbeat_columns_reason(heartbeat).is_none()
         && **found == Type::BOOL;
-    usable.then_some(stmt)
+    Ok(usable.then_some(stmt))
 }
 
 /// What running [`COMBINED`] gave.

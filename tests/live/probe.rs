@@ -332,7 +332,7 @@ fn one_statement_on_standbys() {
     assert!(!ran_combined(&sb, 1), "{:?}", plusmoin_last_queries(&sb, 1));
 
     // This instance has no row there yet: not in sync, through the one
-    // statement from the second beat on.
+    // statement.
     let mut p = prober(settings("pm-one", timeout));
     for _ in 0..3 {
         assert_eq!(
