@@ -14,7 +14,9 @@
 //! What it speaks: SSLRequest (declined), startup with AuthenticationOk (no
 //! password asked), the extended protocol (Parse, Describe, Bind, Execute,
 //! Close, Sync, Flush) for the role statement, the heartbeat upsert, the
-//! heartbeat select and the holds read (an empty `plusmoin_hold`, as a
+//! heartbeat select, the two in one (the default role statement and the
+//! heartbeat select, answered exactly as they would be apart) and the holds
+//! read (an empty `plusmoin_hold`, as a
 //! deployment that created it has), simple Query (answered with an empty
 //! command completion, enough for `CREATE TABLE IF NOT EXISTS`), Terminate.
 //! Results are binary or text as the client asks (timestamps binary only).
@@ -29,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -114,6 +117,8 @@ type Store = HashMap<usize, HashMap<String, VecDeque<(Instant, Row)>>>;
 struct Shared {
     nodes: Vec<Mutex<FakeNode>>,
     store: Mutex<Store>,
+    /// Statements executed (Execute messages) per node.
+    executed: Vec<AtomicU64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -154,6 +159,7 @@ impl FakePg {
         let shared = Arc::new(Shared {
             nodes: nodes.iter().cloned().map(Mutex::new).collect(),
             store: Mutex::new(HashMap::new()),
+            executed: nodes.iter().map(|_| AtomicU64::new(0)).collect(),
         });
         // The port comes from a probe bind on an address no node uses.
         let port = {
@@ -199,6 +205,12 @@ impl FakePg {
     /// Node `i`'s name as plusmoin's configuration would write it.
     pub fn name(&self, i: usize) -> crate::cluster::NodeName {
         crate::cluster::NodeName::new(address(i).to_string(), self.port)
+    }
+
+    /// How many statements node `i` has been asked to execute, over all
+    /// its connections: what a probe costs, in statements.
+    pub fn executed(&self, i: usize) -> u64 {
+        self.shared.executed[i].load(Ordering::Relaxed)
     }
 
     /// Changes node `i`'s fault from its next message on.
@@ -278,6 +290,9 @@ enum Kind {
     Role,
     Upsert,
     Select,
+    /// The default role statement and the heartbeat select in one: a
+    /// single row, the heartbeat columns NULL without a row to replay.
+    Combined,
     /// The maintenance holds (`plusmoin_hold`): an empty table.
     Holds,
     /// Anything else: answered with no rows.
@@ -289,6 +304,8 @@ impl Kind {
         let q = query.to_ascii_lowercase();
         if q.contains("insert into plusmoin_heartbeat") {
             Kind::Upsert
+        } else if q.contains("join plusmoin_heartbeat") && q.contains("pg_is_in_recovery()") {
+            Kind::Combined
         } else if q.contains("from plusmoin_heartbeat") {
             Kind::Select
         } else if q.contains("from plusmoin_hold") {
@@ -303,7 +320,7 @@ impl Kind {
     fn params(self) -> &'static [i32] {
         match self {
             Kind::Upsert => &[TEXT, INT4, TEXT, TIMESTAMPTZ],
-            Kind::Select => &[TEXT],
+            Kind::Select | Kind::Combined => &[TEXT],
             Kind::Role | Kind::Holds | Kind::Other => &[],
         }
     }
@@ -315,6 +332,13 @@ impl Kind {
                 ("master_name", TEXT, -1),
                 ("cluster_id", INT4, 4),
                 ("beat_at", TIMESTAMPTZ, 8),
+            ],
+            Kind::Combined => &[
+                ("pg_is_in_recovery", BOOL, 1),
+                ("master_name", TEXT, -1),
+                ("cluster_id", INT4, 4),
+                ("beat_at", TIMESTAMPTZ, 8),
+                ("found", BOOL, 1),
             ],
             Kind::Holds => &[
                 ("node", TEXT, -1),
@@ -586,6 +610,7 @@ async fn serve_conn(r: &mut BufReader<TcpStream>, index: usize, shared: &Shared)
                 out.msg(b'2', &[]);
             }
             b'E' => {
+                shared.executed[index].fetch_add(1, Ordering::Relaxed);
                 let name = b.cstr()?;
                 let Some(portal) = portals.get(&name) else {
                     out.error("34000", &format!("portal {name:?} does not exist"));
@@ -691,13 +716,7 @@ fn execute(
 ) -> Result<(), SqlError> {
     match p.kind {
         Kind::Role => {
-            let in_recovery = matches!(node.role, Role::Slave { .. });
-            let value = if p.result_binary {
-                vec![u8::from(in_recovery)]
-            } else {
-                (if in_recovery { "t" } else { "f" }).as_bytes().to_vec()
-            };
-            data_row(out, &[Some(value)]);
+            data_row(out, &[Some(in_recovery(node, p))]);
             out.complete("SELECT 1");
         }
         Kind::Upsert => {
@@ -721,46 +740,85 @@ fn execute(
             }
             out.complete("INSERT 0 1");
         }
-        Kind::Select => {
-            let instance = text_param(p, 0)?.unwrap_or_default();
-            let (source, lag) = match node.role {
-                Role::Master => (index, Duration::ZERO),
-                Role::Slave { master, lag_ms } => (master, Duration::from_millis(lag_ms)),
-            };
-            let row = {
-                let store = lock(&shared.store);
-                let now = Instant::now();
-                store
-                    .get(&source)
-                    .and_then(|m| m.get(&instance))
-                    .and_then(|rows| {
-                        rows.iter()
-                            .rev()
-                            .find(|(at, _)| now.duration_since(*at) >= lag)
-                            .map(|(_, r)| r.clone())
-                    })
-            };
-            match row {
-                Some(row) => {
-                    if !p.result_binary {
-                        return Err(("0A000", "fakepg returns timestamptz in binary only".into()));
-                    }
-                    data_row(
-                        out,
-                        &[
-                            Some(row.master_name.into_bytes()),
-                            row.cluster_id.map(|c| c.to_be_bytes().to_vec()),
-                            Some(row.beat_at.to_be_bytes().to_vec()),
-                        ],
-                    );
-                    out.complete("SELECT 1");
-                }
-                None => out.complete("SELECT 0"),
+        Kind::Select => match replayed(shared, index, node, p)? {
+            Some(row) => {
+                data_row(out, &heartbeat_values(Some(row)));
+                out.complete("SELECT 1");
             }
+            None => out.complete("SELECT 0"),
+        },
+        Kind::Combined => {
+            let row = replayed(shared, index, node, p)?;
+            let found = row.is_some();
+            let mut values = vec![Some(in_recovery(node, p))];
+            values.extend(heartbeat_values(row));
+            values.push(Some(bool_value(found, p)));
+            data_row(out, &values);
+            out.complete("SELECT 1");
         }
         Kind::Holds | Kind::Other => out.complete("SELECT 0"),
     }
     Ok(())
+}
+
+/// A boolean result, binary or text as the client asked.
+fn bool_value(v: bool, p: &Portal) -> Vec<u8> {
+    if p.result_binary {
+        vec![u8::from(v)]
+    } else {
+        (if v { "t" } else { "f" }).as_bytes().to_vec()
+    }
+}
+
+/// `pg_is_in_recovery()` on `node`.
+fn in_recovery(node: &FakeNode, p: &Portal) -> Vec<u8> {
+    bool_value(matches!(node.role, Role::Slave { .. }), p)
+}
+
+/// The heartbeat row of instance `$1` as node `index` shows it: a master
+/// its latest write, a slave its master's latest write at least its lag
+/// old (none yet: `None`).
+fn replayed(
+    shared: &Shared,
+    index: usize,
+    node: &FakeNode,
+    p: &Portal,
+) -> Result<Option<Row>, SqlError> {
+    let instance = text_param(p, 0)?.unwrap_or_default();
+    let (source, lag) = match node.role {
+        Role::Master => (index, Duration::ZERO),
+        Role::Slave { master, lag_ms } => (master, Duration::from_millis(lag_ms)),
+    };
+    let row = {
+        let store = lock(&shared.store);
+        let now = Instant::now();
+        store
+            .get(&source)
+            .and_then(|m| m.get(&instance))
+            .and_then(|rows| {
+                rows.iter()
+                    .rev()
+                    .find(|(at, _)| now.duration_since(*at) >= lag)
+                    .map(|(_, r)| r.clone())
+            })
+    };
+    if row.is_some() && !p.result_binary {
+        return Err(("0A000", "fakepg returns timestamptz in binary only".into()));
+    }
+    Ok(row)
+}
+
+/// A heartbeat row's master_name, cluster_id and beat_at (binary); NULLs
+/// without a row.
+fn heartbeat_values(row: Option<Row>) -> [Option<Vec<u8>>; 3] {
+    match row {
+        Some(row) => [
+            Some(row.master_name.into_bytes()),
+            row.cluster_id.map(|c| c.to_be_bytes().to_vec()),
+            Some(row.beat_at.to_be_bytes().to_vec()),
+        ],
+        None => [None, None, None],
+    }
 }
 
 fn data_row(out: &mut Out, values: &[Option<Vec<u8>>]) {
@@ -798,6 +856,32 @@ mod tests {
             Kind::Holds
         );
         assert_eq!(Kind::of("CREATE TABLE x ()"), Kind::Other);
+    }
+
+    /// The probe's combined statement is told from the role statement and
+    /// the heartbeat select it stands for, and answered with their columns.
+    #[test]
+    fn combined_statement_is_told_apart() {
+        let kind = Kind::of(crate::probe::COMBINED);
+        assert_eq!(kind, Kind::Combined);
+        let names: Vec<&str> = kind.columns().iter().map(|c| c.0).collect();
+        assert_eq!(
+            names,
+            [
+                "pg_is_in_recovery",
+                "master_name",
+                "cluster_id",
+                "beat_at",
+                "found"
+            ]
+        );
+        assert_eq!(kind.columns()[1..4], *Kind::Select.columns());
+        assert_eq!(kind.params(), Kind::Select.params());
+        // A custom role statement stays a role statement.
+        assert_eq!(
+            Kind::of("SELECT pg_is_in_recovery() AS in_recovery"),
+            Kind::Role
+        );
     }
 
     #[test]

@@ -7,20 +7,33 @@ use plusmoin::fakepg::{FakeNode, FakePg, Fault};
 use plusmoin::probe::{ProbeSettings, ProbeTarget, Prober};
 use std::time::{Duration, Instant};
 
+/// The default role statement, for which a slave is probed with a single
+/// statement giving its role and heartbeat together.
+const DEFAULT_ROLE: &str = "SELECT pg_is_in_recovery()";
+/// A custom one asking the same: the role and the heartbeat read apart.
+const CUSTOM_ROLE: &str = "SELECT pg_is_in_recovery() AS in_recovery";
+
 fn prober(connect_timeout: Duration) -> Prober {
-    Prober::new(ProbeSettings {
+    prober_with(connect_timeout, DEFAULT_ROLE)
+}
+
+fn settings(connect_timeout: Duration, is_slave_statement: &str) -> ProbeSettings {
+    ProbeSettings {
         dbname: "plusmoin".into(),
         user: "plusmoin".into(),
         password: Secret::new("unused"),
         node_passwords: Default::default(),
         instance_name: "fake-test".into(),
-        is_slave_statement: "SELECT pg_is_in_recovery()".into(),
+        is_slave_statement: is_slave_statement.into(),
         sslmode: SslMode::Disable,
         sslrootcert: None,
         connect_timeout,
         retry_interval: Duration::from_millis(250),
-    })
-    .expect("prober")
+    }
+}
+
+fn prober_with(connect_timeout: Duration, is_slave_statement: &str) -> Prober {
+    Prober::new(settings(connect_timeout, is_slave_statement)).expect("prober")
 }
 
 fn targets(pg: &FakePg, which: &[usize]) -> Vec<ProbeTarget> {
@@ -35,6 +48,15 @@ fn targets(pg: &FakePg, which: &[usize]) -> Vec<ProbeTarget> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_and_slaves_replay_its_heartbeat_with_their_lag() {
+    master_and_slaves(DEFAULT_ROLE).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_with_a_custom_role_statement() {
+    master_and_slaves(CUSTOM_ROLE).await
+}
+
+async fn master_and_slaves(is_slave_statement: &str) {
     let lag = Duration::from_millis(400);
     let pg = FakePg::start(vec![
         FakeNode::master(),
@@ -43,7 +65,7 @@ async fn master_and_slaves_replay_its_heartbeat_with_their_lag() {
     ])
     .await
     .expect("fake server");
-    let mut p = prober(Duration::from_secs(2));
+    let mut p = prober_with(Duration::from_secs(2), is_slave_statement);
     let master = pg.name(0);
 
     // Before any write, the slaves have no row to replay.
@@ -169,8 +191,9 @@ async fn faults_change_at_run_time_and_slow_answers_past_the_deadline_are_down()
         "{:?}",
         out[1].1
     );
-    // Slow past it (two round trips of 300 ms): down at the deadline.
-    pg.set_fault(1, Fault::Slow { ms: 300 });
+    // Slow past it (each answer 500 ms late; a slave's probe is a single
+    // statement, so one such answer): down at the deadline.
+    pg.set_fault(1, Fault::Slow { ms: 500 });
     let out = p.probe_all(&all, Time(3)).await;
     assert_eq!(
         out[1].1,
@@ -224,4 +247,77 @@ async fn holds_read_as_an_empty_table() {
     holds.settle().await;
     assert!(holds.known(), "the hold table was read");
     assert!(holds.current().is_empty());
+}
+
+/// Statements each node executed during one beat, and the observations.
+async fn counted_beat(pg: &FakePg, p: &mut Prober, t: Time) -> (Vec<u64>, Vec<Observation>) {
+    let before: Vec<u64> = (0..pg.len()).map(|i| pg.executed(i)).collect();
+    let all: Vec<usize> = (0..pg.len()).collect();
+    let out = p.probe_all(&targets(pg, &all), t).await;
+    let spent = (0..pg.len()).map(|i| pg.executed(i) - before[i]).collect();
+    (spent, out.into_iter().map(|(_, o)| o).collect())
+}
+
+/// With the default role statement a slave costs one statement a beat
+/// (role and heartbeat together), with a custom one two; a reload switches
+/// between them, and the answers are the same either way. A master costs
+/// two (role and heartbeat write) either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_costs_one_statement_with_the_default_role_statement() {
+    let pg = FakePg::start(vec![
+        FakeNode::master(),
+        FakeNode::slave(0, Duration::ZERO),
+        FakeNode::slave(0, Duration::from_secs(3600)),
+    ])
+    .await
+    .expect("fake server");
+    let timeout = Duration::from_secs(2);
+    let mut p = prober(timeout);
+    let master = pg.name(0).to_string();
+    // What each beat must show at time `t`, the master having written at `t - 1`.
+    // What each beat at time `t` must show: the slave without lag replays
+    // the master's write of the last beat, or of this one if it came
+    // first (the nodes are probed at once); the other has no row yet.
+    let check = |t: i64, obs: &[Observation]| {
+        assert_eq!(obs[0], Observation::Master { wrote_at: Time(t) });
+        match &obs[1] {
+            Observation::Slave {
+                heartbeat: Some(hb),
+            } => {
+                assert_eq!(hb.master_name, master);
+                assert_eq!(hb.cluster_id, Some(7));
+                assert!([t - 1, t].contains(&hb.written_at.0), "{hb:?} at {t}");
+            }
+            o => panic!("slave without lag at {t}: {o:?}"),
+        }
+        assert_eq!(obs[2], Observation::Slave { heartbeat: None });
+    };
+    // Two beats: the statements are prepared, the slaves get in sync.
+    counted_beat(&pg, &mut p, Time(1)).await;
+    counted_beat(&pg, &mut p, Time(2)).await;
+    let mut t = 2;
+    for _ in 0..3 {
+        t += 1;
+        let (spent, obs) = counted_beat(&pg, &mut p, Time(t)).await;
+        check(t, &obs);
+        assert_eq!(spent, [2, 1, 1], "default role statement");
+    }
+    // A reload to a custom statement: the role and the read apart.
+    p.update_settings(settings(timeout, CUSTOM_ROLE))
+        .expect("reload");
+    for _ in 0..3 {
+        t += 1;
+        let (spent, obs) = counted_beat(&pg, &mut p, Time(t)).await;
+        check(t, &obs);
+        assert_eq!(spent, [2, 2, 2], "custom role statement");
+    }
+    // And back: the combined statement is prepared again, and answers.
+    p.update_settings(settings(timeout, DEFAULT_ROLE))
+        .expect("reload");
+    for _ in 0..3 {
+        t += 1;
+        let (spent, obs) = counted_beat(&pg, &mut p, Time(t)).await;
+        check(t, &obs);
+        assert_eq!(spent, [2, 1, 1], "back to the default");
+    }
 }

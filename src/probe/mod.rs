@@ -24,6 +24,9 @@ use tracing::{debug, error, info};
 
 /// The maintenance hold table (see [`crate::pgpool::hold`]).
 pub use crate::pgpool::hold::HOLD_TABLE_DDL;
+/// For the simulated server's tests: the text it must recognise.
+#[cfg(test)]
+pub(crate) use node::COMBINED;
 /// The heartbeat table, for operators who create it beforehand.
 pub use node::CREATE_TABLE as HEARTBEAT_TABLE_DDL;
 

@@ -1,9 +1,24 @@
 //! One node's persistent connection and the couple of statements a beat runs
 //! on it: the role query, then the heartbeat write (master) or read (slave).
+//!
+//! With the default `is_slave_statement`, a node that was not a master at its
+//! last probe is asked both things in ONE statement ([`COMBINED`]): its role
+//! and this instance's heartbeat row, the row's columns NULL when it has none.
+//! Most nodes are slaves, and at scale plusmoin's CPU per beat goes mostly to
+//! what each query costs in tokio-postgres whatever it asks (encoding it,
+//! handing it to the connection task, decoding and parsing the answer), not
+//! to the round trips: one statement instead of two is the biggest saving
+//! per slave (benches/scale.rs). The combined statement is only ever a faster
+//! way to the same answer: whenever it cannot give one (the table missing or
+//! dropped, a shape the checks refuse, a row they would refuse, any error),
+//! the probe takes the two-statement path for that probe, whose answers and
+//! reasons are the reference, and tries the combined one again at the next.
+//! A custom `is_slave_statement` always takes the two-statement path.
 
 use super::tls::Tls;
 use super::Shared;
 use crate::cluster::{ClusterId, Heartbeat, NodeName, Observation, Time};
+use crate::config::defaults;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
@@ -28,6 +43,14 @@ const UPSERT: &str = "INSERT INTO plusmoin_heartbeat (instance_name, cluster_id,
 
 const SELECT: &str =
     "SELECT master_name, cluster_id, beat_at FROM plusmoin_heartbeat WHERE instance_name = $1";
+
+/// The default role statement and [`SELECT`] in one: exactly one row, the
+/// role first, then the heartbeat columns (NULL without a row) and whether
+/// this instance has a row (a row whose columns are NULL is not "no row":
+/// the two-statement path would call it a bad shape).
+pub(crate) const COMBINED: &str = "SELECT pg_is_in_recovery(), \
+     h.master_name, h.cluster_id, h.beat_at, h.instance_name IS NOT NULL AS found \
+     FROM (SELECT 1) AS one LEFT JOIN plusmoin_heartbeat AS h ON h.instance_name = $1";
 
 /// Why a probe failed, and whether the connection can still be used.
 #[derive(Debug)]
@@ -103,6 +126,9 @@ pub(super) struct NodeConn {
     role: Option<(String, Statement)>,
     upsert: Option<Statement>,
     select: Option<Statement>,
+    /// [`COMBINED`], prepared and its columns checked; only kept while
+    /// `is_slave_statement` is the default it stands for.
+    combined: Option<Statement>,
     /// The node was a master at the last probe on this connection.
     was_master: bool,
     /// Signalled when the connection task ends: the server closed the
@@ -178,6 +204,7 @@ impl NodeConn {
             role: None,
             upsert: None,
             select: None,
+            combined: None,
             was_master: false,
             ended,
         })
@@ -218,6 +245,10 @@ impl NodeConn {
         // wasted: the role goes out with the heartbeat write instead. Should
         // the node have become a slave meanwhile, that write fails (a
         // standby is read-only) and is ignored, and the read follows.
+        //
+        // With the default role statement, a slave costs even less: one
+        // statement ([`COMBINED`], see the module doc). Whenever it cannot
+        // answer, the two it stands for do, as just described.
         if self.was_master {
             if let Some(upsert) = self.upsert.clone() {
                 let (cluster, master_name, beat_at) = row_values(node, cluster_id, now)?;
@@ -241,6 +272,48 @@ impl NodeConn {
                         .await?;
                 }
                 return Ok(Observation::Master { wrote_at: now });
+            }
+        }
+        // The default role statement: role and heartbeat in one statement.
+        let default_role = s.is_slave_statement == defaults::IS_SLAVE_STATEMENT;
+        if !default_role {
+            // A reload gave a custom statement: the combined one stands for
+            // another, and is prepared again if the default comes back.
+            self.combined = None;
+        }
+        if !self.was_master && default_role {
+            let stmt = match self.combined.clone() {
+                Some(stmt) => Some(stmt),
+                None => {
+                    self.combined = prepare_combined(&self.client).await?;
+                    self.combined.clone()
+                }
+            };
+            if let Some(stmt) = stmt {
+                match combined(&self.client, &stmt, &s.instance_name).await {
+                    Combined::Master => {
+                        self.was_master = true;
+                        self.write_heartbeat(&s.instance_name, node, cluster_id, now)
+                            .await?;
+                        return Ok(Observation::Master { wrote_at: now });
+                    }
+                    Combined::Slave(heartbeat) => {
+                        // The two statements it stands for, if prepared
+                        // (an error, a promotion), are closed: memory here
+                        // and on the server.
+                        self.role = None;
+                        self.select = None;
+                        return Ok(Observation::Slave { heartbeat });
+                    }
+                    Combined::Broken(f) => return Err(f),
+                    Combined::Failed => {
+                        // The table dropped, a changed plan, any error: the
+                        // two statements answer this time, and it is
+                        // prepared again at the next probe.
+                        self.combined = None;
+                    }
+                    Combined::Unreadable => {}
+                }
             }
         }
         let (role, heartbeat) = if self.was_master {
@@ -291,6 +364,7 @@ impl NodeConn {
                 Err(e) if !created && e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
                     self.upsert = None;
                     self.select = None;
+                    self.combined = None;
                     created = true;
                     if let Err(e) = self.client.batch_execute(CREATE_TABLE).await {
                         // Another instance may have created it at the same moment.
@@ -398,6 +472,89 @@ pub(super) async fn role(
             more.len()
         ))),
     }
+}
+
+/// Prepares [`COMBINED`]; `None` when it cannot be used (yet): the table
+/// is missing, its columns are not those the checks accept, or any other
+/// SQL error. The two statements then answer this probe, with their own
+/// reasons; it is tried again at the next. A broken connection is the
+/// probe's failure, as the role statement would have met it.
+async fn prepare_combined(client: &Client) -> Result<Option<Statement>, Failure> {
+    let stmt = match client.prepare_typed(COMBINED, &[Type::TEXT]).await {
+        Ok(stmt) => stmt,
+        Err(e) if breaks_connection(&e) => {
+            return Err(Failure::sql("is_slave_statement failed", &e))
+        }
+        Err(_) => return Ok(None),
+    };
+    let columns: Vec<(&str, &Type)> = stmt
+        .columns()
+        .iter()
+        .map(|c| (c.name(), c.type_()))
+        .collect();
+    let [(_, role), heartbeat @ .., (_, found)] = columns.as_slice() else {
+        return Ok(None);
+    };
+    let usable = heartbeat.len() == 3
+        && role_columns_reason(&[role]).is_none()
+        && heartbeat_columns_reason(heartbeat).is_none()
+        && **found == Type::BOOL;
+    Ok(usable.then_some(stmt))
+}
+
+/// What running [`COMBINED`] gave.
+enum Combined {
+    /// Not in recovery.
+    Master,
+    /// In recovery, with this instance's row if it has one.
+    Slave(Option<Heartbeat>),
+    /// The connection broke: the probe's failure, as the role statement
+    /// would have met it.
+    Broken(Failure),
+    /// It failed (the table dropped, a plan invalidated, any SQL error):
+    /// prepare it again.
+    Failed,
+    /// It ran, but its row is not one plusmoin can take at face value (a
+    /// NULL where none is allowed, an invalid cluster id): the two
+    /// statements say exactly what is wrong.
+    Unreadable,
+}
+
+/// Runs [`COMBINED`]: the role, and this instance's row on a slave.
+async fn combined(client: &Client, stmt: &Statement, instance: &str) -> Combined {
+    match client.query(stmt, &[&instance]).await {
+        // One row by construction; several only if the table lost its
+        // primary key, and then the first, as the heartbeat read takes.
+        Ok(rows) => rows
+            .first()
+            .and_then(combined_row)
+            .unwrap_or(Combined::Unreadable),
+        Err(e) if breaks_connection(&e) => {
+            Combined::Broken(Failure::sql("is_slave_statement failed", &e))
+        }
+        Err(_) => Combined::Failed,
+    }
+}
+
+/// The answer in [`COMBINED`]'s row; `None` for anything the two-statement
+/// path would refuse, or explain otherwise. A master's row is not read, as
+/// its heartbeat read is ignored.
+fn combined_row(row: &tokio_postgres::Row) -> Option<Combined> {
+    if !row.try_get::<_, bool>(0).ok()? {
+        return Some(Combined::Master);
+    }
+    if !row.try_get::<_, bool>(4).ok()? {
+        return Some(Combined::Slave(None));
+    }
+    let master_name: String = row.try_get(1).ok()?;
+    let cluster_id: Option<i32> = row.try_get(2).ok()?;
+    let beat_at: SystemTime = row.try_get(3).ok()?;
+    let cluster_id = cluster_id.map(ClusterId::try_from).transpose().ok()?;
+    Some(Combined::Slave(Some(Heartbeat {
+        master_name,
+        cluster_id,
+        written_at: Time::from_system_time(beat_at),
+    })))
 }
 
 /// Reads this instance's row as replayed on a slave. Not there yet (no

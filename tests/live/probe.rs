@@ -285,6 +285,119 @@ fn heartbeat_roles_and_reuse() {
     wait_pids(&rt, &sb, 0, &pids[0]);
 }
 
+/// Last statements of plusmoin's sessions on node `i` (what
+/// pg_stat_activity shows of a session between two beats).
+fn plusmoin_last_queries(sb: &Sandbox, i: usize) -> Vec<String> {
+    let out = ok(
+        "pg_stat_activity",
+        sb.sql(
+            i,
+            "SELECT query FROM pg_stat_activity \
+             WHERE application_name = 'plusmoin' ORDER BY pid",
+        ),
+    );
+    out.lines().map(str::to_owned).collect()
+}
+
+/// Whether one of plusmoin's sessions on node `i` last ran the statement
+/// asking a slave its role and heartbeat at once.
+fn ran_combined(sb: &Sandbox, i: usize) -> bool {
+    plusmoin_last_queries(sb, i)
+        .iter()
+        .any(|q| q.contains("pg_is_in_recovery()") && q.contains("LEFT JOIN plusmoin_heartbeat"))
+}
+
+/// With the default `is_slave_statement` a standby is asked its role and
+/// heartbeat in one statement, on real servers too; whatever that
+/// statement meets (no row yet, a row it cannot read, the table dropped
+/// under it), the answers are those the two statements give apart.
+#[test]
+fn one_statement_on_standbys() {
+    let sb = start(1);
+    let rt = runtime();
+    let timeout = Duration::from_secs(10);
+    let standby = targets(&sb, &[1]);
+    let all = targets(&sb, &[0, 1]);
+    let master = name(&sb, 0).to_string();
+
+    // Another instance, with a custom role statement (the two statements
+    // apart), creates the table; the standby replays it with its row.
+    let mut custom = settings("pm-other", timeout);
+    custom.is_slave_statement = "SELECT pg_is_in_recovery() AS in_recovery".into();
+    let mut other = prober(custom);
+    assert!(is_master(&beat(&rt, &mut other, &targets(&sb, &[0]))[0]));
+    beat_until(&rt, &mut other, &standby, REPLICATION, |o| {
+        heartbeat(&o[0]).is_some()
+    });
+    assert!(!ran_combined(&sb, 1), "{:?}", plusmoin_last_queries(&sb, 1));
+
+    // This instance has no row there yet: not in sync, through the one
+    // statement.
+    let mut p = prober(settings("pm-one", timeout));
+    for _ in 0..3 {
+        assert_eq!(
+            beat(&rt, &mut p, &standby),
+            vec![Observation::Slave { heartbeat: None }]
+        );
+    }
+    assert!(ran_combined(&sb, 1), "{:?}", plusmoin_last_queries(&sb, 1));
+
+    // Its row written on the master, the standby shows it.
+    let t = Time::now();
+    let out = rt.block_on(p.probe_all(&all, t));
+    assert_eq!(out[0].1, Observation::Master { wrote_at: t });
+    let obs = beat_until(&rt, &mut p, &standby, REPLICATION, |o| {
+        heartbeat(&o[0]).is_some()
+    });
+    let hb = heartbeat(&obs[0]).unwrap();
+    assert_eq!(hb.master_name, master);
+    assert_eq!(hb.cluster_id, Some(7));
+    assert_eq!(hb.written_at, t);
+    assert!(ran_combined(&sb, 1), "{:?}", plusmoin_last_queries(&sb, 1));
+
+    // A row the heartbeat read refuses (a NULL master name): the reason is
+    // that read's own, column number included.
+    for statement in [
+        "ALTER TABLE plusmoin_heartbeat ALTER COLUMN master_name DROP NOT NULL",
+        "UPDATE plusmoin_heartbeat SET master_name = NULL WHERE instance_name = 'pm-one'",
+    ] {
+        ok("null master name", sb.sql(0, statement));
+    }
+    let obs = beat_until(&rt, &mut p, &standby, REPLICATION, |o| {
+        matches!(o[0], Observation::Down { .. })
+    });
+    assert_eq!(
+        down_reason(&obs[0]),
+        "the heartbeat table has an unexpected shape: \
+         error deserializing column 0: a Postgres value was `NULL`"
+    );
+
+    // The table dropped under the prepared statement: the standby is a
+    // slave without a heartbeat, never down.
+    ok("drop table", sb.sql(0, "DROP TABLE plusmoin_heartbeat"));
+    beat_until(&rt, &mut p, &standby, REPLICATION, |o| {
+        o[0] == Observation::Slave { heartbeat: None }
+    });
+    for _ in 0..3 {
+        assert_eq!(
+            beat(&rt, &mut p, &standby),
+            vec![Observation::Slave { heartbeat: None }]
+        );
+    }
+
+    // Created again by the master's next write: the standby shows the row,
+    // through the one statement again.
+    let t = Time::now();
+    let out = rt.block_on(p.probe_all(&all, t));
+    assert_eq!(out[0].1, Observation::Master { wrote_at: t });
+    beat_until(&rt, &mut p, &standby, REPLICATION, |o| {
+        heartbeat(&o[0]).is_some_and(|h| h.written_at == t)
+    });
+    beat(&rt, &mut p, &standby);
+    assert!(ran_combined(&sb, 1), "{:?}", plusmoin_last_queries(&sb, 1));
+    assert_eq!(p.connections_held(), 1);
+}
+
 /// Every way `is_slave_statement` can answer nonsense gives its own
 /// reason, and a wrong password gives an authentication reason without
 /// the password in it.
