@@ -15,8 +15,8 @@
 //! program orchestrates and prints the tables; it runs itself again as
 //! `--fake-server` (all the simulated nodes, one thread) and as
 //! `--measure N PORT` or `--retry N DEAD PORT` (a real `Daemon` on a
-//! 2-thread runtime like `plusmoin start`, reading its own CPU time and
-//! peak memory). `--quick` skips 5,000 nodes and measures fewer beats.
+//! 2-thread runtime like `plusmoin start`, running as a task on its
+//! workers as there, reading its own CPU time and peak memory). `--quick` skips 5,000 nodes and measures fewer beats.
 //!
 //! For digging: `SCALE_SIZES=1000` picks the sizes, `SCALE_WRAP="perf
 //! record -g --"` runs the measuring process under a profiler, and
@@ -99,8 +99,8 @@ struct Measured {
     decided_p99_ms: f64,
     cpu_per_beat_ms: f64,
     peak_rss_mb: f64,
-    /// After half a minute more (NaN with `--quick`).
-    later_rss_mb: f64,
+    /// After half a minute more (not with `--quick`).
+    later_rss_mb: Option<f64>,
     connections: usize,
     masters: usize,
     slaves: usize,
@@ -273,27 +273,7 @@ fn config_text(n: usize, port: u16, dir: &std::path::Path) -> String {
 }
 
 fn config_text_hb(n: usize, port: u16, dir: &std::path::Path, heartbeat: Duration) -> String {
-    let nodes: Vec<String> = (0..n)
-        .map(|i| format!(r#"{{"host": "{}", "port": {port}}}"#, address(i)))
-        .collect();
-    let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| "root".into());
-    let d = dir.display();
-    format!(
-        r#"{{
-  "dbname": "plusmoin", "user": "plusmoin", "password": "unused",
-  "heartbeat": {hb}, "connect_timeout": {ct}, "max_sync_delay": 10, "recover_sync_delay": 5,
-  "log_level": "info", "daemon_user": "{user}", "instance_name": "bench", "sslmode": "disable",
-  "status_file": "{d}/status.json", "pid_file": "{d}/plusmoin.pid", "log_file": "{d}/plusmoin.log",
-  "nodes": [{nodes}]
-}}"#,
-        hb = heartbeat.as_secs_f64(),
-        ct = CONNECT_TIMEOUT.as_secs_f64(),
-        nodes = nodes.join(",\n    ")
-    )
+    plusmoin::fakepg::config_text(n, port, dir, heartbeat, CONNECT_TIMEOUT, "bench")
 }
 
 fn cpu_time() -> Duration {
@@ -313,6 +293,11 @@ fn peak_rss_mb() -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Runs `job` as a task on [`runtime`]'s workers.
+fn on_workers<T: Send + 'static>(job: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    runtime().block_on(async move { tokio::spawn(job).await.expect("measuring task") })
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -361,7 +346,8 @@ fn measure(n: usize, port: u16, beats: usize) -> Measured {
         .filter(|(_, f)| f.fault == Fault::Frozen)
         .map(|(i, _)| NodeName::new(address(i).to_string(), port))
         .collect();
-    runtime().block_on(async move {
+    // On the workers, as `plusmoin start` runs the deciding loop.
+    on_workers(async move {
         let mut daemon = Daemon::new(config).expect("daemon");
         let t0 = Instant::now();
         daemon.beat_once().await;
@@ -389,9 +375,9 @@ fn measure(n: usize, port: u16, beats: usize) -> Measured {
         let peak = peak_rss_mb();
         let later = if beats >= 8 {
             daemon.run_for(Duration::from_secs(30)).await;
-            peak_rss_mb()
+            Some(peak_rss_mb())
         } else {
-            f64::NAN
+            None
         };
         let count = |p: Place| daemon.state().nodes.iter().filter(|s| s.place == p).count();
         let down = daemon
@@ -441,7 +427,8 @@ fn measure_retry(n: usize, dead: usize, port: u16, secs: usize) -> Retried {
     let path = dir.path().join("plusmoin.json");
     let text = config_text_hb(n + dead, port, dir.path(), Duration::from_secs(1));
     let config = plusmoin::config::parse(&text, &path).expect("bench configuration");
-    runtime().block_on(async move {
+    // On the workers, as `plusmoin start` runs the deciding loop.
+    on_workers(async move {
         let mut daemon = Daemon::new(config).expect("daemon");
         daemon.beat_once().await;
         daemon.run_for(Duration::from_secs(1)).await;
@@ -499,7 +486,7 @@ fn print_table(rows: &[Measured]) {
             r.frozen_decided,
             r.cpu_per_beat_ms,
             r.peak_rss_mb,
-            r.later_rss_mb,
+            r.later_rss_mb.unwrap_or(f64::NAN),
             r.connections,
             format!("{}/{}/{}", r.masters, r.slaves, r.down),
         );
@@ -515,11 +502,9 @@ fn print_table(rows: &[Measured]) {
     );
     if let Some(r) = rows.iter().find(|r| r.nodes == 1_000) {
         let aim = |ok: bool| if ok { "met" } else { "MISSED" };
-        let rss = if r.later_rss_mb.is_nan() {
-            r.peak_rss_mb
-        } else {
-            r.later_rss_mb.max(r.peak_rss_mb)
-        };
+        let rss = r
+            .later_rss_mb
+            .map_or(r.peak_rss_mb, |l| l.max(r.peak_rss_mb));
         println!(
             "Aims at 1,000 nodes: decided within 50 ms of the tick: {} (worst {:.1} ms); \
              under 30 ms of CPU per beat: {} ({:.1} ms); under 30 MB: {} ({:.1} MB)",

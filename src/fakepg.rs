@@ -99,6 +99,40 @@ pub fn address(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 77, (hi % 256) as u8, lo as u8)
 }
 
+/// A configuration watching `n` simulated nodes served on `port` (a daemon
+/// over them, for tests and benches): files in `dir`, this user as
+/// `daemon_user`, max_sync_delay 10 s and recover_sync_delay 5 s.
+pub fn config_text(
+    n: usize,
+    port: u16,
+    dir: &std::path::Path,
+    heartbeat: Duration,
+    connect_timeout: Duration,
+    instance: &str,
+) -> String {
+    let nodes: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"host": "{}", "port": {port}}}"#, address(i)))
+        .collect();
+    let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "root".into());
+    let d = dir.display();
+    format!(
+        r#"{{
+  "dbname": "plusmoin", "user": "plusmoin", "password": "unused",
+  "heartbeat": {hb}, "connect_timeout": {ct}, "max_sync_delay": 10, "recover_sync_delay": 5,
+  "log_level": "info", "daemon_user": "{user}", "instance_name": "{instance}", "sslmode": "disable",
+  "status_file": "{d}/status.json", "pid_file": "{d}/plusmoin.pid", "log_file": "{d}/plusmoin.log",
+  "nodes": [{nodes}]
+}}"#,
+        hb = heartbeat.as_secs_f64(),
+        ct = connect_timeout.as_secs_f64(),
+        nodes = nodes.join(",\n    ")
+    )
+}
+
 /// How many writes per master and instance are kept for slaves to replay.
 const HISTORY: usize = 64;
 

@@ -186,7 +186,15 @@ fn start(cli: &Cli) -> Result<(), Failure> {
     }
     let result = runtime.block_on(async move {
         let (shutdown, reload) = signals.split();
-        daemon::run_serving(config, config_path, shutdown, reload, http).await
+        // On the runtime's workers rather than this thread: the probes'
+        // answers then wake the deciding loop on the thread they come in
+        // on, not across threads (benches/scale.rs: less CPU a beat, and
+        // decisions sooner).
+        let run = daemon::run_serving(config, config_path, shutdown, reload, http);
+        match tokio::spawn(run).await {
+            Ok(result) => result,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     });
     drop(pid_file);
     result.map_err(|e| {

@@ -3,33 +3,20 @@
 
 use plusmoin::cluster::{NodeName, Place};
 use plusmoin::daemon::Daemon;
-use plusmoin::fakepg::{address, FakeNode, FakePg, Fault};
+use plusmoin::fakepg::{config_text, FakeNode, FakePg, Fault};
 use std::collections::HashMap;
 use std::time::Duration;
 
 fn config(pg: &FakePg, dir: &std::path::Path) -> plusmoin::config::Config {
-    let port = pg.port();
-    let nodes: Vec<String> = (0..pg.len())
-        .map(|i| format!(r#"{{"host": "{}", "port": {port}}}"#, address(i)))
-        .collect();
-    let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| "root".into());
-    let d = dir.display();
-    let text = format!(
-        r#"{{
-  "dbname": "plusmoin", "user": "plusmoin", "password": "unused",
-  "heartbeat": 1, "connect_timeout": 2, "max_sync_delay": 10, "recover_sync_delay": 5,
-  "daemon_user": "{user}", "instance_name": "beat-test", "sslmode": "disable",
-  "status_file": "{d}/status.json", "pid_file": "{d}/plusmoin.pid", "log_file": "{d}/plusmoin.log",
-  "nodes": [{}]
-}}"#,
-        nodes.join(", ")
+    let text = config_text(
+        pg.len(),
+        pg.port(),
+        dir,
+        Duration::from_secs(1),
+        Duration::from_secs(2),
+        "beat-test",
     );
-    let path = dir.join("plusmoin.json");
-    plusmoin::config::parse(&text, &path).expect("test configuration")
+    plusmoin::config::parse(&text, &dir.join("plusmoin.json")).expect("test configuration")
 }
 
 /// Each cluster's slaves are read once their own master's heartbeat write
