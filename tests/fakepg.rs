@@ -296,28 +296,23 @@ async fn a_slave_costs_one_statement_with_the_default_role_statement() {
     counted_beat(&pg, &mut p, Time(1)).await;
     counted_beat(&pg, &mut p, Time(2)).await;
     let mut t = 2;
-    for _ in 0..3 {
-        t += 1;
-        let (spent, obs) = counted_beat(&pg, &mut p, Time(t)).await;
-        check(t, &obs);
-        assert_eq!(spent, [2, 1, 1], "default role statement");
-    }
-    // A reload to a custom statement: the role and the read apart.
-    p.update_settings(settings(timeout, CUSTOM_ROLE))
-        .expect("reload");
-    for _ in 0..3 {
-        t += 1;
-        let (spent, obs) = counted_beat(&pg, &mut p, Time(t)).await;
-        check(t, &obs);
-        assert_eq!(spent, [2, 2, 2], "custom role statement");
-    }
-    // And back: the combined statement is prepared again, and answers.
-    p.update_settings(settings(timeout, DEFAULT_ROLE))
-        .expect("reload");
-    for _ in 0..3 {
-        t += 1;
-        let (spent, obs) = counted_beat(&pg, &mut p, Time(t)).await;
-        check(t, &obs);
-        assert_eq!(spent, [2, 1, 1], "back to the default");
+    // Default, then a reload to a custom statement (the role and the read
+    // apart), then back (the combined statement is prepared again, and
+    // answers).
+    let phases = [
+        (None, [2, 1, 1], "default role statement"),
+        (Some(CUSTOM_ROLE), [2, 2, 2], "custom role statement"),
+        (Some(DEFAULT_ROLE), [2, 1, 1], "back to the default"),
+    ];
+    for (reload, expected, what) in phases {
+        if let Some(role) = reload {
+            p.update_settings(settings(timeout, role)).expect("reload");
+        }
+        for _ in 0..3 {
+            t += 1;
+            let (spent, obs) = counted_beat(&pg, &mut p, Time(t)).await;
+            check(t, &obs);
+            assert_eq!(spent, expected, "{what}");
+        }
     }
 }

@@ -134,12 +134,20 @@ fn is_master(obs: &Observation) -> bool {
 
 /// Backend pids of plusmoin's sessions on node `i`.
 fn plusmoin_pids(sb: &Sandbox, i: usize) -> Vec<String> {
+    plusmoin_sessions(sb, i, "pid")
+}
+
+/// `column` of pg_stat_activity for each of plusmoin's sessions on node
+/// `i`, in pid order.
+fn plusmoin_sessions(sb: &Sandbox, i: usize, column: &str) -> Vec<String> {
     let out = ok(
         "pg_stat_activity",
         sb.sql(
             i,
-            "SELECT pid FROM pg_stat_activity \
-             WHERE application_name = 'plusmoin' ORDER BY pid",
+            &format!(
+                "SELECT {column} FROM pg_stat_activity \
+                 WHERE application_name = 'plusmoin' ORDER BY pid"
+            ),
         ),
     );
     out.lines().map(str::to_owned).collect()
@@ -288,15 +296,7 @@ fn heartbeat_roles_and_reuse() {
 /// Last statements of plusmoin's sessions on node `i` (what
 /// pg_stat_activity shows of a session between two beats).
 fn plusmoin_last_queries(sb: &Sandbox, i: usize) -> Vec<String> {
-    let out = ok(
-        "pg_stat_activity",
-        sb.sql(
-            i,
-            "SELECT query FROM pg_stat_activity \
-             WHERE application_name = 'plusmoin' ORDER BY pid",
-        ),
-    );
-    out.lines().map(str::to_owned).collect()
+    plusmoin_sessions(sb, i, "query")
 }
 
 /// Whether one of plusmoin's sessions on node `i` last ran the statement
