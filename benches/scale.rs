@@ -268,11 +268,8 @@ fn fake_server() {
     });
 }
 
-fn config_text(n: usize, port: u16, dir: &std::path::Path) -> String {
-    config_text_hb(n, port, dir, CONNECT_TIMEOUT)
-}
-
-fn config_text_hb(n: usize, port: u16, dir: &std::path::Path, heartbeat: Duration) -> String {
+/// `n` simulated nodes on `port`, beating every `heartbeat`.
+fn config_text(n: usize, port: u16, dir: &std::path::Path, heartbeat: Duration) -> String {
     plusmoin::fakepg::config_text(n, port, dir, heartbeat, CONNECT_TIMEOUT, "bench")
 }
 
@@ -337,7 +334,7 @@ fn measure(n: usize, port: u16, beats: usize) -> Measured {
     let _ = plusmoin::lifecycle::raise_nofile_limit();
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("plusmoin.json");
-    let config = plusmoin::config::parse(&config_text(n, port, dir.path()), &path)
+    let config = plusmoin::config::parse(&config_text(n, port, dir.path(), HEARTBEAT), &path)
         .expect("bench configuration");
     let nodes = layout(n);
     let frozen: HashSet<NodeName> = nodes
@@ -425,7 +422,7 @@ fn measure_retry(n: usize, dead: usize, port: u16, secs: usize) -> Retried {
     let _ = plusmoin::lifecycle::raise_nofile_limit();
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("plusmoin.json");
-    let text = config_text_hb(n + dead, port, dir.path(), Duration::from_secs(1));
+    let text = config_text(n + dead, port, dir.path(), Duration::from_secs(1));
     let config = plusmoin::config::parse(&text, &path).expect("bench configuration");
     // On the workers, as `plusmoin start` runs the deciding loop.
     on_workers(async move {
