@@ -491,7 +491,8 @@ async fn probe_with(
             let reason = shared.settings.scrub(f.reason);
             debug!(node = %target.name, reason = %reason, "kept connection broke, reconnecting");
             drop(conn);
-            let mut conn = match NodeConn::connect(shared, &target.name).await {
+            // Boxed: a connect future is large, and this rarely runs.
+            let mut conn = match Box::pin(NodeConn::connect(shared, &target.name)).await {
                 Ok(c) => c,
                 Err(f) => return (None, down(f)),
             };
@@ -622,7 +623,7 @@ mod tests {
         assert_eq!(scrub("abc".into(), ""), "abc");
     }
 
-    fn settings() -> ProbeSettings {
+    pub(super) fn settings() -> ProbeSettings {
         ProbeSettings {
             dbname: "db".into(),
             user: "u".into(),

@@ -249,27 +249,37 @@ impl NodeConn {
         // With the default role statement, a slave costs even less: one
         // statement ([`COMBINED`], see the module doc). Whenever it cannot
         // answer, the two it stands for do, as just described.
+        //
+        // Each path's statements are boxed where they are awaited (and a
+        // statement's preparation, which runs once), so that a probe in
+        // flight holds the memory of the path it takes, not of the largest.
         if self.was_master {
             if let Some(upsert) = self.upsert.clone() {
                 let (cluster, master_name, beat_at) = row_values(node, cluster_id, now)?;
                 let params: [&(dyn ToSql + Sync); 4] =
                     [&s.instance_name, &cluster, &master_name, &beat_at];
-                let (role, wrote) = tokio::join!(
-                    role(&self.client, &mut self.role, &s.is_slave_statement),
-                    self.client.execute(&upsert, &params),
-                );
+                let (role, wrote) = Box::pin(async {
+                    tokio::join!(
+                        role(&self.client, &mut self.role, &s.is_slave_statement),
+                        self.client.execute(&upsert, &params),
+                    )
+                })
+                .await;
                 if role? {
                     self.was_master = false;
-                    let heartbeat =
-                        read_heartbeat(&self.client, &mut self.select, &s.instance_name).await?;
+                    let heartbeat = Box::pin(read_heartbeat(
+                        &self.client,
+                        &mut self.select,
+                        &s.instance_name,
+                    ))
+                    .await?;
                     return Ok(Observation::Slave { heartbeat });
                 }
                 if wrote.is_err() {
                     // The table was dropped, say: written again the long
                     // way, which creates it or says why it cannot.
                     self.upsert = None;
-                    self.write_heartbeat(&s.instance_name, node, cluster_id, now)
-                        .await?;
+                    Box::pin(self.write_heartbeat(&s.instance_name, node, cluster_id, now)).await?;
                 }
                 return Ok(Observation::Master { wrote_at: now });
             }
@@ -285,15 +295,15 @@ impl NodeConn {
             let stmt = match self.combined.clone() {
                 Some(stmt) => Some(stmt),
                 None => {
-                    self.combined = prepare_combined(&self.client).await?;
+                    self.combined = Box::pin(prepare_combined(&self.client)).await?;
                     self.combined.clone()
                 }
             };
             if let Some(stmt) = stmt {
-                match combined(&self.client, &stmt, &s.instance_name).await {
+                match Box::pin(combined(&self.client, &stmt, &s.instance_name)).await {
                     Combined::Master => {
                         self.was_master = true;
-                        self.write_heartbeat(&s.instance_name, node, cluster_id, now)
+                        Box::pin(self.write_heartbeat(&s.instance_name, node, cluster_id, now))
                             .await?;
                         return Ok(Observation::Master { wrote_at: now });
                     }
@@ -318,14 +328,17 @@ impl NodeConn {
         }
         let (role, heartbeat) = if self.was_master {
             (
-                role(&self.client, &mut self.role, &s.is_slave_statement).await,
+                Box::pin(role(&self.client, &mut self.role, &s.is_slave_statement)).await,
                 None,
             )
         } else {
-            let (r, h) = tokio::join!(
-                role(&self.client, &mut self.role, &s.is_slave_statement),
-                read_heartbeat(&self.client, &mut self.select, &s.instance_name),
-            );
+            let (r, h) = Box::pin(async {
+                tokio::join!(
+                    role(&self.client, &mut self.role, &s.is_slave_statement),
+                    read_heartbeat(&self.client, &mut self.select, &s.instance_name),
+                )
+            })
+            .await;
             (r, Some(h))
         };
         let is_slave = role?;
@@ -334,12 +347,18 @@ impl NodeConn {
             // Only when a master was just demoted: the read it skipped.
             let heartbeat = match heartbeat {
                 Some(h) => h?,
-                None => read_heartbeat(&self.client, &mut self.select, &s.instance_name).await?,
+                None => {
+                    Box::pin(read_heartbeat(
+                        &self.client,
+                        &mut self.select,
+                        &s.instance_name,
+                    ))
+                    .await?
+                }
             };
             Ok(Observation::Slave { heartbeat })
         } else {
-            self.write_heartbeat(&s.instance_name, node, cluster_id, now)
-                .await?;
+            Box::pin(self.write_heartbeat(&s.instance_name, node, cluster_id, now)).await?;
             Ok(Observation::Master { wrote_at: now })
         }
     }
@@ -440,8 +459,7 @@ pub(super) async fn role(
         Some((t, s)) if t == text => s.clone(),
         _ => {
             *cache = None;
-            let s = client
-                .prepare(text)
+            let s = Box::pin(client.prepare(text))
                 .await
                 .map_err(|e| Failure::sql(&format!("{WHAT} failed"), &e))?;
             check_role_columns(&s).map_err(Failure::answer)?;
@@ -568,7 +586,7 @@ async fn read_heartbeat(
     const WHAT: &str = "cannot read the heartbeat";
     let stmt = match &*cache {
         Some(s) => s.clone(),
-        None => match client.prepare_typed(SELECT, &[Type::TEXT]).await {
+        None => match Box::pin(client.prepare_typed(SELECT, &[Type::TEXT])).await {
             Ok(s) => {
                 let columns: Vec<(&str, &Type)> =
                     s.columns().iter().map(|c| (c.name(), c.type_())).collect();
