@@ -21,9 +21,11 @@
 //! - [`sandbox`]: a local primary + standbys for tests and the demo.
 //! - [`demo`]: `plusmoin demo`, the sandbox with a live plusmoin on it.
 //! - [`cli`]: the command line.
+//! - `alloc`: the memory allocator (jemalloc, one arena).
 //! - `fakepg` (hidden): a simulated PostgreSQL server for tests and benches.
 
 pub mod actions;
+mod alloc;
 pub mod cli;
 pub mod cluster;
 pub mod config;
