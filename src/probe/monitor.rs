@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info};
@@ -56,20 +56,52 @@ pub struct Report {
     pub began: Instant,
 }
 
-enum Cmd {
+/// What the daemon asked of a node's task since the task last looked: the
+/// task takes it all at once. Newer requests replace older ones, so a
+/// task's requests cost no allocation and never pile up.
+#[derive(Default)]
+struct Inbox {
     /// Probe now (or right after the probe in flight); write `cluster_id`
     /// into the heartbeat row if the node is a master, with time `at`.
-    Probe {
-        cluster_id: Option<ClusterId>,
-        at: Time,
-    },
-    /// Whether the node is lost (tried again on its own) or not.
-    Lost(bool),
-    Settings(Arc<Shared>),
+    probe: Option<(Option<ClusterId>, Time)>,
+    /// Whether the node is lost (tried again on its own), as last said.
+    lost: Option<bool>,
+    /// The node was said not lost meanwhile (even if lost again since):
+    /// its time away starts over.
+    found: bool,
+    settings: Option<Arc<Shared>>,
+}
+
+/// A node task's [`Inbox`], and the signal that something is in it.
+#[derive(Default)]
+struct Mailbox {
+    inbox: std::sync::Mutex<Inbox>,
+    posted: Notify,
+}
+
+impl Mailbox {
+    fn post(&self, f: impl FnOnce(&mut Inbox)) {
+        f(&mut self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
+        // A stored permit when the task is not waiting: it looks next time.
+        self.posted.notify_one();
+    }
+
+    fn post_lost(&self, lost: bool) {
+        self.post(|i| {
+            i.found |= !lost;
+            i.lost = Some(lost);
+        });
+    }
+
+    /// Waits for something to be posted, and takes everything posted.
+    async fn take(&self) -> Inbox {
+        self.posted.notified().await;
+        std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 struct Handle {
-    cmd: mpsc::UnboundedSender<Cmd>,
+    mailbox: Arc<Mailbox>,
     task: JoinHandle<()>,
     connected: Arc<AtomicBool>,
 }
@@ -114,7 +146,8 @@ impl Monitor {
     pub fn update_settings(&mut self, settings: ProbeSettings) -> Result<(), ProbeError> {
         self.shared = Arc::new(Shared::new(settings)?);
         for h in self.nodes.values() {
-            let _ = h.cmd.send(Cmd::Settings(Arc::clone(&self.shared)));
+            h.mailbox
+                .post(|i| i.settings = Some(Arc::clone(&self.shared)));
         }
         Ok(())
     }
@@ -128,17 +161,17 @@ impl Monitor {
                 continue;
             }
             let handle = self.nodes.remove(name).unwrap_or_else(|| {
-                let (cmd, rx) = mpsc::unbounded_channel();
+                let mailbox = Arc::new(Mailbox::default());
                 let connected = Arc::new(AtomicBool::new(false));
                 let task = tokio::spawn(node_task(
                     name.clone(),
                     Arc::clone(&self.shared),
-                    rx,
+                    Arc::clone(&mailbox),
                     self.tx.clone(),
                     Arc::clone(&connected),
                 ));
                 Handle {
-                    cmd,
+                    mailbox,
                     task,
                     connected,
                 }
@@ -154,14 +187,14 @@ impl Monitor {
     /// flight).
     pub fn probe(&self, node: &NodeName, cluster_id: Option<ClusterId>, at: Time) {
         if let Some(h) = self.nodes.get(node) {
-            let _ = h.cmd.send(Cmd::Probe { cluster_id, at });
+            h.mailbox.post(|i| i.probe = Some((cluster_id, at)));
         }
     }
 
     /// Tells `node`'s task whether the node is lost (retried on its own).
     pub fn set_lost(&self, node: &NodeName, lost: bool) {
         if let Some(h) = self.nodes.get(node) {
-            let _ = h.cmd.send(Cmd::Lost(lost));
+            h.mailbox.post_lost(lost);
         }
     }
 
@@ -221,7 +254,7 @@ pub fn retry_delay(base: Duration, lost_for: Duration) -> Duration {
 async fn node_task(
     name: NodeName,
     mut shared: Arc<Shared>,
-    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    mailbox: Arc<Mailbox>,
     out: mpsc::UnboundedSender<Report>,
     connected: Arc<AtomicBool>,
 ) {
@@ -249,9 +282,8 @@ async fn node_task(
                 }
             };
             tokio::select! {
-                cmd = cmds.recv() => {
-                    let Some(cmd) = cmd else { return };
-                    apply(cmd, &mut want, &mut cluster_id, &mut lost_since, &mut next_retry, &mut shared, &mut reset);
+                inbox = mailbox.take() => {
+                    apply(inbox, &mut want, &mut cluster_id, &mut lost_since, &mut next_retry, &mut shared, &mut reset);
                 }
                 _ = ended => want = Some((Cause::Dropped, Time::now())),
                 _ = retry => want = Some((Cause::Retry, Time::now())),
@@ -281,9 +313,8 @@ async fn node_task(
         let (c, p, obs) = loop {
             tokio::select! {
                 done = &mut probe => break done,
-                cmd = cmds.recv() => {
-                    let Some(cmd) = cmd else { return };
-                    apply(cmd, &mut want, &mut cluster_id, &mut lost_since, &mut next_retry, &mut shared, &mut reset);
+                inbox = mailbox.take() => {
+                    apply(inbox, &mut want, &mut cluster_id, &mut lost_since, &mut next_retry, &mut shared, &mut reset);
                 }
             }
         };
@@ -312,8 +343,11 @@ async fn node_task(
     }
 }
 
+/// Takes what was posted, in the order it could have been posted in: the
+/// settings first (a probe asked for runs with the newest), then the
+/// node's lost status, then the probe.
 fn apply(
-    cmd: Cmd,
+    inbox: Inbox,
     want: &mut Option<(Cause, Time)>,
     cluster_id: &mut Option<ClusterId>,
     lost_since: &mut Option<Instant>,
@@ -321,27 +355,23 @@ fn apply(
     shared: &mut Arc<Shared>,
     reset: &mut bool,
 ) {
-    match cmd {
-        Cmd::Probe { cluster_id: c, at } => {
-            *cluster_id = c;
-            *want = Some((Cause::Asked, at));
+    if let Some(s) = inbox.settings {
+        if s.settings.connection_differs(&shared.settings) {
+            *reset = true;
         }
-        Cmd::Lost(true) => {
-            if lost_since.is_none() {
-                *lost_since = Some(Instant::now());
-                *next_retry = Some(Instant::now() + shared.settings.retry_interval);
-            }
-        }
-        Cmd::Lost(false) => {
-            *lost_since = None;
-            *next_retry = None;
-        }
-        Cmd::Settings(s) => {
-            if s.settings.connection_differs(&shared.settings) {
-                *reset = true;
-            }
-            *shared = s;
-        }
+        *shared = s;
+    }
+    if inbox.found {
+        *lost_since = None;
+        *next_retry = None;
+    }
+    if inbox.lost == Some(true) && lost_since.is_none() {
+        *lost_since = Some(Instant::now());
+        *next_retry = Some(Instant::now() + shared.settings.retry_interval);
+    }
+    if let Some((c, at)) = inbox.probe {
+        *cluster_id = c;
+        *want = Some((Cause::Asked, at));
     }
 }
 
@@ -366,16 +396,61 @@ mod tests {
         );
     }
 
+    /// Requests posted while the task was busy are taken together, as if
+    /// taken one by one: the newest probe wins, and a node found and lost
+    /// again meanwhile starts its time away over.
+    #[tokio::test]
+    async fn posted_requests_are_taken_together_in_order() {
+        let shared = Arc::new(Shared::new(crate::probe::tests::settings()).unwrap());
+        let mailbox = Mailbox::default();
+        let mut want = None;
+        let mut cluster_id = None;
+        let away_since = Instant::now() - Duration::from_secs(100);
+        let mut lost_since = Some(away_since);
+        let mut next_retry = None;
+        let mut current = Arc::clone(&shared);
+        let mut reset = false;
+        let mut take = |inbox| {
+            apply(
+                inbox,
+                &mut want,
+                &mut cluster_id,
+                &mut lost_since,
+                &mut next_retry,
+                &mut current,
+                &mut reset,
+            );
+            (want, cluster_id, lost_since, next_retry.is_some(), reset)
+        };
+
+        // Lost again: its time away goes on.
+        mailbox.post_lost(true);
+        let (_, _, since, _, _) = take(mailbox.take().await);
+        assert_eq!(since, Some(away_since));
+
+        // Two probes, found, lost again: the second probe, time away anew.
+        mailbox.post(|i| i.probe = Some((Some(1), Time(10))));
+        mailbox.post(|i| i.probe = Some((Some(2), Time(20))));
+        mailbox.post_lost(false);
+        mailbox.post_lost(true);
+        let (want, cluster, since, retrying, reset) = take(mailbox.take().await);
+        assert_eq!(want, Some((Cause::Asked, Time(20))));
+        assert_eq!(cluster, Some(2));
+        assert!(since.is_some_and(|t| t > away_since), "{since:?}");
+        assert!(retrying);
+        assert!(!reset);
+    }
+
     /// A task's memory is its largest state, and most of their time node
     /// tasks are idle: the probe (a connect, statements pipelined) is boxed
     /// while it runs, or a thousand idle tasks would hold 5 MB.
     #[test]
     fn an_idle_node_task_is_small() {
         let shared = Arc::new(Shared::new(crate::probe::tests::settings()).unwrap());
-        let (_cmd, cmds) = mpsc::unbounded_channel();
         let (out, _reports) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
-        let task = node_task(NodeName::new("h", 1), shared, cmds, out, connected);
+        let mailbox = Arc::new(Mailbox::default());
+        let task = node_task(NodeName::new("h", 1), shared, mailbox, out, connected);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 1536, "a node task takes {size} bytes");
     }
