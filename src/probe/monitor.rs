@@ -3,9 +3,9 @@
 //! it happens: a hung server delays only its own news.
 //!
 //! A node task runs at most one probe at a time, under the probe's single
-//! deadline (`connect_timeout`); a request that comes while one is out is
-//! remembered and run after it (the latest one wins), so `connect_timeout`
-//! may exceed `heartbeat`. Between requests the task watches its kept
+//! deadline (`connect_timeout`); a request that comes while one is out
+//! waits in the task's [`Mailbox`] and is run after it (the latest one
+//! wins), so `connect_timeout` may exceed `heartbeat`. Between requests the task watches its kept
 //! connection: when the server closes it (killed, stopped, restarted,
 //! terminated us), it probes at once. While the daemon says the node is
 //! lost it also probes on its own on a short interval (`retry_interval`,
