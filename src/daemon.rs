@@ -328,7 +328,7 @@ impl Daemon {
     }
 
     /// When the loop must wake up: for the beat in progress, or to decide
-    /// news held back to be decided together (see [`NEWS_BATCH`]).
+    /// news held back to be decided together (see `NEWS_BATCH`).
     pub fn deadline(&self) -> Option<Instant> {
         let news = (!self.news.is_empty()).then(|| self.news_due());
         match (self.beat_deadline(), news) {
@@ -417,7 +417,7 @@ impl Daemon {
     }
 
     /// Decides the news taken so far (unless news was decided less than
-    /// [`NEWS_BATCH`] ago: then at [`Daemon::deadline`]), and the beat if
+    /// `NEWS_BATCH` ago: then at [`Daemon::deadline`]), and the beat if
     /// all its answers are in.
     pub fn decide(&mut self) {
         if !self.news.is_empty() && self.news_due() <= Instant::now() {

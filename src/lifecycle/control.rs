@@ -20,7 +20,7 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// the message), `Ok(Some(pid))` once that process is gone.
 ///
 /// Only the process holding the pid file's lock is signalled (see
-/// [`holder`]), and "gone" means its lock was released: a pid number may be
+/// `pidfile::holder`), and "gone" means its lock was released: a pid number may be
 /// given to another process, a lock dies with its holder.
 pub fn stop(
     pid_file: &Path,

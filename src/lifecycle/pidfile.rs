@@ -90,7 +90,7 @@ impl PidFile {
         }
     }
 
-    /// Needed after [`daemonize`] or any fork that keeps the descriptor: the
+    /// Needed after [`daemonize`](super::detach::daemonize) or any fork that keeps the descriptor: the
     /// lock survives, but the pid it should advertise changed.
     pub fn write_pid(&mut self) -> Result<(), LifecycleError> {
         let content = format!("{}\n", std::process::id());
