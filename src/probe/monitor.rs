@@ -5,9 +5,9 @@
 //! A node task runs at most one probe at a time, under the probe's single
 //! deadline (`connect_timeout`); a request that comes while one is out
 //! waits in the task's [`Mailbox`] and is run after it (the latest one
-//! wins), so `connect_timeout` may exceed `heartbeat`. Between requests the task watches its kept
-//! connection: when the server closes it (killed, stopped, restarted,
-//! terminated us), it probes at once. While the daemon says the node is
+//! wins), so `connect_timeout` may exceed `heartbeat`. Between requests the
+//! task watches its kept connection: when the server closes it (killed,
+//! stopped, restarted, terminated us), it probes at once. While the daemon says the node is
 //! lost it also probes on its own on a short interval (`retry_interval`,
 //! slower for a node away for long), so a server that comes back is seen
 //! at once rather than at the next beat.
