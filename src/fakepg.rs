@@ -22,10 +22,11 @@
 //! Results are binary or text as the client asks (timestamps binary only).
 //! Anything else gets an ErrorResponse, never a panic.
 //!
-//! It is compiled into the library (hidden from the docs) rather than put
-//! behind a cargo feature, so that a plain `cargo test` and `cargo clippy
-//! --all-targets` build and test it; nothing in the `plusmoin` binary
-//! references it, so the linker leaves it out.
+//! It is compiled only for the library's own unit tests and behind the
+//! `test-kit` feature, which the crate's dev-dependency on itself turns on
+//! for the integration tests and benches: a plain `cargo test`, `cargo
+//! bench` and `cargo clippy --all-targets` build it, and `cargo build
+//! --release` (the binary, the Debian package) does not.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
