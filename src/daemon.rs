@@ -1,5 +1,5 @@
 //! The deciding loop: news from the per-node probe tasks ([`Monitor`]) is
-//! decided as it arrives ([`cluster::step_news`]), then acted on (triggers,
+//! decided as it arrives ([`cluster::decide_news`]), then acted on (triggers,
 //! the pgpool sidecar) and written to the status file; beats come on a
 //! steady cadence; shutdown and reload come in as inputs.
 //!
@@ -8,11 +8,12 @@
 //! members of its cluster are read, so a slave's lag is this beat's write
 //! minus the row it shows. Nodes in no cluster with a master are read once
 //! every master's write is back. A master that hangs holds its cluster's
-//! reads back for a short bound at most, and no other cluster's. Each answer is decided when it comes: a hung server delays
-//! only its own news. When the beat's answers are in (or `connect_timeout`
-//! after it began), the beat's own decision emits `plusmoin_heartbeat` and
-//! the status file is written. Between beats, a dropped connection or a
-//! lost node's retry brings news that is decided at once.
+//! reads back for a short bound at most, and no other cluster's. Each answer
+//! is decided when it comes: a hung server delays only its own news. When
+//! the beat's answers are in (or `connect_timeout` after it began), the
+//! beat's own decision emits `plusmoin_heartbeat` and the status file is
+//! written. Between beats, a dropped connection or a lost node's retry
+//! brings news that is decided at once.
 //!
 //! Process plumbing (pid file, detaching, privileges, logging) lives in
 //! [`crate::lifecycle`]; this module only decides.

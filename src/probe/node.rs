@@ -564,15 +564,9 @@ fn combined_row(row: &tokio_postgres::Row) -> Option<Combined> {
     if !row.try_get::<_, bool>(4).ok()? {
         return Some(Combined::Slave(None));
     }
-    let master_name: String = row.try_get(1).ok()?;
-    let cluster_id: Option<i32> = row.try_get(2).ok()?;
-    let beat_at: SystemTime = row.try_get(3).ok()?;
-    let cluster_id = cluster_id.map(ClusterId::try_from).transpose().ok()?;
-    Some(Combined::Slave(Some(Heartbeat {
-        master_name,
-        cluster_id,
-        written_at: Time::from_system_time(beat_at),
-    })))
+    heartbeat_row(row, 1)
+        .ok()
+        .map(|hb| Combined::Slave(Some(hb)))
 }
 
 /// Reads this instance's row as replayed on a slave. Not there yet (no
@@ -613,15 +607,21 @@ async fn read_heartbeat(
     let Some(row) = rows.first() else {
         return Ok(None);
     };
+    heartbeat_row(row, 0).map(Some)
+}
+
+/// The heartbeat columns of `row` from column `first` on (master name,
+/// cluster id, time), or why plusmoin cannot take them at face value.
+fn heartbeat_row(row: &tokio_postgres::Row, first: usize) -> Result<Heartbeat, Failure> {
     let bad = |e: tokio_postgres::Error| {
         Failure::answer(format!(
             "the heartbeat table has an unexpected shape: {}",
             describe(&e)
         ))
     };
-    let master_name: String = row.try_get(0).map_err(bad)?;
-    let cluster_id: Option<i32> = row.try_get(1).map_err(bad)?;
-    let beat_at: SystemTime = row.try_get(2).map_err(bad)?;
+    let master_name: String = row.try_get(first).map_err(bad)?;
+    let cluster_id: Option<i32> = row.try_get(first + 1).map_err(bad)?;
+    let beat_at: SystemTime = row.try_get(first + 2).map_err(bad)?;
     let cluster_id = match cluster_id.map(ClusterId::try_from).transpose() {
         Ok(c) => c,
         Err(_) => {
@@ -630,11 +630,11 @@ async fn read_heartbeat(
             )))
         }
     };
-    Ok(Some(Heartbeat {
+    Ok(Heartbeat {
         master_name,
         cluster_id,
         written_at: Time::from_system_time(beat_at),
-    }))
+    })
 }
 
 /// `is_slave_statement` must yield a single boolean column; checked once at
