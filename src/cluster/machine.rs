@@ -105,7 +105,7 @@ pub fn step(
     policy: &Policy,
 ) -> (State, Vec<Event>) {
     let names: Vec<NodeName> = observations.iter().map(|(n, _)| n.clone()).collect();
-    let d = decide(prev.clone(), &names, observations, now, policy, true);
+    let d = decide_news(prev.clone(), &names, observations, now, policy, true);
     (d.state, d.events)
 }
 
@@ -180,22 +180,6 @@ pub struct Decision {
     pub dropped: Vec<ClusterId>,
 }
 
-/// [`step_news`] taking the previous state rather than a copy of it, as the
-/// daemon decides: over a thousand nodes, a decision then costs little more
-/// than the news it holds (benches/step.rs). It also says whether anything
-/// moved and which clusters were dropped, so the caller need not compare
-/// whole states.
-pub fn decide_news(
-    prev: State,
-    nodes: &[NodeName],
-    news: &[(NodeName, Observation)],
-    now: Time,
-    policy: &Policy,
-    tick: bool,
-) -> Decision {
-    decide(prev, nodes, news, now, policy, tick)
-}
-
 /// The clusters of `prev` that `next` no longer has, in id order: the
 /// daemon frees their trigger queues once their last events have run.
 pub fn dropped_clusters(prev: &State, next: &State) -> Vec<ClusterId> {
@@ -227,8 +211,12 @@ pub fn name_parts(text: &str) -> Option<(&str, u16)> {
     }
 }
 
-/// [`decide_news`] with each configured node paired with its news, if any.
-fn decide(
+/// [`step_news`] taking the previous state rather than a copy of it, as the
+/// daemon decides: over a thousand nodes, a decision then costs little more
+/// than the news it holds (benches/step.rs). It also says whether anything
+/// moved and which clusters were dropped, so the caller need not compare
+/// whole states.
+pub fn decide_news(
     prev: State,
     names: &[NodeName],
     news: &[(NodeName, Observation)],
