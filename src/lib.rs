@@ -42,4 +42,5 @@ pub mod pgpool;
 pub mod probe;
 pub mod sandbox;
 pub mod status;
+pub mod text;
 pub mod web;

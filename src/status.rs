@@ -301,7 +301,7 @@ pub fn table(status: &Status) -> String {
             };
         }
         // What servers and holders said, as one inert line.
-        let note = crate::probe::escape_controls(&note);
+        let note = crate::text::escape_controls(&note);
         [
             cluster,
             n.name.clone(),

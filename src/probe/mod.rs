@@ -10,6 +10,7 @@ mod node;
 mod tls;
 
 pub use monitor::{retry_delay, Cause, Monitor, Report};
+use crate::text::escape_controls;
 
 use crate::cluster::{ClusterId, NodeName, Observation, Time};
 use crate::config::{Config, Secret, SslMode};
@@ -77,7 +78,7 @@ impl ProbeSettings {
 
     /// Removes every password from a text that a server or a library
     /// produced: none should ever contain one, but reasons end up in logs
-    /// and files. Control characters in it are escaped ([`escape_controls`]):
+    /// and files. Control characters in it are escaped ([`crate::text::escape_controls`]):
     /// a server's message must not forge log lines or table rows.
     pub fn scrub(&self, text: String) -> String {
         // Longest first, so that a password containing another is removed
@@ -517,25 +518,6 @@ fn down(f: Failure) -> Observation {
     Observation::Down { reason: f.reason }
 }
 
-/// `text` with its control characters (newlines, escape sequences…) and
-/// bidirectional overrides written as Rust escapes (`\n`, `\u{1b}`), so
-/// that what a server says stays one inert line in logs and tables.
-pub fn escape_controls(text: &str) -> String {
-    let bidi = |c: char| matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-    if !text.chars().any(|c| c.is_control() || bidi(c)) {
-        return text.to_string();
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if c.is_control() || bidi(c) {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Removes `password` from `text`.
 fn scrub(text: String, password: &str) -> String {
     if password.is_empty() || !text.contains(password) {
@@ -592,15 +574,6 @@ mod tests {
         fn is_send<T: Send>(_: &T) {}
         is_send(p);
         is_send(&p.probe_all(&[], Time(0)));
-    }
-
-    #[test]
-    fn control_characters_are_escaped() {
-        assert_eq!(escape_controls("plain: ok é"), "plain: ok é");
-        assert_eq!(
-            escape_controls("FATAL: x\nERROR: forged\r\t\u{1b}[31m\u{0}\u{7f}\u{202e}"),
-            "FATAL: x\\nERROR: forged\\r\\t\\u{1b}[31m\\u{0}\\u{7f}\\u{202e}"
-        );
     }
 
     #[test]

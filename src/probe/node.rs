@@ -91,13 +91,13 @@ fn breaks_connection(err: &tokio_postgres::Error) -> bool {
 
 /// One line for a tokio-postgres error, with its causes: its own `Display`
 /// stops at "db error" or "error connecting to server". What the server
-/// said is escaped ([`super::escape_controls`]): one inert line.
+/// said is escaped ([`crate::text::escape_controls`]): one inert line.
 pub(super) fn describe(err: &tokio_postgres::Error) -> String {
     if let Some(db) = err.as_db_error() {
         return format!(
             "{}: {} (SQLSTATE {})",
-            super::escape_controls(db.severity()),
-            super::escape_controls(db.message()),
+            crate::text::escape_controls(db.severity()),
+            crate::text::escape_controls(db.message()),
             db.code().code()
         );
     }
@@ -112,7 +112,7 @@ pub(super) fn describe(err: &tokio_postgres::Error) -> String {
         }
         cause = c.source();
     }
-    super::escape_controls(&out)
+    crate::text::escape_controls(&out)
 }
 
 /// A live connection to one node, kept across beats, with the statements

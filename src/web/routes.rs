@@ -226,7 +226,7 @@ fn place(n: &crate::payload::NodeEntry) -> String {
         None => n.state.clone(),
     };
     if let Some(r) = &n.reason {
-        s.push_str(&format!(" ({})", crate::probe::escape_controls(r)));
+        s.push_str(&format!(" ({})", crate::text::escape_controls(r)));
     }
     s
 }
