@@ -148,6 +148,12 @@ pub struct Daemon {
     last_news_step: Option<Instant>,
     /// The HTTP listener's view, published with each status written.
     web: crate::web::Publisher,
+    /// Each node's system identifier, as last read.
+    systems: HashMap<NodeName, u64>,
+    /// Which masters may answer `/primary` (never two of one set).
+    primary: cluster::PrimaryGuard,
+    /// The masters refused at the last status, for logging changes.
+    refused: BTreeMap<NodeName, cluster::Refusal>,
 }
 
 impl Daemon {
@@ -174,6 +180,9 @@ impl Daemon {
             down_flipped: Vec::new(),
             last_news_step: None,
             web: crate::web::Publisher::new(),
+            systems: HashMap::new(),
+            primary: cluster::PrimaryGuard::new(),
+            refused: BTreeMap::new(),
         })
     }
 
@@ -385,6 +394,11 @@ impl Daemon {
 
     /// Takes one probe's outcome (decided by [`Daemon::decide`]).
     pub fn take(&mut self, r: Report) {
+        if let Some(id) = r.system {
+            if self.systems.get(&r.node) != Some(&id) {
+                self.systems.insert(r.node.clone(), id);
+            }
+        }
         let flipped = if matches!(r.obs, Observation::Down { .. }) {
             self.down.insert(r.node.clone())
         } else {
@@ -658,9 +672,48 @@ impl Daemon {
         );
         st.set_holds(self.pgpool.holds());
         st.pgpool = self.pgpool.report();
+        st.primary_refused = self.refuse_primaries(st.pgpool.as_ref());
         let st = Arc::new(st);
         self.status.write(&self.config.status_file, Arc::clone(&st));
         self.web.publish(st, &self.down);
+    }
+
+    /// The masters that may not answer `/primary` now, with why, logging
+    /// each refusal as it begins and ends.
+    fn refuse_primaries(
+        &mut self,
+        pgpool: Option<&crate::payload::PgpoolReport>,
+    ) -> BTreeMap<String, String> {
+        let pg_primary = pgpool
+            .and_then(|r| r.primary.as_deref())
+            .and_then(|p| self.state.nodes.iter().find(|n| n.name.to_string() == p))
+            .map(|n| n.name.clone());
+        let refused = self
+            .primary
+            .decide(&self.state, &self.systems, pg_primary.as_ref());
+        if refused != self.refused {
+            for (node, why) in &refused {
+                if self.refused.get(node) != Some(why) {
+                    crate::web::metrics::COUNTERS.primary_refused();
+                    warn!(event = "primary_refused", node = %node, "a master is refused /primary: {why}");
+                }
+            }
+            for node in self.refused.keys() {
+                if !refused.contains_key(node) {
+                    let now = if self.primary.allowed().contains(node) {
+                        "it answers /primary again"
+                    } else {
+                        "it is no master any more"
+                    };
+                    info!(event = "primary_refused_ended", node = %node, "a master is no longer refused /primary: {now}");
+                }
+            }
+            self.refused = refused;
+        }
+        self.refused
+            .iter()
+            .map(|(n, why)| (n.to_string(), why.to_string()))
+            .collect()
     }
 
     /// Waits until the statuses decided so far are written.

@@ -17,8 +17,9 @@
 //! heartbeat select, the two in one (the default role statement and the
 //! heartbeat select, answered exactly as they would be apart) and the holds
 //! read (an empty `plusmoin_hold`, as a
-//! deployment that created it has), simple Query (answered with an empty
-//! command completion, enough for `CREATE TABLE IF NOT EXISTS`), Terminate.
+//! deployment that created it has), simple Query (the system identifier: a master's index, shared by
+//! its slaves; anything else answered with an empty command completion,
+//! enough for `CREATE TABLE IF NOT EXISTS`), Terminate.
 //! Results are binary or text as the client asks (timestamps binary only).
 //! Anything else gets an ErrorResponse, never a panic.
 //!
@@ -388,6 +389,7 @@ impl Kind {
 
 const BOOL: i32 = 16;
 const INT4: i32 = 23;
+const INT8: i32 = 20;
 const TEXT: i32 = 25;
 const TIMESTAMPTZ: i32 = 1184;
 
@@ -565,9 +567,29 @@ async fn serve_conn(r: &mut BufReader<TcpStream>, index: usize, shared: &Shared)
             }
             b'H' => flush(r, &mut out, &node).await?,
             b'Q' => {
-                // Simple query: CREATE TABLE IF NOT EXISTS and the like.
-                let _query = b.cstr()?;
-                out.msg(b'I', &[]);
+                // Simple query: the system identifier (a master's index,
+                // which its slaves share, as a base backup's copy does), or
+                // CREATE TABLE IF NOT EXISTS and the like.
+                let query = b.cstr()?;
+                if query.contains("pg_control_system()") {
+                    let system = match node.role {
+                        Role::Master => index,
+                        Role::Slave { master, .. } => master,
+                    };
+                    let mut d = 1i16.to_be_bytes().to_vec();
+                    cstr(&mut d, "system_identifier");
+                    d.extend_from_slice(&0i32.to_be_bytes());
+                    d.extend_from_slice(&0i16.to_be_bytes());
+                    d.extend_from_slice(&INT8.to_be_bytes());
+                    d.extend_from_slice(&8i16.to_be_bytes());
+                    d.extend_from_slice(&(-1i32).to_be_bytes());
+                    d.extend_from_slice(&0i16.to_be_bytes());
+                    out.msg(b'T', &d);
+                    data_row(&mut out, &[Some(system.to_string().into_bytes())]);
+                    out.complete("SELECT 1");
+                } else {
+                    out.msg(b'I', &[]);
+                }
                 out.msg(b'Z', b"I");
                 flush(r, &mut out, &node).await?;
             }

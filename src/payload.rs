@@ -140,6 +140,10 @@ pub struct Status {
     /// section, or before its first round).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pgpool: Option<PgpoolReport>,
+    /// Masters refused `/primary/HOST:PORT`, with why: another master of
+    /// the same replication set is up (README "Two masters").
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub primary_refused: BTreeMap<String, String>,
 }
 
 /// The pgpool sidecar's view, as `status` shows it.
@@ -214,6 +218,7 @@ impl Status {
             held: Vec::new(),
             holds: Vec::new(),
             pgpool: None,
+            primary_refused: BTreeMap::new(),
         }
     }
 

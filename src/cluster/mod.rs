@@ -12,7 +12,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 mod machine;
+mod primary;
 pub use machine::*;
+pub use primary::{PrimaryGuard, Refusal};
 
 /// A node as written in the configuration: `host:port` is its name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -54,6 +54,9 @@ pub struct Report {
     pub cause: Cause,
     /// When the probe began (its deadline ran from there).
     pub began: Instant,
+    /// The server's system identifier, when the connection the probe used
+    /// could read it ([`crate::cluster::PrimaryGuard`]).
+    pub system: Option<u64>,
 }
 
 /// What the daemon asked of a node's task since the task last looked: the
@@ -325,6 +328,7 @@ async fn node_task(
             pending = None;
         }
         connected.store(conn.is_some(), Ordering::Relaxed);
+        let system = conn.as_ref().and_then(|c| c.system());
         if let Some(since) = lost_since {
             let base = shared.settings.retry_interval;
             next_retry = Some(Instant::now() + retry_delay(base, since.elapsed()));
@@ -335,6 +339,7 @@ async fn node_task(
                 obs,
                 cause,
                 began,
+                system,
             })
             .is_err()
         {

@@ -119,6 +119,9 @@ pub(super) fn describe(err: &tokio_postgres::Error) -> String {
 /// prepared on it.
 pub(super) struct NodeConn {
     client: Client,
+    /// The server's system identifier (shared by a primary and its
+    /// standbys), when it could be read.
+    system: Option<u64>,
     /// Drives the socket; aborted (after a short grace) once the client goes.
     task: Option<JoinHandle<()>>,
     /// The role statement and the text it was prepared from, so a reload
@@ -134,6 +137,25 @@ pub(super) struct NodeConn {
     /// Signalled when the connection task ends: the server closed the
     /// connection (died, restarted, terminated us) or it broke.
     ended: Arc<Notify>,
+}
+
+/// The server's system identifier (`pg_control_system()`, the same on a
+/// primary and every standby made from it), read once per connection: it
+/// tells two masters of one replication set (a split brain) from masters
+/// of different sets. `None` when it cannot be read (an old server, a
+/// server that says no): such a master could be of any set.
+async fn system_identifier(client: &Client) -> Option<u64> {
+    let rows = client
+        .simple_query("SELECT system_identifier FROM pg_catalog.pg_control_system()")
+        .await
+        .ok()?;
+    rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r
+            .get(0)
+            .and_then(|v| v.parse::<i64>().ok())
+            .map(|v| v as u64),
+        _ => None,
+    })
 }
 
 impl Drop for NodeConn {
@@ -198,7 +220,9 @@ impl NodeConn {
             }
         };
         debug!(node = %node, "connected");
+        let system = system_identifier(&client).await;
         Ok(NodeConn {
+            system,
             client,
             task: Some(task),
             role: None,
@@ -208,6 +232,11 @@ impl NodeConn {
             was_master: false,
             ended,
         })
+    }
+
+    /// The server's system identifier, read when the connection was made.
+    pub(super) fn system(&self) -> Option<u64> {
+        self.system
     }
 
     pub(super) fn is_closed(&self) -> bool {

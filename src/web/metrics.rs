@@ -48,6 +48,7 @@ pub struct Counters {
     beat_buckets: [AtomicU64; BEAT_BUCKETS.len() + 1],
     beat_count: AtomicU64,
     beat_sum_micros: AtomicU64,
+    primary_refusals: AtomicU64,
 }
 
 /// The counters of this process, which the listener serves.
@@ -74,7 +75,13 @@ impl Counters {
             beat_buckets: [ZERO; BEAT_BUCKETS.len() + 1],
             beat_count: ZERO,
             beat_sum_micros: ZERO,
+            primary_refusals: ZERO,
         }
+    }
+
+    /// A master began to be refused `/primary` (or for another reason).
+    pub fn primary_refused(&self) {
+        self.primary_refusals.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An event was decided (every kind, `plusmoin_heartbeat` included).
@@ -120,6 +127,7 @@ impl Counters {
             beat_buckets: self.beat_buckets.each_ref().map(get),
             beat_count: get(&self.beat_count),
             beat_sum: get(&self.beat_sum_micros) as f64 / 1e6,
+            primary_refusals: get(&self.primary_refusals),
         }
     }
 }
@@ -147,6 +155,7 @@ struct Loaded {
     beat_buckets: [u64; BEAT_BUCKETS.len() + 1],
     beat_count: u64,
     beat_sum: f64,
+    primary_refusals: u64,
 }
 
 /// Everything one scrape shows.
@@ -248,6 +257,14 @@ impl Collector for Scrape {
                 })
             }),
         )?;
+        family(
+            &mut enc,
+            "primary_refusals",
+            "Times a master began to be refused /primary because another master of its replication set was up",
+            None,
+            MetricType::Counter,
+            [(vec![], c.primary_refusals as f64)],
+        )?;
         let buckets: Vec<(f64, u64)> = BEAT_BUCKETS
             .iter()
             .copied()
@@ -323,6 +340,17 @@ fn node_metrics(enc: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fm
                 [("master", !n.is_slave), ("slave", n.is_slave)]
                     .map(|(role, is)| (with(n, "role", role), flag(is)))
             }),
+    )?;
+    family(
+        enc,
+        "primary_refused",
+        "1 while a master is refused /primary because another master of its replication set is up (split brain), 0 for the other masters",
+        None,
+        gauge,
+        nodes
+            .iter()
+            .filter(|n| n.state == "master")
+            .map(|n| (base(n), flag(st.primary_refused.contains_key(&n.name)))),
     )?;
     family(
         enc,

@@ -110,6 +110,35 @@ fn primary_is_200_for_the_master_only() {
 }
 
 #[test]
+fn a_refused_master_is_503_with_why_and_counted_in_metrics() {
+    let mut s = sample();
+    let why = "another master of the same replication set, db:5440, has been the primary";
+    Arc::make_mut(&mut s.status)
+        .primary_refused
+        .insert("db:5432".into(), why.into());
+    let r = get("/primary/db:5432", Some(&s), DECIDED + 1.0);
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (
+            503,
+            format!("db:5432 is a master but not routed to: {why}\n").as_str()
+        )
+    );
+    let labels = [("node", "db:5432"), ("cluster", "0")];
+    let m = scrape(&s, &Counters::new());
+    assert_eq!(m.value("plusmoin_primary_refused", &labels), Some(1.0));
+    let m = scrape(&sample(), &Counters::new());
+    assert_eq!(m.value("plusmoin_primary_refused", &labels), Some(0.0));
+    // Only masters have the series.
+    let slave = [("node", "db:5433"), ("cluster", "0")];
+    assert_eq!(m.value("plusmoin_primary_refused", &slave), None);
+    let c = Counters::new();
+    c.primary_refused();
+    let m = scrape(&sample(), &c);
+    assert_eq!(m.value("plusmoin_primary_refusals_total", &[]), Some(1.0));
+}
+
+#[test]
 fn replica_is_200_for_a_slave_in_sync_within_the_lag_asked() {
     let r = fresh("/replica/db:5433");
     assert_eq!(

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 const LONG: Duration = Duration::from_secs(30);
 
 /// A loopback port free a moment ago.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 0");
     l.local_addr().expect("addr").port()
 }
@@ -57,7 +57,7 @@ fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
 }
 
 /// `GET path`: the status and the body.
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let req = format!("GET {path} HTTP/1.1\r\nHost: plusmoin\r\nConnection: close\r\n\r\n");
     let (status, text) = raw(addr, req.as_bytes());
     let body = text
@@ -348,7 +348,7 @@ impl Drop for Resume<'_> {
 }
 
 /// A foreground HAProxy; killed on drop.
-struct Haproxy {
+pub(crate) struct Haproxy {
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -360,7 +360,7 @@ impl Drop for Haproxy {
     }
 }
 
-fn haproxy_installed() -> bool {
+pub(crate) fn haproxy_installed() -> bool {
     Command::new("haproxy")
         .arg("-v")
         .stdout(Stdio::null())
@@ -370,16 +370,16 @@ fn haproxy_installed() -> bool {
 }
 
 /// The ports HAProxy serves clients on.
-struct Ports {
-    write: u16,
-    read: u16,
-    reporting: u16,
+pub(crate) struct Ports {
+    pub write: u16,
+    pub read: u16,
+    pub reporting: u16,
 }
 
 /// HAProxy running the shipped `contrib/haproxy.cfg`, made to fit the
 /// sandbox: plusmoin at `plusmoin`, db1 = node 0, db2 = node 2, db3 = node
 /// 1, client ports on loopback.
-fn haproxy(sb: &Sandbox, plusmoin: SocketAddr, ports: &Ports) -> Haproxy {
+pub(crate) fn haproxy(sb: &Sandbox, plusmoin: SocketAddr, ports: &Ports) -> Haproxy {
     let dir = tempfile::tempdir().expect("temp dir");
     let template =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/haproxy.cfg"))
@@ -431,7 +431,7 @@ fn haproxy(sb: &Sandbox, plusmoin: SocketAddr, ports: &Ports) -> Haproxy {
 /// Through `port`: the port of the server reached and whether it is in
 /// recovery; with `write`, a row inserted first (which only a primary
 /// takes).
-fn through(port: u16, write: bool) -> Result<(i32, bool), String> {
+pub(crate) fn through(port: u16, write: bool) -> Result<(i32, bool), String> {
     let db = |e: tokio_postgres::Error| match e.as_db_error() {
         Some(d) => d.message().to_string(),
         None => e.to_string(),

@@ -16,6 +16,7 @@ mod pgpool_fixture;
 mod pgpool_safety;
 mod probe;
 mod sandbox_ops;
+mod split;
 
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,401 @@
+//! Which master may be routed writes to (`/primary/HOST:PORT`): never two
+//! of the same replication set at once, whatever plusmoin sees.
+//!
+//! Two masters of one replication set (a standby promoted while its old
+//! primary is still up: an operator's mistake, or a failover while the old
+//! primary was only cut off) is the split brain load balancers must not
+//! amplify. Masters are of one replication set when they share PostgreSQL's
+//! system identifier (a standby keeps its primary's); a master whose
+//! identifier is not known could be of any set, so it is a rival of every
+//! other master. Among rivals, at most one is allowed:
+//!
+//! 1. pgpool's primary, where the pgpool sidecar runs and pgpool has one of
+//!    them as its primary;
+//! 2. otherwise the incumbent: the master that was allowed at the previous
+//!    decision and has been a master at every decision since. A newcomer
+//!    is refused until the incumbent is gone;
+//! 3. otherwise none: after a restart that finds two masters, or when two
+//!    allowed masters become rivals (an identifier no longer known),
+//!    plusmoin cannot tell, and refuses them all.
+//!
+//! A master with no rival is allowed. Pure: the state, the identifiers and
+//! pgpool's primary come in; the refusals go out, and the guard remembers
+//! which masters it allowed.
+
+use super::{NodeName, Place, State};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Why a master is refused `/primary`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// pgpool has another of the rivals as its primary.
+    NotPgpoolsPrimary { primary: NodeName },
+    /// Another master has been allowed without interruption.
+    Incumbent { incumbent: NodeName },
+    /// No rival can be told apart (a restart that found them together, or
+    /// rivals that were both allowed): `masters` of them, this one
+    /// included; `some` names a few of the others.
+    Undecided { masters: usize, some: Vec<NodeName> },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::NotPgpoolsPrimary { primary } => write!(
+                f,
+                "another master of the same replication set is up, and pgpool's primary is {primary}"
+            ),
+            Refusal::Incumbent { incumbent } => write!(
+                f,
+                "another master of the same replication set, {incumbent}, has been the primary without interruption: this one is a second primary (split brain?)"
+            ),
+            Refusal::Undecided { masters, some } => {
+                let mut names: Vec<String> = some.iter().map(ToString::to_string).collect();
+                if masters - 1 > some.len() {
+                    names.push(format!("{} more", masters - 1 - some.len()));
+                }
+                write!(
+                    f,
+                    "{masters} masters of the same replication set (with {}), and plusmoin cannot tell which is the primary: none is routed to until only one is left",
+                    names.join(", ")
+                )
+            }
+        }
+    }
+}
+
+/// The memory of which masters were allowed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrimaryGuard {
+    allowed: BTreeSet<NodeName>,
+}
+
+impl PrimaryGuard {
+    pub fn new() -> PrimaryGuard {
+        PrimaryGuard::default()
+    }
+
+    /// The masters allowed at the last decision.
+    pub fn allowed(&self) -> &BTreeSet<NodeName> {
+        &self.allowed
+    }
+
+    /// Decides, for every master of `state`, whether it may answer
+    /// `/primary`: the refused ones, with why. `systems`: the system
+    /// identifier of each node whose identifier is known;
+    /// `pgpool_primary`: pgpool's primary, where the sidecar runs.
+    ///
+    /// Linear in the masters (a thousand nodes are decided every beat):
+    /// rivals are counted by replication set, not compared pairwise.
+    pub fn decide(
+        &mut self,
+        state: &State,
+        systems: &HashMap<NodeName, u64>,
+        pgpool_primary: Option<&NodeName>,
+    ) -> BTreeMap<NodeName, Refusal> {
+        let masters: Vec<(&NodeName, Option<u64>)> = state
+            .nodes
+            .iter()
+            .filter(|n| n.place == Place::Master && n.cluster_id.is_some())
+            .map(|n| (&n.name, systems.get(&n.name).copied()))
+            .collect();
+        // Per replication set (`None`: not known): how many masters, how
+        // many were allowed, and a few names for the reasons.
+        #[derive(Default)]
+        struct Set<'a> {
+            masters: usize,
+            allowed: usize,
+            some: Vec<&'a NodeName>,
+            incumbent: Option<&'a NodeName>,
+        }
+        let mut sets: HashMap<Option<u64>, Set> = HashMap::new();
+        let mut all = Set::default();
+        for &(m, key) in &masters {
+            let was = self.allowed.contains(m);
+            for set in [sets.entry(key).or_default(), &mut all] {
+                set.masters += 1;
+                set.allowed += usize::from(was);
+                if set.some.len() < 4 {
+                    set.some.push(m);
+                }
+                if was && set.incumbent.is_none() {
+                    set.incumbent = Some(m);
+                }
+            }
+        }
+        let pg = pgpool_primary.and_then(|p| masters.iter().find(|(m, _)| *m == p).copied());
+        let none = Set::default();
+        let unknown = sets.get(&None).unwrap_or(&none);
+        let mut refused = BTreeMap::new();
+        let mut allowed = BTreeSet::new();
+        for &(m, key) in &masters {
+            let was = self.allowed.contains(m);
+            // The rivals: its own set and the unknown ones, or, for an
+            // unknown one, every other master.
+            let (own, rest) = match key {
+                Some(_) => (&sets[&key], unknown),
+                None => (&all, &none),
+            };
+            let rivals = own.masters + rest.masters - 1;
+            let rivals_allowed = own.allowed + rest.allowed - usize::from(was);
+            let pg_rival =
+                pg.filter(|&(p, pk)| p != m && (key.is_none() || pk.is_none() || pk == key));
+            let is_pg = pg.is_some_and(|(p, _)| p == m);
+            if rivals == 0 || is_pg || (pg_rival.is_none() && was && rivals_allowed == 0) {
+                allowed.insert(m.clone());
+                continue;
+            }
+            let why = if let Some((p, _)) = pg_rival {
+                Refusal::NotPgpoolsPrimary { primary: p.clone() }
+            } else if let Some(i) = (!was).then(|| own.incumbent.or(rest.incumbent)).flatten() {
+                Refusal::Incumbent {
+                    incumbent: i.clone(),
+                }
+            } else {
+                let mut some: Vec<NodeName> = own
+                    .some
+                    .iter()
+                    .chain(&rest.some)
+                    .filter(|r| **r != m)
+                    .take(3)
+                    .map(|r| (*r).clone())
+                    .collect();
+                some.sort();
+                Refusal::Undecided {
+                    masters: rivals + 1,
+                    some,
+                }
+            };
+            refused.insert(m.clone(), why);
+        }
+        self.allowed = allowed;
+        refused
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::NodeState;
+
+    fn n(port: u16) -> NodeName {
+        NodeName::new("db", port)
+    }
+
+    /// A state whose masters are `masters` (each in a cluster of its own)
+    /// and whose other nodes are `others` (slaves of cluster 0).
+    fn state(masters: &[u16], others: &[u16]) -> State {
+        let mut s = State::default();
+        for (i, p) in masters.iter().enumerate() {
+            let mut node = NodeState::new(n(*p), crate::cluster::Time(0));
+            node.place = Place::Master;
+            node.cluster_id = Some(i as u32);
+            s.nodes.push(node);
+        }
+        for p in others {
+            let mut node = NodeState::new(n(*p), crate::cluster::Time(0));
+            node.place = Place::Slave;
+            node.cluster_id = Some(0);
+            s.nodes.push(node);
+        }
+        s
+    }
+
+    fn one_set(ports: &[u16]) -> HashMap<NodeName, u64> {
+        ports.iter().map(|p| (n(*p), 7)).collect()
+    }
+
+    fn allowed(g: &PrimaryGuard) -> Vec<u16> {
+        g.allowed().iter().map(|n| n.port).collect()
+    }
+
+    #[test]
+    fn a_lone_master_is_allowed() {
+        let mut g = PrimaryGuard::new();
+        let refused = g.decide(&state(&[1], &[2, 3]), &one_set(&[1, 2, 3]), None);
+        assert!(refused.is_empty());
+        assert_eq!(allowed(&g), [1]);
+    }
+
+    #[test]
+    fn a_lone_master_of_unknown_set_is_allowed() {
+        let mut g = PrimaryGuard::new();
+        let refused = g.decide(&state(&[1], &[2]), &HashMap::new(), None);
+        assert!(refused.is_empty());
+        assert_eq!(allowed(&g), [1]);
+    }
+
+    #[test]
+    fn the_incumbent_keeps_it_and_the_newcomer_is_refused() {
+        let mut g = PrimaryGuard::new();
+        let sys = one_set(&[1, 2]);
+        g.decide(&state(&[1], &[2]), &sys, None);
+        let refused = g.decide(&state(&[1, 2], &[]), &sys, None);
+        assert_eq!(allowed(&g), [1]);
+        assert_eq!(
+            refused.get(&n(2)),
+            Some(&Refusal::Incumbent { incumbent: n(1) })
+        );
+        assert!(!refused.contains_key(&n(1)));
+        // Still so at the next decision: the newcomer never becomes the
+        // incumbent while the incumbent stays.
+        let refused = g.decide(&state(&[1, 2], &[]), &sys, None);
+        assert_eq!(allowed(&g), [1]);
+        assert!(refused.contains_key(&n(2)));
+    }
+
+    #[test]
+    fn the_newcomer_takes_over_once_the_incumbent_is_gone() {
+        let mut g = PrimaryGuard::new();
+        let sys = one_set(&[1, 2]);
+        g.decide(&state(&[1], &[2]), &sys, None);
+        g.decide(&state(&[1, 2], &[]), &sys, None);
+        // The old primary is down (no longer a master).
+        let refused = g.decide(&state(&[2], &[]), &sys, None);
+        assert!(refused.is_empty());
+        assert_eq!(allowed(&g), [2]);
+        // It comes back as a master: now it is the newcomer.
+        let refused = g.decide(&state(&[1, 2], &[]), &sys, None);
+        assert_eq!(allowed(&g), [2]);
+        assert_eq!(
+            refused.get(&n(1)),
+            Some(&Refusal::Incumbent { incumbent: n(2) })
+        );
+    }
+
+    #[test]
+    fn a_start_that_finds_two_masters_allows_neither() {
+        let mut g = PrimaryGuard::new();
+        let refused = g.decide(&state(&[1, 2], &[3]), &one_set(&[1, 2, 3]), None);
+        assert!(allowed(&g).is_empty());
+        assert_eq!(refused.len(), 2);
+        assert_eq!(
+            refused.get(&n(1)),
+            Some(&Refusal::Undecided {
+                masters: 2,
+                some: vec![n(2)]
+            })
+        );
+        // Nor later, while both stay.
+        g.decide(&state(&[1, 2], &[3]), &one_set(&[1, 2, 3]), None);
+        assert!(allowed(&g).is_empty());
+    }
+
+    #[test]
+    fn masters_of_different_sets_are_no_rivals() {
+        let mut g = PrimaryGuard::new();
+        let sys: HashMap<NodeName, u64> = [(n(1), 7), (n(2), 8)].into();
+        let refused = g.decide(&state(&[1, 2], &[]), &sys, None);
+        assert!(refused.is_empty());
+        assert_eq!(allowed(&g), [1, 2]);
+    }
+
+    #[test]
+    fn a_master_of_unknown_set_is_everyones_rival() {
+        let mut g = PrimaryGuard::new();
+        // 1 and 3 are of different sets; 2's is not known.
+        let sys: HashMap<NodeName, u64> = [(n(1), 7), (n(3), 8)].into();
+        g.decide(&state(&[1, 3], &[]), &sys, None);
+        assert_eq!(allowed(&g), [1, 3]);
+        let refused = g.decide(&state(&[1, 2, 3], &[]), &sys, None);
+        assert_eq!(allowed(&g), [1, 3]);
+        assert!(matches!(
+            refused.get(&n(2)),
+            Some(Refusal::Incumbent { .. })
+        ));
+        // Two allowed masters whose set is no longer known: neither.
+        let sys: HashMap<NodeName, u64> = [(n(1), 7)].into();
+        let refused = g.decide(&state(&[1, 3], &[]), &sys, None);
+        assert!(allowed(&g).is_empty());
+        assert_eq!(refused.len(), 2);
+    }
+
+    #[test]
+    fn pgpools_primary_wins_over_the_incumbent() {
+        let mut g = PrimaryGuard::new();
+        let sys = one_set(&[1, 2]);
+        g.decide(&state(&[1], &[2]), &sys, None);
+        let refused = g.decide(&state(&[1, 2], &[]), &sys, Some(&n(2)));
+        assert_eq!(allowed(&g), [2]);
+        assert_eq!(
+            refused.get(&n(1)),
+            Some(&Refusal::NotPgpoolsPrimary { primary: n(2) })
+        );
+        // And decides at a start that finds two masters.
+        let mut g = PrimaryGuard::new();
+        let refused = g.decide(&state(&[1, 2], &[]), &sys, Some(&n(1)));
+        assert_eq!(allowed(&g), [1]);
+        assert!(refused.contains_key(&n(2)));
+    }
+
+    #[test]
+    fn pgpools_primary_that_is_no_master_here_changes_nothing() {
+        let mut g = PrimaryGuard::new();
+        let sys = one_set(&[1, 2, 3]);
+        g.decide(&state(&[1], &[2]), &sys, Some(&n(3)));
+        let refused = g.decide(&state(&[1, 2], &[]), &sys, Some(&n(3)));
+        assert_eq!(allowed(&g), [1]);
+        assert!(matches!(
+            refused.get(&n(2)),
+            Some(Refusal::Incumbent { .. })
+        ));
+    }
+
+    #[test]
+    fn a_master_lost_for_one_decision_loses_its_place() {
+        let mut g = PrimaryGuard::new();
+        let sys = one_set(&[1, 2]);
+        g.decide(&state(&[1], &[]), &sys, None);
+        // Lost (not a master) at one decision, while 2 is not yet up.
+        let mut s = state(&[], &[]);
+        let mut lost = NodeState::new(n(1), crate::cluster::Time(0));
+        lost.place = Place::Lost;
+        lost.cluster_id = Some(0);
+        s.nodes.push(lost);
+        g.decide(&s, &sys, None);
+        // Both masters now: no incumbent left.
+        let refused = g.decide(&state(&[1, 2], &[]), &sys, None);
+        assert!(allowed(&g).is_empty());
+        assert_eq!(refused.len(), 2);
+    }
+
+    /// Whatever the sequence of states, identifiers and pgpool primaries,
+    /// no two rivals are ever allowed together.
+    #[test]
+    fn never_two_rivals_allowed() {
+        let mut g = PrimaryGuard::new();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..5000 {
+            let masters: Vec<u16> = (1..=4).filter(|_| next() % 2 == 0).collect();
+            let sys: HashMap<NodeName, u64> = (1..=4)
+                .filter_map(|p| match next() % 4 {
+                    0 => None,
+                    k => Some((n(p), k % 2)),
+                })
+                .collect();
+            let pg = match next() % 6 {
+                k @ 1..=4 => Some(n(k as u16)),
+                _ => None,
+            };
+            let refused = g.decide(&state(&masters, &[]), &sys, pg.as_ref());
+            let ok: Vec<&NodeName> = g.allowed().iter().collect();
+            for a in &ok {
+                assert!(!refused.contains_key(a));
+                for b in &ok {
+                    let same = match (sys.get(a), sys.get(b)) {
+                        (Some(x), Some(y)) => x == y,
+                        _ => true,
+                    };
+                    assert!(a == b || !same, "{a} and {b} both allowed: {sys:?}");
+                }
+            }
+            assert_eq!(ok.len() + refused.len(), masters.len());
+        }
+    }
+}
