@@ -125,7 +125,8 @@ fn start(cli: &Cli) -> Result<(), Failure> {
         }
         None => fail(msg),
     };
-    let setup = || -> Result<lifecycle::PidFile, String> {
+    type Setup = (lifecycle::PidFile, Option<std::net::TcpListener>);
+    let setup = || -> Result<Setup, String> {
         // Pid file and log file first, while still root: their directories
         // are usually root's, and the open descriptors outlive the switch.
         // Their directories may be the daemon user's: no link is followed,
@@ -136,10 +137,20 @@ fn start(cli: &Cli) -> Result<(), Failure> {
         let log_file = (!cli.foreground).then_some(config.log_file.as_path());
         lifecycle::init_logging(config.log_level, config.log_format, log_file, &owners)
             .map_err(|e| e.to_string())?;
+        // The HTTP listener too, before root is given up: a port below 1024
+        // then works, and no other local user can have taken it first (a
+        // taken port is a start error, never a listener of someone else's).
+        let http = match config.http_listen {
+            None => None,
+            Some(addr) => Some(
+                plusmoin::web::bind(addr)
+                    .map_err(|e| format!("cannot listen on http_listen {addr}: {e}"))?,
+            ),
+        };
         lifecycle::drop_privileges(&config.daemon_user).map_err(|e| e.to_string())?;
-        Ok(pid)
+        Ok((pid, http))
     };
-    let pid_file = match setup() {
+    let (pid_file, http) = match setup() {
         Ok(p) => p,
         Err(msg) => return Err(abort(detached, msg)),
     };
@@ -169,17 +180,6 @@ fn start(cli: &Cli) -> Result<(), Failure> {
     let signals = match runtime.block_on(async { daemon::Signals::install() }) {
         Ok(s) => s,
         Err(e) => return Err(abort(detached, e.to_string())),
-    };
-    // The HTTP listener's port too: a taken port is a start error.
-    let http = match config.http_listen {
-        None => None,
-        Some(addr) => match plusmoin::web::bind(addr) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                let msg = format!("cannot listen on http_listen {addr}: {e}");
-                return Err(abort(detached, msg));
-            }
-        },
     };
     if let Some(d) = detached {
         d.ready();

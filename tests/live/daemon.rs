@@ -725,3 +725,39 @@ fn demo_as_root_runs_nothing_as_root_but_itself() {
     assert!(as_root.is_empty(), "run as root by the demo: {as_root:?}");
     drop(demo);
 }
+
+/// A loopback port below 1024 that nothing listens on (root only).
+fn free_privileged_port() -> Option<u16> {
+    (900..1024).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+}
+
+/// The HTTP listener is bound as root, before the daemon drops to
+/// `daemon_user`: a port below 1024 works (no other local user can take it
+/// first), and the daemon serves on it as nobody.
+#[test]
+fn http_listen_below_1024_is_bound_before_the_privilege_drop() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: only root can show a port below 1024 bound before the drop");
+        return;
+    }
+    let sb = Sandbox::start(1).expect("sandbox");
+    let port = free_privileged_port().expect("a free port below 1024");
+    let t = Timings {
+        daemon_user: Some("nobody"),
+        ..Timings::default()
+    };
+    let listen = format!(r#", "http_listen": "127.0.0.1:{port}""#);
+    let p = Plusmoin::configure(&sb, &t, &listen);
+    let _guard = StopGuard(&p);
+    for d in [p.dir.path().to_path_buf(), p.dir.path().join("events")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let o = plusmoin(&p, &["start"]);
+    assert!(o.status.success(), "start: {}", text(&o.stderr));
+    let pid = pid_of(&p).expect("pid file written");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    assert_eq!(uid_of(pid), Some(nobody.uid.as_raw()), "runs as nobody");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let ok = wait_until(LONG, || crate::http::get(addr, "/health").0 == 200);
+    assert!(ok, "the daemon, now nobody, answers on port {port}");
+}
