@@ -134,3 +134,37 @@ fn a_second_master_gets_no_writes_through_haproxy_and_a_restart_routes_to_none()
     let ok = wait_until(LONG, || through(ports.write, true) == Ok((port(1), false)));
     assert!(ok, "writes reach the one master left: {:?}", p.status());
 }
+
+/// Masters of two replication sets (two sandboxes, each its own initdb)
+/// are no rivals: both are routed to, from the first decision on. This is
+/// what reading the system identifier buys; without it they would be
+/// refused together.
+#[test]
+fn masters_of_two_replication_sets_are_both_primaries() {
+    let a = Sandbox::start(1).expect("sandbox a");
+    let b = Sandbox::start(0).expect("sandbox b");
+    let t = Timings {
+        extra_nodes: vec![format!(
+            r#"{{"host": "{}", "port": {}}}"#,
+            b.host(),
+            b.port(0)
+        )],
+        ..Timings::default()
+    };
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let p = Plusmoin::start(&a, &t, &format!(r#", "http_listen": "{addr}""#));
+    let (ma, mb) = (node(&a, 0), node(&b, 0));
+    let st = p.wait_status("two clusters", LONG, |st| {
+        let m = masters(&p);
+        m.contains(&ma) && m.contains(&mb) && st.is_object()
+    });
+    assert!(
+        st.get("primary_refused").is_none(),
+        "no master refused: {st:#}"
+    );
+    let ok = wait_until(LONG, || {
+        get(addr, &format!("/primary/{ma}")).0 == 200
+            && get(addr, &format!("/primary/{mb}")).0 == 200
+    });
+    assert!(ok, "both are primaries: {:#}", p.status());
+}
