@@ -59,6 +59,7 @@ fn helper_process() {
         "lock" => helper_lock(),
         "lockfork" => helper_lockfork(),
         "idle" => helper_idle(),
+        "stopas" => helper_stop_as(),
         other => {
             eprintln!("unknown helper mode {other}");
             90
@@ -208,6 +209,26 @@ fn helper_idle() -> i32 {
     loop {
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// `stop` then `reload` of `HELPER_PID_FILE` as `HELPER_USER`, printing
+/// what each says.
+fn helper_stop_as() -> i32 {
+    let user = std::env::var("HELPER_USER").expect("HELPER_USER");
+    let entry = nix::unistd::User::from_name(&user).unwrap().unwrap();
+    nix::unistd::setgid(entry.gid).unwrap();
+    nix::unistd::setuid(entry.uid).unwrap();
+    let path = env_path("HELPER_PID_FILE");
+    let stopped = lifecycle::stop(&path, Duration::from_millis(300), &me());
+    match stopped {
+        Err(e) => println!("stop says {e}"),
+        Ok(pid) => println!("stop says {pid:?}"),
+    }
+    match lifecycle::reload(&path, &me()) {
+        Err(e) => println!("reload says {e}"),
+        Ok(pid) => println!("reload says {pid}"),
+    }
+    0
 }
 
 /// `plusmoin start` in miniature: detach, take the pid file, report.
@@ -1459,4 +1480,42 @@ fn the_plusmoin_binary_signals_nobody_for_a_locker_that_forked() {
         "the locker, now another program, was signalled"
     );
     assert!(running(keeper), "the keeper was signalled");
+}
+
+/// Someone who cannot look into the daemon (another user, not root) is
+/// told so, and signals nothing, rather than trusting the pid.
+#[test]
+fn a_user_who_cannot_check_the_process_signals_nobody_and_says_so() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("needs root to run as another user: skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = pid_path(&dir);
+    let mut holder = spawn_helper("hold", &[("HELPER_PID_FILE", &path)]);
+    holder.wait_ready();
+    let mut other = spawn_helper(
+        "stopas",
+        &[
+            ("HELPER_PID_FILE", &path),
+            ("HELPER_USER", Path::new("nobody")),
+        ],
+    );
+    for what in ["stop says ", "reload says "] {
+        let msg = other.line(what);
+        assert!(msg.contains("not signalling anyone"), "{msg}");
+        assert!(msg.contains("cannot be checked"), "{msg}");
+        assert!(msg.contains("run this as root"), "{msg}");
+    }
+    assert!(other.wait_exit().success());
+    assert!(
+        holder.child.try_wait().unwrap().is_none(),
+        "the daemon was signalled"
+    );
+    assert_eq!(
+        lifecycle::stop(&path, Duration::from_secs(20), &me()).unwrap(),
+        Some(holder.pid()),
+        "root can"
+    );
 }
