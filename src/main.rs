@@ -257,7 +257,7 @@ fn show_status(cli: &Cli, table: bool) -> Result<(), Failure> {
             print!("{}", status::table(&st));
             Ok(())
         }
-        Ok(st) => match serde_json::to_string_pretty(&st) {
+        Ok(st) => match status::json(&st) {
             Ok(s) => {
                 println!("{s}");
                 Ok(())

@@ -10,6 +10,7 @@
 use crate::lifecycle::safefile::{self, Access, Owners};
 use crate::logonce::LogOnce;
 use crate::payload::{NodeEntry, Status};
+use crate::text::escape_controls;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -301,16 +302,15 @@ pub fn table(status: &Status) -> String {
             };
         }
         // What servers and holders said, as one inert line.
-        let note = crate::text::escape_controls(&note);
         [
             cluster,
-            n.name.clone(),
-            n.state.clone(),
+            escape_controls(&n.name),
+            escape_controls(&n.state),
             n.lag
                 .map(|l| format!("{l:.1}s"))
                 .unwrap_or_else(|| "-".into()),
-            n.since.clone(),
-            note,
+            escape_controls(&n.since),
+            escape_controls(&note),
         ]
     };
     for c in &status.clusters {
@@ -353,31 +353,65 @@ pub fn table(status: &Status) -> String {
     }
     out.push_str(&format!(
         "instance {} (pid {}), updated {}\n",
-        status.instance_name, status.pid, status.updated_at
+        escape_controls(&status.instance_name),
+        status.pid,
+        escape_controls(&status.updated_at)
     ));
     out
 }
 
-/// The pgpool sidecar's part of the table.
+/// The pgpool sidecar's part of the table. What pgpool and pcp said was
+/// escaped when read; escaped again here since the status file may come
+/// from an older daemon or from whoever can write its directory.
 fn pgpool_lines(p: &crate::payload::PgpoolReport) -> String {
+    let e = escape_controls;
     let mut out = format!(
         "pgpool: primary {}; {}\n",
-        p.primary.as_deref().unwrap_or("none"),
-        p.watchdog
+        e(p.primary.as_deref().unwrap_or("none")),
+        e(&p.watchdog)
     );
-    if let Some(e) = &p.error {
-        out.push_str(&format!("pgpool: cannot be asked: {e}\n"));
+    if let Some(error) = &p.error {
+        out.push_str(&format!("pgpool: cannot be asked: {}\n", e(error)));
     }
     if let Some(why) = &p.paused {
-        out.push_str(&format!("pgpool: {why}\n"));
+        out.push_str(&format!("pgpool: {}\n", e(why)));
     }
     for (node, why) in &p.remarks {
-        out.push_str(&format!("pgpool: {node}: {why}\n"));
+        out.push_str(&format!("pgpool: {}: {}\n", e(node), e(why)));
     }
     for (node, left) in &p.backing_off {
-        out.push_str(&format!("pgpool: {node}: not attached for {left} s more\n"));
+        out.push_str(&format!(
+            "pgpool: {}: not attached for {left} s more\n",
+            e(node)
+        ));
     }
     out
+}
+
+/// The status as `plusmoin status` prints it: pretty JSON in which the
+/// characters `serde_json` leaves raw (DEL, C1 controls, bidirectional
+/// overrides) are `\uXXXX` escapes too: the same JSON value, nothing a
+/// terminal acts on.
+pub fn json(status: &Status) -> Result<String, serde_json::Error> {
+    let text = serde_json::to_string_pretty(status)?;
+    let raw = |c: char| {
+        c.is_control() && c != '\n'
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(raw) {
+        return Ok(text);
+    }
+    // Outside strings JSON is printable ASCII, spaces and newlines: every
+    // such character is inside a string, where `\uXXXX` means it.
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if raw(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(out)
 }
 
 /// `held by WHO since WHEN (REASON)`.
@@ -570,6 +604,63 @@ mod tests {
             t.contains("FATAL: no\\n1        db9:5432  master\\u{1b}[2J"),
             "{t}"
         );
+    }
+
+    /// Outside text a status file may hold (a hostile pgpool peer's name,
+    /// pcp's output, a file written by `daemon_user`).
+    const HOSTILE: &str = "a\u{1b}]0;pwned\u{7}b\u{1b}[2Jc\u{9b}2Jd\u{7f}e\u{202e}f\ng";
+
+    fn hostile_status() -> Status {
+        let mut st = status_at(Time(1_000_000_000));
+        st.instance_name = format!("i{HOSTILE}");
+        st.clusterless[0].reason = Some(HOSTILE.into());
+        st.clusterless[0].since = HOSTILE.into();
+        st.pgpool = Some(crate::payload::PgpoolReport {
+            watchdog: format!("watchdog: leader {HOSTILE}"),
+            acting: false,
+            primary: Some(HOSTILE.into()),
+            paused: Some(HOSTILE.into()),
+            remarks: [(HOSTILE.to_string(), HOSTILE.to_string())].into(),
+            backing_off: [(HOSTILE.to_string(), 4.5)].into(),
+            error: Some(HOSTILE.into()),
+            nodes: Default::default(),
+        });
+        st
+    }
+
+    fn inert(line: &str) -> bool {
+        !line.chars().any(|c| {
+            c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
+    }
+
+    #[test]
+    fn table_shows_no_outside_text_raw() {
+        let t = table(&hostile_status());
+        for line in t.lines() {
+            assert!(inert(line), "{line:?}");
+        }
+        // Header, two nodes, five pgpool lines, footer: nothing split.
+        assert_eq!(t.lines().count(), 9, "{t}");
+        assert!(
+            t.contains("pgpool: primary a\\u{1b}]0;pwned\\u{7}b\\u{1b}[2Jc\\u{9b}2Jd\\u{7f}e\\u{202e}f\\ng;"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn json_shows_no_outside_text_raw_and_means_the_same() {
+        let st = hostile_status();
+        let plain = serde_json::to_string_pretty(&st).unwrap();
+        assert!(
+            !inert(&plain.replace('\n', "")),
+            "serde_json leaves some raw"
+        );
+        let shown = json(&st).unwrap();
+        assert!(inert(&shown.replace('\n', "")), "{shown}");
+        assert!(shown.contains(r"\u009b2J"), "{shown}");
+        let back: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        assert_eq!(back, serde_json::to_value(&st).unwrap());
     }
 
     #[test]

@@ -57,6 +57,9 @@ fn helper_process() {
         "log" => helper_log(),
         "drop" => helper_drop(),
         "lock" => helper_lock(),
+        "lockfork" => helper_lockfork(),
+        "idle" => helper_idle(),
+        "stopas" => helper_stop_as(),
         other => {
             eprintln!("unknown helper mode {other}");
             90
@@ -126,6 +129,106 @@ fn helper_lock() -> i32 {
     loop {
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// The lock-then-fork trick: take the pid file's lock, write a pid into
+/// the file, maybe start a `sleep` keeping the locked descriptor (and with
+/// it the lock), then leave the way `HELPER_THEN` says: `exit`, `exec-idle`
+/// (become an idle helper, the descriptor closed on exec) or `exec-holding`
+/// (become a shell then `sleep`, keeping the descriptor). `HELPER_NAMES`:
+/// `self` or `keeper`, the pid written.
+fn helper_lockfork() -> i32 {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::process::CommandExt;
+    let path = env_path("HELPER_LOCK_FILE");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .expect("open lock file");
+    let locked = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("lock");
+    let fd = locked.as_raw_fd();
+    let inherit = move || fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).map(drop);
+    let keeper = std::env::var_os("HELPER_KEEPER").map(|_| {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: one fcntl on a descriptor, async-signal-safe.
+        unsafe { cmd.pre_exec(move || inherit().map_err(std::io::Error::from)) };
+        cmd.spawn().expect("spawn keeper").id()
+    });
+    let named = match std::env::var("HELPER_NAMES").as_deref() {
+        Ok("keeper") => keeper.expect("HELPER_KEEPER"),
+        _ => std::process::id(),
+    };
+    locked.set_len(0).expect("truncate");
+    locked
+        .write_all_at(format!("{named}\n").as_bytes(), 0)
+        .expect("write pid");
+    if let Some(k) = keeper {
+        println!("keeper {k}");
+    }
+    println!("ready {}", std::process::id());
+    match std::env::var("HELPER_THEN").as_deref() {
+        // Not through `Flock`'s drop, which would unlock the keeper's lock too.
+        Ok("exit") => std::process::exit(0),
+        Ok("exec-idle") => {
+            let err = Command::new(std::env::current_exe().expect("current_exe"))
+                .args([
+                    "helper_process",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(HELPER_ENV, "idle")
+                .exec();
+            panic!("exec: {err}");
+        }
+        Ok("exec-holding") => {
+            inherit().expect("keep the descriptor");
+            let err = Command::new("sh")
+                .args(["-c", "echo execd $$; exec sleep 600"])
+                .exec();
+            panic!("exec: {err}");
+        }
+        other => panic!("HELPER_THEN {other:?}"),
+    }
+}
+
+/// A process doing nothing, killed by any signal: a victim.
+fn helper_idle() -> i32 {
+    println!("idle {}", std::process::id());
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// `stop` then `reload` of `HELPER_PID_FILE` as `HELPER_USER`, printing
+/// what each says.
+fn helper_stop_as() -> i32 {
+    let user = std::env::var("HELPER_USER").expect("HELPER_USER");
+    let entry = nix::unistd::User::from_name(&user).unwrap().unwrap();
+    nix::unistd::setgid(entry.gid).unwrap();
+    nix::unistd::setuid(entry.uid).unwrap();
+    let path = env_path("HELPER_PID_FILE");
+    let stopped = lifecycle::stop(&path, Duration::from_millis(300), &me());
+    match stopped {
+        Err(e) => println!("stop says {e}"),
+        Ok(pid) => println!("stop says {pid:?}"),
+    }
+    match lifecycle::reload(&path, &me()) {
+        Err(e) => println!("reload says {e}"),
+        Ok(pid) => println!("reload says {pid}"),
+    }
+    0
 }
 
 /// `plusmoin start` in miniature: detach, take the pid file, report.
@@ -1104,5 +1207,315 @@ fn stop_waits_on_the_lock_not_on_the_pid() {
     assert!(
         holder.child.try_wait().unwrap().is_none(),
         "killed although its lock was gone"
+    );
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let after = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+        !matches!(after.split_whitespace().next(), Some("Z" | "X"))
+    })
+}
+
+/// `stop` and `reload` of `path` both refuse with "not signalling anyone"
+/// (and whatever `more` each message must say).
+fn assert_signals_nobody(path: &Path, more: &[&str]) {
+    let stopped = lifecycle::stop(path, Duration::from_millis(300), &me());
+    let reloaded = lifecycle::reload(path, &me());
+    for (what, msg) in [
+        ("stop", stopped.map(|_| ())),
+        ("reload", reloaded.map(|_| ())),
+    ] {
+        let msg = msg.expect_err(what).to_string();
+        assert!(msg.contains("not signalling anyone"), "{what}: {msg}");
+        for m in more {
+            assert!(msg.contains(m), "{what}: {m:?} missing from {msg}");
+        }
+    }
+}
+
+/// The pid file names the process that took the lock, but that process
+/// handed the lock to a child and became another program, without the
+/// file: /proc/locks still names it as the holder.
+#[test]
+fn stop_and_reload_spare_the_locker_once_a_child_holds_its_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    let mut locker = spawn_helper(
+        "lockfork",
+        &[
+            ("HELPER_LOCK_FILE", &path),
+            ("HELPER_KEEPER", Path::new("1")),
+            ("HELPER_NAMES", Path::new("self")),
+            ("HELPER_THEN", Path::new("exec-idle")),
+        ],
+    );
+    let keeper: i32 = locker.line("keeper ")["keeper ".len()..].parse().unwrap();
+    let _keeper = KillOnDrop(keeper);
+    locker.wait_ready();
+    assert_eq!(locker.line("idle "), format!("idle {}", locker.pid()));
+    assert_eq!(file_pid(&path), locker.pid());
+
+    assert_signals_nobody(
+        &path,
+        &[
+            &format!("names pid {}", locker.pid()),
+            "does not have it open",
+        ],
+    );
+    assert!(
+        locker.child.try_wait().unwrap().is_none(),
+        "the locker, now another program, was signalled"
+    );
+    assert!(running(keeper), "the keeper was signalled");
+}
+
+/// A process holding the lock and the file, but that is not plusmoin: it
+/// took the lock, then became another program keeping the descriptor.
+#[test]
+fn stop_and_reload_spare_a_lock_holder_that_is_not_plusmoin() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    let mut holder = spawn_helper(
+        "lockfork",
+        &[
+            ("HELPER_LOCK_FILE", &path),
+            ("HELPER_NAMES", Path::new("self")),
+            ("HELPER_THEN", Path::new("exec-holding")),
+        ],
+    );
+    holder.wait_ready();
+    assert_eq!(holder.line("execd "), format!("execd {}", holder.pid()));
+
+    assert_signals_nobody(
+        &path,
+        &[&format!("names pid {}", holder.pid()), "not plusmoin"],
+    );
+    assert!(
+        holder.child.try_wait().unwrap().is_none(),
+        "the holder, not plusmoin, was signalled"
+    );
+}
+
+/// Someone's process for pid `pid` (a `sleep`), through
+/// `/proc/sys/kernel/ns_last_pid`; `None` when this system does not let
+/// us (not root).
+fn victim_at(pid: i32) -> Option<Victim> {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+        let victim = Victim::start();
+        if victim.pid() == pid {
+            return Some(victim);
+        }
+        // Someone else forked in between, or the pid is still taken.
+        drop(victim);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("could not get pid {pid} for a victim within {WAIT:?}");
+}
+
+/// The tester's report: a process takes the lock and writes its own pid,
+/// forks a child that keeps the lock, and exits. /proc/locks still names
+/// the pid that took the lock, which the system later gives to another
+/// process: `stop` must not kill that one. Nor is the child, named in the
+/// file instead, signalled: it holds the lock but is not plusmoin.
+#[test]
+fn stop_and_reload_spare_whoever_gets_the_pid_of_a_locker_that_forked_and_exited() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("needs root to choose a pid (ns_last_pid): skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = pid_path(&dir);
+    let mut locker = spawn_helper(
+        "lockfork",
+        &[
+            ("HELPER_LOCK_FILE", &path),
+            ("HELPER_KEEPER", Path::new("1")),
+            ("HELPER_NAMES", Path::new("self")),
+            ("HELPER_THEN", Path::new("exit")),
+        ],
+    );
+    let keeper: i32 = locker.line("keeper ")["keeper ".len()..].parse().unwrap();
+    let _keeper = KillOnDrop(keeper);
+    locker.wait_ready();
+    let locker_pid = locker.pid();
+    assert!(locker.wait_exit().success());
+    let Some(mut victim) = victim_at(locker_pid) else {
+        eprintln!("cannot write /proc/sys/kernel/ns_last_pid: skipped");
+        return;
+    };
+    assert_eq!(file_pid(&path), victim.pid());
+
+    assert_signals_nobody(&path, &[&format!("names pid {}", victim.pid())]);
+    victim.assert_alive();
+    assert!(running(keeper), "the keeper was signalled");
+
+    // The child, which holds the lock, named instead.
+    std::fs::write(&path, format!("{keeper}\n")).unwrap();
+    assert_signals_nobody(&path, &[&format!("names pid {keeper}")]);
+    victim.assert_alive();
+    assert!(running(keeper), "the keeper was signalled");
+}
+
+// ------------------------------------------------- the plusmoin binary --
+
+/// A configuration in `dir` for the `plusmoin` binary, watching a port
+/// nobody listens on, as the current user.
+fn binary_config(dir: &Path) -> PathBuf {
+    let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    let d = dir.display();
+    let cfg = dir.join("plusmoin.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"dbname": "d", "user": "u", "password": "p", "daemon_user": "{user}",
+                "heartbeat": 0.5, "connect_timeout": 1, "log_level": "info",
+                "pid_file": "{d}/plusmoin.pid", "log_file": "{d}/plusmoin.log",
+                "status_file": "{d}/status.json",
+                "nodes": [{{"host": "127.0.0.1", "port": 1}}]}}"#
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    cfg
+}
+
+fn plusmoin_bin(cfg: &Path, command: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_plusmoin"))
+        .arg("-c")
+        .arg(cfg)
+        .arg(command)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run plusmoin")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A real `plusmoin start` daemon is still reloaded and stopped by
+/// `plusmoin reload` and `plusmoin stop`: it holds its pid file and runs
+/// the same executable.
+#[test]
+fn the_plusmoin_binary_reloads_and_stops_its_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = binary_config(dir.path());
+    let o = plusmoin_bin(&cfg, "start");
+    assert!(o.status.success(), "start: {}", text(&o.stderr));
+    let path = dir.path().join("plusmoin.pid");
+    let pid = file_pid(&path);
+    let _daemon = KillOnDrop(pid);
+    assert!(running(pid));
+
+    let o = plusmoin_bin(&cfg, "reload");
+    assert!(o.status.success(), "reload: {}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains(&format!("asked plusmoin (pid {pid}) to reload")),
+        "{}",
+        text(&o.stdout)
+    );
+    let log = dir.path().join("plusmoin.log");
+    wait_until("the daemon logs the reload", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|l| l.contains("configuration reloaded"))
+    });
+
+    let o = plusmoin_bin(&cfg, "stop");
+    assert!(o.status.success(), "stop: {}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains(&format!("plusmoin (pid {pid}) stopped")),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(!running(pid), "the daemon outlived stop");
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("plusmoin stopped"),
+        "a clean exit, by SIGTERM"
+    );
+}
+
+/// `plusmoin stop` and `plusmoin reload` on a pid file a locker left to a
+/// child, naming its own pid now run by another program: a clear error,
+/// no signal.
+#[test]
+fn the_plusmoin_binary_signals_nobody_for_a_locker_that_forked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = binary_config(dir.path());
+    let path = dir.path().join("plusmoin.pid");
+    let mut locker = spawn_helper(
+        "lockfork",
+        &[
+            ("HELPER_LOCK_FILE", &path),
+            ("HELPER_KEEPER", Path::new("1")),
+            ("HELPER_NAMES", Path::new("self")),
+            ("HELPER_THEN", Path::new("exec-idle")),
+        ],
+    );
+    let keeper: i32 = locker.line("keeper ")["keeper ".len()..].parse().unwrap();
+    let _keeper = KillOnDrop(keeper);
+    locker.wait_ready();
+    locker.line("idle ");
+    for command in ["stop", "reload"] {
+        let o = plusmoin_bin(&cfg, command);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{command}: {err}");
+        assert!(err.contains("not signalling anyone"), "{command}: {err}");
+        assert!(
+            err.contains(&format!("names pid {}", locker.pid())),
+            "{command}: {err}"
+        );
+    }
+    assert!(
+        locker.child.try_wait().unwrap().is_none(),
+        "the locker, now another program, was signalled"
+    );
+    assert!(running(keeper), "the keeper was signalled");
+}
+
+/// Someone who cannot look into the daemon (another user, not root) is
+/// told so, and signals nothing, rather than trusting the pid.
+#[test]
+fn a_user_who_cannot_check_the_process_signals_nobody_and_says_so() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("needs root to run as another user: skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = pid_path(&dir);
+    let mut holder = spawn_helper("hold", &[("HELPER_PID_FILE", &path)]);
+    holder.wait_ready();
+    let mut other = spawn_helper(
+        "stopas",
+        &[
+            ("HELPER_PID_FILE", &path),
+            ("HELPER_USER", Path::new("nobody")),
+        ],
+    );
+    for what in ["stop says ", "reload says "] {
+        let msg = other.line(what);
+        assert!(msg.contains("not signalling anyone"), "{msg}");
+        assert!(msg.contains("cannot be checked"), "{msg}");
+        assert!(msg.contains("run this as root"), "{msg}");
+    }
+    assert!(other.wait_exit().success());
+    assert!(
+        holder.child.try_wait().unwrap().is_none(),
+        "the daemon was signalled"
+    );
+    assert_eq!(
+        lifecycle::stop(&path, Duration::from_secs(20), &me()).unwrap(),
+        Some(holder.pid()),
+        "root can"
     );
 }

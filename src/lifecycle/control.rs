@@ -5,9 +5,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tracing::warn;
 
 use super::LifecycleError;
@@ -19,25 +17,28 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// `plusmoin stop`: `Ok(None)` when nothing was running (the caller words
 /// the message), `Ok(Some(pid))` once that process is gone.
 ///
-/// Only the process holding the pid file's lock is signalled (see
-/// `pidfile::holder`), and "gone" means its lock was released: a pid number may be
-/// given to another process, a lock dies with its holder.
+/// Only the daemon holding the pid file is signalled (see
+/// `pidfile::holder`), through a pidfd taken before checking it, and "gone"
+/// means its lock was released: a pid number may be given to another
+/// process, a lock dies with its holder.
 pub fn stop(
     pid_file: &Path,
     grace: Duration,
     owners: &Owners,
 ) -> Result<Option<i32>, LifecycleError> {
-    let Some(Holder { pid, file }) = holder(pid_file, owners)? else {
+    let Some(Holder { process, file }) = holder(pid_file, owners)? else {
         return Ok(None);
     };
-    if !send(pid, Signal::SIGTERM)? {
+    let pid = process.pid();
+    if !send(&process, Signal::SIGTERM)? {
         return Ok(Some(pid));
     }
     if wait_released(&file, grace) {
         return Ok(Some(pid));
     }
-    // Still locked, so still held by that process: a lock outlives no one.
-    if !lock_holders(&file).contains(&pid) {
+    // Still locked: by that process if it still is the daemon holding the
+    // file (it may have exited, the lock living on in a child).
+    if check_daemon(&process, &file).is_err() {
         return Ok(Some(pid));
     }
     warn!(
@@ -45,7 +46,7 @@ pub fn stop(
         ?grace,
         "plusmoin did not exit after SIGTERM; sending SIGKILL"
     );
-    if !send(pid, Signal::SIGKILL)? {
+    if !send(&process, Signal::SIGKILL)? {
         return Ok(Some(pid));
     }
     if wait_released(&file, KILL_WAIT) {
@@ -60,29 +61,27 @@ pub fn stop(
 
 /// `plusmoin reload`: the daemon reads its configuration again between beats.
 pub fn reload(pid_file: &Path, owners: &Owners) -> Result<i32, LifecycleError> {
-    let Holder { pid, .. } =
+    let Holder { process, .. } =
         holder(pid_file, owners)?.ok_or_else(|| LifecycleError::NotRunning {
             path: pid_file.to_path_buf(),
         })?;
-    if !send(pid, Signal::SIGHUP)? {
+    if !send(&process, Signal::SIGHUP)? {
         return Err(LifecycleError::NotRunning {
             path: pid_file.to_path_buf(),
         });
     }
-    Ok(pid)
+    Ok(process.pid())
 }
 
 /// `Ok(false)` when the process was already gone.
-fn send(pid: i32, signal: Signal) -> Result<bool, LifecycleError> {
-    match kill(Pid::from_raw(pid), signal) {
-        Ok(()) => Ok(true),
-        Err(Errno::ESRCH) => Ok(false),
-        Err(source) => Err(LifecycleError::Signal {
-            pid,
+fn send(process: &Pinned, signal: Signal) -> Result<bool, LifecycleError> {
+    process
+        .signal(signal)
+        .map_err(|source| LifecycleError::Signal {
+            pid: process.pid(),
             signal,
             source,
-        }),
-    }
+        })
 }
 
 /// Whether the lock on `file` is released within `within`. An error taking
@@ -100,5 +99,6 @@ fn wait_released(file: &File, within: Duration) -> bool {
     }
 }
 
-use super::pidfile::{holder, lock_holders, lock_is_free, Holder, POLL_EVERY};
+use super::pidfile::{holder, lock_is_free, Holder, POLL_EVERY};
+use super::process::{check_daemon, Pinned};
 use super::safefile::Owners;

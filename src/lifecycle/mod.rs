@@ -8,8 +8,10 @@
 //! descriptor for the whole life of the daemon. The kernel releases it
 //! whatever way the process ends, so "is the lock held?" — not "does the
 //! file exist?" or "is that pid alive?" — is what tells a running daemon
-//! from a stale file left by a crash or a `kill -9`, and a recycled pid can
-//! never be mistaken for plusmoin.
+//! from a stale file left by a crash or a `kill -9`. Who holds it is another
+//! matter: `/proc/locks` names the process that took a lock, not the one
+//! holding it now, so `stop` and `reload` check that the process named is
+//! the daemon itself, pinned by a pidfd until the signal (`process`).
 //!
 //! The order `start` is meant to follow, each step needing the one before:
 //! [`daemonize`] (single-threaded, so before the tokio runtime) →
@@ -23,6 +25,7 @@ mod detach;
 mod logging;
 mod pidfile;
 mod privileges;
+mod process;
 pub mod safefile;
 
 pub use control::{reload, stop};
@@ -30,6 +33,7 @@ pub use detach::{daemonize, Detached};
 pub use logging::init_logging;
 pub use pidfile::{running_pid, PidFile};
 pub use privileges::drop_privileges;
+pub use process::NotDaemon;
 pub use safefile::Owners;
 
 use nix::errno::Errno;
@@ -54,12 +58,14 @@ pub enum LifecycleError {
     PidFileRead { path: PathBuf, source: io::Error },
     #[error("pid file {} is locked but holds no valid pid ({content:?})", .path.display())]
     PidFileInvalid { path: PathBuf, content: String },
-    #[error("pid file {} names pid {pid}, but {}: not signalling anyone (a forged or replaced pid file?)", .path.display(), holders_text(.holders))]
-    PidFileForged {
+    #[error("pid file {} names pid {pid}, but {why}: not signalling anyone (a forged or replaced pid file?)", .path.display())]
+    NotTheDaemon {
         path: PathBuf,
         pid: i32,
-        holders: Vec<i32>,
+        why: NotDaemon,
     },
+    #[error("cannot pin pid {pid} to signal it (pidfd_open): {source}")]
+    Pidfd { pid: i32, source: Errno },
     #[error("plusmoin is not running (no live daemon holds {})", .path.display())]
     NotRunning { path: PathBuf },
     #[error("cannot send {signal} to plusmoin (pid {pid}): {source}")]
@@ -88,20 +94,6 @@ pub enum LifecycleError {
     Logging(String),
     #[error("cannot raise the open files limit: {0}")]
     NoFileLimit(#[source] Errno),
-}
-
-fn holders_text(holders: &[i32]) -> String {
-    match holders {
-        [] => "no process this user can see holds its lock".to_string(),
-        _ => format!(
-            "its lock is held by pid {}",
-            holders
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
 }
 
 /// Raises the soft limit on open files to the hard limit and returns the

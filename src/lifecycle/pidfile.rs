@@ -11,6 +11,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use tracing::{debug, info, warn};
 
+use super::process::{check_daemon, NotDaemon, Pinned};
 use super::safefile::{self, Access, Owners};
 use super::LifecycleError;
 
@@ -159,17 +160,19 @@ fn parse_pid(content: &str) -> Option<i32> {
 /// Looks at the lock, not at the pid: a stale file may name a pid the
 /// system has since given to an unrelated process. The file is opened as
 /// [`safefile`] does (a link or a FIFO there is an error, not followed or
-/// waited on), and a locked file must name the process holding its lock:
-/// anyone able to write the directory could lock a file of their own naming
-/// any pid.
+/// waited on), and a locked file must name the daemon holding it (see
+/// [`check_daemon`]): anyone able to write the directory could lock a file
+/// of their own naming any pid, or take the lock, hand it to a child and
+/// leave their pid to whoever gets it next.
 pub fn running_pid(path: &Path, owners: &Owners) -> Result<Option<i32>, LifecycleError> {
-    Ok(holder(path, owners)?.map(|h| h.pid))
+    Ok(holder(path, owners)?.map(|h| h.process.pid()))
 }
 
-/// The daemon found holding the pid file, and that file, open: its lock is
-/// released when the daemon ends, whatever way.
+/// The daemon found holding the pid file, pinned (a signal reaches it or
+/// nobody), and that file, open: its lock is released when the daemon
+/// ends, whatever way.
 pub(super) struct Holder {
-    pub pid: i32,
+    pub process: Pinned,
     pub file: File,
 }
 
@@ -198,18 +201,24 @@ pub(super) fn holder(path: &Path, owners: &Owners) -> Result<Option<Holder>, Lif
         })?;
         match parse_pid(&content) {
             Some(pid) => {
-                let holders = lock_holders(&file);
-                if holders.contains(&pid) {
-                    return Ok(Some(Holder { pid, file }));
-                }
+                let process =
+                    Pinned::open(pid).map_err(|source| LifecycleError::Pidfd { pid, source })?;
+                let checked = match process {
+                    None => Err(NotDaemon::Gone),
+                    Some(process) => check_daemon(&process, &file).map(|()| process),
+                };
+                let why = match checked {
+                    Ok(process) => return Ok(Some(Holder { process, file })),
+                    Err(why) => why,
+                };
                 // A daemon that just exited released its lock meanwhile.
                 if lock_is_free(&file).unwrap_or(false) {
                     return Ok(None);
                 }
-                return Err(LifecycleError::PidFileForged {
+                return Err(LifecycleError::NotTheDaemon {
                     path: path.to_path_buf(),
                     pid,
-                    holders,
+                    why,
                 });
             }
             // A daemon between truncating and writing its pid.

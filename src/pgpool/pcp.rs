@@ -9,6 +9,7 @@
 use super::templates::{Command, PcpTemplates, Renderer, TemplateError, Vars};
 use crate::cluster::NodeName;
 use crate::config::PgpoolConfig;
+use crate::text::escape_controls;
 use std::fmt;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -227,7 +228,9 @@ fn is_leader_state(s: &str) -> bool {
 
 /// Reads `pcp_watchdog_info -v`. The node list starts with the local
 /// member, so the first `Status Name` after `Watchdog Node Information` is
-/// this pgpool's own state.
+/// this pgpool's own state. Names come from pgpool's peers' configuration:
+/// their control characters are escaped here, as they are read, so no log
+/// line, table or JSON output shows them raw.
 pub fn parse_watchdog_info(out: &str) -> Result<Watchdog, String> {
     let mut leader = None;
     let mut quorum = None;
@@ -246,12 +249,12 @@ pub fn parse_watchdog_info(out: &str) -> Result<Watchdog, String> {
             || key.eq_ignore_ascii_case("Master Node Name")
         {
             leader = (!value.eq_ignore_ascii_case("Not Set") && !value.is_empty())
-                .then(|| value.to_string());
+                .then(|| escape_controls(value));
         } else if key.eq_ignore_ascii_case("Quorum state") {
             let v = value.to_ascii_uppercase();
             quorum = Some(v == "QUORUM EXIST" || v == "QUORUM IS ON THE EDGE");
         } else if in_nodes && local_state.is_none() && key.eq_ignore_ascii_case("Status Name") {
-            local_state = Some(value.to_string());
+            local_state = Some(escape_controls(value));
         }
     }
     match (local_state, quorum) {
@@ -294,7 +297,13 @@ pub enum PcpError {
     },
     #[error("{program} did not answer within {} s; killed it", timeout.as_secs_f64())]
     Timeout { program: String, timeout: Duration },
-    #[error("{program} failed ({status}): {output}{}", hint(output))]
+    /// `output` is pcp's, as it printed it (matched against known
+    /// messages); shown escaped.
+    #[error(
+        "{program} failed ({status}): {}{}",
+        escape_controls(output),
+        hint(output)
+    )]
     Failed {
         program: String,
         status: String,
@@ -579,6 +588,75 @@ mod tests {
             parse_watchdog_info("3 3 YES me host\n\nme host 9999 9000 4 LEADER 0 MEMBER\n")
                 .is_err()
         );
+    }
+
+    /// What a hostile pcp (or a hostile pgpool peer naming itself) could
+    /// print: a window title, a screen clear, a C1 CSI, DEL, a bidi override.
+    const HOSTILE: &str = "a\u{1b}]0;pwned\u{7}b\u{1b}[2Jc\u{9b}2Jd\u{7f}e\u{202e}f\rg";
+
+    /// Whether `s` holds anything a terminal would act on.
+    fn inert(s: &str) -> bool {
+        !s.chars().any(|c| {
+            c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
+    }
+
+    #[test]
+    fn control_characters_from_watchdog_info_are_escaped_when_read() {
+        let w = parse_watchdog_info(&watchdog_verbose(
+            &format!("STANDBY{HOSTILE}"),
+            &format!("{HOSTILE}:9002 Linux host"),
+            "QUORUM EXIST",
+        ))
+        .unwrap();
+        let Watchdog::On {
+            local_state,
+            leader,
+            ..
+        } = &w
+        else {
+            panic!("{w:?}");
+        };
+        let leader = leader.as_deref().unwrap();
+        assert!(inert(local_state), "{local_state:?}");
+        assert!(inert(leader), "{leader:?}");
+        assert!(inert(&w.describe()), "{:?}", w.describe());
+        assert_eq!(
+            leader,
+            "a\\u{1b}]0;pwned\\u{7}b\\u{1b}[2Jc\\u{9b}2Jd\\u{7f}e\\u{202e}f\\rg:9002 Linux host"
+        );
+        assert!(!w.acting(), "{w:?}");
+        // Unreadable: the error quotes the output, inert too.
+        let e = parse_watchdog_info(&format!("Quorum state : {HOSTILE}\n")).unwrap_err();
+        assert!(inert(&e), "{e:?}");
+    }
+
+    #[test]
+    fn control_characters_from_node_info_never_reach_an_error_raw() {
+        for out in [
+            format!("Status Name : up{HOSTILE}\n"),
+            format!("h 5432 2 0.5 up{HOSTILE} primary\n"),
+            format!("h {HOSTILE}\n"),
+        ] {
+            let e = parse_node_info(&out).unwrap_err();
+            assert!(inert(&e), "{e:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn control_characters_pcp_prints_on_failure_are_escaped_in_the_error() {
+        let t = PcpTemplates {
+            detach: format!("/bin/sh -c 'printf \"ERROR: {HOSTILE}\\n\" >&2; exit 1'"),
+            ..PcpTemplates::default()
+        };
+        let pcp = Pcp::with_templates(&config("/usr/sbin"), &t, Duration::from_secs(5)).unwrap();
+        let e = pcp
+            .run(Command::Detach, &NodeName::new("db1", 5432), 1)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(inert(&e), "{e:?}");
+        assert!(e.contains("ERROR: a\\u{1b}]0;pwned"), "{e}");
     }
 
     #[tokio::test]
