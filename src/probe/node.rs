@@ -641,6 +641,9 @@ async fn read_heartbeat(
 
 /// The heartbeat columns of `row` from column `first` on (master name,
 /// cluster id, time), or why plusmoin cannot take them at face value.
+/// The longest master name kept from a heartbeat row, in bytes.
+const MAX_MASTER_NAME: usize = 512;
+
 fn heartbeat_row(row: &tokio_postgres::Row, first: usize) -> Result<Heartbeat, Failure> {
     let bad = |e: tokio_postgres::Error| {
         Failure::answer(format!(
@@ -659,6 +662,17 @@ fn heartbeat_row(row: &tokio_postgres::Row, first: usize) -> Result<Heartbeat, F
             )))
         }
     };
+    // Written by plusmoin, but read back from a server: shown in reasons,
+    // payloads and logs, so kept one inert line of bounded length (a host
+    // name and a port are far shorter).
+    let mut master_name = crate::text::escape_controls(&master_name);
+    if master_name.len() > MAX_MASTER_NAME {
+        let cut = (0..=MAX_MASTER_NAME)
+            .rev()
+            .find(|i| master_name.is_char_boundary(*i))
+            .unwrap_or(0);
+        master_name.truncate(cut);
+    }
     Ok(Heartbeat {
         master_name,
         cluster_id,

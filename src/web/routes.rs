@@ -72,7 +72,7 @@ pub fn route(
         },
         "/status" => match snapshot {
             None => text(503, starting()),
-            Some(s) => match serde_json::to_string_pretty(&*s.status) {
+            Some(s) => match crate::status::json(&s.status) {
                 Ok(mut body) => {
                     body.push('\n');
                     Reply {

@@ -213,3 +213,44 @@ fn control_characters_from_pcp_reach_no_log_status_or_check_config_raw() {
     let raw = raw_controls(&log);
     assert!(raw.is_empty(), "raw {raw:?} in the log: {}", p.log());
 }
+
+/// A heartbeat row naming its master with control characters (replayed by
+/// a standby; plusmoin wrote no such row, someone with rights on the table
+/// did): the name reaches the reason, the status and the log escaped.
+#[test]
+fn a_master_name_with_control_characters_in_a_heartbeat_row_is_escaped() {
+    let sb = Sandbox::start(1).expect("sandbox");
+    let t = Timings::default();
+    let p = Plusmoin::configure(&sb, &t, "");
+    // Only the standby is watched: nobody rewrites the row.
+    p.write_config(&sb, &t, "", &[1]);
+    let forged = "evil\u{1b}]0;pwned\u{7}\u{1b}[2J\nplusmoin: forged line\u{9b}2J";
+    let sql = format!(
+        "SET ROLE {SANDBOX_USER}; {create}; \
+         INSERT INTO plusmoin_heartbeat (instance_name, cluster_id, master_name, beat_at) \
+         VALUES ('{instance}', 0, '{forged}', now())",
+        create = plusmoin::probe::HEARTBEAT_TABLE_DDL,
+        instance = t.instance_name,
+    );
+    sb.sql_in(0, SANDBOX_DBNAME, &sql).expect("insert the row");
+    let mut p = p;
+    p.spawn();
+    let st = p.wait_status("the standby's reason", Duration::from_secs(30), |st| {
+        st["clusterless"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("evil"))
+    });
+    let reason = st["clusterless"][0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("evil\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\nplusmoin: forged line\\u{9b}2J"),
+        "escaped in the reason: {reason:?}"
+    );
+    for args in [&["status", "--table"][..], &["status"][..]] {
+        assert_inert(&args.join(" "), &run(&p, args), "evil");
+    }
+    let log = p.log();
+    assert!(
+        raw_controls(log.as_bytes()).is_empty() && !log.contains("\nplusmoin: forged line"),
+        "raw in the log: {log:?}"
+    );
+}
