@@ -7,10 +7,11 @@
 
 mod monitor;
 mod node;
+pub(crate) mod owner;
 mod tls;
 
-pub use monitor::{retry_delay, Cause, Monitor, Report};
 use crate::text::escape_controls;
+pub use monitor::{retry_delay, Cause, Monitor, Report};
 
 use crate::cluster::{ClusterId, NodeName, Observation, Time};
 use crate::config::{Config, Secret, SslMode};
