@@ -1169,8 +1169,8 @@ async fn select_all(
             format!("{ignored} rows")
         };
         read.notes.push(format!(
-            "{count} of public.plusmoin_hold name no configured node: ignored (a hold names a \
-             configured node as `plusmoin status` shows it, host:port)"
+            "{count} of public.plusmoin_hold naming no configured node: ignored (a hold \
+             names a configured node as `plusmoin status` shows it, host:port)"
         ));
     }
     Ok(read)
