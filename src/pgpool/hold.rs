@@ -1300,6 +1300,46 @@ mod tests {
     }
 
     #[test]
+    fn fields_read_are_escaped_and_cut_at_their_caps() {
+        let long = "p".repeat(PLACED_BY_CAP + 1);
+        let (e, cut) = HoldEntry::cleaned(
+            "a:1\n",
+            &long,
+            SystemTime::UNIX_EPOCH,
+            Some("r\u{1b}[2J\u{7}"),
+        );
+        assert_eq!(e.node, "a:1\\n");
+        assert_eq!(e.placed_by, format!("{}…", &long[..PLACED_BY_CAP]));
+        assert_eq!(e.reason.as_deref(), Some("r\\u{1b}[2J\\u{7}"));
+        assert_eq!(cut, ["placed_by"]);
+        // The cap counts what is shown: escapes lengthen the text.
+        let (e, cut) = HoldEntry::cleaned(
+            "a:1",
+            "x",
+            SystemTime::UNIX_EPOCH,
+            Some(&"\u{1b}".repeat(REASON_CAP)),
+        );
+        assert_eq!(e.reason.map(|r| r.chars().count()), Some(REASON_CAP + 1));
+        assert_eq!(cut, ["reason"]);
+    }
+
+    #[test]
+    fn every_statement_names_the_schema_and_reads_at_most_one_past_the_caps() {
+        for sql in [HOLD_TABLE_DDL, &INSERT, &SELECT_ONE, &SELECT_ALL, &DELETE] {
+            let bare = sql.replace("public.plusmoin_hold", "");
+            assert!(!bare.contains("plusmoin_hold"), "{sql}");
+            assert!(
+                !bare.contains(" now()") && !bare.contains(" left("),
+                "{sql}"
+            );
+        }
+        assert!(SELECT_ALL.contains("pg_catalog.left(h.placed_by, 257)"));
+        assert!(SELECT_ALL.contains("pg_catalog.left(h.reason, 1025)"));
+        assert!(SELECT_ALL.contains("LIMIT 10001"));
+        assert!(SELECT_ALL.contains("LIMIT 1000)"));
+    }
+
+    #[test]
     fn placed_by_names_user_host_and_instance() {
         let by = placed_by("pgpool1");
         assert!(by.contains('@'), "{by}");
