@@ -657,8 +657,8 @@ pub async fn place(
     }
 }
 
-/// Who owns the hold table on `master`; what could not be done and why
-/// when it cannot be asked.
+/// Who owns the hold table on `client`'s server; what could not be done
+/// and why when it cannot be asked.
 async fn table_owner(client: &tokio_postgres::Client) -> Result<Owner, (&'static str, String)> {
     owner::check(client, TABLE).await.map_err(|e| {
         (
