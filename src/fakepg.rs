@@ -923,6 +923,19 @@ mod tests {
             Kind::Holds
         );
         assert_eq!(Kind::of("CREATE TABLE x ()"), Kind::Other);
+        // As plusmoin sends them: the schema named, and the ownership
+        // question before any statement on a table.
+        assert_eq!(
+            Kind::of("INSERT INTO public.plusmoin_heartbeat (a) VALUES ($1)"),
+            Kind::Upsert
+        );
+        assert_eq!(
+            Kind::of("SELECT 1 FROM public.plusmoin_hold AS x"),
+            Kind::Holds
+        );
+        for table in ["plusmoin_heartbeat", "plusmoin_hold"] {
+            assert_eq!(Kind::of(&crate::probe::owner::query(table)), Kind::Owner);
+        }
     }
 
     /// The probe's combined statement is told from the role statement and
