@@ -15,7 +15,8 @@
 //! password asked), the extended protocol (Parse, Describe, Bind, Execute,
 //! Close, Sync, Flush) for the role statement, the heartbeat upsert, the
 //! heartbeat select, the two in one (the default role statement and the
-//! heartbeat select, answered exactly as they would be apart) and the holds
+//! heartbeat select, answered exactly as they would be apart), the question
+//! of who owns plusmoin's tables (plusmoin's role, always) and the holds
 //! read (an empty `plusmoin_hold`, as a
 //! deployment that created it has), simple Query (the system identifier: a master's index, shared by
 //! its slaves; anything else answered with an empty command completion,
@@ -331,14 +332,22 @@ enum Kind {
     Combined,
     /// The maintenance holds (`plusmoin_hold`): an empty table.
     Holds,
+    /// Who owns one of plusmoin's tables: plusmoin's role.
+    Owner,
     /// Anything else: answered with no rows.
     Other,
 }
 
 impl Kind {
     fn of(query: &str) -> Kind {
-        let q = query.to_ascii_lowercase();
-        if q.contains("insert into plusmoin_heartbeat") {
+        // plusmoin names the schema of its tables; the simulated server
+        // has only that one.
+        let q = query
+            .to_ascii_lowercase()
+            .replace("public.plusmoin_", "plusmoin_");
+        if q.contains("from pg_catalog.pg_class") {
+            Kind::Owner
+        } else if q.contains("insert into plusmoin_heartbeat") {
             Kind::Upsert
         } else if q.contains("join plusmoin_heartbeat") && q.contains("pg_is_in_recovery()") {
             Kind::Combined
@@ -357,7 +366,8 @@ impl Kind {
         match self {
             Kind::Upsert => &[TEXT, INT4, TEXT, TIMESTAMPTZ],
             Kind::Select | Kind::Combined => &[TEXT],
-            Kind::Role | Kind::Holds | Kind::Other => &[],
+            Kind::Holds => &[TEXT_ARRAY],
+            Kind::Role | Kind::Owner | Kind::Other => &[],
         }
     }
 
@@ -381,16 +391,19 @@ impl Kind {
                 ("placed_by", TEXT, -1),
                 ("placed_at", TIMESTAMPTZ, 8),
                 ("reason", TEXT, -1),
+                ("ignored", INT8, 8),
             ],
+            Kind::Owner => &[("owner", TEXT, -1), ("me", TEXT, -1), ("trusted", BOOL, 1)],
             Kind::Upsert | Kind::Other => &[],
         }
     }
 }
 
 const BOOL: i32 = 16;
-const INT4: i32 = 23;
 const INT8: i32 = 20;
+const INT4: i32 = 23;
 const TEXT: i32 = 25;
+const TEXT_ARRAY: i32 = 1009;
 const TIMESTAMPTZ: i32 = 1184;
 
 struct Portal {
@@ -813,7 +826,25 @@ fn execute(
             data_row(out, &values);
             out.complete("SELECT 1");
         }
-        Kind::Holds | Kind::Other => out.complete("SELECT 0"),
+        Kind::Owner => {
+            let me = b"plusmoin".to_vec();
+            data_row(
+                out,
+                &[Some(me.clone()), Some(me), Some(bool_value(true, p))],
+            );
+            out.complete("SELECT 1");
+        }
+        Kind::Holds => {
+            // No hold, no row of another node: the one row saying so.
+            let ignored = if p.result_binary {
+                0i64.to_be_bytes().to_vec()
+            } else {
+                b"0".to_vec()
+            };
+            data_row(out, &[None, None, None, None, Some(ignored)]);
+            out.complete("SELECT 1");
+        }
+        Kind::Other => out.complete("SELECT 0"),
     }
     Ok(())
 }
@@ -913,6 +944,19 @@ mod tests {
             Kind::Holds
         );
         assert_eq!(Kind::of("CREATE TABLE x ()"), Kind::Other);
+        // As plusmoin sends them: the schema named, and the ownership
+        // question before any statement on a table.
+        assert_eq!(
+            Kind::of("INSERT INTO public.plusmoin_heartbeat (a) VALUES ($1)"),
+            Kind::Upsert
+        );
+        assert_eq!(
+            Kind::of("SELECT 1 FROM public.plusmoin_hold AS x"),
+            Kind::Holds
+        );
+        for table in ["plusmoin_heartbeat", "plusmoin_hold"] {
+            assert_eq!(Kind::of(&crate::probe::owner::query(table)), Kind::Owner);
+        }
     }
 
     /// The probe's combined statement is told from the role statement and

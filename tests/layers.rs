@@ -28,7 +28,7 @@ impl Parts {
                 let owns = path == p
                     || path.starts_with(&format!("{}/", p.trim_end_matches('/')))
                     || path.starts_with(p.as_str());
-                if owns && best.is_none_or(|(_, l)| p.len() > l) {
+                if owns && best.map_or(true, |(_, l)| p.len() > l) {
                     best = Some((name, p.len()));
                 }
             }

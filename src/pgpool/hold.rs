@@ -13,37 +13,119 @@
 //! count as holds (placed by "held.json (this host only)"), so an upgrade
 //! never attaches a node held on purpose; `release` removes a node from
 //! both places, `hold` writes only the table.
+//!
+//! The table is plusmoin's own: every statement names its schema, and a
+//! `plusmoin_hold` of another role's is never written, read or deleted from
+//! (see [`crate::probe::owner`]); `hold` and `release` refuse it, naming its
+//! owner. What is read from it is bounded: only the rows of configured
+//! nodes (the others are counted, up to [`IGNORED_COUNT_CAP`], and a
+//! warning says how many), at most [`MAX_HOLDS`] of them, `placed_by` and
+//! `reason` cut at [`PLACED_BY_CAP`] and [`REASON_CAP`] characters (with a
+//! warning naming the cap), and every text field has its control
+//! characters escaped ([`crate::text::escape_controls`]) as it is read, so
+//! no log line, status or terminal gets a raw one.
 
 use crate::cluster::{NodeName, Time};
 use crate::config::Config;
 use crate::lifecycle::safefile::{self, Access, Owners};
 use crate::logonce::LogOnce;
 use crate::payload::rfc3339;
+use crate::probe::owner::{self, Owner};
 use crate::probe::{Connector, ProbeSettings, Session};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::SystemTime;
 use tokio_postgres::error::SqlState;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// The legacy file's name, in the status file's directory.
 pub const FILE_NAME: &str = "held.json";
 
+/// The hold table's name, in schema [`owner::SCHEMA`].
+const TABLE: &str = "plusmoin_hold";
+
 /// The hold table, for operators who create it beforehand (plusmoin creates
-/// it on the master at the first `plusmoin hold`). One row per held node.
-pub const HOLD_TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS plusmoin_hold (\
+/// it on the master at the first `plusmoin hold`; created by another role,
+/// it must be given to plusmoin's, see [`crate::probe::owner`]). One row per
+/// held node.
+pub const HOLD_TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS public.plusmoin_hold (\
      node text PRIMARY KEY, \
      placed_by text NOT NULL, \
-     placed_at timestamptz NOT NULL DEFAULT now(), \
+     placed_at timestamptz NOT NULL DEFAULT pg_catalog.now(), \
      reason text)";
 
-const INSERT: &str = "INSERT INTO plusmoin_hold (node, placed_by, reason) VALUES ($1, $2, $3) \
-     ON CONFLICT (node) DO NOTHING RETURNING node, placed_by, placed_at, reason";
-const SELECT_ONE: &str =
-    "SELECT node, placed_by, placed_at, reason FROM plusmoin_hold WHERE node = $1";
-const SELECT_ALL: &str = "SELECT node, placed_by, placed_at, reason FROM plusmoin_hold";
-const DELETE: &str = "DELETE FROM plusmoin_hold WHERE node = $1 RETURNING placed_by";
+/// The most characters of a hold's `placed_by` read (plusmoin writes
+/// `user@host (plusmoin instance)`); longer is cut, with a warning.
+pub const PLACED_BY_CAP: usize = 256;
+/// The most characters of a hold's `reason` read; longer is cut, with a
+/// warning.
+pub const REASON_CAP: usize = 1024;
+/// The most holds read. Only configured nodes' rows are read, one per node,
+/// so only a configuration of more nodes than this can reach it; the holds
+/// past it (in node name order) are left out, with a warning.
+pub const MAX_HOLDS: usize = 10_000;
+/// Rows naming no configured node are counted up to this many.
+pub const IGNORED_COUNT_CAP: i64 = 1_000;
+
+/// A hold's columns as plusmoin reads them: text fields cut in SQL one
+/// character past their cap, so that a cut can be told (and warned about)
+/// without ever reading more.
+static COLUMNS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "node, pg_catalog.left(placed_by, {}) AS placed_by, placed_at, \
+         pg_catalog.left(reason, {}) AS reason",
+        PLACED_BY_CAP + 1,
+        REASON_CAP + 1
+    )
+});
+static INSERT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO public.plusmoin_hold (node, placed_by, reason) VALUES ($1, $2, $3) \
+         ON CONFLICT (node) DO NOTHING RETURNING {}",
+        *COLUMNS
+    )
+});
+static SELECT_ONE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM public.plusmoin_hold WHERE node = $1",
+        *COLUMNS
+    )
+});
+/// Every hold of a configured node (`$1`, their names), at most one per
+/// node (the oldest, should the table have lost its primary key) and
+/// [`MAX_HOLDS`] + 1 in all, beside the number of rows naming no configured
+/// node (up to [`IGNORED_COUNT_CAP`]): always one row at least, whose hold
+/// columns are NULL when there is no hold. Both scans stop at their limit
+/// (the holds' goes through the primary key), so a table flooded with rows
+/// costs the server little and plusmoin nothing.
+static SELECT_ALL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT h.node, pg_catalog.left(h.placed_by, {pb}) AS placed_by, h.placed_at, \
+           pg_catalog.left(h.reason, {r}) AS reason, f.ignored \
+         FROM (SELECT pg_catalog.count(*) AS ignored FROM \
+             (SELECT 1 FROM public.plusmoin_hold AS x \
+              WHERE NOT x.node = ANY ($1::pg_catalog.text[]) LIMIT {ic}) AS s) AS f \
+         LEFT JOIN (SELECT DISTINCT ON (y.node) y.node, y.placed_by, y.placed_at, y.reason \
+             FROM public.plusmoin_hold AS y WHERE y.node = ANY ($1::pg_catalog.text[]) \
+             ORDER BY y.node, y.placed_at LIMIT {mh}) AS h ON true \
+         ORDER BY h.node",
+        pb = PLACED_BY_CAP + 1,
+        r = REASON_CAP + 1,
+        ic = IGNORED_COUNT_CAP,
+        mh = MAX_HOLDS + 1,
+    )
+});
+static DELETE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "DELETE FROM public.plusmoin_hold WHERE node = $1 RETURNING pg_catalog.left(placed_by, {})",
+        PLACED_BY_CAP + 1
+    )
+});
+
+/// The most bytes of `held.json` read: thousands of node names.
+const FILE_CAP: u64 = 1 << 20;
 
 /// Who placed the holds read from the legacy `held.json`.
 pub const LEGACY_PLACED_BY: &str = "held.json (this host only)";
@@ -89,6 +171,10 @@ pub enum HoldError {
     },
     #[error("cannot set up the connection to the nodes: {0}")]
     Connect(String),
+    /// The master's `plusmoin_hold` belongs to a role plusmoin does not
+    /// trust: never written, read or deleted from.
+    #[error("on the master {master}: {reason}")]
+    NotOurs { master: NodeName, reason: String },
 }
 
 /// One hold, as the status shows it.
@@ -114,24 +200,72 @@ impl HoldEntry {
         }
     }
 
+    /// A row of [`COLUMNS`] (from column 0), made safe to show: control
+    /// characters escaped, `placed_by` and `reason` cut at their caps.
     fn from_row(row: &tokio_postgres::Row) -> Result<HoldEntry, String> {
-        let bad = |e: tokio_postgres::Error| {
-            format!(
-                "the hold table has an unexpected shape: {}",
-                crate::probe::describe_error(&e)
-            )
-        };
-        let node: String = row.try_get(0).map_err(bad)?;
-        let placed_by: String = row.try_get(1).map_err(bad)?;
-        let placed_at: SystemTime = row.try_get(2).map_err(bad)?;
-        let reason: Option<String> = row.try_get(3).map_err(bad)?;
-        Ok(HoldEntry {
-            node,
-            placed_by,
-            placed_at: rfc3339(Time::from_system_time(placed_at)),
-            reason,
-        })
+        Self::read_row(row).map(|(e, _)| e)
     }
+
+    /// [`HoldEntry::from_row`], and the names of the fields that were cut.
+    fn read_row(row: &tokio_postgres::Row) -> Result<(HoldEntry, Vec<&'static str>), String> {
+        let node: String = row.try_get(0).map_err(bad_shape)?;
+        let placed_by: String = row.try_get(1).map_err(bad_shape)?;
+        let placed_at: SystemTime = row.try_get(2).map_err(bad_shape)?;
+        let reason: Option<String> = row.try_get(3).map_err(bad_shape)?;
+        Ok(HoldEntry::cleaned(
+            &node,
+            &placed_by,
+            placed_at,
+            reason.as_deref(),
+        ))
+    }
+
+    /// A hold from the table's values: control characters escaped,
+    /// `placed_by` and `reason` cut at [`PLACED_BY_CAP`] and [`REASON_CAP`]
+    /// characters; with the names of the fields that were cut.
+    fn cleaned(
+        node: &str,
+        placed_by: &str,
+        placed_at: SystemTime,
+        reason: Option<&str>,
+    ) -> (HoldEntry, Vec<&'static str>) {
+        let mut cut = Vec::new();
+        let mut field = |name: &'static str, text: &str, cap: usize| {
+            let (text, was_cut) = capped(text, cap);
+            if was_cut {
+                cut.push(name);
+            }
+            text
+        };
+        let entry = HoldEntry {
+            // A configured node's name as plusmoin wrote it; escaped all
+            // the same, as everything read from the table.
+            node: crate::text::escape_controls(node),
+            placed_by: field("placed_by", placed_by, PLACED_BY_CAP),
+            placed_at: rfc3339(Time::from_system_time(placed_at)),
+            reason: reason.map(|r| field("reason", r, REASON_CAP)),
+        };
+        (entry, cut)
+    }
+}
+
+fn bad_shape(e: tokio_postgres::Error) -> String {
+    format!(
+        "the hold table has an unexpected shape: {}",
+        crate::probe::describe_error(&e)
+    )
+}
+
+/// `text` with its control characters escaped, cut at `cap` characters
+/// (then ending with `…`); whether it was cut.
+fn capped(text: &str, cap: usize) -> (String, bool) {
+    let escaped = crate::text::escape_controls(text);
+    if escaped.chars().count() <= cap {
+        return (escaped, false);
+    }
+    let mut out: String = escaped.chars().take(cap).collect();
+    out.push('…');
+    (out, true)
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -154,9 +288,15 @@ pub fn path_for(status_file: &Path) -> PathBuf {
 ///
 /// [`safefile`]: crate::lifecycle::safefile
 pub fn read(path: &Path, owners: &Owners) -> Result<BTreeSet<String>, HoldError> {
-    let bytes = match safefile::open(path, Access::Read, owners).and_then(|mut f| {
+    let bytes = match safefile::open(path, Access::Read, owners).and_then(|f| {
         let mut b = Vec::new();
-        std::io::Read::read_to_end(&mut f, &mut b).map(|_| b)
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, FILE_CAP + 1), &mut b)?;
+        if b.len() as u64 > FILE_CAP {
+            return Err(std::io::Error::other(format!(
+                "larger than {FILE_CAP} bytes: not a hold list"
+            )));
+        }
+        Ok(b)
     }) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
@@ -441,18 +581,13 @@ pub async fn place(
     let client = session.client();
     let name = node.to_string();
     let run = async {
+        // Whose table it is, before anything touches it; created when
+        // missing, and asked again (someone may have been quicker).
         let mut created = false;
         loop {
-            match client.query(INSERT, &[&name, &placed_by, &reason]).await {
-                Ok(rows) => {
-                    if let Some(row) = rows.first() {
-                        return HoldEntry::from_row(row)
-                            .map(Placed::New)
-                            .map_err(|r| sql("cannot read the hold back", r));
-                    }
-                    break;
-                }
-                Err(e) if !created && e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+            match table_owner(client).await.map_err(|r| sql(r.0, r.1))? {
+                Owner::Ours => break,
+                Owner::Missing if !created => {
                     created = true;
                     if let Err(e) = client.batch_execute(HOLD_TABLE_DDL).await {
                         let raced = e.code() == Some(&SqlState::DUPLICATE_TABLE)
@@ -464,19 +599,43 @@ pub async fn place(
                             ));
                         }
                     }
-                    info!(master = %master, "hold table plusmoin_hold created");
+                    info!(master = %master, "hold table public.plusmoin_hold created");
                 }
-                Err(e) => {
+                Owner::Missing => {
                     return Err(sql(
-                        "cannot write the hold",
-                        crate::probe::describe_error(&e),
+                        "cannot create the hold table",
+                        "it is still missing after CREATE TABLE".into(),
                     ))
                 }
+                Owner::Foreign { owner, me } => {
+                    return Err(HoldError::NotOurs {
+                        master: master.clone(),
+                        reason: owner::refusal(TABLE, &owner, &me),
+                    })
+                }
+            }
+        }
+        match client
+            .query(INSERT.as_str(), &[&name, &placed_by, &reason])
+            .await
+        {
+            Ok(rows) => {
+                if let Some(row) = rows.first() {
+                    return HoldEntry::from_row(row)
+                        .map(Placed::New)
+                        .map_err(|r| sql("cannot read the hold back", r));
+                }
+            }
+            Err(e) => {
+                return Err(sql(
+                    "cannot write the hold",
+                    crate::probe::describe_error(&e),
+                ))
             }
         }
         // Held already: the original hold stays as it was.
         let rows = client
-            .query(SELECT_ONE, &[&name])
+            .query(SELECT_ONE.as_str(), &[&name])
             .await
             .map_err(|e| sql("cannot read the hold", crate::probe::describe_error(&e)))?;
         match rows.first() {
@@ -496,6 +655,17 @@ pub async fn place(
             format!("no answer within {} s", (limit * 2).as_secs_f64()),
         )),
     }
+}
+
+/// Who owns the hold table on `client`'s server; what could not be done
+/// and why when it cannot be asked.
+async fn table_owner(client: &tokio_postgres::Client) -> Result<Owner, (&'static str, String)> {
+    owner::check(client, TABLE).await.map_err(|e| {
+        (
+            "cannot ask who owns the hold table",
+            crate::probe::describe_error(&e),
+        )
+    })
 }
 
 /// What [`lift`] did.
@@ -522,24 +692,50 @@ pub async fn lift(config: &Config, given: &str) -> Result<Lifted, HoldError> {
         reason: connector.scrub(reason),
     };
     let name = node.to_string();
-    let deleted =
-        match tokio::time::timeout(limit * 2, session.client().query(DELETE, &[&name])).await {
-            Ok(Ok(rows)) => match rows.first() {
-                Some(row) => Some(
-                    row.try_get::<_, String>(0)
-                        .map_err(|e| sql(crate::probe::describe_error(&e)))?,
-                ),
-                None => None,
-            },
-            Ok(Err(e)) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => None,
-            Ok(Err(e)) => return Err(sql(crate::probe::describe_error(&e))),
-            Err(_) => {
-                return Err(sql(format!(
-                    "no answer within {} s",
-                    (limit * 2).as_secs_f64()
-                )))
+    let client = session.client();
+    let run = async {
+        match table_owner(client).await {
+            Ok(Owner::Ours) => {}
+            Ok(Owner::Missing) => return Ok(None),
+            Ok(Owner::Foreign { owner, me }) => {
+                return Err(HoldError::NotOurs {
+                    master: master.clone(),
+                    reason: owner::refusal(TABLE, &owner, &me),
+                })
             }
-        };
+            Err((what, reason)) => {
+                return Err(HoldError::Sql {
+                    what,
+                    master: master.clone(),
+                    reason: connector.scrub(reason),
+                })
+            }
+        }
+        match client.query(DELETE.as_str(), &[&name]).await {
+            Ok(rows) => match rows.first() {
+                Some(row) => Ok(Some(
+                    capped(
+                        &row.try_get::<_, String>(0)
+                            .map_err(|e| sql(crate::probe::describe_error(&e)))?,
+                        PLACED_BY_CAP,
+                    )
+                    .0,
+                )),
+                None => Ok(None),
+            },
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Ok(None),
+            Err(e) => Err(sql(crate::probe::describe_error(&e))),
+        }
+    };
+    let deleted = match tokio::time::timeout(limit * 2, run).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(sql(format!(
+                "no answer within {} s",
+                (limit * 2).as_secs_f64()
+            )))
+        }
+    };
     let file = change(&path_for(&config.status_file), &owners(config), |held| {
         held.remove(&name)
     })?;
@@ -581,6 +777,8 @@ pub fn read_order(config: &Config, state: &crate::cluster::State) -> Vec<NodeNam
 /// purpose), and is logged once until its reason changes.
 pub struct Holds {
     settings: ProbeSettings,
+    /// The configured nodes' names: only their holds are read.
+    configured: Vec<String>,
     held_path: PathBuf,
     /// Who may own `held_path`.
     owners: Owners,
@@ -600,14 +798,28 @@ pub struct Holds {
     table_known: bool,
     table_error: LogOnce,
     file_error: LogOnce,
+    /// What the last table read left out or cut.
+    table_notes: LogOnce,
 }
 
 /// What one background read brings back.
 struct ReadOutcome {
     connector: Option<Connector>,
     cached: Option<(NodeName, Session)>,
-    table: Result<(NodeName, BTreeMap<String, HoldEntry>), String>,
+    table: Result<(NodeName, TableRead), String>,
     file: Result<BTreeSet<String>, String>,
+}
+
+/// The holds read from the table, and what was left out or cut on the way
+/// (for a warning).
+#[derive(Debug, Default)]
+struct TableRead {
+    holds: BTreeMap<String, HoldEntry>,
+    notes: Vec<String>,
+}
+
+fn configured(config: &Config) -> Vec<String> {
+    config.nodes.iter().map(|n| n.name.to_string()).collect()
 }
 
 impl Holds {
@@ -615,6 +827,7 @@ impl Holds {
     pub fn new(config: &Config) -> Holds {
         Holds {
             settings: ProbeSettings::from_config(config),
+            configured: configured(config),
             held_path: path_for(&config.status_file),
             owners: owners(config),
             connector: None,
@@ -626,6 +839,7 @@ impl Holds {
             table_known: false,
             table_error: LogOnce::default(),
             file_error: LogOnce::default(),
+            table_notes: LogOnce::default(),
         }
     }
 
@@ -638,6 +852,7 @@ impl Holds {
             self.cached = None;
         }
         self.settings = settings;
+        self.configured = configured(config);
         self.held_path = path_for(&config.status_file);
         self.owners = owners(config);
     }
@@ -666,10 +881,13 @@ impl Holds {
         let settings = self.settings.clone();
         let held_path = self.held_path.clone();
         let owners = self.owners.clone();
+        let configured = self.configured.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            let outcome =
-                read_all(settings, connector, cached, candidates, held_path, owners).await;
+            let outcome = read_all(
+                settings, connector, cached, candidates, configured, held_path, owners,
+            )
+            .await;
             let _ = tx.send(outcome);
         });
         self.in_flight = Some((task, rx));
@@ -724,11 +942,18 @@ impl Holds {
         }
         self.cached = outcome.cached;
         match outcome.table {
-            Ok((from, table)) => {
+            Ok((from, read)) => {
                 if self.table_error.cleared() {
                     info!(node = %from, "holds readable again");
                 }
-                self.table = table;
+                if read.notes.is_empty() {
+                    self.table_notes.cleared();
+                } else if self.table_notes.changed(read.notes.join("\n")) {
+                    for note in &read.notes {
+                        warn!(node = %from, "{note}");
+                    }
+                }
+                self.table = read.holds;
                 self.table_known = true;
             }
             Err(msg) => {
@@ -803,6 +1028,7 @@ async fn read_all(
     connector: Option<Connector>,
     cached: Option<(NodeName, Session)>,
     candidates: Vec<NodeName>,
+    configured: Vec<String>,
     held_path: PathBuf,
     owners: Owners,
 ) -> ReadOutcome {
@@ -821,7 +1047,7 @@ async fn read_all(
             }
         },
     };
-    let (cached, table) = read_table(&connector, cached, &candidates).await;
+    let (cached, table) = read_table(&connector, cached, &candidates, &configured).await;
     ReadOutcome {
         connector: Some(connector),
         cached,
@@ -835,9 +1061,10 @@ async fn read_table(
     connector: &Connector,
     mut cached: Option<(NodeName, Session)>,
     candidates: &[NodeName],
+    configured: &[String],
 ) -> (
     Option<(NodeName, Session)>,
-    Result<(NodeName, BTreeMap<String, HoldEntry>), String>,
+    Result<(NodeName, TableRead), String>,
 ) {
     let mut tried = Vec::new();
     for node in candidates {
@@ -854,7 +1081,7 @@ async fn read_table(
                 }
             }
         };
-        match select_all(connector, &session).await {
+        match select_all(connector, &session, configured).await {
             Ok(holds) => return (Some((node.clone(), session)), Ok((node.clone(), holds))),
             Err(reason) => tried.push(format!("{node}: {reason}")),
         }
@@ -867,25 +1094,86 @@ async fn read_table(
     (None, Err(why))
 }
 
+/// The holds of the `configured` nodes on `session`'s node: none without
+/// a table; an error for another role's table, which is never read.
 async fn select_all(
     connector: &Connector,
     session: &Session,
-) -> Result<BTreeMap<String, HoldEntry>, String> {
+    configured: &[String],
+) -> Result<TableRead, String> {
     let limit = connector.timeout();
-    let rows = match tokio::time::timeout(limit, session.client().query(SELECT_ALL, &[])).await {
-        Ok(Ok(rows)) => rows,
-        Ok(Err(e)) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(BTreeMap::new()),
-        Ok(Err(e)) => {
-            return Err(connector.scrub(format!(
-                "cannot read plusmoin_hold: {}",
-                crate::probe::describe_error(&e)
-            )))
+    let client = session.client();
+    let run = async {
+        match table_owner(client).await {
+            Ok(Owner::Ours) => {}
+            Ok(Owner::Missing) => return Ok(None),
+            Ok(Owner::Foreign { owner, me }) => return Err(owner::refusal(TABLE, &owner, &me)),
+            Err((what, reason)) => return Err(format!("{what}: {reason}")),
         }
+        match client.query(SELECT_ALL.as_str(), &[&configured]).await {
+            Ok(rows) => Ok(Some(rows)),
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Ok(None),
+            Err(e) => Err(format!(
+                "cannot read public.plusmoin_hold: {}",
+                crate::probe::describe_error(&e)
+            )),
+        }
+    };
+    let rows = match tokio::time::timeout(limit, run).await {
+        Ok(Ok(Some(rows))) => rows,
+        Ok(Ok(None)) => return Ok(TableRead::default()),
+        Ok(Err(reason)) => return Err(connector.scrub(reason)),
         Err(_) => return Err(format!("no answer within {} s", limit.as_secs_f64())),
     };
-    rows.iter()
-        .map(|r| HoldEntry::from_row(r).map(|e| (e.node.clone(), e)))
-        .collect()
+    let mut read = TableRead::default();
+    let mut ignored = 0;
+    let mut more = false;
+    for row in &rows {
+        ignored = row.try_get::<_, i64>(4).map_err(bad_shape)?;
+        if row
+            .try_get::<_, Option<String>>(0)
+            .map_err(bad_shape)?
+            .is_none()
+        {
+            continue;
+        }
+        if read.holds.len() == MAX_HOLDS {
+            more = true;
+            break;
+        }
+        let (entry, cut) = HoldEntry::read_row(row)?;
+        for field in cut {
+            let cap = if field == "reason" {
+                REASON_CAP
+            } else {
+                PLACED_BY_CAP
+            };
+            read.notes.push(format!(
+                "the hold of {}: its {field} is longer than {cap} characters; cut there",
+                entry.node
+            ));
+        }
+        read.holds.insert(entry.node.clone(), entry);
+    }
+    if more {
+        read.notes.push(format!(
+            "more than {MAX_HOLDS} holds: only the first {MAX_HOLDS} (by node name) are read"
+        ));
+    }
+    if ignored > 0 {
+        let count = if ignored >= IGNORED_COUNT_CAP {
+            format!("{IGNORED_COUNT_CAP} or more rows")
+        } else if ignored == 1 {
+            "1 row".to_string()
+        } else {
+            format!("{ignored} rows")
+        };
+        read.notes.push(format!(
+            "{count} of public.plusmoin_hold naming no configured node: ignored (a hold \
+             names a configured node as `plusmoin status` shows it, host:port)"
+        ));
+    }
+    Ok(read)
 }
 
 #[cfg(test)]
@@ -1009,6 +1297,46 @@ mod tests {
         assert_eq!(all["a:1"].placed_by, "bob@h (plusmoin i)");
         assert_eq!(all["b:2"].placed_by, LEGACY_PLACED_BY);
         assert_eq!(all.len(), 2);
+    }
+
+    #[test]
+    fn fields_read_are_escaped_and_cut_at_their_caps() {
+        let long = "p".repeat(PLACED_BY_CAP + 1);
+        let (e, cut) = HoldEntry::cleaned(
+            "a:1\n",
+            &long,
+            SystemTime::UNIX_EPOCH,
+            Some("r\u{1b}[2J\u{7}"),
+        );
+        assert_eq!(e.node, "a:1\\n");
+        assert_eq!(e.placed_by, format!("{}…", &long[..PLACED_BY_CAP]));
+        assert_eq!(e.reason.as_deref(), Some("r\\u{1b}[2J\\u{7}"));
+        assert_eq!(cut, ["placed_by"]);
+        // The cap counts what is shown: escapes lengthen the text.
+        let (e, cut) = HoldEntry::cleaned(
+            "a:1",
+            "x",
+            SystemTime::UNIX_EPOCH,
+            Some(&"\u{1b}".repeat(REASON_CAP)),
+        );
+        assert_eq!(e.reason.map(|r| r.chars().count()), Some(REASON_CAP + 1));
+        assert_eq!(cut, ["reason"]);
+    }
+
+    #[test]
+    fn every_statement_names_the_schema_and_reads_at_most_one_past_the_caps() {
+        for sql in [HOLD_TABLE_DDL, &INSERT, &SELECT_ONE, &SELECT_ALL, &DELETE] {
+            let bare = sql.replace("public.plusmoin_hold", "");
+            assert!(!bare.contains("plusmoin_hold"), "{sql}");
+            assert!(
+                !bare.contains(" now()") && !bare.contains(" left("),
+                "{sql}"
+            );
+        }
+        assert!(SELECT_ALL.contains("pg_catalog.left(h.placed_by, 257)"));
+        assert!(SELECT_ALL.contains("pg_catalog.left(h.reason, 1025)"));
+        assert!(SELECT_ALL.contains("LIMIT 10001"));
+        assert!(SELECT_ALL.contains("LIMIT 1000)"));
     }
 
     #[test]

@@ -18,6 +18,12 @@ use std::time::Duration;
 /// How much of a failed command's output goes into its error message.
 const OUTPUT_IN_ERROR: usize = 400;
 
+/// The most bytes read from each of a pcp command's stdout and stderr:
+/// pcp answers in a few lines (a watchdog of many members in a few KiB).
+/// A command printing more counts as failed and is killed, and what it
+/// printed is dropped.
+pub const OUTPUT_CAP: usize = 1 << 20;
+
 /// pgpool's status of one backend, as `pcp_node_info` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeStatus {
@@ -297,6 +303,12 @@ pub enum PcpError {
     },
     #[error("{program} did not answer within {} s; killed it", timeout.as_secs_f64())]
     Timeout { program: String, timeout: Duration },
+    #[error("{program} printed more than {cap} bytes on {stream}; killed it (pcp answers in a few lines: does the template run the right program?)")]
+    TooLong {
+        program: String,
+        stream: &'static str,
+        cap: usize,
+    },
     /// `output` is pcp's, as it printed it (matched against known
     /// messages); shown escaped.
     #[error(
@@ -343,6 +355,33 @@ fn reports_error(stderr: &str) -> bool {
         let l = l.trim_start();
         l.starts_with("ERROR") || l.starts_with("FATAL")
     })
+}
+
+/// Why a command's output could not be read whole.
+enum Capture {
+    /// More than [`OUTPUT_CAP`] bytes on this stream.
+    TooLong(&'static str),
+    Io(std::io::Error),
+}
+
+/// All of `stream` (`name`: stdout or stderr), if it ends within
+/// [`OUTPUT_CAP`] bytes; never more than one byte past it is read.
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(
+    stream: Option<R>,
+    name: &'static str,
+) -> Result<Vec<u8>, Capture> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    if let Some(r) = stream {
+        r.take(OUTPUT_CAP as u64 + 1)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(Capture::Io)?;
+    }
+    if buf.len() > OUTPUT_CAP {
+        return Err(Capture::TooLong(name));
+    }
+    Ok(buf)
 }
 
 /// Runs the pcp commands of one `pgpool` section.
@@ -407,7 +446,7 @@ impl Pcp {
                 source: TemplateError::Empty,
             });
         };
-        let child = tokio::process::Command::new(program)
+        let mut child = tokio::process::Command::new(program)
             .args(args)
             .env("PCPPASSFILE", &self.pcppass_file)
             .stdin(Stdio::null())
@@ -419,32 +458,47 @@ impl Pcp {
                 program: program.clone(),
                 source,
             })?;
-        // On timeout the future, and with it the child, is dropped: killed.
-        let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
-            Ok(Ok(out)) => out,
-            Ok(Err(source)) => {
-                return Err(PcpError::Spawn {
-                    program: program.clone(),
-                    source,
-                })
-            }
-            Err(_) => {
-                return Err(PcpError::Timeout {
-                    program: program.clone(),
-                    timeout: self.timeout,
-                })
+        // Both streams at once (a child blocked writing one would never
+        // close the other), each up to OUTPUT_CAP; the first over it ends
+        // the reading.
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let run = async {
+            let (out, err) =
+                tokio::try_join!(read_capped(stdout, "stdout"), read_capped(stderr, "stderr"))?;
+            let status = child.wait().await.map_err(Capture::Io)?;
+            Ok::<_, Capture>((status, out, err))
+        };
+        let outcome = tokio::time::timeout(self.timeout, run).await;
+        let (status, out, err) = match outcome {
+            Ok(Ok(done)) => done,
+            failed => {
+                // Killed and reaped, whatever it was doing.
+                let _ = child.kill().await;
+                let program = program.clone();
+                return Err(match failed {
+                    Ok(Err(Capture::TooLong(stream))) => PcpError::TooLong {
+                        program,
+                        stream,
+                        cap: OUTPUT_CAP,
+                    },
+                    Ok(Err(Capture::Io(source))) => PcpError::Spawn { program, source },
+                    _ => PcpError::Timeout {
+                        program,
+                        timeout: self.timeout,
+                    },
+                });
             }
         };
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out).into_owned();
+        let stderr = String::from_utf8_lossy(&err);
         // pcp exits 0 after some refusals (a bad password, say): its
         // ERROR/FATAL line on stderr is the only sign.
-        if !out.status.success() || reports_error(&stderr) {
+        if !status.success() || reports_error(&stderr) {
             let both = format!("{} {}", stderr.trim(), stdout.trim());
             let output = bounded(&both.split_whitespace().collect::<Vec<_>>().join(" "));
             return Err(PcpError::Failed {
                 program: program.clone(),
-                status: out.status.to_string(),
+                status: status.to_string(),
                 output,
             });
         }
@@ -803,5 +857,97 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, PcpError::Spawn { .. }), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod output_cap_tests {
+    use super::*;
+
+    fn config() -> PgpoolConfig {
+        PgpoolConfig {
+            pcp_host: "127.0.0.1".into(),
+            pcp_port: 9898,
+            pcp_user: "pgpool".into(),
+            pcppass_file: "/nonexistent/pcppass".into(),
+            pgpool_conf: None,
+            bin_dir: "/usr/sbin".into(),
+            templates: PcpTemplates::default(),
+            pcp_timeout: Duration::from_secs(20),
+            node_ids: Default::default(),
+        }
+    }
+
+    /// A `pcp_watchdog_info` printing far more than any pgpool would (20
+    /// times the cap, then exiting 0) is a failure, not an answer.
+    #[tokio::test]
+    async fn a_command_printing_past_the_cap_fails() {
+        let t = PcpTemplates {
+            watchdog_info: format!("/bin/sh -c 'head -c {} /dev/zero'", 20 * OUTPUT_CAP),
+            ..PcpTemplates::default()
+        };
+        let pcp = Pcp::with_templates(&config(), &t, Duration::from_secs(20)).unwrap();
+        let node = NodeName::new("db1", 5432);
+        let e = pcp.watchdog(&node).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PcpError::TooLong {
+                    stream: "stdout",
+                    cap: OUTPUT_CAP,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.starts_with("/bin/sh printed more than 1048576 bytes on stdout; killed it"),
+            "{text}"
+        );
+        // Up to the cap is an answer (here one pcp cannot parse).
+        let t = PcpTemplates {
+            watchdog_info: format!("/bin/sh -c 'head -c {OUTPUT_CAP} /dev/zero'"),
+            ..PcpTemplates::default()
+        };
+        let pcp = Pcp::with_templates(&config(), &t, Duration::from_secs(20)).unwrap();
+        let e = pcp.watchdog(&node).await.unwrap_err();
+        assert!(matches!(e, PcpError::Unreadable { .. }), "{e}");
+    }
+
+    /// Past the cap the command is killed and reaped at once, not waited
+    /// for: here it would go on for 30 s after printing.
+    #[tokio::test]
+    async fn a_command_printing_past_the_cap_is_killed_and_reaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let t = PcpTemplates {
+            node_info: format!(
+                "/bin/sh -c 'echo $$ > {}; head -c {} /dev/zero >&2; exec sleep 30'",
+                pid_file.display(),
+                2 * OUTPUT_CAP
+            ),
+            ..PcpTemplates::default()
+        };
+        let pcp = Pcp::with_templates(&config(), &t, Duration::from_secs(10)).unwrap();
+        let started = std::time::Instant::now();
+        let e = pcp
+            .node_info(&NodeName::new("db1", 5432), 1)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PcpError::TooLong {
+                    stream: "stderr",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "waited for it");
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let proc = std::path::Path::new("/proc").join(pid.trim());
+        assert!(!proc.exists(), "pid {} not reaped", pid.trim());
     }
 }

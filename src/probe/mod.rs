@@ -7,6 +7,7 @@
 
 mod monitor;
 mod node;
+pub(crate) mod owner;
 mod tls;
 
 use crate::text::escape_controls;

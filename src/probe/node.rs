@@ -15,6 +15,7 @@
 //! reasons are the reference, and tries the combined one again at the next.
 //! A custom `is_slave_statement` always takes the two-statement path.
 
+use super::owner::{self, Owner};
 use super::tls::Tls;
 use super::Shared;
 use crate::cluster::{ClusterId, Heartbeat, NodeName, Observation, Time};
@@ -28,29 +29,33 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
 use tracing::debug;
 
+/// The heartbeat table's name, in schema [`owner::SCHEMA`] (every statement
+/// names the schema: see [`owner`]).
+const TABLE: &str = "plusmoin_heartbeat";
+
 /// The heartbeat table: one row per plusmoin instance, so that instances
 /// watching the same servers never overwrite each other's beat.
-pub const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS plusmoin_heartbeat (\
+pub const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS public.plusmoin_heartbeat (\
      instance_name text PRIMARY KEY, \
      cluster_id integer, \
      master_name text NOT NULL, \
      beat_at timestamptz NOT NULL)";
 
-const UPSERT: &str = "INSERT INTO plusmoin_heartbeat (instance_name, cluster_id, master_name, beat_at) \
+const UPSERT: &str = "INSERT INTO public.plusmoin_heartbeat (instance_name, cluster_id, master_name, beat_at) \
      VALUES ($1, $2, $3, $4) \
      ON CONFLICT (instance_name) DO UPDATE SET \
      cluster_id = EXCLUDED.cluster_id, master_name = EXCLUDED.master_name, beat_at = EXCLUDED.beat_at";
 
 const SELECT: &str =
-    "SELECT master_name, cluster_id, beat_at FROM plusmoin_heartbeat WHERE instance_name = $1";
+    "SELECT master_name, cluster_id, beat_at FROM public.plusmoin_heartbeat WHERE instance_name = $1";
 
 /// The default role statement and [`SELECT`] in one: exactly one row, the
 /// role first, then the heartbeat columns (NULL without a row) and whether
 /// this instance has a row (a row whose columns are NULL is not "no row":
 /// the two-statement path would call it a bad shape).
-pub(crate) const COMBINED: &str = "SELECT pg_is_in_recovery(), \
+pub(crate) const COMBINED: &str = "SELECT pg_catalog.pg_is_in_recovery(), \
      h.master_name, h.cluster_id, h.beat_at, h.instance_name IS NOT NULL AS found \
-     FROM (SELECT 1) AS one LEFT JOIN plusmoin_heartbeat AS h ON h.instance_name = $1";
+     FROM (SELECT 1) AS one LEFT JOIN public.plusmoin_heartbeat AS h ON h.instance_name = $1";
 
 /// Why a probe failed, and whether the connection can still be used.
 #[derive(Debug)]
@@ -132,6 +137,10 @@ pub(super) struct NodeConn {
     /// [`COMBINED`], prepared and its columns checked; only kept while
     /// `is_slave_statement` is the default it stands for.
     combined: Option<Statement>,
+    /// The heartbeat table was found to be plusmoin's ([`owner::check`]):
+    /// asked before the first statement on it is prepared, and again after
+    /// any of them failed (the table may have been dropped).
+    table_ours: bool,
     /// The node was a master at the last probe on this connection.
     was_master: bool,
     /// Signalled when the connection task ends: the server closed the
@@ -229,6 +238,7 @@ impl NodeConn {
             upsert: None,
             select: None,
             combined: None,
+            table_ours: false,
             was_master: false,
             ended,
         })
@@ -299,6 +309,7 @@ impl NodeConn {
                     let heartbeat = Box::pin(read_heartbeat(
                         &self.client,
                         &mut self.select,
+                        &mut self.table_ours,
                         &s.instance_name,
                     ))
                     .await?;
@@ -306,8 +317,10 @@ impl NodeConn {
                 }
                 if wrote.is_err() {
                     // The table was dropped, say: written again the long
-                    // way, which creates it or says why it cannot.
+                    // way, which checks whose table it is, creates it or
+                    // says why it cannot.
                     self.upsert = None;
+                    self.table_ours = false;
                     Box::pin(self.write_heartbeat(&s.instance_name, node, cluster_id, now)).await?;
                 }
                 return Ok(Observation::Master { wrote_at: now });
@@ -324,7 +337,8 @@ impl NodeConn {
             let stmt = match self.combined.clone() {
                 Some(stmt) => Some(stmt),
                 None => {
-                    self.combined = Box::pin(prepare_combined(&self.client)).await?;
+                    self.combined =
+                        Box::pin(prepare_combined(&self.client, &mut self.table_ours)).await?;
                     self.combined.clone()
                 }
             };
@@ -348,8 +362,10 @@ impl NodeConn {
                     Combined::Failed => {
                         // The table dropped, a changed plan, any error: the
                         // two statements answer this time, and it is
-                        // prepared again at the next probe.
+                        // prepared again at the next probe, after the
+                        // table's owner is asked again.
                         self.combined = None;
+                        self.table_ours = false;
                     }
                     Combined::Unreadable => {}
                 }
@@ -364,7 +380,12 @@ impl NodeConn {
             let (r, h) = Box::pin(async {
                 tokio::join!(
                     role(&self.client, &mut self.role, &s.is_slave_statement),
-                    read_heartbeat(&self.client, &mut self.select, &s.instance_name),
+                    read_heartbeat(
+                        &self.client,
+                        &mut self.select,
+                        &mut self.table_ours,
+                        &s.instance_name
+                    ),
                 )
             })
             .await;
@@ -380,6 +401,7 @@ impl NodeConn {
                     Box::pin(read_heartbeat(
                         &self.client,
                         &mut self.select,
+                        &mut self.table_ours,
                         &s.instance_name,
                     ))
                     .await?
@@ -392,8 +414,9 @@ impl NodeConn {
         }
     }
 
-    /// Upserts this instance's row. A missing table is created once; any
-    /// other failure means this is not a master plusmoin can use.
+    /// Upserts this instance's row. A missing table is created once;
+    /// another role's table, or any other failure, means this is not a
+    /// master plusmoin can use.
     async fn write_heartbeat(
         &mut self,
         instance: &str,
@@ -407,12 +430,18 @@ impl NodeConn {
             let result = self
                 .try_upsert(instance, cluster, &master_name, beat_at)
                 .await;
+            let missing = match &result {
+                Err(Upsert::Missing) => true,
+                Err(Upsert::Sql(e)) => e.code() == Some(&SqlState::UNDEFINED_TABLE),
+                _ => false,
+            };
             match result {
                 Ok(()) => return Ok(()),
-                Err(e) if !created && e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+                Err(_) if missing && !created => {
                     self.upsert = None;
                     self.select = None;
                     self.combined = None;
+                    self.table_ours = false;
                     created = true;
                     if let Err(e) = self.client.batch_execute(CREATE_TABLE).await {
                         // Another instance may have created it at the same moment.
@@ -424,8 +453,16 @@ impl NodeConn {
                     }
                     debug!(node = %node, "heartbeat table created");
                 }
-                Err(e) => {
+                Err(Upsert::Missing) => {
+                    return Err(Failure::answer(format!(
+                        "cannot write the heartbeat: table {}.{TABLE} is missing",
+                        owner::SCHEMA
+                    )))
+                }
+                Err(Upsert::Refused(f)) => return Err(f),
+                Err(Upsert::Sql(e)) => {
                     self.upsert = None;
+                    self.table_ours = false;
                     return Err(Failure::sql("cannot write the heartbeat", &e));
                 }
             }
@@ -438,25 +475,62 @@ impl NodeConn {
         cluster: Option<i32>,
         master_name: &str,
         beat_at: SystemTime,
-    ) -> Result<(), tokio_postgres::Error> {
+    ) -> Result<(), Upsert> {
         let stmt = match &self.upsert {
             Some(s) => s.clone(),
             None => {
+                if !heartbeat_table(&self.client, &mut self.table_ours)
+                    .await
+                    .map_err(Upsert::Refused)?
+                {
+                    return Err(Upsert::Missing);
+                }
                 let s = self
                     .client
                     .prepare_typed(
                         UPSERT,
                         &[Type::TEXT, Type::INT4, Type::TEXT, Type::TIMESTAMPTZ],
                     )
-                    .await?;
+                    .await
+                    .map_err(Upsert::Sql)?;
                 self.upsert = Some(s.clone());
                 s
             }
         };
         self.client
             .execute(&stmt, &[&instance, &cluster, &master_name, &beat_at])
-            .await?;
+            .await
+            .map_err(Upsert::Sql)?;
         Ok(())
+    }
+}
+
+/// Why the heartbeat upsert did not run.
+enum Upsert {
+    /// There is no heartbeat table.
+    Missing,
+    /// The table is another role's, or its owner could not be asked.
+    Refused(Failure),
+    Sql(tokio_postgres::Error),
+}
+
+/// Whether the heartbeat table exists and is plusmoin's, asked once and
+/// remembered in `ours` (see [`owner`]): false when it is missing; another
+/// role's table is the probe's failure, with the owner named and the fix.
+async fn heartbeat_table(client: &Client, ours: &mut bool) -> Result<bool, Failure> {
+    if *ours {
+        return Ok(true);
+    }
+    match Box::pin(owner::check(client, TABLE)).await {
+        Ok(Owner::Ours) => {
+            *ours = true;
+            Ok(true)
+        }
+        Ok(Owner::Missing) => Ok(false),
+        Ok(Owner::Foreign { owner, me }) => {
+            Err(Failure::answer(owner::refusal(TABLE, &owner, &me)))
+        }
+        Err(e) => Err(Failure::sql("cannot ask who owns the heartbeat table", &e)),
     }
 }
 
@@ -524,9 +598,12 @@ pub(super) async fn role(
 /// Prepares [`COMBINED`]; `None` when it cannot be used (yet): the table
 /// is missing, its columns are not those the checks accept, or any other
 /// SQL error. The two statements then answer this probe, with their own
-/// reasons; it is tried again at the next. A broken connection is the
-/// probe's failure, as the role statement would have met it.
-async fn prepare_combined(client: &Client) -> Result<Option<Statement>, Failure> {
+/// reasons; it is tried again at the next. A broken connection, or a table
+/// that is not plusmoin's ([`heartbeat_table`]), is the probe's failure.
+async fn prepare_combined(client: &Client, ours: &mut bool) -> Result<Option<Statement>, Failure> {
+    if !heartbeat_table(client, ours).await? {
+        return Ok(None);
+    }
     let stmt = match client.prepare_typed(COMBINED, &[Type::TEXT]).await {
         Ok(stmt) => stmt,
         Err(e) if breaks_connection(&e) => {
@@ -604,9 +681,13 @@ fn combined_row(row: &tokio_postgres::Row) -> Option<Combined> {
 async fn read_heartbeat(
     client: &Client,
     cache: &mut Option<Statement>,
+    ours: &mut bool,
     instance: &str,
 ) -> Result<Option<Heartbeat>, Failure> {
     const WHAT: &str = "cannot read the heartbeat";
+    if cache.is_none() && !Box::pin(heartbeat_table(client, ours)).await? {
+        return Ok(None);
+    }
     let stmt = match &*cache {
         Some(s) => s.clone(),
         None => match Box::pin(client.prepare_typed(SELECT, &[Type::TEXT])).await {
@@ -619,7 +700,10 @@ async fn read_heartbeat(
                 *cache = Some(s.clone());
                 s
             }
-            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(None),
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+                *ours = false;
+                return Ok(None);
+            }
             Err(e) => return Err(Failure::sql(WHAT, &e)),
         },
     };
@@ -627,6 +711,7 @@ async fn read_heartbeat(
         Ok(rows) => rows,
         Err(e) => {
             *cache = None;
+            *ours = false;
             if e.code() == Some(&SqlState::UNDEFINED_TABLE) {
                 return Ok(None);
             }

@@ -16,7 +16,13 @@ const LONG: Duration = Duration::from_secs(20);
 
 /// A configuration for `sb` as instance `instance`, in `dir`; `extra` is
 /// appended to the top-level object; `ids` gives nodes a pgpool id.
-fn write_config(sb: &Sandbox, dir: &Path, instance: &str, extra: &str, ids: bool) -> PathBuf {
+pub(crate) fn write_config(
+    sb: &Sandbox,
+    dir: &Path,
+    instance: &str,
+    extra: &str,
+    ids: bool,
+) -> PathBuf {
     let nodes: Vec<String> = (0..sb.len())
         .map(|i| {
             let id = if ids {
@@ -42,7 +48,7 @@ fn write_config(sb: &Sandbox, dir: &Path, instance: &str, extra: &str, ids: bool
     path
 }
 
-fn plusmoin(config: &Path, args: &[&str]) -> Output {
+pub(crate) fn plusmoin(config: &Path, args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_plusmoin"))
         .arg("-c")
         .arg(config)
@@ -51,21 +57,21 @@ fn plusmoin(config: &Path, args: &[&str]) -> Output {
         .expect("run plusmoin")
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn ok(o: Output) -> String {
+pub(crate) fn ok(o: Output) -> String {
     assert!(o.status.success(), "{o:?}");
     stdout(&o)
 }
 
 /// `node|placed_by|reason` rows of the hold table on node `i`, or the error.
-fn rows(sb: &Sandbox, i: usize) -> String {
+pub(crate) fn rows(sb: &Sandbox, i: usize) -> String {
     sb.sql(
         i,
         "SELECT node, placed_by, coalesce(reason, '-') FROM plusmoin_hold ORDER BY node",
@@ -75,7 +81,7 @@ fn rows(sb: &Sandbox, i: usize) -> String {
 
 /// One read of the holds as a daemon of `config` does it, from
 /// `candidates` (sandbox node indices, in order).
-fn read_holds(config: &Path, sb: &Sandbox, candidates: &[usize]) -> Holds {
+pub(crate) fn read_holds(config: &Path, sb: &Sandbox, candidates: &[usize]) -> Holds {
     let config = plusmoin::config::load(config).expect("config");
     let names: Vec<NodeName> = candidates
         .iter()

@@ -7,6 +7,7 @@ mod escape;
 mod events;
 mod faults;
 mod holds;
+mod holds_safety;
 mod http;
 mod logs;
 mod monitor;

@@ -302,9 +302,9 @@ fn plusmoin_last_queries(sb: &Sandbox, i: usize) -> Vec<String> {
 /// Whether one of plusmoin's sessions on node `i` last ran the statement
 /// asking a slave its role and heartbeat at once.
 fn ran_combined(sb: &Sandbox, i: usize) -> bool {
-    plusmoin_last_queries(sb, i)
-        .iter()
-        .any(|q| q.contains("pg_is_in_recovery()") && q.contains("LEFT JOIN plusmoin_heartbeat"))
+    plusmoin_last_queries(sb, i).iter().any(|q| {
+        q.contains("pg_is_in_recovery()") && q.contains("LEFT JOIN public.plusmoin_heartbeat")
+    })
 }
 
 /// With the default `is_slave_statement` a standby is asked its role and
