@@ -532,7 +532,7 @@ fn haproxy_routes_writes_to_the_primary_and_follows_the_promotion() {
 /// Waits until four connections in a row through `port` all give `want`
 /// (HAProxy balances round-robin over the servers it has up, so a second
 /// server up would take one of them); `last` is the last answer.
-fn consistently(
+pub(crate) fn consistently(
     port: u16,
     write: bool,
     want: Result<(i32, bool), String>,

@@ -3,7 +3,7 @@
 //! so a real HAProxy in front never sends a write to the second one; after
 //! a restart that finds both, for neither; once one is gone, for the other.
 
-use crate::http::{free_port, get, haproxy, haproxy_installed, through, Ports};
+use crate::http::{consistently, free_port, get, haproxy, haproxy_installed, through, Ports};
 use crate::monitor::{healthy, node, Plusmoin, Timings};
 use crate::wait_until;
 use plusmoin::sandbox::Sandbox;
@@ -27,6 +27,7 @@ fn masters(p: &Plusmoin) -> Vec<String> {
 /// `on`, and `/primary/{second}` never answers 200. Returns how many writes
 /// went through.
 fn only_writes_to(
+    p: &Plusmoin,
     write_port: u16,
     on: i32,
     addr: SocketAddr,
@@ -37,10 +38,12 @@ fn only_writes_to(
     let mut through_ok = 0;
     while Instant::now() < end {
         if let Ok((port, _)) = through(write_port, true) {
-            assert_eq!(
-                port, on,
-                "a write through HAProxy reached the second master on port {port}"
-            );
+            if port != on {
+                p.fail(&format!(
+                    "a write through HAProxy reached the second master on port {port}; log:\n{}",
+                    p.log()
+                ));
+            }
             through_ok += 1;
         }
         let (code, body) = get(addr, &format!("/primary/{second}"));
@@ -69,8 +72,15 @@ fn a_second_master_gets_no_writes_through_haproxy_and_a_restart_routes_to_none()
     let _h = haproxy(&sb, addr, &ports);
     let port = |i: usize| i32::from(sb.port(i));
     let (first, second) = (node(&sb, 0), node(&sb, 1));
-    let up = wait_until(LONG, || through(ports.write, true) == Ok((port(0), false)));
-    assert!(up, "writes through HAProxy reach the primary");
+    // HAProxy starts with every server up until checks say otherwise: four
+    // writes in a row on the primary (round-robin over the servers up)
+    // show it has checked the others down before the promotion.
+    let mut last = Err(String::new());
+    let up = consistently(ports.write, true, Ok((port(0), false)), &mut last);
+    assert!(
+        up,
+        "writes through HAProxy reach the primary only: {last:?}"
+    );
 
     // Standby 1 is promoted while the primary stays up: two masters.
     sb.promote(1).expect("promote standby 1");
@@ -104,7 +114,14 @@ fn a_second_master_gets_no_writes_through_haproxy_and_a_restart_routes_to_none()
     );
     // Several of HAProxy's check rounds: no write ever reaches the second
     // master, and writes keep reaching the first.
-    let n = only_writes_to(ports.write, port(0), addr, &second, Duration::from_secs(4));
+    let n = only_writes_to(
+        &p,
+        ports.write,
+        port(0),
+        addr,
+        &second,
+        Duration::from_secs(4),
+    );
     assert!(n > 10, "writes kept going through: {n}");
 
     // A restart that finds both masters cannot tell which one is the
