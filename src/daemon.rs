@@ -688,9 +688,16 @@ impl Daemon {
             .and_then(|r| r.primary.as_deref())
             .and_then(|p| self.state.nodes.iter().find(|n| n.name.to_string() == p))
             .map(|n| n.name.clone());
-        let refused = self
-            .primary
-            .decide(&self.state, &self.systems, pg_primary.as_ref());
+        // An incumbent must be away for three beats (the staleness rule)
+        // before a master refused beside it takes over.
+        let hold = status::stale_after(self.config.heartbeat);
+        let refused = self.primary.decide(
+            &self.state,
+            &self.systems,
+            pg_primary.as_ref(),
+            Time::now(),
+            hold,
+        );
         if refused != self.refused {
             for (node, why) in &refused {
                 if self.refused.get(node) != Some(why) {

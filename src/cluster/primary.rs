@@ -22,8 +22,9 @@
 //! pgpool's primary come in; the refusals go out, and the guard remembers
 //! which masters it allowed.
 
-use super::{NodeName, Place, State};
+use super::{NodeName, Place, State, Time};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 /// Why a master is refused `/primary`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +33,13 @@ pub enum Refusal {
     NotPgpoolsPrimary { primary: NodeName },
     /// Another master has been allowed without interruption.
     Incumbent { incumbent: NodeName },
+    /// It appeared beside the incumbent, which is no master any more, but
+    /// only for `away` of the `hold` it must be away first.
+    AfterSplit {
+        incumbent: NodeName,
+        away: Duration,
+        hold: Duration,
+    },
     /// No rival can be told apart (a restart that found them together, or
     /// rivals that were both allowed): `masters` of them, this one
     /// included; `some` names a few of the others.
@@ -48,6 +56,16 @@ impl std::fmt::Display for Refusal {
             Refusal::Incumbent { incumbent } => write!(
                 f,
                 "another master of the same replication set, {incumbent}, has been the primary without interruption: this one is a second primary (split brain?)"
+            ),
+            Refusal::AfterSplit {
+                incumbent,
+                away,
+                hold,
+            } => write!(
+                f,
+                "it became a master beside {incumbent}, which is no master since {:.1} s: it takes over once {incumbent} has been away for {:.1} s",
+                away.as_secs_f64(),
+                hold.as_secs_f64()
             ),
             Refusal::Undecided { masters, some } => {
                 let mut names: Vec<String> = some.iter().map(ToString::to_string).collect();
@@ -68,6 +86,13 @@ impl std::fmt::Display for Refusal {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PrimaryGuard {
     allowed: BTreeSet<NodeName>,
+    /// Masters refused beside an incumbent: which one, and when it was
+    /// last seen a master.
+    newcomers: BTreeMap<NodeName, (NodeName, Time)>,
+    /// Allowed masters that are no masters any more, and since when: back
+    /// within the hold (a probe that failed once), they are incumbents
+    /// still, unless a rival was allowed meanwhile.
+    away: BTreeMap<NodeName, Time>,
 }
 
 impl PrimaryGuard {
@@ -83,7 +108,9 @@ impl PrimaryGuard {
     /// Decides, for every master of `state`, whether it may answer
     /// `/primary`: the refused ones, with why. `systems`: the system
     /// identifier of each node whose identifier is known;
-    /// `pgpool_primary`: pgpool's primary, where the sidecar runs.
+    /// `pgpool_primary`: pgpool's primary, where the sidecar runs; `hold`:
+    /// how long an incumbent must be away before the master refused beside
+    /// it takes over.
     ///
     /// Linear in the masters (a thousand nodes are decided every beat):
     /// rivals are counted by replication set, not compared pairwise.
@@ -92,7 +119,12 @@ impl PrimaryGuard {
         state: &State,
         systems: &HashMap<NodeName, u64>,
         pgpool_primary: Option<&NodeName>,
+        now: Time,
+        hold: Duration,
     ) -> BTreeMap<NodeName, Refusal> {
+        let was_allowed = |m: &NodeName| {
+            self.allowed.contains(m) || self.away.get(m).is_some_and(|t| now.since(*t) < hold)
+        };
         let masters: Vec<(&NodeName, Option<u64>)> = state
             .nodes
             .iter()
@@ -111,7 +143,7 @@ impl PrimaryGuard {
         let mut sets: HashMap<Option<u64>, Set> = HashMap::new();
         let mut all = Set::default();
         for &(m, key) in &masters {
-            let was = self.allowed.contains(m);
+            let was = was_allowed(m);
             for set in [sets.entry(key).or_default(), &mut all] {
                 set.masters += 1;
                 set.allowed += usize::from(was);
@@ -129,7 +161,7 @@ impl PrimaryGuard {
         let mut refused = BTreeMap::new();
         let mut allowed = BTreeSet::new();
         for &(m, key) in &masters {
-            let was = self.allowed.contains(m);
+            let was = was_allowed(m);
             // The rivals: its own set and the unknown ones, or, for an
             // unknown one, every other master.
             let (own, rest) = match key {
@@ -141,8 +173,27 @@ impl PrimaryGuard {
             let pg_rival =
                 pg.filter(|&(p, pk)| p != m && (key.is_none() || pk.is_none() || pk == key));
             let is_pg = pg.is_some_and(|(p, _)| p == m);
-            if rivals == 0 || is_pg || (pg_rival.is_none() && was && rivals_allowed == 0) {
+            let alone = rivals == 0 || (pg_rival.is_none() && was && rivals_allowed == 0);
+            if is_pg {
                 allowed.insert(m.clone());
+                continue;
+            }
+            if alone {
+                match self.newcomers.get(m) {
+                    Some((incumbent, seen)) if now.since(*seen) < hold => {
+                        refused.insert(
+                            m.clone(),
+                            Refusal::AfterSplit {
+                                incumbent: incumbent.clone(),
+                                away: now.since(*seen),
+                                hold,
+                            },
+                        );
+                    }
+                    _ => {
+                        allowed.insert(m.clone());
+                    }
+                }
                 continue;
             }
             let why = if let Some((p, _)) = pg_rival {
@@ -168,6 +219,36 @@ impl PrimaryGuard {
             };
             refused.insert(m.clone(), why);
         }
+        // A newcomer is remembered while it stays a master and is not
+        // allowed; each decision that refuses it for its incumbent says
+        // when that one was last seen.
+        self.newcomers
+            .retain(|m, _| refused.contains_key(m) && !allowed.contains(m));
+        for (m, why) in &refused {
+            if let Refusal::Incumbent { incumbent } = why {
+                self.newcomers.insert(m.clone(), (incumbent.clone(), now));
+            }
+        }
+        // Who went away now, who is still away; gone from memory once the
+        // hold has passed, once back, or once a rival was allowed.
+        let is_master: BTreeSet<&NodeName> = masters.iter().map(|(m, _)| *m).collect();
+        let rival_allowed = |a: &NodeName| {
+            allowed.iter().any(|b| {
+                a != b
+                    && match (systems.get(a), systems.get(b)) {
+                        (Some(x), Some(y)) => x == y,
+                        _ => true,
+                    }
+            })
+        };
+        let mut away: BTreeMap<NodeName, Time> = std::mem::take(&mut self.away);
+        for m in &self.allowed {
+            if !is_master.contains(m) {
+                away.insert(m.clone(), now);
+            }
+        }
+        away.retain(|m, t| !is_master.contains(m) && now.since(*t) < hold && !rival_allowed(m));
+        self.away = away;
         self.allowed = allowed;
         refused
     }
@@ -205,6 +286,18 @@ mod tests {
         ports.iter().map(|p| (n(*p), 7)).collect()
     }
 
+    impl PrimaryGuard {
+        /// A decision with no hold after a split (its own tests have one).
+        fn decide_at(
+            &mut self,
+            state: &State,
+            systems: &HashMap<NodeName, u64>,
+            pg: Option<&NodeName>,
+        ) -> BTreeMap<NodeName, Refusal> {
+            self.decide(state, systems, pg, Time(0), Duration::ZERO)
+        }
+    }
+
     fn allowed(g: &PrimaryGuard) -> Vec<u16> {
         g.allowed().iter().map(|n| n.port).collect()
     }
@@ -212,7 +305,7 @@ mod tests {
     #[test]
     fn a_lone_master_is_allowed() {
         let mut g = PrimaryGuard::new();
-        let refused = g.decide(&state(&[1], &[2, 3]), &one_set(&[1, 2, 3]), None);
+        let refused = g.decide_at(&state(&[1], &[2, 3]), &one_set(&[1, 2, 3]), None);
         assert!(refused.is_empty());
         assert_eq!(allowed(&g), [1]);
     }
@@ -220,7 +313,7 @@ mod tests {
     #[test]
     fn a_lone_master_of_unknown_set_is_allowed() {
         let mut g = PrimaryGuard::new();
-        let refused = g.decide(&state(&[1], &[2]), &HashMap::new(), None);
+        let refused = g.decide_at(&state(&[1], &[2]), &HashMap::new(), None);
         assert!(refused.is_empty());
         assert_eq!(allowed(&g), [1]);
     }
@@ -229,8 +322,8 @@ mod tests {
     fn the_incumbent_keeps_it_and_the_newcomer_is_refused() {
         let mut g = PrimaryGuard::new();
         let sys = one_set(&[1, 2]);
-        g.decide(&state(&[1], &[2]), &sys, None);
-        let refused = g.decide(&state(&[1, 2], &[]), &sys, None);
+        g.decide_at(&state(&[1], &[2]), &sys, None);
+        let refused = g.decide_at(&state(&[1, 2], &[]), &sys, None);
         assert_eq!(allowed(&g), [1]);
         assert_eq!(
             refused.get(&n(2)),
@@ -239,7 +332,7 @@ mod tests {
         assert!(!refused.contains_key(&n(1)));
         // Still so at the next decision: the newcomer never becomes the
         // incumbent while the incumbent stays.
-        let refused = g.decide(&state(&[1, 2], &[]), &sys, None);
+        let refused = g.decide_at(&state(&[1, 2], &[]), &sys, None);
         assert_eq!(allowed(&g), [1]);
         assert!(refused.contains_key(&n(2)));
     }
@@ -248,14 +341,14 @@ mod tests {
     fn the_newcomer_takes_over_once_the_incumbent_is_gone() {
         let mut g = PrimaryGuard::new();
         let sys = one_set(&[1, 2]);
-        g.decide(&state(&[1], &[2]), &sys, None);
-        g.decide(&state(&[1, 2], &[]), &sys, None);
+        g.decide_at(&state(&[1], &[2]), &sys, None);
+        g.decide_at(&state(&[1, 2], &[]), &sys, None);
         // The old primary is down (no longer a master).
-        let refused = g.decide(&state(&[2], &[]), &sys, None);
+        let refused = g.decide_at(&state(&[2], &[]), &sys, None);
         assert!(refused.is_empty());
         assert_eq!(allowed(&g), [2]);
         // It comes back as a master: now it is the newcomer.
-        let refused = g.decide(&state(&[1, 2], &[]), &sys, None);
+        let refused = g.decide_at(&state(&[1, 2], &[]), &sys, None);
         assert_eq!(allowed(&g), [2]);
         assert_eq!(
             refused.get(&n(1)),
@@ -266,7 +359,7 @@ mod tests {
     #[test]
     fn a_start_that_finds_two_masters_allows_neither() {
         let mut g = PrimaryGuard::new();
-        let refused = g.decide(&state(&[1, 2], &[3]), &one_set(&[1, 2, 3]), None);
+        let refused = g.decide_at(&state(&[1, 2], &[3]), &one_set(&[1, 2, 3]), None);
         assert!(allowed(&g).is_empty());
         assert_eq!(refused.len(), 2);
         assert_eq!(
@@ -277,7 +370,7 @@ mod tests {
             })
         );
         // Nor later, while both stay.
-        g.decide(&state(&[1, 2], &[3]), &one_set(&[1, 2, 3]), None);
+        g.decide_at(&state(&[1, 2], &[3]), &one_set(&[1, 2, 3]), None);
         assert!(allowed(&g).is_empty());
     }
 
@@ -285,7 +378,7 @@ mod tests {
     fn masters_of_different_sets_are_no_rivals() {
         let mut g = PrimaryGuard::new();
         let sys: HashMap<NodeName, u64> = [(n(1), 7), (n(2), 8)].into();
-        let refused = g.decide(&state(&[1, 2], &[]), &sys, None);
+        let refused = g.decide_at(&state(&[1, 2], &[]), &sys, None);
         assert!(refused.is_empty());
         assert_eq!(allowed(&g), [1, 2]);
     }
@@ -295,9 +388,9 @@ mod tests {
         let mut g = PrimaryGuard::new();
         // 1 and 3 are of different sets; 2's is not known.
         let sys: HashMap<NodeName, u64> = [(n(1), 7), (n(3), 8)].into();
-        g.decide(&state(&[1, 3], &[]), &sys, None);
+        g.decide_at(&state(&[1, 3], &[]), &sys, None);
         assert_eq!(allowed(&g), [1, 3]);
-        let refused = g.decide(&state(&[1, 2, 3], &[]), &sys, None);
+        let refused = g.decide_at(&state(&[1, 2, 3], &[]), &sys, None);
         assert_eq!(allowed(&g), [1, 3]);
         assert!(matches!(
             refused.get(&n(2)),
@@ -305,7 +398,7 @@ mod tests {
         ));
         // Two allowed masters whose set is no longer known: neither.
         let sys: HashMap<NodeName, u64> = [(n(1), 7)].into();
-        let refused = g.decide(&state(&[1, 3], &[]), &sys, None);
+        let refused = g.decide_at(&state(&[1, 3], &[]), &sys, None);
         assert!(allowed(&g).is_empty());
         assert_eq!(refused.len(), 2);
     }
@@ -314,8 +407,8 @@ mod tests {
     fn pgpools_primary_wins_over_the_incumbent() {
         let mut g = PrimaryGuard::new();
         let sys = one_set(&[1, 2]);
-        g.decide(&state(&[1], &[2]), &sys, None);
-        let refused = g.decide(&state(&[1, 2], &[]), &sys, Some(&n(2)));
+        g.decide_at(&state(&[1], &[2]), &sys, None);
+        let refused = g.decide_at(&state(&[1, 2], &[]), &sys, Some(&n(2)));
         assert_eq!(allowed(&g), [2]);
         assert_eq!(
             refused.get(&n(1)),
@@ -323,7 +416,7 @@ mod tests {
         );
         // And decides at a start that finds two masters.
         let mut g = PrimaryGuard::new();
-        let refused = g.decide(&state(&[1, 2], &[]), &sys, Some(&n(1)));
+        let refused = g.decide_at(&state(&[1, 2], &[]), &sys, Some(&n(1)));
         assert_eq!(allowed(&g), [1]);
         assert!(refused.contains_key(&n(2)));
     }
@@ -332,8 +425,8 @@ mod tests {
     fn pgpools_primary_that_is_no_master_here_changes_nothing() {
         let mut g = PrimaryGuard::new();
         let sys = one_set(&[1, 2, 3]);
-        g.decide(&state(&[1], &[2]), &sys, Some(&n(3)));
-        let refused = g.decide(&state(&[1, 2], &[]), &sys, Some(&n(3)));
+        g.decide_at(&state(&[1], &[2]), &sys, Some(&n(3)));
+        let refused = g.decide_at(&state(&[1, 2], &[]), &sys, Some(&n(3)));
         assert_eq!(allowed(&g), [1]);
         assert!(matches!(
             refused.get(&n(2)),
@@ -345,18 +438,82 @@ mod tests {
     fn a_master_lost_for_one_decision_loses_its_place() {
         let mut g = PrimaryGuard::new();
         let sys = one_set(&[1, 2]);
-        g.decide(&state(&[1], &[]), &sys, None);
+        g.decide_at(&state(&[1], &[]), &sys, None);
         // Lost (not a master) at one decision, while 2 is not yet up.
         let mut s = state(&[], &[]);
         let mut lost = NodeState::new(n(1), crate::cluster::Time(0));
         lost.place = Place::Lost;
         lost.cluster_id = Some(0);
         s.nodes.push(lost);
-        g.decide(&s, &sys, None);
+        g.decide_at(&s, &sys, None);
         // Both masters now: no incumbent left.
-        let refused = g.decide(&state(&[1, 2], &[]), &sys, None);
+        let refused = g.decide_at(&state(&[1, 2], &[]), &sys, None);
         assert!(allowed(&g).is_empty());
         assert_eq!(refused.len(), 2);
+    }
+
+    #[test]
+    fn a_newcomer_takes_over_only_once_the_incumbent_has_been_away_for_the_hold() {
+        let mut g = PrimaryGuard::new();
+        let sys = one_set(&[1, 2]);
+        let hold = Duration::from_secs(3);
+        let t = |s: i64| Time(s * 1_000_000);
+        g.decide(&state(&[1], &[2]), &sys, None, t(0), hold);
+        g.decide(&state(&[1, 2], &[]), &sys, None, t(1), hold);
+        // The incumbent misses one probe: the newcomer still waits.
+        let refused = g.decide(&state(&[2], &[]), &sys, None, t(2), hold);
+        assert!(allowed(&g).is_empty());
+        assert_eq!(
+            refused.get(&n(2)),
+            Some(&Refusal::AfterSplit {
+                incumbent: n(1),
+                away: Duration::from_secs(1),
+                hold
+            })
+        );
+        // It is back in time: it keeps the role.
+        let refused = g.decide(&state(&[1, 2], &[]), &sys, None, t(3), hold);
+        assert_eq!(allowed(&g), [1]);
+        assert!(matches!(
+            refused.get(&n(2)),
+            Some(Refusal::Incumbent { .. })
+        ));
+        // Gone for good: after the hold, the newcomer takes over.
+        g.decide(&state(&[2], &[]), &sys, None, t(4), hold);
+        assert!(allowed(&g).is_empty());
+        // (Last seen a master at 3 s.)
+        let refused = g.decide(&state(&[2], &[]), &sys, None, t(5), hold);
+        assert!(refused.contains_key(&n(2)), "2 s of the 3");
+        let refused = g.decide(&state(&[2], &[]), &sys, None, t(6), hold);
+        assert!(refused.is_empty());
+        assert_eq!(allowed(&g), [2]);
+        // pgpool's primary needs no hold.
+        let mut g = PrimaryGuard::new();
+        g.decide(&state(&[1], &[2]), &sys, None, t(0), hold);
+        g.decide(&state(&[1, 2], &[]), &sys, None, t(1), hold);
+        g.decide(&state(&[2], &[]), &sys, Some(&n(2)), t(2), hold);
+        assert_eq!(allowed(&g), [2]);
+    }
+
+    #[test]
+    fn a_master_that_failed_over_alone_needs_no_hold() {
+        // The primary goes down before the standby is promoted: no split.
+        let mut g = PrimaryGuard::new();
+        let sys = one_set(&[1, 2]);
+        let hold = Duration::from_secs(3);
+        g.decide(&state(&[1], &[2]), &sys, None, Time(0), hold);
+        g.decide(&state(&[], &[2]), &sys, None, Time(1), hold);
+        let refused = g.decide(&state(&[2], &[]), &sys, None, Time(2), hold);
+        assert!(refused.is_empty());
+        assert_eq!(allowed(&g), [2]);
+        // The old primary comes back a master at once (not rewound): the
+        // new one keeps the role; the old one is the newcomer now.
+        let refused = g.decide(&state(&[1, 2], &[]), &sys, None, Time(3), hold);
+        assert_eq!(allowed(&g), [2]);
+        assert_eq!(
+            refused.get(&n(1)),
+            Some(&Refusal::Incumbent { incumbent: n(2) })
+        );
     }
 
     /// Whatever the sequence of states, identifiers and pgpool primaries,
@@ -371,7 +528,7 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        for _ in 0..5000 {
+        for i in 0..5000 {
             let masters: Vec<u16> = (1..=4).filter(|_| next() % 2 == 0).collect();
             let sys: HashMap<NodeName, u64> = (1..=4)
                 .filter_map(|p| match next() % 4 {
@@ -383,7 +540,13 @@ mod tests {
                 k @ 1..=4 => Some(n(k as u16)),
                 _ => None,
             };
-            let refused = g.decide(&state(&masters, &[]), &sys, pg.as_ref());
+            let refused = g.decide(
+                &state(&masters, &[]),
+                &sys,
+                pg.as_ref(),
+                Time(i),
+                Duration::from_micros(3),
+            );
             let ok: Vec<&NodeName> = g.allowed().iter().collect();
             for a in &ok {
                 assert!(!refused.contains_key(a));
