@@ -9,8 +9,8 @@ mod monitor;
 mod node;
 mod tls;
 
-pub use monitor::{retry_delay, Cause, Monitor, Report};
 use crate::text::escape_controls;
+pub use monitor::{retry_delay, Cause, Monitor, Report};
 
 use crate::cluster::{ClusterId, NodeName, Observation, Time};
 use crate::config::{Config, Secret, SslMode};

@@ -29,6 +29,12 @@ pub const PCP_ACTIONS: [&str; 2] = ["attach", "detach"];
 /// `ok`: pgpool shows it done; `not_taken`: pcp ran but pgpool did not
 /// show it within the confirm window; `failed`: pcp failed.
 pub const PCP_OUTCOMES: [&str; 3] = ["ok", "not_taken", "failed"];
+/// Why the HTTP listener dropped a connection without answering it, as
+/// `plusmoin_http_connections_dropped_total` counts it: `evicted` (it had
+/// not sent a whole request when room was needed for a newer one), `idle`
+/// (it sent nothing in time), `refused` (full of connections being
+/// answered).
+pub const HTTP_DROPS: [&str; 3] = ["evicted", "idle", "refused"];
 /// Upper bounds of the beat duration histogram, in seconds (a beat lasts
 /// from its tick to its decision: normally the slowest answer, at most
 /// `connect_timeout` and a little more).
@@ -48,6 +54,7 @@ pub struct Counters {
     beat_buckets: [AtomicU64; BEAT_BUCKETS.len() + 1],
     beat_count: AtomicU64,
     beat_sum_micros: AtomicU64,
+    http_drops: [AtomicU64; 3],
 }
 
 /// The counters of this process, which the listener serves.
@@ -74,6 +81,7 @@ impl Counters {
             beat_buckets: [ZERO; BEAT_BUCKETS.len() + 1],
             beat_count: ZERO,
             beat_sum_micros: ZERO,
+            http_drops: ZERO3,
         }
     }
 
@@ -111,6 +119,11 @@ impl Counters {
         self.beat_count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The HTTP listener dropped a connection without answering it.
+    pub fn http_dropped(&self, why: HttpDrop) {
+        self.http_drops[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     fn load(&self) -> Loaded {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Loaded {
@@ -120,6 +133,7 @@ impl Counters {
             beat_buckets: self.beat_buckets.each_ref().map(get),
             beat_count: get(&self.beat_count),
             beat_sum: get(&self.beat_sum_micros) as f64 / 1e6,
+            http_drops: self.http_drops.each_ref().map(get),
         }
     }
 }
@@ -128,6 +142,14 @@ impl Default for Counters {
     fn default() -> Self {
         Counters::new()
     }
+}
+
+/// Why a connection was dropped (see [`HTTP_DROPS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpDrop {
+    Evicted = 0,
+    Idle = 1,
+    Refused = 2,
 }
 
 /// How a pcp action ended (see [`PCP_OUTCOMES`]).
@@ -147,6 +169,7 @@ struct Loaded {
     beat_buckets: [u64; BEAT_BUCKETS.len() + 1],
     beat_count: u64,
     beat_sum: f64,
+    http_drops: [u64; 3],
 }
 
 /// Everything one scrape shows.
@@ -247,6 +270,17 @@ impl Collector for Scrape {
                     )
                 })
             }),
+        )?;
+        family(
+            &mut enc,
+            "http_connections_dropped",
+            "HTTP connections dropped without an answer, by reason (evicted: no whole request when room was needed, idle: nothing sent in time, refused: full of connections being answered)",
+            None,
+            MetricType::Counter,
+            HTTP_DROPS
+                .iter()
+                .zip(c.http_drops)
+                .map(|(r, n)| (vec![("reason", r.to_string())], n as f64)),
         )?;
         let buckets: Vec<(f64, u64)> = BEAT_BUCKETS
             .iter()
