@@ -11,6 +11,8 @@
 
 #[cfg(any(test, feature = "test-kit"))]
 pub mod exposition;
+#[cfg(any(test, feature = "test-kit"))]
+pub mod flood;
 pub mod metrics;
 pub mod routes;
 mod server;

@@ -63,11 +63,11 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(15);
 /// Connections open at once; past it the oldest one without a whole
 /// request head makes room.
-pub const MAX_CONNECTIONS: usize = 256;
+pub const MAX_CONNECTIONS: usize = 1024;
 /// Connections open at once from one IP address; past it that address'
 /// oldest one without a whole request head makes room. (On loopback every
 /// client is 127.0.0.1: there it is the eviction that protects a checker.)
-pub const MAX_PER_PEER: usize = 64;
+pub const MAX_PER_PEER: usize = 256;
 /// Connections the kernel keeps waiting for the accept loop (capped by
 /// `net.core.somaxconn`, 4096 by default).
 pub const LISTEN_BACKLOG: i32 = 4096;
@@ -136,11 +136,28 @@ struct Open {
     flags: Arc<Flags>,
     /// Told when the connection is evicted.
     evict: Option<oneshot::Sender<()>>,
+    /// A duplicate of its descriptor, to see what it has sent so far.
+    view: Option<std::net::TcpStream>,
 }
 
 impl Open {
     fn pending(&self) -> bool {
         !self.flags.requested.load(Ordering::Relaxed)
+    }
+
+    /// Whether it still has not delivered a whole request head: as its
+    /// task last saw, or as a peek sees now. A checker whose head came
+    /// just after its connection was accepted, and whose task has not run
+    /// yet, is seen here and kept.
+    fn still_pending(&self, buf: &mut [u8]) -> bool {
+        if !self.pending() {
+            return false;
+        }
+        if self.view.as_ref().is_some_and(|v| arrived(v, buf).1) {
+            self.flags.requested.store(true, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     /// Tells its task to close it, with a reset.
@@ -160,6 +177,8 @@ struct Table {
     next: u64,
     open: BTreeMap<u64, Open>,
     per_peer: HashMap<IpAddr, usize>,
+    /// For peeks.
+    buf: Vec<u8>,
 }
 
 /// What [`Table::admit`] decided.
@@ -179,6 +198,7 @@ impl Table {
             next: 0,
             open: BTreeMap::new(),
             per_peer: HashMap::new(),
+            buf: vec![0; MAX_HEAD],
         }
     }
 
@@ -203,17 +223,30 @@ impl Table {
 
     /// The connection to drop first: one that has not delivered its
     /// request head, of `peer` if given, else of the peer with the most
-    /// connections; the oldest of those.
-    fn victim(&self, peer: Option<IpAddr>) -> Option<u64> {
-        self.open
-            .iter()
-            .filter(|(_, o)| o.pending() && peer.map_or(true, |p| o.peer == p))
-            .max_by_key(|(id, o)| (self.count(&o.peer), std::cmp::Reverse(**id)))
-            .map(|(id, _)| *id)
+    /// connections (that has such a one); the oldest of those.
+    fn victim(&mut self, peer: Option<IpAddr>) -> Option<u64> {
+        let Table { open, buf, .. } = self;
+        let mut oldest = |p: IpAddr| {
+            open.iter()
+                .find(|(_, o)| o.peer == p && o.still_pending(buf))
+                .map(|(id, _)| *id)
+        };
+        if let Some(p) = peer {
+            return oldest(p);
+        }
+        let mut peers: Vec<(usize, IpAddr)> = self.per_peer.iter().map(|(p, n)| (*n, *p)).collect();
+        peers.sort_unstable_by_key(|(n, _)| std::cmp::Reverse(*n));
+        peers.into_iter().find_map(|(_, p)| oldest(p))
     }
 
     /// Takes a new connection from `peer`, making room if need be.
-    fn admit(&mut self, peer: IpAddr, flags: Arc<Flags>, evict: oneshot::Sender<()>) -> Admission {
+    fn admit(
+        &mut self,
+        peer: IpAddr,
+        flags: Arc<Flags>,
+        evict: oneshot::Sender<()>,
+        view: Option<std::net::TcpStream>,
+    ) -> Admission {
         let id = self.next;
         self.next += 1;
         self.open.insert(
@@ -222,6 +255,7 @@ impl Table {
                 peer,
                 flags,
                 evict: Some(evict),
+                view,
             },
         );
         *self.per_peer.entry(peer).or_default() += 1;
@@ -276,19 +310,21 @@ fn head_complete(head: &[u8]) -> bool {
     head.windows(2).any(|w| w == b"\n\n") || head.windows(3).any(|w| w == b"\n\r\n")
 }
 
-/// What came with a just-accepted connection: whether anything did, and
-/// whether it is a whole request head (a checker's). Peeked through a
-/// duplicate of its descriptor: tokio has not seen it readable yet, so its
-/// own peek would not even try.
-fn arrived(stream: &TcpStream, buf: &mut [u8]) -> (bool, bool) {
+/// A duplicate of `stream`'s descriptor, to peek at what came: tokio has
+/// not seen a just-accepted stream readable yet, so its own peek would not
+/// even try. Non-blocking as the stream (the flag is the socket's).
+fn view(stream: &TcpStream) -> Option<std::net::TcpStream> {
     use std::os::fd::AsFd;
-    let Ok(fd) = stream.as_fd().try_clone_to_owned() else {
-        return (false, false);
-    };
-    // Non-blocking already (the flag is the socket's, shared by the
-    // duplicate): a connection that sent nothing yet is WouldBlock.
-    match std::net::TcpStream::from(fd).peek(buf) {
+    let fd = stream.as_fd().try_clone_to_owned().ok()?;
+    Some(std::net::TcpStream::from(fd))
+}
+
+/// What a connection has sent so far: whether anything, and whether a
+/// whole request head (a checker's).
+fn arrived(view: &std::net::TcpStream, buf: &mut [u8]) -> (bool, bool) {
+    match view.peek(buf) {
         Ok(n) => (n > 0, head_complete(&buf[..n])),
+        // Nothing yet (WouldBlock), or an error its task will see.
         Err(_) => (false, false),
     }
 }
@@ -371,13 +407,16 @@ async fn accept(listener: TcpListener, snapshots: Snapshots) {
                 continue;
             }
         };
-        let (sent, whole) = arrived(&stream, &mut peek);
+        let view = view(&stream);
+        let (sent, whole) = view
+            .as_ref()
+            .map_or((false, false), |v| arrived(v, &mut peek));
         let flags = Arc::new(Flags {
             requested: AtomicBool::new(whole),
             reset: AtomicBool::new(false),
         });
         let (tx, rx) = oneshot::channel();
-        let admission = lock(&table).admit(peer.ip(), Arc::clone(&flags), tx);
+        let admission = lock(&table).admit(peer.ip(), Arc::clone(&flags), tx, view);
         let refused = admission.id.is_none();
         said.note(admission.evicted.len(), refused);
         for o in admission.evicted {
@@ -573,7 +612,7 @@ mod tests {
         let flags = Arc::new(Flags::default());
         flags.requested.store(whole, Ordering::Relaxed);
         let (tx, _) = oneshot::channel();
-        (t.admit(peer, Arc::clone(&flags), tx), flags)
+        (t.admit(peer, Arc::clone(&flags), tx, None), flags)
     }
 
     fn evicted_ids(t: &Table, before: &[u64]) -> Vec<u64> {
