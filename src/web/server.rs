@@ -62,7 +62,8 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// No connection stays open longer (a client reading its answer slowly).
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(15);
 /// Connections open at once; past it the oldest one without a whole
-/// request head makes room.
+/// request head makes room. Lower when the open-file limit is under eight
+/// times this: the listener takes at most a quarter of it.
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Connections open at once from one IP address; past it that address'
 /// oldest one without a whole request head makes room. (On loopback every
@@ -115,6 +116,32 @@ pub fn serve(listener: std::net::TcpListener, snapshots: Snapshots) -> io::Resul
     info!(listen = %addr, "HTTP listener on: /metrics /status /health /primary/HOST:PORT /replica/HOST:PORT");
     let task = tokio::spawn(accept(listener, snapshots));
     Ok(Listener { addr, task })
+}
+
+/// The connection limits: [`MAX_CONNECTIONS`] and [`MAX_PER_PEER`], lower
+/// when the open-file limit is low. Each connection takes two descriptors
+/// (its own and the duplicate peeked through): the listener never takes
+/// more than a quarter of the limit, so that a flood cannot starve the
+/// probes' connections to the servers of descriptors.
+fn limits() -> (usize, usize) {
+    use nix::sys::resource::{getrlimit, Resource};
+    let files = getrlimit(Resource::RLIMIT_NOFILE).map_or(u64::MAX, |(soft, _)| soft);
+    let (max, per_peer) = limits_for(files);
+    if max < MAX_CONNECTIONS {
+        warn!(
+            open_files = files,
+            "HTTP listener: at most {max} connections at once (a quarter of the open-file limit)"
+        );
+    }
+    (max, per_peer)
+}
+
+/// [`limits`] under an open-file limit of `files`.
+fn limits_for(files: u64) -> (usize, usize) {
+    let max = usize::try_from(files / 8)
+        .unwrap_or(usize::MAX)
+        .clamp(16, MAX_CONNECTIONS);
+    (max, MAX_PER_PEER.min(max))
 }
 
 /// What a connection's task and the accept loop both know of it.
@@ -363,7 +390,8 @@ impl Said {
 }
 
 async fn accept(listener: TcpListener, snapshots: Snapshots) {
-    let table = Arc::new(Mutex::new(Table::new(MAX_CONNECTIONS, MAX_PER_PEER)));
+    let (max, per_peer) = limits();
+    let table = Arc::new(Mutex::new(Table::new(max, per_peer)));
     // Dropped with this task: every connection ends with the listener.
     let mut connections = JoinSet::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -708,6 +736,14 @@ mod tests {
             m.types["plusmoin_http_connections_dropped_total"],
             "counter"
         );
+    }
+
+    #[test]
+    fn the_listener_takes_at_most_a_quarter_of_the_open_file_limit() {
+        assert_eq!(limits_for(1024), (128, 128));
+        assert_eq!(limits_for(4096), (512, MAX_PER_PEER));
+        assert_eq!(limits_for(524_288), (MAX_CONNECTIONS, MAX_PER_PEER));
+        assert_eq!(limits_for(64), (16, 16), "always a few");
     }
 
     #[test]
