@@ -29,6 +29,12 @@ pub const PCP_ACTIONS: [&str; 2] = ["attach", "detach"];
 /// `ok`: pgpool shows it done; `not_taken`: pcp ran but pgpool did not
 /// show it within the confirm window; `failed`: pcp failed.
 pub const PCP_OUTCOMES: [&str; 3] = ["ok", "not_taken", "failed"];
+/// Why the HTTP listener dropped a connection without answering it, as
+/// `plusmoin_http_connections_dropped_total` counts it: `evicted` (it had
+/// not sent a whole request when room was needed for a newer one), `idle`
+/// (it sent nothing in time), `refused` (full of connections being
+/// answered).
+pub const HTTP_DROPS: [&str; 3] = ["evicted", "idle", "refused"];
 /// Upper bounds of the beat duration histogram, in seconds (a beat lasts
 /// from its tick to its decision: normally the slowest answer, at most
 /// `connect_timeout` and a little more).
@@ -49,6 +55,7 @@ pub struct Counters {
     beat_count: AtomicU64,
     beat_sum_micros: AtomicU64,
     primary_refusals: AtomicU64,
+    http_drops: [AtomicU64; 3],
 }
 
 /// The counters of this process, which the listener serves.
@@ -76,6 +83,7 @@ impl Counters {
             beat_count: ZERO,
             beat_sum_micros: ZERO,
             primary_refusals: ZERO,
+            http_drops: ZERO3,
         }
     }
 
@@ -118,6 +126,11 @@ impl Counters {
         self.beat_count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The HTTP listener dropped a connection without answering it.
+    pub fn http_dropped(&self, why: HttpDrop) {
+        self.http_drops[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     fn load(&self) -> Loaded {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Loaded {
@@ -128,6 +141,7 @@ impl Counters {
             beat_count: get(&self.beat_count),
             beat_sum: get(&self.beat_sum_micros) as f64 / 1e6,
             primary_refusals: get(&self.primary_refusals),
+            http_drops: self.http_drops.each_ref().map(get),
         }
     }
 }
@@ -136,6 +150,14 @@ impl Default for Counters {
     fn default() -> Self {
         Counters::new()
     }
+}
+
+/// Why a connection was dropped (see [`HTTP_DROPS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpDrop {
+    Evicted = 0,
+    Idle = 1,
+    Refused = 2,
 }
 
 /// How a pcp action ended (see [`PCP_OUTCOMES`]).
@@ -156,6 +178,7 @@ struct Loaded {
     beat_count: u64,
     beat_sum: f64,
     primary_refusals: u64,
+    http_drops: [u64; 3],
 }
 
 /// Everything one scrape shows.
@@ -264,6 +287,17 @@ impl Collector for Scrape {
             None,
             MetricType::Counter,
             [(vec![], c.primary_refusals as f64)],
+        )?;
+        family(
+            &mut enc,
+            "http_connections_dropped",
+            "HTTP connections dropped without an answer, by reason (evicted: no whole request when room was needed, idle: nothing sent in time, refused: full of connections being answered)",
+            None,
+            MetricType::Counter,
+            HTTP_DROPS
+                .iter()
+                .zip(c.http_drops)
+                .map(|(r, n)| (vec![("reason", r.to_string())], n as f64)),
         )?;
         let buckets: Vec<(f64, u64)> = BEAT_BUCKETS
             .iter()

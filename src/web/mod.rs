@@ -11,6 +11,8 @@
 
 #[cfg(any(test, feature = "test-kit"))]
 pub mod exposition;
+#[cfg(any(test, feature = "test-kit"))]
+pub mod flood;
 pub mod metrics;
 pub mod routes;
 mod server;
@@ -18,7 +20,8 @@ mod server;
 mod tests;
 
 pub use server::{
-    bind, serve, Listener, CONNECTION_LIFETIME, HEAD_TIMEOUT, MAX_CONNECTIONS, MAX_HEAD,
+    bind, serve, Listener, CONNECTION_LIFETIME, FIRST_BYTE_TIMEOUT, HEAD_TIMEOUT, LISTEN_BACKLOG,
+    MAX_CONNECTIONS, MAX_HEAD, MAX_PER_PEER,
 };
 
 use crate::cluster::NodeName;

@@ -1,12 +1,35 @@
 //! The listener: HTTP/1.1 on hyper, bounded everywhere a client could make
-//! it hold on to something. A request's head is at most [`MAX_HEAD`] bytes
-//! (431 past it) and must arrive within [`HEAD_TIMEOUT`]; no body is ever
-//! read (a request announcing one is refused); one request per connection
-//! (no keep-alive), each connection closed after [`CONNECTION_LIFETIME`]
-//! at the latest; at most [`MAX_CONNECTIONS`] at once, more are closed at
-//! once. Answers come from [`super::routes`].
+//! it hold on to something, and built so that a flood of idle or slow
+//! connections cannot keep a health check from being answered.
+//!
+//! - A request's head is at most [`MAX_HEAD`] bytes (431 past it); its
+//!   first byte must come within [`FIRST_BYTE_TIMEOUT`] of the connection,
+//!   the whole head within [`HEAD_TIMEOUT`]; no body is ever read (a
+//!   request announcing one is refused); one request per connection (no
+//!   keep-alive), each connection closed after [`CONNECTION_LIFETIME`] at
+//!   the latest.
+//! - At most [`MAX_CONNECTIONS`] connections at once, at most
+//!   [`MAX_PER_PEER`] from one IP address. A connection past either limit
+//!   is still served: room is made by dropping the oldest connection that
+//!   has not yet delivered a whole request head (an idle or a trickling
+//!   one), from the peer that has the most connections. Only when every
+//!   connection has delivered its request (they are being answered) is the
+//!   new one closed instead. A checker sends its whole request at once, so
+//!   it is the newest pending connection and answered long before a flood
+//!   could reach it; the flooder's oldest connections go first.
+//! - Whether a connection's head is already whole is seen at accept (a
+//!   peek), so a checker whose request came with its connection is never
+//!   evicted even if the accept loop runs ahead of the tasks serving.
+//! - The socket listens with a [`LISTEN_BACKLOG`]-deep queue (std's bind
+//!   uses 128): connections wait there while the accept loop works rather
+//!   than having their SYN dropped (a client retries a dropped SYN after a
+//!   second). The accept loop never waits on a connection: it accepts,
+//!   peeks, makes room, and hands the connection to a task of its own.
+//!
+//! Answers come from [`super::routes`]. Dropped connections (evicted, idle,
+//! refused) are counted in [`COUNTERS`] (`plusmoin_http_connections_dropped_total`).
 
-use super::metrics::COUNTERS;
+use super::metrics::{HttpDrop, COUNTERS};
 use super::routes;
 use super::Snapshots;
 use bytes::Bytes;
@@ -14,30 +37,55 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use hyper::{Request, Response};
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 /// The longest request head (request line and headers) read.
 pub const MAX_HEAD: usize = 8 * 1024;
+/// A connection that has sent nothing by then is dropped (a checker sends
+/// its request as soon as it is connected).
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A client must have sent its whole request head by then.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// No connection stays open longer (a client reading its answer slowly).
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(15);
-/// Connections served at once; more are closed as soon as accepted.
-pub const MAX_CONNECTIONS: usize = 64;
+/// Connections open at once; past it the oldest one without a whole
+/// request head makes room. Lower when the open-file limit is under eight
+/// times this: the listener takes at most a quarter of it.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections open at once from one IP address; past it that address'
+/// oldest one without a whole request head makes room. (On loopback every
+/// client is 127.0.0.1: there it is the eviction that protects a checker.)
+pub const MAX_PER_PEER: usize = 256;
+/// Connections the kernel keeps waiting for the accept loop (capped by
+/// `net.core.somaxconn`, 4096 by default).
+pub const LISTEN_BACKLOG: i32 = 4096;
 
 /// Binds `addr` (before the daemon says it is ready, so a taken port is a
-/// start error). Needs no runtime.
-pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let l = std::net::TcpListener::bind(addr)?;
-    l.set_nonblocking(true)?;
-    Ok(l)
+/// start error), with a [`LISTEN_BACKLOG`]-deep accept queue. Needs no
+/// runtime.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As std's bind: a restart does not wait for old connections'
+    // TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// The running listener; dropping it stops it and every connection it has.
@@ -62,7 +110,7 @@ impl Drop for Listener {
 
 /// Serves `listener` (from [`bind`]) in its own task, answering from the
 /// latest of `snapshots`. Needs the runtime.
-pub fn serve(listener: std::net::TcpListener, snapshots: Snapshots) -> std::io::Result<Listener> {
+pub fn serve(listener: std::net::TcpListener, snapshots: Snapshots) -> io::Result<Listener> {
     let listener = TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
     info!(listen = %addr, "HTTP listener on: /metrics /status /health /primary/HOST:PORT /replica/HOST:PORT");
@@ -70,8 +118,280 @@ pub fn serve(listener: std::net::TcpListener, snapshots: Snapshots) -> std::io::
     Ok(Listener { addr, task })
 }
 
+/// The connection limits: [`MAX_CONNECTIONS`] and [`MAX_PER_PEER`], lower
+/// when the open-file limit is low. Each connection takes two descriptors
+/// (its own and the duplicate peeked through): the listener never takes
+/// more than a quarter of the limit, so that a flood cannot starve the
+/// probes' connections to the servers of descriptors.
+fn limits() -> (usize, usize) {
+    use nix::sys::resource::{getrlimit, Resource};
+    let files = getrlimit(Resource::RLIMIT_NOFILE).map_or(u64::MAX, |(soft, _)| soft);
+    let (max, per_peer) = limits_for(files);
+    if max < MAX_CONNECTIONS {
+        warn!(
+            open_files = files,
+            "HTTP listener: at most {max} connections at once (a quarter of the open-file limit)"
+        );
+    }
+    (max, per_peer)
+}
+
+/// [`limits`] under an open-file limit of `files`.
+fn limits_for(files: u64) -> (usize, usize) {
+    let max = usize::try_from(files / 8)
+        .unwrap_or(usize::MAX)
+        .clamp(16, MAX_CONNECTIONS);
+    (max, MAX_PER_PEER.min(max))
+}
+
+/// What a connection's task and the accept loop both know of it.
+#[derive(Debug, Default)]
+struct Flags {
+    /// Its whole request head has come: it is being answered, never
+    /// evicted.
+    requested: AtomicBool,
+    /// Closed with a reset (RST) rather than a FIN: it was evicted or sent
+    /// nothing. No TIME_WAIT is left behind for each of a flood's
+    /// connections, and no answer is lost (there is none).
+    reset: AtomicBool,
+}
+
+/// An open connection, as the table knows it.
+#[derive(Debug)]
+struct Open {
+    peer: IpAddr,
+    flags: Arc<Flags>,
+    /// Told when the connection is evicted.
+    evict: Option<oneshot::Sender<()>>,
+    /// A duplicate of its descriptor, to see what it has sent so far.
+    view: Option<std::net::TcpStream>,
+}
+
+impl Open {
+    fn pending(&self) -> bool {
+        !self.flags.requested.load(Ordering::Relaxed)
+    }
+
+    /// Whether it still has not delivered a whole request head: as its
+    /// task last saw, or as a peek sees now. A checker whose head came
+    /// just after its connection was accepted, and whose task has not run
+    /// yet, is seen here and kept.
+    fn still_pending(&self, buf: &mut [u8]) -> bool {
+        if !self.pending() {
+            return false;
+        }
+        if self.view.as_ref().is_some_and(|v| arrived(v, buf).1) {
+            self.flags.requested.store(true, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Tells its task to close it, with a reset.
+    fn evict(mut self) {
+        self.flags.reset.store(true, Ordering::Relaxed);
+        if let Some(tx) = self.evict.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The open connections, oldest first, and the limits they are held to.
+#[derive(Debug)]
+struct Table {
+    max: usize,
+    per_peer_max: usize,
+    next: u64,
+    open: BTreeMap<u64, Open>,
+    per_peer: HashMap<IpAddr, usize>,
+    /// For peeks.
+    buf: Vec<u8>,
+}
+
+/// What [`Table::admit`] decided.
+#[derive(Debug)]
+struct Admission {
+    /// The new connection's id, `None` when it was refused.
+    id: Option<u64>,
+    /// Connections dropped to make room, to be told.
+    evicted: Vec<Open>,
+}
+
+impl Table {
+    fn new(max: usize, per_peer_max: usize) -> Table {
+        Table {
+            max,
+            per_peer_max,
+            next: 0,
+            open: BTreeMap::new(),
+            per_peer: HashMap::new(),
+            buf: vec![0; MAX_HEAD],
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    fn count(&self, peer: &IpAddr) -> usize {
+        self.per_peer.get(peer).copied().unwrap_or(0)
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Open> {
+        let o = self.open.remove(&id)?;
+        if let Some(n) = self.per_peer.get_mut(&o.peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(&o.peer);
+            }
+        }
+        Some(o)
+    }
+
+    /// The connection to drop first: one that has not delivered its
+    /// request head, of `peer` if given, else of the peer with the most
+    /// connections (that has such a one); the oldest of those.
+    fn victim(&mut self, peer: Option<IpAddr>) -> Option<u64> {
+        let Table { open, buf, .. } = self;
+        let mut oldest = |p: IpAddr| {
+            open.iter()
+                .find(|(_, o)| o.peer == p && o.still_pending(buf))
+                .map(|(id, _)| *id)
+        };
+        if let Some(p) = peer {
+            return oldest(p);
+        }
+        let mut peers: Vec<(usize, IpAddr)> = self.per_peer.iter().map(|(p, n)| (*n, *p)).collect();
+        peers.sort_unstable_by_key(|(n, _)| std::cmp::Reverse(*n));
+        peers.into_iter().find_map(|(_, p)| oldest(p))
+    }
+
+    /// Takes a new connection from `peer`, making room if need be.
+    fn admit(
+        &mut self,
+        peer: IpAddr,
+        flags: Arc<Flags>,
+        evict: oneshot::Sender<()>,
+        view: Option<std::net::TcpStream>,
+    ) -> Admission {
+        let id = self.next;
+        self.next += 1;
+        self.open.insert(
+            id,
+            Open {
+                peer,
+                flags,
+                evict: Some(evict),
+                view,
+            },
+        );
+        *self.per_peer.entry(peer).or_default() += 1;
+        let mut evicted = Vec::new();
+        let mut refused = false;
+        while self.count(&peer) > self.per_peer_max {
+            match self.victim(Some(peer)) {
+                Some(v) if v != id => evicted.extend(self.remove(v)),
+                _ => {
+                    refused = true;
+                    break;
+                }
+            }
+        }
+        while !refused && self.len() > self.max {
+            match self.victim(None) {
+                Some(v) if v != id => evicted.extend(self.remove(v)),
+                _ => refused = true,
+            }
+        }
+        if refused {
+            self.remove(id);
+        }
+        Admission {
+            id: (!refused).then_some(id),
+            evicted,
+        }
+    }
+}
+
+fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
+    // Nothing panics while holding it; a poisoned table is still whole.
+    table.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Removes its connection from the table when the connection's task ends
+/// (aborted included).
+struct Registered {
+    table: Arc<Mutex<Table>>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&self.table).remove(self.id);
+    }
+}
+
+/// Whether `head` holds a whole request head (an empty line ends it; a
+/// bare LF is taken as hyper takes it).
+fn head_complete(head: &[u8]) -> bool {
+    head.windows(2).any(|w| w == b"\n\n") || head.windows(3).any(|w| w == b"\n\r\n")
+}
+
+/// A duplicate of `stream`'s descriptor, to peek at what came: tokio has
+/// not seen a just-accepted stream readable yet, so its own peek would not
+/// even try. Non-blocking as the stream (the flag is the socket's).
+fn view(stream: &TcpStream) -> Option<std::net::TcpStream> {
+    use std::os::fd::AsFd;
+    let fd = stream.as_fd().try_clone_to_owned().ok()?;
+    Some(std::net::TcpStream::from(fd))
+}
+
+/// What a connection has sent so far: whether anything, and whether a
+/// whole request head (a checker's).
+fn arrived(view: &std::net::TcpStream, buf: &mut [u8]) -> (bool, bool) {
+    match view.peek(buf) {
+        Ok(n) => (n > 0, head_complete(&buf[..n])),
+        // Nothing yet (WouldBlock), or an error its task will see.
+        Err(_) => (false, false),
+    }
+}
+
+/// Warnings about dropped connections, at most one a minute.
+#[derive(Debug, Default)]
+struct Said {
+    last: Option<Instant>,
+    evicted: u64,
+    refused: u64,
+}
+
+impl Said {
+    fn note(&mut self, evicted: usize, refused: bool) {
+        self.evicted += evicted as u64;
+        self.refused += u64::from(refused);
+        if self.evicted + self.refused == 0 {
+            return;
+        }
+        if self
+            .last
+            .is_some_and(|l| l.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        warn!(
+            evicted = self.evicted,
+            refused = self.refused,
+            "HTTP listener: full ({MAX_CONNECTIONS} connections, {MAX_PER_PEER} per address); \
+             dropping the oldest that have not sent a whole request"
+        );
+        self.last = Some(Instant::now());
+        self.evicted = 0;
+        self.refused = 0;
+    }
+}
+
 async fn accept(listener: TcpListener, snapshots: Snapshots) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let (max, per_peer) = limits();
+    let table = Arc::new(Mutex::new(Table::new(max, per_peer)));
     // Dropped with this task: every connection ends with the listener.
     let mut connections = JoinSet::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -83,46 +403,181 @@ async fn accept(listener: TcpListener, snapshots: Snapshots) {
         .max_buf_size(8192)
         .keep_alive(false);
     let builder = Arc::new(builder);
-    let mut full_said = false;
+    let mut said = Said::default();
+    let mut accept_failed: Option<Instant> = None;
+    let mut peek = vec![0u8; MAX_HEAD];
     loop {
         while connections.try_join_next().is_some() {}
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                // Out of file descriptors, mostly: wait a little rather
-                // than spin.
-                warn!("HTTP listener: cannot accept a connection: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Out of file descriptors, mostly: a pending connection
+                // gives its own back, else wait a little rather than spin.
+                let victim = {
+                    let mut t = lock(&table);
+                    let v = t.victim(None);
+                    v.and_then(|v| t.remove(v))
+                };
+                match victim {
+                    Some(v) => {
+                        v.evict();
+                        COUNTERS.http_dropped(HttpDrop::Evicted);
+                        tokio::task::yield_now().await;
+                    }
+                    None => {
+                        if accept_failed.map_or(true, |t| t.elapsed() >= Duration::from_secs(60)) {
+                            warn!("HTTP listener: cannot accept a connection: {e}");
+                            accept_failed = Some(Instant::now());
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
                 continue;
             }
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            if !full_said {
-                warn!(
-                    peer = %peer,
-                    "HTTP listener: {MAX_CONNECTIONS} connections open; closing new ones until some end"
-                );
-                full_said = true;
-            }
-            drop(stream);
+        let view = view(&stream);
+        let (sent, whole) = view
+            .as_ref()
+            .map_or((false, false), |v| arrived(v, &mut peek));
+        let flags = Arc::new(Flags {
+            requested: AtomicBool::new(whole),
+            reset: AtomicBool::new(false),
+        });
+        let (tx, rx) = oneshot::channel();
+        let admission = lock(&table).admit(peer.ip(), Arc::clone(&flags), tx, view);
+        let refused = admission.id.is_none();
+        said.note(admission.evicted.len(), refused);
+        for o in admission.evicted {
+            o.evict();
+            COUNTERS.http_dropped(HttpDrop::Evicted);
+        }
+        let Some(id) = admission.id else {
+            COUNTERS.http_dropped(HttpDrop::Refused);
+            reset(&stream);
             continue;
         };
-        full_said = false;
-        let snapshots = snapshots.clone();
-        let builder = Arc::clone(&builder);
-        connections.spawn(async move {
-            let _slot = slot;
-            let service = hyper::service::service_fn(move |req| {
-                let reply = answer(&req, &snapshots);
-                async move { Ok::<_, Infallible>(reply) }
-            });
-            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!(peer = %peer, "HTTP connection ended: {e}"),
-                Err(_) => debug!(peer = %peer, "HTTP connection closed: open too long"),
+        let registered = Registered {
+            table: Arc::clone(&table),
+            id,
+        };
+        let conn = Conn { stream, flags };
+        connections.spawn(serve_one(
+            conn,
+            peer,
+            sent,
+            rx,
+            Arc::clone(&builder),
+            snapshots.clone(),
+            registered,
+        ));
+    }
+}
+
+/// Makes closing `stream` send a reset.
+fn reset(stream: impl std::os::fd::AsFd) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+}
+
+/// One connection, from its first byte to its answer; or until evicted.
+async fn serve_one(
+    conn: Conn,
+    peer: SocketAddr,
+    sent: bool,
+    evicted: oneshot::Receiver<()>,
+    builder: Arc<hyper::server::conn::http1::Builder>,
+    snapshots: Snapshots,
+    _registered: Registered,
+) {
+    let flags = Arc::clone(&conn.flags);
+    let served = async move {
+        if !sent {
+            let mut one = [0u8; 1];
+            match tokio::time::timeout(FIRST_BYTE_TIMEOUT, conn.stream.peek(&mut one)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return,
+                Err(_) => {
+                    conn.flags.reset.store(true, Ordering::Relaxed);
+                    COUNTERS.http_dropped(HttpDrop::Idle);
+                    debug!(peer = %peer, "HTTP connection closed: nothing sent");
+                    return;
+                }
             }
+        }
+        let requested = Arc::clone(&conn.flags);
+        let service = hyper::service::service_fn(move |req| {
+            requested.requested.store(true, Ordering::Relaxed);
+            let reply = answer(&req, &snapshots);
+            async move { Ok::<_, Infallible>(reply) }
         });
+        let io = hyper_util::rt::TokioIo::new(conn);
+        if let Err(e) = builder.serve_connection(io, service).await {
+            debug!(peer = %peer, "HTTP connection ended: {e}");
+        }
+    };
+    tokio::select! {
+        r = tokio::time::timeout(CONNECTION_LIFETIME, served) => {
+            if r.is_err() {
+                debug!(peer = %peer, "HTTP connection closed: open too long");
+            }
+        }
+        _ = evicted => {
+            debug!(peer = %peer, requested = flags.requested.load(Ordering::Relaxed), "HTTP connection evicted");
+        }
+    }
+}
+
+/// A connection's stream, closed with a reset when its flags say so.
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    flags: Arc<Flags>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.flags.reset.load(Ordering::Relaxed) {
+            reset(&self.stream);
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
 }
 
@@ -169,4 +624,210 @@ fn answer(req: &Request<Incoming>, snapshots: &Snapshots) -> Response<Full<Bytes
         h.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    /// Admits a connection from `peer`, whole request or not; its flags.
+    fn admit(t: &mut Table, peer: IpAddr, whole: bool) -> (Admission, Arc<Flags>) {
+        let flags = Arc::new(Flags::default());
+        flags.requested.store(whole, Ordering::Relaxed);
+        let (tx, _) = oneshot::channel();
+        (t.admit(peer, Arc::clone(&flags), tx, None), flags)
+    }
+
+    fn evicted_ids(t: &Table, before: &[u64]) -> Vec<u64> {
+        before
+            .iter()
+            .copied()
+            .filter(|id| !t.open.contains_key(id))
+            .collect()
+    }
+
+    #[test]
+    fn past_the_per_peer_limit_that_peers_oldest_pending_connection_goes() {
+        let mut t = Table::new(100, 3);
+        let ids: Vec<u64> = (0..3)
+            .map(|_| admit(&mut t, ip(1), false).0.id.expect("room"))
+            .collect();
+        let (a, _) = admit(&mut t, ip(2), false);
+        assert!(a.id.is_some() && a.evicted.is_empty(), "another peer: room");
+        let (a, _) = admit(&mut t, ip(1), false);
+        assert!(a.id.is_some(), "the new one is served");
+        assert_eq!(a.evicted.len(), 1);
+        assert_eq!(evicted_ids(&t, &ids), vec![ids[0]], "the oldest");
+        assert_eq!((t.count(&ip(1)), t.count(&ip(2)), t.len()), (3, 1, 4));
+    }
+
+    #[test]
+    fn connections_that_delivered_their_request_are_never_evicted() {
+        let mut t = Table::new(100, 3);
+        let (first, flags) = admit(&mut t, ip(1), false);
+        admit(&mut t, ip(1), true);
+        admit(&mut t, ip(1), true);
+        // Its request came after it was admitted: no longer evictable.
+        flags.requested.store(true, Ordering::Relaxed);
+        let (a, _) = admit(&mut t, ip(1), false);
+        assert_eq!((a.id, a.evicted.len()), (None, 0), "refused, none evicted");
+        assert!(t.open.contains_key(&first.id.expect("admitted")));
+        assert_eq!(t.count(&ip(1)), 3);
+        // A pending one among them goes, and the new one stays.
+        let mut t = Table::new(100, 2);
+        admit(&mut t, ip(1), true);
+        let (p, _) = admit(&mut t, ip(1), false);
+        let (a, _) = admit(&mut t, ip(1), true);
+        assert!(a.id.is_some());
+        assert_eq!(evicted_ids(&t, &[p.id.expect("admitted")]).len(), 1);
+    }
+
+    #[test]
+    fn past_the_global_limit_the_heaviest_peer_makes_room() {
+        let mut t = Table::new(4, 10);
+        // B's connection is the oldest, but A has three.
+        let b = admit(&mut t, ip(2), false).0.id.expect("room");
+        let a: Vec<u64> = (0..3)
+            .map(|_| admit(&mut t, ip(1), false).0.id.expect("room"))
+            .collect();
+        let (c, _) = admit(&mut t, ip(3), false);
+        assert!(c.id.is_some());
+        assert_eq!(evicted_ids(&t, &a), vec![a[0]], "A's oldest");
+        assert!(t.open.contains_key(&b), "B keeps its only one");
+        assert_eq!(t.len(), 4);
+        // Its own pending one is the only victim: the new one is refused.
+        let mut t = Table::new(1, 10);
+        admit(&mut t, ip(1), true);
+        let (a, _) = admit(&mut t, ip(2), false);
+        assert_eq!((a.id, t.len(), t.count(&ip(2))), (None, 1, 0));
+    }
+
+    #[test]
+    fn removing_a_connection_gives_its_peer_room_back() {
+        let mut t = Table::new(10, 2);
+        let x = admit(&mut t, ip(1), false).0.id.expect("room");
+        admit(&mut t, ip(1), false);
+        t.remove(x);
+        t.remove(x);
+        assert_eq!(t.count(&ip(1)), 1);
+        let (a, _) = admit(&mut t, ip(1), false);
+        assert!(a.id.is_some() && a.evicted.is_empty());
+    }
+
+    #[test]
+    fn dropped_connections_are_counted_by_reason() {
+        use super::super::{exposition, metrics};
+        let c = metrics::Counters::new();
+        c.http_dropped(HttpDrop::Evicted);
+        c.http_dropped(HttpDrop::Evicted);
+        c.http_dropped(HttpDrop::Idle);
+        let m = exposition::parse(&metrics::render(None, &c)).expect("text format");
+        let n = |r| m.value("plusmoin_http_connections_dropped_total", &[("reason", r)]);
+        assert_eq!(
+            (n("evicted"), n("idle"), n("refused")),
+            (Some(2.0), Some(1.0), Some(0.0))
+        );
+        assert_eq!(
+            m.types["plusmoin_http_connections_dropped_total"],
+            "counter"
+        );
+    }
+
+    #[test]
+    fn the_listener_takes_at_most_a_quarter_of_the_open_file_limit() {
+        assert_eq!(limits_for(1024), (128, 128));
+        assert_eq!(limits_for(4096), (512, MAX_PER_PEER));
+        assert_eq!(limits_for(524_288), (MAX_CONNECTIONS, MAX_PER_PEER));
+        assert_eq!(limits_for(64), (16, 16), "always a few");
+    }
+
+    #[test]
+    fn a_head_is_whole_at_its_empty_line() {
+        assert!(head_complete(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(head_complete(b"GET / HTTP/1.0\n\n"));
+        assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: x\r\n"));
+        assert!(!head_complete(b""));
+    }
+
+    /// A listener on loopback in a runtime of its own (two workers, as the
+    /// daemon's), with no decision published: /health answers 503.
+    fn listening() -> (tokio::runtime::Runtime, Listener) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let publisher = super::super::Publisher::new();
+        let snapshots = publisher.subscribe();
+        let l = bind(([127, 0, 0, 1], 0).into()).expect("bind");
+        let listener = rt.block_on(async { serve(l, snapshots) }).expect("serve");
+        (rt, listener)
+    }
+
+    /// GET /health on a new connection: the answer's first line.
+    fn check(addr: SocketAddr) -> String {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+        let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out);
+        text.lines().next().unwrap_or("").to_string()
+    }
+
+    /// Reads `s` until it is closed (EOF or reset): how long that took.
+    fn closed_after(s: &mut std::net::TcpStream, start: Instant, within: Duration) -> Duration {
+        s.set_read_timeout(Some(within)).ok();
+        let mut buf = [0u8; 64];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return start.elapsed(),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return start.elapsed(),
+                Err(e) => panic!("still open after {within:?}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_checker_is_answered_while_one_peers_slow_connections_fill_its_limit() {
+        let (_rt, l) = listening();
+        let started = Instant::now();
+        // Each sends the start of a head, then nothing.
+        let mut slow: Vec<std::net::TcpStream> = (0..MAX_PER_PEER)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(l.addr()).expect("connect");
+                s.write_all(b"GET /health HTTP/1.1\r\n").expect("write");
+                s
+            })
+            .collect();
+        let first = check(l.addr());
+        assert!(first.starts_with("HTTP/1.1 503"), "answered: {first:?}");
+        // Room was made from the oldest, long before its head was due.
+        let took = closed_after(&mut slow[0], started, HEAD_TIMEOUT);
+        assert!(took < HEAD_TIMEOUT / 2, "evicted after {took:?}");
+        // Each next checker makes room again.
+        for _ in 0..3 {
+            assert!(check(l.addr()).starts_with("HTTP/1.1 503"));
+        }
+    }
+
+    #[test]
+    fn a_connection_that_sends_nothing_is_reset_after_the_first_byte_timeout() {
+        let (_rt, l) = listening();
+        let started = Instant::now();
+        let mut idle = std::net::TcpStream::connect(l.addr()).expect("connect");
+        let took = closed_after(&mut idle, started, HEAD_TIMEOUT * 2);
+        assert!(
+            took >= FIRST_BYTE_TIMEOUT && took < (FIRST_BYTE_TIMEOUT + HEAD_TIMEOUT) / 2,
+            "closed after {took:?}"
+        );
+        // One that sends its request at once is served meanwhile.
+        assert!(check(l.addr()).starts_with("HTTP/1.1 503"));
+    }
 }
