@@ -161,7 +161,7 @@ fn parse_pid(content: &str) -> Option<i32> {
 /// system has since given to an unrelated process. The file is opened as
 /// [`safefile`] does (a link or a FIFO there is an error, not followed or
 /// waited on), and a locked file must name the daemon holding it (see
-/// [`check_daemon`]): anyone able to write the directory could lock a file
+/// `check_daemon`): anyone able to write the directory could lock a file
 /// of their own naming any pid, or take the lock, hand it to a child and
 /// leave their pid to whoever gets it next.
 pub fn running_pid(path: &Path, owners: &Owners) -> Result<Option<i32>, LifecycleError> {

@@ -16,7 +16,7 @@
 //!
 //! The table is plusmoin's own: every statement names its schema, and a
 //! `plusmoin_hold` of another role's is never written, read or deleted from
-//! (see [`crate::probe::owner`]); `hold` and `release` refuse it, naming its
+//! (see the probe's `owner` check); `hold` and `release` refuse it, naming its
 //! owner. What is read from it is bounded: only the rows of configured
 //! nodes (the others are counted, up to [`IGNORED_COUNT_CAP`], and a
 //! warning says how many), at most [`MAX_HOLDS`] of them, `placed_by` and
@@ -48,7 +48,7 @@ const TABLE: &str = "plusmoin_hold";
 
 /// The hold table, for operators who create it beforehand (plusmoin creates
 /// it on the master at the first `plusmoin hold`; created by another role,
-/// it must be given to plusmoin's, see [`crate::probe::owner`]). One row per
+/// it must be given to plusmoin's role). One row per
 /// held node.
 pub const HOLD_TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS public.plusmoin_hold (\
      node text PRIMARY KEY, \
