@@ -348,6 +348,13 @@ pub fn table(status: &Status) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    for (node, why) in &status.primary_refused {
+        out.push_str(&format!(
+            "not routed to (/primary 503): {}: {}\n",
+            escape_controls(node),
+            escape_controls(why)
+        ));
+    }
     if let Some(p) = &status.pgpool {
         out.push_str(&pgpool_lines(p));
     }
@@ -675,6 +682,19 @@ mod tests {
         );
         assert!(lines[2].ends_with("connection refused"), "{t}");
         assert!(!t.contains("pgpool"), "no pgpool section: {t}");
+    }
+
+    #[test]
+    fn table_says_which_master_is_not_routed_to_and_why() {
+        let mut st = status_at(Time(1_000_000_000));
+        st.primary_refused
+            .insert("db1:5432".into(), "a second primary\n".into());
+        let t = table(&st);
+        assert!(
+            t.contains("not routed to (/primary 503): db1:5432: a second primary\\n\n"),
+            "{t}"
+        );
+        assert!(!table(&status_at(Time(1_000_000_000))).contains("not routed"));
     }
 
     #[test]
