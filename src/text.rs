@@ -5,10 +5,32 @@
 /// bidirectional overrides written as Rust escapes (`\n`, `\u{1b}`), so
 /// that what a server says stays one inert line in logs and tables.
 pub fn escape_controls(text: &str) -> String {
-    let bidi = |c: char| matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-    if !text.chars().any(|c| c.is_control() || bidi(c)) {
+    if !needs_escaping(text) {
         return text.to_string();
     }
+    escape(text)
+}
+
+/// [`escape_controls`] of a `String` already owned: returned as it is, with
+/// no copy, when there is nothing to escape (the common case, on paths
+/// taken for every node at every beat).
+pub fn escape_controls_owned(text: String) -> String {
+    if needs_escaping(&text) {
+        escape(&text)
+    } else {
+        text
+    }
+}
+
+fn bidi(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+fn needs_escaping(text: &str) -> bool {
+    text.chars().any(|c| c.is_control() || bidi(c))
+}
+
+fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
         if c.is_control() || bidi(c) {
@@ -23,6 +45,13 @@ pub fn escape_controls(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_owned_text_is_escaped_the_same() {
+        for t in ["plain: ok é", "a\nb\u{1b}[2J\u{9b}\u{202e}"] {
+            assert_eq!(escape_controls_owned(t.to_string()), escape_controls(t));
+        }
+    }
 
     #[test]
     fn control_characters_are_escaped() {

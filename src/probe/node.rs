@@ -750,7 +750,7 @@ fn heartbeat_row(row: &tokio_postgres::Row, first: usize) -> Result<Heartbeat, F
     // Written by plusmoin, but read back from a server: shown in reasons,
     // payloads and logs, so kept one inert line of bounded length (a host
     // name and a port are far shorter).
-    let mut master_name = crate::text::escape_controls(&master_name);
+    let mut master_name = crate::text::escape_controls_owned(master_name);
     if master_name.len() > MAX_MASTER_NAME {
         let cut = (0..=MAX_MASTER_NAME)
             .rev()
