@@ -13,10 +13,11 @@
 //! Loopback only; about 10 s (`--quick`: 2 s of checks instead of 6).
 
 use plusmoin::cluster::{step, NodeName, Observation, Policy, State, Time};
+use plusmoin::metrics::COUNTERS;
 use plusmoin::payload::Status;
 use plusmoin::web::exposition;
 use plusmoin::web::flood::{check, Checked, Flood};
-use plusmoin::web::metrics::{render, COUNTERS};
+use plusmoin::web::metrics::render;
 use plusmoin::web::Publisher;
 use std::collections::HashSet;
 use std::net::SocketAddr;

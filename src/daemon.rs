@@ -461,7 +461,7 @@ impl Daemon {
     fn close_beat(&mut self) {
         let Some(b) = self.beat.take() else { return };
         self.decisions += 1;
-        crate::web::metrics::COUNTERS.beat_closed(b.began.elapsed());
+        crate::metrics::COUNTERS.beat_closed(b.began.elapsed());
         if !self.state.started {
             let all: Vec<(NodeName, Observation)> = self
                 .names
@@ -634,7 +634,7 @@ impl Daemon {
 
     fn act(&self, state: &State, e: &Event) {
         let node = e.node.as_ref().map(|n| n.to_string());
-        crate::web::metrics::COUNTERS.event(e.kind);
+        crate::metrics::COUNTERS.event(e.kind);
         if e.kind == EventKind::PlusmoinHeartbeat {
             tracing::debug!(cluster = e.cluster_id, event = %e.kind, "event");
         } else {
@@ -701,7 +701,7 @@ impl Daemon {
         if refused != self.refused {
             for (node, why) in &refused {
                 if self.refused.get(node) != Some(why) {
-                    crate::web::metrics::COUNTERS.primary_refused();
+                    crate::metrics::COUNTERS.primary_refused();
                     warn!(event = "primary_refused", node = %node, "a master is refused /primary: {why}");
                 }
             }

@@ -17,7 +17,8 @@
 //!
 //! [`sandbox`]: crate::sandbox
 
-use crate::config::{self, LogLevel};
+use crate::config;
+use crate::lifecycle::{LogFormat, LogLevel};
 use crate::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions, PCP_USER};
 use crate::sandbox::Sandbox;
 use nix::unistd::{Gid, Pid, Uid};
@@ -184,7 +185,10 @@ fn demo(story: bool, with_pgpool: bool) -> Result<(), String> {
 fn run_here(config: config::Config, cfg_path: PathBuf) -> Result<(), String> {
     crate::lifecycle::init_logging(
         LogLevel::Info,
-        config.log_format,
+        match config.log_format {
+            config::LogFormat::Text => LogFormat::Text,
+            config::LogFormat::Json => LogFormat::Json,
+        },
         None,
         &crate::lifecycle::Owners::me(),
     )

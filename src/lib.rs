@@ -13,6 +13,8 @@
 //! - [`actions`]: trigger scripts, run in order per cluster.
 //! - [`status`]: the status file, written atomically.
 //! - [`pgpool`]: the pgpool-II sidecar: pcp handlers, reconciliation, holds.
+//! - [`metrics`]: the counters of what happened, bumped by every part.
+//! - [`web`]: the HTTP listener: `/metrics`, `/status`, health endpoints.
 //! - [`daemon`]: the beat loop, signals, reload.
 //! - [`notify`]: systemd readiness, reload and watchdog notifications.
 //! - [`lifecycle`]: process plumbing, one file each: locked pid file, detaching, dropping
@@ -36,6 +38,7 @@ pub mod demo;
 pub mod fakepg;
 pub mod lifecycle;
 pub mod logonce;
+pub mod metrics;
 pub mod notify;
 pub mod payload;
 pub mod pgpool;

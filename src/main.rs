@@ -135,8 +135,13 @@ fn start(cli: &Cli) -> Result<(), Failure> {
         let pid =
             lifecycle::PidFile::acquire(&config.pid_file, &owners).map_err(|e| e.to_string())?;
         let log_file = (!cli.foreground).then_some(config.log_file.as_path());
-        lifecycle::init_logging(config.log_level, config.log_format, log_file, &owners)
-            .map_err(|e| e.to_string())?;
+        lifecycle::init_logging(
+            log_level(config.log_level),
+            log_format(config.log_format),
+            log_file,
+            &owners,
+        )
+        .map_err(|e| e.to_string())?;
         // The HTTP listener too, before root is given up: a port below 1024
         // then works, and no other local user can have taken it first (a
         // taken port is a start error, never a listener of someone else's).
@@ -331,5 +336,22 @@ fn hold(cli: &Cli, node: &str, hold_reason: Option<Option<&str>>) -> Result<(), 
             }
             Err(e) => Err(fail(e)),
         },
+    }
+}
+
+/// `log_level` as the logging set-up takes it.
+fn log_level(level: config::LogLevel) -> lifecycle::LogLevel {
+    match level {
+        config::LogLevel::Error => lifecycle::LogLevel::Error,
+        config::LogLevel::Info => lifecycle::LogLevel::Info,
+        config::LogLevel::Debug => lifecycle::LogLevel::Debug,
+    }
+}
+
+/// `log_format` as the logging set-up takes it.
+fn log_format(format: config::LogFormat) -> lifecycle::LogFormat {
+    match format {
+        config::LogFormat::Text => lifecycle::LogFormat::Text,
+        config::LogFormat::Json => lifecycle::LogFormat::Json,
     }
 }

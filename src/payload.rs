@@ -146,6 +146,10 @@ pub struct Status {
     pub primary_refused: BTreeMap<String, String>,
 }
 
+/// The statuses pgpool gives a node, as [`PgpoolReport::nodes`] names them
+/// (pcp's `Status`, in words), in the order `/metrics` lists them.
+pub const PGPOOL_NODE_STATUSES: [&str; 5] = ["up", "waiting", "down", "quarantine", "unused"];
+
 /// The pgpool sidecar's view, as `status` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PgpoolReport {
@@ -166,8 +170,8 @@ pub struct PgpoolReport {
     pub backing_off: std::collections::BTreeMap<String, f64>,
     /// The last pcp failure, while pgpool cannot be asked.
     pub error: Option<String>,
-    /// pgpool's status of each mapped node (`up`, `waiting`, `down`,
-    /// `quarantine`, `unused`) as the last round read it.
+    /// pgpool's status of each mapped node (one of
+    /// [`PGPOOL_NODE_STATUSES`]) as the last round read it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub nodes: BTreeMap<String, String>,
 }

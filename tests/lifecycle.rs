@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use plusmoin::config::{LogFormat, LogLevel};
-use plusmoin::lifecycle::{self, LifecycleError, Owners, PidFile};
+use plusmoin::lifecycle::{self, LifecycleError, LogFormat, LogLevel, Owners, PidFile};
 
 const HELPER_ENV: &str = "PLUSMOIN_LIFECYCLE_HELPER";
 const WAIT: Duration = Duration::from_secs(10);

@@ -12,6 +12,7 @@
 
 use crate::cluster::{ClusterId, EventKind};
 use crate::config::TriggerCommand;
+use crate::metrics::TriggerRun;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
@@ -138,6 +139,16 @@ pub enum TriggerOutcome {
 }
 
 impl TriggerOutcome {
+    /// The outcome as `plusmoin_trigger_runs_total` counts it: anything
+    /// but a success or a timeout is a failure.
+    fn counted(&self) -> TriggerRun {
+        match self {
+            TriggerOutcome::Succeeded { .. } => TriggerRun::Ok,
+            TriggerOutcome::TimedOut { .. } => TriggerRun::TimedOut,
+            _ => TriggerRun::Failed,
+        }
+    }
+
     pub fn is_success(&self) -> bool {
         matches!(self, TriggerOutcome::Succeeded { .. })
     }
@@ -160,7 +171,7 @@ impl TriggerOutcome {
 pub async fn run(job: &TriggerJob) -> TriggerOutcome {
     let outcome = execute(job).await;
     log_outcome(job, &outcome);
-    crate::web::metrics::COUNTERS.trigger_ran(job.kind, &outcome);
+    crate::metrics::COUNTERS.trigger_ran(job.kind, outcome.counted());
     outcome
 }
 

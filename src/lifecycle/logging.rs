@@ -6,7 +6,29 @@ use std::sync::Mutex;
 
 use super::safefile::{self, Access, Owners};
 use super::LifecycleError;
-use crate::config::{LogFormat, LogLevel};
+
+/// How much plusmoin logs (its caller maps the configuration's `log_level`
+/// onto it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// plusmoin's errors; other crates' errors.
+    Error,
+    /// plusmoin's info and above; other crates' warnings and errors.
+    Info,
+    /// plusmoin's debug and above (in text, each line with its target);
+    /// other crates' warnings and errors.
+    Debug,
+}
+
+/// How each log line is written (its caller maps the configuration's
+/// `log_format` onto it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Plain lines for people.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
 
 /// The level applies to plusmoin's own events; other crates (tokio-postgres
 /// notices, …) log only warnings and errors, or only errors at `error`.

@@ -2,7 +2,10 @@
 //! [`crate::daemon`] so each piece can be tested with real processes: the
 //! locked pid file, detaching into the background, dropping root, `stop`
 //! and `reload` as seen from the command line, logging set-up, and opening
-//! files in directories others may write ([`safefile`]).
+//! files in directories others may write ([`safefile`]). It takes plain
+//! values (paths, a user name, [`LogLevel`], [`LogFormat`]), never the
+//! configuration: its callers (the `plusmoin` binary, the demo) map the
+//! configuration onto them.
 //!
 //! The pid file is guarded by an exclusive `flock` held on an open
 //! descriptor for the whole life of the daemon. The kernel releases it
@@ -30,7 +33,7 @@ pub mod safefile;
 
 pub use control::{reload, stop};
 pub use detach::{daemonize, Detached};
-pub use logging::init_logging;
+pub use logging::{init_logging, LogFormat, LogLevel};
 pub use pidfile::{running_pid, PidFile};
 pub use privileges::drop_privileges;
 pub use process::NotDaemon;

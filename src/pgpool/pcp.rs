@@ -537,6 +537,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_status_shape_names_every_node_status() {
+        // `/metrics` lists one series per name of the status shape.
+        assert_eq!(
+            NodeStatus::ALL.map(NodeStatus::as_str),
+            crate::payload::PGPOOL_NODE_STATUSES
+        );
+    }
+
+    #[test]
     fn terse_and_verbose_node_info_are_read() {
         // pgpool 4.3, terse.
         let terse = "127.0.0.1 5433 1 0.333333 waiting up standby standby 0 none none 2026-11-25 18:00:00\n";

@@ -6,8 +6,9 @@
 //! It never touches the deciding loop: the loop publishes a [`Snapshot`]
 //! (the status it has just written to the status file, and which nodes
 //! were down) through a `watch` channel, which only swaps an `Arc`; the
-//! listener's own tasks read the latest one. Counters are atomics
-//! ([`metrics::COUNTERS`]).
+//! listener's own tasks read the latest one. Counters are atomics kept
+//! apart, in [`crate::metrics::COUNTERS`], where each part counts what it
+//! does; [`metrics`] only renders them.
 
 #[cfg(any(test, feature = "test-kit"))]
 pub mod exposition;

@@ -14,8 +14,9 @@
 //! balancer must not route on an old view. `HEAD` gets the same status
 //! without a body; any other method 405.
 
-use super::metrics::{self, Counters};
+use super::metrics;
 use super::Snapshot;
+use crate::metrics::Counters;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -29,9 +29,9 @@
 //! Answers come from [`super::routes`]. Dropped connections (evicted, idle,
 //! refused) are counted in [`COUNTERS`] (`plusmoin_http_connections_dropped_total`).
 
-use super::metrics::{HttpDrop, COUNTERS};
 use super::routes;
 use super::Snapshots;
+use crate::metrics::{HttpDrop, COUNTERS};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -722,7 +722,7 @@ mod tests {
     #[test]
     fn dropped_connections_are_counted_by_reason() {
         use super::super::{exposition, metrics};
-        let c = metrics::Counters::new();
+        let c = crate::metrics::Counters::new();
         c.http_dropped(HttpDrop::Evicted);
         c.http_dropped(HttpDrop::Evicted);
         c.http_dropped(HttpDrop::Idle);

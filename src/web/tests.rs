@@ -1,12 +1,13 @@
 //! The listener's pure parts: routing from a snapshot, and the metrics.
 
 use super::exposition::{self, Exposition};
-use super::metrics::{self, Counters, PcpOutcome};
+use super::metrics;
 use super::routes::{route, Reply};
 use super::Snapshot;
 use crate::cluster::{
     step, step_news, EventKind, Heartbeat, NodeName, Observation, Policy, State, Time,
 };
+use crate::metrics::{Counters, PcpOutcome};
 use crate::payload::{PgpoolReport, Status};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -425,7 +426,7 @@ fn counters_and_the_beat_histogram() {
         EventKind::ALL.len() * 3
     );
     let buckets = m.matching("plusmoin_beat_duration_seconds_bucket", &[]);
-    assert_eq!(buckets.len(), metrics::BEAT_BUCKETS.len() + 1);
+    assert_eq!(buckets.len(), crate::metrics::BEAT_BUCKETS.len() + 1);
     let bucket = |le: f64| {
         let b = buckets
             .iter()
