@@ -266,7 +266,9 @@ pub struct PgpoolConfig {
     /// Where the `pcp_*` programs are.
     pub bin_dir: PathBuf,
     /// `templates` as written, in file order: the sidecar knows which
-    /// commands exist, and renders them.
+    /// commands exist, and renders them. Its check leaves only the
+    /// overrides in force, one per command, so that sections alike compare
+    /// equal however they are written.
     pub templates: Vec<TemplateText>,
     /// The deadline of one pcp command (default 20 s): a watchdog election
     /// makes pcp wait up to about 10 s, which must not count as a failure.

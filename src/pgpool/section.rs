@@ -9,11 +9,16 @@
 
 use super::{conf, templates};
 use crate::cluster::NodeName;
-use crate::config::{did_you_mean, Config, ConfigError, PgpoolConfig, Position};
+use crate::config::{did_you_mean, Config, ConfigError, PgpoolConfig, Position, TemplateText};
 use std::collections::HashMap;
 
 /// Checks `config`'s `pgpool` section, if any, and completes its node ids
 /// from `pgpool_conf`: the configuration as the sidecar will use it.
+///
+/// The templates are left in one form, the overrides in force in command
+/// order (no `null`, no shipped text written out), so that two sections
+/// with the same commands compare equal: a reload that changes only how
+/// they are written keeps the sidecar's worker.
 pub fn check(mut config: Config) -> Result<Config, ConfigError> {
     let Some(mut p) = config.pgpool.take() else {
         return Ok(config);
@@ -25,6 +30,7 @@ pub fn check(mut config: Config) -> Result<Config, ConfigError> {
         problem,
     };
     check_templates(&p, &refuse)?;
+    p.templates = in_force(&p.templates);
     map_pgpool_conf(&mut p, &config.nodes, &refuse)?;
     // Two nodes with one id would make plusmoin fight itself.
     let mut by_id: HashMap<u32, &NodeName> = HashMap::new();
@@ -97,6 +103,24 @@ fn check_templates(
         })?;
     }
     Ok(())
+}
+
+/// The overrides of `written` that differ from the shipped templates, one
+/// per command, in [`templates::Command::ALL`] order.
+fn in_force(written: &[TemplateText]) -> Vec<TemplateText> {
+    let t = templates::PcpTemplates::from_config(written);
+    templates::Command::ALL
+        .into_iter()
+        .filter(|c| !t.is_shipped(*c))
+        .filter_map(|c| {
+            // The last entry for c: the one from_config kept.
+            let w = written.iter().rev().find(|w| w.command == c.as_str())?;
+            Some(TemplateText {
+                text: Some(t.get(c).to_string()),
+                ..w.clone()
+            })
+        })
+        .collect()
 }
 
 /// Gives each node without a `pgpool_node_id` the id of its backend in
@@ -193,6 +217,41 @@ mod tests {
         assert_eq!(
             refused(&text),
             "x.json:2:79: nodes[1].pgpool_node_id: pgpool node id 1 is given to both a:5432 and b:5432"
+        );
+    }
+
+    /// The sidecar keeps its worker when the pgpool section is unchanged:
+    /// templates written differently but alike must compare equal.
+    #[test]
+    fn templates_alike_compare_equal_however_written() {
+        let a = parse_ok(&with_pgpool(
+            r#"{"pcp_user": "pgpool", "pcppass_file": "/x",
+  "templates": {"detach": "echo {{node_id}}", "attach": null, "node_info": null}}"#,
+            r#"{"host": "db1"}"#,
+        ));
+        let b = parse_ok(&with_pgpool(
+            &format!(
+                r#"{{"pcp_user": "pgpool", "pcppass_file": "/x", "templates": {{"attach": {:?},
+    "detach": "echo {{{{node_id}}}}"}}}}"#,
+                templates::ATTACH
+            ),
+            r#"{"host": "db1"}"#,
+        ));
+        let c = parse_ok(&with_pgpool(
+            r#"{"pcp_user": "pgpool", "pcppass_file": "/x", "templates": {"detach": "echo {{node_id}} x"}}"#,
+            r#"{"host": "db1"}"#,
+        ));
+        assert_eq!(a.pgpool, b.pgpool);
+        assert_ne!(a.pgpool, c.pgpool);
+        let t = &a.pgpool.unwrap().templates;
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].command, "detach");
+        assert_eq!(
+            summary(&b),
+            summary(&parse_ok(&with_pgpool(
+                r#"{"pcp_user": "pgpool", "pcppass_file": "/x", "templates": {"detach": "echo"}}"#,
+                r#"{"host": "db1"}"#,
+            )))
         );
     }
 
