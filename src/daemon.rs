@@ -949,8 +949,16 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
+/// Loads the configuration at `path` as plusmoin runs it: [`config::load`],
+/// then the sidecar's check of the `pgpool` section ([`crate::pgpool::check`]:
+/// templates, node ids from `pgpool_conf`). What the commands and a reload
+/// use; either refusal is a [`config::ConfigError`] naming the key at fault.
+pub fn load_config(path: &std::path::Path) -> Result<Config, config::ConfigError> {
+    config::load(path).and_then(crate::pgpool::check)
+}
+
 fn reload_config(daemon: &mut Daemon, path: &std::path::Path) {
-    match config::load(path) {
+    match load_config(path) {
         Ok(new) => {
             let nodes = new.nodes.len();
             let at_start = start_only_changes(daemon.config(), &new);

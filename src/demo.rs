@@ -147,7 +147,7 @@ fn demo(story: bool, with_pgpool: bool) -> Result<(), String> {
     );
     let cfg_path = dir.join("plusmoin.json");
     write_new(&cfg_path, &cfg, 0o600, owner)?;
-    let config = config::load(&cfg_path).map_err(|e| e.to_string())?;
+    let config = crate::daemon::load_config(&cfg_path).map_err(|e| e.to_string())?;
     say(&format!(
         "plusmoin watches {} servers (config {}); `plusmoin -c {} status --table` shows its view",
         nodes.len(),

@@ -75,7 +75,7 @@ fn fail(msg: impl std::fmt::Display) -> Failure {
 }
 
 fn load(cli: &Cli) -> Result<config::Config, Failure> {
-    config::load(&cli.config).map_err(|e| Failure::new(EXIT_CONFIG, e))
+    daemon::load_config(&cli.config).map_err(|e| Failure::new(EXIT_CONFIG, e))
 }
 
 fn check_config(cli: &Cli) -> Result<(), Failure> {
@@ -86,7 +86,7 @@ fn check_config(cli: &Cli) -> Result<(), Failure> {
     for w in plusmoin::pgpool::problems(&c) {
         eprintln!("plusmoin: warning: pgpool: {w}");
     }
-    print!("{}", c.summary());
+    print!("{}{}", c.summary(), plusmoin::pgpool::summary(&c));
     match plusmoin::pgpool::watchdog_line(&c) {
         Some(Ok(line)) => println!("pgpool says: {line}"),
         Some(Err(e)) => {

@@ -6,6 +6,14 @@
 //! Every refusal is a [`ConfigError`] whose message is one line naming the
 //! file, the line and column, and the key. Nothing else in plusmoin reads the
 //! file or sees untyped values.
+//!
+//! Config knows no part that uses it. The `pgpool` section is read and typed
+//! here like any other, but what only the sidecar knows is left to it: which
+//! pcp command templates exist and what they may say ([`TemplateText`] keeps
+//! them as written), and the node ids `pgpool_conf` gives. The sidecar checks
+//! those after loading (`pgpool::check`), pointing at the key with the
+//! positions kept in [`PgpoolWritten`], through the same [`ConfigError`];
+//! whatever loads a configuration for use runs both.
 
 mod error;
 mod json;
@@ -17,6 +25,7 @@ mod validate;
 pub use secrets::{permission_warnings, PasswordSource, PgPass};
 
 pub use error::{ConfigError, Position};
+pub use validate::did_you_mean;
 
 use crate::cluster::{EventKind, NodeName};
 use std::collections::BTreeMap;
@@ -241,6 +250,10 @@ pub struct NodeConfig {
 
 /// The optional `pgpool` section (README "pgpool-II", pgpool/README.md): how to reach pcp, and which
 /// pgpool node id each configured node has.
+///
+/// Typed here, checked whole by the sidecar (`pgpool::check`): until then
+/// [`PgpoolConfig::templates`] may name commands that do not exist and
+/// [`PgpoolConfig::node_ids`] holds only the ids written on the nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgpoolConfig {
     pub pcp_host: String,
@@ -252,13 +265,62 @@ pub struct PgpoolConfig {
     pub pgpool_conf: Option<PathBuf>,
     /// Where the `pcp_*` programs are.
     pub bin_dir: PathBuf,
-    pub templates: crate::pgpool::templates::PcpTemplates,
+    /// `templates` as written, in file order: the sidecar knows which
+    /// commands exist, and renders them. Its check leaves only the
+    /// overrides in force, one per command, so that sections alike compare
+    /// equal however they are written.
+    pub templates: Vec<TemplateText>,
     /// The deadline of one pcp command (default 20 s): a watchdog election
     /// makes pcp wait up to about 10 s, which must not count as a failure.
     pub pcp_timeout: Duration,
     /// Every node that has an id, from `pgpool_node_id` or `pgpool_conf`;
-    /// nodes missing here are left alone by the pgpool handlers.
+    /// nodes missing here are left alone by the pgpool handlers. The loader
+    /// puts the `pgpool_node_id`s here; the sidecar's check adds what
+    /// `pgpool_conf` says and refuses an id given twice.
     pub node_ids: BTreeMap<NodeName, u32>,
+    /// Where the section's parts were written, for the sidecar's check.
+    pub written: PgpoolWritten,
+}
+
+/// One entry of `pgpool.templates` as written: the command it names, and
+/// its text (`None` for `null`: the shipped one).
+///
+/// `==` compares the name and text only, not where they were written.
+#[derive(Debug, Clone, Eq)]
+pub struct TemplateText {
+    pub command: String,
+    pub text: Option<String>,
+    /// Where the command name was written.
+    pub command_at: Position,
+    /// Where the text (or `null`) was written.
+    pub text_at: Position,
+}
+
+impl PartialEq for TemplateText {
+    fn eq(&self, other: &Self) -> bool {
+        self.command == other.command && self.text == other.text
+    }
+}
+
+/// Where parts of the `pgpool` section were written, so that the sidecar's
+/// check points at the key at fault as the loader does.
+///
+/// Never part of a comparison (`==` is always true): a reload that only
+/// moves lines changes nothing.
+#[derive(Debug, Clone, Eq)]
+pub struct PgpoolWritten {
+    /// The section's `{`.
+    pub section: Position,
+    /// The `pgpool_conf` value, when set.
+    pub pgpool_conf: Option<Position>,
+    /// Each node's `pgpool_node_id` value, for the nodes that have one.
+    pub node_ids: BTreeMap<NodeName, Position>,
+}
+
+impl PartialEq for PgpoolWritten {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// The validated configuration.
@@ -319,7 +381,9 @@ impl Config {
     }
 
     /// What `plusmoin check-config` prints: every setting as it will be used,
-    /// defaults filled in, the password never shown.
+    /// defaults filled in, the password never shown. Ends with the `pgpool`
+    /// section's settings, for the sidecar to add which templates are in
+    /// force.
     pub fn summary(&self) -> String {
         let mut out = String::new();
         let d = validate::secs;
@@ -423,14 +487,6 @@ impl Config {
                 );
                 row("bin_dir", &p.bin_dir.display());
                 row("pcp_timeout", &validate::secs(p.pcp_timeout));
-                for c in crate::pgpool::templates::Command::ALL {
-                    let how = if p.templates.is_shipped(c) {
-                        "shipped"
-                    } else {
-                        "overridden"
-                    };
-                    row(&format!("templates.{c}"), &how);
-                }
             }
         }
         text

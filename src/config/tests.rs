@@ -782,10 +782,7 @@ fn pgpool_section_defaults_and_explicit_node_ids() {
     assert_eq!(p.pcppass_file, PathBuf::from("/etc/plusmoin/pcppass"));
     assert_eq!(p.bin_dir, PathBuf::from("/usr/sbin"));
     assert_eq!(p.pgpool_conf, None);
-    assert_eq!(
-        p.templates,
-        crate::pgpool::templates::PcpTemplates::default()
-    );
+    assert_eq!(p.templates, []);
     let ids: Vec<(String, u32)> = p
         .node_ids
         .iter()
@@ -794,59 +791,6 @@ fn pgpool_section_defaults_and_explicit_node_ids() {
     assert_eq!(ids, [("db1:5432".to_string(), 1)], "db2 has no id");
     assert_eq!(c.nodes[0].pgpool_node_id, Some(1));
     assert!(parse_ok(MINIMAL).pgpool.is_none());
-}
-
-#[test]
-fn pgpool_conf_maps_node_ids_and_explicit_ids_win() {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("pgpool.conf");
-    std::fs::write(
-        &conf,
-        "backend_hostname0 = 'db1'\nbackend_port0 = 5432\n\
-         backend_hostname1 = 'DB2'\nbackend_port1 = 5433\n\
-         backend_hostname2 = 'db3'\n",
-    )
-    .unwrap();
-    let c = parse_ok(&with_pgpool(
-        &format!(
-            r#"{{"pcp_user": "pgpool", "pcppass_file": "/x", "pgpool_conf": "{}",
-                 "pcp_host": "pgpool.local", "pcp_port": 9999, "bin_dir": "/opt/pgpool/bin"}}"#,
-            conf.display()
-        ),
-        r#"{"host": "db1"}, {"host": "db2", "port": 5433}, {"host": "db3", "pgpool_node_id": 7},
-           {"host": "db4"}"#,
-    ));
-    let p = c.pgpool.unwrap();
-    let ids: Vec<(String, u32)> = p
-        .node_ids
-        .iter()
-        .map(|(n, i)| (n.to_string(), *i))
-        .collect();
-    assert_eq!(
-        ids,
-        [
-            ("db1:5432".to_string(), 0),
-            ("db2:5433".to_string(), 1),
-            ("db3:5432".to_string(), 7)
-        ]
-    );
-    assert_eq!(p.pcp_host, "pgpool.local");
-    assert_eq!(p.pcp_port, 9999);
-    assert_eq!(p.bin_dir, PathBuf::from("/opt/pgpool/bin"));
-    let summary = parse_ok(&with_pgpool(
-        &format!(
-            r#"{{"pcp_user": "pgpool", "pcppass_file": "/x", "pgpool_conf": "{}"}}"#,
-            conf.display()
-        ),
-        r#"{"host": "db1"}, {"host": "db4"}"#,
-    ))
-    .summary();
-    assert!(summary.contains("pgpool node 0"), "{summary}");
-    assert!(
-        summary.contains("db4:5432") && summary.contains("no pgpool node id"),
-        "{summary}"
-    );
-    assert!(summary.contains("templates.attach"), "{summary}");
 }
 
 #[test]
@@ -894,14 +838,6 @@ fn pgpool_node_id_errors() {
         refused(&text),
         "x.json:2:43: nodes[0].pgpool_node_id: 1.5 is not an integer node id"
     );
-    let text = with_pgpool(
-        pg,
-        r#"{"host": "a", "pgpool_node_id": 1}, {"host": "b", "pgpool_node_id": 1}"#,
-    );
-    assert_eq!(
-        refused(&text),
-        "x.json:2:79: nodes[1].pgpool_node_id: pgpool node id 1 is given to both a:5432 and b:5432"
-    );
     let text = r#"{"dbname": "d", "user": "u", "password": "p",
 "nodes": [{"host": "a", "pgpool_node_id": 0}]}"#;
     assert_eq!(
@@ -910,70 +846,47 @@ fn pgpool_node_id_errors() {
     );
 }
 
+/// Which templates exist and what they may say is the sidecar's to check
+/// (`pgpool::check`): the loader keeps them as written, with where.
 #[test]
-fn pgpool_conf_problems_are_reported_at_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("missing.conf");
-    let text = with_pgpool(
-        &format!(
-            r#"{{"pcp_user": "pgpool", "pcppass_file": "/x", "pgpool_conf": "{}"}}"#,
-            missing.display()
-        ),
-        "",
-    );
-    let e = refused(&text);
-    assert!(
-        e.starts_with("x.json:3:71: pgpool.pgpool_conf: cannot read "),
-        "{e}"
-    );
-    let bad = dir.path().join("bad.conf");
-    std::fs::write(&bad, "backend_hostname0 = 'a'\nbackend_port0 = 'x'\n").unwrap();
-    let text = with_pgpool(
-        &format!(
-            r#"{{"pcp_user": "pgpool", "pcppass_file": "/x", "pgpool_conf": "{}"}}"#,
-            bad.display()
-        ),
-        "",
-    );
-    let e = refused(&text);
-    assert!(
-        e.contains("pgpool.pgpool_conf: ") && e.contains("line 2:"),
-        "{e}"
-    );
-}
-
-#[test]
-fn pgpool_templates_are_checked_at_load_time() {
-    let text = with_pgpool(
+fn pgpool_templates_are_kept_as_written() {
+    let c = parse_ok(&with_pgpool(
         r#"{"pcp_user": "pgpool", "pcppass_file": "/x",
-  "templates": {"attach": "pcp_attach_node -n {{nodeid}}", "detach": null}}"#,
+  "templates": {"atach": "x {{nodeid}}", "detach": null}}"#,
         "",
-    );
-    let e = refused(&text);
-    assert!(
-        e.starts_with("x.json:4:27: pgpool.templates.attach: "),
-        "{e}"
-    );
-    assert!(
-        e.contains("nodeid") && e.contains("variables: node_id, host"),
-        "{e}"
+    ));
+    let t = c.pgpool.unwrap().templates;
+    let got: Vec<(&str, Option<&str>, String, String)> = t
+        .iter()
+        .map(|t| {
+            (
+                t.command.as_str(),
+                t.text.as_deref(),
+                t.command_at.to_string(),
+                t.text_at.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("atach", Some("x {{nodeid}}"), "4:17".into(), "4:26".into()),
+            ("detach", None, "4:42".into(), "4:52".into())
+        ]
     );
     let text = with_pgpool(
-        r#"{"pcp_user": "pgpool", "pcppass_file": "/x", "templates": {"atach": "x"}}"#,
+        r#"{"pcp_user": "pgpool", "pcppass_file": "/x", "templates": {"attach": ""}}"#,
         "",
     );
     assert_eq!(
         refused(&text),
-        "x.json:3:70: pgpool.templates: unknown template \"atach\" (did you mean \"attach\"?)"
+        "x.json:3:80: pgpool.templates.attach: must not be empty"
     );
-    let c = parse_ok(&with_pgpool(
-        r#"{"pcp_user": "pgpool", "pcppass_file": "/x",
-  "templates": {"node_info": "/opt/bin/pcp_node_info -v -n {{node_id}} -h {{pcp_host}}"}}"#,
+    let text = with_pgpool(
+        r#"{"pcp_user": "pgpool", "pcppass_file": "/x", "templates": []}"#,
         "",
-    ));
-    let t = c.pgpool.unwrap().templates;
-    assert!(t.node_info.starts_with("/opt/bin/pcp_node_info -v"));
-    assert_eq!(t.attach, crate::pgpool::templates::ATTACH);
+    );
+    assert!(refused(&text).starts_with("x.json:3:69: pgpool.templates: expected an object"));
 }
 
 #[test]

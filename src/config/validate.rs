@@ -2,16 +2,17 @@
 //! doubtful with a message that points at the key or value at fault.
 //!
 //! Keys are checked in the order they are written, so the error reported is
-//! the first one a reader meets in the file.
+//! the first one a reader meets in the file. What the sidecar checks in the
+//! `pgpool` section (template names and texts, `pgpool_conf`) comes after,
+//! once the file is otherwise valid.
 
 use super::json::{Document, Json, Spanned};
 use super::secrets::{self, PasswordSource};
 use super::{
-    defaults, Config, ConfigError, LogFormat, LogLevel, NodeConfig, PgpoolConfig, Secret, SslMode,
-    TriggerCommand,
+    defaults, Config, ConfigError, LogFormat, LogLevel, NodeConfig, PgpoolConfig, PgpoolWritten,
+    Secret, SslMode, TemplateText, TriggerCommand,
 };
 use crate::cluster::{EventKind, NodeName};
-use crate::pgpool::templates::{self, PcpTemplates};
 use serde_json::Number;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -111,8 +112,8 @@ struct Raw {
     node_id_at: Vec<Option<usize>>,
 }
 
-/// The `pgpool` section before node ids are resolved (the nodes may come
-/// after it in the file).
+/// The `pgpool` section before the node ids written on nodes are gathered
+/// (the nodes may come after it in the file).
 struct RawPgpool {
     at: usize,
     pcp_host: Option<String>,
@@ -121,7 +122,7 @@ struct RawPgpool {
     pcppass_file: Option<PathBuf>,
     pgpool_conf: Option<(PathBuf, usize)>,
     bin_dir: Option<PathBuf>,
-    templates: PcpTemplates,
+    templates: Vec<TemplateText>,
     pcp_timeout: Option<Duration>,
 }
 
@@ -405,7 +406,7 @@ impl Validator<'_> {
             pcppass_file: None,
             pgpool_conf: None,
             bin_dir: None,
-            templates: PcpTemplates::default(),
+            templates: Vec::new(),
             pcp_timeout: None,
         };
         let mut seen = HashMap::new();
@@ -436,7 +437,10 @@ impl Validator<'_> {
         Ok(p)
     }
 
-    fn templates(&self, v: &Spanned<Json>) -> Result<PcpTemplates, ConfigError> {
+    /// `pgpool.templates` as written: an object of command name → text or
+    /// `null`. Which names exist and what a text may say is the sidecar's
+    /// to check.
+    fn templates(&self, v: &Spanned<Json>) -> Result<Vec<TemplateText>, ConfigError> {
         let Json::Object(entries) = &v.value else {
             return Err(self.at(
                 v.at,
@@ -447,37 +451,28 @@ impl Validator<'_> {
                 ),
             ));
         };
-        let names = templates::Command::ALL.map(templates::Command::as_str);
-        let mut seen = HashMap::new();
-        let mut t = PcpTemplates::default();
+        let mut t = Vec::with_capacity(entries.len());
         for (key, value) in entries {
-            self.check_key(&mut seen, key, "pgpool.templates", "template", &names)?;
-            let Some(c) = templates::Command::ALL
-                .into_iter()
-                .find(|c| c.as_str() == key.value)
-            else {
-                return Err(self.at(key.at, "pgpool.templates", "unknown template"));
-            };
-            let k = format!("pgpool.templates.{c}");
+            let k = format!("pgpool.templates.{}", key.value);
             let text = match &value.value {
                 // null: the shipped one.
-                Json::Null => continue,
-                _ => self.non_empty_string(value, &k)?,
+                Json::Null => None,
+                _ => Some(self.non_empty_string(value, &k)?),
             };
-            templates::check(c, &text).map_err(|e| {
-                self.at(
-                    value.at,
-                    &k,
-                    format!("{e} (variables: {})", templates::VARIABLES.join(", ")),
-                )
-            })?;
-            t.set(c, text);
+            t.push(TemplateText {
+                command: key.value.clone(),
+                text,
+                command_at: self.doc.position(key.at),
+                text_at: self.doc.position(value.at),
+            });
         }
         Ok(t)
     }
 
-    /// Checks the `pgpool` section as a whole and gives every node its
-    /// pgpool id: `pgpool_node_id` first, then `pgpool_conf`.
+    /// Checks the `pgpool` section's required keys and gathers the ids
+    /// written on nodes (`pgpool_node_id`), with where each was written.
+    /// The sidecar's check adds what `pgpool_conf` says and refuses an id
+    /// given twice.
     fn resolve_pgpool(
         &self,
         raw: Option<RawPgpool>,
@@ -503,51 +498,13 @@ impl Validator<'_> {
         let pcp_user = raw.pcp_user.ok_or_else(|| required("pcp_user"))?;
         let pcppass_file = raw.pcppass_file.ok_or_else(|| required("pcppass_file"))?;
         let mut node_ids = BTreeMap::new();
-        for node in nodes {
+        let mut node_ids_at = BTreeMap::new();
+        for (i, node) in nodes.iter().enumerate() {
             if let Some(id) = node.pgpool_node_id {
                 node_ids.insert(node.name.clone(), id);
             }
-        }
-        if let Some((conf, at)) = &raw.pgpool_conf {
-            let key = "pgpool.pgpool_conf";
-            let text = std::fs::read_to_string(conf)
-                .map_err(|e| self.at(*at, key, format!("cannot read {}: {e}", conf.display())))?;
-            let backends = crate::pgpool::conf::backends(&text)
-                .map_err(|e| self.at(*at, key, format!("{}: {e}", conf.display())))?;
-            for node in nodes {
-                if node_ids.contains_key(&node.name) {
-                    continue;
-                }
-                let found = backends.iter().find(|(_, b)| {
-                    b.host.eq_ignore_ascii_case(&node.name.host) && b.port == node.name.port
-                });
-                if let Some((id, _)) = found {
-                    node_ids.insert(node.name.clone(), *id);
-                }
-            }
-        }
-        // Two nodes with one id would make plusmoin fight itself.
-        let mut by_id: HashMap<u32, &NodeName> = HashMap::new();
-        for (i, node) in nodes.iter().enumerate() {
-            let Some(id) = node_ids.get(&node.name) else {
-                continue;
-            };
-            if let Some(other) = by_id.insert(*id, &node.name) {
-                let (at, key) = match node_id_at.get(i).copied().flatten() {
-                    Some(at) => (at, format!("nodes[{i}].pgpool_node_id")),
-                    None => (
-                        raw.pgpool_conf.as_ref().map_or(raw.at, |(_, at)| *at),
-                        "pgpool.pgpool_conf".to_string(),
-                    ),
-                };
-                return Err(self.at(
-                    at,
-                    &key,
-                    format!(
-                        "pgpool node id {id} is given to both {other} and {}",
-                        node.name
-                    ),
-                ));
+            if let Some(at) = node_id_at.get(i).copied().flatten() {
+                node_ids_at.insert(node.name.clone(), self.doc.position(at));
             }
         }
         Ok(Some(PgpoolConfig {
@@ -555,13 +512,18 @@ impl Validator<'_> {
             pcp_port: raw.pcp_port.unwrap_or(defaults::PCP_PORT),
             pcp_user,
             pcppass_file,
-            pgpool_conf: raw.pgpool_conf.map(|(p, _)| p),
+            pgpool_conf: raw.pgpool_conf.as_ref().map(|(p, _)| p.clone()),
             bin_dir: raw
                 .bin_dir
                 .unwrap_or_else(|| defaults::PGPOOL_BIN_DIR.into()),
             templates: raw.templates,
             pcp_timeout: raw.pcp_timeout.unwrap_or(defaults::PCP_TIMEOUT),
             node_ids,
+            written: PgpoolWritten {
+                section: self.doc.position(raw.at),
+                pgpool_conf: raw.pgpool_conf.map(|(_, at)| self.doc.position(at)),
+                node_ids: node_ids_at,
+            },
         }))
     }
 
@@ -577,14 +539,14 @@ impl Validator<'_> {
     ) -> Result<(), ConfigError> {
         let parent_key = (!parent.is_empty()).then_some(parent);
         if !known.contains(&key.value.as_str()) {
-            let hint = match suggest(&key.value, known) {
-                Some(s) => format!(" (did you mean {s:?}?)"),
-                None => String::new(),
-            };
             return Err(self.error(
                 Some(key.at),
                 parent_key,
-                format!("unknown {what} {:?}{hint}", key.value),
+                format!(
+                    "unknown {what} {:?}{}",
+                    key.value,
+                    did_you_mean(&key.value, known)
+                ),
             ));
         }
         if let Some(first) = seen.insert(key.value.clone(), key.at) {
@@ -709,14 +671,14 @@ impl Validator<'_> {
             return Ok(*t);
         }
         let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
-        let hint = match suggest(&s, &names) {
-            Some(n) => format!(" (did you mean {n:?}?)"),
-            None => String::new(),
-        };
         Err(self.at(
             v.at,
             key,
-            format!("{s:?} is not one of {}{hint}", names.join(", ")),
+            format!(
+                "{s:?} is not one of {}{}",
+                names.join(", "),
+                did_you_mean(&s, &names)
+            ),
         ))
     }
 
@@ -942,9 +904,19 @@ pub(super) fn secs(d: Duration) -> String {
     format!("{} s", d.as_secs_f64())
 }
 
+/// ` (did you mean "KNOWN"?)` when `word` is close enough to one of `known`
+/// to be a typo of it, else nothing: the hint every "unknown" message ends
+/// with.
+pub fn did_you_mean(word: &str, known: &[&str]) -> String {
+    match suggest(word, known) {
+        Some(s) => format!(" (did you mean {s:?}?)"),
+        None => String::new(),
+    }
+}
+
 /// The known word closest to `word`, if it is close enough to be a typo
 /// rather than a different idea.
-pub(super) fn suggest<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
+fn suggest<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
     let lower = word.to_lowercase();
     // Names other tools use for the same thing are too far apart to be
     // caught as typos.

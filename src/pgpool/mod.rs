@@ -1,6 +1,9 @@
 //! The pgpool-II sidecar (README "pgpool-II", pgpool/README.md): keeps pgpool's view of its backends in
 //! step with plusmoin's, through pcp commands rendered from templates.
 //!
+//! - [`section`]: the `pgpool` section's checks the configuration loader
+//!   leaves to the sidecar ([`check`]: templates, node ids from
+//!   `pgpool.conf`), and its lines of `check-config`'s summary.
 //! - [`templates`]: the shipped and overridden pcp command templates.
 //! - [`conf`]: node ids from `pgpool.conf`'s `backend_hostnameN`/`backend_portN`.
 //! - [`pcp`]: running a pcp command (no shell, `PCPPASSFILE`, deadline) and
@@ -16,9 +19,11 @@ pub mod conf;
 pub mod hold;
 pub mod pcp;
 pub mod plan;
+pub mod section;
 pub mod sidecar;
 pub mod templates;
 
+pub use section::{check, summary};
 pub use sidecar::Sidecar;
 
 use crate::cluster::NodeName;

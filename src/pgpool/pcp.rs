@@ -398,7 +398,7 @@ pub struct Pcp {
 
 impl Pcp {
     pub fn new(c: &PgpoolConfig, timeout: Duration) -> Result<Pcp, PcpError> {
-        Self::with_templates(c, &c.templates, timeout)
+        Self::with_templates(c, &PcpTemplates::from_config(&c.templates), timeout)
     }
 
     fn with_templates(
@@ -822,9 +822,14 @@ mod tests {
             pcppass_file: "/nonexistent/pcppass".into(),
             pgpool_conf: None,
             bin_dir: bin_dir.into(),
-            templates: PcpTemplates::default(),
+            templates: Vec::new(),
             pcp_timeout: Duration::from_secs(20),
             node_ids: Default::default(),
+            written: crate::config::PgpoolWritten {
+                section: crate::config::Position { line: 1, column: 1 },
+                pgpool_conf: None,
+                node_ids: Default::default(),
+            },
         }
     }
 
@@ -881,9 +886,14 @@ mod output_cap_tests {
             pcppass_file: "/nonexistent/pcppass".into(),
             pgpool_conf: None,
             bin_dir: "/usr/sbin".into(),
-            templates: PcpTemplates::default(),
+            templates: Vec::new(),
             pcp_timeout: Duration::from_secs(20),
             node_ids: Default::default(),
+            written: crate::config::PgpoolWritten {
+                section: crate::config::Position { line: 1, column: 1 },
+                pgpool_conf: None,
+                node_ids: Default::default(),
+            },
         }
     }
 

@@ -2,12 +2,13 @@
 //! overrides from the configuration, and their rendering into an argv.
 //!
 //! Templates are handlebars in strict mode, so a misspelt variable fails
-//! when the configuration is loaded (every template is rendered once with
-//! sample values then) rather than as a broken command at 3 a.m. Every
+//! when the configuration is loaded (the sidecar's check, [`super::check`],
+//! renders every template once with sample values then) rather than as a broken command at 3 a.m. Every
 //! value is shell-quoted as it is put in (handlebars' escape function), and
 //! the result is split into words as a shell would, then run without one:
 //! a host name such as `db1; rm -rf /` stays one harmless argument.
 
+use crate::config::TemplateText;
 use handlebars::Handlebars;
 use serde::Serialize;
 
@@ -87,6 +88,19 @@ impl Default for PcpTemplates {
 }
 
 impl PcpTemplates {
+    /// The shipped templates with the configuration's overrides (`null`
+    /// keeps the shipped one). A command name that does not exist is
+    /// skipped: [`super::check`] refuses it at load time.
+    pub fn from_config(written: &[TemplateText]) -> PcpTemplates {
+        let mut t = PcpTemplates::default();
+        for w in written {
+            let command = Command::ALL.into_iter().find(|c| c.as_str() == w.command);
+            if let (Some(c), Some(text)) = (command, &w.text) {
+                t.set(c, text.clone());
+            }
+        }
+        t
+    }
     pub fn get(&self, c: Command) -> &str {
         match c {
             Command::Attach => &self.attach,
