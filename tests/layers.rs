@@ -63,7 +63,10 @@ fn product_text(path: &str, text: &str) -> String {
     if path.ends_with("/tests.rs") || path.contains("/tests/") {
         return String::new();
     }
-    let cfg_test = Regex::new(r"#\[cfg\(test\)\]\s*\n\s*(pub(\(\w+\))?\s+)?mod\s+\w+").unwrap();
+    // A test module written inline ends the product text; one declared
+    // (`mod tests;`, its own file) does not: what follows it is product.
+    let cfg_test =
+        Regex::new(r"#\[cfg\(test\)\]\s*\n\s*(pub(\(\w+\))?\s+)?mod\s+\w+\s*\{").unwrap();
     let text = match cfg_test.find(text) {
         Some(m) => &text[..m.start()],
         None => text,
