@@ -12,7 +12,10 @@
 //! - [`probe`]: tokio-postgres probes, the heartbeat table, TLS.
 //! - [`actions`]: trigger scripts, run in order per cluster.
 //! - [`status`]: the status file, written atomically.
-//! - [`pgpool`]: the pgpool-II sidecar: pcp handlers, reconciliation, holds.
+//! - [`hold`]: maintenance holds (`plusmoin hold`/`release`): the hold table,
+//!   the legacy `held.json`, and the background reader the daemon runs.
+//! - [`pgpool`]: the pgpool-II sidecar: pcp handlers and reconciliation, on
+//!   the daemon's view (holds included).
 //! - [`daemon`]: the beat loop, signals, reload.
 //! - [`notify`]: systemd readiness, reload and watchdog notifications.
 //! - [`lifecycle`]: process plumbing, one file each: locked pid file, detaching, dropping
@@ -34,6 +37,7 @@ pub mod demo;
 #[doc(hidden)]
 #[cfg(any(test, feature = "test-kit"))]
 pub mod fakepg;
+pub mod hold;
 pub mod lifecycle;
 pub mod logonce;
 pub mod notify;

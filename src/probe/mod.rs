@@ -24,8 +24,6 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info};
 
-/// The maintenance hold table (see [`crate::pgpool::hold`]).
-pub use crate::pgpool::hold::HOLD_TABLE_DDL;
 /// For the simulated server's tests: the text it must recognise.
 #[cfg(test)]
 pub(crate) use node::COMBINED;
