@@ -8,7 +8,8 @@ use super::legacy;
 use super::table::{self, TableRead};
 use crate::cluster::NodeName;
 use crate::lifecycle::safefile::Owners;
-use crate::probe::{Connector, ProbeSettings, Session};
+use crate::probe::connect::{Connector, Session};
+use crate::probe::ProbeSettings;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 

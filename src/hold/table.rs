@@ -9,8 +9,9 @@ use super::{legacy, resolve, HoldError, IGNORED_COUNT_CAP, MAX_HOLDS, PLACED_BY_
 use crate::cluster::{NodeName, Time};
 use crate::config::Config;
 use crate::payload::{rfc3339, HoldEntry};
+use crate::probe::connect::{describe_error, Connector, Session};
 use crate::probe::owner::{self, Owner};
-use crate::probe::{describe_error, Connector, ProbeSettings, Session};
+use crate::probe::ProbeSettings;
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::SystemTime;
