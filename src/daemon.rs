@@ -1,7 +1,8 @@
 //! The deciding loop: news from the per-node probe tasks ([`Monitor`]) is
 //! decided as it arrives ([`cluster::decide_news`]), then acted on (triggers,
-//! the pgpool sidecar) and written to the status file; beats come on a
-//! steady cadence; shutdown and reload come in as inputs.
+//! the pgpool sidecar, handed the maintenance holds the loop reads in the
+//! background) and written to the status file; beats come on a steady
+//! cadence; shutdown and reload come in as inputs.
 //!
 //! A beat: the nodes that were masters write their heartbeat first; once a
 //! master's write is back (and has had a moment to replicate), the other
@@ -128,8 +129,11 @@ pub struct Daemon {
     dispatcher: Dispatcher,
     /// Writes the status file beside the loop.
     status: status::Writer,
-    /// pgpool handlers, reconciliation and holds (inert without a section).
+    /// pgpool handlers and reconciliation (inert without a section).
     pgpool: crate::pgpool::Sidecar,
+    /// Cluster-wide maintenance holds, read in the background every beat;
+    /// handed to the sidecar and shown in the status.
+    holds: crate::hold::Holds,
     beat: Option<BeatRun>,
     /// Beats decided so far (systemd readiness and watchdog follow it).
     decisions: u64,
@@ -163,8 +167,10 @@ impl Daemon {
         let names: Vec<NodeName> = config.nodes.iter().map(|n| n.name.clone()).collect();
         monitor.set_nodes(&names);
         let pgpool = crate::pgpool::Sidecar::new(&config);
+        let holds = crate::hold::Holds::new(&config);
         Ok(Daemon {
             pgpool,
+            holds,
             config: Arc::new(config),
             monitor,
             state: State::default(),
@@ -497,15 +503,28 @@ impl Daemon {
         for e in &events {
             self.act(&next, e);
         }
-        // The pgpool sidecar is told at every beat (it reads the holds and
-        // reconciles then), and between beats only when something it acts
-        // on changed (an event, a node's place or master): not for every
-        // answer that changed nothing, as retries of lost nodes and each
-        // beat's hundreds of answers mostly are.
-        if tick {
-            self.pgpool.beat(&next, &events);
-        } else if changed {
-            self.pgpool.news(&next, &events);
+        // The pgpool sidecar is told at every beat (the holds are read and
+        // it reconciles then), and between beats only when something it
+        // acts on changed (an event, a node's place or master): not for
+        // every answer that changed nothing, as retries of lost nodes and
+        // each beat's hundreds of answers mostly are. It is told the holds
+        // as of now each time.
+        if tick || changed {
+            // Holds are read once a beat; until the first read is in, each
+            // time the sidecar is told (it acts on nothing before it).
+            if next.started && (tick || !self.holds.known()) {
+                self.holds
+                    .refresh(crate::hold::read_order(&self.config, &next));
+            }
+            let held = crate::pgpool::Held {
+                known: self.holds.known(),
+                nodes: self.holds.current(),
+            };
+            if tick {
+                self.pgpool.beat(&next, &events, held);
+            } else {
+                self.pgpool.news(&next, &events, held);
+            }
         }
         // A cluster emptied by moves is gone: its trigger queue finishes
         // what it has, then is freed.
@@ -670,7 +689,7 @@ impl Daemon {
             now,
             self.config.heartbeat,
         );
-        st.set_holds(self.pgpool.holds());
+        st.set_holds(self.holds.current());
         st.pgpool = self.pgpool.report();
         st.primary_refused = self.refuse_primaries(st.pgpool.as_ref());
         let st = Arc::new(st);
@@ -746,6 +765,7 @@ impl Daemon {
             .update_settings(ProbeSettings::from_config(&config))?;
         self.names = config.nodes.iter().map(|n| n.name.clone()).collect();
         self.monitor.set_nodes(&self.names);
+        self.holds.reconfigure(&config);
         self.pgpool.reconfigure(&config);
         self.config = Arc::new(config);
         // Nodes removed from the configuration are no one's news.

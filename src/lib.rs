@@ -12,7 +12,10 @@
 //! - [`probe`]: tokio-postgres probes, the heartbeat table, TLS.
 //! - [`actions`]: trigger scripts, run in order per cluster.
 //! - [`status`]: the status file, written atomically.
-//! - [`pgpool`]: the pgpool-II sidecar: pcp handlers, reconciliation, holds.
+//! - [`hold`]: maintenance holds (`plusmoin hold`/`release`): the hold table,
+//!   the legacy `held.json`, and the background reader the daemon runs.
+//! - [`pgpool`]: the pgpool-II sidecar: pcp handlers and reconciliation, on
+//!   the daemon's view (holds included).
 //! - [`metrics`]: the counters of what happened, bumped by every part.
 //! - [`web`]: the HTTP listener: `/metrics`, `/status`, health endpoints.
 //! - [`daemon`]: the beat loop, signals, reload.
@@ -36,6 +39,7 @@ pub mod demo;
 #[doc(hidden)]
 #[cfg(any(test, feature = "test-kit"))]
 pub mod fakepg;
+pub mod hold;
 pub mod lifecycle;
 pub mod logonce;
 pub mod metrics;

@@ -275,7 +275,7 @@ fn show_status(cli: &Cli, table: bool) -> Result<(), Failure> {
 
 /// `hold` (`reason` given, maybe `None` inside) or `release` (`None`).
 fn hold(cli: &Cli, node: &str, hold_reason: Option<Option<&str>>) -> Result<(), Failure> {
-    use plusmoin::pgpool::hold::{self, Placed};
+    use plusmoin::hold::{self, Placed};
     let config = load(cli)?;
     if config.pgpool.is_none() {
         eprintln!("plusmoin: warning: no \"pgpool\" section: a hold is only shown in the status");

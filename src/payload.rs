@@ -6,9 +6,22 @@
 //! part of a [`State`], so nothing secret can reach these documents.
 
 use crate::cluster::{ClusterId, EventKind, NodeState, Place, State, Time};
-pub use crate::pgpool::hold::HoldEntry;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// One maintenance hold (`plusmoin hold`), as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldEntry {
+    /// `host:port` as plusmoin prints it.
+    pub node: String,
+    /// Who placed it: `user@host` and the plusmoin instance that ran the
+    /// command, or `held.json (this host only)` for a hold of the legacy
+    /// file.
+    pub placed_by: String,
+    /// When (RFC 3339, UTC); empty for a legacy hold.
+    pub placed_at: String,
+    pub reason: Option<String>,
+}
 
 /// A node entry: `host`, `port`, `cluster_id`, `is_slave`, `master_name` as
 /// the original format has, then what an operator wants to see at a glance.
@@ -226,8 +239,7 @@ impl Status {
         }
     }
 
-    /// Shows `holds` (by node name, as [`crate::pgpool::hold::Holds`] keeps
-    /// them) in both `held` and `holds`.
+    /// Shows `holds` (by node name) in both `held` and `holds`.
     pub fn set_holds(&mut self, holds: &BTreeMap<String, HoldEntry>) {
         self.held = holds.keys().cloned().collect();
         self.holds = holds.values().cloned().collect();

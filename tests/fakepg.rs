@@ -227,7 +227,7 @@ async fn faults_change_at_run_time_and_slow_answers_past_the_deadline_are_down()
 /// from node to node every beat looking for a readable table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_read_as_an_empty_table() {
-    use plusmoin::pgpool::hold::Holds;
+    use plusmoin::hold::Holds;
     let pg = FakePg::start(vec![FakeNode::master()])
         .await
         .expect("fake server");

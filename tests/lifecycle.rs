@@ -1022,7 +1022,7 @@ fn a_link_planted_as_the_status_file_is_not_read_nor_written_through() {
 
 #[test]
 fn a_link_planted_as_the_hold_lock_is_refused_and_its_target_untouched() {
-    use plusmoin::pgpool::hold;
+    use plusmoin::hold;
     let dir = tempfile::tempdir().unwrap();
     let status_file = dir.path().join("status.json");
     let target = Target::new();

@@ -9,14 +9,14 @@
 //! - [`pcp`]: running a pcp command (no shell, `PCPPASSFILE`, deadline) and
 //!   reading `pcp_node_info`.
 //! - [`plan`]: the pure rules: what pgpool should show, which action fixes it.
-//! - [`sidecar`]: the background worker: event handlers and reconciliation.
-//! - [`hold`]: maintenance holds (`plusmoin hold`/`release`).
+//! - [`sidecar`]: the background worker: event handlers and reconciliation,
+//!   on the daemon's view of the nodes and of the holds ([`Held`]; the holds
+//!   themselves are read by [`crate::hold`]).
 //!
 //! Nothing here blocks the beat loop, and nothing here replaces the user's
 //! triggers: handlers run beside them, on their own worker.
 
 pub mod conf;
-pub mod hold;
 pub mod pcp;
 pub mod plan;
 pub mod section;
@@ -24,7 +24,7 @@ pub mod sidecar;
 pub mod templates;
 
 pub use section::{check, summary};
-pub use sidecar::Sidecar;
+pub use sidecar::{Held, Sidecar};
 
 use crate::cluster::NodeName;
 use crate::config::Config;

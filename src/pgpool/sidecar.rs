@@ -13,7 +13,6 @@
 //! again next round. Each round reads the newest view, so a round queued
 //! behind a slow one never acts on old news.
 
-use super::hold;
 use super::pcp::{NodeInfo, NodeStatus, Pcp, PcpError, Watchdog};
 use super::plan::{self, Action, Decision, Memory, Ours, Remark, Seen, Settings, Step};
 use super::templates::Command;
@@ -21,7 +20,7 @@ use crate::cluster::{Event, EventKind, NodeName, State};
 use crate::config::Config;
 use crate::logonce::{LogOnce, LogOnceMap};
 use crate::metrics::{PcpOutcome, COUNTERS};
-use crate::payload::PgpoolReport;
+use crate::payload::{HoldEntry, PgpoolReport};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -72,17 +71,29 @@ struct Worker {
     task: JoinHandle<()>,
 }
 
-/// The daemon's handle on pgpool handling; inert without a `pgpool` section
-/// (holds are still read, so `plusmoin status` shows them).
+/// The maintenance holds as the daemon last read them, handed to the
+/// sidecar with each view: the sidecar reads no hold itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Held<'a> {
+    /// Whether the hold table has been read at least once: until then a
+    /// held node could be attached by mistake, and pgpool is left alone.
+    pub known: bool,
+    /// The held nodes, by name (`host:port`).
+    pub nodes: &'a BTreeMap<String, HoldEntry>,
+}
+
+impl Held<'_> {
+    fn is_held(&self, node: &NodeName) -> bool {
+        self.nodes.contains_key(&node.to_string())
+    }
+}
+
+/// The daemon's handle on pgpool handling; inert without a `pgpool` section.
 pub struct Sidecar {
     pcp: Option<Arc<Pcp>>,
     config: Option<crate::config::PgpoolConfig>,
     node_ids: BTreeMap<NodeName, u32>,
     settings: Settings,
-    /// The configured nodes, for the order holds are read in.
-    nodes: Config,
-    /// Cluster-wide holds, read in the background every beat.
-    holds: hold::Holds,
     view: watch::Sender<Arc<View>>,
     report: watch::Sender<Option<PgpoolReport>>,
     worker: Option<Worker>,
@@ -100,8 +111,6 @@ impl Sidecar {
             config: config.pgpool.clone(),
             node_ids: BTreeMap::new(),
             settings: Settings::new(config.heartbeat),
-            nodes: config.clone(),
-            holds: hold::Holds::new(config),
             view,
             report,
             worker: None,
@@ -136,23 +145,14 @@ impl Sidecar {
     }
 
     /// Takes a reloaded configuration: a new worker (the old one finishes
-    /// its round in progress and ends); the holds read so far are kept.
+    /// its round in progress and ends).
     pub fn reconfigure(&mut self, config: &Config) {
-        self.holds.reconfigure(config);
-        self.nodes = config.clone();
         // Same pgpool and timings: keep the worker, and with it the
         // back-offs and what was already said.
         if config.pgpool == self.config && Settings::new(config.heartbeat) == self.settings {
             return;
         }
-        let mut next = Sidecar::new(config);
-        std::mem::swap(&mut next.holds, &mut self.holds);
-        *self = next;
-    }
-
-    /// The holds as of the last read, with who placed each and when.
-    pub fn holds(&self) -> &BTreeMap<String, hold::HoldEntry> {
-        self.holds.current()
+        *self = Sidecar::new(config);
     }
 
     /// What the worker last found out about pgpool (`None` before its first
@@ -161,26 +161,21 @@ impl Sidecar {
         self.report.borrow().clone()
     }
 
-    /// Takes the beat's outcome: reads the holds, prompts a round when an
-    /// event concerns a mapped node, and a reconciliation round when one is
-    /// due. Never waits for pgpool.
-    pub fn beat(&mut self, state: &State, events: &[Event]) {
-        self.update(state, events, true);
+    /// Takes the beat's outcome and the holds as of now: prompts a round
+    /// when an event concerns a mapped node, and a reconciliation round when
+    /// one is due. Never waits for pgpool.
+    pub fn beat(&mut self, state: &State, events: &[Event], held: Held<'_>) {
+        self.update(state, events, held, true);
     }
 
-    /// Takes news decided between beats: the new view, and a round at once
-    /// if an event concerns a mapped node; holds are read and rounds are
-    /// reconciled at beats only.
-    pub fn news(&mut self, state: &State, events: &[Event]) {
-        self.update(state, events, false);
+    /// Takes news decided between beats: the new view (with the holds as of
+    /// now), and a round at once if an event concerns a mapped node; rounds
+    /// are reconciled at beats only.
+    pub fn news(&mut self, state: &State, events: &[Event], held: Held<'_>) {
+        self.update(state, events, held, false);
     }
 
-    fn update(&mut self, state: &State, events: &[Event], beat: bool) {
-        // Holds are read once a beat; until the first read is in, at every
-        // step (nothing is acted on before it).
-        if state.started && (beat || !self.holds.known()) {
-            self.holds.refresh(hold::read_order(&self.nodes, state));
-        }
+    fn update(&mut self, state: &State, events: &[Event], held: Held<'_>, beat: bool) {
         let Some(pcp) = self.pcp.clone() else {
             return;
         };
@@ -192,7 +187,7 @@ impl Sidecar {
                 let ours = Ours {
                     place: state.started.then_some(n.place),
                     master_name: n.master_name.clone(),
-                    held: self.holds.is_held(&n.name),
+                    held: held.is_held(&n.name),
                 };
                 Some((n.name.clone(), Target { id, ours }))
             })
@@ -200,7 +195,7 @@ impl Sidecar {
         // Until the holds have been read once, a held node could be
         // attached by mistake: pgpool is left alone.
         self.view.send_replace(Arc::new(View {
-            started: state.started && self.holds.known(),
+            started: state.started && held.known,
             targets,
         }));
         let settings = self.settings;
@@ -814,20 +809,29 @@ esac
         }
     }
 
-    /// A sidecar whose holds come from held.json only (no database).
     fn sidecar(config: &Config) -> Sidecar {
-        let mut s = Sidecar::new(config);
-        s.holds.assume_table_read();
-        s
+        Sidecar::new(config)
     }
 
+    /// The holds read, and none held.
+    const NOTHING_HELD: Held<'static> = Held {
+        known: true,
+        nodes: &BTreeMap::new(),
+    };
+
     /// Beats (each one due a round) until `check` holds.
-    async fn beat_until(s: &mut Sidecar, st: &State, what: &str, mut check: impl FnMut() -> bool) {
+    async fn beat_until(
+        s: &mut Sidecar,
+        st: &State,
+        held: Held<'_>,
+        what: &str,
+        mut check: impl FnMut() -> bool,
+    ) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while !check() {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             s.last_reconcile = None;
-            s.beat(st, &[]);
+            s.beat(st, &[], held);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -836,12 +840,12 @@ esac
     /// sign that a round ran, before asserting what it did not do. Done
     /// twice, so the second round surely began after this beat (the first
     /// report may come from a round already under way).
-    async fn beat_and_wait_rounds(s: &mut Sidecar, st: &State, events: &[Event]) {
+    async fn beat_and_wait_rounds(s: &mut Sidecar, st: &State, events: &[Event], held: Held<'_>) {
         for _ in 0..2 {
             let mut rx = s.report.subscribe();
             rx.borrow_and_update();
             s.last_reconcile = None;
-            s.beat(st, events);
+            s.beat(st, events, held);
             tokio::time::timeout(Duration::from_secs(15), rx.changed())
                 .await
                 .expect("a round's report within 15 s")
@@ -861,10 +865,10 @@ esac
     async fn reconciliation_attaches_in_sync_nodes_and_detaches_lost_ones() {
         let fake = Fake::new(&["up", "up"]);
         let mut s = sidecar(&fake.config());
-        s.beat(&state(Place::Lost), &[]);
+        s.beat(&state(Place::Lost), &[], NOTHING_HELD);
         wait_for("node 1 detached", || fake.status(1) == "down").await;
         s.last_reconcile = None;
-        s.beat(&state(Place::Slave), &[]);
+        s.beat(&state(Place::Slave), &[], NOTHING_HELD);
         wait_for("node 1 attached", || fake.status(1) == "waiting").await;
         let report = s.report().expect("a report after a round");
         assert_eq!(report.primary.as_deref(), Some("db0:5432"));
@@ -899,7 +903,13 @@ esac
         for n in &mut st.nodes {
             n.place = Place::Lost;
         }
-        beat_and_wait_rounds(&mut s, &st, &[event(EventKind::SlaveDown, "db1")]).await;
+        beat_and_wait_rounds(
+            &mut s,
+            &st,
+            &[event(EventKind::SlaveDown, "db1")],
+            NOTHING_HELD,
+        )
+        .await;
         assert_eq!((fake.status(0), fake.status(1)), ("up".into(), "up".into()));
         assert!(
             !fake.calls().iter().any(|c| c.starts_with("detach")),
@@ -908,7 +918,7 @@ esac
         );
         // One server seen again: the lost one is detached.
         s.last_reconcile = None;
-        s.beat(&state(Place::Lost), &[]);
+        s.beat(&state(Place::Lost), &[], NOTHING_HELD);
         wait_for("node 1 detached", || fake.status(1) == "down").await;
         s.shutdown().await;
     }
@@ -920,7 +930,7 @@ esac
         // Nodes and an event about a mapped one, but no beat decided yet.
         let mut before = state(Place::Slave);
         before.started = false;
-        s.beat(&before, &[event(EventKind::SlaveUp, "db1")]);
+        s.beat(&before, &[event(EventKind::SlaveUp, "db1")], NOTHING_HELD);
         // The positive sign: the worker took that beat's job and dealt
         // with it (by doing nothing) before anything is asserted.
         let mut handled = s.worker.as_ref().expect("a worker").handled.clone();
@@ -933,7 +943,7 @@ esac
         // Once the first beat is decided, the same sidecar acts: the fake
         // pcp would have shown calls.
         s.last_reconcile = None;
-        s.beat(&state(Place::Slave), &[]);
+        s.beat(&state(Place::Slave), &[], NOTHING_HELD);
         wait_for("node 1 attached", || fake.status(1) == "waiting").await;
         s.shutdown().await;
     }
@@ -982,7 +992,13 @@ esac
         let st = state(Place::Slave);
         let mut calls = Vec::new();
         for round in 0..4 {
-            beat_and_wait_rounds(&mut s, &st, &[event(EventKind::SlaveUp, "db1")]).await;
+            beat_and_wait_rounds(
+                &mut s,
+                &st,
+                &[event(EventKind::SlaveUp, "db1")],
+                NOTHING_HELD,
+            )
+            .await;
             calls.push(fake.calls().len());
             let report = s.report().expect("a report");
             assert!(
@@ -1016,12 +1032,16 @@ esac
 
         // Another failure is a new line; then pgpool answers.
         std::fs::write(fake.path().join("fail"), "authentication failed").unwrap();
-        beat_and_wait_rounds(&mut s, &st, &[]).await;
+        beat_and_wait_rounds(&mut s, &st, &[], NOTHING_HELD).await;
         assert_eq!(log.count("pgpool: pcp failed; retrying every beat"), 2);
         std::fs::remove_file(fake.path().join("fail")).unwrap();
-        beat_until(&mut s, &st, "node 1 attached once pcp answers", || {
-            fake.status(1) == "waiting"
-        })
+        beat_until(
+            &mut s,
+            &st,
+            NOTHING_HELD,
+            "node 1 attached once pcp answers",
+            || fake.status(1) == "waiting",
+        )
         .await;
         assert_eq!(log.count("pgpool: pcp answers again"), 1, "{}", log.text());
         assert_eq!(log.count("pgpool: pcp failed"), 2, "{}", log.text());
@@ -1094,7 +1114,11 @@ esac
         std::fs::write(fake.path().join("restart"), "3\n").unwrap();
         let mut s = sidecar(&fake.config());
         // One beat, one round: nothing else would run another.
-        s.beat(&state(Place::Slave), &[event(EventKind::SlaveUp, "db1")]);
+        s.beat(
+            &state(Place::Slave),
+            &[event(EventKind::SlaveUp, "db1")],
+            NOTHING_HELD,
+        );
         wait_for(
             "the round's report shows the attach, without a pcp error",
             || {
@@ -1125,7 +1149,11 @@ esac
         let fake = Fake::new(&["up", "down"]);
         std::fs::write(fake.path().join("1.refuse"), "1\n").unwrap();
         let mut s = sidecar(&fake.config());
-        s.beat(&state(Place::Slave), &[event(EventKind::SlaveUp, "db1")]);
+        s.beat(
+            &state(Place::Slave),
+            &[event(EventKind::SlaveUp, "db1")],
+            NOTHING_HELD,
+        );
         // The refused attach is tried again at a later round.
         let deadline = Instant::now() + Duration::from_secs(15);
         while fake.status(1) != "waiting" {
@@ -1135,7 +1163,7 @@ esac
                 fake.calls()
             );
             s.last_reconcile = None;
-            s.beat(&state(Place::Slave), &[]);
+            s.beat(&state(Place::Slave), &[], NOTHING_HELD);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let attaches = fake.calls().iter().filter(|c| *c == "attach 1").count();
@@ -1145,35 +1173,62 @@ esac
 
     #[tokio::test]
     async fn held_node_is_detached_and_never_attached() {
+        use crate::hold::{self, Holds};
         let fake = Fake::new(&["up", "up"]);
         let config = fake.config();
         hold::hold(&config, "db1:5432").unwrap();
+        // The holds as the daemon reads them, here from held.json only (no
+        // database).
+        let mut holds = Holds::new(&config);
+        holds.assume_table_read();
+        holds.refresh(vec![]);
+        holds.settle().await;
+        assert_eq!(holds.names(), ["db1:5432"]);
+        let held = Held {
+            known: holds.known(),
+            nodes: holds.current(),
+        };
         let mut s = sidecar(&config);
-        s.beat(&state(Place::Slave), &[event(EventKind::SlaveUp, "db1")]);
-        beat_until(&mut s, &state(Place::Slave), "held node 1 detached", || {
-            fake.status(1) == "down"
-        })
+        s.beat(
+            &state(Place::Slave),
+            &[event(EventKind::SlaveUp, "db1")],
+            held,
+        );
+        beat_until(
+            &mut s,
+            &state(Place::Slave),
+            held,
+            "held node 1 detached",
+            || fake.status(1) == "down",
+        )
         .await;
-        assert_eq!(s.holds().keys().collect::<Vec<_>>(), ["db1:5432"]);
         // Further beats and events never attach it.
         beat_and_wait_rounds(
             &mut s,
             &state(Place::Slave),
             &[event(EventKind::SlaveUp, "db1")],
+            held,
         )
         .await;
         assert_eq!(fake.status(1), "down");
         assert!(!fake.calls().contains(&"attach 1".to_string()));
         // Released: the next reconciliation attaches it.
         hold::release(&config, "db1:5432").unwrap();
+        holds.refresh(vec![]);
+        holds.settle().await;
+        assert!(holds.current().is_empty());
+        let held = Held {
+            known: holds.known(),
+            nodes: holds.current(),
+        };
         beat_until(
             &mut s,
             &state(Place::Slave),
+            held,
             "released node 1 attached",
             || fake.status(1) == "waiting",
         )
         .await;
-        assert!(s.holds().is_empty());
         s.shutdown().await;
     }
 
@@ -1193,7 +1248,11 @@ esac
         let fake = Fake::new(&["up", "down"]);
         std::fs::write(fake.path().join("watchdog"), watchdog_verbose("STANDBY")).unwrap();
         let mut s = sidecar(&fake.config());
-        s.beat(&state(Place::Slave), &[event(EventKind::SlaveUp, "db1")]);
+        s.beat(
+            &state(Place::Slave),
+            &[event(EventKind::SlaveUp, "db1")],
+            NOTHING_HELD,
+        );
         wait_for("a round's report", || s.report().is_some()).await;
         let report = s.report().unwrap();
         assert!(!report.acting, "{report:?}");
@@ -1206,7 +1265,7 @@ esac
         // Its pgpool becomes the leader: it takes over.
         std::fs::write(fake.path().join("watchdog"), watchdog_verbose("LEADER")).unwrap();
         s.last_reconcile = None;
-        s.beat(&state(Place::Slave), &[]);
+        s.beat(&state(Place::Slave), &[], NOTHING_HELD);
         wait_for("node 1 attached by the new leader's plusmoin", || {
             fake.status(1) == "waiting"
         })

@@ -6,7 +6,7 @@
 use crate::monitor::node;
 use crate::wait_until;
 use plusmoin::cluster::NodeName;
-use plusmoin::pgpool::hold::{self, Holds, LEGACY_PLACED_BY};
+use plusmoin::hold::{self, Holds, LEGACY_PLACED_BY};
 use plusmoin::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -244,7 +244,7 @@ fn a_million_hold_rows_never_reach_plusmoin() {
                FROM generate_series(1, 1000000) AS i; \
              INSERT INTO public.plusmoin_hold (node, placed_by, reason) \
                VALUES ('{n0}', repeat('p', 100000), repeat('w', 1000000))",
-            plusmoin::probe::HOLD_TABLE_DDL
+            plusmoin::hold::HOLD_TABLE_DDL
         ),
     )
     .expect("flood");
@@ -261,12 +261,12 @@ fn a_million_hold_rows_never_reach_plusmoin() {
     );
     assert_eq!(
         hold["placed_by"].as_str().map(|s| s.chars().count()),
-        Some(plusmoin::pgpool::hold::PLACED_BY_CAP + 1),
+        Some(plusmoin::hold::PLACED_BY_CAP + 1),
         "cut, and marked with …"
     );
     assert_eq!(
         hold["reason"].as_str().map(|s| s.chars().count()),
-        Some(plusmoin::pgpool::hold::REASON_CAP + 1)
+        Some(plusmoin::hold::REASON_CAP + 1)
     );
     // Five more beats, each reading the holds with the flood there.
     let since = st["updated_at_unix"].as_f64().unwrap_or_default();
