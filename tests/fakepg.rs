@@ -1,10 +1,10 @@
-//! The simulated PostgreSQL server (`plusmoin::fakepg`) seen through
+//! The simulated PostgreSQL server (`plusmoin_kit::fakepg`) seen through
 //! plusmoin's real probes: what the scale benchmark relies on.
 
 use plusmoin::cluster::{Observation, Time};
 use plusmoin::config::{Secret, SslMode};
-use plusmoin::fakepg::{FakeNode, FakePg, Fault};
 use plusmoin::probe::{ProbeSettings, ProbeTarget, Prober};
+use plusmoin_kit::fakepg::{FakeNode, FakePg, Fault};
 use std::time::{Duration, Instant};
 
 /// The default role statement, for which a slave is probed with a single

@@ -26,9 +26,10 @@ use tracing::{debug, error, info};
 
 /// The maintenance hold table (see [`crate::pgpool::hold`]).
 pub use crate::pgpool::hold::HOLD_TABLE_DDL;
-/// For the simulated server's tests: the text it must recognise.
-#[cfg(test)]
-pub(crate) use node::COMBINED;
+/// The statement a probe reads a node's role and heartbeat row with, for
+/// the simulated server of the test kits (`tests/kit`), which must tell it
+/// apart.
+pub const COMBINED: &str = node::COMBINED;
 /// The heartbeat table, for operators who create it beforehand.
 pub use node::CREATE_TABLE as HEARTBEAT_TABLE_DDL;
 
@@ -225,6 +226,13 @@ impl Session {
     pub(crate) fn is_closed(&self) -> bool {
         self.conn.is_closed()
     }
+}
+
+/// The question a probe asks before it touches plusmoin's `table`: who
+/// owns it. For the simulated server of the test kits (`tests/kit`), which
+/// answers it.
+pub fn owner_query(table: &str) -> String {
+    owner::query(table)
 }
 
 /// One line for a tokio-postgres error, with its causes (its own `Display`

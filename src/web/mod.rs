@@ -9,10 +9,10 @@
 //! listener's own tasks read the latest one. Counters are atomics
 //! ([`metrics::COUNTERS`]).
 
-#[cfg(any(test, feature = "test-kit"))]
-pub mod exposition;
-#[cfg(any(test, feature = "test-kit"))]
-pub mod flood;
+/// The metrics reader of the test kits (`tests/kit`), for the unit tests.
+#[cfg(test)]
+#[path = "../../tests/kit/src/exposition.rs"]
+mod exposition;
 pub mod metrics;
 pub mod routes;
 mod server;

@@ -1,0 +1,20 @@
+//! plusmoin's test kits: what its tests and benches run against, in a
+//! crate of their own so that nothing of them is in plusmoin itself
+//! (`cargo build --release`, the Debian package). Tests and benches get
+//! it as the dev-dependency `plusmoin-kit`.
+//!
+//! - [`fakepg`]: a simulated PostgreSQL server, thousands of nodes in one
+//!   process.
+//! - [`watchdog`]: a pgpool-II watchdog cluster in front of a
+//!   [`plusmoin::sandbox::Sandbox`].
+//! - [`exposition`]: a strict reader of the Prometheus text format.
+//! - [`flood`]: a flood of idle and slow connections against a listener.
+
+// Its unit tests are built as a test of their own (the root package's
+// `kit`), where what only other crates use is unused.
+#![cfg_attr(test, allow(dead_code, unused_imports))]
+
+pub mod exposition;
+pub mod fakepg;
+pub mod flood;
+pub mod watchdog;
