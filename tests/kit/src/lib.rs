@@ -5,6 +5,8 @@
 //!
 //! - [`fakepg`]: a simulated PostgreSQL server, thousands of nodes in one
 //!   process.
+//! - [`probe`]: one probe of each node through a [`plusmoin::probe::Monitor`],
+//!   as a beat of the daemon asks for them.
 //! - [`watchdog`]: a pgpool-II watchdog cluster in front of a
 //!   [`plusmoin::sandbox::Sandbox`].
 //! - [`exposition`]: a strict reader of the Prometheus text format.
@@ -17,4 +19,5 @@
 pub mod exposition;
 pub mod fakepg;
 pub mod flood;
+pub mod probe;
 pub mod watchdog;
