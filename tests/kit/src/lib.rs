@@ -12,10 +12,6 @@
 //! - [`exposition`]: a strict reader of the Prometheus text format.
 //! - [`flood`]: a flood of idle and slow connections against a listener.
 
-// Its unit tests are built as a test of their own (the root package's
-// `kit`), where what only other crates use is unused.
-#![cfg_attr(test, allow(dead_code, unused_imports))]
-
 pub mod exposition;
 pub mod fakepg;
 pub mod flood;
