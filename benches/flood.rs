@@ -15,10 +15,10 @@
 use plusmoin::cluster::{step, NodeName, Observation, Policy, State, Time};
 use plusmoin::metrics::COUNTERS;
 use plusmoin::payload::Status;
-use plusmoin::web::exposition;
-use plusmoin::web::flood::{check, Checked, Flood};
 use plusmoin::web::metrics::render;
 use plusmoin::web::Publisher;
+use plusmoin_kit::exposition;
+use plusmoin_kit::flood::{check, Checked, Flood};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! Scale: what plusmoin costs as the number of nodes grows, against
-//! simulated PostgreSQL servers (`plusmoin::fakepg`): 10% of the nodes
+//! simulated PostgreSQL servers (`plusmoin_kit::fakepg`): 10% of the nodes
 //! frozen (TCP accepted, never answered), the rest clusters of one master
 //! and three slaves.
 //!
@@ -34,7 +34,7 @@
 
 use plusmoin::cluster::{NodeName, Place};
 use plusmoin::daemon::Daemon;
-use plusmoin::fakepg::{address, FakeNode, FakePg, Fault};
+use plusmoin_kit::fakepg::{address, FakeNode, FakePg, Fault};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -273,7 +273,7 @@ fn fake_server() {
 
 /// `n` simulated nodes on `port`, beating every `heartbeat`.
 fn config_text(n: usize, port: u16, dir: &std::path::Path, heartbeat: Duration) -> String {
-    plusmoin::fakepg::config_text(n, port, dir, heartbeat, CONNECT_TIMEOUT, "bench")
+    plusmoin_kit::fakepg::config_text(n, port, dir, heartbeat, CONNECT_TIMEOUT, "bench")
 }
 
 fn cpu_time() -> Duration {

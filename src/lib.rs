@@ -27,7 +27,10 @@
 //! - [`demo`]: `plusmoin demo`, the sandbox with a live plusmoin on it.
 //! - [`cli`]: the command line.
 //! - `alloc`: the memory allocator (jemalloc, one arena).
-//! - `fakepg` (hidden): a simulated PostgreSQL server for tests and benches.
+//!
+//! The test kits (a simulated PostgreSQL server, a pgpool-II watchdog
+//! cluster, …) are a crate of their own, `tests/kit`, that only tests and
+//! benches build.
 
 pub mod actions;
 mod alloc;
@@ -36,9 +39,6 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod demo;
-#[doc(hidden)]
-#[cfg(any(test, feature = "test-kit"))]
-pub mod fakepg;
 pub mod hold;
 pub mod lifecycle;
 pub mod logonce;

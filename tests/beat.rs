@@ -1,9 +1,9 @@
 //! A beat of the real deciding loop (`plusmoin::daemon::Daemon`) over
-//! simulated servers (`plusmoin::fakepg`): the order of its probes.
+//! simulated servers (`plusmoin_kit::fakepg`): the order of its probes.
 
 use plusmoin::cluster::{NodeName, Place};
 use plusmoin::daemon::Daemon;
-use plusmoin::fakepg::{config_text, FakeNode, FakePg, Fault};
+use plusmoin_kit::fakepg::{config_text, FakeNode, FakePg, Fault};
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -1,10 +1,12 @@
-//! The simulated PostgreSQL server (`plusmoin::fakepg`) seen through
-//! plusmoin's real probes: what the scale benchmark relies on.
+//! The simulated PostgreSQL server (`plusmoin_kit::fakepg`) seen through
+//! plusmoin's real probes (a `Monitor`, as the daemon runs them): what the
+//! scale benchmark relies on.
 
 use plusmoin::cluster::{Observation, Time};
 use plusmoin::config::{Secret, SslMode};
-use plusmoin::fakepg::{FakeNode, FakePg, Fault};
-use plusmoin::probe::{ProbeSettings, ProbeTarget, Prober};
+use plusmoin::probe::{Monitor, ProbeSettings, ProbeTarget};
+use plusmoin_kit::fakepg::{FakeNode, FakePg, Fault};
+use plusmoin_kit::probe::probe_once;
 use std::time::{Duration, Instant};
 
 /// The default role statement, for which a slave is probed with a single
@@ -13,7 +15,7 @@ const DEFAULT_ROLE: &str = "SELECT pg_is_in_recovery()";
 /// A custom one asking the same: the role and the heartbeat read apart.
 const CUSTOM_ROLE: &str = "SELECT pg_is_in_recovery() AS in_recovery";
 
-fn prober(connect_timeout: Duration) -> Prober {
+fn prober(connect_timeout: Duration) -> Monitor {
     prober_with(connect_timeout, DEFAULT_ROLE)
 }
 
@@ -32,8 +34,8 @@ fn settings(connect_timeout: Duration, is_slave_statement: &str) -> ProbeSetting
     }
 }
 
-fn prober_with(connect_timeout: Duration, is_slave_statement: &str) -> Prober {
-    Prober::new(settings(connect_timeout, is_slave_statement)).expect("prober")
+fn prober_with(connect_timeout: Duration, is_slave_statement: &str) -> Monitor {
+    Monitor::new(settings(connect_timeout, is_slave_statement)).expect("monitor")
 }
 
 fn targets(pg: &FakePg, which: &[usize]) -> Vec<ProbeTarget> {
@@ -69,12 +71,12 @@ async fn master_and_slaves(is_slave_statement: &str) {
     let master = pg.name(0);
 
     // Before any write, the slaves have no row to replay.
-    let out = p.probe_all(&targets(&pg, &[1, 2]), Time(1)).await;
+    let out = probe_once(&mut p, &targets(&pg, &[1, 2]), Time(1)).await;
     assert_eq!(out[0].1, Observation::Slave { heartbeat: None });
     assert_eq!(out[1].1, Observation::Slave { heartbeat: None });
 
     let wrote = Time::from_secs_f64(1_700_000_000.25);
-    let out = p.probe_all(&targets(&pg, &[0]), wrote).await;
+    let out = probe_once(&mut p, &targets(&pg, &[0]), wrote).await;
     assert_eq!(
         out[0],
         (master.clone(), Observation::Master { wrote_at: wrote })
@@ -83,7 +85,7 @@ async fn master_and_slaves(is_slave_statement: &str) {
 
     // The slave without lag replays the write at once, with its master's
     // name and the cluster id plusmoin wrote; the lagging one not yet.
-    let out = p.probe_all(&targets(&pg, &[1, 2]), Time(2)).await;
+    let out = probe_once(&mut p, &targets(&pg, &[1, 2]), Time(2)).await;
     let Observation::Slave {
         heartbeat: Some(hb),
     } = &out[0].1
@@ -101,7 +103,7 @@ async fn master_and_slaves(is_slave_statement: &str) {
     let mut seen_at = None;
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
-        let out = p.probe_all(&targets(&pg, &[2]), Time(3)).await;
+        let out = probe_once(&mut p, &targets(&pg, &[2]), Time(3)).await;
         if let Observation::Slave {
             heartbeat: Some(hb),
         } = &out[0].1
@@ -119,8 +121,8 @@ async fn master_and_slaves(is_slave_statement: &str) {
 
     // A later write supersedes the first on the slave without lag.
     let later = Time::from_secs_f64(1_700_000_001.5);
-    p.probe_all(&targets(&pg, &[0]), later).await;
-    let out = p.probe_all(&targets(&pg, &[1]), Time(4)).await;
+    probe_once(&mut p, &targets(&pg, &[0]), later).await;
+    let out = probe_once(&mut p, &targets(&pg, &[1]), Time(4)).await;
     match &out[0].1 {
         Observation::Slave {
             heartbeat: Some(hb),
@@ -129,7 +131,7 @@ async fn master_and_slaves(is_slave_statement: &str) {
     }
     // Connections to nodes not probed are closed; one kept per node probed.
     assert_eq!(p.connections_held(), 1);
-    p.probe_all(&targets(&pg, &[0, 1, 2]), Time(5)).await;
+    probe_once(&mut p, &targets(&pg, &[0, 1, 2]), Time(5)).await;
     assert_eq!(p.connections_held(), 3);
 }
 
@@ -145,7 +147,7 @@ async fn frozen_is_down_at_the_deadline_and_refusing_quickly() {
     // Refused: down long before a generous deadline.
     let mut patient = prober(Duration::from_secs(5));
     let t0 = Instant::now();
-    let out = patient.probe_all(&targets(&pg, &[1]), Time(1)).await;
+    let out = probe_once(&mut patient, &targets(&pg, &[1]), Time(1)).await;
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     match &out[0].1 {
         Observation::Down { reason } => assert!(reason.contains("refused"), "{reason}"),
@@ -157,7 +159,7 @@ async fn frozen_is_down_at_the_deadline_and_refusing_quickly() {
     let deadline = Duration::from_millis(500);
     let mut p = prober(deadline);
     let t0 = Instant::now();
-    let out = p.probe_all(&targets(&pg, &[0, 1, 2]), Time(2)).await;
+    let out = probe_once(&mut p, &targets(&pg, &[0, 1, 2]), Time(2)).await;
     let took = t0.elapsed();
     assert!(took >= deadline, "{took:?}");
     assert!(took < deadline + Duration::from_secs(1), "{took:?}");
@@ -179,13 +181,13 @@ async fn faults_change_at_run_time_and_slow_answers_past_the_deadline_are_down()
         .expect("fake server");
     let mut p = prober(Duration::from_millis(400));
     let all = targets(&pg, &[0, 1]);
-    let out = p.probe_all(&all, Time(1)).await;
+    let out = probe_once(&mut p, &all, Time(1)).await;
     assert_eq!(out[0].1, Observation::Master { wrote_at: Time(1) });
     assert!(matches!(out[1].1, Observation::Slave { .. }));
 
     // Slow within the deadline: still answers.
     pg.set_fault(1, Fault::Slow { ms: 50 });
-    let out = p.probe_all(&all, Time(2)).await;
+    let out = probe_once(&mut p, &all, Time(2)).await;
     assert!(
         matches!(out[1].1, Observation::Slave { .. }),
         "{:?}",
@@ -194,7 +196,7 @@ async fn faults_change_at_run_time_and_slow_answers_past_the_deadline_are_down()
     // Slow past it (each answer 500 ms late; a slave's probe is a single
     // statement, so one such answer): down at the deadline.
     pg.set_fault(1, Fault::Slow { ms: 500 });
-    let out = p.probe_all(&all, Time(3)).await;
+    let out = probe_once(&mut p, &all, Time(3)).await;
     assert_eq!(
         out[1].1,
         Observation::Down {
@@ -203,11 +205,11 @@ async fn faults_change_at_run_time_and_slow_answers_past_the_deadline_are_down()
     );
     // A kept connection that freezes: down at the deadline, and dropped.
     pg.set_fault(1, Fault::None);
-    p.probe_all(&all, Time(4)).await;
+    probe_once(&mut p, &all, Time(4)).await;
     assert_eq!(p.connections_held(), 2);
     pg.set_fault(0, Fault::Frozen);
     let t0 = Instant::now();
-    let out = p.probe_all(&all, Time(5)).await;
+    let out = probe_once(&mut p, &all, Time(5)).await;
     assert!(t0.elapsed() >= Duration::from_millis(400));
     assert!(
         matches!(out[0].1, Observation::Down { .. }),
@@ -218,7 +220,7 @@ async fn faults_change_at_run_time_and_slow_answers_past_the_deadline_are_down()
     assert_eq!(p.connections_held(), 1);
     // Thawed: answers again on a new connection.
     pg.set_fault(0, Fault::None);
-    let out = p.probe_all(&all, Time(6)).await;
+    let out = probe_once(&mut p, &all, Time(6)).await;
     assert_eq!(out[0].1, Observation::Master { wrote_at: Time(6) });
 }
 
@@ -250,10 +252,10 @@ async fn holds_read_as_an_empty_table() {
 }
 
 /// Statements each node executed during one beat, and the observations.
-async fn counted_beat(pg: &FakePg, p: &mut Prober, t: Time) -> (Vec<u64>, Vec<Observation>) {
+async fn counted_beat(pg: &FakePg, p: &mut Monitor, t: Time) -> (Vec<u64>, Vec<Observation>) {
     let before: Vec<u64> = (0..pg.len()).map(|i| pg.executed(i)).collect();
     let all: Vec<usize> = (0..pg.len()).collect();
-    let out = p.probe_all(&targets(pg, &all), t).await;
+    let out = probe_once(p, &targets(pg, &all), t).await;
     let spent = (0..pg.len()).map(|i| pg.executed(i) - before[i]).collect();
     (spent, out.into_iter().map(|(_, o)| o).collect())
 }

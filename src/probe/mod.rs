@@ -18,16 +18,16 @@ use crate::cluster::{ClusterId, NodeName, Observation, Time};
 use crate::config::{Config, Secret, SslMode};
 use crate::logonce::LogOnceMap;
 use node::{Failure, NodeConn};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinSet;
-use tracing::{debug, error, info};
+use tracing::debug;
 
-/// For the simulated server's tests: the text it must recognise.
-#[cfg(test)]
-pub(crate) use node::COMBINED;
+/// The statement a probe reads a node's role and heartbeat row with, for
+/// the simulated server of the test kits (`tests/kit`), which must tell it
+/// apart.
+pub const COMBINED: &str = node::COMBINED;
 /// The heartbeat table, for operators who create it beforehand.
 pub use node::CREATE_TABLE as HEARTBEAT_TABLE_DDL;
 
@@ -156,134 +156,11 @@ impl Shared {
     }
 }
 
-/// Probes the nodes, keeping one connection per node across beats.
-pub struct Prober {
-    shared: Arc<Shared>,
-    conns: HashMap<NodeName, NodeConn>,
-    /// Connection attempts a server accepted but has not answered yet (a
-    /// frozen server): kept across beats rather than opening a new
-    /// connection every beat.
-    pending: HashMap<NodeName, Pending>,
-    /// The last Down reason logged per node, so a node that stays down for
-    /// the same reason is logged at error level once, not every beat.
-    last_down: LogOnceMap<NodeName>,
-}
-
-impl Prober {
-    /// Builds the TLS connector now, so a bad `sslrootcert` is reported at
-    /// start.
-    pub fn new(settings: ProbeSettings) -> Result<Prober, ProbeError> {
-        Ok(Prober {
-            shared: Arc::new(Shared::new(settings)?),
-            conns: HashMap::new(),
-            pending: HashMap::new(),
-            last_down: LogOnceMap::default(),
-        })
-    }
-
-    pub fn settings(&self) -> &ProbeSettings {
-        &self.shared.settings
-    }
-
-    /// Reload. Connections made with other credentials or TLS settings are
-    /// dropped (they reconnect next beat); on error the old settings stay.
-    pub fn update_settings(&mut self, settings: ProbeSettings) -> Result<(), ProbeError> {
-        let shared = Shared::new(settings)?;
-        if shared.settings.connection_differs(&self.shared.settings) {
-            debug!(dropped = self.conns.len(), "connection settings changed");
-            self.conns.clear();
-            self.pending.clear();
-        }
-        self.shared = Arc::new(shared);
-        Ok(())
-    }
-
-    /// Probes every target in parallel; one observation per target, in the
-    /// same order. Takes at most `connect_timeout` (and a few ms): a node
-    /// that has not answered by then is down and its connection dropped.
-    /// Connections to nodes no longer listed are closed.
-    pub async fn probe_all(
-        &mut self,
-        targets: &[ProbeTarget],
-        now: Time,
-    ) -> Vec<(NodeName, Observation)> {
-        let mut set = JoinSet::new();
-        let mut index_of = HashMap::new();
-        for (i, target) in targets.iter().enumerate() {
-            let conn = self.conns.remove(&target.name);
-            let pending = self.pending.remove(&target.name);
-            let handle = set.spawn(probe_node(
-                self.shared.clone(),
-                target.clone(),
-                conn,
-                pending,
-                now,
-            ));
-            index_of.insert(handle.id(), i);
-        }
-        let mut results: Vec<Option<Observation>> = vec![None; targets.len()];
-        while let Some(joined) = set.join_next_with_id().await {
-            match joined {
-                Ok((id, (conn, pending, obs))) => {
-                    if let Some(&i) = index_of.get(&id) {
-                        if let Some(conn) = conn {
-                            self.conns.insert(targets[i].name.clone(), conn);
-                        }
-                        if let Some(p) = pending {
-                            self.pending.insert(targets[i].name.clone(), p);
-                        }
-                        results[i] = Some(obs);
-                    }
-                }
-                Err(e) => {
-                    if let Some(&i) = index_of.get(&e.id()) {
-                        results[i] = Some(Observation::Down {
-                            reason: format!("probe failed: {e}"),
-                        });
-                    }
-                }
-            }
-        }
-        let listed: HashSet<&NodeName> = targets.iter().map(|t| &t.name).collect();
-        self.conns.retain(|name, _| listed.contains(name));
-        self.pending.retain(|name, _| listed.contains(name));
-        self.last_down.retain(|name| listed.contains(name));
-
-        let out: Vec<(NodeName, Observation)> = targets
-            .iter()
-            .zip(results)
-            .map(|(t, obs)| {
-                let obs = obs.unwrap_or_else(|| Observation::Down {
-                    reason: "probe failed".into(),
-                });
-                (t.name.clone(), obs)
-            })
-            .collect();
-        for (name, obs) in &out {
-            self.log(name, obs);
-        }
-        out
-    }
-
-    /// Connections currently kept open.
-    pub fn connections_held(&self) -> usize {
-        self.conns.len()
-    }
-
-    fn log(&mut self, name: &NodeName, obs: &Observation) {
-        match (note(&mut self.last_down, name, obs), obs) {
-            (Change::NewDown, Observation::Down { reason }) => {
-                error!(node = %name, reason = %reason, "node down")
-            }
-            (Change::StillDown, Observation::Down { reason }) => {
-                debug!(node = %name, reason = %reason, "node still down")
-            }
-            (Change::Back, other) => {
-                info!(node = %name, observation = ?other, "node answers again")
-            }
-            (_, other) => debug!(node = %name, observation = ?other, "probed"),
-        }
-    }
+/// The question a probe asks before it touches plusmoin's `table`: who
+/// owns it. For the simulated server of the test kits (`tests/kit`), which
+/// answers it.
+pub fn owner_query(table: &str) -> String {
+    owner::query(table)
 }
 
 /// How a node's observation compares with the last logged one.
@@ -492,14 +369,6 @@ mod tests {
         assert_eq!(note(&mut last, &m, &down("timeout")), Change::NewDown);
     }
 
-    /// The daemon drives probes from spawned tasks.
-    #[allow(dead_code)]
-    fn probe_all_is_send(p: &mut Prober) {
-        fn is_send<T: Send>(_: &T) {}
-        is_send(p);
-        is_send(&p.probe_all(&[], Time(0)));
-    }
-
     #[test]
     fn server_reasons_are_scrubbed_and_escaped() {
         let mut settings = settings();
@@ -569,114 +438,5 @@ mod tests {
             change(&mut c);
             assert!(a.connection_differs(&c), "{c:?}");
         }
-    }
-
-    #[test]
-    fn bad_update_keeps_old_settings() {
-        let mut p = Prober::new(settings()).unwrap();
-        let mut bad = settings();
-        bad.sslmode = SslMode::VerifyCa;
-        bad.sslrootcert = Some("/nonexistent/root.crt".into());
-        assert!(p.update_settings(bad).is_err());
-        assert_eq!(p.settings(), &settings());
-    }
-
-    #[tokio::test]
-    async fn refused_node_is_down_quickly() {
-        // A port nobody listens on: bind, learn it, close.
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let mut p = Prober::new(settings()).unwrap();
-        let name = NodeName::new("127.0.0.1", port);
-        let t0 = std::time::Instant::now();
-        let out = p
-            .probe_all(
-                &[ProbeTarget {
-                    name: name.clone(),
-                    cluster_id: None,
-                }],
-                Time(0),
-            )
-            .await;
-        assert!(t0.elapsed() < Duration::from_millis(900));
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].0, name);
-        match &out[0].1 {
-            Observation::Down { reason } => assert!(reason.contains("refused"), "{reason}"),
-            o => panic!("{o:?}"),
-        }
-        assert_eq!(p.connections_held(), 0);
-    }
-
-    #[tokio::test]
-    async fn silent_server_is_not_sent_a_new_connection_every_beat() {
-        // Counts the connections a silent server accepts over four beats:
-        // the unanswered attempt is kept, not replaced each beat.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = Arc::clone(&accepted);
-        let hold = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((s, _)) = listener.accept().await {
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                held.push(s);
-            }
-        });
-        let mut s = settings();
-        s.connect_timeout = Duration::from_millis(200);
-        let mut p = Prober::new(s).unwrap();
-        let target = [ProbeTarget {
-            name: NodeName::new("127.0.0.1", port),
-            cluster_id: Some(0),
-        }];
-        for _ in 0..4 {
-            let out = p.probe_all(&target, Time(0)).await;
-            assert!(matches!(out[0].1, Observation::Down { .. }));
-        }
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
-        // Forgotten with the node: the attempt is aborted.
-        p.probe_all(&[], Time(0)).await;
-        assert!(p.pending.is_empty());
-        hold.abort();
-    }
-
-    #[tokio::test]
-    async fn silent_server_is_down_at_the_deadline() {
-        // Accepts TCP and never says a word, like a frozen postmaster.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let hold = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((s, _)) = listener.accept().await {
-                held.push(s);
-            }
-        });
-        let mut s = settings();
-        s.connect_timeout = Duration::from_millis(300);
-        let mut p = Prober::new(s).unwrap();
-        let t0 = std::time::Instant::now();
-        let out = p
-            .probe_all(
-                &[ProbeTarget {
-                    name: NodeName::new("127.0.0.1", port),
-                    cluster_id: Some(0),
-                }],
-                Time(0),
-            )
-            .await;
-        let took = t0.elapsed();
-        hold.abort();
-        assert!(took >= Duration::from_millis(300), "{took:?}");
-        assert!(took < Duration::from_millis(500), "{took:?}");
-        assert_eq!(
-            out[0].1,
-            Observation::Down {
-                reason: "no answer within 0.3s".into()
-            }
-        );
-        assert_eq!(p.connections_held(), 0);
     }
 }

@@ -459,4 +459,121 @@ mod tests {
         let size = std::mem::size_of_val(&task);
         assert!(size <= 1536, "a node task takes {size} bytes");
     }
+
+    /// `node`'s observation from one probe asked of `m`, as a beat asks
+    /// (reports the monitor sent on its own are passed over).
+    async fn probe_once(m: &mut Monitor, node: &NodeName, cluster_id: Option<ClusterId>) -> Report {
+        m.set_nodes([node]);
+        m.probe(node, cluster_id, Time(0));
+        loop {
+            let r = m.recv().await;
+            if r.cause == Cause::Asked {
+                return r;
+            }
+        }
+    }
+
+    /// The daemon drives the monitor from spawned tasks.
+    #[allow(dead_code)]
+    fn monitor_is_send(m: &mut Monitor) {
+        fn is_send<T: Send>(_: &T) {}
+        is_send(m);
+        is_send(&m.recv());
+    }
+
+    #[test]
+    fn bad_update_keeps_old_settings() {
+        use crate::config::SslMode;
+        let settings = crate::probe::tests::settings;
+        let mut m = Monitor::new(settings()).unwrap();
+        let mut bad = settings();
+        bad.sslmode = SslMode::VerifyCa;
+        bad.sslrootcert = Some("/nonexistent/root.crt".into());
+        assert!(m.update_settings(bad).is_err());
+        assert_eq!(m.settings(), &settings());
+    }
+
+    #[tokio::test]
+    async fn refused_node_is_down_quickly() {
+        // A port nobody listens on: bind, learn it, close.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut m = Monitor::new(crate::probe::tests::settings()).unwrap();
+        let name = NodeName::new("127.0.0.1", port);
+        let t0 = std::time::Instant::now();
+        let r = probe_once(&mut m, &name, None).await;
+        assert!(t0.elapsed() < Duration::from_millis(900));
+        assert_eq!(r.node, name);
+        match &r.obs {
+            Observation::Down { reason } => assert!(reason.contains("refused"), "{reason}"),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(m.connections_held(), 0);
+    }
+
+    #[tokio::test]
+    async fn silent_server_is_not_sent_a_new_connection_every_beat() {
+        use tokio::io::AsyncReadExt;
+        // Counts the connections a silent server accepts over four beats:
+        // the unanswered attempt is kept, not replaced each beat.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (accepted_tx, mut accepted) = mpsc::unbounded_channel();
+        let hold = tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let _ = accepted_tx.send(s);
+            }
+        });
+        let mut s = crate::probe::tests::settings();
+        s.connect_timeout = Duration::from_millis(200);
+        let mut m = Monitor::new(s).unwrap();
+        let name = NodeName::new("127.0.0.1", port);
+        for _ in 0..4 {
+            let r = probe_once(&mut m, &name, Some(0)).await;
+            assert!(matches!(r.obs, Observation::Down { .. }));
+        }
+        let mut first = accepted.try_recv().expect("one connection accepted");
+        assert!(accepted.try_recv().is_err(), "a second connection");
+        // Forgotten with the node: the attempt is aborted (its connection
+        // closed).
+        m.set_nodes(std::iter::empty::<&NodeName>());
+        let mut sent = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), first.read_to_end(&mut sent));
+        assert!(
+            matches!(closed.await, Ok(Ok(_))),
+            "the attempt was not aborted"
+        );
+        hold.abort();
+    }
+
+    #[tokio::test]
+    async fn silent_server_is_down_at_the_deadline() {
+        // Accepts TCP and never says a word, like a frozen postmaster.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let mut s = crate::probe::tests::settings();
+        s.connect_timeout = Duration::from_millis(300);
+        let mut m = Monitor::new(s).unwrap();
+        let t0 = std::time::Instant::now();
+        let r = probe_once(&mut m, &NodeName::new("127.0.0.1", port), Some(0)).await;
+        let took = t0.elapsed();
+        hold.abort();
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_millis(500), "{took:?}");
+        assert_eq!(
+            r.obs,
+            Observation::Down {
+                reason: "no answer within 0.3s".into()
+            }
+        );
+        assert_eq!(m.connections_held(), 0);
+    }
 }

@@ -7,7 +7,7 @@ use postgres_native_tls::MakeTlsConnector;
 use std::path::{Path, PathBuf};
 use tokio_postgres::config::SslMode as PgSslMode;
 
-/// How every connection of one [`super::Prober`] negotiates TLS.
+/// How every connection of one [`super::Monitor`] negotiates TLS.
 #[derive(Clone)]
 pub(super) enum Tls {
     Off,

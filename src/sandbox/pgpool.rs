@@ -12,8 +12,9 @@
 //! By default it is the "easy lab shape" (no health-check retries, no
 //! failover or follow_primary command, no watchdog); [`PgpoolOptions`] makes
 //! it production-shaped (retries, real failover/follow_primary scripts, the
-//! checks in another database), and [`PgpoolCluster`] runs several members
-//! with the watchdog on.
+//! checks in another database), and the test kits' `PgpoolCluster`
+//! (`tests/kit`) runs several members with the watchdog on, through
+//! [`Pgpool::create`] and the calls after it.
 //!
 //! Facts it is built around (pgpool-II 4.3): pcp commands exit 0 when
 //! pgpool refused a request (an unknown node id, for one; only a failed
@@ -39,12 +40,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-mod watchdog;
-
-pub use watchdog::{PgpoolCluster, WatchdogInfo, WatchdogNode};
-
 use super::procs::{self, owner_stamp, Proc, OWNER_FILE};
-use super::run::{command_line, run_capture, run_command, Output, Runner};
+pub use super::run::Output;
+use super::run::{command_line, run_capture, run_command, Runner};
 use super::{
     base_dir, free_port, lock, pg_bin_dir, sql_quote, Sandbox, SandboxError, HOST, SANDBOX_DBNAME,
     SANDBOX_PASSWORD, SANDBOX_USER,
@@ -302,7 +300,11 @@ impl Pgpool {
 
     /// A pgpool not started yet: its directory with the fixed files (and
     /// the scripts when `opts.failover`), and two free ports.
-    fn create(sb: &Sandbox, opts: &PgpoolOptions) -> Result<Pgpool, SandboxError> {
+    /// [`Pgpool::start_with_conf`] is this, [`Pgpool::write_conf`] and
+    /// [`Pgpool::start_again`] (retried on fresh ports when one was taken);
+    /// a harness that picks the ports and the configuration itself (a
+    /// watchdog cluster, in the test kits) calls them in turn.
+    pub fn create(sb: &Sandbox, opts: &PgpoolOptions) -> Result<Pgpool, SandboxError> {
         let bin = pgpool_bin_dir()?;
         let psql = pg_bin_dir()?.join("psql");
         let base = base_dir();
@@ -350,9 +352,16 @@ impl Pgpool {
         Ok(pgpool)
     }
 
+    /// Sets the ports pgpool and pcp listen on, for the next
+    /// [`Pgpool::write_conf`] and start.
+    pub fn set_ports(&mut self, port: u16, pcp_port: u16) {
+        self.port = port;
+        self.pcp_port = pcp_port;
+    }
+
     /// Writes pgpool.conf for the current ports, with `extra` lines last,
     /// and the pcppass file for the current pcp port.
-    fn write_conf(
+    pub fn write_conf(
         &self,
         sb: &Sandbox,
         opts: &PgpoolOptions,
@@ -378,12 +387,19 @@ impl Pgpool {
         self.write_pcppass()
     }
 
-    fn log_len(&self) -> u64 {
+    /// Writes `name` into pgpool's directory, owned by the user pgpool
+    /// runs as (a watchdog member's `pgpool_node_id`, say).
+    pub fn write_file(&self, name: &str, contents: &str) -> Result<(), SandboxError> {
+        self.runner.write_file(&self.dir().join(name), contents)
+    }
+
+    /// How long pgpool's log is now (see [`Pgpool::bind_failed_since`]).
+    pub fn log_len(&self) -> u64 {
         fs::metadata(&self.log).map_or(0, |m| m.len())
     }
 
     /// Whether pgpool's log says, after byte `since`, that it could not bind.
-    fn bind_failed_since(&self, since: u64) -> bool {
+    pub fn bind_failed_since(&self, since: u64) -> bool {
         let log = fs::read(&self.log).unwrap_or_default();
         String::from_utf8_lossy(log.get(since as usize..).unwrap_or_default())
             .contains(BIND_FAILURE)
@@ -603,8 +619,8 @@ impl Pgpool {
         Ok(())
     }
 
-    /// Starts pgpool again with the same configuration and ports, keeping
-    /// its status file: a node that was down (detached by hand or by a
+    /// Starts pgpool again with the same configuration and ports (or for
+    /// the first time, after [`Pgpool::create`]), keeping its status file: a node that was down (detached by hand or by a
     /// health check) when pgpool stopped is still down, as in real life.
     pub fn start_again(&self) -> Result<(), SandboxError> {
         self.launch(false)
@@ -929,7 +945,7 @@ impl Pgpool {
     /// Runs `pcp_<tool> -h -p -U -w args` with our pcppass file. pcp exits
     /// 0 even when pgpool refused, so an ERROR or FATAL on stderr is a
     /// failure too.
-    fn pcp(&self, tool: &str, args: &[&str]) -> Result<Output, SandboxError> {
+    pub fn pcp(&self, tool: &str, args: &[&str]) -> Result<Output, SandboxError> {
         let port = self.pcp_port.to_string();
         let mut cmd = Command::new(self.bin.join(tool));
         cmd.args(["-h", HOST, "-p", &port, "-U", PCP_USER, "-w"])

@@ -43,7 +43,8 @@ pub(crate) struct Runner {
 
 /// What a finished command printed, and its command line (secret masked)
 /// for errors about what it printed.
-pub(crate) struct Output {
+#[derive(Debug)]
+pub struct Output {
     pub command: String,
     pub stdout: String,
 }

@@ -10,10 +10,10 @@
 //! apart, in [`crate::metrics::COUNTERS`], where each part counts what it
 //! does; [`metrics`] only renders them.
 
-#[cfg(any(test, feature = "test-kit"))]
-pub mod exposition;
-#[cfg(any(test, feature = "test-kit"))]
-pub mod flood;
+/// The metrics reader of the test kits (`tests/kit`), for the unit tests.
+#[cfg(test)]
+#[path = "../../tests/kit/src/exposition.rs"]
+mod exposition;
 pub mod metrics;
 pub mod routes;
 mod server;

@@ -6,8 +6,9 @@
 
 use plusmoin::cluster::{NodeName, Observation, Time};
 use plusmoin::config::{Secret, SslMode};
-use plusmoin::probe::{ProbeSettings, ProbeTarget, Prober};
+use plusmoin::probe::{Monitor, ProbeSettings, ProbeTarget};
 use plusmoin::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
+use plusmoin_kit::probe::probe_once;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -22,7 +23,7 @@ fn control_characters_from_the_server_are_escaped_in_reasons() {
         .enable_all()
         .build()
         .unwrap();
-    let mut p = Prober::new(ProbeSettings {
+    let mut p = Monitor::new(ProbeSettings {
         dbname: SANDBOX_DBNAME.into(),
         user: SANDBOX_USER.into(),
         password: Secret::new(SANDBOX_PASSWORD),
@@ -35,12 +36,12 @@ fn control_characters_from_the_server_are_escaped_in_reasons() {
         connect_timeout: Duration::from_secs(5),
         retry_interval: Duration::from_millis(250),
     })
-    .expect("prober");
+    .expect("monitor");
     let target = ProbeTarget {
         name: NodeName::new(sb.host(), sb.port(0)),
         cluster_id: None,
     };
-    let out = rt.block_on(p.probe_all(&[target], Time::now()));
+    let out = rt.block_on(probe_once(&mut p, &[target], Time::now()));
     let Observation::Down { reason } = &out[0].1 else {
         panic!("expected down, got {:?}", out[0].1);
     };

@@ -8,8 +8,9 @@ use crate::holds::{ok, plusmoin, read_holds, stderr, stdout, write_config};
 use crate::monitor::{node, Plusmoin, Timings};
 use plusmoin::cluster::{NodeName, Observation, Time};
 use plusmoin::config::{Secret, SslMode};
-use plusmoin::probe::{ProbeSettings, ProbeTarget, Prober};
+use plusmoin::probe::{Monitor, ProbeSettings, ProbeTarget};
 use plusmoin::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
+use plusmoin_kit::probe::probe_once;
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -71,14 +72,14 @@ fn settings(instance: &str) -> ProbeSettings {
     }
 }
 
-fn beat(rt: &tokio::runtime::Runtime, p: &mut Prober, sb: &Sandbox) -> Vec<Observation> {
+fn beat(rt: &tokio::runtime::Runtime, p: &mut Monitor, sb: &Sandbox) -> Vec<Observation> {
     let targets: Vec<ProbeTarget> = (0..sb.len())
         .map(|i| ProbeTarget {
             name: NodeName::new(sb.host(), sb.port(i)),
             cluster_id: Some(0),
         })
         .collect();
-    rt.block_on(p.probe_all(&targets, Time::now()))
+    rt.block_on(probe_once(p, &targets, Time::now()))
         .into_iter()
         .map(|(_, o)| o)
         .collect()
@@ -116,7 +117,7 @@ fn another_roles_heartbeat_table_is_never_used() {
     let mut custom = settings("pm");
     custom.is_slave_statement = "SELECT pg_is_in_recovery() AS r".into();
     for s in [settings("pm"), custom] {
-        let mut p = Prober::new(s).expect("prober");
+        let mut p = Monitor::new(s).expect("monitor");
         for _ in 0..3 {
             let obs = beat(&rt, &mut p, &sb);
             for o in &obs {
@@ -140,7 +141,7 @@ fn another_roles_heartbeat_table_is_never_used() {
     // Dropped: plusmoin's own table, at the next beat.
     sb.sql(0, "DROP TABLE public.plusmoin_heartbeat")
         .expect("drop");
-    let mut p = Prober::new(settings("pm")).expect("prober");
+    let mut p = Monitor::new(settings("pm")).expect("monitor");
     let obs = beat(&rt, &mut p, &sb);
     assert!(matches!(obs[0], Observation::Master { .. }), "{obs:?}");
     assert_eq!(

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use plusmoin::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions};
 use plusmoin::sandbox::Sandbox;
+use plusmoin_kit::watchdog::WatchdogView;
 
 use crate::wait_until;
 
@@ -476,7 +477,7 @@ fn with_retries_a_primary_frozen_3s_is_never_detached() {
 
 #[test]
 fn a_watchdog_cluster_elects_a_leader_forwards_pcp_and_reelects() {
-    use plusmoin::sandbox::pgpool::PgpoolCluster;
+    use plusmoin_kit::watchdog::PgpoolCluster;
     assert!(pgpool_installed(), "pgpool-II is not installed");
     let sb = ok("sandbox start", Sandbox::start(2));
     let began = Instant::now();
@@ -611,7 +612,8 @@ fn pcp(pg: &Pgpool, tool: &str, args: &[&str]) -> plusmoin::sandbox::pgpool::Pcp
 #[test]
 #[ignore = "writes tests/data/pcp; run by hand"]
 fn record_pcp_outputs() {
-    use plusmoin::sandbox::pgpool::{PcpOutput, PgpoolCluster};
+    use plusmoin::sandbox::pgpool::PcpOutput;
+    use plusmoin_kit::watchdog::PgpoolCluster;
     let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pcp");
     ok("mkdir", std::fs::create_dir_all(&out_dir));
     let mut index = Vec::new();

@@ -16,8 +16,9 @@ use crate::pgpool::{
 };
 use crate::wait_until;
 use plusmoin::pgpool::sidecar::RECONCILE_EVERY;
-use plusmoin::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolCluster, PgpoolOptions};
+use plusmoin::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions};
 use plusmoin::sandbox::Sandbox;
+use plusmoin_kit::watchdog::PgpoolCluster;
 use std::time::{Duration, Instant};
 
 /// The production shape: real failover and follow_primary scripts, health

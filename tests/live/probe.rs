@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use plusmoin::cluster::{Heartbeat, NodeName, Observation, Time};
 use plusmoin::config::{Secret, SslMode};
-use plusmoin::probe::{ProbeSettings, ProbeTarget, Prober};
+use plusmoin::probe::{Monitor, ProbeSettings, ProbeTarget};
 use plusmoin::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
+use plusmoin_kit::probe::probe_once;
 
 const REPLICATION: Duration = Duration::from_secs(30);
 
@@ -51,8 +52,15 @@ fn settings(instance: &str, timeout: Duration) -> ProbeSettings {
     }
 }
 
-fn prober(s: ProbeSettings) -> Prober {
-    ok("prober", Prober::new(s))
+fn prober(s: ProbeSettings) -> Monitor {
+    ok("monitor", Monitor::new(s))
+}
+
+/// Lets the monitor's node tasks take what was posted to them (new
+/// settings), as they do at once in the daemon, whose runtime always runs;
+/// here it runs only within `block_on`.
+fn settle(rt: &tokio::runtime::Runtime) {
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
 }
 
 fn name(sb: &Sandbox, i: usize) -> NodeName {
@@ -70,8 +78,8 @@ fn targets(sb: &Sandbox, nodes: &[usize]) -> Vec<ProbeTarget> {
 }
 
 /// One beat: checks the answer has one observation per target, in order.
-fn beat(rt: &tokio::runtime::Runtime, p: &mut Prober, t: &[ProbeTarget]) -> Vec<Observation> {
-    let out = rt.block_on(p.probe_all(t, Time::now()));
+fn beat(rt: &tokio::runtime::Runtime, p: &mut Monitor, t: &[ProbeTarget]) -> Vec<Observation> {
+    let out = rt.block_on(probe_once(p, t, Time::now()));
     assert_eq!(out.len(), t.len());
     for ((n, obs), target) in out.iter().zip(t) {
         assert_eq!(n, &target.name);
@@ -88,7 +96,7 @@ fn beat(rt: &tokio::runtime::Runtime, p: &mut Prober, t: &[ProbeTarget]) -> Vec<
 /// Beats until `check` accepts the observations (returns the last ones).
 fn beat_until(
     rt: &tokio::runtime::Runtime,
-    p: &mut Prober,
+    p: &mut Monitor,
     t: &[ProbeTarget],
     timeout: Duration,
     check: impl Fn(&[Observation]) -> bool,
@@ -201,7 +209,7 @@ fn heartbeat_roles_and_reuse() {
 
     // The master: the table is created and this instance's row written.
     let now = Time::now();
-    let out = rt.block_on(a.probe_all(&all, now));
+    let out = rt.block_on(probe_once(&mut a, &all, now));
     assert_eq!(out[0].1, Observation::Master { wrote_at: now });
     let master = name(&sb, 0).to_string();
     assert_eq!(row(&sb, 0, "pm-a"), format!("{master}|7|{}", now.0));
@@ -233,11 +241,11 @@ fn heartbeat_roles_and_reuse() {
     // A second instance keeps its own row; neither disturbs the other.
     let mut b = prober(settings("pm-b", Duration::from_secs(10)));
     let t_b = Time::now();
-    let out = rt.block_on(b.probe_all(&targets(&sb, &[0]), t_b));
+    let out = rt.block_on(probe_once(&mut b, &targets(&sb, &[0]), t_b));
     assert_eq!(out[0].1, Observation::Master { wrote_at: t_b });
     assert_eq!(row(&sb, 0, "pm-b"), format!("{master}|7|{}", t_b.0));
     let t_a = Time::now();
-    let out = rt.block_on(a.probe_all(&all, t_a));
+    let out = rt.block_on(probe_once(&mut a, &all, t_a));
     assert_eq!(out[0].1, Observation::Master { wrote_at: t_a });
     assert_eq!(row(&sb, 0, "pm-a"), format!("{master}|7|{}", t_a.0));
     assert_eq!(row(&sb, 0, "pm-b"), format!("{master}|7|{}", t_b.0));
@@ -256,7 +264,7 @@ fn heartbeat_roles_and_reuse() {
     // A table dropped under a cached statement is recreated.
     ok("drop table", sb.sql(0, "DROP TABLE plusmoin_heartbeat"));
     let t = Time::now();
-    let out = rt.block_on(a.probe_all(&all, t));
+    let out = rt.block_on(probe_once(&mut a, &all, t));
     assert_eq!(out[0].1, Observation::Master { wrote_at: t });
     assert_eq!(row(&sb, 0, "pm-a"), format!("{master}|7|{}", t.0));
     wait_pids(&rt, &sb, 0, &pids[0]);
@@ -344,7 +352,7 @@ fn one_statement_on_standbys() {
 
     // Its row written on the master, the standby shows it.
     let t = Time::now();
-    let out = rt.block_on(p.probe_all(&all, t));
+    let out = rt.block_on(probe_once(&mut p, &all, t));
     assert_eq!(out[0].1, Observation::Master { wrote_at: t });
     let obs = beat_until(&rt, &mut p, &standby, REPLICATION, |o| {
         heartbeat(&o[0]).is_some()
@@ -388,7 +396,7 @@ fn one_statement_on_standbys() {
     // Created again by the master's next write: the standby shows the row,
     // through the one statement again.
     let t = Time::now();
-    let out = rt.block_on(p.probe_all(&all, t));
+    let out = rt.block_on(probe_once(&mut p, &all, t));
     assert_eq!(out[0].1, Observation::Master { wrote_at: t });
     beat_until(&rt, &mut p, &standby, REPLICATION, |o| {
         heartbeat(&o[0]).is_some_and(|h| h.written_at == t)
@@ -479,6 +487,7 @@ fn bad_answers_and_wrong_password() {
     let mut s = settings("pm-stmt", Duration::from_secs(10));
     s.password = Secret::new(wrong);
     ok("update", p.update_settings(s));
+    settle(&rt);
     assert_eq!(p.connections_held(), 0);
     let obs = beat(&rt, &mut p, &t);
     assert_down_with(&obs[0], &["password authentication failed"]);
@@ -773,6 +782,7 @@ fn tls_modes() {
         }
         assert!(Instant::now() < deadline, "TLS never used");
         ok("reconnect", p.update_settings(with(SslMode::Require, None)));
+        settle(&rt);
         ok("reconnect", p.update_settings(with(SslMode::Prefer, None)));
     }
 

@@ -13,9 +13,25 @@
 //! a primary's failure needs consensus: the node goes to `quarantine` and
 //! no script runs, unless `enable_consensus_with_half_votes = on`.
 
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use super::{free_port, Pgpool, PgpoolOptions, Sandbox, SandboxError, HOST};
+use plusmoin::sandbox::pgpool::{Pgpool, PgpoolOptions};
+use plusmoin::sandbox::{Sandbox, SandboxError};
+
+/// The address the sandbox and its pgpools listen on ([`Sandbox::host`]).
+const HOST: &str = "127.0.0.1";
+
+/// A loopback port nobody listens on right now (it may be taken again
+/// before pgpool binds it: a start retries on that).
+fn free_port() -> Result<u16, SandboxError> {
+    let io = |source| SandboxError::Io {
+        what: format!("picking a free port on {HOST}"),
+        source,
+    };
+    let listener = TcpListener::bind((HOST, 0)).map_err(io)?;
+    Ok(listener.local_addr().map_err(io)?.port())
+}
 
 /// How long a cluster start waits for every member to agree on a leader.
 const ELECTION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -76,7 +92,7 @@ impl WatchdogInfo {
 }
 
 /// `pcp_watchdog_info -v` output; None when it is not that.
-pub(super) fn parse_watchdog_info(out: &str) -> Option<WatchdogInfo> {
+fn parse_watchdog_info(out: &str) -> Option<WatchdogInfo> {
     let mut lines = out.lines().map(|l| l.split_once(':'));
     let mut header: Vec<(String, String)> = Vec::new();
     let mut nodes: Vec<Vec<(String, String)>> = Vec::new();
@@ -118,10 +134,15 @@ pub(super) fn parse_watchdog_info(out: &str) -> Option<WatchdogInfo> {
     })
 }
 
-impl Pgpool {
+/// A sandbox pgpool's watchdog, through pcp.
+pub trait WatchdogView {
     /// This member's watchdog view (`pcp_watchdog_info -v`). Fails (pcp's
     /// `ERROR: ... watchdog is not enabled`) on a pgpool without watchdog.
-    pub fn watchdog_info(&self) -> Result<WatchdogInfo, SandboxError> {
+    fn watchdog_info(&self) -> Result<WatchdogInfo, SandboxError>;
+}
+
+impl WatchdogView for Pgpool {
+    fn watchdog_info(&self) -> Result<WatchdogInfo, SandboxError> {
         let out = self.pcp("pcp_watchdog_info", &["-v"])?;
         parse_watchdog_info(&out.stdout).ok_or(SandboxError::Unexpected {
             command: out.command,
@@ -171,8 +192,7 @@ impl PgpoolCluster {
                 let mut extra = shared.clone();
                 extra.extend(extra_conf.iter().map(|l| l.to_string()));
                 m.write_conf(sb, &opts, &extra)?;
-                m.runner
-                    .write_file(&m.dir().join("pgpool_node_id"), &format!("{i}\n"))?;
+                m.write_file("pgpool_node_id", &format!("{i}\n"))?;
             }
             let log_lens: Vec<u64> = cluster.members.iter().map(Pgpool::log_len).collect();
             // All at once: a member may wait for the others before it answers.
@@ -180,7 +200,7 @@ impl PgpoolCluster {
                 let handles: Vec<_> = cluster
                     .members
                     .iter()
-                    .map(|m| s.spawn(move || m.launch(false)))
+                    .map(|m| s.spawn(move || m.start_again()))
                     .collect();
                 handles
                     .into_iter()
@@ -356,10 +376,10 @@ impl PgpoolCluster {
         };
         let mut ports = Vec::new();
         for m in &mut self.members {
-            m.port = pick()?;
-            m.pcp_port = pick()?;
+            let port = pick()?;
+            m.set_ports(port, pick()?);
             ports.push(MemberPorts {
-                pgpool: m.port,
+                pgpool: port,
                 wd: pick()?,
                 heartbeat: pick()?,
             });

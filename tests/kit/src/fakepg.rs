@@ -24,11 +24,8 @@
 //! Results are binary or text as the client asks (timestamps binary only).
 //! Anything else gets an ErrorResponse, never a panic.
 //!
-//! It is compiled only for the library's own unit tests and behind the
-//! `test-kit` feature, which the crate's dev-dependency on itself turns on
-//! for the integration tests and benches: a plain `cargo test`, `cargo
-//! bench` and `cargo clippy --all-targets` build it, and `cargo build
-//! --release` (the binary, the Debian package) does not.
+//! It is a test kit (`tests/kit`): the integration tests and benches build
+//! it, `cargo build --release` (the binary, the Debian package) does not.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -240,8 +237,8 @@ impl FakePg {
     }
 
     /// Node `i`'s name as plusmoin's configuration would write it.
-    pub fn name(&self, i: usize) -> crate::cluster::NodeName {
-        crate::cluster::NodeName::new(address(i).to_string(), self.port)
+    pub fn name(&self, i: usize) -> plusmoin::cluster::NodeName {
+        plusmoin::cluster::NodeName::new(address(i).to_string(), self.port)
     }
 
     /// How many statements node `i` has been asked to execute, over all
@@ -955,7 +952,7 @@ mod tests {
             Kind::Holds
         );
         for table in ["plusmoin_heartbeat", "plusmoin_hold"] {
-            assert_eq!(Kind::of(&crate::probe::owner::query(table)), Kind::Owner);
+            assert_eq!(Kind::of(&plusmoin::probe::owner_query(table)), Kind::Owner);
         }
     }
 
@@ -963,7 +960,7 @@ mod tests {
     /// the heartbeat select it stands for, and answered with their columns.
     #[test]
     fn combined_statement_is_told_apart() {
-        let kind = Kind::of(crate::probe::COMBINED);
+        let kind = Kind::of(plusmoin::probe::COMBINED);
         assert_eq!(kind, Kind::Combined);
         let names: Vec<&str> = kind.columns().iter().map(|c| c.0).collect();
         assert_eq!(
