@@ -1,7 +1,8 @@
 //! The Debian package (README "Debian package and systemd"): built with
 //! cargo-deb, installed with dpkg, its shipped configuration checked, its
 //! directories made with and without systemd-tmpfiles, started by hand (no
-//! systemd here), then purged, leaving nothing behind.
+//! systemd here), then purged, keeping the system user as Debian packages
+//! do (the test removes it itself, leaving nothing behind).
 //!
 //! The .deb is made from the binary `cargo test` has just built
 //! (`cargo deb --no-build --profile dev`, stripped by cargo-deb, `--fast`
@@ -54,8 +55,9 @@ fn group_exists(name: &str) -> bool {
         .success()
 }
 
-/// Stops a daemon started by hand and purges the package even when an
-/// assertion fails half-way.
+/// Stops a daemon started by hand, purges the package and removes the user
+/// purge keeps, even when an assertion fails half-way. Made only once the
+/// test knows it created that user.
 struct Purge;
 impl Drop for Purge {
     fn drop(&mut self) {
@@ -65,6 +67,17 @@ impl Drop for Purge {
                 .output();
         }
         let _ = Command::new("dpkg").args(["--purge", "plusmoin"]).output();
+        remove_user();
+    }
+}
+
+/// The user and group purge leaves (userdel may take the group with it).
+fn remove_user() {
+    if user_exists("plusmoin") {
+        let _ = Command::new("userdel").arg("plusmoin").output();
+    }
+    if group_exists("plusmoin") {
+        let _ = Command::new("groupdel").arg("plusmoin").output();
     }
 }
 
@@ -352,6 +365,10 @@ fn deb_installs_checks_its_config_and_purges_clean() {
     ] {
         assert!(!Path::new(p).exists(), "{p} left after purge");
     }
-    assert!(!user_exists("plusmoin"), "plusmoin user left after purge");
-    assert!(!group_exists("plusmoin"), "plusmoin group left after purge");
+    // The user stays (its uid is not given to someone else who would then
+    // own what it left); this test removes it, as an administrator would.
+    assert!(user_exists("plusmoin"), "plusmoin user kept after purge");
+    assert!(group_exists("plusmoin"), "plusmoin group kept after purge");
+    remove_user();
+    assert!(!user_exists("plusmoin") && !group_exists("plusmoin"));
 }
