@@ -2,7 +2,8 @@
 //! cargo-deb, installed with dpkg, its shipped configuration checked, its
 //! directories made with and without systemd-tmpfiles, started by hand (no
 //! systemd here), then purged, keeping the system user as Debian packages
-//! do (the test removes it itself, leaving nothing behind).
+//! do (the test removes it itself, leaving nothing behind). The unit's
+//! sandbox is scored with `systemd-analyze security --offline=true`.
 //!
 //! The .deb is made from the binary `cargo test` has just built
 //! (`cargo deb --no-build --profile dev`, stripped by cargo-deb, `--fast`
@@ -12,7 +13,8 @@
 //! the release package. cargo-deb 3.8 warns that the dev profile is
 //! unusual; .ci/run pins that version.
 //!
-//! Needs root (dpkg -i) and cargo-deb: without either it fails, saying why.
+//! Needs root (dpkg -i), cargo-deb and systemd-analyze (systemd >= 252,
+//! no running systemd needed): without one it fails, saying why.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -371,4 +373,38 @@ fn deb_installs_checks_its_config_and_purges_clean() {
     assert!(group_exists("plusmoin"), "plusmoin group kept after purge");
     remove_user();
     assert!(!user_exists("plusmoin") && !group_exists("plusmoin"));
+}
+
+/// The unit's sandbox, scored as `systemd-analyze security` does, offline
+/// (no running systemd needed): "OK" (at most 4.0) or better, and no
+/// option systemd would ignore as unknown.
+#[test]
+fn unit_is_sandboxed() {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/plusmoin.service");
+    let o = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&unit));
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(
+        o.status.success(),
+        "systemd-analyze security --offline=true (systemd >= 252) failed: {out}{err}"
+    );
+    assert!(
+        !err.contains("plusmoin.service:"),
+        "systemd warns about the unit: {err}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.contains("Overall exposure level for plusmoin.service:"))
+        .unwrap_or_else(|| panic!("no overall exposure level in: {out}"));
+    let score: f64 = line
+        .rsplit(": ")
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no score in {line:?}"));
+    assert!(score <= 4.0, "{line}:\n{out}");
 }
