@@ -1,6 +1,9 @@
-//! The Debian package (README "Running it"): built with cargo-deb,
-//! installed with dpkg, its shipped configuration checked, then purged,
-//! leaving nothing behind.
+//! The Debian package (README "Debian package and systemd"): built with
+//! cargo-deb, installed with dpkg, its shipped configuration checked, its
+//! directories made with and without systemd-tmpfiles, started by hand (no
+//! systemd here), then purged, keeping the system user as Debian packages
+//! do (the test removes it itself, leaving nothing behind). The unit's
+//! sandbox is scored with `systemd-analyze security --offline=true`.
 //!
 //! The .deb is made from the binary `cargo test` has just built
 //! (`cargo deb --no-build --profile dev`, stripped by cargo-deb, `--fast`
@@ -10,7 +13,8 @@
 //! the release package. cargo-deb 3.8 warns that the dev profile is
 //! unusual; .ci/run pins that version.
 //!
-//! Needs root (dpkg -i) and cargo-deb: without either it fails, saying why.
+//! Needs root (dpkg -i), cargo-deb and systemd-analyze (systemd >= 252,
+//! no running systemd needed): without one it fails, saying why.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -53,12 +57,70 @@ fn group_exists(name: &str) -> bool {
         .success()
 }
 
-/// Purges the package even when an assertion fails half-way.
+/// Stops a daemon started by hand, purges the package and removes the user
+/// purge keeps, even when an assertion fails half-way. Made only once the
+/// test knows it created that user.
 struct Purge;
 impl Drop for Purge {
     fn drop(&mut self) {
+        if Path::new("/usr/bin/plusmoin").exists() {
+            let _ = Command::new("/usr/bin/plusmoin")
+                .args(["-c", "/etc/plusmoin/plusmoin.json", "stop"])
+                .output();
+        }
         let _ = Command::new("dpkg").args(["--purge", "plusmoin"]).output();
+        remove_user();
     }
+}
+
+/// The user and group purge leaves (userdel may take the group with it).
+fn remove_user() {
+    if user_exists("plusmoin") {
+        let _ = Command::new("userdel").arg("plusmoin").output();
+    }
+    if group_exists("plusmoin") {
+        let _ = Command::new("groupdel").arg("plusmoin").output();
+    }
+}
+
+/// The package's directories: path, mode, all owned by plusmoin:plusmoin.
+const DIRS: [(&str, u32); 3] = [
+    ("/run/plusmoin", 0o755),
+    ("/var/lib/plusmoin", 0o750),
+    ("/var/log/plusmoin", 0o750),
+];
+
+fn assert_dirs(when: &str, uid: u32, gid: u32) {
+    for (dir, mode) in DIRS {
+        let m = std::fs::symlink_metadata(dir).unwrap_or_else(|e| panic!("{dir} {when}: {e}"));
+        assert!(m.is_dir(), "{dir} {when}: a directory");
+        assert_eq!(
+            (m.mode() & 0o7777, m.uid(), m.gid()),
+            (mode, uid, gid),
+            "{dir} {when}: mode {mode:o}, owned by plusmoin:plusmoin"
+        );
+    }
+}
+
+/// A PATH where every program of the system's is found but
+/// systemd-tmpfiles: the postinst must then make the directories itself.
+fn path_without_systemd_tmpfiles(farm: &Path) -> String {
+    let _ = std::fs::remove_dir_all(farm);
+    std::fs::create_dir_all(farm).unwrap();
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name == "systemd-tmpfiles" {
+                continue;
+            }
+            // The first directory wins, as in a PATH.
+            let _ = std::os::unix::fs::symlink(e.path(), farm.join(&name));
+        }
+    }
+    farm.display().to_string()
 }
 
 fn build_deb() -> PathBuf {
@@ -114,6 +176,7 @@ fn deb_installs_checks_its_config_and_purges_clean() {
         "./usr/bin/plusmoin",
         "./etc/plusmoin/plusmoin.json",
         "./usr/lib/systemd/system/plusmoin.service",
+        "./usr/lib/tmpfiles.d/plusmoin.conf",
         "./usr/share/plusmoin/pgpool/attach.hbs",
         "./usr/share/plusmoin/pgpool/README.md",
         "./usr/share/plusmoin/triggers/syslog-event.sh",
@@ -149,7 +212,9 @@ fn deb_installs_checks_its_config_and_purges_clean() {
         "Type=notify",
         "NotifyAccess=main",
         "RuntimeDirectory=plusmoin",
+        "StateDirectoryMode=0750",
         "LogsDirectory=plusmoin",
+        "LogsDirectoryMode=0750",
         "User=plusmoin",
     ] {
         assert!(unit.lines().any(|l| l == line), "{line} in the unit");
@@ -193,15 +258,99 @@ fn deb_installs_checks_its_config_and_purges_clean() {
     );
     assert!(!err.contains("warning"), "check-config warns: {err}");
 
+    // Its directories, made at install and not only by systemd (not
+    // running here): the tmpfiles.d file, applied by the postinst.
+    let tmpfiles = Path::new("/usr/lib/tmpfiles.d/plusmoin.conf");
+    let m = std::fs::metadata(tmpfiles).expect("tmpfiles.d/plusmoin.conf installed");
+    assert_eq!((m.mode() & 0o7777, m.uid()), (0o644, 0));
+    let (uid, gid) = (user.uid.as_raw(), group.gid.as_raw());
+    assert_dirs("after install", uid, gid);
+
     // Upgrade in place (same version again): configure runs again, the
-    // conffile keeps its group.
+    // conffile keeps its group, and a state directory as an older package
+    // left it (made 0755 by systemd) is closed to other users.
+    std::fs::set_permissions("/var/lib/plusmoin", std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown("/var/lib/plusmoin", Some(0), Some(0)).unwrap();
     ok(Command::new("dpkg").arg("-i").arg(&deb));
     let m = std::fs::metadata(conf).unwrap();
     assert_eq!((m.mode() & 0o7777, m.gid()), (0o640, group.gid.as_raw()));
+    assert_dirs("after upgrade", uid, gid);
 
-    // A file the daemon would leave in its state directory.
-    std::fs::create_dir_all("/var/lib/plusmoin").unwrap();
-    std::fs::write("/var/lib/plusmoin/status.json", "{}").unwrap();
+    // Without systemd-tmpfiles (a system without systemd), the postinst
+    // makes them itself from the same file.
+    std::fs::remove_dir_all("/run/plusmoin").unwrap();
+    std::fs::remove_dir_all("/var/log/plusmoin").unwrap();
+    std::fs::set_permissions("/var/lib/plusmoin", std::fs::Permissions::from_mode(0o755)).unwrap();
+    let farm = std::env::temp_dir().join(format!("plusmoin-package-path-{}", std::process::id()));
+    let path = path_without_systemd_tmpfiles(&farm);
+    let o = run(Command::new("/var/lib/dpkg/info/plusmoin.postinst")
+        .arg("configure")
+        .env("PATH", &path));
+    let _ = std::fs::remove_dir_all(&farm);
+    assert!(
+        o.status.success(),
+        "postinst without systemd-tmpfiles: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_dirs("made without systemd-tmpfiles", uid, gid);
+
+    // So plusmoin starts by hand, as root, without systemd: pid file in
+    // /run/plusmoin, log in /var/log/plusmoin, status in /var/lib/plusmoin
+    // (no server answers: it writes that it sees none).
+    let plusmoin = |args: &[&str]| {
+        let mut c = Command::new("/usr/bin/plusmoin");
+        c.args(["-c", "/etc/plusmoin/plusmoin.json"]).args(args);
+        run(&mut c)
+    };
+    let o = plusmoin(&["start"]);
+    assert!(
+        o.status.success(),
+        "plusmoin start by hand: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let status = Path::new("/var/lib/plusmoin/status.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !status.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(status.exists(), "status file written within 30 s");
+    assert!(Path::new("/run/plusmoin/plusmoin.pid").exists(), "pid file");
+    assert!(
+        Path::new("/var/log/plusmoin/plusmoin.log").exists(),
+        "log file"
+    );
+    // The status: the plusmoin group reads it, other users do not.
+    let cat_as = |uid: u32, gid: u32| {
+        run(Command::new("setpriv").args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "cat",
+            "/var/lib/plusmoin/status.json",
+        ]))
+    };
+    assert!(
+        cat_as(uid, gid).status.success(),
+        "plusmoin reads the status"
+    );
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody");
+    let o = cat_as(nobody.uid.as_raw(), nobody.gid.as_raw());
+    assert!(
+        !o.status.success(),
+        "another user reads the status file: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = plusmoin(&["stop"]);
+    assert!(
+        o.status.success(),
+        "plusmoin stop: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     ok(Command::new("dpkg").args(["--purge", "plusmoin"]));
     assert!(!installed(), "purged");
@@ -213,9 +362,49 @@ fn deb_installs_checks_its_config_and_purges_clean() {
         "/usr/share/plusmoin",
         "/usr/share/doc/plusmoin",
         "/usr/lib/systemd/system/plusmoin.service",
+        "/usr/lib/tmpfiles.d/plusmoin.conf",
+        "/run/plusmoin",
     ] {
         assert!(!Path::new(p).exists(), "{p} left after purge");
     }
-    assert!(!user_exists("plusmoin"), "plusmoin user left after purge");
-    assert!(!group_exists("plusmoin"), "plusmoin group left after purge");
+    // The user stays (its uid is not given to someone else who would then
+    // own what it left); this test removes it, as an administrator would.
+    assert!(user_exists("plusmoin"), "plusmoin user kept after purge");
+    assert!(group_exists("plusmoin"), "plusmoin group kept after purge");
+    remove_user();
+    assert!(!user_exists("plusmoin") && !group_exists("plusmoin"));
+}
+
+/// The unit's sandbox, scored as `systemd-analyze security` does, offline
+/// (no running systemd needed): "OK" (at most 4.0) or better, and no
+/// option systemd would ignore as unknown.
+#[test]
+fn unit_is_sandboxed() {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/plusmoin.service");
+    let o = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&unit));
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(
+        o.status.success(),
+        "systemd-analyze security --offline=true (systemd >= 252) failed: {out}{err}"
+    );
+    assert!(
+        !err.contains("plusmoin.service:"),
+        "systemd warns about the unit: {err}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.contains("Overall exposure level for plusmoin.service:"))
+        .unwrap_or_else(|| panic!("no overall exposure level in: {out}"));
+    let score: f64 = line
+        .rsplit(": ")
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no score in {line:?}"));
+    assert!(score <= 4.0, "{line}:\n{out}");
 }
