@@ -2,35 +2,28 @@
 //! into clusters, checks each slave's sync through a heartbeat table, and
 //! runs trigger scripts and pgpool-II handlers when something changes.
 //!
-//! Data flows one way, once per beat:
-//! [`probe`] (one deadline per node) → [`cluster::step`] (pure) →
-//! [`actions`] (trigger scripts, never blocking the probes) → [`status`].
+//! How data flows (it never climbs back up):
+//! - [`probe`]: one task per server (its connection, the heartbeat SQL,
+//!   retries) sends news, `(node, observation)`, as it comes; [`hold`]'s
+//!   reader sends the held set.
+//! - [`daemon`]: the one loop (shutdown, reload, beat ticks, news, holds)
+//!   hands news to [`cluster`], the pure state machine: state and news in,
+//!   the next state and events out. [`cluster::PrimaryGuard`] decides which
+//!   master may be routed writes.
+//! - Actions: [`actions`] runs trigger scripts per cluster, in order;
+//!   [`pgpool`], the sidecar, gets the loop's view (holds included) and
+//!   fixes pgpool's view with pcp.
+//! - Published: [`status`] writes the status file ([`payload`] holds the
+//!   JSON shapes); [`web`] serves the same snapshot over HTTP; everybody
+//!   counts into [`metrics`].
 //!
-//! - [`config`]: load and validate the JSON configuration into typed values.
-//! - [`cluster`]: the pure state machine (README "How it works").
-//! - [`payload`]: the JSON shapes of trigger payloads and the status file.
-//! - [`probe`]: tokio-postgres probes, the heartbeat table, TLS.
-//! - [`actions`]: trigger scripts, run in order per cluster.
-//! - [`status`]: the status file, written atomically.
-//! - [`hold`]: maintenance holds (`plusmoin hold`/`release`): the hold table,
-//!   the legacy `held.json`, and the background reader the daemon runs.
-//! - [`pgpool`]: the pgpool-II sidecar: pcp handlers and reconciliation, on
-//!   the daemon's view (holds included).
-//! - [`metrics`]: the counters of what happened, bumped by every part.
-//! - [`web`]: the HTTP listener: `/metrics`, `/status`, health endpoints.
-//! - [`daemon`]: the beat loop, signals, reload.
-//! - [`notify`]: systemd readiness, reload and watchdog notifications.
-//! - [`lifecycle`]: process plumbing, one file each: locked pid file, detaching, dropping
-//!   root, `stop`/`reload`, logging set-up.
-//! - [`logonce`]: "log once until it changes", for failures that repeat.
-//! - [`sandbox`]: a local primary + standbys for tests and the demo.
-//! - [`demo`]: `plusmoin demo`, the sandbox with a live plusmoin on it.
-//! - [`cli`]: the command line.
-//! - `alloc`: the memory allocator (jemalloc, one arena).
-//!
-//! The test kits (a simulated PostgreSQL server, a pgpool-II watchdog
-//! cluster, …) are a crate of their own, `tests/kit`, that only tests and
-//! benches build.
+//! Around them: [`config`] (load, check, typed values), [`lifecycle`]
+//! (pid file, detaching, privileges, signals to a running daemon, logging
+//! set-up), small helpers ([`text`], [`logonce`], [`notify`], `alloc`),
+//! and the entry ([`cli`], `main.rs`) with [`demo`] on [`sandbox`]. The
+//! parts and the imports that must never exist are in `.ci/layers.json`,
+//! checked by `tests/layers.rs`. Test kits (a simulated PostgreSQL server, a
+//! pgpool-II watchdog cluster, …) are a crate of their own, `tests/kit`.
 
 pub mod actions;
 mod alloc;
