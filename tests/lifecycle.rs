@@ -399,6 +399,23 @@ impl Drop for Helper {
 }
 
 /// A process we did not spawn directly (the daemon): SIGKILL on the way out.
+/// The lock-then-fork helper: takes the lock on `path`, writes its own
+/// pid, hands the lock to a child (the keeper, killed on drop), then does
+/// `then` (`exec-idle`, `exit`, …).
+fn locker_with_keeper(path: &Path, then: &str) -> (Helper, KillOnDrop) {
+    let mut locker = spawn_helper(
+        "lockfork",
+        &[
+            ("HELPER_LOCK_FILE", path),
+            ("HELPER_KEEPER", Path::new("1")),
+            ("HELPER_NAMES", Path::new("self")),
+            ("HELPER_THEN", Path::new(then)),
+        ],
+    );
+    let keeper: i32 = locker.line("keeper ")["keeper ".len()..].parse().unwrap();
+    (locker, KillOnDrop(keeper))
+}
+
 struct KillOnDrop(i32);
 
 impl Drop for KillOnDrop {
@@ -1241,17 +1258,7 @@ fn assert_signals_nobody(path: &Path, more: &[&str]) {
 fn stop_and_reload_spare_the_locker_once_a_child_holds_its_lock() {
     let dir = tempfile::tempdir().unwrap();
     let path = pid_path(&dir);
-    let mut locker = spawn_helper(
-        "lockfork",
-        &[
-            ("HELPER_LOCK_FILE", &path),
-            ("HELPER_KEEPER", Path::new("1")),
-            ("HELPER_NAMES", Path::new("self")),
-            ("HELPER_THEN", Path::new("exec-idle")),
-        ],
-    );
-    let keeper: i32 = locker.line("keeper ")["keeper ".len()..].parse().unwrap();
-    let _keeper = KillOnDrop(keeper);
+    let (mut locker, keeper) = locker_with_keeper(&path, "exec-idle");
     locker.wait_ready();
     assert_eq!(locker.line("idle "), format!("idle {}", locker.pid()));
     assert_eq!(file_pid(&path), locker.pid());
@@ -1267,7 +1274,7 @@ fn stop_and_reload_spare_the_locker_once_a_child_holds_its_lock() {
         locker.child.try_wait().unwrap().is_none(),
         "the locker, now another program, was signalled"
     );
-    assert!(running(keeper), "the keeper was signalled");
+    assert!(running(keeper.0), "the keeper was signalled");
 }
 
 /// A process holding the lock and the file, but that is not plusmoin: it
@@ -1328,17 +1335,7 @@ fn stop_and_reload_spare_whoever_gets_the_pid_of_a_locker_that_forked_and_exited
     }
     let dir = tempfile::tempdir().unwrap();
     let path = pid_path(&dir);
-    let mut locker = spawn_helper(
-        "lockfork",
-        &[
-            ("HELPER_LOCK_FILE", &path),
-            ("HELPER_KEEPER", Path::new("1")),
-            ("HELPER_NAMES", Path::new("self")),
-            ("HELPER_THEN", Path::new("exit")),
-        ],
-    );
-    let keeper: i32 = locker.line("keeper ")["keeper ".len()..].parse().unwrap();
-    let _keeper = KillOnDrop(keeper);
+    let (mut locker, keeper) = locker_with_keeper(&path, "exit");
     locker.wait_ready();
     let locker_pid = locker.pid();
     assert!(locker.wait_exit().success());
@@ -1350,13 +1347,13 @@ fn stop_and_reload_spare_whoever_gets_the_pid_of_a_locker_that_forked_and_exited
 
     assert_signals_nobody(&path, &[&format!("names pid {}", victim.pid())]);
     victim.assert_alive();
-    assert!(running(keeper), "the keeper was signalled");
+    assert!(running(keeper.0), "the keeper was signalled");
 
     // The child, which holds the lock, named instead.
-    std::fs::write(&path, format!("{keeper}\n")).unwrap();
-    assert_signals_nobody(&path, &[&format!("names pid {keeper}")]);
+    std::fs::write(&path, format!("{}\n", keeper.0)).unwrap();
+    assert_signals_nobody(&path, &[&format!("names pid {}", keeper.0)]);
     victim.assert_alive();
-    assert!(running(keeper), "the keeper was signalled");
+    assert!(running(keeper.0), "the keeper was signalled");
 }
 
 // ------------------------------------------------- the plusmoin binary --
@@ -1451,17 +1448,7 @@ fn the_plusmoin_binary_signals_nobody_for_a_locker_that_forked() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = binary_config(dir.path());
     let path = dir.path().join("plusmoin.pid");
-    let mut locker = spawn_helper(
-        "lockfork",
-        &[
-            ("HELPER_LOCK_FILE", &path),
-            ("HELPER_KEEPER", Path::new("1")),
-            ("HELPER_NAMES", Path::new("self")),
-            ("HELPER_THEN", Path::new("exec-idle")),
-        ],
-    );
-    let keeper: i32 = locker.line("keeper ")["keeper ".len()..].parse().unwrap();
-    let _keeper = KillOnDrop(keeper);
+    let (mut locker, keeper) = locker_with_keeper(&path, "exec-idle");
     locker.wait_ready();
     locker.line("idle ");
     for command in ["stop", "reload"] {
@@ -1478,7 +1465,7 @@ fn the_plusmoin_binary_signals_nobody_for_a_locker_that_forked() {
         locker.child.try_wait().unwrap().is_none(),
         "the locker, now another program, was signalled"
     );
-    assert!(running(keeper), "the keeper was signalled");
+    assert!(running(keeper.0), "the keeper was signalled");
 }
 
 /// Someone who cannot look into the daemon (another user, not root) is
