@@ -56,11 +56,19 @@ fn prober(s: ProbeSettings) -> Monitor {
     ok("monitor", Monitor::new(s))
 }
 
-/// Lets the monitor's node tasks take what was posted to them (new
-/// settings), as they do at once in the daemon, whose runtime always runs;
-/// here it runs only within `block_on`.
-fn settle(rt: &tokio::runtime::Runtime) {
-    rt.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
+/// Waits (10 s at most) until the monitor's node tasks have taken new
+/// connection settings and dropped their connections, as they do at once
+/// in the daemon, whose runtime always runs; here it runs only within
+/// `block_on`. Not a fixed pause: a busy machine may take longer.
+fn settle(rt: &tokio::runtime::Runtime, p: &Monitor) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.connections_held() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the node tasks never took the new settings"
+        );
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(10)).await });
+    }
 }
 
 fn name(sb: &Sandbox, i: usize) -> NodeName {
@@ -487,8 +495,7 @@ fn bad_answers_and_wrong_password() {
     let mut s = settings("pm-stmt", Duration::from_secs(10));
     s.password = Secret::new(wrong);
     ok("update", p.update_settings(s));
-    settle(&rt);
-    assert_eq!(p.connections_held(), 0);
+    settle(&rt, &p);
     let obs = beat(&rt, &mut p, &t);
     assert_down_with(&obs[0], &["password authentication failed"]);
     let reason = down_reason(&obs[0]);
@@ -782,7 +789,7 @@ fn tls_modes() {
         }
         assert!(Instant::now() < deadline, "TLS never used");
         ok("reconnect", p.update_settings(with(SslMode::Require, None)));
-        settle(&rt);
+        settle(&rt, &p);
         ok("reconnect", p.update_settings(with(SslMode::Prefer, None)));
     }
 
