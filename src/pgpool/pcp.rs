@@ -814,7 +814,7 @@ mod tests {
         assert!(e.to_string().contains("unreachable"), "{e}");
     }
 
-    fn config(bin_dir: &str) -> PgpoolConfig {
+    pub(super) fn config(bin_dir: &str) -> PgpoolConfig {
         PgpoolConfig {
             pcp_host: "127.0.0.1".into(),
             pcp_port: 9898,
@@ -879,22 +879,7 @@ mod output_cap_tests {
     use super::*;
 
     fn config() -> PgpoolConfig {
-        PgpoolConfig {
-            pcp_host: "127.0.0.1".into(),
-            pcp_port: 9898,
-            pcp_user: "pgpool".into(),
-            pcppass_file: "/nonexistent/pcppass".into(),
-            pgpool_conf: None,
-            bin_dir: "/usr/sbin".into(),
-            templates: Vec::new(),
-            pcp_timeout: Duration::from_secs(20),
-            node_ids: Default::default(),
-            written: crate::config::PgpoolWritten {
-                section: crate::config::Position { line: 1, column: 1 },
-                pgpool_conf: None,
-                node_ids: Default::default(),
-            },
-        }
+        super::tests::config("/usr/sbin")
     }
 
     /// A `pcp_watchdog_info` printing far more than any pgpool would (20

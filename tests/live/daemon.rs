@@ -13,7 +13,8 @@ use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(20);
 
-fn plusmoin(p: &Plusmoin, args: &[&str]) -> Output {
+/// `plusmoin -c CONFIG ARGS…` on `p`'s configuration.
+pub(crate) fn plusmoin(p: &Plusmoin, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_plusmoin"))
         .arg("-c")
         .arg(&p.config_path)

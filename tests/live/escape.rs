@@ -10,7 +10,7 @@ use plusmoin::probe::{Monitor, ProbeSettings, ProbeTarget};
 use plusmoin::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
 use plusmoin_kit::probe::probe_once;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use crate::monitor::{make_executable, Plusmoin, Timings};
@@ -89,14 +89,7 @@ fn raw_controls(bytes: &[u8]) -> Vec<char> {
         .collect()
 }
 
-fn run(p: &Plusmoin, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_plusmoin"))
-        .arg("-c")
-        .arg(&p.config_path)
-        .args(args)
-        .output()
-        .expect("run plusmoin")
-}
+use crate::daemon::plusmoin as run;
 
 /// `what`'s stdout and stderr: none of them raw, and `expect` in them.
 fn assert_inert(what: &str, o: &Output, expect: &str) -> String {

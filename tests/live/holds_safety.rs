@@ -7,9 +7,9 @@
 use crate::holds::{ok, plusmoin, read_holds, stderr, stdout, write_config};
 use crate::monitor::{node, Plusmoin, Timings};
 use plusmoin::cluster::{NodeName, Observation, Time};
-use plusmoin::config::{Secret, SslMode};
+use plusmoin::config::SslMode;
 use plusmoin::probe::{Monitor, ProbeSettings, ProbeTarget};
-use plusmoin::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
+use plusmoin::sandbox::Sandbox;
 use plusmoin_kit::probe::probe_once;
 use std::time::Duration;
 
@@ -59,16 +59,8 @@ fn rogue_log(sb: &Sandbox) -> String {
 
 fn settings(instance: &str) -> ProbeSettings {
     ProbeSettings {
-        dbname: SANDBOX_DBNAME.into(),
-        user: SANDBOX_USER.into(),
-        password: Secret::new(SANDBOX_PASSWORD),
-        node_passwords: Default::default(),
-        instance_name: instance.into(),
-        is_slave_statement: "SELECT pg_is_in_recovery()".into(),
         sslmode: SslMode::Disable,
-        sslrootcert: None,
-        connect_timeout: Duration::from_secs(10),
-        retry_interval: Duration::from_millis(250),
+        ..crate::probe::settings(instance, Duration::from_secs(10))
     }
 }
 

@@ -36,7 +36,8 @@ fn runtime() -> tokio::runtime::Runtime {
     )
 }
 
-fn settings(instance: &str, timeout: Duration) -> ProbeSettings {
+/// Probe settings for the sandbox's plusmoin role.
+pub(crate) fn settings(instance: &str, timeout: Duration) -> ProbeSettings {
     ProbeSettings {
         dbname: SANDBOX_DBNAME.into(),
         user: SANDBOX_USER.into(),
