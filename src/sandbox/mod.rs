@@ -223,7 +223,7 @@ fn server_owner() -> Result<Option<(Uid, Gid)>, SandboxError> {
 
 /// A loopback port nobody listens on right now (it may be taken again
 /// before the server binds it: the first start retries on that).
-fn free_port() -> Result<u16, SandboxError> {
+pub fn free_port() -> Result<u16, SandboxError> {
     let io = |source| SandboxError::Io {
         what: format!("picking a free port on {HOST}"),
         source,

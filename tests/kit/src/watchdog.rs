@@ -13,25 +13,13 @@
 //! a primary's failure needs consensus: the node goes to `quarantine` and
 //! no script runs, unless `enable_consensus_with_half_votes = on`.
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use plusmoin::sandbox::pgpool::{Pgpool, PgpoolOptions};
-use plusmoin::sandbox::{Sandbox, SandboxError};
+use plusmoin::sandbox::{free_port, Sandbox, SandboxError};
 
 /// The address the sandbox and its pgpools listen on ([`Sandbox::host`]).
 const HOST: &str = "127.0.0.1";
-
-/// A loopback port nobody listens on right now (it may be taken again
-/// before pgpool binds it: a start retries on that).
-fn free_port() -> Result<u16, SandboxError> {
-    let io = |source| SandboxError::Io {
-        what: format!("picking a free port on {HOST}"),
-        source,
-    };
-    let listener = TcpListener::bind((HOST, 0)).map_err(io)?;
-    Ok(listener.local_addr().map_err(io)?.port())
-}
 
 /// How long a cluster start waits for every member to agree on a leader.
 const ELECTION_TIMEOUT: Duration = Duration::from_secs(60);
