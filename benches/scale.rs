@@ -14,8 +14,8 @@
 //! Three processes per size, so that each figure is plusmoin's own: this
 //! program orchestrates and prints the tables; it runs itself again as
 //! `--fake-server` (all the simulated nodes, one thread) and as
-//! `--measure N PORT` or `--retry N DEAD PORT` (a real `Daemon` on a
-//! 2-thread runtime like `plusmoin start`, running as a task on its
+//! `--measure N PORT` or `--retry N DEAD PORT` (the real deciding loop,
+//! `plusmoin::daemon::run`, on a 2-thread runtime like `plusmoin start`, running as a task on its
 //! workers as there, reading its own CPU time and peak memory). `--quick` skips 5,000 nodes and measures fewer beats.
 //!
 //! For digging: `SCALE_SIZES=1000` picks the sizes, `SCALE_WRAP="perf
@@ -26,18 +26,19 @@
 //! beats.
 //!
 //! Memory is read twice: after the measured beats, and after half a minute
-//! more of the real deciding loop (`Daemon::run_for`; not with `--quick`):
+//! more of the real deciding loop (not with `--quick`):
 //! resident memory keeps growing for a while after the heap has stopped
 //! growing, as the allocator's pages (each connection's read and write
 //! buffers, 8 KB each in tokio-postgres, walked through as messages come)
 //! are touched one after another.
 
-use plusmoin::cluster::{NodeName, Place};
-use plusmoin::daemon::Daemon;
+use plusmoin::cluster::{NodeName, Place, State};
+use plusmoin::daemon::{Inputs, Observer};
 use plusmoin_kit::fakepg::{address, FakeNode, FakePg, Fault};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::ops::ControlFlow;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -329,10 +330,121 @@ fn median(v: &mut [f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// `--measure`: a real Daemon over `n` fake nodes; first beat (connecting
-/// everything), one warm-up beat, then `beats` measured beats back to back
-/// (each lasts about connect_timeout, because of the frozen nodes, though
-/// every other node is decided as its answer comes).
+/// The loop's inputs for a bench: no signals, no reloads, no listener.
+fn inputs(path: std::path::PathBuf) -> Inputs<std::future::Pending<()>> {
+    // Never reloaded: the sender is dropped, the loop stops listening.
+    let (_, reload) = tokio::sync::mpsc::unbounded_channel();
+    Inputs {
+        config_path: path,
+        shutdown: std::future::pending(),
+        reload,
+        http: None,
+    }
+}
+
+/// Watches the real loop for `--measure`: the first beat (connecting
+/// everything), one warm-up beat, then `beats` measured beats (each from
+/// one tick to the next, as they follow each other), then half a minute
+/// more (`later`) for the second memory reading.
+struct Watch {
+    frozen: HashSet<NodeName>,
+    beats: usize,
+    later: bool,
+    start: Instant,
+    begun: usize,
+    first_beat: Option<Duration>,
+    /// The measured beat in progress: when it began, the CPU then.
+    current: Option<(tokio::time::Instant, Duration)>,
+    cpus: Vec<f64>,
+    decided: Vec<f64>,
+    answered: Vec<(NodeName, f64)>,
+    frozen_decided: usize,
+    peak: f64,
+    later_until: Option<Instant>,
+    done: bool,
+    result: Option<Measured>,
+}
+
+impl Observer for Watch {
+    fn beat_began(&mut self, now: tokio::time::Instant) -> ControlFlow<()> {
+        self.begun += 1;
+        // Beat 1 primes, beat 2 warms up: beats 3.. are measured.
+        if let Some((_, cpu0)) = self.current.take() {
+            self.cpus
+                .push(cpu_time().saturating_sub(cpu0).as_secs_f64() * 1000.0);
+        }
+        if (3..3 + self.beats).contains(&self.begun) {
+            self.current = Some((now, cpu_time()));
+        } else if self.begun == 3 + self.beats {
+            self.peak = peak_rss_mb();
+            if self.later {
+                self.later_until = Some(Instant::now() + Duration::from_secs(30));
+            } else {
+                self.done = true;
+            }
+        } else if self.later_until.is_some_and(|t| t <= Instant::now()) {
+            self.done = true;
+        }
+        ControlFlow::Continue(())
+    }
+    fn wants_answers(&self) -> bool {
+        true
+    }
+    fn decided(&mut self, nodes: &[NodeName], now: tokio::time::Instant) {
+        let Some((t0, _)) = self.current else { return };
+        let at = (now - t0).as_secs_f64() * 1000.0;
+        for node in nodes {
+            if self.frozen.contains(node) {
+                self.frozen_decided += 1;
+            } else {
+                self.decided.push(at);
+                self.answered.push((node.clone(), at));
+            }
+        }
+    }
+    fn beat_decided(&mut self, state: &State, connections: usize) -> ControlFlow<()> {
+        if self.first_beat.is_none() {
+            self.first_beat = Some(self.start.elapsed());
+        }
+        if !self.done {
+            return ControlFlow::Continue(());
+        }
+        let worst = self.decided.iter().copied().fold(f64::NAN, f64::max);
+        let masters_worst = self
+            .answered
+            .iter()
+            .filter(|(n, _)| state.node(n).is_some_and(|s| s.place == Place::Master))
+            .map(|(_, at)| *at)
+            .fold(f64::NAN, f64::max);
+        let count = |p: Place| state.nodes.iter().filter(|s| s.place == p).count();
+        let down = state.nodes.iter().filter(|s| s.last_seen.is_none()).count();
+        self.result = Some(Measured {
+            nodes: state.nodes.len(),
+            frozen: self.frozen.len(),
+            first_beat_s: self.first_beat.unwrap_or_default().as_secs_f64(),
+            beats: self.beats,
+            decided_median_ms: median(&mut self.decided),
+            decided_worst_ms: worst,
+            frozen_decided: self.frozen_decided,
+            decided_p99_ms: percentile(&mut self.decided, 0.99),
+            masters_worst_ms: masters_worst,
+            // The median: other work on a shared machine inflates some beats.
+            cpu_per_beat_ms: median(&mut self.cpus),
+            peak_rss_mb: self.peak,
+            later_rss_mb: self.later.then(peak_rss_mb),
+            connections,
+            masters: count(Place::Master),
+            slaves: count(Place::Slave),
+            down,
+        });
+        ControlFlow::Break(())
+    }
+}
+
+/// `--measure`: the real deciding loop over `n` fake nodes, watched by
+/// [`Watch`]. Each beat lasts about connect_timeout, because of the frozen
+/// nodes, though every other node is decided as its answer comes; beats
+/// follow each other, each closed by the next one's tick.
 fn measure(n: usize, port: u16, beats: usize) -> Measured {
     let _ = plusmoin::lifecycle::raise_nofile_limit();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -346,78 +458,27 @@ fn measure(n: usize, port: u16, beats: usize) -> Measured {
         .filter(|(_, f)| f.fault == Fault::Frozen)
         .map(|(i, _)| NodeName::new(address(i).to_string(), port))
         .collect();
+    let watch = Watch {
+        frozen,
+        beats,
+        later: beats >= 8,
+        start: Instant::now(),
+        begun: 0,
+        first_beat: None,
+        current: None,
+        cpus: Vec::new(),
+        decided: Vec::new(),
+        answered: Vec::new(),
+        frozen_decided: 0,
+        peak: 0.0,
+        later_until: None,
+        done: false,
+        result: None,
+    };
     // On the workers, as `plusmoin start` runs the deciding loop.
-    on_workers(async move {
-        let mut daemon = Daemon::new(config).expect("daemon");
-        let t0 = Instant::now();
-        daemon.beat_once().await;
-        let first_beat = t0.elapsed();
-        daemon.beat_once().await;
-        let mut cpus = Vec::new();
-        let mut decided = Vec::new();
-        let mut frozen_decided = 0;
-        let mut answered: Vec<(NodeName, f64)> = Vec::new();
-        for _ in 0..beats {
-            let cpu0 = cpu_time();
-            // Beats back to back, each closed by the next one's tick, as
-            // `plusmoin start` runs them (the frozen nodes keep a beat open
-            // until connect_timeout after its reads, past the next tick).
-            let times = daemon.beat_for(HEARTBEAT).await;
-            cpus.push(cpu_time().saturating_sub(cpu0).as_secs_f64() * 1000.0);
-            for (node, at) in times {
-                if frozen.contains(&node) {
-                    frozen_decided += 1;
-                } else {
-                    decided.push(at.as_secs_f64() * 1000.0);
-                    answered.push((node, at.as_secs_f64() * 1000.0));
-                }
-            }
-        }
-        let worst = decided.iter().copied().fold(f64::NAN, f64::max);
-        let masters_worst = answered
-            .iter()
-            .filter(|(n, _)| {
-                daemon
-                    .state()
-                    .node(n)
-                    .is_some_and(|s| s.place == Place::Master)
-            })
-            .map(|(_, at)| *at)
-            .fold(f64::NAN, f64::max);
-        let peak = peak_rss_mb();
-        let later = if beats >= 8 {
-            daemon.run_for(Duration::from_secs(30)).await;
-            Some(peak_rss_mb())
-        } else {
-            None
-        };
-        let count = |p: Place| daemon.state().nodes.iter().filter(|s| s.place == p).count();
-        let down = daemon
-            .state()
-            .nodes
-            .iter()
-            .filter(|s| s.last_seen.is_none())
-            .count();
-        Measured {
-            nodes: n,
-            frozen: frozen.len(),
-            first_beat_s: first_beat.as_secs_f64(),
-            beats,
-            decided_median_ms: median(&mut decided),
-            decided_worst_ms: worst,
-            frozen_decided,
-            decided_p99_ms: percentile(&mut decided, 0.99),
-            masters_worst_ms: masters_worst,
-            // The median: other work on a shared machine inflates some beats.
-            cpu_per_beat_ms: median(&mut cpus),
-            peak_rss_mb: peak,
-            later_rss_mb: later,
-            connections: daemon.connections_held(),
-            masters: count(Place::Master),
-            slaves: count(Place::Slave),
-            down,
-        }
-    })
+    let watch =
+        on_workers(plusmoin::daemon::run(config, inputs(path), watch)).expect("the deciding loop");
+    watch.result.expect("measured")
 }
 
 /// What one `--retry` run reports.
@@ -431,6 +492,54 @@ struct Retried {
     lost: usize,
 }
 
+/// Watches the real loop for `--retry`: after the first decision and a
+/// warm-up beat, the CPU over `secs` beats of a second.
+struct RetryWatch {
+    n: usize,
+    dead: usize,
+    secs: usize,
+    begun: usize,
+    from: Option<(Instant, Duration)>,
+    cpu_ms_per_s: f64,
+    done: bool,
+    result: Option<Retried>,
+}
+
+impl Observer for RetryWatch {
+    fn beat_began(&mut self, _now: tokio::time::Instant) -> ControlFlow<()> {
+        self.begun += 1;
+        if self.begun == 3 {
+            self.from = Some((Instant::now(), cpu_time()));
+        } else if self.begun == 3 + self.secs {
+            if let Some((t0, cpu0)) = self.from {
+                let cpu = cpu_time().saturating_sub(cpu0).as_secs_f64() * 1000.0;
+                self.cpu_ms_per_s = cpu / t0.elapsed().as_secs_f64();
+            }
+            self.done = true;
+        }
+        ControlFlow::Continue(())
+    }
+    fn beat_decided(&mut self, state: &State, _connections: usize) -> ControlFlow<()> {
+        if !self.done {
+            return ControlFlow::Continue(());
+        }
+        let lost = state
+            .nodes
+            .iter()
+            .filter(|s| s.place == Place::Lost || s.last_seen.is_none())
+            .count();
+        self.result = Some(Retried {
+            nodes: self.n,
+            dead: self.dead,
+            seconds: self.secs,
+            cpu_ms_per_s: self.cpu_ms_per_s,
+            peak_rss_mb: peak_rss_mb(),
+            lost,
+        });
+        ControlFlow::Break(())
+    }
+}
+
 /// `--retry`: `n` healthy nodes and `dead` refusing ones, heartbeat 1 s;
 /// after the first decision and a second of warm-up, the CPU the deciding
 /// loop takes over `secs` seconds (beats, and the dead ones' retries).
@@ -440,30 +549,20 @@ fn measure_retry(n: usize, dead: usize, port: u16, secs: usize) -> Retried {
     let path = dir.path().join("plusmoin.json");
     let text = config_text(n + dead, port, dir.path(), Duration::from_secs(1));
     let config = plusmoin::config::parse(&text, &path).expect("bench configuration");
+    let watch = RetryWatch {
+        n,
+        dead,
+        secs,
+        begun: 0,
+        from: None,
+        cpu_ms_per_s: f64::NAN,
+        done: false,
+        result: None,
+    };
     // On the workers, as `plusmoin start` runs the deciding loop.
-    on_workers(async move {
-        let mut daemon = Daemon::new(config).expect("daemon");
-        daemon.beat_once().await;
-        daemon.run_for(Duration::from_secs(1)).await;
-        let cpu0 = cpu_time();
-        let t0 = Instant::now();
-        daemon.run_for(Duration::from_secs(secs as u64)).await;
-        let cpu = cpu_time().saturating_sub(cpu0).as_secs_f64() * 1000.0;
-        let lost = daemon
-            .state()
-            .nodes
-            .iter()
-            .filter(|s| s.place == Place::Lost || s.last_seen.is_none())
-            .count();
-        Retried {
-            nodes: n,
-            dead,
-            seconds: secs,
-            cpu_ms_per_s: cpu / t0.elapsed().as_secs_f64(),
-            peak_rss_mb: peak_rss_mb(),
-            lost,
-        }
-    })
+    let watch =
+        on_workers(plusmoin::daemon::run(config, inputs(path), watch)).expect("the deciding loop");
+    watch.result.expect("measured")
 }
 
 fn print_table(rows: &[Measured]) {

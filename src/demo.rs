@@ -198,9 +198,13 @@ fn run_here(config: config::Config, cfg_path: PathBuf) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    runtime
-        .block_on(crate::daemon::run(config, cfg_path))
-        .map_err(|e| e.to_string())
+    runtime.block_on(async {
+        let signals = crate::daemon::Signals::install().map_err(|e| e.to_string())?;
+        let inputs = signals.inputs(cfg_path, None);
+        crate::daemon::run(config, inputs, ())
+            .await
+            .map_err(|e| e.to_string())
+    })
 }
 
 static STOP_ASKED: AtomicBool = AtomicBool::new(false);

@@ -190,14 +190,13 @@ fn start(cli: &Cli) -> Result<(), Failure> {
         d.ready();
     }
     let result = runtime.block_on(async move {
-        let (shutdown, reload) = signals.split();
         // On the runtime's workers rather than this thread: the probes'
         // answers then wake the deciding loop on the thread they come in
         // on, not across threads (benches/scale.rs: less CPU a beat, and
         // decisions sooner).
-        let run = daemon::run_serving(config, config_path, shutdown, reload, http);
+        let run = daemon::run(config, signals.inputs(config_path, http), ());
         match tokio::spawn(run).await {
-            Ok(result) => result,
+            Ok(result) => result.map(drop),
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
     });

@@ -1,11 +1,14 @@
-//! A beat of the real deciding loop (`plusmoin::daemon::Daemon`) over
-//! simulated servers (`plusmoin_kit::fakepg`): the order of its probes.
+//! A beat of the real deciding loop (`plusmoin::daemon::run`, as `plusmoin
+//! start` runs it) over simulated servers (`plusmoin_kit::fakepg`): the
+//! order of its probes, seen through an observer of the loop.
 
-use plusmoin::cluster::{NodeName, Place};
-use plusmoin::daemon::Daemon;
+use plusmoin::cluster::{NodeName, Place, State};
+use plusmoin::daemon::{Inputs, Observer};
 use plusmoin_kit::fakepg::{config_text, FakeNode, FakePg, Fault};
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::time::Duration;
+use tokio::time::Instant;
 
 fn config(pg: &FakePg, dir: &std::path::Path) -> plusmoin::config::Config {
     let text = config_text(
@@ -17,6 +20,51 @@ fn config(pg: &FakePg, dir: &std::path::Path) -> plusmoin::config::Config {
         "beat-test",
     );
     plusmoin::config::parse(&text, &dir.join("plusmoin.json")).expect("test configuration")
+}
+
+/// Runs the loop over `pg` until `beats` beats are decided; before beat
+/// `fault_at` (counted from 1), `fault` is set on node 0. Returns the state
+/// after each beat, and for the last beat how long after it began each
+/// answer was decided.
+struct Watch<'a> {
+    pg: &'a FakePg,
+    beats: usize,
+    fault_at: usize,
+    fault: Fault,
+    states: Vec<State>,
+    began: Option<Instant>,
+    decided: HashMap<NodeName, Duration>,
+}
+
+impl Observer for Watch<'_> {
+    fn beat_began(&mut self, now: Instant) -> ControlFlow<()> {
+        if self.states.len() + 1 == self.beats {
+            self.began = Some(now);
+            self.decided.clear();
+        }
+        ControlFlow::Continue(())
+    }
+    fn wants_answers(&self) -> bool {
+        true
+    }
+    fn decided(&mut self, nodes: &[NodeName], now: Instant) {
+        if let Some(t0) = self.began {
+            for n in nodes {
+                self.decided.insert(n.clone(), now - t0);
+            }
+        }
+    }
+    fn beat_decided(&mut self, state: &State, _connections: usize) -> ControlFlow<()> {
+        self.states.push(state.clone());
+        if self.states.len() + 1 == self.fault_at {
+            self.pg.set_fault(0, self.fault);
+        }
+        if self.states.len() == self.beats {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
 }
 
 /// Each cluster's slaves are read once their own master's heartbeat write
@@ -34,28 +82,43 @@ async fn a_slow_master_holds_back_only_its_own_clusters_reads() {
     .await
     .expect("fake servers");
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut daemon = Daemon::new(config(&pg, dir.path())).expect("daemon");
-    daemon.beat_once().await;
-    daemon.beat_once().await;
-    let place = |d: &Daemon, i: usize| d.state().node(&pg.name(i)).map(|n| n.place);
-    for (i, p) in [Place::Master, Place::Slave, Place::Master, Place::Slave]
-        .into_iter()
-        .enumerate()
-    {
-        assert_eq!(place(&daemon, i), Some(p), "{:#?}", daemon.state());
-    }
-
     // Within the beat's bound on waiting for masters (300 ms): the write
     // goes out with the role statement, so the master answers after two
     // slow answers.
     let slow = Duration::from_millis(100);
-    pg.set_fault(
-        0,
-        Fault::Slow {
+    let watch = Watch {
+        pg: &pg,
+        beats: 3,
+        fault_at: 3,
+        fault: Fault::Slow {
             ms: slow.as_millis() as u64,
         },
-    );
-    let decided: HashMap<NodeName, Duration> = daemon.beat_once_timed().await.into_iter().collect();
+        states: Vec::new(),
+        began: None,
+        decided: HashMap::new(),
+    };
+    let (_reload_tx, reload) = tokio::sync::mpsc::unbounded_channel();
+    let inputs = Inputs {
+        config_path: dir.path().join("plusmoin.json"),
+        shutdown: std::future::pending::<()>(),
+        reload,
+        http: None,
+    };
+    let run = plusmoin::daemon::run(config(&pg, dir.path()), inputs, watch);
+    let watch = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("three beats within 30 s")
+        .expect("the loop ran");
+    let place = |st: &State, i: usize| st.node(&pg.name(i)).map(|n| n.place);
+    let before = &watch.states[1];
+    for (i, p) in [Place::Master, Place::Slave, Place::Master, Place::Slave]
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(place(before, i), Some(p), "{before:#?}");
+    }
+
+    let decided = &watch.decided;
     let at = |i: usize| decided.get(&pg.name(i)).copied();
     let (slow_master, its_slave, other_slave) = (at(0), at(1), at(3));
     let (Some(slow_master), Some(its_slave), Some(other_slave)) =
@@ -74,22 +137,12 @@ async fn a_slow_master_holds_back_only_its_own_clusters_reads() {
     );
     // Both slaves are still in sync: each was compared with its own
     // master's write of this beat, and showed it.
-    assert_eq!(
-        place(&daemon, 1),
-        Some(Place::Slave),
-        "{:#?}",
-        daemon.state()
-    );
-    assert_eq!(
-        place(&daemon, 3),
-        Some(Place::Slave),
-        "{:#?}",
-        daemon.state()
-    );
-    let lag = |i: usize| daemon.state().node(&pg.name(i)).and_then(|n| n.lag);
+    let after = &watch.states[2];
+    assert_eq!(place(after, 1), Some(Place::Slave), "{after:#?}");
+    assert_eq!(place(after, 3), Some(Place::Slave), "{after:#?}");
+    let lag = after.node(&pg.name(1)).and_then(|n| n.lag);
     assert!(
-        lag(1).is_some_and(|l| l < Duration::from_millis(100)),
-        "{:?}",
-        lag(1)
+        lag.is_some_and(|l| l < Duration::from_millis(100)),
+        "{lag:?}"
     );
 }

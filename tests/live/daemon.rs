@@ -239,12 +239,12 @@ fn two_instances_on_the_same_servers_see_no_false_lag() {
     assert_eq!(rows.trim(), "pgpool-a\npgpool-b");
 }
 
-/// `daemon::run_with` takes its shutdown and reload as inputs: driven here
+/// `daemon::run` takes its shutdown and reload as inputs: driven here
 /// in-process with a oneshot and a channel, against the real sandbox. A
 /// reload changing `heartbeat` shows in the status and in the pace of the
 /// heartbeat triggers; shutdown returns Ok promptly.
 #[test]
-fn run_with_in_process_reloads_heartbeat_and_shuts_down_on_its_inputs() {
+fn run_in_process_reloads_heartbeat_and_shuts_down_on_its_inputs() {
     let sb = Sandbox::start(1).expect("sandbox");
     let t = Timings::default();
     let p = Plusmoin::configure(&sb, &t, "");
@@ -257,14 +257,15 @@ fn run_with_in_process_reloads_heartbeat_and_shuts_down_on_its_inputs() {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
     let path = p.config_path.clone();
-    let daemon = rt.spawn(plusmoin::daemon::run_with(
-        config,
-        path,
-        async {
+    let inputs = plusmoin::daemon::Inputs {
+        config_path: path,
+        shutdown: async {
             let _ = stop_rx.await;
         },
-        reload_rx,
-    ));
+        reload: reload_rx,
+        http: None,
+    };
+    let daemon = rt.spawn(plusmoin::daemon::run(config, inputs, ()));
     p.wait_status("healthy at heartbeat 0.5", LONG, |st| {
         st["heartbeat"].as_f64() == Some(0.5)
             && names(&st["clusters"][0]["slaves"]) == [node(&sb, 1)]
@@ -307,7 +308,7 @@ fn run_with_in_process_reloads_heartbeat_and_shuts_down_on_its_inputs() {
     stop_tx.send(()).expect("shutdown");
     let result = rt
         .block_on(async { tokio::time::timeout(Duration::from_secs(10), daemon).await })
-        .expect("run_with returned within 10 s")
+        .expect("run returned within 10 s")
         .expect("task");
     assert!(result.is_ok(), "{result:?}");
     assert!(
