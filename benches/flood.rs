@@ -12,7 +12,7 @@
 //!
 //! Loopback only; about 10 s (`--quick`: 2 s of checks instead of 6).
 
-use plusmoin::cluster::{step, NodeName, Observation, Policy, State, Time};
+use plusmoin::cluster::{decide, NodeName, Observation, Policy, State, Time};
 use plusmoin::metrics::COUNTERS;
 use plusmoin::payload::Status;
 use plusmoin::web::metrics::render;
@@ -41,11 +41,9 @@ fn publish(publisher: &Publisher) {
         recover_sync_delay: Duration::from_secs(5),
     };
     let now = Time::now();
-    let obs = [(
-        NodeName::new("db", 5432),
-        Observation::Master { wrote_at: now },
-    )];
-    let (state, _) = step(&State::default(), &obs, now, &policy);
+    let db = NodeName::new("db", 5432);
+    let obs = [(db.clone(), Observation::Master { wrote_at: now })];
+    let state = decide(State::default(), &[db], &obs, now, &policy, true).state;
     let status = Status::new(&state, "flood", now, Duration::from_secs(3600));
     publisher.publish(Arc::new(status), &HashSet::new());
 }

@@ -1,4 +1,4 @@
-//! The state machine alone: one `cluster::step` over a large steady
+//! The state machine alone: one `cluster::decide` over a large steady
 //! configuration (clusters of 1 master + 9 slaves, every slave in sync),
 //! median over many iterations. `--quick` runs fewer iterations.
 
@@ -57,7 +57,7 @@ fn measure(clusters: usize, per_cluster: usize, budget: Duration, max_iter: usiz
     // Two beats to reach the steady state (founded clusters, slaves in sync).
     for k in 1..=2 {
         let obs = observations(&names, per_cluster, k);
-        state = cluster::step(&state, &obs, Time(k * 1_000_000), &policy).0;
+        state = cluster::decide(state, &names, &obs, Time(k * 1_000_000), &policy, true).state;
     }
     let in_sync = state
         .nodes
@@ -75,8 +75,18 @@ fn measure(clusters: usize, per_cluster: usize, budget: Duration, max_iter: usiz
     while times.len() < 5 || (began.elapsed() < budget && times.len() < max_iter) {
         let obs = observations(&names, per_cluster, k);
         let t0 = Instant::now();
-        let (next, events) = cluster::step(&state, &obs, Time(k * 1_000_000), &policy);
+        // On a copy of the state, as the figures have always been taken
+        // (the daemon hands its state over instead).
+        let d = cluster::decide(
+            state.clone(),
+            &names,
+            &obs,
+            Time(k * 1_000_000),
+            &policy,
+            true,
+        );
         times.push(t0.elapsed());
+        let (next, events) = (d.state, d.events);
         // Only the heartbeats: nothing changes in a steady state.
         assert_eq!(events.len(), clusters);
         state = next;
@@ -107,7 +117,7 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let budget = Duration::from_secs(if quick { 2 } else { 10 });
     let max_iter = if quick { 20 } else { 200 };
-    println!("\ncluster::step alone (clusters of 1 master + 9 slaves, steady state)\n");
+    println!("\ncluster::decide alone (clusters of 1 master + 9 slaves, steady state)\n");
     println!(
         "{:>8} {:>9} {:>6} {:>12} {:>12} {:>12}",
         "nodes", "clusters", "runs", "median", "min", "max"

@@ -249,7 +249,8 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::{step, Heartbeat, NodeName, Observation, Policy};
+    use crate::cluster::testing::step;
+    use crate::cluster::{Heartbeat, NodeName, Observation, Policy};
     use serde_json::json;
     use std::time::Duration;
 

@@ -441,7 +441,8 @@ pub fn stale_after(heartbeat: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::{step, NodeName, Observation, Policy, State, Time};
+    use crate::cluster::testing::step;
+    use crate::cluster::{NodeName, Observation, Policy, State, Time};
 
     fn status_at(now: Time) -> Status {
         let policy = Policy {

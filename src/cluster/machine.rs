@@ -1,4 +1,4 @@
-//! [`State`], [`step`] and [`step_news`]: how observations place nodes in
+//! [`State`] and [`decide`]: how observations place nodes in
 //! clusters, how lag is measured, and which events fire (README, "How it
 //! works", step 3).
 
@@ -85,109 +85,20 @@ impl State {
     }
 }
 
-/// Decides one beat: `observations` hold one entry per configured node, in
-/// configuration order (nodes missing from it were removed from the
-/// configuration and are forgotten; new ones start clusterless).
-///
-/// The same as [`step_news`] with `nodes` the names of `observations`, every
-/// node with news and `tick` true (node names are unique, as the
-/// configuration guarantees).
-///
-/// Events come out in this order: master changes (cluster id order, then
-/// new clusters), slave changes (configuration order), then on the first
-/// beat `plusmoin_up` for every cluster, and last `plusmoin_heartbeat` for
-/// every cluster. The events of one cluster are therefore in the order they
-/// happened.
-pub fn step(
-    prev: &State,
-    observations: &[(NodeName, Observation)],
-    now: Time,
-    policy: &Policy,
-) -> (State, Vec<Event>) {
-    let names: Vec<NodeName> = observations.iter().map(|(n, _)| n.clone()).collect();
-    let d = decide_news(prev.clone(), &names, observations, now, policy, true);
-    (d.state, d.events)
-}
-
-/// Decides on the news: `nodes` is the whole configuration in order (nodes
-/// not in it are forgotten, new ones start clusterless); `news` holds
-/// observations for some of them only (news about a node not in `nodes` is
-/// ignored; should one node have several, the last one counts).
-///
-/// A node without news keeps its state unchanged (its place, cluster, lag,
-/// reason, since, last_seen), and a master without news stays its cluster's
-/// master: a node answering as master in that cluster splits off and founds
-/// a new cluster, as it would beside a master that answered.
-///
-/// `tick`: this is a beat's decision — emit `plusmoin_heartbeat` for every
-/// cluster. News between beats (`tick == false`) emits only the node events
-/// it causes.
-///
-/// The first decision (`prev.started == false`) is always made by the
-/// daemon with news for every node and `tick == true`. As in [`step`], it
-/// emits no node event — it only places the nodes — and emits
-/// `plusmoin_up` for every cluster (whatever `tick`, so that it is never
-/// lost), then the heartbeats.
-///
-/// Lag is measured against the master's write known before this decision
-/// (see `Beat::slave`): the daemon steps a beat's master writes before it
-/// reads the slaves, so a slave read afterwards is compared with this
-/// beat's write.
-///
-/// Events come out in the order of [`step`]: master changes (cluster id
-/// order, then new clusters; a slave promoted beside a running master gets
-/// `slave_down` in its old cluster just before `master_up` in the cluster
-/// it founds), slave changes (configuration order), `plusmoin_up`,
-/// `plusmoin_heartbeat`. Which decisions are made does not depend on the
-/// order of `nodes` or `news`; only the ids given to clusters founded in
-/// the same decision, and the relative order of events about different
-/// nodes, follow the configuration order.
-///
-/// A cluster left without any node — its nodes removed from the
-/// configuration, or all of them moved to other clusters (e.g. its master
-/// demoted and now following another cluster's master) — is dropped. It
-/// gets no event of its own for that: the events it gets are those of its
-/// nodes leaving (`master_down` for a master demoted or gone with no
-/// replacement, `slave_down` for a slave in sync that leaves), and no
-/// `plusmoin_heartbeat`, since it no longer exists when the heartbeats go
-/// out. Trigger payloads of those events show it empty. The ids of dropped
-/// clusters are given by [`dropped_clusters`]; ids are never reused.
-pub fn step_news(
-    prev: &State,
-    nodes: &[NodeName],
-    news: &[(NodeName, Observation)],
-    now: Time,
-    policy: &Policy,
-    tick: bool,
-) -> (State, Vec<Event>) {
-    let d = decide_news(prev.clone(), nodes, news, now, policy, tick);
-    (d.state, d.events)
-}
-
-/// What [`decide_news`] decided.
+/// What [`decide`] decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     /// The next state.
     pub state: State,
-    /// The events, in the order [`step_news`] describes.
+    /// The events, in the order [`decide`] describes.
     pub events: Vec<Event>,
     /// Whether some node changed place, cluster or the master it follows,
     /// or nodes were added or removed: what the pgpool sidecar is told of
     /// between beats.
     pub changed: bool,
-    /// The clusters this decision dropped, in id order (as
-    /// [`dropped_clusters`] would find them).
+    /// The clusters this decision dropped (the previous state had them,
+    /// the next has not), in id order.
     pub dropped: Vec<ClusterId>,
-}
-
-/// The clusters of `prev` that `next` no longer has, in id order: the
-/// daemon frees their trigger queues once their last events have run.
-pub fn dropped_clusters(prev: &State, next: &State) -> Vec<ClusterId> {
-    prev.clusters
-        .keys()
-        .filter(|id| !next.clusters.contains_key(id))
-        .copied()
-        .collect()
 }
 
 /// The host and port a `host:port` text names, exactly as
@@ -195,7 +106,7 @@ pub fn dropped_clusters(prev: &State, next: &State) -> Vec<ClusterId> {
 /// port without sign or leading zero): `None` for any other text. So a
 /// heartbeat row's master is found among the nodes without writing every
 /// node's name out at each decision.
-pub fn name_parts(text: &str) -> Option<(&str, u16)> {
+pub(crate) fn name_parts(text: &str) -> Option<(&str, u16)> {
     let (head, port) = text.rsplit_once(':')?;
     let canonical = !port.is_empty()
         && port.bytes().all(|b| b.is_ascii_digit())
@@ -211,12 +122,53 @@ pub fn name_parts(text: &str) -> Option<(&str, u16)> {
     }
 }
 
-/// [`step_news`] taking the previous state rather than a copy of it, as the
-/// daemon decides: over a thousand nodes, a decision then costs little more
-/// than the news it holds (benches/step.rs). It also says whether anything
-/// moved and which clusters were dropped, so the caller need not compare
-/// whole states.
-pub fn decide_news(
+/// The one decision: `names` is the whole configuration in order (nodes
+/// not in it are forgotten, new ones start clusterless); `news` holds
+/// observations for some of them only (news about a node not in `names` is
+/// ignored; should one node have several, the last one counts). It takes
+/// the previous state rather than a copy of it: over a thousand nodes a
+/// decision then costs little more than the news it holds
+/// (benches/step.rs).
+///
+/// A node without news keeps its state unchanged (its place, cluster, lag,
+/// reason, since, last_seen), and a master without news stays its cluster's
+/// master: a node answering as master in that cluster splits off and founds
+/// a new cluster, as it would beside a master that answered.
+///
+/// `tick`: this is a beat's decision — emit `plusmoin_heartbeat` for every
+/// cluster. News between beats (`tick == false`) emits only the node events
+/// it causes.
+///
+/// The first decision (`prev.started == false`) is always made by the
+/// daemon with news for every node and `tick == true`. It emits no node
+/// event — it only places the nodes — and emits `plusmoin_up` for every
+/// cluster (whatever `tick`, so that it is never lost), then the heartbeats.
+///
+/// Lag is measured against the master's write known before this decision
+/// (see `Beat::slave`): the daemon decides a beat's master writes before it
+/// reads the slaves, so a slave read afterwards is compared with this
+/// beat's write.
+///
+/// Events come out in this order: master changes (cluster id order, then
+/// new clusters; a slave promoted beside a running master gets
+/// `slave_down` in its old cluster just before `master_up` in the cluster
+/// it founds), slave changes (configuration order), `plusmoin_up`,
+/// `plusmoin_heartbeat`. The events of one cluster are therefore in the
+/// order they happened. Which decisions are made does not depend on the
+/// order of `names` or `news`; only the ids given to clusters founded in
+/// the same decision, and the relative order of events about different
+/// nodes, follow the configuration order.
+///
+/// A cluster left without any node — its nodes removed from the
+/// configuration, or all of them moved to other clusters (e.g. its master
+/// demoted and now following another cluster's master) — is dropped. It
+/// gets no event of its own for that: the events it gets are those of its
+/// nodes leaving (`master_down` for a master demoted or gone with no
+/// replacement, `slave_down` for a slave in sync that leaves), and no
+/// `plusmoin_heartbeat`, since it no longer exists when the heartbeats go
+/// out. Trigger payloads of those events show it empty. The ids of dropped
+/// clusters are in [`Decision::dropped`]; ids are never reused.
+pub fn decide(
     prev: State,
     names: &[NodeName],
     news: &[(NodeName, Observation)],
@@ -681,7 +633,7 @@ impl Beat<'_> {
     /// its slaves following along). No event is emitted for the drop
     /// itself; the nodes' departures already gave theirs (`master_down`,
     /// `slave_down`), and the dropped cluster gets no `plusmoin_heartbeat`.
-    /// See [`step_news`] and [`dropped_clusters`].
+    /// See [`decide`].
     fn drop_empty_clusters(&mut self) {
         if !self.changed {
             // No node changed cluster, none came or went: no cluster was
@@ -712,5 +664,46 @@ impl Beat<'_> {
                 self.next.last_written.insert(name, *w);
             }
         }
+    }
+}
+
+/// The old conveniences over [`decide`], for unit tests only.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Clusters of `prev` that `next` no longer has, in id order.
+    pub(crate) fn dropped_clusters(prev: &State, next: &State) -> Vec<ClusterId> {
+        prev.clusters
+            .keys()
+            .filter(|id| !next.clusters.contains_key(id))
+            .copied()
+            .collect()
+    }
+
+    /// A beat's decision with news for every node: `observations` are the
+    /// whole configuration, in order.
+    pub(crate) fn step(
+        prev: &State,
+        observations: &[(NodeName, Observation)],
+        now: Time,
+        policy: &Policy,
+    ) -> (State, Vec<Event>) {
+        let names: Vec<NodeName> = observations.iter().map(|(n, _)| n.clone()).collect();
+        let d = decide(prev.clone(), &names, observations, now, policy, true);
+        (d.state, d.events)
+    }
+
+    /// [`decide`] on a copy of `prev`.
+    pub(crate) fn step_news(
+        prev: &State,
+        nodes: &[NodeName],
+        news: &[(NodeName, Observation)],
+        now: Time,
+        policy: &Policy,
+        tick: bool,
+    ) -> (State, Vec<Event>) {
+        let d = decide(prev.clone(), nodes, news, now, policy, tick);
+        (d.state, d.events)
     }
 }

@@ -5,6 +5,7 @@
 //! masters write the beat's time, and a slave replays the heartbeat a master
 //! wrote `behind` beats ago. Policy: max_sync_delay 10 s, recover 5 s.
 
+use super::testing::{dropped_clusters, step, step_news};
 use super::*;
 
 const BEAT: i64 = 1_000_000;
@@ -1088,7 +1089,7 @@ mod properties {
                 .collect();
             let (news, tick) = last;
             let news = news_of(&news, now);
-            let d = decide_news(sim.state.clone(), &config, &news, now, &sim.policy, tick);
+            let d = decide(sim.state.clone(), &config, &news, now, &sim.policy, tick);
             prop_assert_eq!(&d.dropped, &dropped_clusters(&sim.state, &d.state));
             let moved = !d.events.is_empty()
                 || sim.state.nodes.len() != d.state.nodes.len()

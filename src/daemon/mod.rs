@@ -1,6 +1,6 @@
 //! The deciding loop. [`run`] is the one loop `plusmoin start`, the tests
 //! and the benchmarks drive: news from the per-node probe tasks
-//! ([`Monitor`]) is decided as it arrives ([`cluster::decide_news`]), then
+//! ([`Monitor`]) is decided as it arrives ([`cluster::decide`]), then
 //! acted on (triggers, the pgpool sidecar, handed the maintenance holds the
 //! loop reads in the background) and written to the status file; beats come
 //! on a steady cadence, each probing as the beat plan (`plan.rs`, pure)
@@ -191,7 +191,7 @@ impl Daemon {
         let Some(reads) = self.beat.as_mut().and_then(|b| b.due_reads(Instant::now())) else {
             return;
         };
-        self.step_news();
+        self.decide_pending_news();
         let Some(b) = self.beat.as_ref() else { return };
         let at = b.at();
         for (name, cluster) in reads {
@@ -273,7 +273,7 @@ impl Daemon {
     /// all its answers are in.
     fn decide(&mut self) {
         if !self.news.is_empty() && self.news_due() <= Instant::now() {
-            self.step_news();
+            self.decide_pending_news();
         }
         if self.beat.as_ref().is_some_and(BeatPlan::complete) {
             self.close_beat();
@@ -281,11 +281,11 @@ impl Daemon {
     }
 
     /// Decides the news taken so far, now.
-    fn step_news(&mut self) {
+    fn decide_pending_news(&mut self) {
         if !self.news.is_empty() {
             self.last_news_step = Some(Instant::now());
             let news = std::mem::take(&mut self.news);
-            self.step(&news, false);
+            self.decide_and_act(&news, false);
         }
     }
 
@@ -311,14 +311,14 @@ impl Daemon {
                 elapsed_ms = b.began().elapsed().as_millis() as u64,
                 "first decision"
             );
-            self.step(&all, true);
+            self.decide_and_act(&all, true);
             return;
         }
         let news = std::mem::take(&mut self.news);
-        self.step(&news, true);
+        self.decide_and_act(&news, true);
     }
 
-    fn step(&mut self, news: &[(NodeName, Observation)], tick: bool) {
+    fn decide_and_act(&mut self, news: &[(NodeName, Observation)], tick: bool) {
         let now = Time::now();
         let prev = std::mem::take(&mut self.state);
         let cluster::Decision {
@@ -326,7 +326,7 @@ impl Daemon {
             events,
             changed,
             dropped,
-        } = cluster::decide_news(prev, &self.names, news, now, &self.policy(), tick);
+        } = cluster::decide(prev, &self.names, news, now, &self.policy(), tick);
         for e in &events {
             self.act(&next, e);
         }

@@ -249,7 +249,8 @@ async fn refresh_never_waits_for_a_silent_server() {
 
 #[test]
 fn holds_are_read_from_masters_first_then_slaves_then_the_rest() {
-    use crate::cluster::{step, Observation, Policy, State, Time};
+    use crate::cluster::testing::step;
+    use crate::cluster::{Observation, Policy, State, Time};
     let dir = tempfile::tempdir().unwrap();
     let c = config(dir.path());
     let names: Vec<NodeName> = c.nodes.iter().map(|n| n.name.clone()).collect();

@@ -4,9 +4,8 @@ use super::exposition::{self, Exposition};
 use super::metrics;
 use super::routes::{route, Reply};
 use super::Snapshot;
-use crate::cluster::{
-    step, step_news, EventKind, Heartbeat, NodeName, Observation, Policy, State, Time,
-};
+use crate::cluster::testing::{step, step_news};
+use crate::cluster::{EventKind, Heartbeat, NodeName, Observation, Policy, State, Time};
 use crate::metrics::{Counters, PcpOutcome};
 use crate::payload::{PgpoolReport, Status};
 use std::collections::HashSet;

@@ -1,7 +1,7 @@
 //! The beat plan, clock-free: a fixed start and offsets from it.
 
 use super::*;
-use crate::cluster::{decide_news, Heartbeat, Observation, Policy};
+use crate::cluster::{decide, Heartbeat, Observation, Policy};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -46,7 +46,7 @@ fn state(n: u16, follows: &[Option<u16>]) -> (Vec<NodeName>, State) {
         });
         obs.push((name(i), Observation::Slave { heartbeat }));
     }
-    let d = decide_news(State::default(), &all, &obs, t, &policy, true);
+    let d = decide(State::default(), &all, &obs, t, &policy, true);
     (all, d.state)
 }
 
