@@ -61,11 +61,11 @@ pub struct Cluster {
 pub struct State {
     /// False until the first beat has been decided.
     pub started: bool,
-    pub next_cluster_id: ClusterId,
+    pub(crate) next_cluster_id: ClusterId,
     pub clusters: BTreeMap<ClusterId, Cluster>,
     pub nodes: Vec<NodeState>,
     /// The heartbeat time plusmoin last wrote on each master, by master name.
-    pub last_written: BTreeMap<String, Time>,
+    pub(crate) last_written: BTreeMap<String, Time>,
 }
 
 impl State {
@@ -74,13 +74,13 @@ impl State {
     }
 
     /// The nodes of `cluster` in `place`, in configuration order.
-    pub fn members(&self, cluster: ClusterId, place: Place) -> impl Iterator<Item = &NodeState> {
+    pub(crate) fn members(&self, cluster: ClusterId, place: Place) -> impl Iterator<Item = &NodeState> {
         self.nodes
             .iter()
             .filter(move |n| n.cluster_id == Some(cluster) && n.place == place)
     }
 
-    pub fn clusterless(&self) -> impl Iterator<Item = &NodeState> {
+    pub(crate) fn clusterless(&self) -> impl Iterator<Item = &NodeState> {
         self.nodes.iter().filter(|n| n.place == Place::Clusterless)
     }
 }
@@ -95,10 +95,10 @@ pub struct Decision {
     /// Whether some node changed place, cluster or the master it follows,
     /// or nodes were added or removed: what the pgpool sidecar is told of
     /// between beats.
-    pub changed: bool,
+    pub(crate) changed: bool,
     /// The clusters this decision dropped (the previous state had them,
     /// the next has not), in id order.
-    pub dropped: Vec<ClusterId>,
+    pub(crate) dropped: Vec<ClusterId>,
 }
 
 /// The host and port a `host:port` text names, exactly as
@@ -298,7 +298,7 @@ pub fn decide(
 
 impl NodeState {
     /// A node plusmoin has not placed yet.
-    pub fn new(name: NodeName, now: Time) -> NodeState {
+    pub(crate) fn new(name: NodeName, now: Time) -> NodeState {
         NodeState {
             name,
             place: Place::Clusterless,

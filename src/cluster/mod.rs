@@ -14,7 +14,7 @@ use std::time::Duration;
 mod machine;
 mod primary;
 pub use machine::*;
-pub use primary::{PrimaryGuard, Refusal};
+pub(crate) use primary::{PrimaryGuard, Refusal};
 
 /// A node as written in the configuration: `host:port` is its name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -65,17 +65,17 @@ impl Time {
         Time(d.as_micros() as i64)
     }
     /// `self - earlier`, or zero when `earlier` is later.
-    pub fn since(self, earlier: Time) -> Duration {
+    pub(crate) fn since(self, earlier: Time) -> Duration {
         Duration::from_micros(self.0.saturating_sub(earlier.0).max(0) as u64)
     }
-    pub fn to_system_time(self) -> std::time::SystemTime {
+    pub(crate) fn to_system_time(self) -> std::time::SystemTime {
         if self.0 >= 0 {
             std::time::UNIX_EPOCH + Duration::from_micros(self.0 as u64)
         } else {
             std::time::UNIX_EPOCH - Duration::from_micros(self.0.unsigned_abs())
         }
     }
-    pub fn from_system_time(t: std::time::SystemTime) -> Time {
+    pub(crate) fn from_system_time(t: std::time::SystemTime) -> Time {
         match t.duration_since(std::time::UNIX_EPOCH) {
             Ok(d) => Time(d.as_micros() as i64),
             Err(e) => Time(-(e.duration().as_micros() as i64)),
@@ -130,7 +130,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 6] = [
+    pub(crate) const ALL: [EventKind; 6] = [
         EventKind::PlusmoinUp,
         EventKind::MasterDown,
         EventKind::MasterUp,

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 /// Why a master is refused `/primary`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// pgpool has another of the rivals as its primary.
     NotPgpoolsPrimary { primary: NodeName },
     /// Another master has been allowed without interruption.
@@ -84,7 +84,7 @@ impl std::fmt::Display for Refusal {
 
 /// The memory of which masters were allowed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PrimaryGuard {
+pub(crate) struct PrimaryGuard {
     allowed: BTreeSet<NodeName>,
     /// Masters refused beside an incumbent: which one, and when it was
     /// last seen a master.
@@ -96,12 +96,12 @@ pub struct PrimaryGuard {
 }
 
 impl PrimaryGuard {
-    pub fn new() -> PrimaryGuard {
+    pub(crate) fn new() -> PrimaryGuard {
         PrimaryGuard::default()
     }
 
     /// The masters allowed at the last decision.
-    pub fn allowed(&self) -> &BTreeSet<NodeName> {
+    pub(crate) fn allowed(&self) -> &BTreeSet<NodeName> {
         &self.allowed
     }
 
@@ -114,7 +114,7 @@ impl PrimaryGuard {
     ///
     /// Linear in the masters (a thousand nodes are decided every beat):
     /// rivals are counted by replication set, not compared pairwise.
-    pub fn decide(
+    pub(crate) fn decide(
         &mut self,
         state: &State,
         systems: &HashMap<NodeName, u64>,
