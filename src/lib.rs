@@ -8,7 +8,7 @@
 //!   reader sends the held set.
 //! - [`daemon`]: the one loop (shutdown, reload, beat ticks, news, holds)
 //!   hands news to [`cluster`], the pure state machine: state and news in,
-//!   the next state and events out. [`cluster::PrimaryGuard`] decides which
+//!   the next state and events out. `cluster::PrimaryGuard` decides which
 //!   master may be routed writes.
 //! - Actions: [`actions`] runs trigger scripts per cluster, in order;
 //!   [`pgpool`], the sidecar, gets the loop's view (holds included) and

@@ -577,7 +577,7 @@ impl Dispatcher {
     }
 
     /// Frees the queue of cluster `id`, which no longer exists (the state
-    /// machine dropped it: see [`crate::cluster::Decision::dropped`]). The
+    /// machine dropped it: see `cluster::Decision::dropped`). The
     /// jobs already queued for it still run, in order: closing the queue
     /// lets its worker end once it is idle, and an ended worker is reaped
     /// here (by this call or a later one). Unknown ids are ignored.

@@ -74,7 +74,11 @@ impl State {
     }
 
     /// The nodes of `cluster` in `place`, in configuration order.
-    pub(crate) fn members(&self, cluster: ClusterId, place: Place) -> impl Iterator<Item = &NodeState> {
+    pub(crate) fn members(
+        &self,
+        cluster: ClusterId,
+        place: Place,
+    ) -> impl Iterator<Item = &NodeState> {
         self.nodes
             .iter()
             .filter(move |n| n.cluster_id == Some(cluster) && n.place == place)
@@ -167,7 +171,7 @@ pub(crate) fn name_parts(text: &str) -> Option<(&str, u16)> {
 /// replacement, `slave_down` for a slave in sync that leaves), and no
 /// `plusmoin_heartbeat`, since it no longer exists when the heartbeats go
 /// out. Trigger payloads of those events show it empty. The ids of dropped
-/// clusters are in [`Decision::dropped`]; ids are never reused.
+/// clusters are in `Decision::dropped`; ids are never reused.
 pub fn decide(
     prev: State,
     names: &[NodeName],

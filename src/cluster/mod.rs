@@ -14,7 +14,8 @@ use std::time::Duration;
 mod machine;
 mod primary;
 pub use machine::*;
-pub(crate) use primary::{PrimaryGuard, Refusal};
+pub use primary::PrimaryGuard;
+pub(crate) use primary::Refusal;
 
 /// A node as written in the configuration: `host:port` is its name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -130,7 +131,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub(crate) const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::PlusmoinUp,
         EventKind::MasterDown,
         EventKind::MasterUp,
