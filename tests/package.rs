@@ -1,4 +1,4 @@
-//! The Debian package (README "Debian package and systemd"): built with
+//! The Debian package (contrib/README.md, "Debian package and systemd"): built with
 //! cargo-deb, installed with dpkg, its shipped configuration checked, its
 //! directories made with and without systemd-tmpfiles, started by hand (no
 //! systemd here), then purged, keeping the system user as Debian packages
