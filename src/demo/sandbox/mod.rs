@@ -338,7 +338,7 @@ impl Sandbox {
 
     /// The OS user the servers run as when we are root (`postgres`), with
     /// its group; `None` when they run as ourselves.
-    pub fn owner(&self) -> Option<(Uid, Gid)> {
+    pub(crate) fn owner(&self) -> Option<(Uid, Gid)> {
         self.runner.owner
     }
 
@@ -352,7 +352,7 @@ impl Sandbox {
     ///
     /// # Panics
     /// When `i >= self.len()`, like slice indexing: a caller's bug.
-    pub fn data_dir(&self, i: usize) -> &Path {
+    pub(crate) fn data_dir(&self, i: usize) -> &Path {
         &self.nodes[i].data
     }
 

@@ -185,7 +185,7 @@ struct Running {
 
 /// The directory holding `pgpool` and the `pcp_*` tools: the first of the
 /// usual system directories, then PATH, that has them all.
-pub fn pgpool_bin_dir() -> Result<PathBuf, SandboxError> {
+pub(crate) fn pgpool_bin_dir() -> Result<PathBuf, SandboxError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let candidates = BIN_CANDIDATES
         .iter()
