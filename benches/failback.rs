@@ -46,8 +46,8 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use plusmoin::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions, PCP_USER};
-use plusmoin::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
+use plusmoin::demo::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions, PCP_USER};
+use plusmoin::demo::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
 
 type Res<T> = Result<T, Box<dyn Error>>;
 

@@ -16,7 +16,7 @@
 //! of 10 (5 at heartbeat 5 s); `LATENCY_VERBOSE=1` prints every
 //! sample.
 
-use plusmoin::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
+use plusmoin::demo::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -472,7 +472,7 @@ fn print_table(rows: &[Row]) {
 }
 
 fn pg_version() -> Option<String> {
-    let bin: PathBuf = plusmoin::sandbox::pg_bin_dir().ok()?;
+    let bin: PathBuf = plusmoin::demo::sandbox::pg_bin_dir().ok()?;
     let out = Command::new(Path::new(&bin).join("postgres"))
         .arg("--version")
         .output()

@@ -20,7 +20,7 @@
 //! Around them: [`config`] (load, check, typed values), [`lifecycle`]
 //! (pid file, detaching, privileges, signals to a running daemon, logging
 //! set-up), small helpers ([`text`], [`logonce`], [`notify`], `alloc`),
-//! and the entry ([`cli`], `main.rs`) with [`demo`] on [`sandbox`]. The
+//! and the entry ([`cli`], `main.rs`) with [`demo`] on [`demo::sandbox`]. The
 //! parts and the imports that must never exist are in `.ci/layers.json`,
 //! checked by `tests/layers.rs`. Test kits (a simulated PostgreSQL server, a
 //! pgpool-II watchdog cluster, …) are a crate of their own, `tests/kit`.
@@ -40,7 +40,6 @@ pub mod notify;
 pub mod payload;
 pub mod pgpool;
 pub mod probe;
-pub mod sandbox;
 pub mod status;
 pub mod text;
 pub mod web;

@@ -5,7 +5,7 @@
 
 use crate::monitor::{names, node, Plusmoin, Timings};
 use crate::wait_until;
-use plusmoin::sandbox::Sandbox;
+use plusmoin::demo::sandbox::Sandbox;
 use serde_json::Value;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Output};

@@ -2,7 +2,7 @@
 //! a real pgpool-II and plusmoin, plays the sidecar's story to its end,
 //! and stops everything on Ctrl-C.
 
-use plusmoin::sandbox::pgpool::pgpool_installed;
+use plusmoin::demo::sandbox::pgpool::pgpool_installed;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;

@@ -6,8 +6,8 @@
 
 use plusmoin::cluster::{NodeName, Observation, Time};
 use plusmoin::config::{Secret, SslMode};
+use plusmoin::demo::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
 use plusmoin::probe::{Monitor, ProbeSettings, ProbeTarget};
-use plusmoin::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
 use plusmoin_kit::probe::probe_once;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Output;

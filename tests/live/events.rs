@@ -9,7 +9,7 @@
 
 use crate::monitor::{healthy, names, node, Plusmoin, Timings};
 use crate::wait_until;
-use plusmoin::sandbox::Sandbox;
+use plusmoin::demo::sandbox::Sandbox;
 use std::time::{Duration, Instant, SystemTime};
 
 const LONG: Duration = Duration::from_secs(30);

@@ -4,7 +4,7 @@
 
 use crate::monitor::{assert_no_secret, names, node, Plusmoin, Timings};
 use crate::wait_until;
-use plusmoin::sandbox::{Sandbox, SANDBOX_PASSWORD};
+use plusmoin::demo::sandbox::{Sandbox, SANDBOX_PASSWORD};
 use serde_json::Value;
 use std::time::Duration;
 

@@ -6,8 +6,8 @@
 use crate::monitor::node;
 use crate::wait_until;
 use plusmoin::cluster::NodeName;
+use plusmoin::demo::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
 use plusmoin::hold::{self, Holds, LEGACY_PLACED_BY};
-use plusmoin::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;

@@ -8,8 +8,8 @@ use crate::holds::{ok, plusmoin, read_holds, stderr, stdout, write_config};
 use crate::monitor::{node, Plusmoin, Timings};
 use plusmoin::cluster::{NodeName, Observation, Time};
 use plusmoin::config::SslMode;
+use plusmoin::demo::sandbox::Sandbox;
 use plusmoin::probe::{Monitor, ProbeSettings, ProbeTarget};
-use plusmoin::sandbox::Sandbox;
 use plusmoin_kit::probe::probe_once;
 use std::time::Duration;
 

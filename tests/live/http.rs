@@ -6,7 +6,7 @@
 
 use crate::monitor::{healthy, node, Plusmoin, Timings};
 use crate::wait_until;
-use plusmoin::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
+use plusmoin::demo::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
 use plusmoin::web::{CONNECTION_LIFETIME, FIRST_BYTE_TIMEOUT, HEAD_TIMEOUT, MAX_PER_PEER};
 use plusmoin_kit::exposition::{self, Exposition};
 use plusmoin_kit::flood::Flood;

@@ -2,7 +2,7 @@
 //! event's line carries the event's own fields, as a log shipper needs.
 
 use crate::monitor::{node, Plusmoin, Timings};
-use plusmoin::sandbox::Sandbox;
+use plusmoin::demo::sandbox::Sandbox;
 use serde_json::Value;
 use std::time::Duration;
 

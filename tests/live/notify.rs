@@ -3,7 +3,7 @@
 
 use crate::monitor::{Plusmoin, Timings};
 use crate::wait_until;
-use plusmoin::sandbox::Sandbox;
+use plusmoin::demo::sandbox::Sandbox;
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -5,8 +5,10 @@
 
 use crate::monitor::{assert_no_secret, healthy, names, node, Plusmoin, Timings};
 use crate::wait_until;
-use plusmoin::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions, PCP_PASSWORD, PCP_USER};
-use plusmoin::sandbox::Sandbox;
+use plusmoin::demo::sandbox::pgpool::{
+    pgpool_installed, Pgpool, PgpoolOptions, PCP_PASSWORD, PCP_USER,
+};
+use plusmoin::demo::sandbox::Sandbox;
 use std::path::Path;
 use std::time::Duration;
 

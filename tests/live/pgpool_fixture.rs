@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use plusmoin::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions};
-use plusmoin::sandbox::Sandbox;
+use plusmoin::demo::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions};
+use plusmoin::demo::sandbox::Sandbox;
 use plusmoin_kit::watchdog::WatchdogView;
 
 use crate::wait_until;
@@ -346,8 +346,8 @@ fn wait_info(
     pgpool: &Pgpool,
     id: usize,
     timeout: Duration,
-    check: impl Fn(&plusmoin::sandbox::pgpool::NodeInfo) -> bool,
-) -> Result<plusmoin::sandbox::pgpool::NodeInfo, String> {
+    check: impl Fn(&plusmoin::demo::sandbox::pgpool::NodeInfo) -> bool,
+) -> Result<plusmoin::demo::sandbox::pgpool::NodeInfo, String> {
     let mut last = Err("never asked".to_owned());
     let found = wait_until(timeout, || {
         last = pgpool.node_info(id).map_err(|e| e.to_string());
@@ -601,7 +601,7 @@ fn health_checks_in_another_database_can_be_refused_on_one_standby() {
 }
 
 /// Runs `tool args` against `pg`, verbatim.
-fn pcp(pg: &Pgpool, tool: &str, args: &[&str]) -> plusmoin::sandbox::pgpool::PcpOutput {
+fn pcp(pg: &Pgpool, tool: &str, args: &[&str]) -> plusmoin::demo::sandbox::pgpool::PcpOutput {
     ok(tool, pg.pcp_raw(tool, args))
 }
 
@@ -612,7 +612,7 @@ fn pcp(pg: &Pgpool, tool: &str, args: &[&str]) -> plusmoin::sandbox::pgpool::Pcp
 #[test]
 #[ignore = "writes tests/data/pcp; run by hand"]
 fn record_pcp_outputs() {
-    use plusmoin::sandbox::pgpool::PcpOutput;
+    use plusmoin::demo::sandbox::pgpool::PcpOutput;
     use plusmoin_kit::watchdog::PgpoolCluster;
     let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pcp");
     ok("mkdir", std::fs::create_dir_all(&out_dir));

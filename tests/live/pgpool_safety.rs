@@ -15,9 +15,9 @@ use crate::pgpool::{
     plusmoin_cmd, scopeguard, section, status, wait_log, wait_pgpool, PortSquatter, LONG, UP,
 };
 use crate::wait_until;
+use plusmoin::demo::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions};
+use plusmoin::demo::sandbox::Sandbox;
 use plusmoin::pgpool::sidecar::RECONCILE_EVERY;
-use plusmoin::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions};
-use plusmoin::sandbox::Sandbox;
 use plusmoin_kit::watchdog::PgpoolCluster;
 use std::time::{Duration, Instant};
 

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use plusmoin::cluster::{Heartbeat, NodeName, Observation, Time};
 use plusmoin::config::{Secret, SslMode};
+use plusmoin::demo::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
 use plusmoin::probe::{Monitor, ProbeSettings, ProbeTarget};
-use plusmoin::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
 use plusmoin_kit::probe::probe_once;
 
 const REPLICATION: Duration = Duration::from_secs(30);

@@ -6,7 +6,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use plusmoin::sandbox::{pg_bin_dir, Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
+use plusmoin::demo::sandbox::{
+    pg_bin_dir, Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER,
+};
 
 use crate::wait_until;
 

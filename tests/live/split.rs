@@ -6,7 +6,7 @@
 use crate::http::{consistently, free_port, get, haproxy, haproxy_installed, through, Ports};
 use crate::monitor::{healthy, node, Plusmoin, Timings};
 use crate::wait_until;
-use plusmoin::sandbox::Sandbox;
+use plusmoin::demo::sandbox::Sandbox;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

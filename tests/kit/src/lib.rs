@@ -8,7 +8,7 @@
 //! - [`probe`]: one probe of each node through a [`plusmoin::probe::Monitor`],
 //!   as a beat of the daemon asks for them.
 //! - [`watchdog`]: a pgpool-II watchdog cluster in front of a
-//!   [`plusmoin::sandbox::Sandbox`].
+//!   [`plusmoin::demo::sandbox::Sandbox`].
 //! - [`exposition`]: a strict reader of the Prometheus text format.
 //! - [`flood`]: a flood of idle and slow connections against a listener.
 

@@ -15,8 +15,8 @@
 
 use std::time::{Duration, Instant};
 
-use plusmoin::sandbox::pgpool::{Pgpool, PgpoolOptions};
-use plusmoin::sandbox::{free_port, Sandbox, SandboxError};
+use plusmoin::demo::sandbox::pgpool::{Pgpool, PgpoolOptions};
+use plusmoin::demo::sandbox::{free_port, Sandbox, SandboxError};
 
 /// The address the sandbox and its pgpools listen on ([`Sandbox::host`]).
 const HOST: &str = "127.0.0.1";

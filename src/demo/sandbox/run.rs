@@ -37,8 +37,8 @@ const PG_ENV: &[&str] = &[
 /// Runs tools in `cwd` as `owner` (None: as ourselves).
 #[derive(Debug)]
 pub(crate) struct Runner {
-    pub owner: Option<(Uid, Gid)>,
-    pub cwd: PathBuf,
+    pub(crate) owner: Option<(Uid, Gid)>,
+    pub(crate) cwd: PathBuf,
 }
 
 /// What a finished command printed, and its command line (secret masked)
@@ -132,11 +132,11 @@ pub(crate) fn run_command(
 
 /// What a command printed, verbatim, and how it ended.
 pub(crate) struct Captured {
-    pub command: String,
-    pub stdout: String,
-    pub stderr: String,
+    pub(crate) command: String,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
     /// None: killed at the deadline.
-    pub status: Option<std::process::ExitStatus>,
+    pub(crate) status: Option<std::process::ExitStatus>,
 }
 
 /// [`run_command`]'s environment and deadline, but whatever the command

@@ -15,12 +15,14 @@
 //! and plusmoin attaches it back once it is in sync, which pgpool alone
 //! would not do. `pcp_node_info` is shown before and after.
 //!
-//! [`sandbox`]: crate::sandbox
+//! [`sandbox`]: crate::demo::sandbox
+
+pub mod sandbox;
 
 use crate::config;
+use crate::demo::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions, PCP_USER};
+use crate::demo::sandbox::Sandbox;
 use crate::lifecycle::{LogFormat, LogLevel};
-use crate::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions, PCP_USER};
-use crate::sandbox::Sandbox;
 use nix::unistd::{Gid, Pid, Uid};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const PRINT_EVENT: &str = include_str!("../contrib/triggers/print-event.sh");
+const PRINT_EVENT: &str = include_str!("../../contrib/triggers/print-event.sh");
 
 /// What `demo --pgpool` says when pgpool-II is missing.
 const NO_PGPOOL: &str =
@@ -138,9 +140,9 @@ fn demo(story: bool, with_pgpool: bool) -> Result<(), String> {
   }}{pgpool_section}
 }}
 "#,
-        db = crate::sandbox::SANDBOX_DBNAME,
-        user_db = crate::sandbox::SANDBOX_USER,
-        pw = crate::sandbox::SANDBOX_PASSWORD,
+        db = crate::demo::sandbox::SANDBOX_DBNAME,
+        user_db = crate::demo::sandbox::SANDBOX_USER,
+        pw = crate::demo::sandbox::SANDBOX_PASSWORD,
         dir = dir.display(),
         nodes = nodes.join(", "),
         t = trigger,
@@ -300,7 +302,7 @@ fn pause(stop: &AtomicBool, secs: u64) -> bool {
 }
 
 fn play_story(sb: &Sandbox, stop: &AtomicBool) {
-    let step = |msg: &str, op: &dyn Fn() -> Result<(), crate::sandbox::SandboxError>| {
+    let step = |msg: &str, op: &dyn Fn() -> Result<(), crate::demo::sandbox::SandboxError>| {
         say(msg);
         if let Err(e) = op() {
             println!("=== demo: that failed: {e}");

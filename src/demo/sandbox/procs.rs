@@ -20,7 +20,7 @@ use super::SandboxError;
 /// One process, pinned to its start time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Proc {
-    pub pid: i32,
+    pub(crate) pid: i32,
     start: u64,
 }
 
