@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 /// The longest back-off, and how long a node must stay attached for its
 /// back-off to be forgotten.
-pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(300);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Action {

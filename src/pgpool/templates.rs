@@ -14,9 +14,9 @@ use serde::Serialize;
 
 /// The shipped templates, embedded so the binary needs no data files.
 pub(crate) const ATTACH: &str = include_str!("../../pgpool/attach.hbs");
-pub(crate) const DETACH: &str = include_str!("../../pgpool/detach.hbs");
-pub(crate) const NODE_INFO: &str = include_str!("../../pgpool/node_info.hbs");
-pub(crate) const WATCHDOG_INFO: &str = include_str!("../../pgpool/watchdog_info.hbs");
+const DETACH: &str = include_str!("../../pgpool/detach.hbs");
+const NODE_INFO: &str = include_str!("../../pgpool/node_info.hbs");
+const WATCHDOG_INFO: &str = include_str!("../../pgpool/watchdog_info.hbs");
 
 /// The variables a template may use, for messages and docs.
 pub(crate) const VARIABLES: [&str; 7] = [

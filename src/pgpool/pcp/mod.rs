@@ -26,7 +26,7 @@ pub(crate) use parse::{parse_node_info, parse_watchdog_info, NodeInfo, NodeStatu
 /// pcp answers in a few lines (a watchdog of many members in a few KiB).
 /// A command printing more counts as failed and is killed, and what it
 /// printed is dropped.
-pub(crate) const OUTPUT_CAP: usize = 1 << 20;
+const OUTPUT_CAP: usize = 1 << 20;
 
 /// Why a pcp command gave no usable answer. Messages name the command (never
 /// a password: pcp reads it from the file) and give a hint when pcp's output
@@ -163,7 +163,7 @@ impl Pcp {
         })
     }
 
-    pub(crate) fn vars(&self, node: &NodeName, id: u32) -> Vars {
+    fn vars(&self, node: &NodeName, id: u32) -> Vars {
         Vars {
             node_id: id,
             host: node.host.clone(),
