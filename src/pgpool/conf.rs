@@ -9,15 +9,15 @@ use std::collections::BTreeMap;
 
 /// One backend as pgpool.conf declares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backend {
-    pub host: String,
+pub(crate) struct Backend {
+    pub(crate) host: String,
     /// pgpool's default when `backend_portN` is absent.
-    pub port: u16,
+    pub(crate) port: u16,
 }
 
 /// The backends by node id; a line it cannot read is reported with its
 /// number (1-based).
-pub fn backends(text: &str) -> Result<BTreeMap<u32, Backend>, String> {
+pub(crate) fn backends(text: &str) -> Result<BTreeMap<u32, Backend>, String> {
     let mut hosts: BTreeMap<u32, String> = BTreeMap::new();
     let mut ports: BTreeMap<u32, (u16, usize)> = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {

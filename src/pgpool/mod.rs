@@ -1,30 +1,31 @@
 //! The pgpool-II sidecar (README "pgpool-II", pgpool/README.md): keeps pgpool's view of its backends in
 //! step with plusmoin's, through pcp commands rendered from templates.
 //!
-//! - [`section`]: the `pgpool` section's checks the configuration loader
+//! - `section`: the `pgpool` section's checks the configuration loader
 //!   leaves to the sidecar ([`check`]: templates, node ids from
 //!   `pgpool.conf`), and its lines of `check-config`'s summary.
-//! - [`templates`]: the shipped and overridden pcp command templates.
-//! - [`conf`]: node ids from `pgpool.conf`'s `backend_hostnameN`/`backend_portN`.
-//! - [`pcp`]: running a pcp command (no shell, `PCPPASSFILE`, deadline) and
-//!   reading `pcp_node_info`.
-//! - [`plan`]: the pure rules: what pgpool should show, which action fixes it.
-//! - [`sidecar`]: the background worker: event handlers and reconciliation,
-//!   on the daemon's view of the nodes and of the holds ([`Held`]; the holds
+//! - `templates`: the shipped and overridden pcp command templates.
+//! - `conf`: node ids from `pgpool.conf`'s `backend_hostnameN`/`backend_portN`.
+//! - `pcp`: running a pcp command (no shell, `PCPPASSFILE`, deadline) and
+//!   reading `pcp_node_info` (`pcp::parse`).
+//! - `plan`: the pure rules: what pgpool should show, which action fixes it.
+//! - [`sidecar`]: the background worker (`sidecar::round`: one round's
+//!   reads, actions and report): event handlers and reconciliation, on the
+//!   daemon's view of the nodes and of the holds (`Held`; the holds
 //!   themselves are read by [`crate::hold`]).
 //!
 //! Nothing here blocks the beat loop, and nothing here replaces the user's
 //! triggers: handlers run beside them, on their own worker.
 
-pub mod conf;
-pub mod pcp;
-pub mod plan;
-pub mod section;
+mod conf;
+pub(crate) mod pcp;
+mod plan;
+mod section;
 pub mod sidecar;
-pub mod templates;
+mod templates;
 
 pub use section::{check, summary};
-pub use sidecar::{Held, Sidecar};
+pub(crate) use sidecar::{Held, Sidecar};
 
 use crate::cluster::NodeName;
 use crate::config::Config;
@@ -88,7 +89,7 @@ pub fn watchdog_line(config: &Config) -> Option<Result<String, String>> {
 }
 
 /// Configured nodes that have no pgpool node id.
-pub fn unmapped(config: &Config) -> Vec<NodeName> {
+fn unmapped(config: &Config) -> Vec<NodeName> {
     let Some(p) = &config.pgpool else {
         return Vec::new();
     };
@@ -103,7 +104,7 @@ pub fn unmapped(config: &Config) -> Vec<NodeName> {
 /// Why pcp would not use the pcppass file at `path`, if it would not. pcp
 /// ignores a file group or others can access without failing loudly: the
 /// request then fails with a bare authentication error.
-pub fn pcppass_problem(path: &Path) -> Option<String> {
+fn pcppass_problem(path: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let shown = path.display();
     let meta = match std::fs::metadata(path) {

@@ -34,29 +34,29 @@ use tokio::time::Instant;
 
 /// The longest back-off, and how long a node must stay attached for its
 /// back-off to be forgotten.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     Attach,
     Detach,
 }
 
 impl Action {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Action::Attach => "attach",
             Action::Detach => "detach",
         }
     }
-    pub fn past(self) -> &'static str {
+    pub(crate) fn past(self) -> &'static str {
         match self {
             Action::Attach => "attached",
             Action::Detach => "detached",
         }
     }
     /// Whether pgpool's status shows the action took effect.
-    pub fn done(self, status: NodeStatus) -> bool {
+    pub(crate) fn done(self, status: NodeStatus) -> bool {
         match self {
             Action::Attach => status.is_attached(),
             Action::Detach => status == NodeStatus::Down,
@@ -66,37 +66,37 @@ impl Action {
 
 /// plusmoin's view of one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ours {
+pub(crate) struct Ours {
     /// `None` before the first beat is decided.
-    pub place: Option<Place>,
+    pub(crate) place: Option<Place>,
     /// For a slave, the master named by the heartbeat row it replays.
-    pub master_name: Option<String>,
-    pub held: bool,
+    pub(crate) master_name: Option<String>,
+    pub(crate) held: bool,
 }
 
 /// Both views of one mapped node.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Seen {
-    pub name: NodeName,
-    pub id: u32,
-    pub ours: Ours,
-    pub pgpool: NodeInfo,
+pub(crate) struct Seen {
+    pub(crate) name: NodeName,
+    pub(crate) id: u32,
+    pub(crate) ours: Ours,
+    pub(crate) pgpool: NodeInfo,
 }
 
 /// The timings the rules depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// plusmoin's heartbeat: the first back-off.
-    pub heartbeat: Duration,
+    pub(crate) heartbeat: Duration,
     /// How long after pgpool's primary changed nothing is done.
-    pub settle: Duration,
+    pub(crate) settle: Duration,
     /// How long pgpool must have had no primary before plusmoin attaches
     /// the one master it sees.
-    pub no_primary_wait: Duration,
+    pub(crate) no_primary_wait: Duration,
 }
 
 impl Settings {
-    pub fn new(heartbeat: Duration) -> Settings {
+    pub(crate) fn new(heartbeat: Duration) -> Settings {
         Settings {
             heartbeat,
             settle: (heartbeat * 2).max(Duration::from_secs(2)),
@@ -107,7 +107,7 @@ impl Settings {
 
 /// What the sidecar remembers between rounds.
 #[derive(Debug, Default, Clone)]
-pub struct Memory {
+pub(crate) struct Memory {
     looked: bool,
     /// pgpool's attached primary at the last round.
     primary: Option<NodeName>,
@@ -129,7 +129,7 @@ struct NodeMemory {
 
 impl Memory {
     /// Notes an action pgpool confirmed.
-    pub fn record(&mut self, node: &NodeName, action: Action, now: Instant) {
+    pub(crate) fn record(&mut self, node: &NodeName, action: Action, now: Instant) {
         let m = self.nodes.entry(node.clone()).or_default();
         m.attached_at = match action {
             Action::Attach => Some(now),
@@ -138,7 +138,7 @@ impl Memory {
     }
 
     /// Nodes plusmoin does not attach for now, with the time left.
-    pub fn backing_off(&self, now: Instant) -> BTreeMap<NodeName, Duration> {
+    pub(crate) fn backing_off(&self, now: Instant) -> BTreeMap<NodeName, Duration> {
         self.nodes
             .iter()
             .filter_map(|(n, m)| {
@@ -151,18 +151,18 @@ impl Memory {
 
 /// One pcp action.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step {
-    pub node: NodeName,
-    pub id: u32,
-    pub action: Action,
+pub(crate) struct Step {
+    pub(crate) node: NodeName,
+    pub(crate) id: u32,
+    pub(crate) action: Action,
 }
 
 /// Why plusmoin does not do what its own view alone would. The texts are
 /// stable while the situation lasts, so a caller can log each once.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Remark {
-    pub warn: bool,
-    pub text: String,
+pub(crate) struct Remark {
+    pub(crate) warn: bool,
+    pub(crate) text: String,
 }
 
 fn warn(text: String) -> Remark {
@@ -173,27 +173,29 @@ fn info(text: String) -> Remark {
     Remark { warn: false, text }
 }
 
+/// What one round does, as [`decide`] plans it: the pcp steps, and what is
+/// said of the nodes left alone.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Decision {
-    pub steps: Vec<Step>,
+pub(crate) struct RoundPlan {
+    pub(crate) steps: Vec<Step>,
     /// pgpool's attached primary, if it has exactly one.
-    pub primary: Option<NodeName>,
+    pub(crate) primary: Option<NodeName>,
     /// Why plusmoin acts on no node at all this round.
-    pub paused: Option<Remark>,
+    pub(crate) paused: Option<Remark>,
     /// Per node, why plusmoin leaves it as it is.
-    pub remarks: BTreeMap<NodeName, Remark>,
+    pub(crate) remarks: BTreeMap<NodeName, Remark>,
 }
 
 /// Decides one round. `acting`: whether this plusmoin is the one that acts
 /// (see [`super::pcp::Watchdog::acting`]).
-pub fn decide(
+pub(crate) fn decide(
     nodes: &[Seen],
     acting: bool,
     settings: &Settings,
     now: Instant,
     memory: &mut Memory,
-) -> Decision {
-    let mut d = Decision::default();
+) -> RoundPlan {
+    let mut d = RoundPlan::default();
     let primaries: Vec<&Seen> = nodes
         .iter()
         .filter(|n| n.pgpool.is_attached_primary())
@@ -396,7 +398,7 @@ fn sole_master(
     settings: &Settings,
     now: Instant,
     memory: &mut Memory,
-    d: &mut Decision,
+    d: &mut RoundPlan,
 ) {
     let masters: Vec<&Seen> = nodes
         .iter()

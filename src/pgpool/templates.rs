@@ -13,19 +13,19 @@ use handlebars::Handlebars;
 use serde::Serialize;
 
 /// The shipped templates, embedded so the binary needs no data files.
-pub const ATTACH: &str = include_str!("../../pgpool/attach.hbs");
-pub const DETACH: &str = include_str!("../../pgpool/detach.hbs");
-pub const NODE_INFO: &str = include_str!("../../pgpool/node_info.hbs");
-pub const WATCHDOG_INFO: &str = include_str!("../../pgpool/watchdog_info.hbs");
+pub(crate) const ATTACH: &str = include_str!("../../pgpool/attach.hbs");
+const DETACH: &str = include_str!("../../pgpool/detach.hbs");
+const NODE_INFO: &str = include_str!("../../pgpool/node_info.hbs");
+const WATCHDOG_INFO: &str = include_str!("../../pgpool/watchdog_info.hbs");
 
 /// The variables a template may use, for messages and docs.
-pub const VARIABLES: [&str; 7] = [
+pub(crate) const VARIABLES: [&str; 7] = [
     "node_id", "host", "port", "pcp_host", "pcp_port", "pcp_user", "bin_dir",
 ];
 
 /// Which of the four commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Command {
+pub(crate) enum Command {
     Attach,
     Detach,
     NodeInfo,
@@ -35,14 +35,14 @@ pub enum Command {
 }
 
 impl Command {
-    pub const ALL: [Command; 4] = [
+    pub(crate) const ALL: [Command; 4] = [
         Command::Attach,
         Command::Detach,
         Command::NodeInfo,
         Command::WatchdogInfo,
     ];
     /// The key under `pgpool.templates`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Command::Attach => "attach",
             Command::Detach => "detach",
@@ -50,7 +50,7 @@ impl Command {
             Command::WatchdogInfo => "watchdog_info",
         }
     }
-    pub fn shipped(self) -> &'static str {
+    pub(crate) fn shipped(self) -> &'static str {
         match self {
             Command::Attach => ATTACH,
             Command::Detach => DETACH,
@@ -69,11 +69,11 @@ impl std::fmt::Display for Command {
 /// The template texts in force (shipped or overridden); validated when the
 /// configuration is loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PcpTemplates {
-    pub attach: String,
-    pub detach: String,
-    pub node_info: String,
-    pub watchdog_info: String,
+pub(crate) struct PcpTemplates {
+    pub(crate) attach: String,
+    pub(crate) detach: String,
+    pub(crate) node_info: String,
+    pub(crate) watchdog_info: String,
 }
 
 impl Default for PcpTemplates {
@@ -91,7 +91,7 @@ impl PcpTemplates {
     /// The shipped templates with the configuration's overrides (`null`
     /// keeps the shipped one). A command name that does not exist is
     /// skipped: [`super::check`] refuses it at load time.
-    pub fn from_config(written: &[TemplateText]) -> PcpTemplates {
+    pub(crate) fn from_config(written: &[TemplateText]) -> PcpTemplates {
         let mut t = PcpTemplates::default();
         for w in written {
             let command = Command::ALL.into_iter().find(|c| c.as_str() == w.command);
@@ -101,7 +101,7 @@ impl PcpTemplates {
         }
         t
     }
-    pub fn get(&self, c: Command) -> &str {
+    pub(crate) fn get(&self, c: Command) -> &str {
         match c {
             Command::Attach => &self.attach,
             Command::Detach => &self.detach,
@@ -109,7 +109,7 @@ impl PcpTemplates {
             Command::WatchdogInfo => &self.watchdog_info,
         }
     }
-    pub fn set(&mut self, c: Command, text: String) {
+    pub(crate) fn set(&mut self, c: Command, text: String) {
         match c {
             Command::Attach => self.attach = text,
             Command::Detach => self.detach = text,
@@ -118,26 +118,26 @@ impl PcpTemplates {
         }
     }
     /// Whether `c` is the shipped template.
-    pub fn is_shipped(&self, c: Command) -> bool {
+    pub(crate) fn is_shipped(&self, c: Command) -> bool {
         self.get(c) == c.shipped()
     }
 }
 
 /// The values a template sees.
 #[derive(Debug, Clone, Serialize)]
-pub struct Vars {
-    pub node_id: u32,
-    pub host: String,
-    pub port: u16,
-    pub pcp_host: String,
-    pub pcp_port: u16,
-    pub pcp_user: String,
-    pub bin_dir: String,
+pub(crate) struct Vars {
+    pub(crate) node_id: u32,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) pcp_host: String,
+    pub(crate) pcp_port: u16,
+    pub(crate) pcp_user: String,
+    pub(crate) bin_dir: String,
 }
 
 impl Vars {
     /// Values that exercise quoting, for the load-time check.
-    pub fn sample() -> Vars {
+    pub(crate) fn sample() -> Vars {
         Vars {
             node_id: 0,
             host: "db 1".into(),
@@ -151,7 +151,7 @@ impl Vars {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum TemplateError {
+pub(crate) enum TemplateError {
     #[error("{0}")]
     Syntax(String),
     #[error("{0}")]
@@ -164,7 +164,7 @@ pub enum TemplateError {
 
 /// The compiled templates.
 #[derive(Debug)]
-pub struct Renderer {
+pub(crate) struct Renderer {
     hb: Handlebars<'static>,
 }
 
@@ -184,7 +184,7 @@ fn one_line(s: impl ToString) -> String {
 }
 
 impl Renderer {
-    pub fn new(t: &PcpTemplates) -> Result<Renderer, (Command, TemplateError)> {
+    pub(crate) fn new(t: &PcpTemplates) -> Result<Renderer, (Command, TemplateError)> {
         let mut hb = registry();
         for c in Command::ALL {
             hb.register_template_string(c.as_str(), t.get(c))
@@ -194,7 +194,7 @@ impl Renderer {
     }
 
     /// The argv of command `c` for `vars`.
-    pub fn render(&self, c: Command, vars: &Vars) -> Result<Vec<String>, TemplateError> {
+    pub(crate) fn render(&self, c: Command, vars: &Vars) -> Result<Vec<String>, TemplateError> {
         let text = self
             .hb
             .render(c.as_str(), vars)
@@ -209,7 +209,7 @@ impl Renderer {
 
 /// Compiles `text` and renders it once with sample values: what the
 /// configuration loader calls, so `check-config` catches every mistake.
-pub fn check(c: Command, text: &str) -> Result<(), TemplateError> {
+pub(crate) fn check(c: Command, text: &str) -> Result<(), TemplateError> {
     let mut hb = registry();
     hb.register_template_string(c.as_str(), text)
         .map_err(|e| TemplateError::Syntax(one_line(e)))?;

@@ -57,12 +57,12 @@ impl Run {
             t0: Instant::now(),
         }
     }
-    fn at(&mut self, secs: f64, nodes: &[Seen]) -> Decision {
+    fn at(&mut self, secs: f64, nodes: &[Seen]) -> RoundPlan {
         let now = self.t0 + Duration::from_secs_f64(secs);
         decide(nodes, true, &self.settings, now, &mut self.memory)
     }
     /// Decides and takes every step (pgpool confirms it).
-    fn act(&mut self, secs: f64, nodes: &mut [Seen]) -> Decision {
+    fn act(&mut self, secs: f64, nodes: &mut [Seen]) -> RoundPlan {
         let d = self.at(secs, nodes);
         let now = self.t0 + Duration::from_secs_f64(secs);
         for s in &d.steps {
@@ -77,7 +77,7 @@ impl Run {
     }
 }
 
-fn steps(d: &Decision) -> Vec<(u32, Action)> {
+fn steps(d: &RoundPlan) -> Vec<(u32, Action)> {
     d.steps.iter().map(|s| (s.id, s.action)).collect()
 }
 
