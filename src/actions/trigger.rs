@@ -152,16 +152,6 @@ impl TriggerOutcome {
     pub fn is_success(&self) -> bool {
         matches!(self, TriggerOutcome::Succeeded { .. })
     }
-
-    pub fn output(&self) -> Option<&CapturedOutput> {
-        match self {
-            TriggerOutcome::Succeeded { output, .. }
-            | TriggerOutcome::Failed { output, .. }
-            | TriggerOutcome::TimedOut { output, .. }
-            | TriggerOutcome::WaitFailed { output, .. } => Some(output),
-            TriggerOutcome::CouldNotStart { .. } => None,
-        }
-    }
 }
 
 /// Runs one trigger to its end (or its deadline) and logs one line about it.
@@ -584,7 +574,7 @@ impl Dispatcher {
     ///
     /// Cluster ids are never reused, so no job should come for `id` again;
     /// one that did would get a fresh queue, not ordered after the old one.
-    pub fn forget_cluster(&self, id: ClusterId) {
+    pub(crate) fn forget_cluster(&self, id: ClusterId) {
         let mut inner = lock(&self.inner);
         // Dropping the sender closes the channel: the worker drains what is
         // queued, then `recv` returns `None` and it ends.
