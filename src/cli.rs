@@ -21,11 +21,11 @@ pub struct Cli {
     pub foreground: bool,
 
     #[command(subcommand)]
-    pub command: Command,
+    pub command: CliCommand,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub enum CliCommand {
     /// Start the daemon: detach into the background (unless -x), write and
     /// lock the pid file, beat until stopped.
     Start,

@@ -158,7 +158,7 @@ impl TriggerOutcome {
 ///
 /// Never panics and never hangs past `timeout` plus a few short graces, so a
 /// cluster's queue always moves on.
-pub async fn run(job: &TriggerJob) -> TriggerOutcome {
+pub async fn run_trigger(job: &TriggerJob) -> TriggerOutcome {
     let outcome = execute(job).await;
     log_outcome(job, &outcome);
     crate::metrics::COUNTERS.trigger_ran(job.kind, outcome.counted());
@@ -617,7 +617,7 @@ impl Dispatcher {
             queued_at_shutdown = waiting,
             "triggers still running at the end of the shutdown grace; killing them"
         );
-        // Aborting drops each running `run` future, whose guard kills the
+        // Aborting drops each running `run_trigger` future, whose guard kills the
         // trigger's process group.
         workers.shutdown().await;
     }
@@ -633,7 +633,7 @@ async fn worker(
         if job.kind == EventKind::PlusmoinHeartbeat {
             heartbeat_queued.store(false, Ordering::SeqCst);
         }
-        run(&job).await;
+        run_trigger(&job).await;
     }
 }
 
