@@ -1,7 +1,7 @@
 //! The configuration's one error type: every message is one line that names
 //! the file, then the line and column and the key when they are known.
 
-pub use super::json::Position;
+use super::json::Position;
 use std::path::PathBuf;
 
 /// Why a configuration was refused.

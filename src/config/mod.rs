@@ -25,7 +25,8 @@ mod validate;
 pub use secrets::permission_warnings;
 pub(crate) use secrets::PasswordSource;
 
-pub use error::{ConfigError, Position};
+pub use error::ConfigError;
+pub use json::Position;
 pub(crate) use validate::did_you_mean;
 
 use crate::cluster::{EventKind, NodeName};
