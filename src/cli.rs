@@ -3,9 +3,6 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-/// Where the configuration is read from when `-c` is not given.
-pub const DEFAULT_CONFIG: &str = "/etc/plusmoin/plusmoin.json";
-
 #[derive(Debug, Parser)]
 #[command(
     name = "plusmoin",
@@ -16,7 +13,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/plusmoin/plusmoin.json";
 )]
 pub struct Cli {
     /// Configuration file (JSON; // and /* */ comments allowed).
-    #[arg(short = 'c', long = "config", global = true, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    #[arg(short = 'c', long = "config", global = true, value_name = "FILE", default_value = crate::config::DEFAULT_PATH)]
     pub config: PathBuf,
 
     /// Stay in the foreground and log to stdout (with `start`).
@@ -24,11 +21,11 @@ pub struct Cli {
     pub foreground: bool,
 
     #[command(subcommand)]
-    pub command: Command,
+    pub command: CliCommand,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub enum CliCommand {
     /// Start the daemon: detach into the background (unless -x), write and
     /// lock the pid file, beat until stopped.
     Start,

@@ -4,7 +4,7 @@
 //! status.
 
 use clap::Parser;
-use plusmoin::cli::{Cli, Command};
+use plusmoin::cli::{Cli, CliCommand};
 use plusmoin::{config, daemon, demo, lifecycle, status};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -47,12 +47,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::CheckConfig => check_config(&cli),
-        Command::Start => start(&cli),
-        Command::Stop { timeout } => stop(&cli, timeout),
-        Command::Reload => reload(&cli),
-        Command::Status { table } => show_status(&cli, table),
-        Command::Demo { no_story, pgpool } => {
+        CliCommand::CheckConfig => check_config(&cli),
+        CliCommand::Start => start(&cli),
+        CliCommand::Stop { timeout } => stop(&cli, timeout),
+        CliCommand::Reload => reload(&cli),
+        CliCommand::Status { table } => show_status(&cli, table),
+        CliCommand::Demo { no_story, pgpool } => {
             let code = demo::run(!no_story, pgpool);
             if code == ExitCode::SUCCESS {
                 Ok(())
@@ -61,11 +61,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Err(Failure::silent(1))
             }
         }
-        Command::Hold {
+        CliCommand::Hold {
             ref node,
             ref reason,
         } => hold(&cli, node, Some(reason.as_deref())),
-        Command::Release { ref node } => hold(&cli, node, None),
+        CliCommand::Release { ref node } => hold(&cli, node, None),
     }
 }
 

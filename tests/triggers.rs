@@ -3,7 +3,7 @@
 //! and the per-cluster ordering of the dispatcher. No database needed.
 
 use plusmoin::actions::trigger::{
-    run, CapturedOutput, Dispatcher, TriggerError, TriggerJob, TriggerOutcome, OUTPUT_LIMIT,
+    run_trigger, CapturedOutput, Dispatcher, TriggerError, TriggerJob, TriggerOutcome, OUTPUT_LIMIT,
 };
 use plusmoin::cluster::{ClusterId, EventKind};
 use plusmoin::config::TriggerCommand;
@@ -113,7 +113,7 @@ async fn payload_arrives_exactly_on_stdin_with_env_and_literal_args() {
         7,
         payload,
     );
-    let outcome = run(&j).await;
+    let outcome = run_trigger(&j).await;
     assert!(outcome.is_success(), "{outcome:?}");
     assert_eq!(
         std::fs::read(dir.path().join("stdin")).unwrap(),
@@ -138,7 +138,7 @@ async fn payload_arrives_exactly_on_stdin_with_env_and_literal_args() {
 async fn exit_zero_succeeds_with_its_output() {
     let dir = TempDir::new().unwrap();
     let s = script(dir.path(), "ok.sh", "echo hello; echo oops >&2; exit 0");
-    let outcome = run(&job(&[p(&s)], EventKind::MasterUp, 0, "{}")).await;
+    let outcome = run_trigger(&job(&[p(&s)], EventKind::MasterUp, 0, "{}")).await;
     match outcome {
         TriggerOutcome::Succeeded { output, .. } => {
             assert_eq!(output.text(), "hello\noops\n");
@@ -155,7 +155,7 @@ async fn nonzero_exit_fails_with_captured_output() {
         "bad.sh",
         "echo 'to stdout'; echo 'to stderr' >&2; exit 3",
     );
-    let outcome = run(&job(&[p(&s)], EventKind::MasterDown, 1, "{}")).await;
+    let outcome = run_trigger(&job(&[p(&s)], EventKind::MasterDown, 1, "{}")).await;
     match outcome {
         TriggerOutcome::Failed { status, output, .. } => {
             assert_eq!(status.code(), Some(3));
@@ -175,7 +175,7 @@ async fn nonzero_exit_fails_with_captured_output() {
 async fn killed_by_signal_is_a_failure() {
     let dir = TempDir::new().unwrap();
     let s = script(dir.path(), "sig.sh", "kill -TERM $$; sleep 5");
-    let outcome = run(&job(&[p(&s)], EventKind::SlaveDown, 0, "{}")).await;
+    let outcome = run_trigger(&job(&[p(&s)], EventKind::SlaveDown, 0, "{}")).await;
     match outcome {
         TriggerOutcome::Failed { status, .. } => {
             use std::os::unix::process::ExitStatusExt;
@@ -189,7 +189,7 @@ async fn killed_by_signal_is_a_failure() {
 async fn nonexistent_command_could_not_start() {
     let dir = TempDir::new().unwrap();
     let missing = dir.path().join("no-such-trigger");
-    let outcome = run(&job(&[p(&missing)], EventKind::SlaveUp, 0, "{}")).await;
+    let outcome = run_trigger(&job(&[p(&missing)], EventKind::SlaveUp, 0, "{}")).await;
     match outcome {
         TriggerOutcome::CouldNotStart {
             error: TriggerError::Spawn { program, source },
@@ -206,7 +206,7 @@ async fn non_executable_file_could_not_start() {
     let dir = TempDir::new().unwrap();
     let s = script(dir.path(), "noexec.sh", "exit 0");
     std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let outcome = run(&job(&[p(&s)], EventKind::SlaveUp, 0, "{}")).await;
+    let outcome = run_trigger(&job(&[p(&s)], EventKind::SlaveUp, 0, "{}")).await;
     match outcome {
         TriggerOutcome::CouldNotStart {
             error: TriggerError::Spawn { source, .. },
@@ -217,7 +217,7 @@ async fn non_executable_file_could_not_start() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn empty_command_could_not_start() {
-    let outcome = run(&job(&[], EventKind::SlaveUp, 0, "{}")).await;
+    let outcome = run_trigger(&job(&[], EventKind::SlaveUp, 0, "{}")).await;
     assert!(
         matches!(
             outcome,
@@ -247,7 +247,7 @@ async fn hang_past_timeout_kills_the_trigger_and_what_it_started() {
     let mut j = job(&[p(&s)], EventKind::MasterDown, 0, "{}");
     j.timeout = Duration::from_secs(1);
     let start = Instant::now();
-    let outcome = run(&j).await;
+    let outcome = run_trigger(&j).await;
     let took = start.elapsed();
     match &outcome {
         TriggerOutcome::TimedOut { timeout, output } => {
@@ -280,7 +280,7 @@ async fn exited_trigger_with_background_child_holding_output_does_not_hang() {
         &format!("sleep 300 &\necho $! > {}\necho done\nexit 0", p(&bg)),
     );
     let start = Instant::now();
-    let outcome = run(&job(&[p(&s)], EventKind::SlaveUp, 0, "{}")).await;
+    let outcome = run_trigger(&job(&[p(&s)], EventKind::SlaveUp, 0, "{}")).await;
     assert!(
         start.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -306,7 +306,7 @@ async fn several_megabytes_of_output_are_bounded_and_fully_drained() {
         "loud.sh",
         &format!("head -c {total} /dev/zero | tr '\\0' x\nexit 1"),
     );
-    let outcome = run(&job(&[p(&s)], EventKind::SlaveDown, 0, "{}")).await;
+    let outcome = run_trigger(&job(&[p(&s)], EventKind::SlaveDown, 0, "{}")).await;
     match outcome {
         TriggerOutcome::Failed { status, output, .. } => {
             assert_eq!(status.code(), Some(1));
@@ -328,7 +328,7 @@ async fn trigger_that_never_reads_a_large_payload_completes() {
     let payload = "y".repeat(1 << 20);
     let mut j = job(&[p(&s)], EventKind::PlusmoinHeartbeat, 0, &payload);
     j.timeout = Duration::from_secs(10);
-    let outcome = run(&j).await;
+    let outcome = run_trigger(&j).await;
     assert!(outcome.is_success(), "{outcome:?}");
 }
 
@@ -350,7 +350,7 @@ async fn a_hanging_trigger_that_never_reads_a_large_payload_is_still_timed_out()
     // The bound only keeps a broken build from hanging the suite: the
     // trigger's own timeout is 1 s, and REAP_LIMIT and PIPE_GRACE add
     // at most 5.5 s to it.
-    let outcome = tokio::time::timeout(Duration::from_secs(30), run(&j))
+    let outcome = tokio::time::timeout(Duration::from_secs(30), run_trigger(&j))
         .await
         .expect("run returned: the deadline held while stdin was full");
     assert!(
@@ -364,7 +364,7 @@ async fn trigger_that_reads_a_large_payload_gets_all_of_it() {
     let dir = TempDir::new().unwrap();
     let s = script(dir.path(), "count.sh", "wc -c");
     let payload = "z".repeat(3 << 20);
-    let outcome = run(&job(&[p(&s)], EventKind::PlusmoinUp, 0, &payload)).await;
+    let outcome = run_trigger(&job(&[p(&s)], EventKind::PlusmoinUp, 0, &payload)).await;
     match outcome {
         TriggerOutcome::Succeeded { output, .. } => {
             assert_eq!(output.text().trim(), (3 << 20).to_string())
@@ -405,7 +405,7 @@ async fn failure_is_logged_with_fields_and_output_but_never_the_payload() {
         5,
         &format!("{{\"x\": \"{secret}\"}}"),
     );
-    let outcome = run(&j).await;
+    let outcome = run_trigger(&j).await;
     assert!(
         matches!(outcome, TriggerOutcome::Failed { .. }),
         "{outcome:?}"
@@ -681,11 +681,11 @@ fn could_not_start_and_timed_out_are_each_one_error_line_naming_the_command() {
         _guard,
     } = bad_triggers(dir.path());
     let ((), log) = logged(async {
-        run(&job(&[p(&missing), "--x"], EventKind::SlaveUp, 2, "{}")).await;
-        run(&job(&[p(&noexec)], EventKind::SlaveDown, 3, "{}")).await;
+        run_trigger(&job(&[p(&missing), "--x"], EventKind::SlaveUp, 2, "{}")).await;
+        run_trigger(&job(&[p(&noexec)], EventKind::SlaveDown, 3, "{}")).await;
         let mut j = job(&[p(&hang)], EventKind::MasterDown, 4, "{}");
         j.timeout = Duration::from_millis(500);
-        run(&j).await;
+        run_trigger(&j).await;
     });
 
     let starts: Vec<&str> = log

@@ -152,23 +152,13 @@ impl TriggerOutcome {
     pub fn is_success(&self) -> bool {
         matches!(self, TriggerOutcome::Succeeded { .. })
     }
-
-    pub fn output(&self) -> Option<&CapturedOutput> {
-        match self {
-            TriggerOutcome::Succeeded { output, .. }
-            | TriggerOutcome::Failed { output, .. }
-            | TriggerOutcome::TimedOut { output, .. }
-            | TriggerOutcome::WaitFailed { output, .. } => Some(output),
-            TriggerOutcome::CouldNotStart { .. } => None,
-        }
-    }
 }
 
 /// Runs one trigger to its end (or its deadline) and logs one line about it.
 ///
 /// Never panics and never hangs past `timeout` plus a few short graces, so a
 /// cluster's queue always moves on.
-pub async fn run(job: &TriggerJob) -> TriggerOutcome {
+pub async fn run_trigger(job: &TriggerJob) -> TriggerOutcome {
     let outcome = execute(job).await;
     log_outcome(job, &outcome);
     crate::metrics::COUNTERS.trigger_ran(job.kind, outcome.counted());
@@ -584,7 +574,7 @@ impl Dispatcher {
     ///
     /// Cluster ids are never reused, so no job should come for `id` again;
     /// one that did would get a fresh queue, not ordered after the old one.
-    pub fn forget_cluster(&self, id: ClusterId) {
+    pub(crate) fn forget_cluster(&self, id: ClusterId) {
         let mut inner = lock(&self.inner);
         // Dropping the sender closes the channel: the worker drains what is
         // queued, then `recv` returns `None` and it ends.
@@ -627,7 +617,7 @@ impl Dispatcher {
             queued_at_shutdown = waiting,
             "triggers still running at the end of the shutdown grace; killing them"
         );
-        // Aborting drops each running `run` future, whose guard kills the
+        // Aborting drops each running `run_trigger` future, whose guard kills the
         // trigger's process group.
         workers.shutdown().await;
     }
@@ -643,7 +633,7 @@ async fn worker(
         if job.kind == EventKind::PlusmoinHeartbeat {
             heartbeat_queued.store(false, Ordering::SeqCst);
         }
-        run(&job).await;
+        run_trigger(&job).await;
     }
 }
 

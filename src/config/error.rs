@@ -1,7 +1,7 @@
 //! The configuration's one error type: every message is one line that names
 //! the file, then the line and column and the key when they are known.
 
-pub use super::json::Position;
+use super::json::Position;
 use std::path::PathBuf;
 
 /// Why a configuration was refused.
@@ -38,19 +38,12 @@ pub enum ConfigError {
 
 impl ConfigError {
     /// Where in the file, when known.
-    pub fn position(&self) -> Option<Position> {
+    #[cfg(test)]
+    pub(crate) fn position(&self) -> Option<Position> {
         match self {
             ConfigError::Read { .. } => None,
             ConfigError::Syntax { position, .. } => Some(*position),
             ConfigError::Invalid { position, .. } => *position,
-        }
-    }
-
-    /// The key path the problem is about, when there is one.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            ConfigError::Invalid { key, .. } => key.as_deref(),
-            _ => None,
         }
     }
 }

@@ -13,8 +13,8 @@ use std::io::Read;
 /// A line and column, both counted from 1; the column counts characters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
-    pub line: usize,
-    pub column: usize,
+    pub(crate) line: usize,
+    pub(crate) column: usize,
 }
 
 impl std::fmt::Display for Position {
@@ -25,22 +25,22 @@ impl std::fmt::Display for Position {
 
 /// A syntax problem: where, and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyntaxError {
-    pub position: Position,
-    pub message: String,
+pub(crate) struct SyntaxError {
+    pub(crate) position: Position,
+    pub(crate) message: String,
 }
 
 /// A value together with the byte offset where it starts.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Spanned<T> {
-    pub at: usize,
-    pub value: T,
+pub(crate) struct Spanned<T> {
+    pub(crate) at: usize,
+    pub(crate) value: T,
 }
 
 /// A JSON value; objects keep every entry in order, duplicates included, so
 /// that a key written twice can be reported instead of silently overwritten.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Json {
+pub(crate) enum Json {
     Null,
     Bool(bool),
     /// The number, and its text as written (for messages).
@@ -52,7 +52,7 @@ pub enum Json {
 
 impl Json {
     /// How a value is described in "expected X, found Y" messages.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Json::Null => "null".to_string(),
             Json::Bool(b) => format!("{b}"),
@@ -73,12 +73,12 @@ impl Json {
 
 /// The text with its comments, and a way back from byte offsets to the
 /// positions a person sees in the original file.
-pub struct Document<'a> {
+pub(crate) struct Document<'a> {
     original: &'a str,
 }
 
 impl<'a> Document<'a> {
-    pub fn new(original: &'a str) -> Self {
+    pub(crate) fn new(original: &'a str) -> Self {
         Document { original }
     }
 
@@ -87,7 +87,7 @@ impl<'a> Document<'a> {
     /// json_comments replaces every comment byte, newlines inside `/* */`
     /// included, with a space, so offsets survive stripping but lines do not:
     /// positions are therefore always computed against the original.
-    pub fn position(&self, offset: usize) -> Position {
+    pub(crate) fn position(&self, offset: usize) -> Position {
         let text = self.original;
         let offset = offset.min(text.len());
         let before = text.as_bytes().get(..offset).unwrap_or_default();
@@ -105,7 +105,7 @@ impl<'a> Document<'a> {
     }
 
     /// Strips comments and parses; the top-level value with its tree.
-    pub fn parse(&self) -> Result<Spanned<Json>, SyntaxError> {
+    pub(crate) fn parse(&self) -> Result<Spanned<Json>, SyntaxError> {
         let stripped = self.strip_comments()?;
         // serde_json judges the syntax (and bounds nesting depth, which keeps
         // the recursive parser below safe from deep input).

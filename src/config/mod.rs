@@ -12,7 +12,7 @@
 //! pcp command templates exist and what they may say ([`TemplateText`] keeps
 //! them as written), and the node ids `pgpool_conf` gives. The sidecar checks
 //! those after loading (`pgpool::check`), pointing at the key with the
-//! positions kept in [`PgpoolWritten`], through the same [`ConfigError`];
+//! positions kept in `PgpoolWritten`, through the same [`ConfigError`];
 //! whatever loads a configuration for use runs both.
 
 mod error;
@@ -22,10 +22,12 @@ mod secrets;
 mod tests;
 mod validate;
 
-pub use secrets::{permission_warnings, PasswordSource, PgPass};
+pub use secrets::permission_warnings;
+pub(crate) use secrets::PasswordSource;
 
-pub use error::{ConfigError, Position};
-pub use validate::did_you_mean;
+pub use error::ConfigError;
+pub use json::Position;
+pub(crate) use validate::did_you_mean;
 
 use crate::cluster::{EventKind, NodeName};
 use std::collections::BTreeMap;
@@ -35,30 +37,30 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Where plusmoin looks when `-c` is not given.
-pub const DEFAULT_PATH: &str = "/etc/plusmoin/plusmoin.json";
+pub(crate) const DEFAULT_PATH: &str = "/etc/plusmoin/plusmoin.json";
 
 /// The defaults (README "Configuration"), in one place for the loader and the docs.
-pub mod defaults {
+pub(crate) mod defaults {
     use std::time::Duration;
-    pub const HEARTBEAT: Duration = Duration::from_secs(60);
-    pub const MAX_SYNC_DELAY: Duration = Duration::from_secs(120);
-    pub const RECOVER_SYNC_DELAY: Duration = Duration::from_secs(60);
-    pub const TRIGGER_TIMEOUT: Duration = Duration::from_secs(60);
-    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+    pub(crate) const HEARTBEAT: Duration = Duration::from_secs(60);
+    pub(crate) const MAX_SYNC_DELAY: Duration = Duration::from_secs(120);
+    pub(crate) const RECOVER_SYNC_DELAY: Duration = Duration::from_secs(60);
+    pub(crate) const TRIGGER_TIMEOUT: Duration = Duration::from_secs(60);
+    pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
     /// How often a lost node is tried again between beats, at first.
-    pub const RETRY_INTERVAL: Duration = Duration::from_millis(250);
-    pub const LOG_FILE: &str = "/var/log/plusmoin/plusmoin.log";
-    pub const DAEMON_USER: &str = "nobody";
-    pub const PID_FILE: &str = "/var/run/plusmoin/plusmoin.pid";
-    pub const STATUS_FILE: &str = "/var/run/plusmoin/status.json";
-    pub const IS_SLAVE_STATEMENT: &str = "SELECT pg_is_in_recovery()";
+    pub(crate) const RETRY_INTERVAL: Duration = Duration::from_millis(250);
+    pub(crate) const LOG_FILE: &str = "/var/log/plusmoin/plusmoin.log";
+    pub(crate) const DAEMON_USER: &str = "nobody";
+    pub(crate) const PID_FILE: &str = "/var/run/plusmoin/plusmoin.pid";
+    pub(crate) const STATUS_FILE: &str = "/var/run/plusmoin/status.json";
+    pub(crate) const IS_SLAVE_STATEMENT: &str = "SELECT pg_is_in_recovery()";
     /// A node's port when it does not say.
-    pub const PORT: u16 = 5432;
-    pub const PCP_HOST: &str = "127.0.0.1";
-    pub const PCP_PORT: u16 = 9898;
-    pub const PGPOOL_BIN_DIR: &str = "/usr/sbin";
+    pub(crate) const PORT: u16 = 5432;
+    pub(crate) const PCP_HOST: &str = "127.0.0.1";
+    pub(crate) const PCP_PORT: u16 = 9898;
+    pub(crate) const PGPOOL_BIN_DIR: &str = "/usr/sbin";
     /// Longer than a watchdog election can make a pcp call wait (about 10 s).
-    pub const PCP_TIMEOUT: Duration = Duration::from_secs(20);
+    pub(crate) const PCP_TIMEOUT: Duration = Duration::from_secs(20);
 }
 
 /// Reads and validates the configuration file at `path`.
@@ -82,7 +84,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Validates configuration text; `source` names it in errors and in
-/// [`Config::source`].
+/// `Config::source`.
 pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
     parse_with(text, source, &system_hostname, &secrets::default_pgpass)
 }
@@ -127,7 +129,7 @@ impl Secret {
     }
     /// The secret itself: call only where it is handed to a server or
     /// scrubbed from a message.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -150,7 +152,7 @@ pub enum SslMode {
 }
 
 impl SslMode {
-    pub const ALL: [SslMode; 5] = [
+    pub(crate) const ALL: [SslMode; 5] = [
         SslMode::Disable,
         SslMode::Prefer,
         SslMode::Require,
@@ -158,7 +160,7 @@ impl SslMode {
         SslMode::VerifyFull,
     ];
     /// The name used in the configuration (and by libpq).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SslMode::Disable => "disable",
             SslMode::Prefer => "prefer",
@@ -184,9 +186,9 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
-    pub const ALL: [LogLevel; 3] = [LogLevel::Error, LogLevel::Info, LogLevel::Debug];
+    pub(crate) const ALL: [LogLevel; 3] = [LogLevel::Error, LogLevel::Info, LogLevel::Debug];
     /// The name used in the configuration.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             LogLevel::Error => "error",
             LogLevel::Info => "info",
@@ -206,9 +208,9 @@ pub enum LogFormat {
 }
 
 impl LogFormat {
-    pub const ALL: [LogFormat; 2] = [LogFormat::Text, LogFormat::Json];
+    pub(crate) const ALL: [LogFormat; 2] = [LogFormat::Text, LogFormat::Json];
     /// The name used in the configuration.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             LogFormat::Text => "text",
             LogFormat::Json => "json",
@@ -238,48 +240,48 @@ pub struct TriggerCommand {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeConfig {
-    pub name: NodeName,
+pub(crate) struct NodeConfig {
+    pub(crate) name: NodeName,
     /// The password for this node from libpq's password file, when neither
     /// `password` nor `password_file` is set.
-    pub password: Option<Secret>,
+    pub(crate) password: Option<Secret>,
     /// pgpool-II's number for this backend, when written on the node; it
     /// wins over what `pgpool.pgpool_conf` says.
-    pub pgpool_node_id: Option<u32>,
+    pub(crate) pgpool_node_id: Option<u32>,
 }
 
 /// The optional `pgpool` section (README "pgpool-II", pgpool/README.md): how to reach pcp, and which
 /// pgpool node id each configured node has.
 ///
 /// Typed here, checked whole by the sidecar (`pgpool::check`): until then
-/// [`PgpoolConfig::templates`] may name commands that do not exist and
-/// [`PgpoolConfig::node_ids`] holds only the ids written on the nodes.
+/// `PgpoolConfig::templates` may name commands that do not exist and
+/// `PgpoolConfig::node_ids` holds only the ids written on the nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgpoolConfig {
-    pub pcp_host: String,
-    pub pcp_port: u16,
-    pub pcp_user: String,
+    pub(crate) pcp_host: String,
+    pub(crate) pcp_port: u16,
+    pub(crate) pcp_user: String,
     /// Given to pcp as `PCPPASSFILE`; never read by plusmoin except to
     /// check its mode.
-    pub pcppass_file: PathBuf,
-    pub pgpool_conf: Option<PathBuf>,
+    pub(crate) pcppass_file: PathBuf,
+    pub(crate) pgpool_conf: Option<PathBuf>,
     /// Where the `pcp_*` programs are.
-    pub bin_dir: PathBuf,
+    pub(crate) bin_dir: PathBuf,
     /// `templates` as written, in file order: the sidecar knows which
     /// commands exist, and renders them. Its check leaves only the
     /// overrides in force, one per command, so that sections alike compare
     /// equal however they are written.
-    pub templates: Vec<TemplateText>,
+    pub(crate) templates: Vec<TemplateText>,
     /// The deadline of one pcp command (default 20 s): a watchdog election
     /// makes pcp wait up to about 10 s, which must not count as a failure.
-    pub pcp_timeout: Duration,
+    pub(crate) pcp_timeout: Duration,
     /// Every node that has an id, from `pgpool_node_id` or `pgpool_conf`;
     /// nodes missing here are left alone by the pgpool handlers. The loader
     /// puts the `pgpool_node_id`s here; the sidecar's check adds what
     /// `pgpool_conf` says and refuses an id given twice.
-    pub node_ids: BTreeMap<NodeName, u32>,
+    pub(crate) node_ids: BTreeMap<NodeName, u32>,
     /// Where the section's parts were written, for the sidecar's check.
-    pub written: PgpoolWritten,
+    pub(crate) written: PgpoolWritten,
 }
 
 /// One entry of `pgpool.templates` as written: the command it names, and
@@ -288,12 +290,12 @@ pub struct PgpoolConfig {
 /// `==` compares the name and text only, not where they were written.
 #[derive(Debug, Clone, Eq)]
 pub struct TemplateText {
-    pub command: String,
-    pub text: Option<String>,
+    pub(crate) command: String,
+    pub(crate) text: Option<String>,
     /// Where the command name was written.
-    pub command_at: Position,
+    pub(crate) command_at: Position,
     /// Where the text (or `null`) was written.
-    pub text_at: Position,
+    pub(crate) text_at: Position,
 }
 
 impl PartialEq for TemplateText {
@@ -308,13 +310,13 @@ impl PartialEq for TemplateText {
 /// Never part of a comparison (`==` is always true): a reload that only
 /// moves lines changes nothing.
 #[derive(Debug, Clone, Eq)]
-pub struct PgpoolWritten {
+pub(crate) struct PgpoolWritten {
     /// The section's `{`.
-    pub section: Position,
+    pub(crate) section: Position,
     /// The `pgpool_conf` value, when set.
-    pub pgpool_conf: Option<Position>,
+    pub(crate) pgpool_conf: Option<Position>,
     /// Each node's `pgpool_node_id` value, for the nodes that have one.
-    pub node_ids: BTreeMap<NodeName, Position>,
+    pub(crate) node_ids: BTreeMap<NodeName, Position>,
 }
 
 impl PartialEq for PgpoolWritten {
@@ -327,33 +329,33 @@ impl PartialEq for PgpoolWritten {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file it was read from.
-    pub source: PathBuf,
-    pub dbname: String,
-    pub user: String,
+    pub(crate) source: PathBuf,
+    pub(crate) dbname: String,
+    pub(crate) user: String,
     /// The password for every node (empty when it comes from libpq's
     /// password file: then each node has its own in [`NodeConfig::password`]).
-    pub password: Secret,
-    pub password_source: PasswordSource,
-    pub heartbeat: Duration,
-    pub max_sync_delay: Duration,
-    pub recover_sync_delay: Duration,
-    pub nodes: Vec<NodeConfig>,
-    pub triggers: BTreeMap<EventKind, TriggerCommand>,
-    pub trigger_timeout: Duration,
+    pub(crate) password: Secret,
+    pub(crate) password_source: PasswordSource,
+    pub(crate) heartbeat: Duration,
+    pub(crate) max_sync_delay: Duration,
+    pub(crate) recover_sync_delay: Duration,
+    pub(crate) nodes: Vec<NodeConfig>,
+    pub(crate) triggers: BTreeMap<EventKind, TriggerCommand>,
+    pub(crate) trigger_timeout: Duration,
     pub log_file: PathBuf,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
     pub daemon_user: String,
     pub pid_file: PathBuf,
     pub status_file: PathBuf,
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// How often a lost node (down, or out of sync) is tried again between
     /// beats, at first (default 0.25 s); slower for nodes away for long.
-    pub retry_interval: Duration,
-    pub is_slave_statement: String,
+    pub(crate) retry_interval: Duration,
+    pub(crate) is_slave_statement: String,
     pub instance_name: String,
-    pub sslmode: SslMode,
-    pub sslrootcert: Option<PathBuf>,
+    pub(crate) sslmode: SslMode,
+    pub(crate) sslrootcert: Option<PathBuf>,
     /// Where the HTTP listener (metrics, health endpoints) listens; `None`:
     /// no listener.
     pub http_listen: Option<std::net::SocketAddr>,
@@ -364,13 +366,13 @@ pub struct Config {
 impl Config {
     /// The files that may hold a password: the configuration itself, and
     /// `password_file` or libpq's password file when the password is there.
-    pub fn secret_files(&self) -> Vec<&Path> {
+    pub(crate) fn secret_files(&self) -> Vec<&Path> {
         std::iter::once(self.source.as_path())
             .chain(self.password_source.file())
             .collect()
     }
 
-    /// What is wrong with who may read or write [`Config::secret_files`]
+    /// What is wrong with who may read or write `Config::secret_files`
     /// (see [`secrets::permission_warnings`]): printed at start, on reload
     /// and by `check-config`.
     pub fn secret_warnings(&self) -> Vec<String> {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// Where the password was found, for the summary and the permission check.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PasswordSource {
+pub(crate) enum PasswordSource {
     /// `password` in the configuration.
     Inline,
     /// `password_file`.
@@ -18,7 +18,7 @@ pub enum PasswordSource {
 
 impl PasswordSource {
     /// The file holding the secret, if it is not the configuration itself.
-    pub fn file(&self) -> Option<&Path> {
+    pub(crate) fn file(&self) -> Option<&Path> {
         match self {
             PasswordSource::Inline => None,
             PasswordSource::File(p) | PasswordSource::PgPass(p) => Some(p),
@@ -27,7 +27,7 @@ impl PasswordSource {
 }
 
 /// The password in `password_file`: its first line, without the line end.
-pub fn read_password_file(path: &Path) -> Result<String, String> {
+pub(crate) fn read_password_file(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let first = text.lines().next().unwrap_or("");
@@ -41,7 +41,7 @@ pub fn read_password_file(path: &Path) -> Result<String, String> {
 }
 
 /// libpq's default password file: `$PGPASSFILE`, else `$HOME/.pgpass`.
-pub fn default_pgpass() -> Option<PathBuf> {
+pub(crate) fn default_pgpass() -> Option<PathBuf> {
     match std::env::var_os("PGPASSFILE") {
         Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
         _ => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass")),
@@ -50,7 +50,7 @@ pub fn default_pgpass() -> Option<PathBuf> {
 
 /// Why libpq would ignore the password file at `path`: not a plain file,
 /// or group or others have any access to it. `None`: it may be used.
-pub fn pgpass_ignored(path: &Path) -> Option<String> {
+pub(crate) fn pgpass_ignored(path: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).ok()?;
     if !meta.is_file() {
@@ -144,12 +144,12 @@ impl Field {
 /// unescaped `:`, `#` starting a comment line (libpq's rules; the first
 /// match wins).
 #[derive(Debug, Default)]
-pub struct PgPass {
+pub(crate) struct PgPass {
     entries: Vec<([Field; 4], String)>,
 }
 
 impl PgPass {
-    pub fn parse(text: &str) -> PgPass {
+    pub(crate) fn parse(text: &str) -> PgPass {
         let entries = text
             .lines()
             .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
@@ -158,7 +158,7 @@ impl PgPass {
         PgPass { entries }
     }
 
-    pub fn lookup(&self, host: &str, port: u16, database: &str, user: &str) -> Option<&str> {
+    pub(crate) fn lookup(&self, host: &str, port: u16, database: &str, user: &str) -> Option<&str> {
         let port = port.to_string();
         self.entries
             .iter()

@@ -93,7 +93,7 @@ impl PidFile {
 
     /// Needed after [`daemonize`](super::detach::daemonize) or any fork that keeps the descriptor: the
     /// lock survives, but the pid it should advertise changed.
-    pub fn write_pid(&mut self) -> Result<(), LifecycleError> {
+    pub(crate) fn write_pid(&mut self) -> Result<(), LifecycleError> {
         let content = format!("{}\n", std::process::id());
         let wrap = |source| LifecycleError::PidFileWrite {
             path: self.path.clone(),
@@ -104,10 +104,6 @@ impl PidFile {
             .write_all_at(content.as_bytes(), 0)
             .map_err(wrap)?;
         Ok(())
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -172,8 +168,8 @@ pub fn running_pid(path: &Path, owners: &Owners) -> Result<Option<i32>, Lifecycl
 /// nobody), and that file, open: its lock is released when the daemon
 /// ends, whatever way.
 pub(super) struct Holder {
-    pub process: Pinned,
-    pub file: File,
+    pub(crate) process: Pinned,
+    pub(crate) file: File,
 }
 
 pub(super) fn holder(path: &Path, owners: &Owners) -> Result<Option<Holder>, LifecycleError> {

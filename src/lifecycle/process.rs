@@ -80,7 +80,7 @@ pub(super) struct Pinned {
 
 impl Pinned {
     /// `Ok(None)` when no process has that pid.
-    pub fn open(pid: i32) -> Result<Option<Pinned>, Errno> {
+    pub(crate) fn open(pid: i32) -> Result<Option<Pinned>, Errno> {
         // SAFETY: pidfd_open takes a pid and flags (none) and returns a new
         // descriptor, or -1 with errno set.
         let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -99,18 +99,18 @@ impl Pinned {
         }
     }
 
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.pid
     }
 
     /// `Ok(false)` when the process has exited.
-    pub fn signal(&self, signal: Signal) -> Result<bool, Errno> {
+    pub(crate) fn signal(&self, signal: Signal) -> Result<bool, Errno> {
         self.send(signal as libc::c_int)
     }
 
     /// Whether the process has not exited yet (a zombie still counts: its
     /// pid is not free). Once false, never true again.
-    pub fn exists(&self) -> bool {
+    pub(crate) fn exists(&self) -> bool {
         !matches!(self.send(0), Ok(false))
     }
 

@@ -51,7 +51,7 @@ impl Owners {
         owners
     }
 
-    pub fn allows(&self, uid: u32) -> bool {
+    pub(crate) fn allows(&self, uid: u32) -> bool {
         self.uids.contains(&uid)
     }
 
@@ -70,7 +70,7 @@ fn user_name(uid: u32) -> String {
 
 /// How the file is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
+pub(crate) enum Access {
     Read,
     ReadWrite,
     Append,
@@ -78,7 +78,7 @@ pub enum Access {
 
 /// Opens an existing file at `path` for `access`, refusing anything but a
 /// regular file with one link owned by one of `owners`.
-pub fn open(path: &Path, access: Access, owners: &Owners) -> io::Result<File> {
+pub(crate) fn open(path: &Path, access: Access, owners: &Owners) -> io::Result<File> {
     let file = options(access).open(path).map_err(|e| refusal(path, e))?;
     check(file, owners)
 }
@@ -86,7 +86,12 @@ pub fn open(path: &Path, access: Access, owners: &Owners) -> io::Result<File> {
 /// Like [`open`], creating the file (with `mode`, set on the descriptor)
 /// when it does not exist. An existing file keeps its mode. `access` must
 /// write ([`Access::ReadWrite`] or [`Access::Append`]).
-pub fn open_or_create(path: &Path, access: Access, mode: u32, owners: &Owners) -> io::Result<File> {
+pub(crate) fn open_or_create(
+    path: &Path,
+    access: Access,
+    mode: u32,
+    owners: &Owners,
+) -> io::Result<File> {
     let mut o = options(access);
     // O_CREAT|O_EXCL never follows a link either; 0600 until the fchmod.
     o.create_new(true).mode(0o600);
