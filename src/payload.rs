@@ -1,5 +1,7 @@
 //! The JSON shapes plusmoin shows the world: the trigger payload (README "Triggers")
-//! and the status file (README "Status"), both built from a [`State`].
+//! and the status document (README "Status"), both built from a [`State`].
+//! The status document's type, [`Status`], lives here; [`crate::status`] is
+//! the file that holds it (writing it every beat, reading it back).
 //!
 //! The fields of the original format must stay; the extra ones (`name`, `state`, `lag`,
 //! `since`, …) are there for operators and may grow. Nothing secret is ever

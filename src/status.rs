@@ -1,5 +1,6 @@
 //! The status file (README "Status"): written atomically every beat, read back by
-//! `plusmoin status`.
+//! `plusmoin status`. This is the file's writer and reader; what it holds,
+//! the [`Status`] document and its entries, is shaped in [`crate::payload`].
 //!
 //! Other programs may read the file at any moment, so it is written to a
 //! temporary file in the same directory, synced, then renamed over the old

@@ -9,6 +9,7 @@ pub(crate) mod connect;
 mod monitor;
 mod node;
 pub(crate) mod owner;
+mod statements;
 mod tls;
 
 use crate::text::escape_controls;
@@ -17,7 +18,7 @@ pub use monitor::{retry_delay, Cause, Monitor, Report};
 use crate::cluster::{ClusterId, NodeName, Observation, Time};
 use crate::config::{Config, Secret, SslMode};
 use crate::logonce::LogOnceMap;
-use node::{Failure, NodeConn};
+use node::{NodeConn, ProbeFailure};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,9 +28,9 @@ use tracing::debug;
 /// The statement a probe reads a node's role and heartbeat row with, for
 /// the simulated server of the test kits (`tests/kit`), which must tell it
 /// apart.
-pub const COMBINED: &str = node::COMBINED;
+pub const COMBINED: &str = statements::COMBINED;
 /// The heartbeat table, for operators who create it beforehand.
-pub use node::CREATE_TABLE as HEARTBEAT_TABLE_DDL;
+pub const HEARTBEAT_TABLE_DDL: &str = statements::CREATE_TABLE;
 
 /// What the probes need from the configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -197,7 +198,7 @@ fn note(last_down: &mut LogOnceMap<NodeName>, name: &NodeName, obs: &Observation
 /// A connection attempt running in a task of its own, so that it can
 /// outlive the beat that started it; aborted when dropped.
 pub(crate) struct Pending {
-    handle: tokio::task::JoinHandle<Result<NodeConn, Failure>>,
+    handle: tokio::task::JoinHandle<Result<NodeConn, ProbeFailure>>,
     since: tokio::time::Instant,
 }
 
@@ -310,12 +311,12 @@ async fn probe_with(
     }
 }
 
-fn finish(conn: NodeConn, f: Failure) -> (Option<NodeConn>, Observation) {
+fn finish(conn: NodeConn, f: ProbeFailure) -> (Option<NodeConn>, Observation) {
     let keep = !f.broken && !conn.is_closed();
     (keep.then_some(conn), down(f))
 }
 
-fn down(f: Failure) -> Observation {
+fn down(f: ProbeFailure) -> Observation {
     Observation::Down { reason: f.reason }
 }
 

@@ -286,7 +286,7 @@ async fn node_task(
             };
             tokio::select! {
                 inbox = mailbox.take() => {
-                    apply(inbox, &mut want, &mut cluster_id, &mut lost_since, &mut next_retry, &mut shared, &mut reset);
+                    take_requests(inbox, &mut want, &mut cluster_id, &mut lost_since, &mut next_retry, &mut shared, &mut reset);
                 }
                 _ = ended => want = Some((Cause::Dropped, Time::now())),
                 _ = retry => want = Some((Cause::Retry, Time::now())),
@@ -317,7 +317,7 @@ async fn node_task(
             tokio::select! {
                 done = &mut probe => break done,
                 inbox = mailbox.take() => {
-                    apply(inbox, &mut want, &mut cluster_id, &mut lost_since, &mut next_retry, &mut shared, &mut reset);
+                    take_requests(inbox, &mut want, &mut cluster_id, &mut lost_since, &mut next_retry, &mut shared, &mut reset);
                 }
             }
         };
@@ -348,10 +348,11 @@ async fn node_task(
     }
 }
 
-/// Takes what was posted, in the order it could have been posted in: the
-/// settings first (a probe asked for runs with the newest), then the
-/// node's lost status, then the probe.
-fn apply(
+/// Takes the daemon's requests (an [`Inbox`]) into the node task's state,
+/// in the order they could have been posted in: the settings first (a probe
+/// asked for runs with the newest), then the node's lost status, then the
+/// probe.
+fn take_requests(
     inbox: Inbox,
     want: &mut Option<(Cause, Time)>,
     cluster_id: &mut Option<ClusterId>,
@@ -416,7 +417,7 @@ mod tests {
         let mut current = Arc::clone(&shared);
         let mut reset = false;
         let mut take = |inbox| {
-            apply(
+            take_requests(
                 inbox,
                 &mut want,
                 &mut cluster_id,
