@@ -13,7 +13,7 @@ mod statements;
 mod tls;
 
 use crate::text::escape_controls;
-pub use monitor::{retry_delay, Cause, Monitor, Report};
+pub use monitor::{Cause, Monitor, Report};
 
 use crate::cluster::{ClusterId, NodeName, Observation, Time};
 use crate::config::{Config, Secret, SslMode};
@@ -53,7 +53,7 @@ pub struct ProbeSettings {
 }
 
 impl ProbeSettings {
-    pub fn from_config(c: &Config) -> Self {
+    pub(crate) fn from_config(c: &Config) -> Self {
         ProbeSettings {
             dbname: c.dbname.clone(),
             user: c.user.clone(),
@@ -73,7 +73,7 @@ impl ProbeSettings {
     }
 
     /// The password to log in to `node` with.
-    pub fn password_for(&self, node: &NodeName) -> &Secret {
+    pub(crate) fn password_for(&self, node: &NodeName) -> &Secret {
         self.node_passwords.get(node).unwrap_or(&self.password)
     }
 
@@ -81,7 +81,7 @@ impl ProbeSettings {
     /// produced: none should ever contain one, but reasons end up in logs
     /// and files. Control characters in it are escaped ([`crate::text::escape_controls`]):
     /// a server's message must not forge log lines or table rows.
-    pub fn scrub(&self, text: String) -> String {
+    pub(crate) fn scrub(&self, text: String) -> String {
         // Longest first, so that a password containing another is removed
         // whole.
         let mut all: Vec<&str> = std::iter::once(&self.password)

@@ -37,7 +37,7 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Cause::Asked => "beat",
             Cause::Dropped => "connection closed",
@@ -53,10 +53,10 @@ pub struct Report {
     pub obs: Observation,
     pub cause: Cause,
     /// When the probe began (its deadline ran from there).
-    pub began: Instant,
+    pub(crate) began: Instant,
     /// The server's system identifier, when the connection the probe used
     /// could read it ([`crate::cluster::PrimaryGuard`]).
-    pub system: Option<u64>,
+    pub(crate) system: Option<u64>,
 }
 
 /// What the daemon asked of a node's task since the task last looked: the
@@ -139,7 +139,9 @@ impl Monitor {
         })
     }
 
-    pub fn settings(&self) -> &ProbeSettings {
+    /// The settings the next probes run with.
+    #[cfg(test)]
+    pub(crate) fn settings(&self) -> &ProbeSettings {
         &self.shared.settings
     }
 
@@ -195,7 +197,7 @@ impl Monitor {
     }
 
     /// Tells `node`'s task whether the node is lost (retried on its own).
-    pub fn set_lost(&self, node: &NodeName, lost: bool) {
+    pub(crate) fn set_lost(&self, node: &NodeName, lost: bool) {
         if let Some(h) = self.nodes.get(node) {
             h.mailbox.post_lost(lost);
         }
@@ -214,7 +216,7 @@ impl Monitor {
     }
 
     /// A report already waiting, if any (logged).
-    pub fn try_recv(&mut self) -> Option<Report> {
+    pub(crate) fn try_recv(&mut self) -> Option<Report> {
         let r = self.rx.try_recv().ok()?;
         self.log(&r);
         Some(r)
@@ -249,7 +251,7 @@ impl Monitor {
 /// How long a lost node waits between tries: `base` for its first 30 s
 /// away, then doubling every 30 s up to 5 s (a thousand dead servers then
 /// cost 200 connection attempts a second).
-pub fn retry_delay(base: Duration, lost_for: Duration) -> Duration {
+pub(crate) fn retry_delay(base: Duration, lost_for: Duration) -> Duration {
     let doublings = (lost_for.as_secs() / 30).min(16) as u32;
     (base * 2u32.pow(doublings)).min(Duration::from_secs(5).max(base))
 }

@@ -53,7 +53,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 /// The longest request head (request line and headers) read.
-pub const MAX_HEAD: usize = 8 * 1024;
+const MAX_HEAD: usize = 8 * 1024;
 /// A connection that has sent nothing by then is dropped (a checker sends
 /// its request as soon as it is connected).
 pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -64,17 +64,17 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(15);
 /// Connections open at once; past it the oldest one without a whole
 /// request head makes room. Lower when the open-file limit is under eight
 /// times this: the listener takes at most a quarter of it.
-pub const MAX_CONNECTIONS: usize = 1024;
+const MAX_CONNECTIONS: usize = 1024;
 /// Connections open at once from one IP address; past it that address'
 /// oldest one without a whole request head makes room. (On loopback every
 /// client is 127.0.0.1: there it is the eviction that protects a checker.)
 pub const MAX_PER_PEER: usize = 256;
 /// Connections the kernel keeps waiting for the accept loop (capped by
 /// `net.core.somaxconn`, 4096 by default).
-pub const LISTEN_BACKLOG: i32 = 4096;
+const LISTEN_BACKLOG: i32 = 4096;
 
 /// Binds `addr` (before the daemon says it is ready, so a taken port is a
-/// start error), with a [`LISTEN_BACKLOG`]-deep accept queue. Needs no
+/// start error), with a `LISTEN_BACKLOG`-deep accept queue. Needs no
 /// runtime.
 pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
