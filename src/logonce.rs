@@ -8,14 +8,14 @@ use std::hash::Hash;
 /// One condition (say, "the status file cannot be written") and the
 /// message last logged for it.
 #[derive(Debug, Default, Clone)]
-pub struct LogOnce {
+pub(crate) struct LogOnce {
     current: Option<String>,
 }
 
 impl LogOnce {
     /// Records `msg` as the current failure; true when it differs from the
     /// one last recorded, i.e. when it is worth logging.
-    pub fn changed(&mut self, msg: impl AsRef<str>) -> bool {
+    pub(crate) fn changed(&mut self, msg: impl AsRef<str>) -> bool {
         let msg = msg.as_ref();
         if self.current.as_deref() == Some(msg) {
             return false;
@@ -26,19 +26,20 @@ impl LogOnce {
 
     /// Records that the failure is over; true when there was one, i.e. when
     /// "works again" is worth logging.
-    pub fn cleared(&mut self) -> bool {
+    pub(crate) fn cleared(&mut self) -> bool {
         self.current.take().is_some()
     }
 
     /// The failure last recorded, if it has not cleared.
-    pub fn current(&self) -> Option<&str> {
+    #[cfg(test)]
+    pub(crate) fn current(&self) -> Option<&str> {
         self.current.as_deref()
     }
 }
 
 /// A [`LogOnce`] per key (say, per node).
 #[derive(Debug, Clone)]
-pub struct LogOnceMap<K> {
+pub(crate) struct LogOnceMap<K> {
     current: HashMap<K, String>,
 }
 
@@ -52,7 +53,7 @@ impl<K> Default for LogOnceMap<K> {
 
 impl<K: Eq + Hash + Clone> LogOnceMap<K> {
     /// [`LogOnce::changed`] for `key`.
-    pub fn changed(&mut self, key: &K, msg: impl AsRef<str>) -> bool {
+    pub(crate) fn changed(&mut self, key: &K, msg: impl AsRef<str>) -> bool {
         let msg = msg.as_ref();
         if self.current.get(key).map(String::as_str) == Some(msg) {
             return false;
@@ -62,17 +63,18 @@ impl<K: Eq + Hash + Clone> LogOnceMap<K> {
     }
 
     /// [`LogOnce::cleared`] for `key`.
-    pub fn cleared(&mut self, key: &K) -> bool {
+    pub(crate) fn cleared(&mut self, key: &K) -> bool {
         self.current.remove(key).is_some()
     }
 
     /// The failure last recorded for `key`.
-    pub fn current(&self, key: &K) -> Option<&str> {
+    #[cfg(test)]
+    pub(crate) fn current(&self, key: &K) -> Option<&str> {
         self.current.get(key).map(String::as_str)
     }
 
     /// Forgets the keys `keep` rejects (nodes no longer configured).
-    pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
         self.current.retain(|k, _| keep(k));
     }
 }

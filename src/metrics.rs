@@ -5,7 +5,7 @@
 //! They are plain atomics bumped where things happen (the deciding loop,
 //! the trigger workers, the pgpool worker, the HTTP listener): no lock is
 //! ever taken on their side, and a scrape only loads them
-//! ([`Counters::load`]). This is the ground floor: every part may count
+//! (`Counters::load`). This is the ground floor: every part may count
 //! here, and it knows none of them (only the core's [`EventKind`]); the
 //! HTTP listener renders the loaded values (`GET /metrics`).
 
@@ -15,27 +15,27 @@ use std::time::Duration;
 
 /// How a trigger run ended, as `plusmoin_trigger_runs_total` counts it
 /// (indexed by [`TriggerRun`]).
-pub const TRIGGER_OUTCOMES: [&str; 3] = ["ok", "failed", "timed_out"];
+pub(crate) const TRIGGER_OUTCOMES: [&str; 3] = ["ok", "failed", "timed_out"];
 /// A pcp action (attach, detach) of the pgpool sidecar.
-pub const PCP_ACTIONS: [&str; 2] = ["attach", "detach"];
+pub(crate) const PCP_ACTIONS: [&str; 2] = ["attach", "detach"];
 /// `ok`: pgpool shows it done; `not_taken`: pcp ran but pgpool did not
 /// show it within the confirm window; `failed`: pcp failed.
-pub const PCP_OUTCOMES: [&str; 3] = ["ok", "not_taken", "failed"];
+pub(crate) const PCP_OUTCOMES: [&str; 3] = ["ok", "not_taken", "failed"];
 /// Why the HTTP listener dropped a connection without answering it, as
 /// `plusmoin_http_connections_dropped_total` counts it: `evicted` (it had
 /// not sent a whole request when room was needed for a newer one), `idle`
 /// (it sent nothing in time), `refused` (full of connections being
 /// answered).
-pub const HTTP_DROPS: [&str; 3] = ["evicted", "idle", "refused"];
+pub(crate) const HTTP_DROPS: [&str; 3] = ["evicted", "idle", "refused"];
 /// Upper bounds of the beat duration histogram, in seconds (a beat lasts
 /// from its tick to its decision: normally the slowest answer, at most
 /// `connect_timeout` and a little more).
-pub const BEAT_BUCKETS: [f64; 13] = [
+pub(crate) const BEAT_BUCKETS: [f64; 13] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
 /// How many event kinds there are (one counter each).
-pub const KINDS: usize = EventKind::ALL.len();
+pub(crate) const KINDS: usize = EventKind::ALL.len();
 
 /// Counters of what happened since the process started.
 #[derive(Debug)]
@@ -67,7 +67,7 @@ fn kind_index(kind: EventKind) -> usize {
 }
 
 impl Counters {
-    pub const fn new() -> Counters {
+    pub(crate) const fn new() -> Counters {
         Counters {
             events: [ZERO; KINDS],
             trigger_runs: [ZERO3; KINDS],
@@ -81,28 +81,28 @@ impl Counters {
     }
 
     /// A master began to be refused `/primary` (or for another reason).
-    pub fn primary_refused(&self) {
+    pub(crate) fn primary_refused(&self) {
         self.primary_refusals.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An event was decided (every kind, `plusmoin_heartbeat` included).
-    pub fn event(&self, kind: EventKind) {
+    pub(crate) fn event(&self, kind: EventKind) {
         self.events[kind_index(kind)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A trigger ran (or could not be started: [`TriggerRun::Failed`]).
-    pub fn trigger_ran(&self, kind: EventKind, outcome: TriggerRun) {
+    pub(crate) fn trigger_ran(&self, kind: EventKind, outcome: TriggerRun) {
         self.trigger_runs[kind_index(kind)][outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A pcp action ended: `attach` is false for a detach; `outcome`
     /// indexes [`PCP_OUTCOMES`].
-    pub fn pcp_action(&self, attach: bool, outcome: PcpOutcome) {
+    pub(crate) fn pcp_action(&self, attach: bool, outcome: PcpOutcome) {
         self.pcp_actions[usize::from(!attach)][outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A beat was decided, `took` after its tick.
-    pub fn beat_closed(&self, took: Duration) {
+    pub(crate) fn beat_closed(&self, took: Duration) {
         let secs = took.as_secs_f64();
         let i = BEAT_BUCKETS
             .iter()
@@ -115,12 +115,12 @@ impl Counters {
     }
 
     /// The HTTP listener dropped a connection without answering it.
-    pub fn http_dropped(&self, why: HttpDrop) {
+    pub(crate) fn http_dropped(&self, why: HttpDrop) {
         self.http_drops[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counters' values now, for one scrape.
-    pub fn load(&self) -> Loaded {
+    pub(crate) fn load(&self) -> Loaded {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Loaded {
             events: self.events.each_ref().map(get),
@@ -143,7 +143,7 @@ impl Default for Counters {
 
 /// How a trigger run ended, as counted (see [`TRIGGER_OUTCOMES`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TriggerRun {
+pub(crate) enum TriggerRun {
     /// Exited 0.
     Ok = 0,
     /// Exited non-zero, could not be started, or could not be waited for.
@@ -154,7 +154,7 @@ pub enum TriggerRun {
 
 /// Why a connection was dropped (see [`HTTP_DROPS`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HttpDrop {
+pub(crate) enum HttpDrop {
     Evicted = 0,
     Idle = 1,
     Refused = 2,
@@ -162,7 +162,7 @@ pub enum HttpDrop {
 
 /// How a pcp action ended (see [`PCP_OUTCOMES`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PcpOutcome {
+pub(crate) enum PcpOutcome {
     Ok = 0,
     NotTaken = 1,
     Failed = 2,
@@ -170,21 +170,21 @@ pub enum PcpOutcome {
 
 /// The counters' values at one scrape ([`Counters::load`]).
 #[derive(Debug, Clone)]
-pub struct Loaded {
+pub(crate) struct Loaded {
     /// Per kind of [`EventKind::ALL`].
-    pub events: [u64; KINDS],
+    pub(crate) events: [u64; KINDS],
     /// Per kind of [`EventKind::ALL`], per outcome of [`TRIGGER_OUTCOMES`].
-    pub trigger_runs: [[u64; 3]; KINDS],
+    pub(crate) trigger_runs: [[u64; 3]; KINDS],
     /// Per action of [`PCP_ACTIONS`], per outcome of [`PCP_OUTCOMES`].
-    pub pcp_actions: [[u64; 3]; 2],
+    pub(crate) pcp_actions: [[u64; 3]; 2],
     /// Per bucket of [`BEAT_BUCKETS`] (not cumulative), then +Inf.
-    pub beat_buckets: [u64; BEAT_BUCKETS.len() + 1],
+    pub(crate) beat_buckets: [u64; BEAT_BUCKETS.len() + 1],
     /// Beats decided.
-    pub beat_count: u64,
+    pub(crate) beat_count: u64,
     /// Their total duration, in seconds.
-    pub beat_sum: f64,
+    pub(crate) beat_sum: f64,
     /// Times a master began to be refused `/primary`.
-    pub primary_refusals: u64,
+    pub(crate) primary_refusals: u64,
     /// Per reason of [`HTTP_DROPS`].
-    pub http_drops: [u64; 3],
+    pub(crate) http_drops: [u64; 3],
 }

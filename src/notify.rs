@@ -1,10 +1,10 @@
 //! systemd readiness and watchdog notifications (sd_notify(3)), for
 //! `Type=notify` / `Type=notify-reload` units (contrib/plusmoin.service).
 //!
-//! The daemon calls these at fixed points of its loop: [`Notifier::decided`]
+//! The daemon calls these at fixed points of its loop: `Notifier::decided`
 //! after each beat's decision (`READY=1` after the first, `WATCHDOG=1` after
-//! each when the unit sets `WatchdogSec=`), [`Notifier::reloading`] and
-//! [`Notifier::reloaded`] around a SIGHUP reload, [`Notifier::stopping`] at
+//! each when the unit sets `WatchdogSec=`), `Notifier::reloading` and
+//! `Notifier::reloaded` around a SIGHUP reload, `Notifier::stopping` at
 //! shutdown. Without `NOTIFY_SOCKET` in the environment every call is a
 //! no-op. `NOTIFY_SOCKET` is left in the environment (it is needed again at
 //! each reload); the unit's `NotifyAccess=main` makes systemd ignore what
@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 /// What systemd has been told so far.
 #[derive(Debug, Default)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     ready: bool,
     watchdog: bool,
 }
@@ -23,7 +23,7 @@ pub struct Notifier {
 impl Notifier {
     /// Reads `WATCHDOG_USEC` (and `WATCHDOG_PID`, when set, must be this
     /// process) once.
-    pub fn from_env() -> Notifier {
+    pub(crate) fn from_env() -> Notifier {
         let watchdog = watchdog_from(
             std::env::var("WATCHDOG_USEC").ok().as_deref(),
             std::env::var("WATCHDOG_PID").ok().as_deref(),
@@ -40,7 +40,7 @@ impl Notifier {
 
     /// A beat was decided: the first one makes the daemon ready; each one
     /// feeds the watchdog.
-    pub fn decided(&mut self) {
+    pub(crate) fn decided(&mut self) {
         if !self.ready {
             self.ready = true;
             send(&[NotifyState::Ready]);
@@ -51,7 +51,7 @@ impl Notifier {
     }
 
     /// SIGHUP received: the configuration is being read again.
-    pub fn reloading(&self) {
+    pub(crate) fn reloading(&self) {
         match NotifyState::monotonic_usec_now() {
             Ok(now) => send(&[NotifyState::Reloading, now]),
             Err(e) => {
@@ -63,12 +63,12 @@ impl Notifier {
 
     /// The reload is over (taken or refused: either way a configuration is
     /// in force).
-    pub fn reloaded(&self) {
+    pub(crate) fn reloaded(&self) {
         send(&[NotifyState::Ready]);
     }
 
     /// Shutdown started.
-    pub fn stopping(&self) {
+    pub(crate) fn stopping(&self) {
         send(&[NotifyState::Stopping]);
     }
 }

@@ -1,5 +1,7 @@
 //! The JSON shapes plusmoin shows the world: the trigger payload (README "Triggers")
-//! and the status file (README "Status"), both built from a [`State`].
+//! and the status document (README "Status"), both built from a [`State`].
+//! The status document's type, [`Status`], lives here; [`crate::status`] is
+//! the file that holds it (writing it every beat, reading it back).
 //!
 //! The fields of the original format must stay; the extra ones (`name`, `state`, `lag`,
 //! `since`, …) are there for operators and may grow. Nothing secret is ever
@@ -26,31 +28,31 @@ pub struct HoldEntry {
 /// A node entry: `host`, `port`, `cluster_id`, `is_slave`, `master_name` as
 /// the original format has, then what an operator wants to see at a glance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeEntry {
-    pub host: String,
-    pub port: u16,
+pub(crate) struct NodeEntry {
+    pub(crate) host: String,
+    pub(crate) port: u16,
     /// `null` for a clusterless node.
-    pub cluster_id: Option<ClusterId>,
+    pub(crate) cluster_id: Option<ClusterId>,
     /// Whether the node was in recovery when last seen.
-    pub is_slave: bool,
+    pub(crate) is_slave: bool,
     /// The master it follows (its own name for a master); `null` if unknown.
-    pub master_name: Option<String>,
+    pub(crate) master_name: Option<String>,
     /// `host:port`.
-    pub name: String,
+    pub(crate) name: String,
     /// `master`, `slave`, `lost` or `clusterless`.
-    pub state: String,
+    pub(crate) state: String,
     /// Seconds behind its cluster's master, for a slave seen replaying.
-    pub lag: Option<f64>,
+    pub(crate) lag: Option<f64>,
     /// When it entered its current state (RFC 3339, UTC).
-    pub since: String,
+    pub(crate) since: String,
     /// When it last answered a probe (RFC 3339, UTC).
-    pub last_seen: Option<String>,
+    pub(crate) last_seen: Option<String>,
     /// Why it is lost or clusterless, when known.
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
 }
 
 impl NodeEntry {
-    pub fn from_state(n: &NodeState) -> NodeEntry {
+    pub(crate) fn from_state(n: &NodeState) -> NodeEntry {
         NodeEntry {
             host: n.name.host.clone(),
             port: n.name.port,
@@ -68,7 +70,7 @@ impl NodeEntry {
 }
 
 /// RFC 3339 in UTC with milliseconds.
-pub fn rfc3339(t: Time) -> String {
+pub(crate) fn rfc3339(t: Time) -> String {
     humantime::format_rfc3339_millis(t.to_system_time()).to_string()
 }
 
@@ -85,23 +87,23 @@ fn master_entry(state: &State, cluster: ClusterId) -> Option<NodeEntry> {
 
 /// What a trigger reads on stdin (README "Triggers").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TriggerPayload {
-    pub cluster_id: ClusterId,
+pub(crate) struct TriggerPayload {
+    pub(crate) cluster_id: ClusterId,
     /// The node the trigger is about; `null` for `plusmoin_up` and
     /// `plusmoin_heartbeat`.
-    pub trigger: Option<NodeEntry>,
-    pub master: Option<NodeEntry>,
-    pub slaves: Vec<NodeEntry>,
-    pub lost: Vec<NodeEntry>,
-    pub clusterless: Vec<NodeEntry>,
+    pub(crate) trigger: Option<NodeEntry>,
+    pub(crate) master: Option<NodeEntry>,
+    pub(crate) slaves: Vec<NodeEntry>,
+    pub(crate) lost: Vec<NodeEntry>,
+    pub(crate) clusterless: Vec<NodeEntry>,
     /// The trigger's name, so one script can serve several triggers.
-    pub event: String,
+    pub(crate) event: String,
 }
 
 impl TriggerPayload {
     /// The payload of `event` about `node` in `cluster`, from the state after
     /// the beat.
-    pub fn new(
+    pub(crate) fn new(
         state: &State,
         event: EventKind,
         cluster: ClusterId,
@@ -120,73 +122,74 @@ impl TriggerPayload {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClusterStatus {
-    pub cluster_id: ClusterId,
-    pub has_master: bool,
-    pub master: Option<NodeEntry>,
-    pub slaves: Vec<NodeEntry>,
-    pub lost: Vec<NodeEntry>,
+pub(crate) struct ClusterStatus {
+    pub(crate) cluster_id: ClusterId,
+    pub(crate) has_master: bool,
+    pub(crate) master: Option<NodeEntry>,
+    pub(crate) slaves: Vec<NodeEntry>,
+    pub(crate) lost: Vec<NodeEntry>,
 }
 
 /// The status file (README "Status").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
-    pub clusters: Vec<ClusterStatus>,
-    pub clusterless: Vec<NodeEntry>,
+    pub(crate) clusters: Vec<ClusterStatus>,
+    pub(crate) clusterless: Vec<NodeEntry>,
     /// This instance's name (its heartbeat row).
-    pub instance_name: String,
+    pub(crate) instance_name: String,
     /// When the beat that wrote this was decided (RFC 3339, UTC).
     pub updated_at: String,
     /// The same, in seconds since the Unix epoch, for easy age checks.
-    pub updated_at_unix: f64,
+    pub(crate) updated_at_unix: f64,
     /// Seconds between beats: the file is stale after three of them.
-    pub heartbeat: f64,
+    pub(crate) heartbeat: f64,
     /// The daemon's process id.
-    pub pid: u32,
+    pub(crate) pid: u32,
     /// Nodes an operator holds out of pgpool on purpose.
     #[serde(default)]
-    pub held: Vec<String>,
+    pub(crate) held: Vec<String>,
     /// The same holds, with who placed each, when and why.
     #[serde(default)]
-    pub holds: Vec<HoldEntry>,
+    pub(crate) holds: Vec<HoldEntry>,
     /// What the pgpool sidecar last found (absent without a `pgpool`
     /// section, or before its first round).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pgpool: Option<PgpoolReport>,
+    pub(crate) pgpool: Option<PgpoolReport>,
     /// Masters refused `/primary/HOST:PORT`, with why: another master of
     /// the same replication set is up (README "Two masters").
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub primary_refused: BTreeMap<String, String>,
+    pub(crate) primary_refused: BTreeMap<String, String>,
 }
 
 /// The statuses pgpool gives a node, as [`PgpoolReport::nodes`] names them
 /// (pcp's `Status`, in words), in the order `/metrics` lists them.
-pub const PGPOOL_NODE_STATUSES: [&str; 5] = ["up", "waiting", "down", "quarantine", "unused"];
+pub(crate) const PGPOOL_NODE_STATUSES: [&str; 5] =
+    ["up", "waiting", "down", "quarantine", "unused"];
 
 /// The pgpool sidecar's view, as `status` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PgpoolReport {
     /// This pgpool's place in its watchdog cluster, in words.
-    pub watchdog: String,
+    pub(crate) watchdog: String,
     /// Whether this plusmoin is the one sending pcp actions.
-    pub acting: bool,
+    pub(crate) acting: bool,
     /// The node pgpool has as its primary, if any.
-    pub primary: Option<String>,
+    pub(crate) primary: Option<String>,
     /// Why plusmoin acts on no node at the moment.
-    pub paused: Option<String>,
+    pub(crate) paused: Option<String>,
     /// Per node, why plusmoin leaves it as it is (disagreements with
     /// pgpool, back-off, a second primary…).
     #[serde(default)]
-    pub remarks: std::collections::BTreeMap<String, String>,
+    pub(crate) remarks: std::collections::BTreeMap<String, String>,
     /// Nodes plusmoin does not attach for now, with the seconds left.
     #[serde(default)]
-    pub backing_off: std::collections::BTreeMap<String, f64>,
+    pub(crate) backing_off: std::collections::BTreeMap<String, f64>,
     /// The last pcp failure, while pgpool cannot be asked.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// pgpool's status of each mapped node (one of
     /// [`PGPOOL_NODE_STATUSES`]) as the last round read it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub nodes: BTreeMap<String, String>,
+    pub(crate) nodes: BTreeMap<String, String>,
 }
 
 impl Status {
@@ -240,7 +243,7 @@ impl Status {
     }
 
     /// Shows `holds` (by node name) in both `held` and `holds`.
-    pub fn set_holds(&mut self, holds: &BTreeMap<String, HoldEntry>) {
+    pub(crate) fn set_holds(&mut self, holds: &BTreeMap<String, HoldEntry>) {
         self.held = holds.keys().cloned().collect();
         self.holds = holds.values().cloned().collect();
     }

@@ -1,5 +1,6 @@
 //! The status file (README "Status"): written atomically every beat, read back by
-//! `plusmoin status`.
+//! `plusmoin status`. This is the file's writer and reader; what it holds,
+//! the [`Status`] document and its entries, is shaped in [`crate::payload`].
 //!
 //! Other programs may read the file at any moment, so it is written to a
 //! temporary file in the same directory, synced, then renamed over the old
@@ -65,7 +66,7 @@ pub enum StatusError {
 /// A write that fails is logged, once until the failure changes, and the
 /// previous file stays. Dropping the writer writes the last status given,
 /// then ends the thread.
-pub struct Writer {
+pub(crate) struct Writer {
     shared: Arc<WriterShared>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Used when no thread could be started: writes are made in place.
@@ -94,7 +95,7 @@ impl Default for Writer {
 }
 
 impl Writer {
-    pub fn new() -> Writer {
+    pub(crate) fn new() -> Writer {
         let shared = Arc::new(WriterShared::default());
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -109,7 +110,7 @@ impl Writer {
     }
 
     /// Writes `status` to `path` soon (at once, should no thread run).
-    pub fn write(&self, path: &Path, status: Arc<Status>) {
+    pub(crate) fn write(&self, path: &Path, status: Arc<Status>) {
         if self.thread.is_none() {
             let mut errors = self.inline.lock().unwrap_or_else(|e| e.into_inner());
             write_logged(path, &status, &mut errors);
@@ -127,7 +128,7 @@ impl Writer {
 
     /// Waits until every status given so far is written (or skipped for a
     /// newer one).
-    pub fn flush(&self) {
+    pub(crate) fn flush(&self) {
         let mut slot = self.shared.lock();
         while slot.done < slot.given && self.thread.is_some() {
             slot = self
@@ -191,7 +192,7 @@ fn write_logged(path: &Path, status: &Status, errors: &mut LogOnce) {
 }
 
 /// Writes `status` to `path` atomically.
-pub fn write(path: &Path, status: &Status) -> Result<(), StatusError> {
+pub(crate) fn write(path: &Path, status: &Status) -> Result<(), StatusError> {
     let err = |source| StatusError::Write {
         path: path.to_path_buf(),
         source,
@@ -434,7 +435,7 @@ fn hold_note(h: &crate::payload::HoldEntry) -> String {
 }
 
 /// How old a status may be before `plusmoin status` calls the daemon dead.
-pub fn stale_after(heartbeat: Duration) -> Duration {
+pub(crate) fn stale_after(heartbeat: Duration) -> Duration {
     heartbeat * 3
 }
 

@@ -4,7 +4,7 @@
 /// `text` with its control characters (newlines, escape sequences…) and
 /// bidirectional overrides written as Rust escapes (`\n`, `\u{1b}`), so
 /// that what a server says stays one inert line in logs and tables.
-pub fn escape_controls(text: &str) -> String {
+pub(crate) fn escape_controls(text: &str) -> String {
     if !needs_escaping(text) {
         return text.to_string();
     }
@@ -14,7 +14,7 @@ pub fn escape_controls(text: &str) -> String {
 /// [`escape_controls`] of a `String` already owned: returned as it is, with
 /// no copy, when there is nothing to escape (the common case, on paths
 /// taken for every node at every beat).
-pub fn escape_controls_owned(text: String) -> String {
+pub(crate) fn escape_controls_owned(text: String) -> String {
     if needs_escaping(&text) {
         escape(&text)
     } else {

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// The legacy file's name, in the status file's directory.
-pub const FILE_NAME: &str = "held.json";
+const FILE_NAME: &str = "held.json";
 
 /// The most bytes of `held.json` read: thousands of node names.
 const FILE_CAP: u64 = 1 << 20;
@@ -101,8 +101,11 @@ pub fn hold(config: &Config, given: &str) -> Result<(NodeName, bool), HoldError>
 }
 
 /// Releases the node `given` names from `held.json`; whether it was held
-/// there.
-pub fn release(config: &Config, given: &str) -> Result<(NodeName, bool), HoldError> {
+/// there. (`plusmoin release` uses [`lift`], which does this too.)
+///
+/// [`lift`]: super::lift
+#[cfg(test)]
+pub(crate) fn release(config: &Config, given: &str) -> Result<(NodeName, bool), HoldError> {
     let node = resolve(config, given)?;
     let removed = change(&path_for(&config.status_file), &owners(config), |held| {
         held.remove(&node.to_string())

@@ -18,11 +18,11 @@
 //! `plusmoin_hold` of another role's is never written, read or deleted from
 //! (see the probe's `owner` check); `hold` and `release` refuse it, naming its
 //! owner. What is read from it is bounded: only the rows of configured
-//! nodes (the others are counted, up to [`IGNORED_COUNT_CAP`], and a
-//! warning says how many), at most [`MAX_HOLDS`] of them, `placed_by` and
+//! nodes (the others are counted, up to `IGNORED_COUNT_CAP`, and a
+//! warning says how many), at most `MAX_HOLDS` of them, `placed_by` and
 //! `reason` cut at [`PLACED_BY_CAP`] and [`REASON_CAP`] characters (with a
 //! warning naming the cap), and every text field has its control
-//! characters escaped ([`crate::text::escape_controls`]) as it is read, so
+//! characters escaped (`text::escape_controls`) as it is read, so
 //! no log line, status or terminal gets a raw one.
 //!
 //! The parts: [`Holds`] here, the set a daemon reads every beat (and hands
@@ -36,8 +36,10 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-pub use crate::payload::HoldEntry;
-pub use legacy::{hold, path_for, read, release, FILE_NAME, LEGACY_PLACED_BY};
+pub(crate) use crate::payload::HoldEntry;
+#[cfg(test)]
+pub(crate) use legacy::release;
+pub use legacy::{hold, path_for, read, LEGACY_PLACED_BY};
 pub use table::{lift, place, placed_by, Lifted, Placed, HOLD_TABLE_DDL};
 
 use crate::cluster::NodeName;
@@ -60,9 +62,9 @@ pub const REASON_CAP: usize = 1024;
 /// The most holds read. Only configured nodes' rows are read, one per node,
 /// so only a configuration of more nodes than this can reach it; the holds
 /// past it (in node name order) are left out, with a warning.
-pub const MAX_HOLDS: usize = 10_000;
+pub(crate) const MAX_HOLDS: usize = 10_000;
 /// Rows naming no configured node are counted up to this many.
-pub const IGNORED_COUNT_CAP: i64 = 1_000;
+pub(crate) const IGNORED_COUNT_CAP: i64 = 1_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HoldError {
@@ -113,7 +115,7 @@ pub enum HoldError {
 
 /// The configured node `given` names: `host:port` (host without case, an
 /// IPv6 host in brackets), or a bare host when only one node has it.
-pub fn resolve(config: &Config, given: &str) -> Result<NodeName, HoldError> {
+pub(crate) fn resolve(config: &Config, given: &str) -> Result<NodeName, HoldError> {
     let g = given.trim();
     let by_name = config
         .nodes
@@ -146,7 +148,7 @@ pub fn resolve(config: &Config, given: &str) -> Result<NodeName, HoldError> {
 /// nodes, masters first (they have the latest holds), then slaves, then
 /// the rest (lost, clusterless, not seen yet), each group in configuration
 /// order.
-pub fn read_order(config: &Config, state: &crate::cluster::State) -> Vec<NodeName> {
+pub(crate) fn read_order(config: &Config, state: &crate::cluster::State) -> Vec<NodeName> {
     use crate::cluster::Place;
     // One map, not a search per comparison: this runs every beat.
     let places: std::collections::HashMap<&NodeName, Place> = state
@@ -225,7 +227,7 @@ impl Holds {
 
     /// Takes a reloaded configuration; the holds read so far stay in force.
     /// A read in flight finishes with the old settings.
-    pub fn reconfigure(&mut self, config: &Config) {
+    pub(crate) fn reconfigure(&mut self, config: &Config) {
         let settings = ProbeSettings::from_config(config);
         if settings != self.settings {
             self.connector = None;
@@ -299,7 +301,8 @@ impl Holds {
     }
 
     /// Whether `node` is held.
-    pub fn is_held(&self, node: &NodeName) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_held(&self, node: &NodeName) -> bool {
         self.current.contains_key(&node.to_string())
     }
 

@@ -4,6 +4,7 @@
 //! maintenance holds, `plusmoin hold`/`release`).
 
 use super::node::{self, NodeConn};
+use super::statements;
 use super::{fmt_duration, ProbeError, ProbeSettings, Shared};
 use crate::cluster::NodeName;
 use std::sync::Arc;
@@ -44,7 +45,7 @@ impl Connector {
     pub(crate) async fn is_slave(&self, session: &Session) -> Result<bool, String> {
         let limit = self.shared.settings.connect_timeout;
         let mut cache = None;
-        let run = node::role(
+        let run = statements::role(
             session.client(),
             &mut cache,
             &self.shared.settings.is_slave_statement,

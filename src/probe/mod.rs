@@ -9,15 +9,16 @@ pub(crate) mod connect;
 mod monitor;
 mod node;
 pub(crate) mod owner;
+mod statements;
 mod tls;
 
 use crate::text::escape_controls;
-pub use monitor::{retry_delay, Cause, Monitor, Report};
+pub use monitor::{Cause, Monitor, Report};
 
 use crate::cluster::{ClusterId, NodeName, Observation, Time};
 use crate::config::{Config, Secret, SslMode};
 use crate::logonce::LogOnceMap;
-use node::{Failure, NodeConn};
+use node::{NodeConn, ProbeFailure};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,9 +28,9 @@ use tracing::debug;
 /// The statement a probe reads a node's role and heartbeat row with, for
 /// the simulated server of the test kits (`tests/kit`), which must tell it
 /// apart.
-pub const COMBINED: &str = node::COMBINED;
+pub const COMBINED: &str = statements::COMBINED;
 /// The heartbeat table, for operators who create it beforehand.
-pub use node::CREATE_TABLE as HEARTBEAT_TABLE_DDL;
+pub const HEARTBEAT_TABLE_DDL: &str = statements::CREATE_TABLE;
 
 /// What the probes need from the configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,7 +53,7 @@ pub struct ProbeSettings {
 }
 
 impl ProbeSettings {
-    pub fn from_config(c: &Config) -> Self {
+    pub(crate) fn from_config(c: &Config) -> Self {
         ProbeSettings {
             dbname: c.dbname.clone(),
             user: c.user.clone(),
@@ -72,7 +73,7 @@ impl ProbeSettings {
     }
 
     /// The password to log in to `node` with.
-    pub fn password_for(&self, node: &NodeName) -> &Secret {
+    pub(crate) fn password_for(&self, node: &NodeName) -> &Secret {
         self.node_passwords.get(node).unwrap_or(&self.password)
     }
 
@@ -80,7 +81,7 @@ impl ProbeSettings {
     /// produced: none should ever contain one, but reasons end up in logs
     /// and files. Control characters in it are escaped ([`crate::text::escape_controls`]):
     /// a server's message must not forge log lines or table rows.
-    pub fn scrub(&self, text: String) -> String {
+    pub(crate) fn scrub(&self, text: String) -> String {
         // Longest first, so that a password containing another is removed
         // whole.
         let mut all: Vec<&str> = std::iter::once(&self.password)
@@ -197,7 +198,7 @@ fn note(last_down: &mut LogOnceMap<NodeName>, name: &NodeName, obs: &Observation
 /// A connection attempt running in a task of its own, so that it can
 /// outlive the beat that started it; aborted when dropped.
 pub(crate) struct Pending {
-    handle: tokio::task::JoinHandle<Result<NodeConn, Failure>>,
+    handle: tokio::task::JoinHandle<Result<NodeConn, ProbeFailure>>,
     since: tokio::time::Instant,
 }
 
@@ -310,12 +311,12 @@ async fn probe_with(
     }
 }
 
-fn finish(conn: NodeConn, f: Failure) -> (Option<NodeConn>, Observation) {
+fn finish(conn: NodeConn, f: ProbeFailure) -> (Option<NodeConn>, Observation) {
     let keep = !f.broken && !conn.is_closed();
     (keep.then_some(conn), down(f))
 }
 
-fn down(f: Failure) -> Observation {
+fn down(f: ProbeFailure) -> Observation {
     Observation::Down { reason: f.reason }
 }
 

@@ -37,7 +37,7 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Cause::Asked => "beat",
             Cause::Dropped => "connection closed",
@@ -53,10 +53,10 @@ pub struct Report {
     pub obs: Observation,
     pub cause: Cause,
     /// When the probe began (its deadline ran from there).
-    pub began: Instant,
+    pub(crate) began: Instant,
     /// The server's system identifier, when the connection the probe used
     /// could read it ([`crate::cluster::PrimaryGuard`]).
-    pub system: Option<u64>,
+    pub(crate) system: Option<u64>,
 }
 
 /// What the daemon asked of a node's task since the task last looked: the
@@ -139,7 +139,9 @@ impl Monitor {
         })
     }
 
-    pub fn settings(&self) -> &ProbeSettings {
+    /// The settings the next probes run with.
+    #[cfg(test)]
+    pub(crate) fn settings(&self) -> &ProbeSettings {
         &self.shared.settings
     }
 
@@ -195,7 +197,7 @@ impl Monitor {
     }
 
     /// Tells `node`'s task whether the node is lost (retried on its own).
-    pub fn set_lost(&self, node: &NodeName, lost: bool) {
+    pub(crate) fn set_lost(&self, node: &NodeName, lost: bool) {
         if let Some(h) = self.nodes.get(node) {
             h.mailbox.post_lost(lost);
         }
@@ -214,7 +216,7 @@ impl Monitor {
     }
 
     /// A report already waiting, if any (logged).
-    pub fn try_recv(&mut self) -> Option<Report> {
+    pub(crate) fn try_recv(&mut self) -> Option<Report> {
         let r = self.rx.try_recv().ok()?;
         self.log(&r);
         Some(r)
@@ -249,7 +251,7 @@ impl Monitor {
 /// How long a lost node waits between tries: `base` for its first 30 s
 /// away, then doubling every 30 s up to 5 s (a thousand dead servers then
 /// cost 200 connection attempts a second).
-pub fn retry_delay(base: Duration, lost_for: Duration) -> Duration {
+pub(crate) fn retry_delay(base: Duration, lost_for: Duration) -> Duration {
     let doublings = (lost_for.as_secs() / 30).min(16) as u32;
     (base * 2u32.pow(doublings)).min(Duration::from_secs(5).max(base))
 }
@@ -286,7 +288,7 @@ async fn node_task(
             };
             tokio::select! {
                 inbox = mailbox.take() => {
-                    apply(inbox, &mut want, &mut cluster_id, &mut lost_since, &mut next_retry, &mut shared, &mut reset);
+                    take_requests(inbox, &mut want, &mut cluster_id, &mut lost_since, &mut next_retry, &mut shared, &mut reset);
                 }
                 _ = ended => want = Some((Cause::Dropped, Time::now())),
                 _ = retry => want = Some((Cause::Retry, Time::now())),
@@ -317,7 +319,7 @@ async fn node_task(
             tokio::select! {
                 done = &mut probe => break done,
                 inbox = mailbox.take() => {
-                    apply(inbox, &mut want, &mut cluster_id, &mut lost_since, &mut next_retry, &mut shared, &mut reset);
+                    take_requests(inbox, &mut want, &mut cluster_id, &mut lost_since, &mut next_retry, &mut shared, &mut reset);
                 }
             }
         };
@@ -348,10 +350,11 @@ async fn node_task(
     }
 }
 
-/// Takes what was posted, in the order it could have been posted in: the
-/// settings first (a probe asked for runs with the newest), then the
-/// node's lost status, then the probe.
-fn apply(
+/// Takes the daemon's requests (an [`Inbox`]) into the node task's state,
+/// in the order they could have been posted in: the settings first (a probe
+/// asked for runs with the newest), then the node's lost status, then the
+/// probe.
+fn take_requests(
     inbox: Inbox,
     want: &mut Option<(Cause, Time)>,
     cluster_id: &mut Option<ClusterId>,
@@ -416,7 +419,7 @@ mod tests {
         let mut current = Arc::clone(&shared);
         let mut reset = false;
         let mut take = |inbox| {
-            apply(
+            take_requests(
                 inbox,
                 &mut want,
                 &mut cluster_id,

@@ -20,7 +20,7 @@
 //! dropped first, which only its owner or a superuser can do.
 
 /// The schema of plusmoin's tables.
-pub const SCHEMA: &str = "public";
+pub(crate) const SCHEMA: &str = "public";
 
 /// Who owns one of plusmoin's tables.
 #[derive(Debug, Clone, PartialEq, Eq)]

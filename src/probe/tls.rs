@@ -18,12 +18,12 @@ pub(super) enum Tls {
 /// without building a connector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct TlsPolicy {
-    pub use_tls: bool,
-    pub pg_mode: PgSslMode,
+    pub(super) use_tls: bool,
+    pub(super) pg_mode: PgSslMode,
     /// Check the certificate chain against the roots.
-    pub verify_chain: bool,
+    pub(super) verify_chain: bool,
     /// Check that the certificate names the host.
-    pub verify_host: bool,
+    pub(super) verify_host: bool,
 }
 
 /// libpq's rules: `prefer`/`require` do not verify anything, unless a root

@@ -18,7 +18,7 @@ use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
 
 /// The `Content-Type` of what [`render`] returns.
-pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Everything one scrape shows.
 #[derive(Debug)]

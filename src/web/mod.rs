@@ -15,14 +15,13 @@
 #[path = "../../tests/kit/src/exposition.rs"]
 mod exposition;
 pub mod metrics;
-pub mod routes;
+pub(crate) mod routes;
 mod server;
 #[cfg(test)]
 mod tests;
 
 pub use server::{
-    bind, serve, Listener, CONNECTION_LIFETIME, FIRST_BYTE_TIMEOUT, HEAD_TIMEOUT, LISTEN_BACKLOG,
-    MAX_CONNECTIONS, MAX_HEAD, MAX_PER_PEER,
+    bind, serve, Listener, CONNECTION_LIFETIME, FIRST_BYTE_TIMEOUT, HEAD_TIMEOUT, MAX_PER_PEER,
 };
 
 use crate::cluster::NodeName;
@@ -35,14 +34,14 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
     /// The status, as written to the status file.
-    pub status: Arc<Status>,
+    pub(crate) status: Arc<Status>,
     /// Nodes (`host:port`) whose last probe failed.
-    pub down: BTreeSet<String>,
+    pub(crate) down: BTreeSet<String>,
 }
 
 impl Snapshot {
     /// Every node, in the status' order (clusters, then clusterless).
-    pub fn nodes(&self) -> Vec<&NodeEntry> {
+    pub(crate) fn nodes(&self) -> Vec<&NodeEntry> {
         let st = &self.status;
         st.clusters
             .iter()
@@ -52,7 +51,7 @@ impl Snapshot {
     }
 
     /// The node named `host:port`, as the status names it.
-    pub fn node(&self, name: &str) -> Option<&NodeEntry> {
+    pub(crate) fn node(&self, name: &str) -> Option<&NodeEntry> {
         self.nodes().into_iter().find(|n| n.name == name)
     }
 }

@@ -22,10 +22,10 @@ use std::time::Duration;
 
 /// An answer: status, content type, body.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Reply {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: String,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) content_type: &'static str,
+    pub(crate) body: String,
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -45,7 +45,7 @@ fn text(status: u16, line: impl Into<String>) -> Reply {
 const ENDPOINTS: &str = "/metrics, /status, /health, /primary/HOST:PORT, /replica/HOST:PORT";
 
 /// The answer to `method path?query`, `now_unix` seconds since the epoch.
-pub fn route(
+pub(crate) fn route(
     method: &str,
     path: &str,
     query: Option<&str>,
