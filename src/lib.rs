@@ -2,28 +2,27 @@
 //! into clusters, checks each slave's sync through a heartbeat table, and
 //! runs trigger scripts and pgpool-II handlers when something changes.
 //!
-//! How data flows (it never climbs back up):
-//! - [`probe`]: one task per server (its connection, the heartbeat SQL,
-//!   retries) sends news, `(node, observation)`, as it comes; [`hold`]'s
-//!   reader sends the held set.
-//! - [`daemon`]: the one loop (shutdown, reload, beat ticks, news, holds)
-//!   hands news to [`cluster`], the pure state machine: state and news in,
-//!   the next state and events out. `cluster::PrimaryGuard` decides which
-//!   master may be routed writes.
-//! - Actions: [`actions`] runs trigger scripts per cluster, in order;
-//!   [`pgpool`], the sidecar, gets the loop's view (holds included) and
-//!   fixes pgpool's view with pcp.
-//! - Published: [`status`] writes the status file ([`payload`] holds the
-//!   JSON shapes); [`web`] serves the same snapshot over HTTP; everybody
-//!   counts into [`metrics`].
+//! Which part owns what, and how data flows (it never climbs back up):
+//! - [`probe`]: one task per server (connection, heartbeat SQL, retries)
+//!   sends per-node news, `(node, observation)`, as it comes; [`hold`]'s
+//!   background reader sends the held set once a beat.
+//! - [`daemon`]: the one loop (shutdown, reload, beat ticks, news). Its beat
+//!   plan says which node is probed when; each batch of news goes to
+//!   [`cluster::decide`], the pure state machine: state and news in, the
+//!   next state and events out (the `/primary` guard lives there too).
+//! - Actions: [`actions`] runs trigger scripts per cluster, in order; the
+//!   [`pgpool`] sidecar gets the loop's view (holds included) and talks pcp.
+//! - Published: [`status`] writes the snapshot to the status file
+//!   ([`payload`] holds its JSON shapes); [`web`] serves it over HTTP;
+//!   every part counts into [`metrics`].
 //!
-//! Around them: [`config`] (load, check, typed values), [`lifecycle`]
-//! (pid file, detaching, privileges, signals to a running daemon, logging
-//! set-up), small helpers ([`text`], [`logonce`], [`notify`], `alloc`),
-//! and the entry ([`cli`], `main.rs`) with [`demo`] on [`demo::sandbox`]. The
-//! parts and the imports that must never exist are in `.ci/layers.json`,
-//! checked by `tests/layers.rs`. Test kits (a simulated PostgreSQL server, a
-//! pgpool-II watchdog cluster, …) are a crate of their own, `tests/kit`.
+//! Around them: [`config`] (load, check, typed values), [`lifecycle`] (pid
+//! file, detaching, privileges, signals to a running daemon, logging),
+//! private helpers (text escaping, log-once, systemd notify, the
+//! allocator), the entry ([`cli`], `main.rs`) and [`demo`] with its local
+//! servers ([`demo::sandbox`]). `.ci/layers.json` names the parts and the
+//! imports that must never exist (checked by `tests/layers.rs`); test kits
+//! are a crate of their own, `tests/kit`.
 
 pub mod actions;
 mod alloc;
@@ -34,12 +33,12 @@ pub mod daemon;
 pub mod demo;
 pub mod hold;
 pub mod lifecycle;
-pub mod logonce;
+mod logonce;
 pub mod metrics;
-pub mod notify;
+mod notify;
 pub mod payload;
 pub mod pgpool;
 pub mod probe;
 pub mod status;
-pub mod text;
+mod text;
 pub mod web;
