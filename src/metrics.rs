@@ -1,4 +1,4 @@
-//! The counters of what happened since the process started (README
+//! The counters of what happened since the process started (contrib/README.md,
 //! "Metrics and health endpoints"): events decided, trigger runs, pcp
 //! actions, beat durations, `/primary` refusals, HTTP connections dropped.
 //!

@@ -156,7 +156,7 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) pgpool: Option<PgpoolReport>,
     /// Masters refused `/primary/HOST:PORT`, with why: another master of
-    /// the same replication set is up (README "Two masters").
+    /// the same replication set is up (contrib/README.md, "Two masters").
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) primary_refused: BTreeMap<String, String>,
 }

@@ -1,5 +1,5 @@
-//! `GET /metrics`: the Prometheus text format (README "Metrics and health
-//! endpoints"), rendered at each scrape from the last [`Snapshot`] and the
+//! `GET /metrics`: the Prometheus text format (contrib/README.md, "Metrics
+//! and health endpoints"), rendered at each scrape from the last [`Snapshot`] and the
 //! process-wide [`Counters`] (kept in [`crate::metrics`], where each part
 //! counts what it does): this module only renders.
 

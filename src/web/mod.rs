@@ -1,4 +1,4 @@
-//! The HTTP listener (README "Metrics and health endpoints"), on only when
+//! The HTTP listener (contrib/README.md, "Metrics and health endpoints"), on only when
 //! `http_listen` is set: Prometheus metrics, the status JSON, and health
 //! endpoints a load balancer checks (`/primary/HOST:PORT`,
 //! `/replica/HOST:PORT`).
