@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 
 use plusmoin::demo::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions, PCP_USER};
 use plusmoin::demo::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
+use plusmoin_kit::sandbox::PgpoolExt;
 
 type Res<T> = Result<T, Box<dyn Error>>;
 

@@ -17,6 +17,7 @@
 //! sample.
 
 use plusmoin::demo::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
+use plusmoin_kit::sandbox::SandboxExt;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -6,6 +6,7 @@
 use crate::monitor::{names, node, Plusmoin, Timings};
 use crate::wait_until;
 use plusmoin::demo::sandbox::Sandbox;
+use plusmoin_kit::sandbox::SandboxExt;
 use serde_json::Value;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Output};

@@ -10,6 +10,7 @@
 use crate::monitor::{healthy, names, node, Plusmoin, Timings};
 use crate::wait_until;
 use plusmoin::demo::sandbox::Sandbox;
+use plusmoin_kit::sandbox::SandboxExt;
 use std::time::{Duration, Instant, SystemTime};
 
 const LONG: Duration = Duration::from_secs(30);

@@ -9,6 +9,7 @@ use plusmoin::demo::sandbox::pgpool::{
     pgpool_installed, Pgpool, PgpoolOptions, PCP_PASSWORD, PCP_USER,
 };
 use plusmoin::demo::sandbox::Sandbox;
+use plusmoin_kit::sandbox::{PgpoolExt, SandboxExt};
 use std::path::Path;
 use std::time::Duration;
 

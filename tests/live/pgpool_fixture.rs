@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use plusmoin::demo::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions};
 use plusmoin::demo::sandbox::Sandbox;
+use plusmoin_kit::sandbox::{PgpoolExt, SandboxExt};
 use plusmoin_kit::watchdog::WatchdogView;
 
 use crate::wait_until;

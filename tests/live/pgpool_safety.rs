@@ -18,6 +18,7 @@ use crate::wait_until;
 use plusmoin::demo::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions};
 use plusmoin::demo::sandbox::Sandbox;
 use plusmoin::pgpool::sidecar::RECONCILE_EVERY;
+use plusmoin_kit::sandbox::{PgpoolExt, SandboxExt};
 use plusmoin_kit::watchdog::PgpoolCluster;
 use std::time::{Duration, Instant};
 

@@ -10,6 +10,7 @@ use plusmoin::config::{Secret, SslMode};
 use plusmoin::demo::sandbox::{Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
 use plusmoin::probe::{Monitor, ProbeSettings, ProbeTarget};
 use plusmoin_kit::probe::probe_once;
+use plusmoin_kit::sandbox::SandboxExt;
 
 const REPLICATION: Duration = Duration::from_secs(30);
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use plusmoin::demo::sandbox::{
     pg_bin_dir, Sandbox, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER,
 };
+use plusmoin_kit::sandbox::SandboxExt;
 
 use crate::wait_until;
 

@@ -3,8 +3,11 @@
 //! shared by the integration tests and the newcomer's demo.
 //!
 //! It owns the servers' whole life: initdb, pg_basebackup, configuration,
-//! the failure operations the tests need (stop, kill -9, freeze/thaw with
-//! SIGSTOP/SIGCONT, promote, re-point, pg_rewind), and their cleanup on drop.
+//! the failure operations the demo and the tests need (stop, kill -9,
+//! promote, re-point, pg_rewind), and their cleanup on drop. What only the
+//! tests do (freeze/thaw with SIGSTOP/SIGCONT, pg_hba.conf changes, most of
+//! the pgpool fixture's checks) is in the test kit, `plusmoin_kit::sandbox`,
+//! built on [`Sandbox::pids`], [`Sandbox::data_dir`] and [`Sandbox::sql_in`].
 //! Everything is synchronous: the callers are tests and a demo, and blocking
 //! keeps the failure injection simple and ordered.
 //!
@@ -348,11 +351,12 @@ impl Sandbox {
         self.dir.path()
     }
 
-    /// The data directory of node `i` (owned by the servers' OS user).
+    /// The data directory of node `i` (owned by the servers' OS user):
+    /// its postgresql.conf, pg_hba.conf and postmaster.pid.
     ///
     /// # Panics
     /// When `i >= self.len()`, like slice indexing: a caller's bug.
-    pub(crate) fn data_dir(&self, i: usize) -> &Path {
+    pub fn data_dir(&self, i: usize) -> &Path {
         &self.nodes[i].data
     }
 

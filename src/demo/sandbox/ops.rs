@@ -1,8 +1,8 @@
-//! What the tests do to a running sandbox: stop, kill -9, freeze and thaw
-//! a server, start it again, promote, re-point, rewind, change pg_hba.conf,
-//! and wait for a standby to stream.
+//! What the demo and the tests do to a running sandbox: stop, kill -9 a
+//! server, start it again, promote, re-point, rewind, and wait for a
+//! standby to stream; and the pids of a server, for the test kit's
+//! freeze and thaw (`plusmoin_kit::sandbox`).
 
-use std::fs;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -14,45 +14,18 @@ use super::{
 };
 
 impl Sandbox {
-    /// Puts `line` first in node `i`'s pg_hba.conf (first match wins, so it
-    /// overrides the sandbox's own lines) and, when the node runs, reloads
-    /// the configuration. The file is checked first (`pg_hba_file_rules`)
-    /// so a bad line fails here, not silently at reload. A reload is
-    /// asynchronous: this waits a moment after signalling the postmaster so
-    /// new connections see the rule. Example: `host postgres plusmoin
-    /// 127.0.0.1/32 reject` refuses pgpool's health check (when it logs in
-    /// to `postgres`) but not plusmoin (database `plusmoin`).
-    pub fn hba_prepend(&self, i: usize, line: &str) -> Result<(), SandboxError> {
-        let path = self.node(i)?.data.join("pg_hba.conf");
-        let old = fs::read_to_string(&path).map_err(|source| SandboxError::Io {
-            what: format!("read {}", path.display()),
-            source,
-        })?;
-        self.write_file(&path, &format!("{}\n{old}", line.trim_end()))?;
-        if self.postmaster(i)?.is_none() {
-            tracing::info!(
-                node = i,
-                line,
-                "sandbox: pg_hba line added (node not running)"
-            );
-            return Ok(());
-        }
-        let errors = self.psql(
-            i,
-            "postgres",
-            "SELECT line_number || ': ' || error FROM pg_hba_file_rules WHERE error IS NOT NULL",
-        )?;
-        if !errors.trim().is_empty() {
-            self.write_file(&path, &old)?;
-            return Err(SandboxError::Unexpected {
-                command: format!("node {i}: pg_hba.conf with {line:?}"),
-                output: errors,
-            });
-        }
-        self.psql(i, "postgres", "SELECT pg_reload_conf()")?;
-        std::thread::sleep(Duration::from_millis(300));
-        tracing::info!(node = i, line, "sandbox: pg_hba line added and reloaded");
-        Ok(())
+    /// The pids of node `i`'s postmaster (first) and of every process it
+    /// forked, while it runs; empty when it does not. The postmaster is
+    /// found through its pid file and checked against its command line, so
+    /// a reused pid is never taken for it. For the tests to watch or signal
+    /// a server's processes (the test kit freezes and thaws a node so).
+    pub fn pids(&self, i: usize) -> Result<Vec<i32>, SandboxError> {
+        let Some(postmaster) = self.postmaster(i)? else {
+            return Ok(Vec::new());
+        };
+        let mut pids = vec![postmaster.pid];
+        pids.extend(procs::descendants(&postmaster).iter().map(|p| p.pid));
+        Ok(pids)
     }
 
     /// Stops node `i` cleanly (`pg_ctl stop -m fast`) and waits for it.
@@ -109,61 +82,6 @@ impl Sandbox {
         }
         *lock(&self.nodes[i].crashed) = Some(leftovers);
         tracing::info!(node = i, pid = postmaster.pid, "sandbox: killed -9");
-        Ok(())
-    }
-
-    /// Freezes node `i` with SIGSTOP on its postmaster and every child: the
-    /// kernel still accepts TCP connections, but nothing answers — a hung
-    /// server, not a dead one.
-    pub fn freeze(&self, i: usize) -> Result<(), SandboxError> {
-        let postmaster = self.postmaster(i)?.ok_or(SandboxError::NotRunning(i))?;
-        // The postmaster first, so it forks no new child behind our back;
-        // the second walk catches a child forked while we signalled.
-        postmaster.signal(Signal::SIGSTOP)?;
-        for _ in 0..2 {
-            for child in procs::descendants(&postmaster) {
-                child.signal(Signal::SIGSTOP)?;
-            }
-        }
-        // A signal takes effect when its process next enters the kernel: on
-        // a loaded machine a busy child may still run for a moment. Return
-        // only once every process of the node is stopped (or gone), so a
-        // caller's "frozen" holds from here on.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let running: Vec<procs::Proc> = std::iter::once(postmaster)
-                .chain(procs::descendants(&postmaster))
-                .filter(|p| p.is_alive() && !p.is_stopped())
-                .collect();
-            if running.is_empty() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(SandboxError::Io {
-                    what: format!(
-                        "freeze node {i}: pids {:?} still not stopped after 10 s",
-                        running.iter().map(|p| p.pid).collect::<Vec<_>>()
-                    ),
-                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
-                });
-            }
-            for p in &running {
-                p.signal(Signal::SIGSTOP)?;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        tracing::info!(node = i, pid = postmaster.pid, "sandbox: frozen");
-        Ok(())
-    }
-
-    /// Resumes a node frozen by [`Sandbox::freeze`] (SIGCONT to all).
-    pub fn thaw(&self, i: usize) -> Result<(), SandboxError> {
-        let postmaster = self.postmaster(i)?.ok_or(SandboxError::NotRunning(i))?;
-        for child in procs::descendants(&postmaster) {
-            child.signal(Signal::SIGCONT)?;
-        }
-        postmaster.signal(Signal::SIGCONT)?;
-        tracing::info!(node = i, pid = postmaster.pid, "sandbox: thawed");
         Ok(())
     }
 

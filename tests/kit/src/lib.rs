@@ -9,6 +9,9 @@
 //!   as a beat of the daemon asks for them.
 //! - [`watchdog`]: a pgpool-II watchdog cluster in front of a
 //!   [`plusmoin::demo::sandbox::Sandbox`].
+//! - [`sandbox`]: what only the tests do to the demo's sandbox and its
+//!   pgpool (freeze/thaw, pg_hba.conf lines, pcp attach/detach/wait, the
+//!   failover scripts' logs), as extension traits.
 //! - [`exposition`]: a strict reader of the Prometheus text format.
 //! - [`flood`]: a flood of idle and slow connections against a listener.
 
@@ -16,4 +19,5 @@ pub mod exposition;
 pub mod fakepg;
 pub mod flood;
 pub mod probe;
+pub mod sandbox;
 pub mod watchdog;

@@ -15,6 +15,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::sandbox::PgpoolExt;
 use plusmoin::demo::sandbox::pgpool::{Pgpool, PgpoolOptions};
 use plusmoin::demo::sandbox::{free_port, Sandbox, SandboxError};
 

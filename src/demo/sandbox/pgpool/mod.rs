@@ -4,10 +4,12 @@
 //! It owns one pgpool process tree and a temporary directory of its own
 //! (configuration, pcp.conf, pool_passwd, pcppass, pid file, sockets, status
 //! file and log): writing the configuration, starting pgpool in the
-//! foreground, reading pgpool's view of the backends through pcp and
-//! `SHOW pool_nodes`, detaching/attaching, stopping and restarting it, and
-//! its cleanup on drop — including the pgpools of test processes that died
-//! without dropping theirs.
+//! foreground, reading pgpool's view of the backends through pcp, stopping
+//! and restarting it, and its cleanup on drop — including the pgpools of
+//! test processes that died without dropping theirs. What only the tests
+//! do with it (attach, detach and wait through pcp, `SHOW pool_nodes`, the
+//! failover scripts' logs, the status file) is in the test kit,
+//! `plusmoin_kit::sandbox`, on top of [`Pgpool::pcp`] and [`Pgpool::dir`].
 //!
 //! By default it is the "easy lab shape" (no health-check retries, no
 //! failover or follow_primary command, no watchdog); [`PgpoolOptions`] makes
@@ -21,8 +23,9 @@
 //! login or connection exits 1), so their stderr is checked; pcp silently ignores a
 //! pcppass file that is not mode 0600; an attach is only queued when
 //! `pcp_attach_node` returns; a node detached by hand stays down across a
-//! pgpool restart because pgpool remembers it in its status file (unless it
-//! is started with `-D`); and `auto_failback` re-attaches any down standby
+//! pgpool restart because pgpool remembers it in its status file
+//! (`pgpool_status` in [`Pgpool::dir`], unless that file is removed first);
+//! and `auto_failback` re-attaches any down standby
 //! that the primary's `pg_stat_replication` shows streaming, including one
 //! detached on purpose.
 
@@ -34,13 +37,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Mutex;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use super::procs::{owner_stamp, Proc, OWNER_FILE};
 pub use super::run::Output;
 use super::run::{run_command, Runner};
-use super::{base_dir, free_port, pg_bin_dir, Sandbox, SandboxError, HOST};
+use super::{base_dir, free_port, Sandbox, SandboxError, HOST};
 use pcp::reports_error;
 use process::reap_orphans;
 
@@ -103,15 +105,15 @@ pub struct PgpoolOptions {
     /// `pg_reload_conf()`, the sandbox's own conninfo shape). The follow
     /// script does NOT attach the standby again: pgpool leaves it down
     /// (re-attaching is plusmoin's job). Neither script starts a server.
-    /// Each run appends a line to `failover.log` / `follow.log`, see
-    /// [`Pgpool::failover_runs`] and [`Pgpool::follow_runs`]. False (the
+    /// Each run appends a line to `failover.log` / `follow.log` in
+    /// [`Pgpool::dir`] (the test kit reads them). False (the
     /// default): both commands are empty, nothing is promoted.
     pub failover: bool,
     /// The database pgpool's health check and streaming-replication check
     /// log in to (as the sandbox's plusmoin role). None (the default): the
     /// sandbox database, the one plusmoin uses. `Some("postgres")` lets a
-    /// test refuse pgpool's checks on one node with
-    /// [`Sandbox::hba_prepend`] while plusmoin still gets in.
+    /// test refuse pgpool's checks on one node with a pg_hba.conf line
+    /// (the test kit's `hba_prepend`) while plusmoin still gets in.
     pub health_check_database: Option<String>,
 }
 
@@ -160,7 +162,6 @@ pub struct NodeInfo {
 #[derive(Debug)]
 pub struct Pgpool {
     bin: PathBuf,
-    psql: PathBuf,
     runner: Runner,
     nodes: usize,
     port: u16,
@@ -248,7 +249,7 @@ impl Pgpool {
             }
             pgpool.write_conf(sb, &opts, &extra)?;
             let log_len = pgpool.log_len();
-            match pgpool.launch(false) {
+            match pgpool.launch() {
                 Ok(()) => break,
                 Err(e) => {
                     if attempt >= PORT_ATTEMPTS || !pgpool.bind_failed_since(log_len) {
@@ -284,7 +285,6 @@ impl Pgpool {
     /// watchdog cluster, in the test kits) calls them in turn.
     pub fn create(sb: &Sandbox, opts: &PgpoolOptions) -> Result<Pgpool, SandboxError> {
         let bin = pgpool_bin_dir()?;
-        let psql = pg_bin_dir()?.join("psql");
         let base = base_dir();
         let owner = sb.runner.owner;
         reap_orphans(&base);
@@ -309,7 +309,6 @@ impl Pgpool {
         }
         let pgpool = Pgpool {
             bin,
-            psql,
             runner,
             nodes: sb.len(),
             port: free_port()?,
@@ -337,12 +336,6 @@ impl Pgpool {
         self.pcp_port = pcp_port;
     }
 
-    /// Writes `name` into pgpool's directory, owned by the user pgpool
-    /// runs as (a watchdog member's `pgpool_node_id`, say).
-    pub fn write_file(&self, name: &str, contents: &str) -> Result<(), SandboxError> {
-        self.runner.write_file(&self.dir().join(name), contents)
-    }
-
     /// How long pgpool's log is now (see [`Pgpool::bind_failed_since`]).
     pub fn log_len(&self) -> u64 {
         fs::metadata(&self.log).map_or(0, |m| m.len())
@@ -353,30 +346,6 @@ impl Pgpool {
         let log = fs::read(&self.log).unwrap_or_default();
         String::from_utf8_lossy(log.get(since as usize..).unwrap_or_default())
             .contains(BIND_FAILURE)
-    }
-
-    /// One line per run of the failover_command script (`failover: true`),
-    /// oldest first: `failover failed=<id> old_primary=<id> new_main=<id>
-    /// action=<promoted|none|promote-failed|no-new-main>`. Empty when it never ran.
-    pub fn failover_runs(&self) -> Vec<String> {
-        self.script_log(FAILOVER_LOG)
-    }
-
-    /// One line per run of the follow_primary_command script, oldest
-    /// first: `follow node=<id> new_primary=<id> old_primary=<id>
-    /// result=<repointed|skipped|failed|unknown-pair>` (skipped: the node
-    /// was not a running standby, e.g. the dead old primary).
-    pub fn follow_runs(&self) -> Vec<String> {
-        self.script_log(FOLLOW_LOG)
-    }
-
-    fn script_log(&self, name: &str) -> Vec<String> {
-        fs::read_to_string(self.dir().join(name))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_owned)
-            .collect()
     }
 
     /// The port clients connect to pgpool on (127.0.0.1).
@@ -409,45 +378,6 @@ impl Pgpool {
     /// Where `pgpool` and the `pcp_*` programs live.
     pub fn bin_dir(&self) -> &Path {
         &self.bin
-    }
-
-    /// pgpool's own status file (`pgpool_status`), one line per backend
-    /// ("up", "down", …): what pgpool believes, read without pcp, which
-    /// blocks while a backend is frozen. Empty when there is none yet.
-    pub fn status_file_lines(&self) -> Vec<String> {
-        fs::read_to_string(self.dir().join("pgpool_status"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    /// [`Pgpool::status_file_lines`] every 100 ms for `period`.
-    pub fn watch_status_file(&self, period: Duration) -> Vec<Vec<String>> {
-        let mut seen = Vec::new();
-        let began = Instant::now();
-        while began.elapsed() < period {
-            seen.push(self.status_file_lines());
-            thread::sleep(Duration::from_millis(100));
-        }
-        seen
-    }
-
-    /// Why the snapshots of [`Pgpool::watch_status_file`] do not show
-    /// backend `id` up all along: a snapshot unreadable (not one line per
-    /// backend) or showing it down.
-    pub fn down_in(&self, seen: &[Vec<String>], id: usize) -> Option<String> {
-        if let Some(bad) = seen.iter().find(|s| s.len() != self.nodes) {
-            return Some(format!("unreadable status file {bad:?} in {seen:?}"));
-        }
-        seen.iter()
-            .any(|s| s.get(id).map(String::as_str) == Some("down"))
-            .then(|| format!("node {id} went down in the status file: {seen:?}"))
-    }
-
-    /// pgpool's own output (its log goes to stderr), kept across restarts.
-    pub fn log_file(&self) -> &Path {
-        &self.log
     }
 
     /// pgpool's directory (configuration, status file, sockets, log).

@@ -1,18 +1,16 @@
-//! pgpool's view of the backends, through pcp and `SHOW pool_nodes`:
-//! running the pcp tools, reading their answers, attaching and detaching.
+//! pgpool's view of the backends, through pcp: running the pcp tools and
+//! reading their answers (attaching, detaching and `SHOW pool_nodes` are
+//! the test kit's, `plusmoin_kit::sandbox`).
 
 use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{NodeInfo, Output, PcpOutput, Pgpool, COMMAND_TIMEOUT, PCP_USER};
 use crate::demo::sandbox::run::run_capture;
-use crate::demo::sandbox::{SandboxError, HOST, SANDBOX_DBNAME, SANDBOX_PASSWORD, SANDBOX_USER};
+use crate::demo::sandbox::{SandboxError, HOST};
 
-/// How long detach/attach wait for pgpool to show the result.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// How many times node_info and show_pool_nodes try (see retry_transient).
+/// How many times node_info tries (see retry_transient).
 const TRANSIENT_ATTEMPTS: u32 = 4;
 
 impl Pgpool {
@@ -30,97 +28,6 @@ impl Pgpool {
     /// "quarantine", "unused").
     pub fn node_status(&self, id: usize) -> Result<String, SandboxError> {
         Ok(self.node_info(id)?.status)
-    }
-
-    /// `(node_id, status)` of every backend from `SHOW pool_nodes`, asked
-    /// through pgpool's own port as the sandbox's plusmoin role. The act of
-    /// connecting makes "waiting" nodes "up", so this shows "up" where pcp
-    /// showed "waiting" a moment before. A new session fails while pgpool
-    /// fails a node over or back, or while a backend goes down: such
-    /// failures are retried a few times before they are returned.
-    pub fn show_pool_nodes(&self) -> Result<Vec<(usize, String)>, SandboxError> {
-        let out = retry_transient(|| self.psql_show_pool_nodes())?;
-        parse_pool_nodes(&out.stdout).ok_or(SandboxError::Unexpected {
-            command: out.command,
-            output: out.stdout,
-        })
-    }
-
-    fn psql_show_pool_nodes(&self) -> Result<Output, SandboxError> {
-        let port = self.port.to_string();
-        let mut cmd = Command::new(&self.psql);
-        cmd.args([
-            "-X",
-            "-A",
-            "-t",
-            "-q",
-            "-F",
-            "|",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            HOST,
-            "-p",
-            &port,
-            "-U",
-            SANDBOX_USER,
-            "-d",
-            SANDBOX_DBNAME,
-            "-c",
-            "SHOW pool_nodes",
-        ])
-        .env("PGPASSWORD", SANDBOX_PASSWORD);
-        self.run(cmd, None)
-    }
-
-    /// Attaches backend `id` (`pcp_attach_node`) and waits until pgpool
-    /// shows it "up" or "waiting": the command only queues the attach.
-    pub fn attach(&self, id: usize) -> Result<(), SandboxError> {
-        self.check_id(id)?;
-        let id_arg = id.to_string();
-        self.pcp("pcp_attach_node", &["-n", &id_arg])?;
-        self.wait_status(id, &["up", "waiting"], CONFIRM_TIMEOUT)?;
-        tracing::info!(node = id, "pgpool: attached");
-        Ok(())
-    }
-
-    /// Detaches backend `id` (`pcp_detach_node`) and waits until pgpool
-    /// shows it "down". With auto_failback on, pgpool may attach it again
-    /// soon after: that is pgpool's behaviour, not hidden here.
-    pub fn detach(&self, id: usize) -> Result<(), SandboxError> {
-        self.check_id(id)?;
-        let id_arg = id.to_string();
-        self.pcp("pcp_detach_node", &["-n", &id_arg])?;
-        self.wait_status(id, &["down"], CONFIRM_TIMEOUT)?;
-        tracing::info!(node = id, "pgpool: detached");
-        Ok(())
-    }
-
-    /// Polls `pcp_node_info` until backend `id`'s status is one of `want`;
-    /// returns that status.
-    pub fn wait_status(
-        &self,
-        id: usize,
-        want: &[&str],
-        timeout: Duration,
-    ) -> Result<String, SandboxError> {
-        self.check_id(id)?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let last = match self.node_status(id) {
-                Ok(status) if want.contains(&status.as_str()) => return Ok(status),
-                Ok(status) => status,
-                Err(e) => e.to_string(),
-            };
-            if Instant::now() >= deadline {
-                return Err(SandboxError::Timeout {
-                    what: format!("pgpool to show node {id} as {}", want.join(" or ")),
-                    timeout,
-                    last,
-                });
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
     }
 
     pub(super) fn node_info_once(&self, id: usize) -> Result<NodeInfo, SandboxError> {
@@ -220,22 +127,6 @@ fn status_from_code(code: &str) -> Option<String> {
         _ => return None,
     };
     Some(name.to_owned())
-}
-
-/// `SHOW pool_nodes` in psql's unaligned tuples-only form: node_id first,
-/// status fourth. None when a line does not look like that.
-fn parse_pool_nodes(out: &str) -> Option<Vec<(usize, String)>> {
-    let mut nodes = Vec::new();
-    for line in out.lines().filter(|l| !l.trim().is_empty()) {
-        let fields: Vec<&str> = line.split('|').collect();
-        let id = fields.first()?.trim().parse().ok()?;
-        let status = fields.get(3)?.trim();
-        if status.is_empty() {
-            return None;
-        }
-        nodes.push((id, status.to_owned()));
-    }
-    (!nodes.is_empty()).then_some(nodes)
 }
 
 /// Runs `f` again (at most [`TRANSIENT_ATTEMPTS`] times in all, with a
@@ -351,19 +242,6 @@ mod tests {
         assert_eq!(parse_node_info("pcp_node_info -- Command Successful"), None);
         assert_eq!(parse_node_info("Status : 9\n"), None);
         assert_eq!(parse_node_info("127.0.0.1 5432 x 0.5 up"), None);
-    }
-
-    #[test]
-    fn parses_show_pool_nodes() {
-        let out = "0|127.0.0.1|25430|up|up|0.500000|primary|primary|0|true|0|||2026-11-25 18:40:15\n\
-                   1|127.0.0.1|25431|down|up|0.500000|standby|standby|0|false|0|streaming|async|2026-11-25 18:40:15\n";
-        assert_eq!(
-            parse_pool_nodes(out),
-            Some(vec![(0, "up".to_owned()), (1, "down".to_owned())])
-        );
-        assert_eq!(parse_pool_nodes(""), None);
-        assert_eq!(parse_pool_nodes("x|h|1|up"), None);
-        assert_eq!(parse_pool_nodes("0|h|1"), None);
     }
 
     #[test]

@@ -54,18 +54,12 @@ impl Pgpool {
     /// the first time, after [`Pgpool::create`]), keeping its status file: a node that was down (detached by hand or by a
     /// health check) when pgpool stopped is still down, as in real life.
     pub fn start_again(&self) -> Result<(), SandboxError> {
-        self.launch(false)
-    }
-
-    /// Starts pgpool again like [`Pgpool::start_again`], but with `-D`: the
-    /// status file is discarded and every node starts as up.
-    pub fn start_again_discarding_status(&self) -> Result<(), SandboxError> {
-        self.launch(true)
+        self.launch()
     }
 
     /// Spawns pgpool in the foreground and waits until it answers; on
     /// failure whatever started is stopped again.
-    pub(super) fn launch(&self, discard_status: bool) -> Result<(), SandboxError> {
+    pub(super) fn launch(&self) -> Result<(), SandboxError> {
         let mut running = lock(&self.running);
         if let Some(r) = running.as_ref() {
             return Err(SandboxError::Io {
@@ -92,9 +86,6 @@ impl Pgpool {
             .arg(&self.pcp_conf)
             .arg("-a")
             .arg(&self.hba);
-        if discard_status {
-            cmd.arg("-D");
-        }
         cmd.current_dir(self.dir())
             .stdin(Stdio::null())
             .stdout(log)
@@ -133,7 +124,6 @@ impl Pgpool {
                     pid,
                     port = self.port,
                     pcp_port = self.pcp_port,
-                    discard_status,
                     "pgpool: running"
                 );
                 *running = Some(started);
