@@ -243,15 +243,26 @@ pub(super) fn lock_is_free(file: &File) -> Result<bool, Errno> {
 }
 
 /// The processes holding a `flock` on `file`, from `/proc/locks` (readable
-/// by anyone, unlike another user's `/proc/PID/fd`).
+/// by anyone, unlike another user's `/proc/PID/fd`). Asked because the lock
+/// was found taken: a read that shows no holder (seen once on a loaded
+/// machine) is tried again a few times over 100 ms before answering none.
 pub(super) fn lock_holders(file: &File) -> Vec<i32> {
     let Ok(meta) = file.metadata() else {
         return Vec::new();
     };
-    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
-        return Vec::new();
-    };
-    flock_holders(&locks, meta.dev(), meta.ino())
+    for attempt in 0..5 {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+            return Vec::new();
+        };
+        let holders = flock_holders(&locks, meta.dev(), meta.ino());
+        if !holders.is_empty() {
+            return holders;
+        }
+    }
+    Vec::new()
 }
 
 /// Lines like `1: FLOCK  ADVISORY  WRITE 4242 fe:00:6307844 0 EOF`: the
