@@ -75,11 +75,8 @@ pub enum CliCommand {
         /// Only start the sandbox and plusmoin; do not play the story.
         #[arg(long)]
         no_story: bool,
-        /// Also start a real pgpool-II in front of the sandbox (health
-        /// checks, failover_command, auto_failback off) and play the
-        /// sidecar's story: a standby stops and pgpool detaches it; it
-        /// comes back and plusmoin attaches it again in pgpool.
-        #[arg(long)]
-        pgpool: bool,
+        /// --pgpool and --pgpool-bin.
+        #[command(flatten)]
+        pgpool: crate::demo::PgpoolDemo,
     },
 }

@@ -20,7 +20,9 @@
 pub mod sandbox;
 
 use crate::config;
-use crate::demo::sandbox::pgpool::{pgpool_installed, Pgpool, PgpoolOptions, PCP_USER};
+use crate::demo::sandbox::pgpool::{
+    pgpool_bin_dir, pgpool_version, Pgpool, PgpoolOptions, PCP_USER,
+};
 use crate::demo::sandbox::Sandbox;
 use crate::lifecycle::{LogFormat, LogLevel};
 use nix::unistd::{Gid, Pid, Uid};
@@ -38,7 +40,23 @@ const NO_PGPOOL: &str =
      elsewhere see https://www.pgpool.net), then run `plusmoin demo --pgpool` again; \
      `plusmoin demo` runs without it";
 
-pub fn run(story: bool, pgpool: bool) -> ExitCode {
+/// `demo`'s pgpool options (flattened into the `demo` subcommand).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PgpoolDemo {
+    /// Also start a real pgpool-II in front of the sandbox (health
+    /// checks, failover_command, auto_failback off) and play the
+    /// sidecar's story: a standby stops and pgpool detaches it; it
+    /// comes back and plusmoin attaches it again in pgpool.
+    #[arg(long = "pgpool")]
+    pub enabled: bool,
+    /// With --pgpool: the directory of the pgpool-II build to run (its
+    /// `pgpool`, `pcp_*` and `pg_md5`), e.g. a source build's PREFIX/bin.
+    /// Default: the system's (/usr/sbin, …, then PATH).
+    #[arg(long = "pgpool-bin", value_name = "DIR", requires = "enabled")]
+    pub bin: Option<PathBuf>,
+}
+
+pub fn run(story: bool, pgpool: PgpoolDemo) -> ExitCode {
     match demo(story, pgpool) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -52,10 +70,13 @@ fn say(msg: &str) {
     println!("\n=== demo: {msg}");
 }
 
-fn demo(story: bool, with_pgpool: bool) -> Result<(), String> {
-    if with_pgpool && !pgpool_installed() {
-        return Err(NO_PGPOOL.into());
-    }
+fn demo(story: bool, pgpool_args: PgpoolDemo) -> Result<(), String> {
+    let with_pgpool = pgpool_args.enabled;
+    let pgpool_bin = match (with_pgpool, &pgpool_args.bin) {
+        (false, _) => None,
+        (true, Some(dir)) => Some(pgpool_bin_dir(Some(dir)).map_err(|e| e.to_string())?),
+        (true, None) => Some(pgpool_bin_dir(None).map_err(|_| NO_PGPOOL.to_owned())?),
+    };
     say("starting a primary and two standbys on loopback (a few seconds)…");
     let sandbox = Arc::new(Sandbox::start(2).map_err(|e| e.to_string())?);
     let dir = sandbox.dir().to_path_buf();
@@ -71,14 +92,17 @@ fn demo(story: bool, with_pgpool: bool) -> Result<(), String> {
                 health_check_period: Some(1),
                 health_check_max_retries: 2,
                 failover: true,
+                bin_dir: pgpool_bin.clone(),
                 ..PgpoolOptions::default()
             };
             let pg = Pgpool::start(&sandbox, opts).map_err(|e| e.to_string())?;
             say(&format!(
-                "pgpool listens on {}:{} (pcp on port {})",
+                "pgpool listens on {}:{} (pcp on port {}); {} from {}",
                 pg.host(),
                 pg.port(),
-                pg.pcp_port()
+                pg.pcp_port(),
+                pgpool_version(pg.bin_dir()),
+                pg.bin_dir().display()
             ));
             Some(Arc::new(pg))
         }

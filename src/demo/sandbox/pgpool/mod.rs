@@ -61,6 +61,11 @@ const TOOLS: &[&str] = &[
     "pcp_detach_node",
     "pg_md5",
 ];
+/// A directory holding another pgpool-II build's `pgpool` and `pcp_*`
+/// (e.g. `/var/cache/plusmoin-pgpool/4.7.2/bin`), used instead of the
+/// system's: how the tests run against every pgpool version
+/// (`.ci/pgpool-versions`).
+pub const PGPOOL_BIN_ENV: &str = "PLUSMOIN_TEST_PGPOOL_BIN";
 /// Where distributions put pgpool (Debian: /usr/sbin), searched before PATH.
 const BIN_CANDIDATES: &[&str] = &["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"];
 /// The deadline of one pcp or psql run (a frozen pgpool must not hang us).
@@ -115,6 +120,10 @@ pub struct PgpoolOptions {
     /// test refuse pgpool's checks on one node with a pg_hba.conf line
     /// (the test kit's `hba_prepend`) while plusmoin still gets in.
     pub health_check_database: Option<String>,
+    /// The directory of the `pgpool` and `pcp_*` binaries to run. None
+    /// (the default): [`PGPOOL_BIN_ENV`] when set, else the first system
+    /// directory, then PATH, that has them all.
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl Default for PgpoolOptions {
@@ -126,6 +135,7 @@ impl Default for PgpoolOptions {
             health_check_retry_delay: 1,
             failover: false,
             health_check_database: None,
+            bin_dir: None,
         }
     }
 }
@@ -184,9 +194,47 @@ struct Running {
     main: Proc,
 }
 
-/// The directory holding `pgpool` and the `pcp_*` tools: the first of the
-/// usual system directories, then PATH, that has them all.
-pub(crate) fn pgpool_bin_dir() -> Result<PathBuf, SandboxError> {
+/// The directory holding `pgpool` and the `pcp_*` tools: `chosen` when
+/// given, else [`PGPOOL_BIN_ENV`] when set, else the first of the usual
+/// system directories, then PATH, that has them all. The first time a
+/// directory is found in this process, pgpool's version is printed once on
+/// stderr (past the test harness's capture), so a test log says which
+/// pgpool was tested.
+pub(crate) fn pgpool_bin_dir(chosen: Option<&Path>) -> Result<PathBuf, SandboxError> {
+    let dir = find_bin_dir(chosen)?;
+    announce_version(&dir);
+    Ok(dir)
+}
+
+fn find_bin_dir(chosen: Option<&Path>) -> Result<PathBuf, SandboxError> {
+    let missing = |dir: &Path| -> Vec<&str> {
+        TOOLS
+            .iter()
+            .copied()
+            .filter(|t| !dir.join(t).is_file())
+            .collect()
+    };
+    let given = chosen
+        .map(|d| (d.to_path_buf(), "the pgpool binary directory"))
+        .or_else(|| {
+            std::env::var_os(PGPOOL_BIN_ENV)
+                .filter(|v| !v.is_empty())
+                .map(|v| (PathBuf::from(v), PGPOOL_BIN_ENV))
+        });
+    if let Some((dir, what)) = given {
+        let lacking = missing(&dir);
+        if lacking.is_empty() {
+            return Ok(dir);
+        }
+        return Err(SandboxError::Io {
+            what: format!(
+                "{what} {} has no {} (it must hold pgpool-II's `pgpool`, `pcp_*` and `pg_md5`)",
+                dir.display(),
+                lacking.join(", ")
+            ),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     let candidates = BIN_CANDIDATES
         .iter()
@@ -194,14 +242,14 @@ pub(crate) fn pgpool_bin_dir() -> Result<PathBuf, SandboxError> {
         .chain(std::env::split_paths(&path));
     let mut searched = Vec::new();
     for dir in candidates {
-        if TOOLS.iter().all(|t| dir.join(t).is_file()) {
+        if missing(&dir).is_empty() {
             return Ok(dir);
         }
         searched.push(dir.display().to_string());
     }
     Err(SandboxError::Io {
         what: format!(
-            "pgpool-II not found (no directory among {} has all of {}); install it (e.g. `apt-get install pgpool2`)",
+            "pgpool-II not found (no directory among {} has all of {}); install it (e.g. `apt-get install pgpool2`) or set {PGPOOL_BIN_ENV}",
             searched.join(":"),
             TOOLS.join(", ")
         ),
@@ -209,10 +257,48 @@ pub(crate) fn pgpool_bin_dir() -> Result<PathBuf, SandboxError> {
     })
 }
 
+/// `pgpool --version`'s line (`pgpool-II version 4.7.2 (…)`), or why not.
+pub(crate) fn pgpool_version(bin: &Path) -> String {
+    let pgpool = bin.join("pgpool");
+    match Command::new(&pgpool)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            text.lines()
+                .find(|l| !l.trim().is_empty())
+                .map_or_else(|| "no version".to_owned(), |l| l.trim().to_owned())
+        }
+        Err(e) => format!("cannot run {}: {e}", pgpool.display()),
+    }
+}
+
+/// Prints the version of the pgpool in `bin` on stderr, once per process
+/// and directory.
+fn announce_version(bin: &Path) {
+    static SEEN: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.iter().any(|d| d == bin) {
+        return;
+    }
+    seen.push(bin.to_path_buf());
+    // Straight to the stream: `eprintln!` is captured by the test harness.
+    let line = format!(
+        "plusmoin sandbox: using {} from {}\n",
+        pgpool_version(bin),
+        bin.display()
+    );
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+}
+
 /// Whether pgpool-II and its pcp tools are installed (tests that need it
-/// can say so clearly instead of failing on a missing binary).
+/// can say so clearly instead of failing on a missing binary):
+/// [`PGPOOL_BIN_ENV`]'s directory when set, else the system's.
 pub fn pgpool_installed() -> bool {
-    pgpool_bin_dir().is_ok()
+    find_bin_dir(None).is_ok()
 }
 
 impl Pgpool {
@@ -284,7 +370,7 @@ impl Pgpool {
     /// a harness that picks the ports and the configuration itself (a
     /// watchdog cluster, in the test kits) calls them in turn.
     pub fn create(sb: &Sandbox, opts: &PgpoolOptions) -> Result<Pgpool, SandboxError> {
-        let bin = pgpool_bin_dir()?;
+        let bin = pgpool_bin_dir(opts.bin_dir.as_deref())?;
         let base = base_dir();
         let owner = sb.runner.owner;
         reap_orphans(&base);
