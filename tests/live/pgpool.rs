@@ -519,3 +519,43 @@ fn restarted_standby_is_back_in_pgpool_well_before_the_next_beat() {
         "back in pgpool after {back:?} (heartbeat 10 s)"
     );
 }
+
+/// pcp finds no password (its pcppass file is gone): on every pgpool
+/// version it fails at once and plusmoin says why, naming the file. From
+/// pgpool-II 4.7 pcp falls back to asking for a password on the terminal
+/// (`-w` or not); plusmoin runs it in a session of its own with stdin from
+/// /dev/null, so it never sits at a prompt until the pcp_timeout (20 s).
+#[test]
+fn pgpool_pcp_without_a_pcppass_file_fails_fast_and_names_it() {
+    let (sb, pg) = setup(1);
+    let dir = tempfile::tempdir().expect("dir");
+    let missing = dir.path().join("no-such-pcppass");
+    let p = Plusmoin::start(&sb, &Timings::default(), &section(&pg, &missing));
+    healthy(&p, &sb);
+    let started = std::time::Instant::now();
+    let check = plusmoin_cmd(&p, &["check-config"]);
+    let took = started.elapsed();
+    let out = String::from_utf8_lossy(&check.stdout).to_string()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(
+        took < Duration::from_secs(10),
+        "check-config took {took:?} (pcp at a prompt?): {out}"
+    );
+    let shown = missing.display().to_string();
+    let asked = out
+        .lines()
+        .find(|l| l.contains("cannot ask pgpool about its watchdog"))
+        .unwrap_or_else(|| panic!("check-config says pcp failed: {out}"));
+    assert!(
+        asked.contains("pcp_watchdog_info failed") && asked.contains(&shown),
+        "and names the pcppass file: {asked}"
+    );
+    let line = wait_log(&p, "about pcp failing without a password", |l| {
+        l.contains("pgpool: pcp failed")
+    });
+    assert!(
+        line.contains(&shown) && line.contains("No such file"),
+        "the log names the pcppass file and what is wrong: {line}"
+    );
+    assert_no_secret(&p, PCP_PASSWORD);
+}

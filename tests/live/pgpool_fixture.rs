@@ -606,16 +606,50 @@ fn pcp(pg: &Pgpool, tool: &str, args: &[&str]) -> plusmoin::demo::sandbox::pgpoo
     ok(tool, pg.pcp_raw(tool, args))
 }
 
-/// Records pcp outputs of this machine's pgpool into tests/data/pcp (run
-/// by hand: `cargo test --test live record_pcp_outputs -- --ignored`):
-/// `<case>.stdout.txt`, `<case>.stderr.txt`, `<case>.exit.txt`, and
-/// `commands.txt` naming each case's command.
+/// The version of the pgpool the fixtures run (`4.7.2`), from `pgpool
+/// --version` (`pgpool-II version 4.7.2 (…)`).
+fn pgpool_version(pg: &Pgpool) -> String {
+    let out = ok(
+        "pgpool --version",
+        std::process::Command::new(pg.bin_dir().join("pgpool"))
+            .arg("--version")
+            .output(),
+    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    text.split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no version in {text:?}"))
+        .to_owned()
+}
+
+/// Whether pgpool `version` is at least `major.minor`.
+fn at_least(version: &str, major: u32, minor: u32) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
+/// Records pcp outputs of the fixtures' pgpool (the system's, or the one
+/// in PLUSMOIN_TEST_PGPOOL_BIN) into tests/data/pcp: Debian's 4.3.5 at the
+/// top, any other version in a folder named after it (run by hand: `cargo
+/// test --test live record_pcp_outputs -- --ignored`): `<case>.stdout.txt`,
+/// `<case>.stderr.txt`, `<case>.exit.txt`, and `commands.txt` naming each
+/// case's command.
 #[test]
 #[ignore = "writes tests/data/pcp; run by hand"]
 fn record_pcp_outputs() {
     use plusmoin::demo::sandbox::pgpool::PcpOutput;
     use plusmoin_kit::watchdog::PgpoolCluster;
-    let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pcp");
+    let sb = ok("sandbox", Sandbox::start(2));
+    let version = {
+        let pg = ok("pgpool", Pgpool::start(&sb, PgpoolOptions::default()));
+        pgpool_version(&pg)
+    };
+    let mut out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pcp");
+    if version != "4.3.5" {
+        out_dir.push(&version);
+    }
     ok("mkdir", std::fs::create_dir_all(&out_dir));
     let mut index = Vec::new();
     let mut save = |name: &str, tool: &str, args: &[&str], out: &PcpOutput| {
@@ -635,7 +669,6 @@ fn record_pcp_outputs() {
     let mut record = |name: &str, pg: &Pgpool, tool: &str, args: &[&str]| {
         save(name, tool, args, &pcp(pg, tool, args));
     };
-    let sb = ok("sandbox", Sandbox::start(2));
     {
         let pg = ok("pgpool", Pgpool::start(&sb, PgpoolOptions::default()));
         let wd = "pcp_watchdog_info";
@@ -663,6 +696,30 @@ fn record_pcp_outputs() {
         record("node_info_all_verbose", &pg, ni, &["-a", "-v"]);
         record("node_info_unknown_node", &pg, ni, &["-n", "7"]);
         record("attach_node", &pg, "pcp_attach_node", &["-n", "2"]);
+    }
+    if at_least(&version, 4, 4) {
+        // 4.4+: the delay in seconds (a unit with -v) instead of bytes.
+        let pg = ok(
+            "pgpool with delay_threshold_by_time",
+            Pgpool::start_with_conf(
+                &sb,
+                PgpoolOptions::default(),
+                &["delay_threshold_by_time = 10000"],
+            ),
+        );
+        let ni = "pcp_node_info";
+        let streaming = wait_until(NOTICE, || {
+            pg.node_info(1)
+                .is_ok_and(|i| i.replication_state == "streaming")
+        });
+        assert!(streaming, "pgpool never saw node 1 streaming");
+        record(
+            "node_info_delay_by_time_verbose",
+            &pg,
+            ni,
+            &["-v", "-n", "1"],
+        );
+        record("node_info_delay_by_time_terse", &pg, ni, &["-n", "1"]);
     }
     let failover_cases = {
         let pg = ok(

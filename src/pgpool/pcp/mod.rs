@@ -17,10 +17,11 @@ use std::time::Duration;
 mod parse;
 
 use parse::bounded;
-/// Named by the tests only (elsewhere it is a field's type).
 #[cfg(test)]
-pub(crate) use parse::Role;
-pub(crate) use parse::{parse_node_info, parse_watchdog_info, NodeInfo, NodeStatus, Watchdog};
+use parse::Delay;
+pub(crate) use parse::{
+    parse_node_info, parse_watchdog_info, NodeInfo, NodeStatus, Role, Watchdog,
+};
 
 /// The most bytes read from each of a pcp command's stdout and stderr:
 /// pcp answers in a few lines (a watchdog of many members in a few KiB).
@@ -55,15 +56,19 @@ pub(crate) enum PcpError {
     },
     /// `output` is pcp's, as it printed it (matched against known
     /// messages); shown escaped.
+    /// `pcppass` is what is wrong with the pcppass file, when something
+    /// is (pcp then has no password: it fails, or from pgpool-II 4.7 asks
+    /// for one, which plusmoin never lets it do).
     #[error(
         "{program} failed ({status}): {}{}",
         escape_controls(output),
-        hint(output)
+        pcppass.as_ref().map_or_else(|| hint(output).to_owned(), |p| format!(" ({p})"))
     )]
     Failed {
         program: String,
         status: String,
         output: String,
+        pcppass: Option<String>,
     },
     #[error("cannot understand {program}'s answer: {reason}")]
     Unreadable { program: String, reason: String },
@@ -200,18 +205,31 @@ impl Pcp {
                 source: TemplateError::Empty,
             });
         };
-        let mut child = tokio::process::Command::new(program)
-            .args(args)
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
             .env("PCPPASSFILE", &self.pcppass_file)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| PcpError::Spawn {
-                program: program.clone(),
-                source,
-            })?;
+            .kill_on_drop(true);
+        // pcp asks for a password on /dev/tty when it finds none (-W, and
+        // from pgpool-II 4.7 whenever the pcppass file gives none). In a
+        // session of its own it has no terminal: it reads stdin
+        // (/dev/null) instead, gets no password and fails at once rather
+        // than wait for a user at the pcp_timeout.
+        // SAFETY: setsid is async-signal-safe; nothing else runs between
+        // fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()
+                    .map(drop)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| PcpError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
         // Both streams at once (a child blocked writing one would never
         // close the other), each up to OUTPUT_CAP; the first over it ends
         // the reading.
@@ -254,6 +272,7 @@ impl Pcp {
                 program: program.clone(),
                 status: status.to_string(),
                 output,
+                pcppass: super::pcppass_problem(&self.pcppass_file),
             });
         }
         Ok(stdout)
@@ -262,10 +281,19 @@ impl Pcp {
     /// pgpool's view of `node`.
     pub(crate) async fn node_info(&self, node: &NodeName, id: u32) -> Result<NodeInfo, PcpError> {
         let out = self.run(Command::NodeInfo, node, id).await?;
-        parse_node_info(&out).map_err(|reason| PcpError::Unreadable {
+        let info = parse_node_info(&out).map_err(|reason| PcpError::Unreadable {
             program: "pcp_node_info".into(),
             reason,
-        })
+        })?;
+        tracing::trace!(
+            %node,
+            pgpool_id = id,
+            status = %info.status,
+            role = info.role.map_or("?", Role::as_str),
+            delay = %info.delay.map_or_else(|| "?".to_owned(), |d| d.to_string()),
+            "pgpool: pcp_node_info"
+        );
+        Ok(info)
     }
 
     /// Whether this pgpool runs a watchdog, and its place in it. `node` only

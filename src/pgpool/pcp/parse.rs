@@ -92,6 +92,60 @@ impl fmt::Display for Role {
     }
 }
 
+/// How far behind its primary pgpool's streaming-replication check last
+/// found a standby (`pcp_node_info`'s replication delay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delay {
+    /// In bytes of WAL: every version, and 4.4+ with
+    /// `delay_threshold_by_time = 0`, its default (an integer: `0`, `3072`).
+    Bytes(u64),
+    /// In microseconds: 4.4+ with `delay_threshold_by_time` above 0, printed
+    /// as seconds with six decimals, and a unit with `-v` (`0.000000
+    /// second`, `2.500000 seconds`; terse: `0.000000`).
+    Micros(u64),
+}
+
+impl Delay {
+    /// One value as pcp_node_info prints it, unit or not; None when it is
+    /// not a delay.
+    fn parse(s: &str) -> Option<Delay> {
+        let mut words = s.split_whitespace();
+        let number = words.next()?;
+        let unit = words.next();
+        if words.next().is_some() {
+            return None;
+        }
+        let time = match unit.map(str::to_ascii_lowercase).as_deref() {
+            None => number.contains('.'),
+            Some("second" | "seconds") => true,
+            Some(_) => return None,
+        };
+        if !time {
+            return number.parse().ok().map(Delay::Bytes);
+        }
+        let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+        if frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let micros = format!("{frac:0<6}").parse::<u64>().ok()?;
+        whole
+            .parse::<u64>()
+            .ok()?
+            .checked_mul(1_000_000)?
+            .checked_add(micros)
+            .map(Delay::Micros)
+    }
+}
+
+impl fmt::Display for Delay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Delay::Bytes(b) => write!(f, "{b} bytes"),
+            Delay::Micros(us) => write!(f, "{}.{:06} s", us / 1_000_000, us % 1_000_000),
+        }
+    }
+}
+
 /// pgpool's view of one backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NodeInfo {
@@ -99,6 +153,10 @@ pub(crate) struct NodeInfo {
     /// `None` when the answer does not say (a custom template printing
     /// only the status): such a pgpool is taken to have no known primary.
     pub(crate) role: Option<Role>,
+    /// The standby's replication delay; `None` when the answer does not
+    /// give it (a primary's is 0; pgpool 4.2 and older terse output is
+    /// read for it too).
+    pub(crate) delay: Option<Delay>,
 }
 
 impl NodeInfo {
@@ -114,25 +172,39 @@ impl NodeInfo {
 /// itself says), or else the terse line `host port status weight
 /// status_name …`, where the status name is the fifth field in every
 /// version and the role the sixth (before 4.3) or seventh (4.3+, after the
-/// backend status name).
+/// backend status name). The replication delay follows the backend's own
+/// role (4.3+) or pgpool's (before): bytes, or from 4.4 with
+/// `delay_threshold_by_time` seconds (see [`Delay`]); a delay that is
+/// there but unreadable fails the whole answer (the columns are not what
+/// this parser knows).
 pub(crate) fn parse_node_info(out: &str) -> Result<NodeInfo, String> {
     let mut status = None;
     let mut role = None;
+    let mut delay = None;
     for line in out.lines() {
         if let Some((key, value)) = line.split_once(':') {
-            let key = key.trim();
+            let (key, value) = (key.trim(), value.trim());
             if key.eq_ignore_ascii_case("status name") {
                 status = Some(
-                    NodeStatus::from_name(value.trim())
-                        .ok_or_else(|| format!("unknown status {:?}", value.trim()))?,
+                    NodeStatus::from_name(value)
+                        .ok_or_else(|| format!("unknown status {value:?}"))?,
                 );
             } else if key.eq_ignore_ascii_case("role") {
-                role = Role::from_name(value.trim());
+                role = Role::from_name(value);
+            } else if key.eq_ignore_ascii_case("replication delay") {
+                delay = Some(
+                    Delay::parse(value)
+                        .ok_or_else(|| format!("unknown replication delay {value:?}"))?,
+                );
             }
         }
     }
     if let Some(status) = status {
-        return Ok(NodeInfo { status, role });
+        return Ok(NodeInfo {
+            status,
+            role,
+            delay,
+        });
     }
     let Some(line) = out.lines().find(|l| !l.trim().is_empty()) else {
         return Err("no output".to_string());
@@ -151,7 +223,26 @@ pub(crate) fn parse_node_info(out: &str) -> Result<NodeInfo, String> {
                 .skip(5)
                 .take(2)
                 .find_map(|f| Role::from_name(f));
-            Ok(NodeInfo { status, role })
+            // 4.3+: pg_status, role, pg_role, delay; before: role, delay.
+            let delay_at = if fields.get(5).and_then(|f| Role::from_name(f)).is_some() {
+                6
+            } else {
+                8
+            };
+            let delay = match fields.get(delay_at) {
+                None => None,
+                Some(d) => Some(Delay::parse(d).ok_or_else(|| {
+                    format!(
+                        "the replication delay {d:?} of {:?} is not a delay",
+                        bounded(line)
+                    )
+                })?),
+            };
+            Ok(NodeInfo {
+                status,
+                role,
+                delay,
+            })
         }
         None => Err(format!(
             "{:?} has fewer than five fields",

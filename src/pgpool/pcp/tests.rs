@@ -16,7 +16,11 @@ fn terse_and_verbose_node_info_are_read() {
     // pgpool 4.3, terse.
     let terse =
         "127.0.0.1 5433 1 0.333333 waiting up standby standby 0 none none 2026-11-25 18:00:00\n";
-    let info = |status, role| NodeInfo { status, role };
+    let info = |status, role| NodeInfo {
+        status,
+        role,
+        delay: Some(Delay::Bytes(0)),
+    };
     assert_eq!(
         parse_node_info(terse),
         Ok(info(NodeStatus::Waiting, Some(Role::Standby)))
@@ -37,14 +41,19 @@ fn terse_and_verbose_node_info_are_read() {
                    Status                 : 2\nWeight                 : 0.5\n\
                    Status Name            : up\nBackend Status Name    : up\n\
                    Role                   : standby\nBackend Role           : primary\n";
+    let no_delay = |status, role| NodeInfo {
+        status,
+        role,
+        delay: None,
+    };
     assert_eq!(
         parse_node_info(verbose),
-        Ok(info(NodeStatus::Up, Some(Role::Standby)))
+        Ok(no_delay(NodeStatus::Up, Some(Role::Standby)))
     );
     // A custom template printing only a status: no role known.
     assert_eq!(
         parse_node_info("h 5432 2 0.5 up\n"),
-        Ok(info(NodeStatus::Up, None))
+        Ok(no_delay(NodeStatus::Up, None))
     );
     assert!(parse_node_info("").is_err());
     assert!(parse_node_info("a b c").is_err());
@@ -206,13 +215,135 @@ async fn watchdog_not_enabled_means_off() {
     );
 }
 
+/// The folders of real pcp outputs recorded by the fixture: 4.3.5's at
+/// the top of tests/data/pcp, every other version's in a folder of its own.
+fn recorded_versions() -> Vec<std::path::PathBuf> {
+    let top = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/pcp"));
+    let mut dirs: Vec<_> = std::fs::read_dir(&top)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs.insert(0, top);
+    dirs
+}
+
 /// Real outputs of pgpool 4.3.5, recorded by the fixture.
 fn recorded(case: &str) -> String {
-    let path = format!(
-        "{}/tests/data/pcp/{case}.stdout.txt",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    recorded_in(&recorded_versions()[0], case)
+}
+
+fn recorded_in(dir: &std::path::Path, case: &str) -> String {
+    let path = dir.join(format!("{case}.stdout.txt"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn every_recorded_version_is_read() {
+    use NodeStatus::*;
+    let dirs = recorded_versions();
+    for dir in &dirs {
+        let v = dir.display();
+        let read = |case: &str| recorded_in(dir, case);
+        for (case, status, role) in [
+            ("node_info_primary_up_verbose", Waiting, Role::Primary),
+            ("node_info_primary_up_terse", Waiting, Role::Primary),
+            ("node_info_standby_up_verbose", Waiting, Role::Standby),
+            ("node_info_standby_up_terse", Waiting, Role::Standby),
+            ("node_info_standby_down_verbose", Down, Role::Standby),
+            ("node_info_standby_down_terse", Down, Role::Standby),
+        ] {
+            let got = parse_node_info(&read(case)).unwrap_or_else(|e| panic!("{v} {case}: {e}"));
+            assert_eq!(got.status.is_attached(), status.is_attached(), "{v} {case}");
+            assert_eq!(got.role, Some(role), "{v} {case}");
+            assert!(
+                matches!(got.delay, Some(Delay::Bytes(_))),
+                "{v} {case}: {got:?}"
+            );
+        }
+        // -a: one line (terse) or block (-v) per backend, the first read.
+        for case in ["node_info_all_terse", "node_info_all_verbose"] {
+            parse_node_info(&read(case)).unwrap_or_else(|e| panic!("{v} {case}: {e}"));
+        }
+        // 4.4+ with delay_threshold_by_time: seconds.
+        if dir
+            .join("node_info_delay_by_time_verbose.stdout.txt")
+            .exists()
+        {
+            for case in [
+                "node_info_delay_by_time_verbose",
+                "node_info_delay_by_time_terse",
+            ] {
+                let got =
+                    parse_node_info(&read(case)).unwrap_or_else(|e| panic!("{v} {case}: {e}"));
+                assert!(
+                    matches!(got.delay, Some(Delay::Micros(_))),
+                    "{v} {case}: {got:?}"
+                );
+                assert_eq!(got.role, Some(Role::Standby), "{v} {case}");
+            }
+        }
+        let leader = parse_watchdog_info(&read("watchdog_info_leader_verbose")).unwrap();
+        assert!(leader.acting(), "{v}: {leader:?}");
+        let standby = parse_watchdog_info(&read("watchdog_info_standby_verbose")).unwrap();
+        assert!(!standby.acting(), "{v}: {standby:?}");
+        assert!(
+            matches!(&standby, Watchdog::On { local_state, leader: Some(_), quorum: true } if local_state == "STANDBY"),
+            "{v}: {standby:?}"
+        );
+        let election = parse_watchdog_info(&read("watchdog_info_election_00_verbose")).unwrap();
+        assert!(!election.acting(), "{v}: {election:?}");
+        assert!(parse_watchdog_info(&read("watchdog_info_leader_terse")).is_err());
+        // With use_watchdog = off pgpool refuses on stderr.
+        let off = recorded_stream(dir, "watchdog_info_no_watchdog_verbose", "stderr");
+        assert!(off.contains("watchdog is not enabled"), "{v}: {off}");
+        let unknown = recorded_stream(dir, "node_info_unknown_node", "stderr");
+        assert!(reports_error(&unknown), "{v}: {unknown}");
+    }
+}
+
+fn recorded_stream(dir: &std::path::Path, case: &str, stream: &str) -> String {
+    let path = dir.join(format!("{case}.{stream}.txt"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn the_replication_delay_is_read_in_bytes_or_seconds() {
+    use Delay::{Bytes, Micros};
+    let terse = |delay: &str| {
+        parse_node_info(&format!(
+            "127.0.0.1 5433 1 0.5 waiting up standby standby {delay} streaming async 2026-11-25 18:00:00\n"
+        ))
+        .map(|i| i.delay)
+    };
+    // Bytes: every version; pgpool 4.4+ with delay_threshold_by_time = 0.
+    assert_eq!(terse("0"), Ok(Some(Bytes(0))));
+    assert_eq!(terse("3072"), Ok(Some(Bytes(3072))));
+    // 4.4+ with delay_threshold_by_time > 0: seconds, no unit when terse.
+    assert_eq!(terse("0.000000"), Ok(Some(Micros(0))));
+    assert_eq!(terse("2.500000"), Ok(Some(Micros(2_500_000))));
+    assert!(terse("lots").unwrap_err().contains("\"lots\""));
+    // pgpool 4.2 and older: the delay follows pgpool's role.
+    let old = parse_node_info("db1 5432 2 0.5 up standby 1024 streaming async 2020-01-01 00:00:00");
+    assert_eq!(old.map(|i| i.delay), Ok(Some(Bytes(1024))));
+    // -v: with a unit, "second" below 2 s, "seconds" from 2 s.
+    let verbose = |delay: &str| {
+        parse_node_info(&format!(
+            "Status Name : waiting\nRole : standby\nReplication Delay : {delay}\n"
+        ))
+        .map(|i| i.delay)
+    };
+    assert_eq!(verbose("0"), Ok(Some(Bytes(0))));
+    assert_eq!(verbose("0.000000 second"), Ok(Some(Micros(0))));
+    assert_eq!(verbose("1.250000 second"), Ok(Some(Micros(1_250_000))));
+    assert_eq!(verbose("12.000001 seconds"), Ok(Some(Micros(12_000_001))));
+    for bad in ["0 bytes", "1.5 minutes", "x second", "1.1234567 second", ""] {
+        assert!(verbose(bad).is_err(), "{bad:?}");
+    }
+    assert_eq!(Micros(2_500_000).to_string(), "2.500000 s");
+    assert_eq!(Bytes(3).to_string(), "3 bytes");
 }
 
 #[test]
@@ -265,6 +396,7 @@ fn failures_carry_a_hint() {
         program: "pcp_node_info".into(),
         status: "exit status: 1".into(),
         output: "FATAL: authentication failed for user \"pgpool\"".into(),
+        pcppass: None,
     };
     assert!(e.to_string().contains("pcppass_file"), "{e}");
     let e = PcpError::Failed {
@@ -272,6 +404,7 @@ fn failures_carry_a_hint() {
         status: "exit status: 1".into(),
         output: "ERROR: connection to host \"127.0.0.1\" failed with error \"Connection refused\""
             .into(),
+        pcppass: None,
     };
     assert!(e.to_string().contains("unreachable"), "{e}");
 }

@@ -27,6 +27,7 @@ fn node(i: u32, place: Place, status: NodeStatus, role: Role) -> Seen {
         pgpool: NodeInfo {
             status,
             role: Some(role),
+            delay: None,
         },
     }
 }
@@ -197,6 +198,7 @@ fn nothing_is_done_while_pgpool_fails_over() {
     nodes[0].pgpool = NodeInfo {
         status: Down,
         role: Some(Standby),
+        delay: None,
     };
     nodes[0].ours.place = Some(Lost);
     nodes[1].ours.place = Some(Lost);
@@ -227,6 +229,7 @@ fn the_one_master_is_attached_only_after_pgpool_had_no_primary_for_a_while() {
     nodes[0].pgpool = NodeInfo {
         status: Down,
         role: Some(Standby),
+        delay: None,
     };
     let wait = run.settings.no_primary_wait.as_secs_f64();
     assert_eq!(steps(&run.at(1.0, &nodes)), []);

@@ -500,6 +500,32 @@ mod tests {
         );
     }
 
+    /// The outputs recorded from other pgpool versions (a folder each).
+    #[test]
+    fn parses_every_recorded_versions_watchdog_info() {
+        let top = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/pcp");
+        for dir in std::fs::read_dir(top).expect("tests/data/pcp").flatten() {
+            let dir = dir.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            let read = |name: &str| {
+                std::fs::read_to_string(dir.join(format!("{name}.stdout.txt")))
+                    .expect("recorded output")
+            };
+            let v = dir.display();
+            let standby = parse_watchdog_info(&read("watchdog_info_standby_verbose"))
+                .unwrap_or_else(|| panic!("{v}"));
+            assert_eq!(standby.local_state(), "STANDBY", "{v}");
+            assert_eq!(standby.nodes.len(), 3, "{v}");
+            let leader_port = standby.leader_port().expect("a leader");
+            let leader = parse_watchdog_info(&read("watchdog_info_leader_verbose"))
+                .unwrap_or_else(|| panic!("{v}"));
+            assert_eq!(leader.local_state(), "LEADER", "{v}");
+            assert_eq!(leader.nodes[0].pgpool_port, leader_port, "{v}");
+        }
+    }
+
     #[test]
     fn watchdog_conf_lists_every_member() {
         let conf = watchdog_conf(&[
