@@ -332,6 +332,68 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// pgpool's expansion of a command's %-escapes: from 4.4, `%d`, `%p`
+    /// and `%m` come with a leading space (`d=%d` gives `d= 0`), 4.3 and
+    /// older have none; every other escape has none in any version.
+    fn expand(command: &str, from_4_4: bool) -> String {
+        let values = [
+            ('d', "1"),
+            ('p', "5433"),
+            ('m', "2"),
+            ('P', "0"),
+            ('R', "/d/n2"),
+        ];
+        let mut out = String::new();
+        let mut chars = command.chars();
+        while let Some(c) = chars.next() {
+            if c != '%' {
+                out.push(c);
+                continue;
+            }
+            let e = chars.next().expect("escape");
+            let value = values.iter().find(|(k, _)| *k == e).expect("known").1;
+            if from_4_4 && matches!(e, 'd' | 'p' | 'm') {
+                out.push(' ');
+            }
+            out.push_str(value);
+        }
+        out
+    }
+
+    #[test]
+    fn the_scripts_get_the_same_arguments_from_pgpool_4_3_and_4_4() {
+        let opts = PgpoolOptions {
+            failover: true,
+            ..PgpoolOptions::default()
+        };
+        let conf = render_conf(&ConfInput {
+            dir: Path::new("/d"),
+            port: 1,
+            pcp_port: 2,
+            backends: &[],
+            opts: &opts,
+            extra_conf: &[],
+        });
+        for key in ["failover_command = ", "follow_primary_command = "] {
+            let line = conf.lines().find_map(|l| l.strip_prefix(key)).expect(key);
+            let command = line.trim_matches('\'');
+            // /bin/sh splits the words: each escape is an argument of its
+            // own, so 4.4's leading space is never part of a value.
+            let words = |v44| {
+                expand(command, v44)
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(words(false), words(true), "{key}");
+            assert!(
+                words(true).iter().skip(1).all(|w| !w.contains('=')),
+                "{line}"
+            );
+        }
+        assert_eq!(expand("x d=%d", true), "x d= 1");
+    }
+
     #[test]
     fn conf_has_every_backend_and_the_options() {
         let backends = [
