@@ -461,7 +461,11 @@ fn with_retries_a_primary_frozen_3s_is_never_detached() {
     let log = ok("read log", std::fs::read_to_string(pgpool.log_file()));
     assert!(
         log.contains("retrying"),
-        "pgpool's health check never retried during the freeze"
+        "pgpool's health check never retried during the freeze; its health check lines:\n{}",
+        log.lines()
+            .filter(|l| l.contains("health") || l.contains("node 0"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert!(
         pgpool.failover_runs().is_empty(),
