@@ -106,8 +106,14 @@ fn secret_warnings(config: &config::Config) -> Vec<String> {
 fn start(cli: &Cli) -> Result<(), Failure> {
     let config = load(cli)?;
     let warnings = secret_warnings(&config);
-    for w in &warnings {
-        eprintln!("plusmoin: warning: {w}");
+    if !cli.foreground {
+        // For the terminal of the `start` that detaches; they are logged
+        // too, once the log is open. In the foreground, stdout and stderr
+        // are the log stream (systemd's journal, say): they are only
+        // logged, in the log's format.
+        for w in &warnings {
+            eprintln!("plusmoin: warning: {w}");
+        }
     }
     // Absolute, so SIGHUP still finds it after the daemon's chdir("/").
     let config_path = std::path::absolute(&cli.config).unwrap_or_else(|_| cli.config.clone());
@@ -117,23 +123,25 @@ fn start(cli: &Cli) -> Result<(), Failure> {
         Some(lifecycle::daemonize().map_err(fail)?)
     };
     // Once detached, a startup error goes back to the waiting `start`,
-    // which prints it and exits 1.
-    let abort = |detached: Option<lifecycle::Detached>, msg: String| match detached {
-        Some(d) => {
-            d.fail(&msg);
-            Failure::silent(1)
+    // which prints it and exits 1. In the foreground it is logged (the
+    // log is set up first), in the log's format, and not printed again.
+    let abort = |detached: Option<lifecycle::Detached>, msg: String| {
+        tracing::error!("{msg}");
+        match detached {
+            Some(d) => d.fail(&msg),
+            None if !logging_up() => return fail(msg),
+            None => {}
         }
-        None => fail(msg),
+        Failure::silent(1)
     };
-    type Setup = (lifecycle::PidFile, Option<std::net::TcpListener>);
-    let setup = || -> Result<Setup, String> {
-        // Pid file and log file first, while still root: their directories
-        // are usually root's, and the open descriptors outlive the switch.
-        // Their directories may be the daemon user's: no link is followed,
-        // and a file there must be root's, ours or that user's.
-        let owners = lifecycle::Owners::me_and(&config.daemon_user);
-        let pid =
-            lifecycle::PidFile::acquire(&config.pid_file, &owners).map_err(|e| e.to_string())?;
+    // Pid file and log file first, while still root: their directories
+    // are usually root's, and the open descriptors outlive the switch.
+    // Their directories may be the daemon user's: no link is followed,
+    // and a file there must be root's, ours or that user's.
+    let owners = lifecycle::Owners::me_and(&config.daemon_user);
+    // From the log on, everything the daemon says is a log line in the
+    // log's format, the warnings above included.
+    let open_log = || -> Result<(), String> {
         let log_file = (!cli.foreground).then_some(config.log_file.as_path());
         lifecycle::init_logging(
             log_level(config.log_level),
@@ -142,6 +150,26 @@ fn start(cli: &Cli) -> Result<(), Failure> {
             &owners,
         )
         .map_err(|e| e.to_string())?;
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(())
+    };
+    // In the foreground the log (stdout) comes first, so that a start
+    // error is a log line too; detached, the pid file comes first, so
+    // that a refused start does not create the log file.
+    if cli.foreground {
+        if let Err(msg) = open_log() {
+            return Err(abort(detached, msg));
+        }
+    }
+    type Setup = (lifecycle::PidFile, Option<std::net::TcpListener>);
+    let setup = || -> Result<Setup, String> {
+        let pid =
+            lifecycle::PidFile::acquire(&config.pid_file, &owners).map_err(|e| e.to_string())?;
+        if !cli.foreground {
+            open_log()?;
+        }
         // The HTTP listener too, before root is given up: a port below 1024
         // then works, and no other local user can have taken it first (a
         // taken port is a start error, never a listener of someone else's).
@@ -159,9 +187,6 @@ fn start(cli: &Cli) -> Result<(), Failure> {
         Ok(p) => p,
         Err(msg) => return Err(abort(detached, msg)),
     };
-    for w in warnings {
-        tracing::warn!("{w}");
-    }
     // One connection per node: a thousand nodes would hit the usual 1024.
     match lifecycle::raise_nofile_limit() {
         Ok(limit) => tracing::debug!(limit, "open files limit"),
@@ -202,9 +227,15 @@ fn start(cli: &Cli) -> Result<(), Failure> {
     });
     drop(pid_file);
     result.map_err(|e| {
+        // Said once, in the log's format.
         tracing::error!("{e}");
-        fail(e)
+        Failure::silent(1)
     })
+}
+
+/// Whether a log subscriber is installed (the daemon's log is set up).
+fn logging_up() -> bool {
+    tracing::dispatcher::has_been_set()
 }
 
 fn stop(cli: &Cli, timeout: f64) -> Result<(), Failure> {

@@ -78,7 +78,7 @@ impl PidFile {
             if had_content {
                 info!(
                     path = %path.display(),
-                    old_pid = ?read_content(&locked).ok().as_deref().and_then(parse_pid),
+                    old_pid = read_content(&locked).ok().as_deref().and_then(parse_pid),
                     "taking over a stale pid file (the process that wrote it is gone)"
                 );
             }

@@ -121,7 +121,8 @@ pub struct Monitor {
     nodes: HashMap<NodeName, Handle>,
     tx: mpsc::UnboundedSender<Report>,
     rx: mpsc::UnboundedReceiver<Report>,
-    /// The last Down reason logged per node (logged at error level once).
+    /// The last Down reason noted per node: the first is logged at error
+    /// level, the next ones (still down) at debug until the node is back.
     last_down: LogOnceMap<NodeName>,
 }
 
@@ -237,14 +238,41 @@ impl Monitor {
             (Change::NewDown, Observation::Down { reason }) => {
                 error!(node = %name, reason = %reason, cause, "node down")
             }
+            (Change::OtherReason, Observation::Down { reason }) => {
+                debug!(node = %name, reason = %reason, cause, "node still down, for another reason")
+            }
             (Change::StillDown, Observation::Down { reason }) => {
                 debug!(node = %name, reason = %reason, cause, "node still down")
             }
             (Change::Back, other) => {
-                info!(node = %name, observation = ?other, cause, "node answers again")
+                let observation = in_words(other, Time::now());
+                info!(node = %name, observation = %observation, cause, "node answers again")
             }
-            (_, other) => debug!(node = %name, observation = ?other, cause, "probed"),
+            (_, other) => {
+                let observation = in_words(other, Time::now());
+                debug!(node = %name, observation = %observation, cause, "probed")
+            }
         }
+    }
+}
+
+/// An observation as a log line says it: the role, and for a slave the
+/// heartbeat row it shows (whose master, how old by plusmoin's clock at
+/// `now`), e.g. `slave of db1:5432, heartbeat 0.3 s old`.
+pub(crate) fn in_words(obs: &Observation, now: Time) -> String {
+    match obs {
+        Observation::Down { reason } => format!("down: {reason}"),
+        Observation::Master { .. } => "master, heartbeat written".to_string(),
+        Observation::Slave { heartbeat: None } => {
+            "slave, no heartbeat row of this instance yet".to_string()
+        }
+        Observation::Slave {
+            heartbeat: Some(hb),
+        } => format!(
+            "slave of {}, heartbeat {:.1} s old",
+            hb.master_name,
+            now.since(hb.written_at).as_secs_f64()
+        ),
     }
 }
 
@@ -386,6 +414,41 @@ fn take_requests(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn observations_are_said_in_words() {
+        use crate::cluster::Heartbeat;
+        let now = Time(1_796_583_112_464_493);
+        let slave = Observation::Slave {
+            heartbeat: Some(Heartbeat {
+                master_name: "db1:5432".into(),
+                cluster_id: Some(0),
+                written_at: Time(now.0 - 300_000),
+            }),
+        };
+        assert_eq!(
+            in_words(&slave, now),
+            "slave of db1:5432, heartbeat 0.3 s old"
+        );
+        let master = Observation::Master { wrote_at: now };
+        let fresh = Observation::Slave { heartbeat: None };
+        let down = Observation::Down {
+            reason: "Connection refused".into(),
+        };
+        for (obs, words) in [
+            (&master, "master, heartbeat written"),
+            (&fresh, "slave, no heartbeat row of this instance yet"),
+            (&down, "down: Connection refused"),
+        ] {
+            assert_eq!(in_words(obs, now), words);
+        }
+        for obs in [&slave, &master, &fresh, &down] {
+            let words = in_words(obs, now);
+            for shape in ["Some(", "{", "Time(", "Heartbeat"] {
+                assert!(!words.contains(shape), "{words}");
+            }
+        }
+    }
 
     #[test]
     fn retries_slow_down_for_nodes_away_for_long() {

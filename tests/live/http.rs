@@ -890,7 +890,10 @@ fn a_taken_http_listen_port_is_a_start_error() {
         .args(["-x", "start"])
         .output()
         .expect("run plusmoin");
-    let err = String::from_utf8_lossy(&out.stderr);
+    // In the foreground the error is a line of the log (stdout), in the
+    // log's format, like everything the daemon says.
+    let err =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains(&format!("cannot listen on http_listen {addr}: ")),
