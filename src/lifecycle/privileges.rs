@@ -35,9 +35,10 @@ fn other_threads() -> usize {
 /// Done after the pid file and log file are open (as root, in directories
 /// root owns) so the daemon keeps those descriptors but nothing else of
 /// root's; and before any other thread exists (the tokio runtime, the
-/// status writer): the environment is switched to `user`'s
-/// ([`user_env`]), which is only sound while one thread runs (with other
-/// threads running, it is left as it was, with a warning). Everything
+/// status writer): the environment is switched to `user`'s (HOME, USER
+/// and LOGNAME from its passwd entry, a plain PATH), which is only sound
+/// while one thread runs (with other threads running, it is left as it
+/// was, with a warning). Everything
 /// started later (probes reading `~/.pgpass` on reload, trigger scripts)
 /// inherits it.
 pub fn drop_privileges(user: &str) -> Result<(), LifecycleError> {
