@@ -81,7 +81,7 @@ struct WriterShared {
 
 #[derive(Default)]
 struct Slot {
-    next: Option<(PathBuf, Arc<Status>)>,
+    next: Option<(PathBuf, u32, Arc<Status>)>,
     /// Statuses given, and statuses written or skipped.
     given: u64,
     done: u64,
@@ -109,11 +109,12 @@ impl Writer {
         }
     }
 
-    /// Writes `status` to `path` soon (at once, should no thread run).
-    pub(crate) fn write(&self, path: &Path, status: Arc<Status>) {
+    /// Writes `status` to `path`, mode `mode` (`status_file_mode`), soon
+    /// (at once, should no thread run).
+    pub(crate) fn write(&self, path: &Path, mode: u32, status: Arc<Status>) {
         if self.thread.is_none() {
             let mut errors = self.inline.lock().unwrap_or_else(|e| e.into_inner());
-            write_logged(path, &status, &mut errors);
+            write_logged(path, mode, &status, &mut errors);
             return;
         }
         let mut slot = self.shared.lock();
@@ -121,7 +122,7 @@ impl Writer {
             // Skipped for the newer one.
             slot.done += 1;
         }
-        slot.next = Some((path.to_path_buf(), status));
+        slot.next = Some((path.to_path_buf(), mode, status));
         slot.given += 1;
         self.shared.wake.notify_all();
     }
@@ -159,9 +160,9 @@ impl WriterShared {
         let mut errors = LogOnce::default();
         let mut slot = self.lock();
         loop {
-            if let Some((path, status)) = slot.next.take() {
+            if let Some((path, mode, status)) = slot.next.take() {
                 drop(slot);
-                write_logged(&path, &status, &mut errors);
+                write_logged(&path, mode, &status, &mut errors);
                 slot = self.lock();
                 slot.done += 1;
                 self.wake.notify_all();
@@ -175,8 +176,8 @@ impl WriterShared {
 }
 
 /// [`write`], its failure logged once until it changes.
-fn write_logged(path: &Path, status: &Status, errors: &mut LogOnce) {
-    match write(path, status) {
+fn write_logged(path: &Path, mode: u32, status: &Status, errors: &mut LogOnce) {
+    match write(path, mode, status) {
         Ok(()) => {
             if errors.cleared() {
                 info!(file = %path.display(), "status file written again");
@@ -191,20 +192,22 @@ fn write_logged(path: &Path, status: &Status, errors: &mut LogOnce) {
     }
 }
 
-/// Writes `status` to `path` atomically.
-pub(crate) fn write(path: &Path, status: &Status) -> Result<(), StatusError> {
+/// Writes `status` to `path` atomically, mode `mode`.
+pub(crate) fn write(path: &Path, mode: u32, status: &Status) -> Result<(), StatusError> {
     let err = |source| StatusError::Write {
         path: path.to_path_buf(),
         source,
     };
     let mut json = serde_json::to_vec_pretty(status).map_err(|e| err(e.into()))?;
     json.push(b'\n');
-    write_atomic(path, &json).map_err(err)
+    write_atomic(path, &json, mode).map_err(err)
 }
 
-/// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it
-/// over `path`, then syncs the directory so the rename survives a crash.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to a temporary file beside `path`, mode `mode` (the
+/// status file: `status_file_mode`, 0640 by default, so the daemon's group
+/// reads it and others do not), syncs it, and renames it over `path`, then
+/// syncs the directory so the rename survives a crash.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -224,10 +227,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .map_err(plain)?;
     tmp.write_all(bytes).map_err(plain)?;
     tmp.as_file().sync_all().map_err(plain)?;
-    // Readable by the operator's tools, like the file it replaces. On the
-    // open file, not by path: whoever can write the directory could swap the
-    // temporary name for a link between our write and a chmod by path.
-    set_mode_0644(tmp.as_file()).map_err(plain)?;
+    // The mode asked, whatever the umask. On the open file, not by path:
+    // whoever can write the directory could swap the temporary name for a
+    // link between our write and a chmod by path.
+    set_mode(tmp.as_file(), mode).map_err(plain)?;
     tmp.persist(path).map_err(|e| plain(e.error))?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
@@ -235,9 +238,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn set_mode_0644(file: &std::fs::File) -> std::io::Result<()> {
+fn set_mode(file: &std::fs::File, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    file.set_permissions(std::fs::Permissions::from_mode(0o644))
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
 }
 
 /// Reads the status file, refusing one older than three beats. The daemon
@@ -475,11 +478,11 @@ mod tests {
         let read = || -> Status { serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap() };
         let writer = Writer::new();
         for k in 1..=50 {
-            writer.write(&path, Arc::new(status_at(Time(k * 1_000_000))));
+            writer.write(&path, 0o640, Arc::new(status_at(Time(k * 1_000_000))));
         }
         writer.flush();
         assert_eq!(read(), status_at(Time(50_000_000)));
-        writer.write(&path, Arc::new(status_at(Time(51_000_000))));
+        writer.write(&path, 0o640, Arc::new(status_at(Time(51_000_000))));
         drop(writer);
         assert_eq!(read(), status_at(Time(51_000_000)));
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
@@ -491,19 +494,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("status.json");
         let st = status_at(Time(1_000_000_000));
-        write(&path, &st).unwrap();
-        write(&path, &st).unwrap();
+        write(&path, 0o640, &st).unwrap();
+        write(&path, 0o640, &st).unwrap();
         let back = read(&path, 1_000.5, &Owners::me()).unwrap();
         assert_eq!(back, st);
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "only status.json remains");
     }
 
+    /// The status file gets the mode asked (`status_file_mode`), whatever
+    /// the umask and whatever mode the file had before.
+    #[test]
+    fn status_file_gets_the_mode_asked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        let mode = || std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        let st = status_at(Time(1_000_000_000));
+        write(&path, 0o640, &st).unwrap();
+        assert_eq!(mode(), 0o640, "the default: the daemon's group reads it");
+        write(&path, 0o644, &st).unwrap();
+        assert_eq!(mode(), 0o644);
+        write(&path, 0o600, &st).unwrap();
+        assert_eq!(mode(), 0o600);
+    }
+
     #[test]
     fn stale_status_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("status.json");
-        write(&path, &status_at(Time(1_000_000_000))).unwrap();
+        write(&path, 0o640, &status_at(Time(1_000_000_000))).unwrap();
         let err = read(&path, 1_003.5, &Owners::me()).unwrap_err().to_string();
         assert!(err.contains("older than three beats"), "{err}");
         assert!(read(&path, 1_002.9, &Owners::me()).is_ok());
@@ -525,7 +545,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("status.json");
         let st = status_at(Time(1_000_000_000));
-        write(&path, &st).unwrap();
+        write(&path, 0o640, &st).unwrap();
         let before = std::fs::read(&path).unwrap();
         // Make replacing `path` impossible while the file itself stays
         // writable in place, so only a write that never touches the old
@@ -540,7 +560,7 @@ mod tests {
             }
         };
         let newer = status_at(Time(2_000_000_000));
-        assert!(write(&path, &newer).is_err(), "the write must fail");
+        assert!(write(&path, 0o640, &newer).is_err(), "the write must fail");
         assert_eq!(
             std::fs::read(&path).unwrap(),
             before,

@@ -33,12 +33,27 @@ fn contrib() -> String {
 
 #[test]
 fn check_config_accepts_the_example_and_prints_a_summary() {
+    // As shipped, the placeholder password is refused: exit 2, one line
+    // naming file, line and key.
     let o = plusmoin(&["-c", &contrib(), "check-config"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("contrib/plusmoin.json:24:")
+            && err.contains("password: \"change-me\" is the shipped"),
+        "{err}"
+    );
+    // With the password set, it passes.
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("plusmoin.json");
+    let text = std::fs::read_to_string(contrib()).unwrap();
+    std::fs::write(&set, text.replace("\"change-me\"", "\"s3cret\"")).unwrap();
+    let o = plusmoin(&["-c", set.to_str().unwrap(), "check-config"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("127.0.0.1:5432"), "{out}");
     assert!(out.contains("configuration OK"), "{out}");
-    assert!(!out.contains("change-me"), "password shown: {out}");
+    assert!(!out.contains("s3cret"), "password shown: {out}");
     assert!(
         out.contains("http_listen          (off: no metrics or health endpoints)"),
         "{out}"

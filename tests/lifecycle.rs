@@ -1030,7 +1030,7 @@ fn a_link_planted_as_the_status_file_is_not_read_nor_written_through() {
     assert!(msg.contains(&path.display().to_string()), "{msg}");
     assert!(msg.contains("symbolic link"), "{msg}");
     // Written by rename: the link is replaced, not followed.
-    status::write_atomic(&path, b"{}\n").unwrap();
+    status::write_atomic(&path, b"{}\n", 0o644).unwrap();
     target.assert_untouched();
     let meta = std::fs::symlink_metadata(&path).unwrap();
     assert!(meta.file_type().is_file(), "{meta:?}");
@@ -1174,7 +1174,7 @@ fn a_forged_pid_file_signals_nobody() {
 #[test]
 fn a_pid_file_owned_by_someone_else_is_refused() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("needs root to chown: skipped");
+        plusmoin_kit::skip("needs root to chown");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -1330,7 +1330,7 @@ fn victim_at(pid: i32) -> Option<Victim> {
 #[test]
 fn stop_and_reload_spare_whoever_gets_the_pid_of_a_locker_that_forked_and_exited() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("needs root to choose a pid (ns_last_pid): skipped");
+        plusmoin_kit::skip("needs root to choose a pid (ns_last_pid)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -1340,7 +1340,7 @@ fn stop_and_reload_spare_whoever_gets_the_pid_of_a_locker_that_forked_and_exited
     let locker_pid = locker.pid();
     assert!(locker.wait_exit().success());
     let Some(mut victim) = victim_at(locker_pid) else {
-        eprintln!("cannot write /proc/sys/kernel/ns_last_pid: skipped");
+        plusmoin_kit::skip("cannot write /proc/sys/kernel/ns_last_pid");
         return;
     };
     assert_eq!(file_pid(&path), victim.pid());
@@ -1473,7 +1473,7 @@ fn the_plusmoin_binary_signals_nobody_for_a_locker_that_forked() {
 #[test]
 fn a_user_who_cannot_check_the_process_signals_nobody_and_says_so() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("needs root to run as another user: skipped");
+        plusmoin_kit::skip("needs root to run as another user");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -445,7 +445,11 @@ impl Daemon {
         st.pgpool = self.pgpool.report();
         st.primary_refused = self.refuse_primaries(st.pgpool.as_ref());
         let st = Arc::new(st);
-        self.status.write(&self.config.status_file, Arc::clone(&st));
+        self.status.write(
+            &self.config.status_file,
+            self.config.status_file_mode,
+            Arc::clone(&st),
+        );
         self.web.publish(st, &self.down);
     }
 

@@ -15,6 +15,7 @@ mod notify;
 mod pgpool;
 mod pgpool_fixture;
 mod pgpool_safety;
+mod privileges;
 mod probe;
 mod sandbox_ops;
 mod split;
