@@ -16,6 +16,7 @@ mod pgpool;
 mod pgpool_fixture;
 mod pgpool_safety;
 mod probe;
+mod reload;
 mod sandbox_ops;
 mod split;
 
