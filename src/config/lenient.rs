@@ -212,12 +212,15 @@ mod tests {
 
     #[test]
     fn picks_the_three_keys_from_a_valid_file() {
+        // Comments are skipped, keys in them too (the last key wins, so
+        // they come after the real ones).
         let text = r#"{
-            // comments are skipped, "pid_file": "/not/this" too
-            "dbname": "plusmoin", /* "status_file": "/nor/this" */
+            "dbname": "plusmoin",
             "pid_file": "/run/p/p.pid",
             "status_file": "/var/lib/p/status.json",
-            "daemon_user": "plusmoin",
+            // "pid_file": "/not/this",
+            "daemon_user": "plusmoin", /* "status_file": "/nor/this",
+            "daemon_user": "nor-this" */
             "nodes": [{"host": "a", "port": 1}]
         }"#;
         assert_eq!(
