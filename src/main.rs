@@ -4,7 +4,7 @@
 //! status.
 
 use clap::Parser;
-use plusmoin::cli::{Cli, CliCommand};
+use plusmoin::cli::{Cli, CliCommand, ControlFiles};
 use plusmoin::{config, daemon, demo, lifecycle, status};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -49,9 +49,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         CliCommand::CheckConfig => check_config(&cli),
         CliCommand::Start => start(&cli),
-        CliCommand::Stop { timeout } => stop(&cli, timeout),
-        CliCommand::Reload => reload(&cli),
-        CliCommand::Status { table } => show_status(&cli, table),
+        CliCommand::Stop { timeout, ref files } => stop(&cli, timeout, files),
+        CliCommand::Reload { timeout, ref files } => reload(&cli, timeout, files),
+        CliCommand::Status { table, ref files } => show_status(&cli, table, files),
         CliCommand::Demo { no_story, pgpool } => {
             let code = demo::run(!no_story, pgpool);
             if code == ExitCode::SUCCESS {
@@ -238,11 +238,47 @@ fn logging_up() -> bool {
     tracing::dispatcher::has_been_set()
 }
 
-fn stop(cli: &Cli, timeout: f64) -> Result<(), Failure> {
-    let config = load(cli)?;
+/// What `stop` and `status` use: the pid file, the status file (when
+/// `status_used`) and `daemon_user` (whose files those may be), from
+/// `files` when given, else picked out of the configuration even when it is
+/// broken (a stray comma, a password file that cannot be found); defaults,
+/// said with a warning, when it cannot be read at all.
+fn control_paths(cli: &Cli, files: &ControlFiles, status_used: bool) -> config::ControlPaths {
+    let mut paths = match config::read_control_paths(&cli.config) {
+        Ok(p) => p,
+        Err(e) => {
+            let mut missing = Vec::new();
+            if files.pid_file.is_none() {
+                missing.push(("pid_file", "--pid-file"));
+            }
+            if status_used && files.status_file.is_none() {
+                missing.push(("status_file", "--status-file"));
+            }
+            if !missing.is_empty() {
+                let (keys, options): (Vec<&str>, Vec<&str>) = missing.into_iter().unzip();
+                eprintln!(
+                    "plusmoin: warning: {e}: using the default {} (or give {})",
+                    keys.join(" and "),
+                    options.join(", ")
+                );
+            }
+            config::ControlPaths::default()
+        }
+    };
+    if let Some(p) = &files.pid_file {
+        paths.pid_file = p.clone();
+    }
+    if let Some(p) = &files.status_file {
+        paths.status_file = p.clone();
+    }
+    paths
+}
+
+fn stop(cli: &Cli, timeout: f64, files: &ControlFiles) -> Result<(), Failure> {
+    let paths = control_paths(cli, files, false);
     let grace = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::from_secs(30));
-    let owners = lifecycle::Owners::me_and(&config.daemon_user);
-    match lifecycle::stop(&config.pid_file, grace, &owners) {
+    let owners = lifecycle::Owners::me_and(&paths.daemon_user);
+    match lifecycle::stop(&paths.pid_file, grace, &owners) {
         Ok(Some(pid)) => {
             println!("plusmoin (pid {pid}) stopped");
             Ok(())
@@ -250,7 +286,7 @@ fn stop(cli: &Cli, timeout: f64) -> Result<(), Failure> {
         Ok(None) => {
             eprintln!(
                 "plusmoin: not running (no live daemon holds {})",
-                config.pid_file.display()
+                paths.pid_file.display()
             );
             Ok(())
         }
@@ -258,30 +294,102 @@ fn stop(cli: &Cli, timeout: f64) -> Result<(), Failure> {
     }
 }
 
-fn reload(cli: &Cli) -> Result<(), Failure> {
+/// Checks the configuration as `check-config` does (nothing is sent when it
+/// is refused), sends SIGHUP, then waits until the daemon's status file
+/// shows a reload generation above the one before the signal, and says
+/// how it went.
+fn reload(cli: &Cli, timeout: f64, files: &ControlFiles) -> Result<(), Failure> {
     let config = load(cli)?;
+    for w in secret_warnings(&config) {
+        eprintln!("plusmoin: warning: {w}");
+    }
+    let pid_file = files.pid_file.as_ref().unwrap_or(&config.pid_file);
+    let status_file = files.status_file.as_ref().unwrap_or(&config.status_file);
     let owners = lifecycle::Owners::me_and(&config.daemon_user);
-    match lifecycle::reload(&config.pid_file, &owners) {
-        Ok(pid) => {
-            println!(
-                "asked plusmoin (pid {pid}) to reload {}",
-                cli.config.display()
-            );
-            Ok(())
-        }
-        Err(e) => Err(fail(e)),
+    let wait = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::from_secs(10));
+    let before = status::read_reload(status_file, &owners).ok();
+    let pid = lifecycle::reload(pid_file, &owners).map_err(fail)?;
+    let file = cli.config.display();
+    if wait.is_zero() {
+        println!("asked plusmoin (pid {pid}) to reload {file} (not waiting for it)");
+        return Ok(());
     }
+    // Generations count from 1 in each daemon: one written by another
+    // process (an earlier daemon) is no floor.
+    let daemon = u32::try_from(pid).unwrap_or(0);
+    let floor = before
+        .filter(|seen| seen.pid == daemon)
+        .and_then(|seen| seen.reload)
+        .map_or(0, |r| r.generation);
+    let deadline = std::time::Instant::now() + wait;
+    let mut last_problem = None;
+    let report = loop {
+        match status::read_reload(status_file, &owners) {
+            Ok(seen) if seen.pid == daemon => {
+                if let Some(r) = seen.reload.filter(|r| r.generation > floor) {
+                    break r;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => last_problem = Some(e.to_string()),
+        }
+        if std::time::Instant::now() >= deadline {
+            let mut msg = format!(
+                "plusmoin (pid {pid}) was sent SIGHUP but did not confirm the reload within \
+                 {timeout} s (no reload after #{floor} in {}): see its log",
+                status_file.display()
+            );
+            if let Some(p) = last_problem {
+                msg.push_str(&format!(" (last reading the status: {p})"));
+            }
+            return Err(fail(msg));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if !report.ok {
+        let why = report.error.as_deref().unwrap_or("no reason given");
+        return Err(fail(format!(
+            "plusmoin (pid {pid}) could not apply {file} (reload #{}): {}; the configuration before stays in force",
+            report.generation,
+            one_line(why)
+        )));
+    }
+    println!(
+        "plusmoin (pid {pid}) reloaded {file} (reload #{})",
+        report.generation
+    );
+    if !report.restart_needed.is_empty() {
+        eprintln!(
+            "plusmoin: warning: these settings changed but take effect only when plusmoin is started again: {}",
+            one_line(&report.restart_needed.join(", "))
+        );
+    }
+    Ok(())
 }
 
-fn show_status(cli: &Cli, table: bool) -> Result<(), Failure> {
-    let config = load(cli)?;
+/// What the daemon wrote, on one inert line (its status file's directory is
+/// the daemon user's).
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn show_status(cli: &Cli, table: bool, files: &ControlFiles) -> Result<(), Failure> {
+    let paths = control_paths(cli, files, true);
     let now = plusmoin::cluster::Time::now().as_secs_f64();
-    let owners = lifecycle::Owners::me_and(&config.daemon_user);
-    let read = status::read(&config.status_file, now, &owners).and_then(|st| {
+    let owners = lifecycle::Owners::me_and(&paths.daemon_user);
+    let read = status::read(&paths.status_file, now, &owners).and_then(|st| {
         // A fresh file from a daemon that just died is no status either.
-        match lifecycle::running_pid(&config.pid_file, &owners) {
+        match lifecycle::running_pid(&paths.pid_file, &owners) {
             Ok(None) => Err(status::StatusError::NotRunning {
-                pid_file: config.pid_file.clone(),
+                pid_file: paths.pid_file.clone(),
                 updated_at: st.updated_at,
             }),
             _ => Ok(st),

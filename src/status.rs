@@ -10,7 +10,7 @@
 
 use crate::lifecycle::safefile::{self, Access, Owners};
 use crate::logonce::LogOnce;
-use crate::payload::{NodeEntry, Status};
+use crate::payload::{NodeEntry, ReloadReport, Status};
 use crate::text::escape_controls;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -249,21 +249,7 @@ fn set_mode(file: &std::fs::File, mode: u32) -> std::io::Result<()> {
 ///
 /// [`safefile`]: crate::lifecycle::safefile
 pub fn read(path: &Path, now_unix: f64, owners: &Owners) -> Result<Status, StatusError> {
-    let text = safefile::open(path, Access::Read, owners)
-        .and_then(|mut f| {
-            let mut b = Vec::new();
-            f.read_to_end(&mut b).map(|_| b)
-        })
-        .map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => StatusError::Missing {
-                path: path.to_path_buf(),
-                source,
-            },
-            _ => StatusError::Read {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
+    let text = read_bytes(path, owners)?;
     let status: Status = serde_json::from_slice(&text).map_err(|source| StatusError::Invalid {
         path: path.to_path_buf(),
         source,
@@ -279,6 +265,46 @@ pub fn read(path: &Path, now_unix: f64, owners: &Owners) -> Result<Status, Statu
         });
     }
     Ok(status)
+}
+
+/// Who wrote the status file and its last reload: what `plusmoin reload`
+/// compares before and after its signal.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ReloadSeen {
+    /// The daemon that wrote the file.
+    pub pid: u32,
+    /// Its last reload; `None` before its first.
+    #[serde(default)]
+    pub reload: Option<ReloadReport>,
+}
+
+/// Reads who wrote the status file at `path` and its last reload, however
+/// old the file is (a daemon busy reloading is no stale one) and whatever
+/// else it holds. Opened as [`read`] opens it.
+pub fn read_reload(path: &Path, owners: &Owners) -> Result<ReloadSeen, StatusError> {
+    let text = read_bytes(path, owners)?;
+    serde_json::from_slice(&text).map_err(|source| StatusError::Invalid {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn read_bytes(path: &Path, owners: &Owners) -> Result<Vec<u8>, StatusError> {
+    safefile::open(path, Access::Read, owners)
+        .and_then(|mut f| {
+            let mut b = Vec::new();
+            f.read_to_end(&mut b).map(|_| b)
+        })
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => StatusError::Missing {
+                path: path.to_path_buf(),
+                source,
+            },
+            _ => StatusError::Read {
+                path: path.to_path_buf(),
+                source,
+            },
+        })
 }
 
 /// The status as a table an operator reads at a glance.
@@ -361,6 +387,13 @@ pub fn table(status: &Status) -> String {
     }
     if let Some(p) = &status.pgpool {
         out.push_str(&pgpool_lines(p));
+    }
+    if let Some(r) = status.reload.as_ref().filter(|r| !r.ok) {
+        out.push_str(&format!(
+            "last reload (at {}) failed, the configuration before it stays in force: {}\n",
+            escape_controls(&r.at),
+            escape_controls(r.error.as_deref().unwrap_or("no reason given"))
+        ));
     }
     out.push_str(&format!(
         "instance {} (pid {}), updated {}\n",

@@ -17,11 +17,13 @@
 
 mod error;
 mod json;
+mod lenient;
 mod secrets;
 #[cfg(test)]
 mod tests;
 mod validate;
 
+pub use lenient::{control_paths, read_control_paths, ControlPaths};
 pub use secrets::permission_warnings;
 pub(crate) use secrets::PasswordSource;
 
