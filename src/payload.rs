@@ -190,7 +190,7 @@ pub(crate) const PGPOOL_NODE_STATUSES: [&str; 5] =
 
 /// The pgpool sidecar's view, as `status` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PgpoolReport {
+pub(crate) struct PgpoolReport {
     /// This pgpool's place in its watchdog cluster, in words.
     pub(crate) watchdog: String,
     /// Whether this plusmoin is the one sending pcp actions.

@@ -28,7 +28,7 @@ impl Default for ControlPaths {
     }
 }
 
-/// Reads `path` and picks its control paths (see [`control_paths`]); an
+/// Reads `path` and picks its control paths (see `control_paths`); an
 /// error only when the file cannot be read at all.
 pub fn read_control_paths(path: &Path) -> Result<ControlPaths, ConfigError> {
     let bytes = std::fs::read(path).map_err(|reason| ConfigError::Read {
@@ -42,7 +42,7 @@ pub fn read_control_paths(path: &Path) -> Result<ControlPaths, ConfigError> {
 /// of `text` (JSON with comments, broken or not), defaults for the rest.
 /// A key written twice: the last one wins. A value that is not a non-empty
 /// string (without NUL) is ignored.
-pub fn control_paths(text: &str) -> ControlPaths {
+pub(crate) fn control_paths(text: &str) -> ControlPaths {
     let mut out = ControlPaths::default();
     let mut depth = 0usize;
     // The top-level tokens just seen: a key, then a colon.

@@ -23,7 +23,7 @@ mod secrets;
 mod tests;
 mod validate;
 
-pub use lenient::{control_paths, read_control_paths, ControlPaths};
+pub use lenient::{read_control_paths, ControlPaths};
 pub use secrets::permission_warnings;
 pub(crate) use secrets::PasswordSource;
 

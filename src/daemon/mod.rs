@@ -544,8 +544,3 @@ impl Daemon {
         self.pgpool.shutdown().await;
     }
 }
-
-/// How long running triggers get at shutdown.
-pub fn shutdown_grace(config: &Config) -> Duration {
-    config.trigger_timeout.min(Duration::from_secs(10))
-}

@@ -55,7 +55,7 @@ pub struct Report {
     /// When the probe began (its deadline ran from there).
     pub(crate) began: Instant,
     /// The server's system identifier, when the connection the probe used
-    /// could read it ([`crate::cluster::PrimaryGuard`]).
+    /// could read it (`cluster::PrimaryGuard`).
     pub(crate) system: Option<u64>,
 }
 
