@@ -101,12 +101,12 @@ fn system_hostname() -> Result<String, String> {
 }
 
 /// [`parse`] with the host name (the default `instance_name`) and the
-/// place of libpq's password file supplied.
+/// place of libpq's password file (given `daemon_user`) supplied.
 fn parse_with(
     text: &str,
     source: &Path,
     hostname: &dyn Fn() -> Result<String, String>,
-    pgpass: &dyn Fn() -> Option<PathBuf>,
+    pgpass: &dyn Fn(&str) -> Option<PathBuf>,
 ) -> Result<Config, ConfigError> {
     let doc = json::Document::new(text);
     let root = doc.parse().map_err(|e| ConfigError::Syntax {

@@ -40,12 +40,37 @@ pub(crate) fn read_password_file(path: &Path) -> Result<String, String> {
     Ok(first.to_string())
 }
 
-/// libpq's default password file: `$PGPASSFILE`, else `$HOME/.pgpass`.
-pub(crate) fn default_pgpass() -> Option<PathBuf> {
-    match std::env::var_os("PGPASSFILE") {
-        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass")),
+/// libpq's default password file as the daemon will read it:
+/// `$PGPASSFILE`, else `~/.pgpass` of the user the daemon runs as. Run as
+/// root, that is `daemon_user`'s (the daemon drops to it, and its reloads
+/// read that user's file), not root's; otherwise `$HOME/.pgpass`.
+pub(crate) fn default_pgpass(daemon_user: &str) -> Option<PathBuf> {
+    pgpass_for(
+        std::env::var_os("PGPASSFILE"),
+        nix::unistd::geteuid().is_root(),
+        daemon_user,
+        std::env::var_os("HOME"),
+    )
+}
+
+/// [`default_pgpass`] from its inputs: `PGPASSFILE`, whether we are root,
+/// `daemon_user`, `HOME`.
+fn pgpass_for(
+    pgpassfile: Option<std::ffi::OsString>,
+    root: bool,
+    daemon_user: &str,
+    home: Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    if let Some(p) = pgpassfile.filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
     }
+    let theirs = (root && daemon_user != "root")
+        .then(|| nix::unistd::User::from_name(daemon_user).ok().flatten())
+        .flatten()
+        .map(|u| u.dir);
+    theirs
+        .or_else(|| home.map(PathBuf::from))
+        .map(|h| h.join(".pgpass"))
 }
 
 /// Why libpq would ignore the password file at `path`: not a plain file,
@@ -287,6 +312,28 @@ fn parse_line(line: &str) -> Option<([Field; 4], String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_as_root_the_pgpass_is_daemon_users_not_roots() {
+        let root_home = Some("/root".into());
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        assert_eq!(
+            pgpass_for(None, true, "nobody", root_home.clone()),
+            Some(nobody.dir.join(".pgpass"))
+        );
+        assert_eq!(
+            pgpass_for(None, false, "nobody", Some("/home/me".into())),
+            Some(PathBuf::from("/home/me/.pgpass"))
+        );
+        assert_eq!(
+            pgpass_for(None, true, "root", root_home.clone()),
+            Some(PathBuf::from("/root/.pgpass"))
+        );
+        assert_eq!(
+            pgpass_for(Some("/etc/pp".into()), true, "nobody", root_home),
+            Some(PathBuf::from("/etc/pp"))
+        );
+    }
 
     #[test]
     fn pgpass_matches_like_libpq() {

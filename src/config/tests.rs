@@ -9,7 +9,7 @@ fn host() -> Result<String, String> {
 }
 
 /// No libpq password file, whatever the machine running the tests has.
-fn no_pgpass() -> Option<PathBuf> {
+fn no_pgpass(_daemon_user: &str) -> Option<PathBuf> {
     None
 }
 
@@ -936,7 +936,7 @@ fn password_can_come_from_libpq_password_file_per_node() {
         "db1:5432:d:u:one\n*:5433:d:u:two\n# a comment\n*:*:other:u:never\n",
     )
     .unwrap();
-    let pgpass = || Some(f.clone());
+    let pgpass = |_: &str| Some(f.clone());
     let text = r#"{"dbname": "d", "user": "u",
         "nodes": [{"host": "db1", "port": 5432}, {"host": "db2", "port": 5433}]}"#;
     // As libpq: ignored while group or others can read it.

@@ -77,7 +77,7 @@ pub(super) struct Validator<'a> {
     pub(super) hostname: &'a dyn Fn() -> Result<String, String>,
     /// libpq's password file to use when neither `password` nor
     /// `password_file` is set (`$PGPASSFILE`, else `~/.pgpass`).
-    pub(super) pgpass: &'a dyn Fn() -> Option<PathBuf>,
+    pub(super) pgpass: &'a dyn Fn(&str) -> Option<PathBuf>,
 }
 
 /// Values read so far, each with where it was written.
@@ -271,8 +271,18 @@ impl Validator<'_> {
         };
 
         let mut nodes = raw.nodes.unwrap_or_default();
-        let (password, password_source) =
-            self.password(raw.password, raw.password_file, &dbname, &user, &mut nodes)?;
+        let daemon_user = raw
+            .daemon_user
+            .clone()
+            .unwrap_or_else(|| defaults::DAEMON_USER.into());
+        let (password, password_source) = self.password(
+            raw.password,
+            raw.password_file,
+            &dbname,
+            &user,
+            &daemon_user,
+            &mut nodes,
+        )?;
         let pgpool = self.resolve_pgpool(raw.pgpool, &nodes, &raw.node_id_at)?;
 
         Ok(Config {
@@ -290,9 +300,7 @@ impl Validator<'_> {
             log_file: raw.log_file.unwrap_or_else(|| defaults::LOG_FILE.into()),
             log_level: raw.log_level.unwrap_or_default(),
             log_format: raw.log_format.unwrap_or_default(),
-            daemon_user: raw
-                .daemon_user
-                .unwrap_or_else(|| defaults::DAEMON_USER.into()),
+            daemon_user,
             pid_file: raw.pid_file.unwrap_or_else(|| defaults::PID_FILE.into()),
             status_file: raw
                 .status_file
@@ -319,6 +327,7 @@ impl Validator<'_> {
         file: Option<(PathBuf, usize)>,
         dbname: &str,
         user: &str,
+        daemon_user: &str,
         nodes: &mut [NodeConfig],
     ) -> Result<(String, PasswordSource), ConfigError> {
         match (inline, file) {
@@ -349,7 +358,7 @@ impl Validator<'_> {
                          for every node in PGPASSFILE or ~/.pgpass)",
                     )
                 };
-                let path = (self.pgpass)().ok_or_else(missing)?;
+                let path = (self.pgpass)(daemon_user).ok_or_else(missing)?;
                 let text = match std::fs::read_to_string(&path) {
                     Ok(t) => t,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
