@@ -566,11 +566,15 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let mut m = Monitor::new(crate::probe::tests::settings()).unwrap();
+        // Quickly: long before a deadline far off, with room for a loaded
+        // machine.
+        let mut s = crate::probe::tests::settings();
+        s.connect_timeout = Duration::from_secs(10);
+        let mut m = Monitor::new(s).unwrap();
         let name = NodeName::new("127.0.0.1", port);
         let t0 = std::time::Instant::now();
         let r = probe_once(&mut m, &name, None).await;
-        assert!(t0.elapsed() < Duration::from_millis(900));
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
         assert_eq!(r.node, name);
         match &r.obs {
             Observation::Down { reason } => assert!(reason.contains("refused"), "{reason}"),
@@ -633,7 +637,8 @@ mod tests {
         let took = t0.elapsed();
         hold.abort();
         assert!(took >= Duration::from_millis(300), "{took:?}");
-        assert!(took < Duration::from_millis(500), "{took:?}");
+        // Not long after it, with room for a loaded machine.
+        assert!(took < Duration::from_millis(1300), "{took:?}");
         assert_eq!(
             r.obs,
             Observation::Down {

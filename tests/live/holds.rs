@@ -37,7 +37,7 @@ pub(crate) fn write_config(
     std::fs::create_dir_all(&d).expect("config dir");
     let text = format!(
         r#"{{"dbname": "{SANDBOX_DBNAME}", "user": "{SANDBOX_USER}", "password": "{SANDBOX_PASSWORD}",
-  "heartbeat": 0.5, "connect_timeout": 1, "instance_name": "{instance}", "sslmode": "disable",
+  "heartbeat": 0.5, "connect_timeout": 5, "instance_name": "{instance}", "sslmode": "disable",
   "status_file": "{d}/status.json", "pid_file": "{d}/plusmoin.pid", "log_file": "{d}/plusmoin.log",
   "nodes": [{nodes}]{extra}}}"#,
         d = d.display(),
