@@ -42,14 +42,16 @@ pub(crate) fn read_password_file(path: &Path) -> Result<String, String> {
 
 /// libpq's default password file as the daemon will read it:
 /// `$PGPASSFILE`, else `~/.pgpass` of the user the daemon runs as. Run as
-/// root, that is `daemon_user`'s (the daemon drops to it, and its reloads
-/// read that user's file), not root's; otherwise `$HOME/.pgpass`.
+/// root, that is `daemon_user`'s when that user has one (the daemon drops
+/// to it, and its reloads read that user's file); otherwise
+/// `$HOME/.pgpass`.
 pub(crate) fn default_pgpass(daemon_user: &str) -> Option<PathBuf> {
     pgpass_for(
         std::env::var_os("PGPASSFILE"),
         nix::unistd::geteuid().is_root(),
         daemon_user,
         std::env::var_os("HOME"),
+        &|p: &Path| p.is_file(),
     )
 }
 
@@ -60,6 +62,7 @@ fn pgpass_for(
     root: bool,
     daemon_user: &str,
     home: Option<std::ffi::OsString>,
+    exists: &dyn Fn(&Path) -> bool,
 ) -> Option<PathBuf> {
     if let Some(p) = pgpassfile.filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
@@ -67,10 +70,9 @@ fn pgpass_for(
     let theirs = (root && daemon_user != "root")
         .then(|| nix::unistd::User::from_name(daemon_user).ok().flatten())
         .flatten()
-        .map(|u| u.dir);
-    theirs
-        .or_else(|| home.map(PathBuf::from))
-        .map(|h| h.join(".pgpass"))
+        .map(|u| u.dir.join(".pgpass"))
+        .filter(|p| exists(p));
+    theirs.or_else(|| home.map(|h| PathBuf::from(h).join(".pgpass")))
 }
 
 /// Why libpq would ignore the password file at `path`: not a plain file,
@@ -317,20 +319,28 @@ mod tests {
     fn run_as_root_the_pgpass_is_daemon_users_not_roots() {
         let root_home = Some("/root".into());
         let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        let theirs = nobody.dir.join(".pgpass");
+        let has = |p: &Path| p == theirs;
+        let none = |_: &Path| false;
         assert_eq!(
-            pgpass_for(None, true, "nobody", root_home.clone()),
-            Some(nobody.dir.join(".pgpass"))
+            pgpass_for(None, true, "nobody", root_home.clone(), &has),
+            Some(theirs.clone())
         );
+        // The daemon user has none: root's, as libpq would read it.
         assert_eq!(
-            pgpass_for(None, false, "nobody", Some("/home/me".into())),
-            Some(PathBuf::from("/home/me/.pgpass"))
-        );
-        assert_eq!(
-            pgpass_for(None, true, "root", root_home.clone()),
+            pgpass_for(None, true, "nobody", root_home.clone(), &none),
             Some(PathBuf::from("/root/.pgpass"))
         );
         assert_eq!(
-            pgpass_for(Some("/etc/pp".into()), true, "nobody", root_home),
+            pgpass_for(None, false, "nobody", Some("/home/me".into()), &has),
+            Some(PathBuf::from("/home/me/.pgpass"))
+        );
+        assert_eq!(
+            pgpass_for(None, true, "root", root_home.clone(), &has),
+            Some(PathBuf::from("/root/.pgpass"))
+        );
+        assert_eq!(
+            pgpass_for(Some("/etc/pp".into()), true, "nobody", root_home, &has),
             Some(PathBuf::from("/etc/pp"))
         );
     }
