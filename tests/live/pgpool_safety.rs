@@ -423,9 +423,11 @@ fn cut_off_from_the_primary_only_detaches_nothing() {
         2,
         PgpoolOptions {
             health_check_database: Some("postgres".to_owned()),
-            // Retries, as production pgpools have: one health check lost
-            // on a loaded machine must not make pgpool itself detach a
-            // node, which this test would take for plusmoin's doing.
+            // Retries and a health-check timeout as production pgpools
+            // have: a check that is merely slow on a loaded machine must
+            // not make pgpool itself detach a node (seen under a CPU hog
+            // with 2 s), which this test would take for plusmoin's doing.
+            health_check_timeout: 10,
             ..production(2)
         },
     );
