@@ -24,6 +24,20 @@ pub struct Cli {
     pub command: CliCommand,
 }
 
+/// Where `stop`, `status` and `reload` find the daemon. By default the
+/// configuration's `pid_file` and `status_file`: `stop` and `status` pick
+/// them out of the file even when the rest of it is broken.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ControlFiles {
+    /// The daemon's pid file, instead of the configuration's `pid_file`.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// The daemon's status file (`status`, `reload`), instead of the
+    /// configuration's `status_file`.
+    #[arg(long, value_name = "FILE")]
+    pub status_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
     /// Start the daemon: detach into the background (unless -x), write and
@@ -36,16 +50,29 @@ pub enum CliCommand {
         /// pgpool side 2 s: the default covers both).
         #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
         timeout: f64,
+        #[command(flatten)]
+        files: ControlFiles,
     },
-    /// Make the running daemon read its configuration again (SIGHUP). The
-    /// file is checked first: a broken one is reported and not sent.
-    Reload,
+    /// Make the running daemon read its configuration again (SIGHUP) and
+    /// wait for it to say how that went. The file is checked first: a
+    /// broken one is reported (exit 2) and nothing is sent. Exit 1 when the
+    /// daemon could not apply it (its reason is printed; the configuration
+    /// before stays in force) or did not confirm in time.
+    Reload {
+        /// Seconds to wait for the daemon to confirm (0: send and do not wait).
+        #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+        timeout: f64,
+        #[command(flatten)]
+        files: ControlFiles,
+    },
     /// Print the status the daemon wrote (JSON), or fail if it is missing or
     /// older than three beats.
     Status {
         /// A table an operator reads at a glance instead of JSON.
         #[arg(long, short = 't')]
         table: bool,
+        #[command(flatten)]
+        files: ControlFiles,
     },
     /// Validate the configuration and print a summary of it.
     CheckConfig,

@@ -68,7 +68,6 @@ impl<K: Eq + Hash + Clone> LogOnceMap<K> {
     }
 
     /// The failure last recorded for `key`.
-    #[cfg(test)]
     pub(crate) fn current(&self, key: &K) -> Option<&str> {
         self.current.get(key).map(String::as_str)
     }

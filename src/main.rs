@@ -4,7 +4,7 @@
 //! status.
 
 use clap::Parser;
-use plusmoin::cli::{Cli, CliCommand};
+use plusmoin::cli::{Cli, CliCommand, ControlFiles};
 use plusmoin::{config, daemon, demo, lifecycle, status};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -49,9 +49,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         CliCommand::CheckConfig => check_config(&cli),
         CliCommand::Start => start(&cli),
-        CliCommand::Stop { timeout } => stop(&cli, timeout),
-        CliCommand::Reload => reload(&cli),
-        CliCommand::Status { table } => show_status(&cli, table),
+        CliCommand::Stop { timeout, ref files } => stop(&cli, timeout, files),
+        CliCommand::Reload { timeout, ref files } => reload(&cli, timeout, files),
+        CliCommand::Status { table, ref files } => show_status(&cli, table, files),
         CliCommand::Demo { no_story, pgpool } => {
             let code = demo::run(!no_story, pgpool);
             if code == ExitCode::SUCCESS {
@@ -106,8 +106,14 @@ fn secret_warnings(config: &config::Config) -> Vec<String> {
 fn start(cli: &Cli) -> Result<(), Failure> {
     let config = load(cli)?;
     let warnings = secret_warnings(&config);
-    for w in &warnings {
-        eprintln!("plusmoin: warning: {w}");
+    if !cli.foreground {
+        // For the terminal of the `start` that detaches; they are logged
+        // too, once the log is open. In the foreground, stdout and stderr
+        // are the log stream (systemd's journal, say): they are only
+        // logged, in the log's format.
+        for w in &warnings {
+            eprintln!("plusmoin: warning: {w}");
+        }
     }
     // Absolute, so SIGHUP still finds it after the daemon's chdir("/").
     let config_path = std::path::absolute(&cli.config).unwrap_or_else(|_| cli.config.clone());
@@ -117,23 +123,25 @@ fn start(cli: &Cli) -> Result<(), Failure> {
         Some(lifecycle::daemonize().map_err(fail)?)
     };
     // Once detached, a startup error goes back to the waiting `start`,
-    // which prints it and exits 1.
-    let abort = |detached: Option<lifecycle::Detached>, msg: String| match detached {
-        Some(d) => {
-            d.fail(&msg);
-            Failure::silent(1)
+    // which prints it and exits 1. In the foreground it is logged (the
+    // log is set up first), in the log's format, and not printed again.
+    let abort = |detached: Option<lifecycle::Detached>, msg: String| {
+        tracing::error!("{msg}");
+        match detached {
+            Some(d) => d.fail(&msg),
+            None if !logging_up() => return fail(msg),
+            None => {}
         }
-        None => fail(msg),
+        Failure::silent(1)
     };
-    type Setup = (lifecycle::PidFile, Option<std::net::TcpListener>);
-    let setup = || -> Result<Setup, String> {
-        // Pid file and log file first, while still root: their directories
-        // are usually root's, and the open descriptors outlive the switch.
-        // Their directories may be the daemon user's: no link is followed,
-        // and a file there must be root's, ours or that user's.
-        let owners = lifecycle::Owners::me_and(&config.daemon_user);
-        let pid =
-            lifecycle::PidFile::acquire(&config.pid_file, &owners).map_err(|e| e.to_string())?;
+    // Pid file and log file first, while still root: their directories
+    // are usually root's, and the open descriptors outlive the switch.
+    // Their directories may be the daemon user's: no link is followed,
+    // and a file there must be root's, ours or that user's.
+    let owners = lifecycle::Owners::me_and(&config.daemon_user);
+    // From the log on, everything the daemon says is a log line in the
+    // log's format, the warnings above included.
+    let open_log = || -> Result<(), String> {
         let log_file = (!cli.foreground).then_some(config.log_file.as_path());
         lifecycle::init_logging(
             log_level(config.log_level),
@@ -142,6 +150,26 @@ fn start(cli: &Cli) -> Result<(), Failure> {
             &owners,
         )
         .map_err(|e| e.to_string())?;
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(())
+    };
+    // In the foreground the log (stdout) comes first, so that a start
+    // error is a log line too; detached, the pid file comes first, so
+    // that a refused start does not create the log file.
+    if cli.foreground {
+        if let Err(msg) = open_log() {
+            return Err(abort(detached, msg));
+        }
+    }
+    type Setup = (lifecycle::PidFile, Option<std::net::TcpListener>);
+    let setup = || -> Result<Setup, String> {
+        let pid =
+            lifecycle::PidFile::acquire(&config.pid_file, &owners).map_err(|e| e.to_string())?;
+        if !cli.foreground {
+            open_log()?;
+        }
         // The HTTP listener too, before root is given up: a port below 1024
         // then works, and no other local user can have taken it first (a
         // taken port is a start error, never a listener of someone else's).
@@ -159,9 +187,6 @@ fn start(cli: &Cli) -> Result<(), Failure> {
         Ok(p) => p,
         Err(msg) => return Err(abort(detached, msg)),
     };
-    for w in warnings {
-        tracing::warn!("{w}");
-    }
     // One connection per node: a thousand nodes would hit the usual 1024.
     match lifecycle::raise_nofile_limit() {
         Ok(limit) => tracing::debug!(limit, "open files limit"),
@@ -202,16 +227,58 @@ fn start(cli: &Cli) -> Result<(), Failure> {
     });
     drop(pid_file);
     result.map_err(|e| {
+        // Said once, in the log's format.
         tracing::error!("{e}");
-        fail(e)
+        Failure::silent(1)
     })
 }
 
-fn stop(cli: &Cli, timeout: f64) -> Result<(), Failure> {
-    let config = load(cli)?;
+/// Whether a log subscriber is installed (the daemon's log is set up).
+fn logging_up() -> bool {
+    tracing::dispatcher::has_been_set()
+}
+
+/// What `stop` and `status` use: the pid file, the status file (when
+/// `status_used`) and `daemon_user` (whose files those may be), from
+/// `files` when given, else picked out of the configuration even when it is
+/// broken (a stray comma, a password file that cannot be found); defaults,
+/// said with a warning, when it cannot be read at all.
+fn control_paths(cli: &Cli, files: &ControlFiles, status_used: bool) -> config::ControlPaths {
+    let mut paths = match config::read_control_paths(&cli.config) {
+        Ok(p) => p,
+        Err(e) => {
+            let mut missing = Vec::new();
+            if files.pid_file.is_none() {
+                missing.push(("pid_file", "--pid-file"));
+            }
+            if status_used && files.status_file.is_none() {
+                missing.push(("status_file", "--status-file"));
+            }
+            if !missing.is_empty() {
+                let (keys, options): (Vec<&str>, Vec<&str>) = missing.into_iter().unzip();
+                eprintln!(
+                    "plusmoin: warning: {e}: using the default {} (or give {})",
+                    keys.join(" and "),
+                    options.join(", ")
+                );
+            }
+            config::ControlPaths::default()
+        }
+    };
+    if let Some(p) = &files.pid_file {
+        paths.pid_file = p.clone();
+    }
+    if let Some(p) = &files.status_file {
+        paths.status_file = p.clone();
+    }
+    paths
+}
+
+fn stop(cli: &Cli, timeout: f64, files: &ControlFiles) -> Result<(), Failure> {
+    let paths = control_paths(cli, files, false);
     let grace = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::from_secs(30));
-    let owners = lifecycle::Owners::me_and(&config.daemon_user);
-    match lifecycle::stop(&config.pid_file, grace, &owners) {
+    let owners = lifecycle::Owners::me_and(&paths.daemon_user);
+    match lifecycle::stop(&paths.pid_file, grace, &owners) {
         Ok(Some(pid)) => {
             println!("plusmoin (pid {pid}) stopped");
             Ok(())
@@ -219,7 +286,7 @@ fn stop(cli: &Cli, timeout: f64) -> Result<(), Failure> {
         Ok(None) => {
             eprintln!(
                 "plusmoin: not running (no live daemon holds {})",
-                config.pid_file.display()
+                paths.pid_file.display()
             );
             Ok(())
         }
@@ -227,30 +294,102 @@ fn stop(cli: &Cli, timeout: f64) -> Result<(), Failure> {
     }
 }
 
-fn reload(cli: &Cli) -> Result<(), Failure> {
+/// Checks the configuration as `check-config` does (nothing is sent when it
+/// is refused), sends SIGHUP, then waits until the daemon's status file
+/// shows a reload generation above the one before the signal, and says
+/// how it went.
+fn reload(cli: &Cli, timeout: f64, files: &ControlFiles) -> Result<(), Failure> {
     let config = load(cli)?;
+    for w in secret_warnings(&config) {
+        eprintln!("plusmoin: warning: {w}");
+    }
+    let pid_file = files.pid_file.as_ref().unwrap_or(&config.pid_file);
+    let status_file = files.status_file.as_ref().unwrap_or(&config.status_file);
     let owners = lifecycle::Owners::me_and(&config.daemon_user);
-    match lifecycle::reload(&config.pid_file, &owners) {
-        Ok(pid) => {
-            println!(
-                "asked plusmoin (pid {pid}) to reload {}",
-                cli.config.display()
-            );
-            Ok(())
-        }
-        Err(e) => Err(fail(e)),
+    let wait = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::from_secs(10));
+    let before = status::read_reload(status_file, &owners).ok();
+    let pid = lifecycle::reload(pid_file, &owners).map_err(fail)?;
+    let file = cli.config.display();
+    if wait.is_zero() {
+        println!("asked plusmoin (pid {pid}) to reload {file} (not waiting for it)");
+        return Ok(());
     }
+    // Generations count from 1 in each daemon: one written by another
+    // process (an earlier daemon) is no floor.
+    let daemon = u32::try_from(pid).unwrap_or(0);
+    let floor = before
+        .filter(|seen| seen.pid == daemon)
+        .and_then(|seen| seen.reload)
+        .map_or(0, |r| r.generation);
+    let deadline = std::time::Instant::now() + wait;
+    let mut last_problem = None;
+    let report = loop {
+        match status::read_reload(status_file, &owners) {
+            Ok(seen) if seen.pid == daemon => {
+                if let Some(r) = seen.reload.filter(|r| r.generation > floor) {
+                    break r;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => last_problem = Some(e.to_string()),
+        }
+        if std::time::Instant::now() >= deadline {
+            let mut msg = format!(
+                "plusmoin (pid {pid}) was sent SIGHUP but did not confirm the reload within \
+                 {timeout} s (no reload after #{floor} in {}): see its log",
+                status_file.display()
+            );
+            if let Some(p) = last_problem {
+                msg.push_str(&format!(" (last reading the status: {p})"));
+            }
+            return Err(fail(msg));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if !report.ok {
+        let why = report.error.as_deref().unwrap_or("no reason given");
+        return Err(fail(format!(
+            "plusmoin (pid {pid}) could not apply {file} (reload #{}): {}; the configuration before stays in force",
+            report.generation,
+            one_line(why)
+        )));
+    }
+    println!(
+        "plusmoin (pid {pid}) reloaded {file} (reload #{})",
+        report.generation
+    );
+    if !report.restart_needed.is_empty() {
+        eprintln!(
+            "plusmoin: warning: these settings changed but take effect only when plusmoin is started again: {}",
+            one_line(&report.restart_needed.join(", "))
+        );
+    }
+    Ok(())
 }
 
-fn show_status(cli: &Cli, table: bool) -> Result<(), Failure> {
-    let config = load(cli)?;
+/// What the daemon wrote, on one inert line (its status file's directory is
+/// the daemon user's).
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn show_status(cli: &Cli, table: bool, files: &ControlFiles) -> Result<(), Failure> {
+    let paths = control_paths(cli, files, true);
     let now = plusmoin::cluster::Time::now().as_secs_f64();
-    let owners = lifecycle::Owners::me_and(&config.daemon_user);
-    let read = status::read(&config.status_file, now, &owners).and_then(|st| {
+    let owners = lifecycle::Owners::me_and(&paths.daemon_user);
+    let read = status::read(&paths.status_file, now, &owners).and_then(|st| {
         // A fresh file from a daemon that just died is no status either.
-        match lifecycle::running_pid(&config.pid_file, &owners) {
+        match lifecycle::running_pid(&paths.pid_file, &owners) {
             Ok(None) => Err(status::StatusError::NotRunning {
-                pid_file: config.pid_file.clone(),
+                pid_file: paths.pid_file.clone(),
                 updated_at: st.updated_at,
             }),
             _ => Ok(st),

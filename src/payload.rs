@@ -159,6 +159,28 @@ pub struct Status {
     /// the same replication set is up (contrib/README.md, "Two masters").
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) primary_refused: BTreeMap<String, String>,
+    /// The last reload (SIGHUP) this daemon handled and how it went; absent
+    /// until the first one. `plusmoin reload` waits for its generation to
+    /// grow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadReport>,
+}
+
+/// One reload as the status shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// Reloads (SIGHUPs) handled since the daemon started: 1 for the first.
+    pub generation: u64,
+    /// When it was handled (RFC 3339, UTC).
+    pub at: String,
+    /// Whether the new configuration is in force.
+    pub ok: bool,
+    /// Why not, when it is not (the old configuration stays in force).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Settings that changed but take effect only at the next start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_needed: Vec<String>,
 }
 
 /// The statuses pgpool gives a node, as [`PgpoolReport::nodes`] names them
@@ -168,7 +190,7 @@ pub(crate) const PGPOOL_NODE_STATUSES: [&str; 5] =
 
 /// The pgpool sidecar's view, as `status` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PgpoolReport {
+pub(crate) struct PgpoolReport {
     /// This pgpool's place in its watchdog cluster, in words.
     pub(crate) watchdog: String,
     /// Whether this plusmoin is the one sending pcp actions.
@@ -239,6 +261,7 @@ impl Status {
             holds: Vec::new(),
             pgpool: None,
             primary_refused: BTreeMap::new(),
+            reload: None,
         }
     }
 

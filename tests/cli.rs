@@ -33,12 +33,27 @@ fn contrib() -> String {
 
 #[test]
 fn check_config_accepts_the_example_and_prints_a_summary() {
+    // As shipped, the placeholder password is refused: exit 2, one line
+    // naming file, line and key.
     let o = plusmoin(&["-c", &contrib(), "check-config"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("contrib/plusmoin.json:24:")
+            && err.contains("password: \"change-me\" is the shipped"),
+        "{err}"
+    );
+    // With the password set, it passes.
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("plusmoin.json");
+    let text = std::fs::read_to_string(contrib()).unwrap();
+    std::fs::write(&set, text.replace("\"change-me\"", "\"s3cret\"")).unwrap();
+    let o = plusmoin(&["-c", set.to_str().unwrap(), "check-config"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("127.0.0.1:5432"), "{out}");
     assert!(out.contains("configuration OK"), "{out}");
-    assert!(!out.contains("change-me"), "password shown: {out}");
+    assert!(!out.contains("s3cret"), "password shown: {out}");
     assert!(
         out.contains("http_listen          (off: no metrics or health endpoints)"),
         "{out}"
@@ -160,6 +175,97 @@ fn stop_and_reload_without_a_daemon_do_not_panic() {
     let o = plusmoin(&["-c", cfg.to_str().unwrap(), "reload"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("not running"), "{}", stderr(&o));
+}
+
+/// `stop` and `status` need only the pid and status files: a configuration
+/// broken elsewhere (a stray comma, a password file that is not there) still
+/// gives them, and `--pid-file`/`--status-file` stand in for it. `reload`
+/// refuses it as check-config does, with file, line and column, before
+/// looking for a daemon.
+#[test]
+fn stop_and_status_read_their_paths_from_a_broken_config_and_reload_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let cfg = dir.path().join("p.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{{\"dbname\": \"p\", \"user\": \"u\", \"password_file\": \"{d}/missing\",\n \
+             \"pid_file\": \"{d}/p.pid\",,\n \"status_file\": \"{d}/s.json\"}}"
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let o = plusmoin(&["-c", c, "check-config"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "the file is broken: {}",
+        stderr(&o)
+    );
+
+    let o = plusmoin(&["-c", c, "stop"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("not running (no live daemon holds {d}/p.pid)")),
+        "{}",
+        stderr(&o)
+    );
+    let o = plusmoin(&["-c", c, "status"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!("no status file at {d}/s.json")),
+        "{}",
+        stderr(&o)
+    );
+    let o = plusmoin(&["-c", c, "stop", "--pid-file", &format!("{d}/other.pid")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("{d}/other.pid")),
+        "{}",
+        stderr(&o)
+    );
+    // An unreadable configuration: the options, and a warning, suffice.
+    let gone = dir.path().join("gone.json");
+    let g = gone.to_str().unwrap();
+    let o = plusmoin(&[
+        "-c",
+        g,
+        "status",
+        "--status-file",
+        &format!("{d}/s2.json"),
+        "--pid-file",
+        &format!("{d}/p.pid"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!("no status file at {d}/s2.json")),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !stderr(&o).contains("warning"),
+        "both given: {}",
+        stderr(&o)
+    );
+    let o = plusmoin(&["-c", g, "stop"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("warning: {g}: cannot read"))
+            && stderr(&o).contains("--pid-file"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = plusmoin(&["-c", c, "reload"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with(&format!("plusmoin: {c}:2:")),
+        "file:line:col: {err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!err.contains("not running"), "no daemon looked for: {err}");
 }
 
 #[test]

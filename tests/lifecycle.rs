@@ -677,27 +677,45 @@ fn secret_file_warnings_for_group_or_other_access() {
                 .is_some_and(|u| u.gid.as_raw() != file_gid)
         })
         .expect("a user of another group");
-    // (mode, daemon user, warns it is writable, warns it is readable)
-    for (mode, user, writable, readable) in [
-        (0o600, me.name.as_str(), false, false),
-        (0o400, stranger, false, false),
-        (0o640, me.name.as_str(), false, false),
-        (0o640, stranger, false, true),
-        (0o644, me.name.as_str(), false, true),
-        (0o604, me.name.as_str(), false, true),
-        (0o620, me.name.as_str(), true, false),
-        (0o602, me.name.as_str(), true, false),
-        (0o660, me.name.as_str(), true, false),
-        (0o666, stranger, true, true),
+    // Started as root, the daemon reads the file again as the daemon user
+    // at every reload: one that user cannot read is warned of too.
+    let root = nix::unistd::geteuid().is_root();
+    // (mode, daemon user, warns it is writable, warns it is readable, warns
+    // the daemon user cannot read it when started as root)
+    for (mode, user, writable, readable, unreadable) in [
+        (0o600, me.name.as_str(), false, false, false),
+        (0o400, stranger, false, false, true),
+        (0o640, me.name.as_str(), false, false, false),
+        (0o640, stranger, false, true, true),
+        (0o644, me.name.as_str(), false, true, false),
+        (0o604, me.name.as_str(), false, true, false),
+        (0o620, me.name.as_str(), true, false, false),
+        (0o602, me.name.as_str(), true, false, false),
+        (0o660, me.name.as_str(), true, false, false),
+        (0o666, stranger, true, true, false),
     ] {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
         let w = permission_warnings(&file, user);
         let what = format!("mode {mode:04o}, daemon user {user}: {w:?}");
         assert_eq!(w.iter().any(|w| w.contains("writable")), writable, "{what}");
         assert_eq!(w.iter().any(|w| w.contains("readable")), readable, "{what}");
+        assert_eq!(
+            w.iter()
+                .any(|w| w.contains("cannot be read by daemon_user")),
+            unreadable && root,
+            "{what}"
+        );
         for w in &w {
             assert!(w.contains(&file.display().to_string()), "{w}");
             assert!(w.contains(&format!("{mode:04o}")), "{w}");
+            // Whoever the daemon runs as, the fix keeps it able to read
+            // the file: chmod 600 only for the owner's own daemon.
+            if w.contains("chmod 600") {
+                assert!(user == me.name || !root, "{what}");
+            }
+            if root && user == stranger && !w.contains("writable") {
+                assert!(w.contains("; chmod 640 "), "{what}");
+            }
         }
     }
     assert!(permission_warnings(&dir.path().join("absent"), &me.name).is_empty());
@@ -1030,7 +1048,7 @@ fn a_link_planted_as_the_status_file_is_not_read_nor_written_through() {
     assert!(msg.contains(&path.display().to_string()), "{msg}");
     assert!(msg.contains("symbolic link"), "{msg}");
     // Written by rename: the link is replaced, not followed.
-    status::write_atomic(&path, b"{}\n").unwrap();
+    status::write_atomic(&path, b"{}\n", 0o644).unwrap();
     target.assert_untouched();
     let meta = std::fs::symlink_metadata(&path).unwrap();
     assert!(meta.file_type().is_file(), "{meta:?}");
@@ -1174,7 +1192,7 @@ fn a_forged_pid_file_signals_nobody() {
 #[test]
 fn a_pid_file_owned_by_someone_else_is_refused() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("needs root to chown: skipped");
+        plusmoin_kit::skip("needs root to chown");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -1330,7 +1348,7 @@ fn victim_at(pid: i32) -> Option<Victim> {
 #[test]
 fn stop_and_reload_spare_whoever_gets_the_pid_of_a_locker_that_forked_and_exited() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("needs root to choose a pid (ns_last_pid): skipped");
+        plusmoin_kit::skip("needs root to choose a pid (ns_last_pid)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -1340,7 +1358,7 @@ fn stop_and_reload_spare_whoever_gets_the_pid_of_a_locker_that_forked_and_exited
     let locker_pid = locker.pid();
     assert!(locker.wait_exit().success());
     let Some(mut victim) = victim_at(locker_pid) else {
-        eprintln!("cannot write /proc/sys/kernel/ns_last_pid: skipped");
+        plusmoin_kit::skip("cannot write /proc/sys/kernel/ns_last_pid");
         return;
     };
     assert_eq!(file_pid(&path), victim.pid());
@@ -1410,13 +1428,21 @@ fn the_plusmoin_binary_reloads_and_stops_its_daemon() {
     let _daemon = KillOnDrop(pid);
     assert!(running(pid));
 
+    // `reload` waits for the daemon to confirm, in its status file.
     let o = plusmoin_bin(&cfg, "reload");
     assert!(o.status.success(), "reload: {}", text(&o.stderr));
     assert!(
-        text(&o.stdout).contains(&format!("asked plusmoin (pid {pid}) to reload")),
+        text(&o.stdout).contains(&format!(
+            "plusmoin (pid {pid}) reloaded {} (reload #1)",
+            cfg.display()
+        )),
         "{}",
         text(&o.stdout)
     );
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("status.json")).unwrap()).unwrap();
+    assert_eq!(status["reload"]["generation"], 1, "{status:#}");
+    assert_eq!(status["reload"]["ok"], true, "{status:#}");
     let log = dir.path().join("plusmoin.log");
     wait_until("the daemon logs the reload", || {
         std::fs::read_to_string(&log)
@@ -1431,7 +1457,11 @@ fn the_plusmoin_binary_reloads_and_stops_its_daemon() {
         "{}",
         text(&o.stdout)
     );
-    assert!(!running(pid), "the daemon outlived stop");
+    // stop returns once the pid file's lock is released, which the daemon
+    // does a moment before its process ends: wait for that end.
+    wait_until("the daemon exits after stop", || {
+        (!running(pid)).then_some(())
+    });
     assert!(
         std::fs::read_to_string(&log)
             .unwrap()
@@ -1473,7 +1503,7 @@ fn the_plusmoin_binary_signals_nobody_for_a_locker_that_forked() {
 #[test]
 fn a_user_who_cannot_check_the_process_signals_nobody_and_says_so() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("needs root to run as another user: skipped");
+        plusmoin_kit::skip("needs root to run as another user");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

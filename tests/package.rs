@@ -14,7 +14,9 @@
 //! unusual; .ci/run pins that version.
 //!
 //! Needs root (dpkg -i), cargo-deb and systemd-analyze (systemd >= 252,
-//! no running systemd needed): without one it fails, saying why.
+//! no running systemd needed): without one, the test needing it prints
+//! `skipped: …` (why, and how to get it) and passes, unless
+//! `PLUSMOIN_REQUIRE_ALL` is set (`.ci/run` sets it): then it fails.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -102,38 +104,35 @@ fn assert_dirs(when: &str, uid: u32, gid: u32) {
     }
 }
 
-/// A PATH where every program of the system's is found but
-/// systemd-tmpfiles: the postinst must then make the directories itself.
-fn path_without_systemd_tmpfiles(farm: &Path) -> String {
-    let _ = std::fs::remove_dir_all(farm);
-    std::fs::create_dir_all(farm).unwrap();
-    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            if name == "systemd-tmpfiles" {
-                continue;
-            }
-            // The first directory wins, as in a PATH.
-            let _ = std::os::unix::fs::symlink(e.path(), farm.join(&name));
-        }
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Why the package test cannot run here (it needs root, dpkg and
+/// cargo-deb), if it cannot.
+fn deb_test_cannot_run() -> Option<&'static str> {
+    if !plusmoin_kit::is_root() {
+        return Some("needs root (dpkg -i installs the package): run as root (.ci/run does)");
     }
-    farm.display().to_string()
+    if !plusmoin_kit::on_path("dpkg") {
+        return Some("dpkg is not installed (a Debian or Ubuntu system)");
+    }
+    let has_deb = Command::new(cargo())
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_deb {
+        return Some(
+            "cargo-deb is not installed: cargo install cargo-deb --version 3.8.0 --locked \
+             (.ci/run does)",
+        );
+    }
+    None
 }
 
 fn build_deb() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let has_deb = run(Command::new(&cargo).args(["deb", "--version"]))
-        .status
-        .success();
-    assert!(
-        has_deb,
-        "cargo-deb is not installed: install it with `cargo install cargo-deb --version 3.8.0 --locked` \
-         (.ci/run does), then run the tests again"
-    );
+    let cargo = cargo();
     // The binary cargo-deb packages is the one this test run built.
     let bin = Path::new(env!("CARGO_BIN_EXE_plusmoin"));
     let profile_dir = bin.parent().expect("bin dir");
@@ -170,6 +169,10 @@ fn build_deb() -> PathBuf {
 
 #[test]
 fn deb_installs_checks_its_config_and_purges_clean() {
+    if let Some(why) = deb_test_cannot_run() {
+        plusmoin_kit::skip(why);
+        return;
+    }
     let deb = build_deb();
     let contents = ok(Command::new("dpkg-deb").arg("-c").arg(&deb));
     for f in [
@@ -193,10 +196,6 @@ fn deb_installs_checks_its_config_and_purges_clean() {
         .arg("conffiles"));
     assert_eq!(conffiles.trim(), "/etc/plusmoin/plusmoin.json");
 
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "installing the .deb (dpkg -i) needs root: run this test as root (CI does)"
-    );
     assert!(
         !installed() && !user_exists("plusmoin"),
         "a plusmoin package or user is already on this machine; this test \
@@ -234,20 +233,38 @@ fn deb_installs_checks_its_config_and_purges_clean() {
     assert_eq!(b.permissions().mode() & 0o7777, 0o755);
     assert_eq!((b.uid(), b.gid()), (0, 0));
 
-    // The shipped configuration passes check-config, run as the daemon's
-    // user as the unit's ExecStartPre does, without warnings (its group may
+    // The shipped configuration, run as the daemon's user as the unit's
+    // ExecStartPre does: its placeholder password is refused, naming file,
+    // line and key; once set, it passes without warnings (its group may
     // read it: that group is the daemon's).
-    let o = run(Command::new("setpriv")
-        .args([
-            &format!("--reuid={}", user.uid),
-            &format!("--regid={}", group.gid),
-            "--clear-groups",
-            "/usr/bin/plusmoin",
-            "-c",
-            "/etc/plusmoin/plusmoin.json",
-            "check-config",
-        ])
-        .env("HOME", "/var/lib/plusmoin"));
+    let check_config = || {
+        run(Command::new("setpriv")
+            .args([
+                &format!("--reuid={}", user.uid),
+                &format!("--regid={}", group.gid),
+                "--clear-groups",
+                "/usr/bin/plusmoin",
+                "-c",
+                "/etc/plusmoin/plusmoin.json",
+                "check-config",
+            ])
+            .env("HOME", "/var/lib/plusmoin"))
+    };
+    let o = check_config();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "the placeholder is refused: {err}"
+    );
+    assert!(
+        err.contains("/etc/plusmoin/plusmoin.json:22:") && err.contains("password: \"change-me\""),
+        "{err}"
+    );
+    let shipped = std::fs::read_to_string(conf).unwrap();
+    // Written in place: the conffile keeps its owner and mode.
+    std::fs::write(conf, shipped.replace("\"change-me\"", "\"s3cret-pw\"")).unwrap();
+    let o = check_config();
     let (out, err) = (
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr),
@@ -282,7 +299,7 @@ fn deb_installs_checks_its_config_and_purges_clean() {
     std::fs::remove_dir_all("/var/log/plusmoin").unwrap();
     std::fs::set_permissions("/var/lib/plusmoin", std::fs::Permissions::from_mode(0o755)).unwrap();
     let farm = std::env::temp_dir().join(format!("plusmoin-package-path-{}", std::process::id()));
-    let path = path_without_systemd_tmpfiles(&farm);
+    let path = plusmoin_kit::path_without(&farm, &["systemd-tmpfiles"]);
     let o = run(Command::new("/var/lib/dpkg/info/plusmoin.postinst")
         .arg("configure")
         .env("PATH", &path));
@@ -335,6 +352,20 @@ fn deb_installs_checks_its_config_and_purges_clean() {
         cat_as(uid, gid).status.success(),
         "plusmoin reads the status"
     );
+    // 0640 (status_file_mode's default): the group's members (operators
+    // added to it) read it too.
+    let m = std::fs::metadata(status).unwrap();
+    assert_eq!(
+        (m.mode() & 0o7777, m.gid()),
+        (0o640, gid),
+        "status file mode"
+    );
+    let operator = nobody_in_group(gid);
+    assert!(
+        operator.status.success(),
+        "a member of the plusmoin group reads the status: {}",
+        String::from_utf8_lossy(&operator.stderr)
+    );
     let nobody = nix::unistd::User::from_name("nobody")
         .unwrap()
         .expect("user nobody");
@@ -375,11 +406,91 @@ fn deb_installs_checks_its_config_and_purges_clean() {
     assert!(!user_exists("plusmoin") && !group_exists("plusmoin"));
 }
 
+/// `cat` of the status file as nobody, with the plusmoin group (`gid`) as
+/// a supplementary group: an operator added to that group.
+fn nobody_in_group(gid: u32) -> Output {
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    run(Command::new("setpriv").args([
+        &format!("--reuid={}", nobody.uid),
+        &format!("--regid={}", nobody.gid),
+        &format!("--groups={gid}"),
+        "cat",
+        "/var/lib/plusmoin/status.json",
+    ]))
+}
+
+/// Without the optional tools (cargo-deb, systemd-analyze: a PATH and a
+/// CARGO_HOME without them), the tests needing them print why they are
+/// skipped and pass; with PLUSMOIN_REQUIRE_ALL=1 (as .ci/run sets it) they
+/// fail, saying why. Runs this test binary again, on those two tests only.
+#[test]
+fn tests_without_their_tools_skip_saying_why_unless_all_are_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let path =
+        plusmoin_kit::path_without(&dir.path().join("bin"), &["systemd-analyze", "cargo-deb"]);
+    let empty_home = dir.path().join("cargo-home");
+    std::fs::create_dir(&empty_home).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    for (test, reason) in [
+        (
+            "unit_is_sandboxed",
+            "skipped: systemd-analyze is not installed",
+        ),
+        (
+            "deb_installs_checks_its_config_and_purges_clean",
+            if plusmoin_kit::is_root() {
+                "skipped: cargo-deb is not installed"
+            } else {
+                "skipped: needs root"
+            },
+        ),
+    ] {
+        let child = |require: Option<&str>| {
+            let mut c = Command::new(&exe);
+            c.args([test, "--exact", "--nocapture", "--test-threads=1"])
+                .env("PATH", &path)
+                .env("CARGO_HOME", &empty_home)
+                .env_remove(plusmoin_kit::REQUIRE_ALL);
+            if let Some(v) = require {
+                c.env(plusmoin_kit::REQUIRE_ALL, v);
+            }
+            run(&mut c)
+        };
+        let o = child(None);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "{test} without its tool: {all}");
+        assert!(all.contains(reason), "{test}: {all}");
+        assert!(all.contains("1 passed"), "{test} ran: {all}");
+        let o = child(Some("1"));
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            !o.status.success(),
+            "{test} with PLUSMOIN_REQUIRE_ALL=1 must fail: {all}"
+        );
+        assert!(
+            all.contains("PLUSMOIN_REQUIRE_ALL is set, and this test cannot run"),
+            "{test}: {all}"
+        );
+    }
+}
+
 /// The unit's sandbox, scored as `systemd-analyze security` does, offline
 /// (no running systemd needed): "OK" (at most 4.0) or better, and no
 /// option systemd would ignore as unknown.
 #[test]
 fn unit_is_sandboxed() {
+    if !plusmoin_kit::on_path("systemd-analyze") {
+        plusmoin_kit::skip("systemd-analyze is not installed (apt-get install systemd)");
+        return;
+    }
     let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/plusmoin.service");
     let o = run(Command::new("systemd-analyze")
         .args(["security", "--offline=true", "--no-pager"])

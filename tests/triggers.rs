@@ -245,19 +245,22 @@ async fn hang_past_timeout_kills_the_trigger_and_what_it_started() {
         ),
     );
     let mut j = job(&[p(&s)], EventKind::MasterDown, 0, "{}");
-    j.timeout = Duration::from_secs(1);
+    // Room for the script to record its pids and print "started" (all
+    // asserted below) before its timeout, even on a loaded machine.
+    let timeout = Duration::from_secs(2);
+    j.timeout = timeout;
     let start = Instant::now();
     let outcome = run_trigger(&j).await;
     let took = start.elapsed();
     match &outcome {
-        TriggerOutcome::TimedOut { timeout, output } => {
-            assert_eq!(*timeout, Duration::from_secs(1));
+        TriggerOutcome::TimedOut { timeout: t, output } => {
+            assert_eq!(*t, timeout);
             assert_eq!(output.text(), "started\n");
         }
         other => panic!("expected timeout, got {other:?}"),
     }
-    assert!(took >= Duration::from_secs(1), "returned early: {took:?}");
-    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(took >= timeout, "returned early: {took:?}");
+    assert!(took < timeout + Duration::from_secs(4), "took {took:?}");
     let (bg_pid, main_pid) = (read_pid(&bg), read_pid(&main));
     assert!(
         wait_until(Duration::from_secs(5), || !alive(bg_pid)
@@ -373,6 +376,18 @@ async fn trigger_that_reads_a_large_payload_gets_all_of_it() {
     }
 }
 
+/// Call before a test installs its own subscriber. tracing caches, per log
+/// line (callsite), whether anyone wants it, decided when some thread first
+/// reaches it; while a single dispatcher exists it asks only that thread's
+/// subscriber. A line another test reached first, in a thread without one,
+/// would then stay muted for the capturing test, depending on which test got
+/// there first. A second dispatcher, kept for the binary's life, makes
+/// tracing ask every subscriber.
+fn every_subscriber_asked() {
+    static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+}
+
 #[derive(Clone, Default)]
 struct SharedLog(Arc<Mutex<Vec<u8>>>);
 
@@ -390,6 +405,7 @@ impl Write for SharedLog {
 async fn failure_is_logged_with_fields_and_output_but_never_the_payload() {
     let dir = TempDir::new().unwrap();
     let s = script(dir.path(), "fail.sh", "echo 'something broke'; exit 4");
+    every_subscriber_asked();
     let log = SharedLog::default();
     let writer = log.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -479,15 +495,17 @@ async fn slow_heartbeat_triggers_do_not_pile_up_and_others_keep_their_order() {
     let out = dir.path().join("order");
     let s = appender(dir.path(), &out);
     let d = Dispatcher::new();
-    // hb0 runs (slowly) while the next beats' heartbeats arrive: one of them
-    // waits its turn, the others are skipped; every other trigger runs, in
-    // order.
+    // hb0 runs (until the test says go, up to 20 s) while the next beats'
+    // heartbeats arrive: one of them waits its turn, the others are
+    // skipped; every other trigger runs, in order.
+    let go = dir.path().join("go");
     let first = script(
         dir.path(),
         "first.sh",
         &format!(
-            "echo started >> {f}\nsleep 0.5\necho hb0 >> {f}",
-            f = p(&out)
+            "echo started >> {f}\ni=0\nwhile [ $i -lt 200 ] && [ ! -e {go} ]; do sleep 0.1; i=$((i+1)); done\necho hb0 >> {f}",
+            f = p(&out),
+            go = p(&go)
         ),
     );
     d.dispatch(job(&[p(&first)], EventKind::PlusmoinHeartbeat, 0, "{}"));
@@ -503,6 +521,8 @@ async fn slow_heartbeat_triggers_do_not_pile_up_and_others_keep_their_order() {
             "{}",
         ));
     }
+    // Everything is queued behind the running hb0: let it finish.
+    std::fs::write(&go, "").unwrap();
     d.shutdown(Duration::from_secs(60)).await;
     assert_eq!(
         lines(&out),
@@ -615,6 +635,7 @@ fn dispatch_outside_a_runtime_drops_the_job_without_panicking() {
 /// The log lines written while `f` runs, on a current-thread runtime so the
 /// dispatcher's workers (spawned on it) log into the same capture.
 fn logged<T>(f: impl std::future::Future<Output = T>) -> (T, String) {
+    every_subscriber_asked();
     let log = SharedLog::default();
     let writer = log.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -684,7 +705,9 @@ fn could_not_start_and_timed_out_are_each_one_error_line_naming_the_command() {
         run_trigger(&job(&[p(&missing), "--x"], EventKind::SlaveUp, 2, "{}")).await;
         run_trigger(&job(&[p(&noexec)], EventKind::SlaveDown, 3, "{}")).await;
         let mut j = job(&[p(&hang)], EventKind::MasterDown, 4, "{}");
-        j.timeout = Duration::from_millis(500);
+        // Room for the script to print "waiting" (asserted below) before
+        // its timeout, even on a loaded machine.
+        j.timeout = Duration::from_millis(2500);
         run_trigger(&j).await;
     });
 
@@ -722,7 +745,7 @@ fn could_not_start_and_timed_out_are_each_one_error_line_naming_the_command() {
         timed_out.contains(&format!("command=\"{}\"", p(&hang))),
         "{timed_out}"
     );
-    assert!(timed_out.contains("timeout_s=0.5"), "{timed_out}");
+    assert!(timed_out.contains("timeout_s=2.5"), "{timed_out}");
     assert!(timed_out.contains("waiting"), "its output: {timed_out}");
 }
 

@@ -207,7 +207,7 @@ fn log_outcome(job: &TriggerJob, outcome: &TriggerOutcome) {
             command,
             status = %status,
             elapsed_ms = elapsed.as_millis() as u64,
-            output = ?output.text(),
+            output = output.text().trim_end(),
             "trigger failed"
         ),
         TriggerOutcome::TimedOut { timeout, output } => tracing::error!(
@@ -215,7 +215,7 @@ fn log_outcome(job: &TriggerJob, outcome: &TriggerOutcome) {
             trigger,
             command,
             timeout_s = timeout.as_secs_f64(),
-            output = ?output.text(),
+            output = output.text().trim_end(),
             "trigger timed out; killed it and every process it started"
         ),
         TriggerOutcome::CouldNotStart { error } => tracing::error!(
@@ -230,7 +230,7 @@ fn log_outcome(job: &TriggerJob, outcome: &TriggerOutcome) {
             trigger,
             command,
             error = %error,
-            output = ?output.text(),
+            output = output.text().trim_end(),
             "lost track of trigger; killed its process group"
         ),
     }

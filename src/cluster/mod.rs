@@ -14,8 +14,7 @@ use std::time::Duration;
 mod machine;
 mod primary;
 pub use machine::*;
-pub use primary::PrimaryGuard;
-pub(crate) use primary::Refusal;
+pub(crate) use primary::{PrimaryGuard, Refusal};
 
 /// A node as written in the configuration: `host:port` is its name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

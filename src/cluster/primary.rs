@@ -84,7 +84,7 @@ impl std::fmt::Display for Refusal {
 
 /// The memory of which masters were allowed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PrimaryGuard {
+pub(crate) struct PrimaryGuard {
     allowed: BTreeSet<NodeName>,
     /// Masters refused beside an incumbent: which one, and when it was
     /// last seen a master.

@@ -1159,3 +1159,184 @@ mod properties {
         }
     }
 }
+
+// ---- Rules a mutation run showed untested ----
+
+/// Between beats, news that moves nothing must not say `changed`: the
+/// daemon tells the pgpool sidecar only of decisions that changed
+/// something, and a steady stream of "still in sync" answers would
+/// otherwise wake it for each one.
+#[test]
+fn news_that_moves_nothing_is_not_a_change_but_a_move_is() {
+    let mut sim = Sim::new();
+    sim.beat(&[(1, M), (2, S(1, 0))]);
+    let names = [name(1), name(2)];
+    let steady = vec![(name(2), observe(S(1, 0), sim.now))];
+    let d = decide(
+        sim.state.clone(),
+        &names,
+        &steady,
+        sim.now,
+        &sim.policy,
+        false,
+    );
+    assert!(d.events.is_empty(), "{:?}", d.events);
+    assert!(!d.changed, "nothing moved, yet the decision says changed");
+    // The slave goes down: a move.
+    let down = vec![(name(2), observe(D, sim.now))];
+    let d = decide(
+        sim.state.clone(),
+        &names,
+        &down,
+        sim.now,
+        &sim.policy,
+        false,
+    );
+    assert!(d.changed);
+}
+
+/// `since` says when a node entered its place: operators read it in the
+/// status ("lost since …"). It moves when only the place changes (in sync
+/// to lost), and when only the cluster changes (a slave following another
+/// master, in sync in both), and not otherwise.
+#[test]
+fn since_moves_when_the_place_or_only_the_cluster_changes() {
+    let mut sim = Sim::new();
+    sim.beat(&[(1, M), (2, S(1, 0)), (3, M)]);
+    let entered = sim.node(2).since;
+    sim.beat(&[(1, M), (2, S(1, 0)), (3, M)]);
+    assert_eq!(
+        sim.node(2).since,
+        entered,
+        "a slave staying in sync keeps its since"
+    );
+    // Only its place: in sync → lost (over the lag limit), same cluster.
+    sim.beat(&[(1, M), (2, S(1, 12)), (3, M)]);
+    let (place, cluster) = sim.at(2);
+    assert_eq!(place, Place::Lost);
+    assert_eq!(sim.node(2).since, sim.now, "since moved when it got lost");
+    // Back in sync, then only its cluster: it follows master 3, in sync.
+    sim.beat(&[(1, M), (2, S(1, 0)), (3, M)]);
+    let before = sim.at(2);
+    assert_eq!(before.0, Place::Slave);
+    sim.beat(&[(1, M), (2, S(3, 0)), (3, M)]);
+    let after = sim.at(2);
+    assert_eq!(after.0, Place::Slave, "in sync with its new master");
+    assert_ne!(after.1, cluster, "moved to master 3's cluster");
+    assert_eq!(sim.node(2).since, sim.now, "since moved with the cluster");
+}
+
+/// Node names: exactly what `NodeName`'s `Display` writes is read back (a
+/// heartbeat row's master is found by that text). Anything else names no
+/// node, so a row a server made up cannot be taken for one.
+#[test]
+fn node_names_are_read_strictly() {
+    for (text, parts) in [
+        ("db:5432", Some(("db", 5432))),
+        ("10.0.0.1:6432", Some(("10.0.0.1", 6432))),
+        ("[::1]:5432", Some(("::1", 5432))),
+        ("[fe80::1%eth0]:5432", Some(("fe80::1%eth0", 5432))),
+        ("db:0", Some(("db", 0))),
+        ("db:05432", None),
+        ("db:+5432", None),
+        ("db:-1", None),
+        ("db:65536", None),
+        ("db:", None),
+        ("db", None),
+        ("::1:5432", None),
+        ("[::1]", None),
+        ("[::1]:", None),
+        ("db: 5432", None),
+    ] {
+        assert_eq!(name_parts(text), parts, "{text:?}");
+    }
+    for name in [NodeName::new("::1", 5432), NodeName::new("db", 7)] {
+        let text = name.to_string();
+        assert_eq!(name_parts(&text), Some((name.host.as_str(), name.port)));
+    }
+}
+
+/// Why a slave is not in sync, as operators read it in `status` and the
+/// logs: each case says its own reason, and a slave in sync has none.
+#[test]
+fn each_slave_reason_is_said() {
+    let mut sim = Sim::new();
+    sim.beat(&[(1, M), (2, S(1, 0)), (3, SNone), (4, S(9, 0)), (5, S(5, 0))]);
+    let reason = |sim: &Sim, port| sim.node(port).reason.unwrap_or_default();
+    assert_eq!(sim.node(2).reason, None, "in sync: no reason");
+    assert_eq!(reason(&sim, 3), "no heartbeat row replayed yet");
+    assert_eq!(reason(&sim, 4), "follows unknown master db:9");
+    assert_eq!(
+        reason(&sim, 5),
+        "replays its own heartbeat: follows no master"
+    );
+    // Over the limit: 11 s behind (a read decided with its master's write
+    // is compared with the previous write) a 10 s max_sync_delay, then
+    // back under 10 s but not yet under recover_sync_delay (5 s).
+    sim.beat(&[(1, M), (2, S(1, 12))]);
+    assert_eq!(reason(&sim, 2), "lag 11.0 s is over max_sync_delay 10.0 s");
+    sim.beat(&[(1, M), (2, S(1, 7))]);
+    assert_eq!(
+        reason(&sim, 2),
+        "lag 6.0 s is over recover_sync_delay 5.0 s"
+    );
+    sim.beat(&[(1, M), (2, S(1, 0))]);
+    assert_eq!(sim.node(2).reason, None);
+}
+
+/// Should a node have several pieces of news in one decision, the last
+/// one counts (answers are decided in arrival order).
+#[test]
+fn of_several_news_for_one_node_the_last_counts() {
+    let mut sim = Sim::new();
+    sim.beat(&[(1, M), (2, S(1, 0))]);
+    let events = sim.news(
+        &[1, 2],
+        vec![
+            (name(2), observe(D, sim.now)),
+            (name(2), observe(S(1, 0), sim.now)),
+        ],
+        false,
+    );
+    assert_eq!(events, Vec::<String>::new());
+    assert_eq!(sim.at(2).0, Place::Slave);
+    let events = sim.news(
+        &[1, 2],
+        vec![
+            (name(2), observe(S(1, 0), sim.now)),
+            (name(2), observe(D, sim.now)),
+        ],
+        false,
+    );
+    assert_eq!(events, ["slave_down(0, 2)"]);
+}
+
+/// A name written twice in the configuration (the loader refuses it, the
+/// machine must not depend on that): news about it reaches every entry of
+/// that name, the last news counting.
+#[test]
+fn news_reaches_every_entry_of_a_repeated_name() {
+    let sim = Sim::new();
+    let config = [name(1), name(2), name(2)];
+    let first: Vec<(NodeName, Observation)> = vec![
+        (name(1), observe(M, sim.now)),
+        (name(2), observe(S(1, 0), sim.now)),
+    ];
+    let state = decide(
+        State::default(),
+        &config,
+        &first,
+        sim.now,
+        &sim.policy,
+        true,
+    )
+    .state;
+    let places = |s: &State| s.nodes.iter().map(|n| n.place).collect::<Vec<_>>();
+    assert_eq!(places(&state), [Place::Master, Place::Slave, Place::Slave]);
+    let news = vec![
+        (name(2), observe(S(1, 0), sim.now)),
+        (name(2), observe(D, sim.now)),
+    ];
+    let next = decide(state, &config, &news, sim.now, &sim.policy, false).state;
+    assert_eq!(places(&next), [Place::Master, Place::Lost, Place::Lost]);
+}

@@ -17,11 +17,13 @@
 
 mod error;
 mod json;
+mod lenient;
 mod secrets;
 #[cfg(test)]
 mod tests;
 mod validate;
 
+pub use lenient::{read_control_paths, ControlPaths};
 pub use secrets::permission_warnings;
 pub(crate) use secrets::PasswordSource;
 
@@ -53,6 +55,8 @@ pub(crate) mod defaults {
     pub(crate) const DAEMON_USER: &str = "nobody";
     pub(crate) const PID_FILE: &str = "/var/run/plusmoin/plusmoin.pid";
     pub(crate) const STATUS_FILE: &str = "/var/run/plusmoin/status.json";
+    /// The daemon and its group read the status file; others do not.
+    pub(crate) const STATUS_FILE_MODE: u32 = 0o640;
     pub(crate) const IS_SLAVE_STATEMENT: &str = "SELECT pg_is_in_recovery()";
     /// A node's port when it does not say.
     pub(crate) const PORT: u16 = 5432;
@@ -97,12 +101,12 @@ fn system_hostname() -> Result<String, String> {
 }
 
 /// [`parse`] with the host name (the default `instance_name`) and the
-/// place of libpq's password file supplied.
+/// place of libpq's password file (given `daemon_user`) supplied.
 fn parse_with(
     text: &str,
     source: &Path,
     hostname: &dyn Fn() -> Result<String, String>,
-    pgpass: &dyn Fn() -> Option<PathBuf>,
+    pgpass: &dyn Fn(&str) -> Option<PathBuf>,
 ) -> Result<Config, ConfigError> {
     let doc = json::Document::new(text);
     let root = doc.parse().map_err(|e| ConfigError::Syntax {
@@ -348,6 +352,9 @@ pub struct Config {
     pub daemon_user: String,
     pub pid_file: PathBuf,
     pub status_file: PathBuf,
+    /// The status file's mode (`status_file_mode`, default 0640: the
+    /// daemon's group reads it, others do not).
+    pub(crate) status_file_mode: u32,
     pub(crate) connect_timeout: Duration,
     /// How often a lost node (down, or out of sync) is tried again between
     /// beats, at first (default 0.25 s); slower for nodes away for long.
@@ -424,6 +431,10 @@ impl Config {
         row("daemon_user", &self.daemon_user);
         row("pid_file", &self.pid_file.display());
         row("status_file", &self.status_file.display());
+        row(
+            "status_file_mode",
+            &format!("{:04o}", self.status_file_mode),
+        );
         row(
             "http_listen",
             &self.http_listen.map_or_else(

@@ -9,7 +9,7 @@ fn host() -> Result<String, String> {
 }
 
 /// No libpq password file, whatever the machine running the tests has.
-fn no_pgpass() -> Option<PathBuf> {
+fn no_pgpass(_daemon_user: &str) -> Option<PathBuf> {
     None
 }
 
@@ -564,7 +564,14 @@ fn summary_shows_settings_but_never_the_password() {
 #[test]
 fn contrib_example_loads() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/plusmoin.json");
-    let c = match load(&path) {
+    // As shipped, its placeholder password is refused; with a real one, it loads.
+    let msg = load(&path).unwrap_err().to_string();
+    assert!(
+        msg.contains("contrib/plusmoin.json:24:") && msg.contains("password"),
+        "{msg}"
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = match parse(&text.replace("\"change-me\"", "\"s3cret\""), &path) {
         Ok(c) => c,
         Err(e) => panic!("{e}"),
     };
@@ -929,7 +936,7 @@ fn password_can_come_from_libpq_password_file_per_node() {
         "db1:5432:d:u:one\n*:5433:d:u:two\n# a comment\n*:*:other:u:never\n",
     )
     .unwrap();
-    let pgpass = || Some(f.clone());
+    let pgpass = |_: &str| Some(f.clone());
     let text = r#"{"dbname": "d", "user": "u",
         "nodes": [{"host": "db1", "port": 5432}, {"host": "db2", "port": 5433}]}"#;
     // As libpq: ignored while group or others can read it.
@@ -1038,6 +1045,64 @@ fn bad_http_listen_is_refused_with_its_position() {
             refused(&text),
             format!("x.json:2:16: http_listen: {problem}"),
             "{value}"
+        );
+    }
+}
+
+/// The shipped configurations' placeholder password is an error naming
+/// file, line, column and key, inline or in `password_file`.
+#[test]
+fn the_placeholder_password_is_refused() {
+    let msg = refused("{\"dbname\": \"d\", \"user\": \"u\",\n \"password\": \"change-me\"}");
+    assert_eq!(
+        msg,
+        "x.json:2:14: password: \"change-me\" is the shipped configuration's placeholder, \
+         not a password: set the real one (or remove the key and use password_file or ~/.pgpass)"
+    );
+    // Another password, even close to it, is fine.
+    parse_ok(r#"{"dbname": "d", "user": "u", "password": "change-me-now"}"#);
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("pw");
+    std::fs::write(&f, "change-me\n").unwrap();
+    let msg = refused(&format!(
+        r#"{{"dbname": "d", "user": "u", "password_file": "{}"}}"#,
+        f.display()
+    ));
+    assert!(
+        msg.contains("password_file: ") && msg.contains("holds \"change-me\" is the shipped"),
+        "{msg}"
+    );
+}
+
+/// `status_file_mode`: 0640 unless set; an octal string of read and write
+/// bits, the owner's both, nobody else's write; anything else is refused,
+/// naming the key.
+#[test]
+fn status_file_mode_defaults_to_0640_and_is_validated() {
+    assert_eq!(parse_ok(MINIMAL).status_file_mode, 0o640);
+    let with = |v: &str| {
+        format!(r#"{{"dbname": "d", "user": "u", "password": "p", "status_file_mode": {v}}}"#)
+    };
+    assert_eq!(parse_ok(&with("\"0644\"")).status_file_mode, 0o644);
+    assert_eq!(parse_ok(&with("\"600\"")).status_file_mode, 0o600);
+    assert!(parse_ok(&with("\"0644\""))
+        .summary()
+        .contains("status_file_mode     0644"));
+    for (v, why) in [
+        ("\"0648\"", "not a file mode"),
+        ("\"rw-r--r--\"", "not a file mode"),
+        ("\"1644\"", "not a file mode"),
+        ("\"64\"", "not a file mode"),
+        ("644", "expected a string"),
+        ("\"0755\"", "execute bits"),
+        ("\"0440\"", "owner"),
+        ("\"0664\"", "group or others write"),
+        ("\"0646\"", "group or others write"),
+    ] {
+        let msg = refused(&with(v));
+        assert!(
+            msg.starts_with("x.json:1:") && msg.contains("status_file_mode: ") && msg.contains(why),
+            "{v}: {msg}"
         );
     }
 }

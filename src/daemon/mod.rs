@@ -96,6 +96,8 @@ struct Daemon {
     primary: cluster::PrimaryGuard,
     /// The masters refused at the last status, for logging changes.
     refused: BTreeMap<NodeName, cluster::Refusal>,
+    /// The last reload handled and how it went, shown in the status.
+    reload: Option<crate::payload::ReloadReport>,
 }
 
 impl Daemon {
@@ -128,6 +130,7 @@ impl Daemon {
             systems: HashMap::new(),
             primary: cluster::PrimaryGuard::new(),
             refused: BTreeMap::new(),
+            reload: None,
         })
     }
 
@@ -444,8 +447,13 @@ impl Daemon {
         st.set_holds(self.holds.current());
         st.pgpool = self.pgpool.report();
         st.primary_refused = self.refuse_primaries(st.pgpool.as_ref());
+        st.reload = self.reload.clone();
         let st = Arc::new(st);
-        self.status.write(&self.config.status_file, Arc::clone(&st));
+        self.status.write(
+            &self.config.status_file,
+            self.config.status_file_mode,
+            Arc::clone(&st),
+        );
         self.web.publish(st, &self.down);
     }
 
@@ -535,9 +543,4 @@ impl Daemon {
         self.dispatcher.shutdown(grace).await;
         self.pgpool.shutdown().await;
     }
-}
-
-/// How long running triggers get at shutdown.
-pub fn shutdown_grace(config: &Config) -> Duration {
-    config.trigger_timeout.min(Duration::from_secs(10))
 }

@@ -1,8 +1,12 @@
 //! Reading the configuration as plusmoin runs it, and applying a reload
-//! (SIGHUP) to the running loop.
+//! (SIGHUP) to the running loop. Each reload handled is numbered and its
+//! outcome shown in the status file at once (`reload` in the status), so
+//! that `plusmoin reload` can say whether the daemon took it.
 
 use super::Daemon;
+use crate::cluster::Time;
 use crate::config::{self, Config};
+use crate::payload::ReloadReport;
 use std::path::Path;
 use tracing::{error, info, warn};
 
@@ -14,11 +18,39 @@ pub fn load_config(path: &Path) -> Result<Config, config::ConfigError> {
     config::load(path).and_then(crate::pgpool::check)
 }
 
-pub(super) fn reload_config(daemon: &mut Daemon, path: &Path) {
-    match load_config(path) {
+/// Handles one SIGHUP: reads `path` again and applies it, then records the
+/// outcome under the next reload generation and writes the status at once
+/// (once there is a status to write: before the first decision the first
+/// status carries it).
+pub(super) fn reload(daemon: &mut Daemon, path: &Path) {
+    let outcome = reload_config(daemon, path);
+    let now = Time::now();
+    let generation = daemon.reload.as_ref().map_or(0, |r| r.generation) + 1;
+    let (ok, error, restart_needed) = match outcome {
+        Ok(keys) => (true, None, keys.into_iter().map(String::from).collect()),
+        Err(e) => (false, Some(e), Vec::new()),
+    };
+    daemon.reload = Some(ReloadReport {
+        generation,
+        at: crate::payload::rfc3339(now),
+        ok,
+        error,
+        restart_needed,
+    });
+    if daemon.decisions > 0 {
+        daemon.write_status(now);
+    }
+}
+
+/// Reads `path` and applies it. `Ok`: the settings that changed but wait
+/// for the next start; `Err`: why nothing was applied (the old
+/// configuration stays in force), as logged.
+fn reload_config(daemon: &mut Daemon, path: &Path) -> Result<Vec<&'static str>, String> {
+    let result = match load_config(path) {
         Ok(new) => {
             let nodes = new.nodes.len();
             let at_start = start_only_changes(daemon.config(), &new);
+            let listen_changed = daemon.config().http_listen != new.http_listen;
             match daemon.reconfigure(new) {
                 Ok(()) => {
                     info!(config = %path.display(), nodes, "configuration reloaded");
@@ -28,15 +60,24 @@ pub(super) fn reload_config(daemon: &mut Daemon, path: &Path) {
                             "these settings changed but take effect only when plusmoin is started again"
                         );
                     }
+                    let mut keys = at_start;
+                    if listen_changed {
+                        keys.push("http_listen");
+                    }
+                    Ok(keys)
                 }
-                Err(e) => error!("configuration not reloaded, the old one stays in force: {e}"),
+                Err(e) => Err(e.to_string()),
             }
         }
-        Err(e) => error!("configuration not reloaded, the old one stays in force: {e}"),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = &result {
+        error!("configuration not reloaded, the old one stays in force: {e}");
     }
     for w in daemon.config().secret_warnings() {
         warn!("{w}");
     }
+    result
 }
 
 /// The keys a reload cannot apply: the pid file and the log are opened,

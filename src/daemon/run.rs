@@ -162,7 +162,7 @@ pub async fn run<O: Observer>(
                     Some(()) => {
                         systemd.reloading();
                         let before = (daemon.config().heartbeat, daemon.config().instance_name.clone(), daemon.config().dbname.clone());
-                        reload::reload_config(&mut daemon, &config_path);
+                        reload::reload(&mut daemon, &config_path);
                         let c = daemon.config();
                         if (c.heartbeat, c.instance_name.clone(), c.dbname.clone()) != before {
                             // A new row or database: the masters write it

@@ -85,7 +85,9 @@ fn write(path: &Path, held: BTreeSet<String>) -> Result<(), HoldError> {
     };
     let mut json = serde_json::to_vec_pretty(&HeldFile { held }).map_err(|e| err(e.into()))?;
     json.push(b'\n');
-    crate::status::write_atomic(path, &json).map_err(err)
+    // 0644: written by whoever runs `plusmoin release`, read by the daemon
+    // user, who need not share that user's group.
+    crate::status::write_atomic(path, &json, 0o644).map_err(err)
 }
 
 /// Legacy: holds the node `given` names in `held.json` (this host only);
@@ -119,17 +121,12 @@ pub(super) fn owners(config: &Config) -> Owners {
     Owners::me_and(&config.daemon_user)
 }
 
-/// Read, change, write, under an exclusive lock on `held.json.lock`, so two
-/// operators running `hold`/`release` at the same moment both count. The
-/// file is written only when `f` says it changed something. The lock file
-/// is opened as [`safefile`] does: never through a link.
+/// An exclusive lock on `held.json.lock`, so two operators running
+/// `hold`/`release` at the same moment both count. The lock file is opened
+/// as [`safefile`] does: never through a link.
 ///
 /// [`safefile`]: crate::lifecycle::safefile
-pub(super) fn change(
-    path: &Path,
-    owners: &Owners,
-    f: impl FnOnce(&mut BTreeSet<String>) -> bool,
-) -> Result<bool, HoldError> {
+fn lock(path: &Path, owners: &Owners) -> Result<nix::fcntl::Flock<std::fs::File>, HoldError> {
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
@@ -139,12 +136,86 @@ pub(super) fn change(
     };
     let file =
         safefile::open_or_create(&lock_path, Access::ReadWrite, 0o644, owners).map_err(err)?;
-    let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, errno)| err(std::io::Error::from(errno)))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| err(std::io::Error::from(errno)))
+}
+
+/// Read, change, write, under the [`lock`]. The file is written only when
+/// `f` says it changed something.
+pub(super) fn change(
+    path: &Path,
+    owners: &Owners,
+    f: impl FnOnce(&mut BTreeSet<String>) -> bool,
+) -> Result<bool, HoldError> {
+    let _lock = lock(path, owners)?;
     let mut held = read(path, owners)?;
     let changed = f(&mut held);
     if changed {
         write(path, held)?;
     }
     Ok(changed)
+}
+
+/// A node's removal from `held.json`, made ready before anything changes:
+/// the lock taken, the file read, its directory checked writable (the
+/// file is replaced by a rename there). `plusmoin release` prepares it
+/// before it touches the table, so that a file it cannot change stops it
+/// with nothing done.
+pub(super) struct Removal {
+    path: PathBuf,
+    node: String,
+    /// The holds as read under the lock, the node among them.
+    before: BTreeSet<String>,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl Removal {
+    /// `None` when the file does not hold `node` (or does not exist): then
+    /// there is nothing to change, and no lock file is made (the
+    /// directory need not be writable by whoever releases).
+    pub(super) fn prepare(
+        path: &Path,
+        owners: &Owners,
+        node: &str,
+    ) -> Result<Option<Removal>, HoldError> {
+        if !read(path, owners)?.contains(node) {
+            return Ok(None);
+        }
+        let lock = lock(path, owners)?;
+        let before = read(path, owners)?;
+        if !before.contains(node) {
+            return Ok(None);
+        }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        use nix::unistd::{access, AccessFlags};
+        access(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|errno| HoldError::Write {
+            path: path.to_path_buf(),
+            source: std::io::Error::from(errno),
+        })?;
+        Ok(Some(Removal {
+            path: path.to_path_buf(),
+            node: node.to_string(),
+            before,
+            _lock: lock,
+        }))
+    }
+
+    /// Writes the file without the node.
+    pub(super) fn apply(&self) -> Result<(), HoldError> {
+        let mut after = self.before.clone();
+        after.remove(&self.node);
+        write(&self.path, after)
+    }
+
+    /// Writes the file back as it was.
+    pub(super) fn undo(&self) -> Result<(), HoldError> {
+        write(&self.path, self.before.clone())
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
 }

@@ -107,6 +107,10 @@ pub enum HoldError {
     },
     #[error("cannot set up the connection to the nodes: {0}")]
     Connect(String),
+    /// `release` failed half-way and undid what it had done: `left` says
+    /// what stays as it was.
+    #[error("{reason}: nothing released ({left})")]
+    NotReleased { reason: String, left: String },
     /// The master's `plusmoin_hold` belongs to a role plusmoin does not
     /// trust: never written, read or deleted from.
     #[error("on the master {master}: {reason}")]

@@ -406,11 +406,22 @@ pub struct Lifted {
     pub file: bool,
 }
 
-/// Releases the node `given` names: deletes its row on the master, then
-/// removes it from the legacy `held.json`. Nothing is changed when no master
-/// is reachable.
+/// Releases the node `given` names from the table on the master and from
+/// the legacy `held.json`: both, or neither. Everything that can fail is
+/// checked first (`held.json` readable and, when it holds the node, locked
+/// and its directory writable; a master reachable, the table ours); then
+/// the row is deleted in a transaction, `held.json` written, and the
+/// transaction committed. A failed `held.json` write rolls the delete back;
+/// a failed commit puts `held.json` back as it was. Either way the error
+/// says what was left as it was.
 pub async fn lift(config: &Config, given: &str) -> Result<Lifted, HoldError> {
     let node = resolve(config, given)?;
+    let name = node.to_string();
+    let legacy = legacy::Removal::prepare(
+        &legacy::path_for(&config.status_file),
+        &legacy::owners(config),
+        &name,
+    )?;
     let connector = connector(config)?;
     let (master, session) = the_master(roles(&connector, config).await)?;
     let limit = connector.timeout();
@@ -419,7 +430,6 @@ pub async fn lift(config: &Config, given: &str) -> Result<Lifted, HoldError> {
         master: master.clone(),
         reason: connector.scrub(reason),
     };
-    let name = node.to_string();
     let client = session.client();
     let run = async {
         match table_owner(client).await {
@@ -439,6 +449,11 @@ pub async fn lift(config: &Config, given: &str) -> Result<Lifted, HoldError> {
                 })
             }
         }
+        // Committed only once held.json is written too.
+        client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| sql(describe_error(&e)))?;
         match client.query(DELETE.as_str(), &[&name]).await {
             Ok(rows) => match rows.first() {
                 Some(row) => Ok(Some(
@@ -455,6 +470,8 @@ pub async fn lift(config: &Config, given: &str) -> Result<Lifted, HoldError> {
             Err(e) => Err(sql(describe_error(&e))),
         }
     };
+    // An error or a timeout leaves the transaction open: the connection,
+    // dropped with `session`, ends it, and the server rolls it back.
     let deleted = match tokio::time::timeout(limit * 2, run).await {
         Ok(r) => r?,
         Err(_) => {
@@ -464,15 +481,55 @@ pub async fn lift(config: &Config, given: &str) -> Result<Lifted, HoldError> {
             )))
         }
     };
-    let file = legacy::change(
-        &legacy::path_for(&config.status_file),
-        &legacy::owners(config),
-        |held| held.remove(&name),
-    )?;
+    if let Some(removal) = &legacy {
+        if let Err(e) = removal.apply() {
+            let rolled_back = tokio::time::timeout(limit, client.batch_execute("ROLLBACK"))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            return Err(HoldError::NotReleased {
+                reason: e.to_string(),
+                left: format!(
+                    "the hold stays in the table on {master} ({}) and in {}",
+                    if rolled_back {
+                        "its delete rolled back"
+                    } else {
+                        "its delete never committed"
+                    },
+                    removal.path().display()
+                ),
+            });
+        }
+    }
+    let committed = match tokio::time::timeout(limit, client.batch_execute("COMMIT")).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(describe_error(&e)),
+        Err(_) => Err(format!("no answer within {} s", limit.as_secs_f64())),
+    };
+    if let Err(reason) = committed {
+        let reason = format!(
+            "cannot delete the hold on the master {master}: {}",
+            connector.scrub(reason)
+        );
+        let left = match &legacy {
+            None => "the hold stays in the table".to_string(),
+            Some(removal) => match removal.undo() {
+                Ok(()) => format!(
+                    "the hold stays in the table, and {} was put back as it was",
+                    removal.path().display()
+                ),
+                Err(e) => format!(
+                    "the hold stays in the table, but {} could not be put back ({e}): \
+                     run release again",
+                    removal.path().display()
+                ),
+            },
+        };
+        return Err(HoldError::NotReleased { reason, left });
+    }
     Ok(Lifted {
         node,
         table: deleted,
-        file,
+        file: legacy.is_some(),
     })
 }
 

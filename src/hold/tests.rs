@@ -307,8 +307,20 @@ impl SharedLog {
     }
 }
 
+/// Call before a test installs its own subscriber: while a single tracing
+/// dispatcher exists, a log line first reached by another test's thread (no
+/// subscriber) is muted for every thread (tracing caches that per line), so
+/// what a test captures would depend on which test got there first. A
+/// second dispatcher, kept for the binary's life, makes tracing ask every
+/// subscriber.
+fn every_subscriber_asked() {
+    static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+}
+
 #[tokio::test]
 async fn changes_are_logged_and_a_lasting_failure_once() {
+    every_subscriber_asked();
     let log = SharedLog::default();
     let writer = log.clone();
     let subscriber = tracing_subscriber::fmt()

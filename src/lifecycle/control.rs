@@ -43,7 +43,7 @@ pub fn stop(
     }
     warn!(
         pid,
-        ?grace,
+        grace_s = grace.as_secs_f64(),
         "plusmoin did not exit after SIGTERM; sending SIGKILL"
     );
     if !send(&process, Signal::SIGKILL)? {

@@ -78,7 +78,7 @@ impl PidFile {
             if had_content {
                 info!(
                     path = %path.display(),
-                    old_pid = ?read_content(&locked).ok().as_deref().and_then(parse_pid),
+                    old_pid = read_content(&locked).ok().as_deref().and_then(parse_pid),
                     "taking over a stale pid file (the process that wrote it is gone)"
                 );
             }
@@ -254,7 +254,7 @@ pub(super) fn lock_holders(file: &File) -> Vec<i32> {
         if attempt > 0 {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        let Some(locks) = read_proc_locks() else {
             return Vec::new();
         };
         let holders = flock_holders(&locks, meta.dev(), meta.ino());
@@ -263,6 +263,29 @@ pub(super) fn lock_holders(file: &File) -> Vec<i32> {
         }
     }
     Vec::new()
+}
+
+/// `/proc/locks` in one `read()` where it fits: read in small pieces (as
+/// `read_to_string` starts), the kernel walks the lock list again for each
+/// piece, and a lock released meanwhile elsewhere can make another's line
+/// be skipped.
+fn read_proc_locks() -> Option<String> {
+    use std::io::Read;
+    let mut file = File::open("/proc/locks").ok()?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0;
+    loop {
+        let n = file.read(&mut buf[len..]).ok()?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).ok()
 }
 
 /// Lines like `1: FLOCK  ADVISORY  WRITE 4242 fe:00:6307844 0 EOF`: the

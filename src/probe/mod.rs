@@ -167,9 +167,14 @@ pub fn owner_query(table: &str) -> String {
 /// How a node's observation compares with the last logged one.
 #[derive(Debug, PartialEq, Eq)]
 enum Change {
-    /// Down, and not for the reason last logged: worth an error line.
+    /// Down, having answered at its last probe (or never been probed):
+    /// worth the one error line.
     NewDown,
+    /// Still down, for the reason last noted.
     StillDown,
+    /// Still down, for another reason (a server stopping first says it is
+    /// shutting down, then refuses connections): news, but no second error.
+    OtherReason,
     /// Answers after having been down.
     Back,
     Up,
@@ -179,10 +184,11 @@ enum Change {
 fn note(last_down: &mut LogOnceMap<NodeName>, name: &NodeName, obs: &Observation) -> Change {
     match obs {
         Observation::Down { reason } => {
-            if last_down.changed(name, reason) {
-                Change::NewDown
-            } else {
-                Change::StillDown
+            let was_down = last_down.current(name).is_some();
+            match (was_down, last_down.changed(name, reason)) {
+                (false, _) => Change::NewDown,
+                (true, true) => Change::OtherReason,
+                (true, false) => Change::StillDown,
             }
         }
         _ => {
@@ -353,7 +359,7 @@ mod tests {
     }
 
     #[test]
-    fn errors_are_logged_when_they_change() {
+    fn a_node_down_is_one_error_until_it_answers_again() {
         let mut last = LogOnceMap::default();
         let n = NodeName::new("db1", 5432);
         let down = |r: &str| Observation::Down { reason: r.into() };
@@ -361,7 +367,8 @@ mod tests {
         assert_eq!(note(&mut last, &n, &slave), Change::Up);
         assert_eq!(note(&mut last, &n, &down("refused")), Change::NewDown);
         assert_eq!(note(&mut last, &n, &down("refused")), Change::StillDown);
-        assert_eq!(note(&mut last, &n, &down("timeout")), Change::NewDown);
+        assert_eq!(note(&mut last, &n, &down("timeout")), Change::OtherReason);
+        assert_eq!(note(&mut last, &n, &down("timeout")), Change::StillDown);
         assert_eq!(note(&mut last, &n, &slave), Change::Back);
         assert_eq!(note(&mut last, &n, &slave), Change::Up);
         assert_eq!(note(&mut last, &n, &down("timeout")), Change::NewDown);

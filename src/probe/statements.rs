@@ -76,7 +76,8 @@ pub(super) fn row_values(
         Ok(c) => c,
         Err(_) => {
             return Err(ProbeFailure::answer(format!(
-                "cluster id {cluster_id:?} does not fit the heartbeat table"
+                "cluster id {} does not fit the heartbeat table",
+                cluster_id.unwrap_or_default()
             )))
         }
     };
@@ -278,7 +279,8 @@ fn heartbeat_row(row: &tokio_postgres::Row, first: usize) -> Result<Heartbeat, P
         Ok(c) => c,
         Err(_) => {
             return Err(ProbeFailure::answer(format!(
-                "the heartbeat row holds an invalid cluster id {cluster_id:?}"
+                "the heartbeat row holds an invalid cluster id {}",
+                cluster_id.unwrap_or_default()
             )))
         }
     };

@@ -6,7 +6,7 @@
 //! | `GET /metrics` | 200, the Prometheus text format |
 //! | `GET /status` | 200, the status JSON (the status file's); 503 before the first decision |
 //! | `GET /health` | 200 while beats are recent (the `plusmoin status` rule: three heartbeats); 503 with the reason otherwise |
-//! | `GET /primary/HOST:PORT` | 200 when that node is its cluster's master and not refused as a second master of its replication set (`primary_refused`, [`crate::cluster::PrimaryGuard`]); 503 otherwise |
+//! | `GET /primary/HOST:PORT` | 200 when that node is its cluster's master and not refused as a second master of its replication set (`primary_refused`, `cluster::PrimaryGuard`); 503 otherwise |
 //! | `GET /replica/HOST:PORT[?lag=SECONDS]` | 200 when it is a slave in sync (and, with `lag`, at most that far behind); 503 otherwise; 400 for a bad `lag` |
 //!
 //! A node the status does not know is 404. While the view is stale (the

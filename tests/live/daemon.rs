@@ -546,7 +546,7 @@ fn plusmoin_log(p: &Plusmoin) -> String {
 #[test]
 fn reload_after_the_privilege_drop_reads_a_root_group_0640_config() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("needs root (a privilege drop): skipped");
+        plusmoin_kit::skip("needs root (a privilege drop)");
         return;
     }
     let sb = Sandbox::start(1).expect("sandbox");
@@ -669,7 +669,7 @@ impl Drop for Demo {
 #[test]
 fn demo_as_root_runs_nothing_as_root_but_itself() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("needs root: skipped");
+        plusmoin_kit::skip("needs root");
         return;
     }
     let tools = tempfile::tempdir().unwrap();
@@ -740,7 +740,7 @@ fn free_privileged_port() -> Option<u16> {
 #[test]
 fn http_listen_below_1024_is_bound_before_the_privilege_drop() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: only root can show a port below 1024 bound before the drop");
+        plusmoin_kit::skip("only root can show a port below 1024 bound before the drop");
         return;
     }
     let sb = Sandbox::start(1).expect("sandbox");

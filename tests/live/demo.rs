@@ -80,7 +80,10 @@ fn demo_with_pgpool_plays_the_sidecar_story_to_the_end() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    while let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
+    // What it printed last is still in the pipes: the readers end at their
+    // EOF (the channel then disconnects); the bound is for a pipe some
+    // leftover process holds open.
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(10)) {
         out.push(l);
     }
     let text = out.join("\n");

@@ -49,13 +49,13 @@ fn count(p: &Plusmoin, kind: &str, n: &str) -> usize {
 
 #[test]
 fn a_killed_or_stopped_standby_is_down_at_once_not_at_the_next_beat() {
-    // Beats 15 s apart: a beat-bound plusmoin would take 7.5 s on average,
-    // and be within the 1.5 s bound below by luck one time in ten. (Not
-    // longer: on a loaded machine a standby may show no row yet at the
-    // first decision, and is only read again at the next beat, which must
-    // come within the 30 s wait for a healthy cluster.)
+    // Beats 30 s apart: a beat-bound plusmoin would take 15 s on average,
+    // and be within the 3 s bound below by luck one time in ten; 3 s leaves
+    // a loaded machine room for the probe and the recording trigger. (A
+    // standby that shows no row yet at the first decision is tried again
+    // between beats, so the cluster is healthy long before the next beat.)
     let sb = Sandbox::start(2).expect("sandbox");
-    let p = Plusmoin::start(&sb, &timings(15.0, 2.0, 60.0, 30.0), "");
+    let p = Plusmoin::start(&sb, &timings(30.0, 2.0, 60.0, 30.0), "");
     healthy(&p, &sb);
     let (n1, n2) = (node(&sb, 1), node(&sb, 2));
 
@@ -65,7 +65,7 @@ fn a_killed_or_stopped_standby_is_down_at_once_not_at_the_next_beat() {
         e.kind == "slave_down" && e.about(&n1)
     });
     let took = e.secs_after(t);
-    assert!(took < 1.5, "slave_down {took:.2} s after kill -9");
+    assert!(took < 3.0, "slave_down {took:.2} s after kill -9");
     assert!(
         e.payload["trigger"]["reason"]
             .as_str()
@@ -81,15 +81,16 @@ fn a_killed_or_stopped_standby_is_down_at_once_not_at_the_next_beat() {
     });
     let took = e.secs_after(t);
     // pg_ctl stop returns once the server is gone; plusmoin heard earlier.
-    assert!(took < 1.5, "slave_down {took:.2} s after pg_ctl stop began");
+    assert!(took < 3.0, "slave_down {took:.2} s after pg_ctl stop began");
 }
 
 #[test]
 fn a_frozen_server_delays_no_other_nodes_news() {
-    // connect_timeout 4 s: a beat that waited for every probe would hold
-    // standby 2's news back by 4 s.
+    // connect_timeout 8 s: a beat that waited for every probe would hold
+    // standby 2's news back by 6.5 s or more, far past the 3 s bounds
+    // below (which leave a loaded machine room).
     let sb = Sandbox::start(2).expect("sandbox");
-    let p = Plusmoin::start(&sb, &timings(1.0, 4.0, 10.0, 5.0), "");
+    let p = Plusmoin::start(&sb, &timings(1.0, 8.0, 10.0, 5.0), "");
     healthy(&p, &sb);
     let (n1, n2) = (node(&sb, 1), node(&sb, 2));
 
@@ -104,7 +105,7 @@ fn a_frozen_server_delays_no_other_nodes_news() {
     });
     let took = e.secs_after(t);
     assert!(
-        took < 1.5,
+        took < 3.0,
         "slave_down {took:.2} s after the stop, with another node frozen"
     );
 
@@ -116,7 +117,7 @@ fn a_frozen_server_delays_no_other_nodes_news() {
     });
     let took = e.secs_after(t);
     assert!(
-        took < 2.0,
+        took < 3.0,
         "slave_up {took:.2} s after it accepted connections"
     );
     // The frozen one is down at its own deadline.
@@ -141,7 +142,9 @@ fn a_closed_connection_is_probed_at_once_and_a_server_that_answers_gives_no_even
         )
         .expect("terminate plusmoin's session");
     assert_eq!(kills.trim(), "1", "plusmoin kept one connection");
-    let seen = wait_until(Duration::from_secs(2), || {
+    // The cause in the line tells this probe from a beat's; the wait stays
+    // under the 10 s heartbeat but leaves a loaded machine room.
+    let seen = wait_until(Duration::from_secs(8), || {
         p.log().lines().any(|l| {
             l.contains("probed")
                 && l.contains(&format!("node={n1}"))
@@ -256,8 +259,9 @@ fn replay_paused_is_out_of_sync_once_max_sync_delay_has_passed_not_a_beat_later(
     healthy(&p, &sb);
     let n1 = node(&sb, 1);
     // A healthy slave shows no lag, beat after beat, though the heartbeat
-    // is longer than max_sync_delay.
-    std::thread::sleep(Duration::from_secs(7));
+    // is longer than max_sync_delay: two beats decided since, not a fixed
+    // sleep.
+    beats_after(&p, SystemTime::now(), 2);
     assert_eq!(count(&p, "slave_down", &n1), 0, "no flap while healthy");
     let lag = p.status()["clusters"][0]["slaves"][0]["lag"].as_f64();
     assert!(lag.is_some_and(|l| l < 0.5), "healthy lag {lag:?}");
@@ -323,8 +327,10 @@ fn sigterm_is_obeyed_at_once_while_a_probe_hangs() {
     let t = Instant::now();
     assert!(p.terminate(), "clean exit: {}", p.log());
     let took = t.elapsed();
+    // Far below what waiting for the hung probe (30 s) would take; room
+    // for a loaded machine.
     assert!(
-        took < Duration::from_secs(3),
+        took < Duration::from_secs(8),
         "took {took:?} to obey SIGTERM"
     );
 }
@@ -338,8 +344,8 @@ fn a_server_hanging_at_start_does_not_make_the_other_slaves_start_out_of_sync() 
     let _thaw = Thaw(&sb, 1);
     let p = Plusmoin::start(&sb, &timings(1.0, 3.0, 2.0, 1.0), "");
     let n2 = node(&sb, 2);
-    p.wait_status("the first decision", LONG, |st| !st.is_null());
-    let st = p.status();
+    // The first decision's status, as seen, not a later one read again.
+    let st = p.wait_status("the first decision", LONG, |st| !st.is_null());
     assert_eq!(
         names(&st["clusters"][0]["slaves"]),
         std::slice::from_ref(&n2),

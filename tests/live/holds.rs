@@ -37,7 +37,7 @@ pub(crate) fn write_config(
     std::fs::create_dir_all(&d).expect("config dir");
     let text = format!(
         r#"{{"dbname": "{SANDBOX_DBNAME}", "user": "{SANDBOX_USER}", "password": "{SANDBOX_PASSWORD}",
-  "heartbeat": 0.5, "connect_timeout": 1, "instance_name": "{instance}", "sslmode": "disable",
+  "heartbeat": 0.5, "connect_timeout": 5, "instance_name": "{instance}", "sslmode": "disable",
   "status_file": "{d}/status.json", "pid_file": "{d}/plusmoin.pid", "log_file": "{d}/plusmoin.log",
   "nodes": [{nodes}]{extra}}}"#,
         d = d.display(),
@@ -340,4 +340,73 @@ fn a_node_pgpool_shows_as_its_primary_is_refused_and_so_is_any_hold_pgpool_canno
         "{}",
         rows(&sb, 0)
     );
+}
+
+/// `release` changes both places or neither: with the node held in the
+/// table and in a `held.json` it cannot change (its directory not
+/// writable by whoever releases: as root, the release runs as nobody, since
+/// root ignores modes), it fails before touching the table, saying why,
+/// and the hold stays in both. Once the file can be changed, it releases
+/// both.
+#[test]
+fn release_that_cannot_change_held_json_changes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::start(1).expect("sandbox");
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let c = write_config(&sb, dir.path(), "pgpool1", "", false);
+    let config = plusmoin::config::load(&c).expect("config");
+    let n1 = node(&sb, 1);
+    let held_json = hold::path_for(&config.status_file);
+    let held_dir = held_json.parent().unwrap().to_path_buf();
+    let in_file = || {
+        hold::read(&held_json, &plusmoin::lifecycle::Owners::me())
+            .expect("held.json")
+            .contains(&n1)
+    };
+
+    hold::hold(&config, &n1).expect("legacy hold");
+    ok(plusmoin(&c, &["hold", &n1]));
+    assert!(rows(&sb, 0).starts_with(&n1), "{}", rows(&sb, 0));
+    assert!(in_file());
+
+    std::fs::set_permissions(&held_dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let o = if plusmoin_kit::is_root() {
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        std::process::Command::new("setpriv")
+            .args([
+                &format!("--reuid={}", nobody.uid),
+                &format!("--regid={}", nobody.gid),
+                "--clear-groups",
+                env!("CARGO_BIN_EXE_plusmoin"),
+                "-c",
+            ])
+            .arg(&c)
+            .args(["release", &n1])
+            .output()
+            .expect("run plusmoin as nobody")
+    } else {
+        plusmoin(&c, &["release", &n1])
+    };
+    std::fs::set_permissions(&held_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(!o.status.success(), "{o:?}");
+    let err = stderr(&o);
+    assert!(
+        err.contains("held.json") && err.contains("Permission denied"),
+        "{err}"
+    );
+    assert!(
+        rows(&sb, 0).starts_with(&n1),
+        "the table's hold was deleted by a release that failed: {}",
+        rows(&sb, 0)
+    );
+    assert!(in_file(), "held.json changed by a release that failed");
+
+    let out = ok(plusmoin(&c, &["release", &n1]));
+    assert!(
+        out.contains("the hold placed by") && out.contains("the legacy hold in"),
+        "{out}"
+    );
+    assert_eq!(rows(&sb, 0), "");
+    assert!(!in_file());
 }

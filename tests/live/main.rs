@@ -15,7 +15,9 @@ mod notify;
 mod pgpool;
 mod pgpool_fixture;
 mod pgpool_safety;
+mod privileges;
 mod probe;
+mod reload;
 mod sandbox_ops;
 mod split;
 

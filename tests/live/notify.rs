@@ -123,7 +123,8 @@ fn notifies_ready_reload_watchdog_and_stopping() {
     // SIGTERM: STOPPING=1 before it exits.
     let before = msgs().len();
     assert!(p.terminate(), "clean exit on SIGTERM");
-    wait_until(Duration::from_secs(2), || {
+    // Sent before it exited: waiting only for the reader thread to get it.
+    wait_until(LONG, || {
         msgs()[before..].iter().any(|m| has(m, "STOPPING=1"))
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

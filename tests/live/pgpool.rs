@@ -295,7 +295,9 @@ fn wrong_pcp_password_is_reported_once_and_fixing_it_recovers() {
     wait_log(&p, "saying pcp answers again", |l| {
         l.contains("pcp answers again")
     });
-    assert!(p.status()["clusters"][0]["slaves"][0]["name"] == n1.as_str());
+    p.wait_status("node 1 a slave", LONG, |st| {
+        st["clusters"][0]["slaves"][0]["name"] == n1.as_str()
+    });
     assert_no_secret(&p, "wrong-password");
     assert_no_secret(&p, PCP_PASSWORD);
 }
@@ -484,13 +486,14 @@ pub(crate) fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
 }
 
 /// A restarted standby is tried again every `retry_interval`, not at the
-/// next beat: with beats 10 s apart it is back in pgpool within a second
-/// or two of accepting connections.
+/// next beat: with beats 30 s apart it is back in pgpool within seconds of
+/// accepting connections (the bounds leave a loaded machine room, and a
+/// beat-bound plusmoin would meet them by luck about one time in four).
 #[test]
 fn restarted_standby_is_back_in_pgpool_well_before_the_next_beat() {
     let (sb, pg) = setup(2);
     let t = Timings {
-        heartbeat: 10.0,
+        heartbeat: 30.0,
         connect_timeout: 2.0,
         max_sync_delay: 30.0,
         recover_sync_delay: 15.0,
@@ -509,14 +512,14 @@ fn restarted_standby_is_back_in_pgpool_well_before_the_next_beat() {
     });
     let took = e.secs_after(accepted);
     assert!(
-        took < 2.0,
+        took < 5.0,
         "slave_up {took:.2} s after it accepted connections"
     );
     wait_pgpool(&p, &pg, 2, UP, "node 2 attached again");
     let back = started.elapsed();
     assert!(
-        back < Duration::from_secs(3),
-        "back in pgpool after {back:?} (heartbeat 10 s)"
+        back < Duration::from_secs(8),
+        "back in pgpool after {back:?} (heartbeat 30 s)"
     );
 }
 

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Every top-level key, in the order the documentation lists them.
-const KEYS: [&str; 24] = [
+const KEYS: [&str; 25] = [
     "dbname",
     "user",
     "password",
@@ -53,9 +53,22 @@ const KEYS: [&str; 24] = [
     "daemon_user",
     "pid_file",
     "status_file",
+    "status_file_mode",
     "http_listen",
     "pgpool",
 ];
+
+/// The password the shipped configurations carry until an operator sets
+/// the real one: refused, so a forgotten edit is an error at
+/// `check-config`, not a daemon failing to log in everywhere.
+const PLACEHOLDER_PASSWORD: &str = "change-me";
+
+fn placeholder_problem() -> String {
+    format!(
+        "{PLACEHOLDER_PASSWORD:?} is the shipped configuration's placeholder, not a password: \
+         set the real one (or remove the key and use password_file or ~/.pgpass)"
+    )
+}
 
 pub(super) struct Validator<'a> {
     pub(super) doc: &'a Document<'a>,
@@ -64,7 +77,7 @@ pub(super) struct Validator<'a> {
     pub(super) hostname: &'a dyn Fn() -> Result<String, String>,
     /// libpq's password file to use when neither `password` nor
     /// `password_file` is set (`$PGPASSFILE`, else `~/.pgpass`).
-    pub(super) pgpass: &'a dyn Fn() -> Option<PathBuf>,
+    pub(super) pgpass: &'a dyn Fn(&str) -> Option<PathBuf>,
 }
 
 /// Values read so far, each with where it was written.
@@ -92,6 +105,7 @@ struct Raw {
     daemon_user: Option<String>,
     pid_file: Option<PathBuf>,
     status_file: Option<PathBuf>,
+    status_file_mode: Option<u32>,
     http_listen: Option<Option<SocketAddr>>,
     pgpool: Option<RawPgpool>,
     /// Where each node's `pgpool_node_id` was written, by node index.
@@ -136,7 +150,13 @@ impl Validator<'_> {
             match k {
                 "dbname" => raw.dbname = Some(self.non_empty_string(value, k)?),
                 "user" => raw.user = Some(self.non_empty_string(value, k)?),
-                "password" => raw.password = Some(self.secret_string(value, k)?),
+                "password" => {
+                    let p = self.secret_string(value, k)?;
+                    if p == PLACEHOLDER_PASSWORD {
+                        return Err(self.at(value.at, k, placeholder_problem()));
+                    }
+                    raw.password = Some(p)
+                }
                 "password_file" => raw.password_file = Some((self.path(value, k)?, value.at)),
                 "instance_name" => raw.instance_name = Some(self.non_empty_string(value, k)?),
                 "heartbeat" => raw.heartbeat = Some(self.duration(value, k)?),
@@ -170,6 +190,7 @@ impl Validator<'_> {
                 "daemon_user" => raw.daemon_user = Some(self.non_empty_string(value, k)?),
                 "pid_file" => raw.pid_file = Some(self.path(value, k)?),
                 "status_file" => raw.status_file = Some(self.path(value, k)?),
+                "status_file_mode" => raw.status_file_mode = Some(self.file_mode(value, k)?),
                 "http_listen" => raw.http_listen = Some(self.listen_address(value, k)?),
                 // check_key has refused every other key.
                 _ => return Err(self.at(key.at, k, "unknown key")),
@@ -250,8 +271,18 @@ impl Validator<'_> {
         };
 
         let mut nodes = raw.nodes.unwrap_or_default();
-        let (password, password_source) =
-            self.password(raw.password, raw.password_file, &dbname, &user, &mut nodes)?;
+        let daemon_user = raw
+            .daemon_user
+            .clone()
+            .unwrap_or_else(|| defaults::DAEMON_USER.into());
+        let (password, password_source) = self.password(
+            raw.password,
+            raw.password_file,
+            &dbname,
+            &user,
+            &daemon_user,
+            &mut nodes,
+        )?;
         let pgpool = self.resolve_pgpool(raw.pgpool, &nodes, &raw.node_id_at)?;
 
         Ok(Config {
@@ -269,13 +300,12 @@ impl Validator<'_> {
             log_file: raw.log_file.unwrap_or_else(|| defaults::LOG_FILE.into()),
             log_level: raw.log_level.unwrap_or_default(),
             log_format: raw.log_format.unwrap_or_default(),
-            daemon_user: raw
-                .daemon_user
-                .unwrap_or_else(|| defaults::DAEMON_USER.into()),
+            daemon_user,
             pid_file: raw.pid_file.unwrap_or_else(|| defaults::PID_FILE.into()),
             status_file: raw
                 .status_file
                 .unwrap_or_else(|| defaults::STATUS_FILE.into()),
+            status_file_mode: raw.status_file_mode.unwrap_or(defaults::STATUS_FILE_MODE),
             connect_timeout: raw.connect_timeout.unwrap_or(defaults::CONNECT_TIMEOUT),
             retry_interval: raw.retry_interval.unwrap_or(defaults::RETRY_INTERVAL),
             is_slave_statement: raw
@@ -297,6 +327,7 @@ impl Validator<'_> {
         file: Option<(PathBuf, usize)>,
         dbname: &str,
         user: &str,
+        daemon_user: &str,
         nodes: &mut [NodeConfig],
     ) -> Result<(String, PasswordSource), ConfigError> {
         match (inline, file) {
@@ -309,6 +340,13 @@ impl Validator<'_> {
             (None, Some((path, at))) => {
                 let p = secrets::read_password_file(&path)
                     .map_err(|e| self.at(at, "password_file", e))?;
+                if p == PLACEHOLDER_PASSWORD {
+                    return Err(self.at(
+                        at,
+                        "password_file",
+                        format!("{} holds {}", path.display(), placeholder_problem()),
+                    ));
+                }
                 Ok((p, PasswordSource::File(path)))
             }
             (None, None) => {
@@ -320,7 +358,7 @@ impl Validator<'_> {
                          for every node in PGPASSFILE or ~/.pgpass)",
                     )
                 };
-                let path = (self.pgpass)().ok_or_else(missing)?;
+                let path = (self.pgpass)(daemon_user).ok_or_else(missing)?;
                 let text = match std::fs::read_to_string(&path) {
                     Ok(t) => t,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),

@@ -109,6 +109,38 @@ impl Validator<'_> {
         Ok(PathBuf::from(s))
     }
 
+    /// A file mode as an octal string (`"0640"`, `"640"`): read and write
+    /// bits only, the owner reading and writing, nobody else writing (the
+    /// file is what operators' tools trust).
+    pub(super) fn file_mode(&self, v: &Spanned<Json>, key: &str) -> Result<u32, ConfigError> {
+        let s = self.string(v, key)?;
+        let t = s.trim();
+        let octal = (3..=4).contains(&t.len()) && t.bytes().all(|b| (b'0'..=b'7').contains(&b));
+        let mode = match u32::from_str_radix(t, 8) {
+            Ok(m) if octal && m <= 0o777 => m,
+            _ => {
+                return Err(self.at(
+                    v.at,
+                    key,
+                    format!("{s:?} is not a file mode: write it in octal, e.g. \"0640\""),
+                ))
+            }
+        };
+        let problem = if mode & 0o111 != 0 {
+            Some("has execute bits: it is a data file")
+        } else if mode & 0o600 != 0o600 {
+            Some("must let its owner (the daemon user) read and write it")
+        } else if mode & 0o022 != 0 {
+            Some("lets group or others write it: only the daemon may")
+        } else {
+            None
+        };
+        match problem {
+            Some(p) => Err(self.at(v.at, key, format!("{s:?} {p} (e.g. \"0640\", \"0644\")"))),
+            None => Ok(mode),
+        }
+    }
+
     /// `"IP:PORT"` (`"[::1]:9187"` for IPv6), or `null` for none. A host
     /// name is refused: the listener binds one address, known at a glance.
     pub(super) fn listen_address(

@@ -378,3 +378,90 @@ fn several_primaries_in_pgpool_stop_everything() {
     assert_eq!(steps(&d), []);
     assert!(d.paused.unwrap().text.contains("several primaries"));
 }
+
+// ---- Rules a mutation run showed untested ----
+
+/// The back-off is forgiven only once the node stayed attached for the
+/// longest back-off, not after one round attached: a standby pgpool
+/// detaches again a round later is still fought over no faster.
+#[test]
+fn one_round_attached_does_not_forgive_the_back_off() {
+    let mut run = Run::new();
+    let mut nodes = healthy();
+    nodes[1].pgpool.status = Down;
+    assert_eq!(steps(&run.act(0.0, &mut nodes)), [(1, Action::Attach)]);
+    // A round with it attached (pgpool shows it waiting/up)…
+    assert_eq!(steps(&run.act(0.5, &mut nodes)), []);
+    // …then pgpool detaches it again: backed off, not attached at once.
+    nodes[1].pgpool.status = Down;
+    let d = run.act(0.6, &mut nodes);
+    assert_eq!(steps(&d), [], "attached again at once: {d:?}");
+    assert!(d.remarks[&name(1)]
+        .text
+        .contains("stops attaching it for 1 s"));
+}
+
+/// With no primary in pgpool for a while, the one master plusmoin sees is
+/// attached only when it is free to be: not when it is held for
+/// maintenance, and not when pgpool shows it attached already.
+#[test]
+fn the_sole_master_is_not_attached_when_held_or_already_attached() {
+    for (held, status) in [(true, Down), (false, Up), (false, Waiting)] {
+        let mut run = Run::new();
+        let mut nodes = healthy();
+        run.at(0.0, &nodes);
+        nodes[0].pgpool = NodeInfo {
+            status,
+            role: Some(Standby),
+        };
+        nodes[0].ours.held = held;
+        let wait = run.settings.no_primary_wait.as_secs_f64();
+        run.at(1.0, &nodes);
+        let d = run.at(2.0 + wait, &nodes);
+        assert_eq!(steps(&d), [], "held {held}, {status:?}");
+        assert!(d.paused.is_some());
+    }
+}
+
+/// An action counts as done only when pgpool's status shows it: an attach
+/// when the node is up or waiting, a detach when it is down. What is
+/// recorded as done is what starts the back-off.
+#[test]
+fn an_action_is_done_only_when_pgpools_status_shows_it() {
+    assert!(Action::Attach.done(Up));
+    assert!(Action::Attach.done(Waiting));
+    assert!(!Action::Attach.done(Down));
+    assert!(Action::Detach.done(Down));
+    assert!(!Action::Detach.done(Up));
+    assert!(!Action::Detach.done(Waiting));
+    assert!(!Action::Detach.done(NodeStatus::Quarantine));
+    assert!(!Action::Attach.done(NodeStatus::Quarantine));
+}
+
+/// The words an operator reads in the log for each action.
+#[test]
+fn actions_are_named_in_words() {
+    assert_eq!(Action::Attach.as_str(), "attach");
+    assert_eq!(Action::Detach.as_str(), "detach");
+    assert_eq!(Action::Attach.past(), "attached");
+    assert_eq!(Action::Detach.past(), "detached");
+    assert_eq!(secs(Duration::from_millis(2500)), "2.5");
+}
+
+/// A node taken out of pgpool's mapping (pgpool.conf changed) is
+/// forgotten: mapped again later, it starts with no back-off.
+#[test]
+fn a_node_removed_from_the_mapping_is_forgotten() {
+    let mut run = Run::new();
+    let mut nodes = healthy();
+    nodes[1].pgpool.status = Down;
+    run.act(0.0, &mut nodes);
+    nodes[1].pgpool.status = Down;
+    assert_eq!(steps(&run.act(0.5, &mut nodes)), [], "backing off");
+    // A round without it in the mapping.
+    let without: Vec<Seen> = nodes.iter().filter(|n| n.id != 1).cloned().collect();
+    run.at(0.6, &without);
+    let now = run.t0 + Duration::from_secs_f64(0.6);
+    assert!(run.memory.backing_off(now).is_empty());
+    assert_eq!(steps(&run.act(0.7, &mut nodes)), [(1, Action::Attach)]);
+}

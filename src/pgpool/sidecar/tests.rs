@@ -295,8 +295,20 @@ impl std::io::Write for Captured {
     }
 }
 
+/// Call before a test installs its own subscriber: while a single tracing
+/// dispatcher exists, a log line first reached by another test's thread (no
+/// subscriber) is muted for every thread (tracing caches that per line), so
+/// what a test captures would depend on which test got there first. A
+/// second dispatcher, kept for the binary's life, makes tracing ask every
+/// subscriber.
+fn every_subscriber_asked() {
+    static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+}
+
 impl Captured {
     fn install(&self) -> tracing::subscriber::DefaultGuard {
+        every_subscriber_asked();
         let writer = self.clone();
         tracing::subscriber::set_default(
             tracing_subscriber::fmt()

@@ -60,8 +60,8 @@ pub trait SandboxExt {
     /// overrides the sandbox's own lines) and, when the node runs, reloads
     /// the configuration. The file is checked first (`pg_hba_file_rules`)
     /// so a bad line fails here, not silently at reload. A reload is
-    /// asynchronous: this waits a moment after signalling the postmaster so
-    /// new connections see the rule. Example: `host postgres plusmoin
+    /// asynchronous: this returns once the postmaster has done it
+    /// (`pg_conf_load_time()` moved on), so new connections see the rule. Example: `host postgres plusmoin
     /// 127.0.0.1/32 reject` refuses pgpool's health check (when it logs in
     /// to `postgres`) but not plusmoin (database `plusmoin`).
     fn hba_prepend(&self, i: usize, line: &str) -> Result<(), SandboxError>;
@@ -150,8 +150,32 @@ impl SandboxExt for Sandbox {
                 output: errors,
             });
         }
+        // The postmaster reloads pg_hba.conf when it gets to the signal:
+        // wait until a new session sees the reload (pg_conf_load_time,
+        // which new backends inherit from the postmaster, moved on). The
+        // postmaster forks no backend halfway through a reload, so from
+        // then on every new connection sees the rule. (Our psql comes in
+        // through the socket directory, which a `host` line never matches.)
+        let before = self.sql_in(i, "postgres", "SELECT pg_conf_load_time()")?;
         self.sql_in(i, "postgres", "SELECT pg_reload_conf()")?;
-        thread::sleep(Duration::from_millis(300));
+        let moved_on = format!(
+            "SELECT pg_conf_load_time() > '{}'::timestamptz",
+            before.trim()
+        );
+        let deadline = Instant::now() + CONFIRM_TIMEOUT;
+        loop {
+            if self.sql_in(i, "postgres", &moved_on)?.trim() == "t" {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(SandboxError::Timeout {
+                    what: format!("node {i} to reload pg_hba.conf"),
+                    timeout: CONFIRM_TIMEOUT,
+                    last: before,
+                });
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
         tracing::info!(node = i, line, "sandbox: pg_hba line added and reloaded");
         Ok(())
     }

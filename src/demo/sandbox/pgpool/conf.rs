@@ -249,7 +249,7 @@ fn render_conf(c: &ConfInput) -> String {
          {sr_check_login}\
          delay_threshold = 0\n\
          health_check_period = {hc_period}\n\
-         health_check_timeout = 2\n\
+         health_check_timeout = {hc_timeout}\n\
          {health_check_login}\
          health_check_max_retries = {hc_retries}\n\
          health_check_retry_delay = {hc_retry_delay}\n\
@@ -278,6 +278,7 @@ fn render_conf(c: &ConfInput) -> String {
         hc_period = c.opts.health_check_period.unwrap_or(1),
         hc_retries = c.opts.health_check_max_retries,
         hc_retry_delay = c.opts.health_check_retry_delay,
+        hc_timeout = c.opts.health_check_timeout,
         auto_failback = if c.opts.auto_failback.is_some() {
             "on"
         } else {

@@ -102,6 +102,10 @@ pub struct PgpoolOptions {
     pub health_check_max_retries: u32,
     /// `health_check_retry_delay` in seconds (default 1).
     pub health_check_retry_delay: u32,
+    /// `health_check_timeout` in seconds (default 2: a frozen node is
+    /// found quickly; a test about something else on a loaded machine may
+    /// want more, or pgpool detaches a node whose check was merely slow).
+    pub health_check_timeout: u32,
     /// When true pgpool gets real scripts, written into its directory and
     /// run as the servers' OS user: a `failover_command` that promotes the
     /// new main node (`pg_ctl promote -w`) when the failed node was the
@@ -133,6 +137,7 @@ impl Default for PgpoolOptions {
             health_check_period: None,
             health_check_max_retries: 0,
             health_check_retry_delay: 1,
+            health_check_timeout: 2,
             failover: false,
             health_check_database: None,
             bin_dir: None,
