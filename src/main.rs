@@ -415,7 +415,7 @@ fn show_status(cli: &Cli, table: bool, files: &ControlFiles) -> Result<(), Failu
 fn hold(cli: &Cli, node: &str, hold_reason: Option<Option<&str>>) -> Result<(), Failure> {
     use plusmoin::hold::{self, Placed};
     let config = load(cli)?;
-    if config.pgpool.is_none() {
+    if !config.has_pgpool() {
         eprintln!("plusmoin: warning: no \"pgpool\" section: a hold is only shown in the status");
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()

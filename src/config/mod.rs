@@ -9,7 +9,7 @@
 //!
 //! Config knows no part that uses it. The `pgpool` section is read and typed
 //! here like any other, but what only the sidecar knows is left to it: which
-//! pcp command templates exist and what they may say ([`TemplateText`] keeps
+//! pcp command templates exist and what they may say (`TemplateText` keeps
 //! them as written), and the node ids `pgpool_conf` gives. The sidecar checks
 //! those after loading (`pgpool::check`), pointing at the key with the
 //! positions kept in `PgpoolWritten`, through the same [`ConfigError`];
@@ -261,7 +261,7 @@ pub(crate) struct NodeConfig {
 /// `PgpoolConfig::templates` may name commands that do not exist and
 /// `PgpoolConfig::node_ids` holds only the ids written on the nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PgpoolConfig {
+pub(crate) struct PgpoolConfig {
     pub(crate) pcp_host: String,
     pub(crate) pcp_port: u16,
     pub(crate) pcp_user: String,
@@ -293,7 +293,7 @@ pub struct PgpoolConfig {
 ///
 /// `==` compares the name and text only, not where they were written.
 #[derive(Debug, Clone, Eq)]
-pub struct TemplateText {
+pub(crate) struct TemplateText {
     pub(crate) command: String,
     pub(crate) text: Option<String>,
     /// Where the command name was written.
@@ -367,7 +367,7 @@ pub struct Config {
     /// no listener.
     pub http_listen: Option<std::net::SocketAddr>,
     /// `None`: no pgpool handling at all.
-    pub pgpool: Option<PgpoolConfig>,
+    pub(crate) pgpool: Option<PgpoolConfig>,
 }
 
 impl Config {
@@ -377,6 +377,11 @@ impl Config {
         std::iter::once(self.source.as_path())
             .chain(self.password_source.file())
             .collect()
+    }
+
+    /// Whether the configuration has a `pgpool` section (the sidecar runs).
+    pub fn has_pgpool(&self) -> bool {
+        self.pgpool.is_some()
     }
 
     /// What is wrong with who may read or write `Config::secret_files`

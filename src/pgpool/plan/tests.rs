@@ -413,6 +413,7 @@ fn the_sole_master_is_not_attached_when_held_or_already_attached() {
         nodes[0].pgpool = NodeInfo {
             status,
             role: Some(Standby),
+            delay: None,
         };
         nodes[0].ours.held = held;
         let wait = run.settings.no_primary_wait.as_secs_f64();

@@ -65,7 +65,7 @@ const TOOLS: &[&str] = &[
 /// (e.g. `/var/cache/plusmoin-pgpool/4.7.2/bin`), used instead of the
 /// system's: how the tests run against every pgpool version
 /// (`.ci/pgpool-versions`).
-pub const PGPOOL_BIN_ENV: &str = "PLUSMOIN_TEST_PGPOOL_BIN";
+pub(crate) const PGPOOL_BIN_ENV: &str = "PLUSMOIN_TEST_PGPOOL_BIN";
 /// Where distributions put pgpool (Debian: /usr/sbin), searched before PATH.
 const BIN_CANDIDATES: &[&str] = &["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"];
 /// The deadline of one pcp or psql run (a frozen pgpool must not hang us).
@@ -125,7 +125,7 @@ pub struct PgpoolOptions {
     /// (the test kit's `hba_prepend`) while plusmoin still gets in.
     pub health_check_database: Option<String>,
     /// The directory of the `pgpool` and `pcp_*` binaries to run. None
-    /// (the default): [`PGPOOL_BIN_ENV`] when set, else the first system
+    /// (the default): `PLUSMOIN_TEST_PGPOOL_BIN` when set, else the first system
     /// directory, then PATH, that has them all.
     pub bin_dir: Option<PathBuf>,
 }
@@ -200,7 +200,7 @@ struct Running {
 }
 
 /// The directory holding `pgpool` and the `pcp_*` tools: `chosen` when
-/// given, else [`PGPOOL_BIN_ENV`] when set, else the first of the usual
+/// given, else `PLUSMOIN_TEST_PGPOOL_BIN` when set, else the first of the usual
 /// system directories, then PATH, that has them all. The first time a
 /// directory is found in this process, pgpool's version is printed once on
 /// stderr (past the test harness's capture), so a test log says which
@@ -301,7 +301,7 @@ fn announce_version(bin: &Path) {
 
 /// Whether pgpool-II and its pcp tools are installed (tests that need it
 /// can say so clearly instead of failing on a missing binary):
-/// [`PGPOOL_BIN_ENV`]'s directory when set, else the system's.
+/// `PLUSMOIN_TEST_PGPOOL_BIN`'s directory when set, else the system's.
 pub fn pgpool_installed() -> bool {
     find_bin_dir(None).is_ok()
 }
