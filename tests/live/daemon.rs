@@ -24,11 +24,11 @@ pub(crate) fn plusmoin(p: &Plusmoin, args: &[&str]) -> Output {
         .expect("run plusmoin")
 }
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn pid_of(p: &Plusmoin) -> Option<i32> {
+pub(crate) fn pid_of(p: &Plusmoin) -> Option<i32> {
     std::fs::read_to_string(p.dir.path().join("plusmoin.pid"))
         .ok()?
         .trim()
@@ -36,7 +36,7 @@ fn pid_of(p: &Plusmoin) -> Option<i32> {
         .ok()
 }
 
-fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     // A zombie counts as gone.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
@@ -56,7 +56,7 @@ fn uid_of(pid: i32) -> Option<u32> {
 }
 
 /// Stops a background daemon if a test fails half-way.
-struct StopGuard<'a>(&'a Plusmoin);
+pub(crate) struct StopGuard<'a>(pub(crate) &'a Plusmoin);
 impl Drop for StopGuard<'_> {
     fn drop(&mut self) {
         if let Some(pid) = pid_of(self.0) {

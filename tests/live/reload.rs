@@ -4,64 +4,19 @@
 //! fails with the daemon's reason when it could not apply the file. `stop`
 //! and `status` still work while the configuration is broken.
 
+use crate::daemon::{alive, pid_of, plusmoin, text, StopGuard};
 use crate::monitor::{healthy, names, node, Plusmoin, Timings};
 use crate::wait_until;
 use plusmoin::demo::sandbox::Sandbox;
 use serde_json::Value;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::process::{Command, Output};
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(20);
 
-fn plusmoin(p: &Plusmoin, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_plusmoin"))
-        .arg("-c")
-        .arg(&p.config_path)
-        .args(args)
-        .output()
-        .expect("run plusmoin")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn pid_in_file(p: &Plusmoin) -> Option<i32> {
-    std::fs::read_to_string(p.dir.path().join("plusmoin.pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// Alive and not a zombie.
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !s.rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z')
-    })
-}
-
 /// The `reload` member of the status file (`Null` before the first).
 fn reload_seen(p: &Plusmoin) -> Value {
     p.status()["reload"].clone()
-}
-
-/// Kills a background daemon if the test fails half-way.
-struct KillDaemon<'a>(&'a Plusmoin);
-impl Drop for KillDaemon<'_> {
-    fn drop(&mut self) {
-        if let Some(pid) = pid_in_file(self.0) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
 }
 
 /// Started as root, the daemon runs as `daemon_user` and reads its
@@ -81,7 +36,7 @@ fn reload_fails_with_the_daemons_permission_denied_then_applies_a_group_readable
         ..Timings::default()
     };
     let p = Plusmoin::configure(&sb, &t, "");
-    let _kill = KillDaemon(&p);
+    let _kill = StopGuard(&p);
     // nobody must be able to write the status and run the recording trigger.
     for d in [p.dir.path().to_path_buf(), p.dir.path().join("events")] {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -117,7 +72,7 @@ fn reload_fails_with_the_daemons_permission_denied_then_applies_a_group_readable
         !err.contains("chmod 600"),
         "no advice that breaks reloads: {err}"
     );
-    let pid = pid_in_file(&p).expect("pid file");
+    let pid = pid_of(&p).expect("pid file");
     p.wait_status("the master watched", LONG, |st| {
         st["clusters"][0]["master"]["name"] == n0.as_str()
     });
@@ -179,7 +134,7 @@ fn reload_refuses_a_broken_config_unsent_and_stop_and_status_still_work() {
     let t = Timings::default();
     let p = Plusmoin::start(&sb, &t, "");
     healthy(&p, &sb);
-    let pid = pid_in_file(&p).expect("pid file");
+    let pid = pid_of(&p).expect("pid file");
     let n1 = node(&sb, 1);
     let config = p.config_path.display().to_string();
     assert_eq!(reload_seen(&p), Value::Null, "no reload yet");
