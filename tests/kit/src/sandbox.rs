@@ -34,8 +34,6 @@ const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 /// The deadline of one `SHOW pool_nodes` (a frozen pgpool must not hang us).
 const PSQL_TIMEOUT: Duration = Duration::from_secs(15);
-/// How many times `SHOW pool_nodes` is tried (see [`retry_transient`]).
-const TRANSIENT_ATTEMPTS: u32 = 4;
 /// One line per failover_command run, in pgpool's directory
 /// ([`plusmoin::demo::sandbox::pgpool::PgpoolOptions::failover`]).
 const FAILOVER_LOG: &str = "failover.log";
@@ -337,7 +335,8 @@ impl PgpoolExt for Pgpool {
     }
 
     fn show_pool_nodes(&self) -> Result<Vec<(usize, String)>, SandboxError> {
-        let (command, stdout) = retry_transient(|| psql_show_pool_nodes(self))?;
+        let (command, stdout) =
+            plusmoin::demo::sandbox::pgpool::retry_transient(|| psql_show_pool_nodes(self))?;
         parse_pool_nodes(&stdout).ok_or(SandboxError::Unexpected {
             command,
             output: stdout,
@@ -512,23 +511,6 @@ fn reports_error(stderr: &str) -> bool {
         let l = l.trim_start();
         l.starts_with("ERROR") || l.starts_with("FATAL") || l.contains("error:")
     })
-}
-
-/// Runs `f` again (at most [`TRANSIENT_ATTEMPTS`] times in all, with a
-/// growing pause) while it fails with a command failure: what pgpool
-/// answers while it fails a node over or a backend goes down.
-fn retry_transient<T>(mut f: impl FnMut() -> Result<T, SandboxError>) -> Result<T, SandboxError> {
-    let mut attempt = 1;
-    loop {
-        match f() {
-            Err(SandboxError::Failed { ref stderr, .. }) if attempt < TRANSIENT_ATTEMPTS => {
-                tracing::debug!(attempt, stderr = %stderr, "pgpool: transient failure, retrying");
-                thread::sleep(Duration::from_millis(100) * attempt);
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
 }
 
 /// `SHOW pool_nodes` in psql's unaligned tuples-only form: node_id first,

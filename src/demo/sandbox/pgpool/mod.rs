@@ -507,6 +507,26 @@ impl Pgpool {
     }
 }
 
+/// Runs `f` again (at most 4 times in all, with a
+/// growing pause) while it fails with a command failure: what pgpool
+/// answers while it fails a node over or a backend goes down. The test
+/// kit's pgpool readers use it too.
+pub fn retry_transient<T>(
+    mut f: impl FnMut() -> Result<T, SandboxError>,
+) -> Result<T, SandboxError> {
+    let mut attempt = 1;
+    loop {
+        match f() {
+            Err(SandboxError::Failed { ref stderr, .. }) if attempt < 4 => {
+                tracing::debug!(attempt, stderr = %stderr, "pgpool: transient failure, retrying");
+                std::thread::sleep(Duration::from_millis(100) * attempt);
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,15 +3,10 @@
 //! the test kit's, `plusmoin_kit::sandbox`).
 
 use std::process::Command;
-use std::thread;
-use std::time::Duration;
 
 use super::{NodeInfo, Output, PcpOutput, Pgpool, COMMAND_TIMEOUT, PCP_USER};
 use crate::demo::sandbox::run::run_capture;
 use crate::demo::sandbox::{SandboxError, HOST};
-
-/// How many times node_info tries (see retry_transient).
-const TRANSIENT_ATTEMPTS: u32 = 4;
 
 impl Pgpool {
     /// pgpool's view of backend `id` through `pcp_node_info -v`.
@@ -21,7 +16,7 @@ impl Pgpool {
     /// going down ("FATAL: unable to read data from DB node N"): such
     /// failures are retried a few times before they are returned.
     pub fn node_info(&self, id: usize) -> Result<NodeInfo, SandboxError> {
-        retry_transient(|| self.node_info_once(id))
+        super::retry_transient(|| self.node_info_once(id))
     }
 
     /// The status pgpool reports for backend `id` ("up", "waiting", "down",
@@ -127,23 +122,6 @@ fn status_from_code(code: &str) -> Option<String> {
         _ => return None,
     };
     Some(name.to_owned())
-}
-
-/// Runs `f` again (at most [`TRANSIENT_ATTEMPTS`] times in all, with a
-/// growing pause) while it fails with a command failure: what pgpool
-/// answers while it fails a node over or a backend goes down.
-fn retry_transient<T>(mut f: impl FnMut() -> Result<T, SandboxError>) -> Result<T, SandboxError> {
-    let mut attempt = 1;
-    loop {
-        match f() {
-            Err(SandboxError::Failed { ref stderr, .. }) if attempt < TRANSIENT_ATTEMPTS => {
-                tracing::debug!(attempt, stderr = %stderr, "pgpool: transient failure, retrying");
-                thread::sleep(Duration::from_millis(100) * attempt);
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
 }
 
 /// pcp and psql print their refusals as `ERROR:`/`FATAL:` lines.
