@@ -421,15 +421,21 @@ fn pcppass_readable_by_others_is_reported_by_check_config_and_at_start() {
     assert!(!p.log().contains("pgpool: pcp failed"), "{}", p.log());
 }
 
-/// pgpool (no failover_command, no retries) detaches its hung primary by
-/// itself; plusmoin never does, and once pgpool has had no primary for a
-/// while it attaches the one master it sees when that answers again.
+/// A hung primary is pgpool's to handle: plusmoin never detaches it.
+/// pgpool (no failover_command, no retries) detaches it by itself where its
+/// health check gives up on a frozen server, and once pgpool has had no
+/// primary for a while plusmoin attaches the one master it sees when that
+/// answers again. Where pgpool's health check waits out the freeze (see
+/// `PgpoolExt::health_check_waits_out_a_freeze`), pgpool keeps the hung
+/// primary attached all along, and plusmoin, which saw it down, still
+/// neither detaches nor needs to attach it.
 #[test]
-fn hung_primary_detached_by_pgpool_is_attached_again_by_plusmoin_when_it_answers() {
+fn hung_primary_is_left_to_pgpool_and_attached_again_by_plusmoin_once_it_answers() {
     let (sb, pg) = setup(1);
     let p = start(&sb, &pg);
     let n0 = node(&sb, 0);
     wait_pgpool(&p, &pg, 0, UP, "node 0 up at start");
+    let waits_out = pg.health_check_waits_out_a_freeze();
 
     sb.freeze(0).expect("freeze primary");
     let thaw = scopeguard(|| {
@@ -438,7 +444,16 @@ fn hung_primary_detached_by_pgpool_is_attached_again_by_plusmoin_when_it_answers
     p.wait_event("master_down for the hung primary", LONG, |e| {
         e.kind == "master_down" && e.about(&n0)
     });
-    wait_pgpool(&p, &pg, 0, &["down"], "node 0 detached by pgpool");
+    if waits_out {
+        // pcp blocks while a backend is frozen: pgpool's status file says
+        // what it believes. Its health check is held, never fails.
+        let seen = pg.watch_status_file(Duration::from_secs(5));
+        if let Some(why) = pg.down_in(&seen, 0) {
+            panic!("this pgpool should wait out a freeze, yet: {why}");
+        }
+    } else {
+        wait_pgpool(&p, &pg, 0, &["down"], "node 0 detached by pgpool");
+    }
     // The master_down round left pgpool's primary to pgpool, and said so.
     wait_log(&p, "with the master_down round's outcome", |l| {
         l.contains("event=\"master_down\"")
@@ -450,12 +465,26 @@ fn hung_primary_detached_by_pgpool_is_attached_again_by_plusmoin_when_it_answers
     p.wait_event("master_up for the primary answering again", LONG, |e| {
         e.kind == "master_up" && e.about(&n0)
     });
-    // pgpool never re-attaches a primary by itself.
-    wait_pgpool(&p, &pg, 0, UP, "node 0 attached again by plusmoin");
-    let line = wait_log(&p, "saying plusmoin attached node 0", |l| {
-        l.contains("attached node 0")
-    });
-    assert!(line.contains("action=\"attach\""), "{line}");
+    wait_pgpool(&p, &pg, 0, UP, "node 0 up in pgpool once it answers");
+    if waits_out {
+        // Nothing was left to do: pgpool never let go of its primary.
+        wait_log(&p, "with the master_up round's outcome", |l| {
+            l.contains("event=\"master_up\"")
+                && l.contains("pgpool_id=0")
+                && l.contains("nothing to do")
+        });
+        assert!(
+            !p.log().contains("attached node 0"),
+            "plusmoin attached a primary pgpool never detached: {}",
+            p.log()
+        );
+    } else {
+        // pgpool never re-attaches a primary by itself: plusmoin did.
+        let line = wait_log(&p, "saying plusmoin attached node 0", |l| {
+            l.contains("attached node 0")
+        });
+        assert!(line.contains("action=\"attach\""), "{line}");
+    }
     assert!(
         !p.log().contains("detached node 0"),
         "plusmoin detached pgpool's primary: {}",

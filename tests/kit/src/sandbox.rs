@@ -275,6 +275,21 @@ pub trait PgpoolExt {
     /// Starts pgpool again like [`Pgpool::start_again`], but without its
     /// status file (what `pgpool -D` does): every node starts as up.
     fn start_again_discarding_status(&self) -> Result<(), SandboxError>;
+
+    /// Whether this pgpool's health check waits for a backend that accepts
+    /// the connection but never answers (a frozen server) instead of
+    /// giving up after `health_check_timeout`. From the releases of
+    /// January 2025 (4.3.14, 4.4.11, 4.5.6, and 4.6.0 on) pgpool's signal
+    /// handlers restart an interrupted system call, the health check's
+    /// alarm among them: its read of the frozen server's answer goes on
+    /// until the server answers, so the check neither fails nor retries,
+    /// and pgpool never fails over a frozen primary. Earlier releases time
+    /// out, retry, and fail the node over when the retries run out.
+    fn health_check_waits_out_a_freeze(&self) -> bool;
+
+    /// The longest health check of backend `id` so far, in milliseconds
+    /// (`pcp_health_check_stats`' "Max Health Check Duration").
+    fn health_check_max_ms(&self, id: usize) -> Result<u64, SandboxError>;
 }
 
 impl PgpoolExt for Pgpool {
@@ -341,6 +356,52 @@ impl PgpoolExt for Pgpool {
             command,
             output: stdout,
         })
+    }
+
+    fn health_check_waits_out_a_freeze(&self) -> bool {
+        // `pgpool-II version 4.6.7 (…)`
+        let out = Command::new(self.bin_dir().join("pgpool"))
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output();
+        let text = out.map_or_else(
+            |_| String::new(),
+            |o| {
+                String::from_utf8_lossy(&o.stdout).into_owned()
+                    + &String::from_utf8_lossy(&o.stderr)
+            },
+        );
+        let Some(v) = text
+            .split_whitespace()
+            .skip_while(|w| *w != "version")
+            .nth(1)
+        else {
+            return false;
+        };
+        let nums: Vec<u32> = v.split('.').map_while(|n| n.parse().ok()).collect();
+        match nums[..] {
+            [4, 3, patch, ..] => patch >= 14,
+            [4, 4, patch, ..] => patch >= 11,
+            [4, 5, patch, ..] => patch >= 6,
+            [4, minor, ..] => minor >= 6,
+            [major, ..] => major > 4,
+            [] => false,
+        }
+    }
+
+    fn health_check_max_ms(&self, id: usize) -> Result<u64, SandboxError> {
+        check_id(self, id)?;
+        let out = self.pcp("pcp_health_check_stats", &["-v", "-n", &id.to_string()])?;
+        let text = &out.stdout;
+        // `-v` prints one `Title : value` line per field.
+        text.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == "Max Health Check Duration")
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .ok_or_else(|| SandboxError::Io {
+                what: format!("pcp_health_check_stats -v -n {id} printed {text:?}"),
+                source: io::Error::from(io::ErrorKind::InvalidData),
+            })
     }
 
     fn attach(&self, id: usize) -> Result<(), SandboxError> {
