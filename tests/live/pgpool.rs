@@ -591,3 +591,51 @@ fn pgpool_pcp_without_a_pcppass_file_fails_fast_and_names_it() {
     );
     assert_no_secret(&p, PCP_PASSWORD);
 }
+
+/// A pcppass file the daemon cannot read (root's, mode 0600, while the
+/// daemon runs as `daemon_user`): from pgpool-II 4.7 pcp then falls back to
+/// a password prompt. plusmoin's pcp has no terminal, so every version
+/// fails at once, and the log names the file and why, long before the
+/// pcp_timeout; monitoring goes on.
+#[test]
+fn pcppass_unreadable_by_the_daemon_user_fails_fast_and_names_it() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        plusmoin_kit::skip("needs root to run the daemon as another user");
+        return;
+    }
+    let (sb, pg) = setup(1);
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let pcppass = dir.path().join("pcppass");
+    std::fs::copy(pg.pcppass_file(), &pcppass).expect("copy pcppass");
+    std::fs::set_permissions(&pcppass, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let t = Timings {
+        daemon_user: Some("nobody"),
+        ..Timings::default()
+    };
+    let mut p = Plusmoin::configure(&sb, &t, &section(&pg, &pcppass));
+    for d in [p.dir.path().to_path_buf(), p.dir.path().join("events")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    let started = std::time::Instant::now();
+    p.spawn();
+    healthy(&p, &sb);
+    let shown = pcppass.display().to_string();
+    let line = wait_log(&p, "about the pcppass file nobody can read", |l| {
+        l.contains("ERROR") && l.contains(&shown)
+    });
+    let took = started.elapsed();
+    eprintln!("after {took:?}: {line}");
+    assert!(
+        took < Duration::from_secs(15),
+        "the pcppass problem took {took:?} to be told (pcp at a prompt?): {line}"
+    );
+    assert!(
+        line.contains("Permission denied") || line.contains("cannot read"),
+        "says why: {line}"
+    );
+    // No pcp run sat at a prompt: nothing timed out.
+    assert!(!p.log().contains("timed out"), "{}", p.log());
+    assert_no_secret(&p, PCP_PASSWORD);
+}
