@@ -1340,3 +1340,56 @@ fn news_reaches_every_entry_of_a_repeated_name() {
     let next = decide(state, &config, &news, sim.now, &sim.policy, false).state;
     assert_eq!(places(&next), [Place::Master, Place::Lost, Place::Lost]);
 }
+
+/// Times go to seconds, to the system clock and back without loss, on
+/// either side of the epoch: the lag and every time in the status file
+/// and the payloads are read from them.
+#[test]
+fn times_convert_to_seconds_and_the_system_clock_and_back() {
+    use std::time::UNIX_EPOCH;
+    assert_eq!(Time::from_secs_f64(1.5), Time(1_500_000));
+    assert_eq!(Time::from_secs_f64(-0.25), Time(-250_000));
+    assert_eq!(Time(2_250_000).as_secs_f64(), 2.25);
+    for micros in [0, 1_234_567, -1_234_567] {
+        let clock = Time(micros).to_system_time();
+        assert_eq!(Time::from_system_time(clock), Time(micros), "{micros}");
+    }
+    assert_eq!(
+        Time(1_000_000).to_system_time(),
+        UNIX_EPOCH + Duration::from_secs(1)
+    );
+    assert_eq!(
+        Time(-1_000_000).to_system_time(),
+        UNIX_EPOCH - Duration::from_secs(1)
+    );
+    assert_eq!(Time(5) + Duration::from_micros(7), Time(12));
+    assert_eq!(Time(12).since(Time(5)), Duration::from_micros(7));
+    assert_eq!(Time(5).since(Time(12)), Duration::ZERO, "never negative");
+    // The clock is the system's: after 2023 (1.7e9 s since the epoch).
+    assert!(Time::now() > Time::from_secs_f64(1.7e9));
+}
+
+/// Event names are what trigger configuration keys, payloads and logs
+/// say: each reads back to its kind, and nothing else reads as one.
+#[test]
+fn event_kinds_read_back_from_their_names() {
+    for k in EventKind::ALL {
+        assert_eq!(k.as_str().parse::<EventKind>(), Ok(k));
+        assert_eq!(k.to_string(), k.as_str());
+    }
+    assert_eq!(EventKind::SlaveDown.as_str(), "slave_down");
+    assert_eq!(
+        EventKind::PlusmoinHeartbeat.to_string(),
+        "plusmoin_heartbeat"
+    );
+    assert!("slave-down".parse::<EventKind>().is_err());
+    assert!("".parse::<EventKind>().is_err());
+}
+
+/// A node prints as the operator wrote it: `host:port`, an IPv6 address
+/// in brackets so the port stays readable.
+#[test]
+fn node_names_print_ipv6_in_brackets() {
+    assert_eq!(NodeName::new("::1", 5432).to_string(), "[::1]:5432");
+    assert_eq!(NodeName::new("db1", 5433).to_string(), "db1:5433");
+}
