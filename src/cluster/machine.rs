@@ -263,7 +263,6 @@ pub fn decide(
         changed: !aligned,
         dropped: Vec::new(),
     };
-    beat.forget_removed_masters();
     beat.masters();
     beat.others();
     beat.drop_empty_clusters();
@@ -381,18 +380,6 @@ impl Beat<'_> {
         node.cluster_id = cluster;
     }
 
-    /// A master removed from the configuration leaves its cluster masterless.
-    fn forget_removed_masters(&mut self) {
-        let present = &self.by_node;
-        for cluster in self.next.clusters.values_mut() {
-            if let Some(m) = &cluster.master {
-                if !present.contains_key(&(m.host.as_str(), m.port)) {
-                    cluster.master = None;
-                }
-            }
-        }
-    }
-
     /// Nodes that answered as master: keep, replace, split, found (README,
     /// "How it works", step 3).
     fn masters(&mut self) {
@@ -417,6 +404,8 @@ impl Beat<'_> {
         }
         for id in ids {
             let candidates = answering.remove(&id).unwrap_or_default();
+            // A master removed from the configuration has no index: its
+            // cluster is left masterless below unless another takes it.
             let old = self.next.clusters[&id]
                 .master
                 .clone()

@@ -1393,3 +1393,19 @@ fn node_names_print_ipv6_in_brackets() {
     assert_eq!(NodeName::new("::1", 5432).to_string(), "[::1]:5432");
     assert_eq!(NodeName::new("db1", 5433).to_string(), "db1:5433");
 }
+
+/// Places are named as the status file, the table and the logs say them.
+#[test]
+fn places_are_named_as_the_status_file_says_them() {
+    let names = [Place::Master, Place::Slave, Place::Lost, Place::Clusterless].map(Place::as_str);
+    assert_eq!(names, ["master", "slave", "lost", "clusterless"]);
+}
+
+/// The status file's `clusterless` list: exactly the nodes in no cluster.
+#[test]
+fn clusterless_lists_exactly_the_nodes_in_no_cluster() {
+    let mut sim = Sim::new();
+    sim.beat(&[(5432, M), (5433, D), (5434, S(5432, 0))]);
+    let ports: Vec<u16> = sim.state.clusterless().map(|n| n.name.port).collect();
+    assert_eq!(ports, [5433]);
+}
