@@ -1409,3 +1409,20 @@ fn clusterless_lists_exactly_the_nodes_in_no_cluster() {
     let ports: Vec<u16> = sim.state.clusterless().map(|n| n.name.port).collect();
     assert_eq!(ports, [5433]);
 }
+
+/// A promoted slave names itself as its master from then on (what the
+/// status file shows as the master it follows), not the master it used to
+/// replay.
+#[test]
+fn a_promoted_slave_names_itself_as_its_master() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    let before = sim.state.node(&name(5433)).unwrap().master_name.clone();
+    assert_eq!(before, Some(name(5432).to_string()));
+    sim.beat(&[(5432, D), (5433, M), (5434, S(5433, 1))]);
+    let own = name(5433).to_string();
+    assert_eq!(
+        sim.state.node(&name(5433)).unwrap().master_name.as_deref(),
+        Some(own.as_str())
+    );
+}
