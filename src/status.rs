@@ -475,5 +475,7 @@ pub(crate) fn stale_after(heartbeat: Duration) -> Duration {
     heartbeat * 3
 }
 
+pub(crate) mod journal;
+
 #[cfg(test)]
 mod tests;
