@@ -245,9 +245,7 @@ fn set_mode(file: &std::fs::File, mode: u32) -> std::io::Result<()> {
 
 /// Reads the status file, refusing one older than three beats. The daemon
 /// user writes its directory: a link or a FIFO there, or a file none of
-/// `owners` owns, is refused (see [`safefile`]).
-///
-/// [`safefile`]: crate::lifecycle::safefile
+/// `owners` owns, is refused (see `lifecycle::safefile`).
 pub fn read(path: &Path, now_unix: f64, owners: &Owners) -> Result<Status, StatusError> {
     let text = read_bytes(path, owners)?;
     let status: Status = serde_json::from_slice(&text).map_err(|source| StatusError::Invalid {
@@ -307,8 +305,64 @@ fn read_bytes(path: &Path, owners: &Owners) -> Result<Vec<u8>, StatusError> {
         })
 }
 
+/// The status as `plusmoin status` prints it: a table an operator reads
+/// at a glance ([`table`]), or JSON ([`json`]).
+pub fn render(status: &Status, table: bool) -> Result<String, serde_json::Error> {
+    if table {
+        Ok(self::table(status))
+    } else {
+        json(status).map(|mut s| {
+            s.push('\n');
+            s
+        })
+    }
+}
+
+/// What `plusmoin events` shows (README "Event history").
+#[derive(Debug, Clone, Default)]
+pub struct EventsOptions {
+    /// `--since`: a duration back from now (`2h`) or a time.
+    pub since: Option<String>,
+    /// `--node HOST:PORT`.
+    pub node: Option<String>,
+    /// `--cluster N`.
+    pub cluster: Option<u32>,
+    /// `--kind`, any of them (each may be a comma-separated list).
+    pub kinds: Vec<String>,
+    /// JSON lines instead of a table.
+    pub json: bool,
+    /// Keep printing new records as they come, across rotations.
+    pub follow: bool,
+}
+
+/// `plusmoin events`: the journal beside `status_file`, read from its
+/// files (the daemon need not run).
+pub fn events(status_file: &Path, opts: &EventsOptions) -> Result<(), String> {
+    journal::events_command(status_file, opts)
+}
+
+/// `plusmoin status --watch`: the table redrawn every `every`, changes
+/// marked and the newest events of the journal beside `status_file` under
+/// it, until Ctrl-C; `read` reads the status as `plusmoin status` does.
+pub fn watch(
+    every: Duration,
+    status_file: &Path,
+    read: impl FnMut() -> Result<Status, String>,
+) -> Result<(), String> {
+    watch::run(every, &journal::path_for(status_file), read)
+}
+
 /// The status as a table an operator reads at a glance.
-pub fn table(status: &Status) -> String {
+pub(crate) fn table(status: &Status) -> String {
+    let rows = table_rows(status);
+    let mut out = format_rows(&rows, None);
+    out.push_str(&table_notes(status));
+    out
+}
+
+/// The table's rows, its header first: cluster, node, role, lag, since,
+/// note.
+pub(crate) fn table_rows(status: &Status) -> Vec<[String; 6]> {
     let mut rows: Vec<[String; 6]> = vec![[
         "CLUSTER".into(),
         "NODE".into(),
@@ -362,22 +416,38 @@ pub fn table(status: &Status) -> String {
     for n in &status.clusterless {
         rows.push(row("-".into(), n));
     }
+    rows
+}
+
+/// `rows` aligned in columns, one line each. With `marked`, every line
+/// begins with a mark column: `*` for the rows of those indexes.
+pub(crate) fn format_rows(rows: &[[String; 6]], marked: Option<&[usize]>) -> String {
     let mut widths = [0usize; 6];
-    for r in &rows {
+    for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for r in &rows {
+    for (i, r) in rows.iter().enumerate() {
         let line: Vec<String> = r
             .iter()
             .zip(widths)
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect();
+        if let Some(m) = marked {
+            out.push_str(if m.contains(&i) { "* " } else { "  " });
+        }
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    out
+}
+
+/// The lines under the table: refusals, pgpool, a failed reload, who
+/// wrote it.
+pub(crate) fn table_notes(status: &Status) -> String {
+    let mut out = String::new();
     for (node, why) in &status.primary_refused {
         out.push_str(&format!(
             "not routed to (/primary 503): {}: {}\n",
@@ -436,7 +506,7 @@ fn pgpool_lines(p: &crate::payload::PgpoolReport) -> String {
 /// characters `serde_json` leaves raw (DEL, C1 controls, bidirectional
 /// overrides) are `\uXXXX` escapes too: the same JSON value, nothing a
 /// terminal acts on.
-pub fn json(status: &Status) -> Result<String, serde_json::Error> {
+pub(crate) fn json(status: &Status) -> Result<String, serde_json::Error> {
     let text = serde_json::to_string_pretty(status)?;
     let raw = |c: char| {
         c.is_control() && c != '\n'
@@ -476,6 +546,7 @@ pub(crate) fn stale_after(heartbeat: Duration) -> Duration {
 }
 
 pub(crate) mod journal;
+mod watch;
 
 #[cfg(test)]
 mod tests;

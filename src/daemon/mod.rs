@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::payload::{Status, TriggerPayload};
 use crate::probe::{Monitor, ProbeSettings, Report};
 use crate::status;
+use crate::status::journal::{Entry, Journal};
 use plan::BeatPlan;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -98,6 +99,13 @@ struct Daemon {
     refused: BTreeMap<NodeName, cluster::Refusal>,
     /// The last reload handled and how it went, shown in the status.
     reload: Option<crate::payload::ReloadReport>,
+    /// The event journal (README "Event history").
+    journal: Journal,
+    /// Why each node whose last answer was Down failed (for the journal's
+    /// `node_answers_again`).
+    down_why: HashMap<NodeName, String>,
+    /// The holds as last recorded in the journal (`None` until read).
+    holds_seen: Option<BTreeMap<String, crate::payload::HoldEntry>>,
 }
 
 impl Daemon {
@@ -106,8 +114,19 @@ impl Daemon {
         let mut monitor = Monitor::new(ProbeSettings::from_config(&config))?;
         let names: Vec<NodeName> = config.nodes.iter().map(|n| n.name.clone()).collect();
         monitor.set_nodes(&names);
-        let pgpool = crate::pgpool::Sidecar::new(&config);
+        let mut pgpool = crate::pgpool::Sidecar::new(&config);
         let holds = crate::hold::Holds::new(&config);
+        let journal = Journal::open(
+            status::journal::path_for(&config.status_file),
+            config.journal_max_bytes,
+            config.status_file_mode,
+            &config.instance_name,
+        );
+        pgpool.set_journal(journal.clone());
+        let mut dispatcher = Dispatcher::new();
+        dispatcher.set_journal(journal.clone());
+        let mut web = crate::web::Publisher::new();
+        web.set_journal(status::journal::path_for(&config.status_file));
         Ok(Daemon {
             pgpool,
             holds,
@@ -115,7 +134,7 @@ impl Daemon {
             monitor,
             state: State::default(),
             names,
-            dispatcher: Dispatcher::new(),
+            dispatcher,
             status: status::Writer::new(),
             beat: None,
             taken: None,
@@ -126,11 +145,14 @@ impl Daemon {
             lost: HashSet::new(),
             down_flipped: Vec::new(),
             last_news_step: None,
-            web: crate::web::Publisher::new(),
+            web,
             systems: HashMap::new(),
             primary: cluster::PrimaryGuard::new(),
             refused: BTreeMap::new(),
             reload: None,
+            journal,
+            down_why: HashMap::new(),
+            holds_seen: None,
         })
     }
 
@@ -249,10 +271,21 @@ impl Daemon {
                 self.systems.insert(r.node.clone(), id);
             }
         }
-        let flipped = if matches!(r.obs, Observation::Down { .. }) {
+        let flipped = if let Observation::Down { reason } = &r.obs {
+            self.down_why.insert(r.node.clone(), reason.clone());
             self.down.insert(r.node.clone())
         } else {
-            self.down.remove(&r.node)
+            let was_down = self.down.remove(&r.node);
+            if was_down {
+                let why = self.down_why.remove(&r.node).unwrap_or_default();
+                self.journal.record(
+                    Entry::new("node_answers_again")
+                        .cluster(self.state.node(&r.node).and_then(|n| n.cluster_id))
+                        .node(&r.node)
+                        .why(format!("it answers again after: {why}")),
+                );
+            }
+            was_down
         };
         if flipped {
             self.down_flipped.push(r.node.clone());
@@ -419,10 +452,21 @@ impl Daemon {
                 "event"
             );
         }
-        let Some(command) = self.config.triggers.get(&e.kind) else {
+        let command = self.config.triggers.get(&e.kind);
+        // A heartbeat is news only for its trigger: recorded when one runs.
+        let stamp = if e.kind != EventKind::PlusmoinHeartbeat || command.is_some() {
+            self.journal.record(event_entry(state, e))
+        } else {
+            None
+        };
+        let Some(command) = command else {
             return;
         };
-        let payload = TriggerPayload::new(state, e.kind, e.cluster_id, e.node.as_ref());
+        let mut payload = TriggerPayload::new(state, e.kind, e.cluster_id, e.node.as_ref());
+        if let Some(s) = &stamp {
+            payload.event_id = Some(s.id);
+            payload.event_time = Some(s.time.clone());
+        }
         match serde_json::to_string(&payload) {
             Ok(payload) => self.dispatcher.dispatch(TriggerJob {
                 kind: e.kind,
@@ -430,6 +474,7 @@ impl Daemon {
                 command: command.clone(),
                 payload,
                 timeout: self.config.trigger_timeout,
+                event_id: stamp.map(|s| s.id),
             }),
             Err(err) => {
                 error!(cluster = e.cluster_id, event = %e.kind, "cannot build payload: {err}")
@@ -445,6 +490,7 @@ impl Daemon {
             self.config.heartbeat,
         );
         st.set_holds(self.holds.current());
+        self.record_holds();
         st.pgpool = self.pgpool.report();
         st.primary_refused = self.refuse_primaries(st.pgpool.as_ref());
         st.reload = self.reload.clone();
@@ -502,6 +548,43 @@ impl Daemon {
             .collect()
     }
 
+    /// Records the holds placed and lifted since the last call (nothing
+    /// until the holds are first read: those already placed then are
+    /// recorded as found, once).
+    fn record_holds(&mut self) {
+        if !self.holds.known() {
+            return;
+        }
+        let now = self.holds.current();
+        if self.holds_seen.as_ref() == Some(now) {
+            return;
+        }
+        let before = self.holds_seen.take().unwrap_or_default();
+        for (node, h) in now {
+            if before.get(node) != Some(h) {
+                let mut e = Entry::new("hold_placed")
+                    .node(node)
+                    .with("placed_by", h.placed_by.as_str())
+                    .with("placed_at", h.placed_at.as_str());
+                if let Some(r) = &h.reason {
+                    e = e.why(r.as_str());
+                }
+                self.journal.record(e);
+            }
+        }
+        for (node, h) in &before {
+            if !now.contains_key(node) {
+                self.journal.record(
+                    Entry::new("hold_lifted")
+                        .node(node)
+                        .with("placed_by", h.placed_by.as_str())
+                        .why("released (plusmoin release, or its row removed)"),
+                );
+            }
+        }
+        self.holds_seen = Some(now.clone());
+    }
+
     /// Waits until the statuses decided so far are written.
     fn flush_status(&self) {
         self.status.flush();
@@ -542,5 +625,20 @@ impl Daemon {
         drop(self.monitor);
         self.dispatcher.shutdown(grace).await;
         self.pgpool.shutdown().await;
+        self.journal.record(Entry::new("stop").why("asked to stop"));
+        self.journal.close(Duration::from_secs(2));
     }
+}
+
+/// A trigger event as the journal records it: its cluster and node, and
+/// why (the node's reason, when it has one).
+fn event_entry(state: &State, e: &Event) -> Entry {
+    let mut entry = Entry::new(e.kind.as_str()).cluster(Some(e.cluster_id));
+    if let Some(n) = &e.node {
+        entry = entry.node(n);
+        if let Some(why) = state.node(n).and_then(|s| s.reason.as_deref()) {
+            entry = entry.why(why);
+        }
+    }
+    entry
 }

@@ -24,10 +24,8 @@
 //! and a new one begun, so both together stay within the setting.
 
 mod read;
-pub(crate) use read::{events_command, EventsOptions};
-pub(crate) use read::{
-    json_line, parse_since, read_records, table_row, Filter, Follower, TABLE_HEADER,
-};
+pub(crate) use read::events_command;
+pub(crate) use read::{json_line, newest, read_records, table_row, Filter};
 
 use crate::cluster::{ClusterId, Time};
 use crate::logonce::LogOnce;

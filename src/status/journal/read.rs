@@ -3,6 +3,7 @@
 //! works while the daemon is down.
 
 use super::{rotated, Record};
+use crate::status::EventsOptions;
 use crate::text::escape_controls;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -21,6 +22,31 @@ pub(crate) fn read_records(path: &Path) -> std::io::Result<Vec<Record>> {
         }
     }
     Ok(out)
+}
+
+/// The newest `n` records of the journal at `path` (at most), oldest
+/// first, read from the files' ends only.
+pub(crate) fn newest(path: &Path, n: usize) -> Vec<Record> {
+    const TAIL: u64 = 64 * 1024;
+    let mut out: Vec<Record> = Vec::new();
+    for p in [path.to_path_buf(), rotated(path)] {
+        let Ok(mut f) = File::open(&p) else { continue };
+        let len = f.metadata().map_or(0, |m| m.len());
+        let from = len.saturating_sub(TAIL);
+        let mut bytes = Vec::new();
+        if f.seek(SeekFrom::Start(from)).is_err() || f.read_to_end(&mut bytes).is_err() {
+            continue;
+        }
+        // A first line cut by the seek is no whole record: it is skipped.
+        let mut older: Vec<Record> = parse_lines(&bytes).collect();
+        older.append(&mut out);
+        out = older;
+        if out.len() >= n {
+            break;
+        }
+    }
+    let from = out.len().saturating_sub(n);
+    out.split_off(from)
 }
 
 /// The whole records in `bytes`, skipping any other line.
@@ -71,7 +97,7 @@ impl Filter {
             }
         }
         if let Some(c) = self.cluster {
-            if r.cluster.map(u64::from) != Some(u64::from(c)) {
+            if r.cluster != Some(c) {
                 return false;
             }
         }
@@ -246,27 +272,10 @@ impl Follower {
     }
 }
 
-/// `plusmoin events`: what to show and how.
-#[derive(Debug, Clone, Default)]
-pub struct EventsOptions {
-    /// `--since`.
-    pub since: Option<String>,
-    /// `--node HOST:PORT`.
-    pub node: Option<String>,
-    /// `--cluster N`.
-    pub cluster: Option<u32>,
-    /// `--kind`, any of them.
-    pub kinds: Vec<String>,
-    /// JSON lines instead of a table.
-    pub json: bool,
-    /// Keep printing new records.
-    pub follow: bool,
-}
-
 /// `plusmoin events` on the journal beside `status_file`: the records
 /// `opts` selects, oldest first, then (with `follow`) new ones as they are
 /// written, every 0.1 s, until killed.
-pub fn events_command(status_file: &Path, opts: &EventsOptions) -> Result<(), String> {
+pub(crate) fn events_command(status_file: &Path, opts: &EventsOptions) -> Result<(), String> {
     use std::io::Write;
     let path = super::path_for(status_file);
     let now = crate::cluster::Time::now().as_secs_f64();

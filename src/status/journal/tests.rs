@@ -1,5 +1,6 @@
 //! The journal: writing, crash safety, rotation, reading back, filters.
 
+use super::read::*;
 use super::*;
 use std::time::Duration;
 
@@ -139,7 +140,7 @@ fn rec(
         time: time.into(),
         instance: "i1".into(),
         kind: kind.into(),
-        cluster: cluster.map(Into::into),
+        cluster,
         node: node.map(str::to_string),
         why: None,
         detail: Default::default(),
