@@ -345,15 +345,15 @@ fn reload(cli: &Cli, timeout: f64, files: &ControlFiles) -> Result<(), Failure> 
     // process (an earlier daemon) is no floor.
     let daemon = u32::try_from(pid).unwrap_or(0);
     let floor = before
-        .filter(|seen| seen.pid == daemon)
-        .and_then(|seen| seen.reload)
+        .filter(|(pid, _)| *pid == daemon)
+        .and_then(|(_, reload)| reload)
         .map_or(0, |r| r.generation);
     let deadline = std::time::Instant::now() + wait;
     let mut last_problem = None;
     let report = loop {
         match status::read_reload(status_file, &owners) {
-            Ok(seen) if seen.pid == daemon => {
-                if let Some(r) = seen.reload.filter(|r| r.generation > floor) {
+            Ok((pid, reload)) if pid == daemon => {
+                if let Some(r) = reload.filter(|r| r.generation > floor) {
                     break r;
                 }
             }

@@ -268,23 +268,29 @@ pub fn read(path: &Path, now_unix: f64, owners: &Owners) -> Result<Status, Statu
 /// Who wrote the status file and its last reload: what `plusmoin reload`
 /// compares before and after its signal.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct ReloadSeen {
+struct ReloadSeen {
     /// The daemon that wrote the file.
-    pub pid: u32,
+    pid: u32,
     /// Its last reload; `None` before its first.
     #[serde(default)]
-    pub reload: Option<ReloadReport>,
+    reload: Option<ReloadReport>,
 }
 
-/// Reads who wrote the status file at `path` and its last reload, however
-/// old the file is (a daemon busy reloading is no stale one) and whatever
-/// else it holds. Opened as [`read`] opens it.
-pub fn read_reload(path: &Path, owners: &Owners) -> Result<ReloadSeen, StatusError> {
+/// Reads who wrote the status file at `path` (the daemon's pid) and its
+/// last reload (`None` before its first), however old the file is (a
+/// daemon busy reloading is no stale one) and whatever else it holds.
+/// Opened as [`read`] opens it.
+pub fn read_reload(
+    path: &Path,
+    owners: &Owners,
+) -> Result<(u32, Option<ReloadReport>), StatusError> {
     let text = read_bytes(path, owners)?;
-    serde_json::from_slice(&text).map_err(|source| StatusError::Invalid {
-        path: path.to_path_buf(),
-        source,
-    })
+    serde_json::from_slice::<ReloadSeen>(&text)
+        .map(|seen| (seen.pid, seen.reload))
+        .map_err(|source| StatusError::Invalid {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 fn read_bytes(path: &Path, owners: &Owners) -> Result<Vec<u8>, StatusError> {
@@ -306,7 +312,7 @@ fn read_bytes(path: &Path, owners: &Owners) -> Result<Vec<u8>, StatusError> {
 }
 
 /// The status as `plusmoin status` prints it: a table an operator reads
-/// at a glance ([`table`]), or JSON ([`json`]).
+/// at a glance, or JSON (characters a terminal acts on escaped).
 pub fn render(status: &Status, table: bool) -> Result<String, serde_json::Error> {
     if table {
         Ok(self::table(status))

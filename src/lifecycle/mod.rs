@@ -29,7 +29,7 @@ mod logging;
 mod pidfile;
 mod privileges;
 mod process;
-pub(crate) mod safefile;
+pub mod safefile;
 
 pub use control::{reload, stop};
 pub use detach::{daemonize, Detached};
