@@ -220,7 +220,7 @@ fn follow_keeps_up_across_rotations_and_http_serves_the_records() {
     let sb = Sandbox::start(1).expect("sandbox");
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let extra = format!(r#", "journal_max_bytes": 65536, "http_listen": "{addr}""#);
-    let mut p = Plusmoin::start(&sb, &Timings::default(), &extra);
+    let p = Plusmoin::start(&sb, &Timings::default(), &extra);
     healthy(&p, &sb);
     let mut follow = Command::new(env!("CARGO_BIN_EXE_plusmoin"))
         .arg("-c")
