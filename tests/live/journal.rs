@@ -336,3 +336,144 @@ fn follow_keeps_up_across_rotations_and_http_serves_the_records() {
         "{metrics}"
     );
 }
+
+/// tmux on a socket of its own, killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("run tmux");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    /// The pane's screen as text.
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "w"])
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.run(&["kill-server"]);
+    }
+}
+
+/// `status --watch` in a real terminal: the table changes within 2 s of a
+/// standby stop, the changed row marked; Ctrl-C leaves the alternate
+/// screen and shows the cursor again, back at the shell's prompt. Not on
+/// a terminal it prints plain tables, no escape code.
+#[test]
+fn status_watch_redraws_in_a_terminal_and_ctrl_c_leaves_it_clean() {
+    if !plusmoin_kit::on_path("tmux") {
+        return plusmoin_kit::skip("tmux is not installed (apt-get install tmux)");
+    }
+    let sb = Sandbox::start(2).expect("sandbox");
+    let p = Plusmoin::start(&sb, &Timings::default(), "");
+    healthy(&p, &sb);
+    let n1 = node(&sb, 1);
+    let tmux = Tmux {
+        socket: format!("plusmoin-watch-{}", std::process::id()),
+    };
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "w",
+        "-x",
+        "200",
+        "-y",
+        "50",
+        "env",
+        "PS1=prompt$ ",
+        "sh",
+    ]);
+    let command = format!(
+        "{} -c {} status --watch",
+        env!("CARGO_BIN_EXE_plusmoin"),
+        p.config_path.display()
+    );
+    tmux.run(&["send-keys", "-t", "w", &command, "Enter"]);
+    let row = |screen: &str| -> Option<String> {
+        screen.lines().find(|l| l.contains(&n1)).map(str::to_string)
+    };
+    let ok = wait_until(LONG, || {
+        let s = tmux.screen();
+        s.contains("plusmoin status, every 1 s") && row(&s).is_some_and(|r| r.contains("slave"))
+    });
+    assert!(ok, "the table never showed: {}", tmux.screen());
+    assert_eq!(
+        tmux.run(&["display", "-p", "-t", "w", "#{alternate_on}"])
+            .trim(),
+        "1"
+    );
+
+    sb.stop(1).expect("stop standby 1");
+    let stopped = std::time::Instant::now();
+    let mut marked = false;
+    let ok = wait_until(Duration::from_secs(2), || {
+        let r = row(&tmux.screen()).unwrap_or_default();
+        marked |= r.starts_with("* ");
+        r.contains("lost")
+    });
+    assert!(ok, "no change within 2 s of the stop: {}", tmux.screen());
+    // The mark shows for the redraw after the change (1 s later at most).
+    wait_until(Duration::from_millis(1500), || {
+        marked |= row(&tmux.screen()).is_some_and(|r| r.starts_with("* "));
+        marked
+    });
+    assert!(
+        marked,
+        "the changed row was never marked ({:?})",
+        stopped.elapsed()
+    );
+
+    tmux.run(&["send-keys", "-t", "w", "C-c"]);
+    let ok = wait_until(Duration::from_secs(5), || {
+        tmux.screen()
+            .lines()
+            .any(|l| l.starts_with("prompt$") && !l.contains("status --watch"))
+    });
+    assert!(ok, "no prompt after Ctrl-C: {}", tmux.screen());
+    let screen = tmux.screen();
+    assert!(
+        !screen.contains(&n1),
+        "the table is left on the screen: {screen}"
+    );
+    assert_eq!(
+        tmux.run(&["display", "-p", "-t", "w", "#{alternate_on}"])
+            .trim(),
+        "0"
+    );
+    assert_eq!(
+        tmux.run(&["display", "-p", "-t", "w", "#{cursor_flag}"])
+            .trim(),
+        "1"
+    );
+
+    // Not on a terminal: one plain table per interval.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plusmoin"))
+        .arg("-c")
+        .arg(&p.config_path)
+        .args(["status", "--watch", "0.2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("status --watch");
+    std::thread::sleep(Duration::from_millis(1100));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{:?}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains('\x1b'), "escape codes in a pipe: {text:?}");
+    assert!(
+        text.matches("plusmoin status, every").count() >= 3,
+        "{text}"
+    );
+}
