@@ -456,7 +456,7 @@ fn status_watch_redraws_in_a_terminal_and_ctrl_c_leaves_it_clean() {
     );
 
     // Not on a terminal: one plain table per interval.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_plusmoin"))
+    let child = Command::new(env!("CARGO_BIN_EXE_plusmoin"))
         .arg("-c")
         .arg(&p.config_path)
         .args(["status", "--watch", "0.2"])
