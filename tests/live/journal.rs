@@ -477,3 +477,55 @@ fn status_watch_redraws_in_a_terminal_and_ctrl_c_leaves_it_clean() {
         "{text}"
     );
 }
+
+/// With pgpool: a hold placed and lifted is recorded with who placed it,
+/// and the detach and attach that follow carry pgpool's statuses before
+/// and after.
+#[test]
+fn pgpool_actions_and_holds_are_recorded_with_before_and_after() {
+    use crate::pgpool::{plusmoin_cmd, section, setup, wait_pgpool, UP};
+    let (sb, pg) = setup(1);
+    let p = Plusmoin::start(&sb, &Timings::default(), &section(&pg, pg.pcppass_file()));
+    healthy(&p, &sb);
+    let n1 = node(&sb, 1);
+    wait_pgpool(&p, &pg, 1, UP, "node 1 up at start");
+
+    let out = plusmoin_cmd(&p, &["hold", &n1, "--reason", "kernel upgrade"]);
+    assert!(out.status.success(), "{out:?}");
+    let placed = wait_record(&p, "hold_placed", |r| {
+        r["kind"] == "hold_placed" && r["node"] == n1.as_str()
+    });
+    assert_eq!(placed["why"], "kernel upgrade", "{placed}");
+    assert!(
+        placed["detail"]["placed_by"]
+            .as_str()
+            .is_some_and(|b| b.contains('@')),
+        "{placed}"
+    );
+    let detach = wait_record(&p, "pgpool_detach", |r| {
+        r["kind"] == "pgpool_detach" && r["node"] == n1.as_str()
+    });
+    assert_eq!(detach["detail"]["outcome"], "ok", "{detach}");
+    assert!(
+        UP.contains(&detach["detail"]["before"].as_str().unwrap_or("")),
+        "{detach}"
+    );
+    assert_eq!(detach["detail"]["after"], "down", "{detach}");
+    assert_eq!(detach["detail"]["pgpool_id"], 1, "{detach}");
+
+    let out = plusmoin_cmd(&p, &["release", &n1]);
+    assert!(out.status.success(), "{out:?}");
+    wait_record(&p, "hold_lifted", |r| {
+        r["kind"] == "hold_lifted" && r["node"] == n1.as_str()
+    });
+    let attach = wait_record(&p, "pgpool_attach", |r| {
+        r["kind"] == "pgpool_attach" && r["node"] == n1.as_str()
+    });
+    assert_eq!(attach["detail"]["outcome"], "ok", "{attach}");
+    assert_eq!(attach["detail"]["before"], "down", "{attach}");
+    assert!(
+        UP.contains(&attach["detail"]["after"].as_str().unwrap_or("")),
+        "{attach}"
+    );
+    assert!(attach["id"].as_u64() > detach["id"].as_u64());
+}
