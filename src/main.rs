@@ -69,15 +69,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
             ref files,
         } => {
             let paths = control_paths(&cli, files, true);
-            let opts = status::EventsOptions {
-                since: since.clone(),
-                node: node.clone(),
+            status::events(
+                &paths.status_file,
+                since.clone(),
+                node.clone(),
                 cluster,
-                kinds: kind.clone(),
+                kind.clone(),
                 json,
                 follow,
-            };
-            status::events(&paths.status_file, &opts).map_err(fail)
+            )
+            .map_err(fail)
         }
         CliCommand::Demo { no_story, pgpool } => {
             let code = demo::run(!no_story, pgpool);

@@ -326,25 +326,90 @@ pub fn render(status: &Status, table: bool) -> Result<String, serde_json::Error>
 
 /// What `plusmoin events` shows (README "Event history").
 #[derive(Debug, Clone, Default)]
-pub struct EventsOptions {
+pub(crate) struct EventsOptions {
     /// `--since`: a duration back from now (`2h`) or a time.
-    pub since: Option<String>,
+    pub(crate) since: Option<String>,
     /// `--node HOST:PORT`.
-    pub node: Option<String>,
+    pub(crate) node: Option<String>,
     /// `--cluster N`.
-    pub cluster: Option<u32>,
+    pub(crate) cluster: Option<u32>,
     /// `--kind`, any of them (each may be a comma-separated list).
-    pub kinds: Vec<String>,
+    pub(crate) kinds: Vec<String>,
     /// JSON lines instead of a table.
-    pub json: bool,
+    pub(crate) json: bool,
     /// Keep printing new records as they come, across rotations.
-    pub follow: bool,
+    pub(crate) follow: bool,
 }
 
 /// `plusmoin events`: the journal beside `status_file`, read from its
-/// files (the daemon need not run).
-pub fn events(status_file: &Path, opts: &EventsOptions) -> Result<(), String> {
-    journal::events_command(status_file, opts)
+/// files (the daemon need not run): the records since `since` (a duration
+/// back from now, `2h`, or a time), about `node` (`HOST:PORT`) and
+/// `cluster`, of one of `kinds` (each may be a comma-separated list), as
+/// a table or JSON lines (`json`); with `follow`, then new ones as they
+/// come, across rotations.
+pub fn events(
+    status_file: &Path,
+    since: Option<String>,
+    node: Option<String>,
+    cluster: Option<u32>,
+    kinds: Vec<String>,
+    json: bool,
+    follow: bool,
+) -> Result<(), String> {
+    let opts = EventsOptions {
+        since,
+        node,
+        cluster,
+        kinds,
+        json,
+        follow,
+    };
+    journal::events_command(status_file, &opts)
+}
+
+/// For `benches/journal.rs`: a journal at `path` capped at `max_bytes`
+/// given `per_beat` records (a flapping node's `slave_down` or `slave_up`)
+/// every `beat` for `beats` beats, then closed. Returns how long each
+/// beat's hand-over took, and the records written and dropped.
+#[doc(hidden)]
+pub fn journal_flood(
+    path: &Path,
+    max_bytes: u64,
+    per_beat: usize,
+    beats: usize,
+    beat: Duration,
+) -> (Vec<Duration>, u64, u64) {
+    use journal::{Entry, Journal};
+    let (written0, dropped0) = journal::COUNTS.load();
+    let j = Journal::open(path.to_path_buf(), max_bytes, 0o640, "bench");
+    let nodes: Vec<String> = (0..per_beat)
+        .map(|i| format!("10.0.{}.{}:5432", i / 250, i % 250))
+        .collect();
+    let start = std::time::Instant::now();
+    let mut took = Vec::with_capacity(beats);
+    for b in 0..beats {
+        let t = std::time::Instant::now();
+        for (i, n) in nodes.iter().enumerate() {
+            let (kind, why) = if b % 2 == 0 {
+                ("slave_down", "connection refused")
+            } else {
+                ("slave_up", "")
+            };
+            let mut e = Entry::new(kind).cluster(Some((i / 10) as u32)).node(n);
+            if !why.is_empty() {
+                e = e.why(why);
+            }
+            j.record(e);
+        }
+        took.push(t.elapsed());
+        let next = beat * (b as u32 + 1);
+        if let Some(wait) = next.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    j.close(Duration::from_secs(10));
+    let (written, dropped) = journal::COUNTS.load();
+    (took, written - written0, dropped - dropped0)
 }
 
 /// `plusmoin status --watch`: the table redrawn every `every`, changes

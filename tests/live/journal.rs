@@ -212,6 +212,17 @@ fn the_history_survives_a_restart_and_a_kill_9() {
     );
 }
 
+/// A child process killed and reaped on drop (a failing test leaves no
+/// `--follow` running).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `--follow` prints a new record within 0.5 s of its writing, and keeps
 /// going across rotations, missing none; the size cap holds meanwhile.
 /// `/events` serves the same records, filtered.
@@ -222,16 +233,19 @@ fn follow_keeps_up_across_rotations_and_http_serves_the_records() {
     let extra = format!(r#", "journal_max_bytes": 65536, "http_listen": "{addr}""#);
     let p = Plusmoin::start(&sb, &Timings::default(), &extra);
     healthy(&p, &sb);
-    let mut follow = Command::new(env!("CARGO_BIN_EXE_plusmoin"))
-        .arg("-c")
-        .arg(&p.config_path)
-        .args(["events", "--json", "--follow", "--since", "1s"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("plusmoin events --follow");
+    let mut follow = Killed(
+        Command::new(env!("CARGO_BIN_EXE_plusmoin"))
+            .arg("-c")
+            .arg(&p.config_path)
+            .args(["events", "--json", "--follow", "--since", "1s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("plusmoin events --follow"),
+    );
     // Each line with when it came.
     let seen: Arc<Mutex<Vec<(Value, SystemTime)>>> = Arc::default();
-    let out = follow.stdout.take().unwrap();
+    let out = follow.0.stdout.take().unwrap();
     let sink = Arc::clone(&seen);
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(out).lines() {
@@ -300,8 +314,7 @@ fn follow_keeps_up_across_rotations_and_http_serves_the_records() {
         "{:?}",
         lateness(&up)
     );
-    let _ = follow.kill();
-    let _ = follow.wait();
+    drop(follow);
     let got: Vec<u64> = seen
         .lock()
         .unwrap()
