@@ -277,8 +277,18 @@ fn last_id(path: &Path) -> Option<u64> {
 }
 
 fn last_id_in(path: &Path) -> Option<u64> {
-    let mut f = File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never waiting on a FIFO planted there, nor following a link.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let len = meta.len();
     let from = len.saturating_sub(BATCH_BYTES as u64 * 2);
     f.seek(SeekFrom::Start(from)).ok()?;
     let mut tail = Vec::new();

@@ -101,3 +101,39 @@ fn text(status: u16, line: impl Into<String>) -> Reply {
         body,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::journal::{Entry, Journal};
+
+    /// `/events` answers the records the filters select, as a JSON array.
+    #[test]
+    fn the_records_selected_are_served_as_a_json_array() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let j = Journal::open(path.clone(), 1 << 20, 0o640, "i1");
+        let a = j
+            .record(Entry::new("slave_down").cluster(Some(0)).node("db:5433"))
+            .unwrap();
+        j.record(Entry::new("slave_down").cluster(Some(0)).node("db:5434"));
+        let c = j
+            .record(Entry::new("slave_up").cluster(Some(0)).node("db:5433"))
+            .unwrap();
+        j.close(std::time::Duration::from_secs(5));
+        let now = crate::cluster::Time::now().as_secs_f64();
+        let f = Filter::from_query(Some("node=db%3A5433&since=1h"), now).unwrap();
+        let r = select(&path, &f);
+        assert_eq!(r.status, 200);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let ids: Vec<u64> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, [a.id, c.id]);
+        let none = select(&dir.path().join("nothing.jsonl"), &Filter::default());
+        assert_eq!(none.body, "[\n]\n");
+    }
+}

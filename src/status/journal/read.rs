@@ -15,13 +15,35 @@ use std::path::{Path, PathBuf};
 pub(crate) fn read_records(path: &Path) -> std::io::Result<Vec<Record>> {
     let mut out = Vec::new();
     for p in [rotated(path), path.to_path_buf()] {
-        match std::fs::read(&p) {
-            Ok(bytes) => out.extend(parse_lines(&bytes)),
+        match open_plain(&p) {
+            Ok(mut f) => {
+                let mut bytes = Vec::new();
+                f.read_to_end(&mut bytes)?;
+                out.extend(parse_lines(&bytes));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
     }
     Ok(out)
+}
+
+/// Opens the journal's file at `path` to read, as a plain file only: its
+/// directory is the daemon user's, and a link or a FIFO planted there is
+/// refused (not followed, not waited on).
+fn open_plain(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a plain file",
+            path.display()
+        )));
+    }
+    Ok(f)
 }
 
 /// The newest `n` records of the journal at `path` (at most), oldest
@@ -30,7 +52,7 @@ pub(crate) fn newest(path: &Path, n: usize) -> Vec<Record> {
     const TAIL: u64 = 64 * 1024;
     let mut out: Vec<Record> = Vec::new();
     for p in [path.to_path_buf(), rotated(path)] {
-        let Ok(mut f) = File::open(&p) else { continue };
+        let Ok(mut f) = open_plain(&p) else { continue };
         let len = f.metadata().map_or(0, |m| m.len());
         let from = len.saturating_sub(TAIL);
         let mut bytes = Vec::new();
@@ -218,7 +240,7 @@ impl Follower {
             pos: 0,
             partial: Vec::new(),
         };
-        if let Ok(file) = File::open(path) {
+        if let Ok(file) = open_plain(path) {
             if let Ok(m) = file.metadata() {
                 use std::os::unix::fs::MetadataExt;
                 f.ino = m.ino();
@@ -243,7 +265,7 @@ impl Follower {
         self.read_more(&mut out);
         if rotated {
             self.partial.clear();
-            self.file = File::open(&self.path).ok();
+            self.file = open_plain(&self.path).ok();
             self.ino = self
                 .file
                 .as_ref()

@@ -278,3 +278,36 @@ fn the_follower_keeps_going_across_a_rotation() {
         [4]
     );
 }
+
+/// A disk that takes no more (here a FIFO nobody reads: the writer's
+/// `write` blocks): records are dropped and counted, and recording never
+/// waits.
+#[test]
+fn a_stuck_disk_drops_and_counts_records_and_never_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(FILE_NAME);
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (_, dropped0) = COUNTS.load();
+    let j = Journal::open(path.clone(), 1 << 30, 0o600, "i1");
+    let n = 3 * QUEUE;
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        j.record(slave_down(5433).with("i", i));
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "recording waited: {took:?}");
+    let (_, dropped) = COUNTS.load();
+    assert!(
+        dropped - dropped0 >= (n - QUEUE - 4096) as u64,
+        "{} dropped of {n}",
+        dropped - dropped0
+    );
+    // Unstick it: the writer ends once what it holds is read.
+    let reader = std::thread::spawn(move || {
+        let mut f = File::open(&path).unwrap();
+        let mut sink = Vec::new();
+        let _ = f.read_to_end(&mut sink);
+    });
+    j.close(Duration::from_secs(10));
+    reader.join().unwrap();
+}
