@@ -334,6 +334,12 @@ pub(crate) fn events_command(status_file: &Path, opts: &EventsOptions) -> Result
     if !opts.json {
         writeln!(out, "{TABLE_HEADER}").map_err(write_err)?;
     }
+    if records.is_empty() && !path.exists() && !rotated(&path).exists() {
+        eprintln!(
+            "plusmoin: no journal at {} yet (plusmoin writes it beside its status_file)",
+            path.display()
+        );
+    }
     let mut last = 0;
     for r in records.iter().filter(|r| filter.matches(r)) {
         show(&mut out, r).map_err(write_err)?;
@@ -343,12 +349,6 @@ pub(crate) fn events_command(status_file: &Path, opts: &EventsOptions) -> Result
     let Some(follower) = follower.as_mut() else {
         return Ok(());
     };
-    if records.is_empty() && !path.exists() {
-        eprintln!(
-            "plusmoin: no journal at {} yet: waiting for it",
-            path.display()
-        );
-    }
     loop {
         std::thread::sleep(std::time::Duration::from_millis(100));
         for r in follower.poll() {
