@@ -145,6 +145,25 @@ fn events_match_the_payloads_and_filters_select_exactly() {
     assert_eq!(&hour[..all.len()], &ids(&all)[..]);
     assert!(events(&p, &["--since", "2099-01-01T00:00:00Z"]).is_empty());
     // Both filters together, and the kind filter.
+    // The default is a table: a header, then one line a record.
+    let out = Command::new(env!("CARGO_BIN_EXE_plusmoin"))
+        .arg("-c")
+        .arg(&p.config_path)
+        .args(["events", "--node", &n1, "--kind", "slave_down"])
+        .output()
+        .expect("plusmoin events");
+    let table = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("KIND"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with(&down_id.to_string())
+            && lines[1].contains("slave_down")
+            && lines[1].contains(&n1),
+        "{table}"
+    );
     let both = ids(&events(
         &p,
         &["--since", since, "--node", &n1, "--kind", "slave_up"],

@@ -178,8 +178,13 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The header of [`table_row`]'s table.
-pub(crate) const TABLE_HEADER: &str = "ID  TIME  KIND  CLUSTER  NODE  WHY";
+/// The header of [`table_row`]'s table, aligned with its columns.
+pub(crate) fn table_header() -> String {
+    format!(
+        "{:<6}  {:<24}  {:<18}  {:<7}  {:<21}  WHY",
+        "ID", "TIME", "KIND", "CLUSTER", "NODE"
+    )
+}
 
 /// One record as a table line: id, time, kind, cluster, node, then why and
 /// the details, every character a terminal would act on escaped.
@@ -195,7 +200,7 @@ pub(crate) fn table_row(r: &Record) -> String {
         }
     }
     let line = format!(
-        "{:<6}  {}  {:<18}  {:<7}  {:<21}  {}",
+        "{:<6}  {:<24}  {:<18}  {:<7}  {:<21}  {}",
         r.id,
         r.time,
         r.kind,
@@ -332,7 +337,7 @@ pub(crate) fn events_command(status_file: &Path, opts: &EventsOptions) -> Result
     };
     let write_err = |e: std::io::Error| e.to_string();
     if !opts.json {
-        writeln!(out, "{TABLE_HEADER}").map_err(write_err)?;
+        writeln!(out, "{}", table_header()).map_err(write_err)?;
     }
     if records.is_empty() && !path.exists() && !rotated(&path).exists() {
         eprintln!(

@@ -311,3 +311,20 @@ fn a_stuck_disk_drops_and_counts_records_and_never_blocks() {
     j.close(Duration::from_secs(10));
     reader.join().unwrap();
 }
+
+#[test]
+fn the_table_header_lines_up_with_the_rows() {
+    let r = rec(
+        12,
+        "2027-01-15T08:00:00.000Z",
+        "slave_down",
+        Some(0),
+        Some("db:5433"),
+    );
+    let (header, row) = (table_header(), table_row(&r));
+    for col in ["TIME", "KIND", "CLUSTER", "NODE"] {
+        let at = header.find(col).unwrap();
+        assert_ne!(row.as_bytes()[at], b' ', "{col}:\n{header}\n{row}");
+        assert_eq!(row.as_bytes()[at - 1], b' ', "{col}:\n{header}\n{row}");
+    }
+}
