@@ -106,6 +106,9 @@ struct Daemon {
     down_why: HashMap<NodeName, String>,
     /// The holds as last recorded in the journal (`None` until read).
     holds_seen: Option<BTreeMap<String, crate::payload::HoldEntry>>,
+    /// Each configured node's place in `names` (and so, once decided, in
+    /// the state's nodes): the journal's lookups cost no scan.
+    index: HashMap<NodeName, usize>,
 }
 
 impl Daemon {
@@ -133,7 +136,7 @@ impl Daemon {
             config: Arc::new(config),
             monitor,
             state: State::default(),
-            names,
+            names: names.clone(),
             dispatcher,
             status: status::Writer::new(),
             beat: None,
@@ -153,6 +156,7 @@ impl Daemon {
             journal,
             down_why: HashMap::new(),
             holds_seen: None,
+            index: index_of(&names),
         })
     }
 
@@ -278,9 +282,10 @@ impl Daemon {
             let was_down = self.down.remove(&r.node);
             if was_down {
                 let why = self.down_why.remove(&r.node).unwrap_or_default();
+                let cluster = node_in(&self.state, &self.index, &r.node).and_then(|n| n.cluster_id);
                 self.journal.record(
                     Entry::new("node_answers_again")
-                        .cluster(self.state.node(&r.node).and_then(|n| n.cluster_id))
+                        .cluster(cluster)
                         .node(&r.node)
                         .why(format!("it answers again after: {why}")),
                 );
@@ -455,7 +460,7 @@ impl Daemon {
         let command = self.config.triggers.get(&e.kind);
         // A heartbeat is news only for its trigger: recorded when one runs.
         let stamp = if e.kind != EventKind::PlusmoinHeartbeat || command.is_some() {
-            self.journal.record(event_entry(state, e))
+            self.journal.record(event_entry(state, &self.index, e))
         } else {
             None
         };
@@ -607,6 +612,7 @@ impl Daemon {
         self.monitor
             .update_settings(ProbeSettings::from_config(&config))?;
         self.names = config.nodes.iter().map(|n| n.name.clone()).collect();
+        self.index = index_of(&self.names);
         self.monitor.set_nodes(&self.names);
         self.holds.reconfigure(&config);
         self.pgpool.reconfigure(&config);
@@ -632,13 +638,35 @@ impl Daemon {
 
 /// A trigger event as the journal records it: its cluster and node, and
 /// why (the node's reason, when it has one).
-fn event_entry(state: &State, e: &Event) -> Entry {
+fn event_entry(state: &State, index: &HashMap<NodeName, usize>, e: &Event) -> Entry {
     let mut entry = Entry::new(e.kind.as_str()).cluster(Some(e.cluster_id));
     if let Some(n) = &e.node {
         entry = entry.node(n);
-        if let Some(why) = state.node(n).and_then(|s| s.reason.as_deref()) {
+        if let Some(why) = node_in(state, index, n).and_then(|s| s.reason.as_deref()) {
             entry = entry.why(why);
         }
     }
     entry
+}
+
+fn index_of(names: &[NodeName]) -> HashMap<NodeName, usize> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.clone(), i))
+        .collect()
+}
+
+/// `name`'s state: at its place in the configuration when it is there
+/// (the state keeps that order), else found by a scan.
+fn node_in<'a>(
+    state: &'a State,
+    index: &HashMap<NodeName, usize>,
+    name: &NodeName,
+) -> Option<&'a cluster::NodeState> {
+    index
+        .get(name)
+        .and_then(|&i| state.nodes.get(i))
+        .filter(|n| &n.name == name)
+        .or_else(|| state.node(name))
 }

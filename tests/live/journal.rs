@@ -103,6 +103,11 @@ fn events_match_the_payloads_and_filters_select_exactly() {
         assert_eq!(r["node"], n1.as_str(), "{r}");
         assert_eq!(r["cluster"], ev.payload["cluster_id"], "{r}");
         assert_eq!(r["instance"], "test", "{r}");
+        if ev.kind == "slave_down" {
+            // Why, as the trigger's node entry says it.
+            assert_eq!(r["why"], ev.payload["trigger"]["reason"], "{r}");
+            assert!(r["why"].as_str().is_some_and(|w| !w.is_empty()), "{r}");
+        }
     }
     let down_id = down.payload["event_id"].as_u64().unwrap();
     let run = wait_record(&p, "of the failed slave_down run", |r| {
@@ -116,9 +121,10 @@ fn events_match_the_payloads_and_filters_select_exactly() {
     });
     assert_eq!(run["detail"]["outcome"], "ok", "{run}");
     // The node answered again after its error.
-    wait_record(&p, "node_answers_again", |r| {
+    let again = wait_record(&p, "node_answers_again", |r| {
         r["kind"] == "node_answers_again" && r["node"] == n1.as_str()
     });
+    assert_eq!(again["cluster"], 0, "{again}");
 
     let all = events(&p, &[]);
     let about_n1: Vec<u64> = ids(&all
