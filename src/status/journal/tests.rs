@@ -328,3 +328,22 @@ fn the_table_header_lines_up_with_the_rows() {
         assert_eq!(row.as_bytes()[at - 1], b' ', "{col}:\n{header}\n{row}");
     }
 }
+
+/// `status --watch` shows the newest records, read from the files' ends,
+/// the rotated file's too when the current one holds fewer.
+#[test]
+fn newest_reads_the_last_records_across_the_rotated_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(FILE_NAME);
+    let lines = |ids: std::ops::Range<u64>| -> String {
+        ids.map(|id| json_line(&rec(id, "2027-01-15T08:00:00.000Z", "reload", None, None)) + "\n")
+            .collect()
+    };
+    std::fs::write(rotated(&path), lines(1..6)).unwrap();
+    std::fs::write(&path, lines(6..8)).unwrap();
+    let ids = |rs: Vec<Record>| rs.iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(newest(&path, 4)), [4, 5, 6, 7]);
+    assert_eq!(ids(newest(&path, 2)), [6, 7]);
+    assert_eq!(ids(newest(&path, 50)), [1, 2, 3, 4, 5, 6, 7]);
+    assert!(newest(&dir.path().join("none"), 3).is_empty());
+}
