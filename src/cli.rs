@@ -71,6 +71,40 @@ pub enum CliCommand {
         /// A table an operator reads at a glance instead of JSON.
         #[arg(long, short = 't')]
         table: bool,
+        /// Redraw the table in place every SECONDS (1 by default), rows that
+        /// changed marked, the newest events under it; Ctrl-C quits. Not on
+        /// a terminal: one table per interval, no escape codes.
+        #[arg(long, short = 'w', value_name = "SECONDS", num_args = 0..=1, default_missing_value = "1")]
+        watch: Option<f64>,
+        #[command(flatten)]
+        files: ControlFiles,
+    },
+    /// The event history (README "Event history"), oldest first: trigger
+    /// events, trigger runs, pgpool actions, holds, reloads, start and
+    /// stop. Read from the journal beside the status file, so it works
+    /// while the daemon is down.
+    Events {
+        /// Only records since then: a duration back from now (2h, 30min,
+        /// 1day) or a time (2026-12-06T22:00:00Z; without a zone, UTC).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only records about this node.
+        #[arg(long, value_name = "HOST:PORT")]
+        node: Option<String>,
+        /// Only records about this cluster.
+        #[arg(long, value_name = "N")]
+        cluster: Option<u32>,
+        /// Only records of this kind (slave_down, trigger_run,
+        /// pgpool_detach…); repeat it or separate kinds with commas.
+        #[arg(long, value_name = "KIND")]
+        kind: Vec<String>,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Keep printing new records as they come (like tail -f), across
+        /// the journal's rotations.
+        #[arg(long, short = 'f')]
+        follow: bool,
         #[command(flatten)]
         files: ControlFiles,
     },

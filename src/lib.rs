@@ -13,8 +13,9 @@
 //! - Actions: [`actions`] runs trigger scripts per cluster, in order; the
 //!   [`pgpool`] sidecar gets the loop's view (holds included) and talks pcp.
 //! - Published: [`status`] writes the snapshot to the status file
-//!   ([`payload`] holds its JSON shapes); [`web`] serves it over HTTP;
-//!   every part counts into [`metrics`].
+//!   ([`payload`] holds its JSON shapes) and keeps the event journal the
+//!   loop, the triggers and the sidecar record into; [`web`] serves both
+//!   over HTTP; every part counts into [`metrics`].
 //!
 //! Around them: [`config`] (load, check, typed values), [`lifecycle`] (pid
 //! file, detaching, privileges, signals to a running daemon, logging),

@@ -51,7 +51,35 @@ fn run(cli: Cli) -> Result<(), Failure> {
         CliCommand::Start => start(&cli),
         CliCommand::Stop { timeout, ref files } => stop(&cli, timeout, files),
         CliCommand::Reload { timeout, ref files } => reload(&cli, timeout, files),
-        CliCommand::Status { table, ref files } => show_status(&cli, table, files),
+        CliCommand::Status {
+            table,
+            watch,
+            ref files,
+        } => match watch {
+            Some(secs) => watch_status(&cli, secs, files),
+            None => show_status(&cli, table, files),
+        },
+        CliCommand::Events {
+            ref since,
+            ref node,
+            cluster,
+            ref kind,
+            json,
+            follow,
+            ref files,
+        } => {
+            let paths = control_paths(&cli, files, true);
+            status::events(
+                &paths.status_file,
+                since.clone(),
+                node.clone(),
+                cluster,
+                kind.clone(),
+                json,
+                follow,
+            )
+            .map_err(fail)
+        }
         CliCommand::Demo { no_story, pgpool } => {
             let code = demo::run(!no_story, pgpool);
             if code == ExitCode::SUCCESS {
@@ -318,15 +346,15 @@ fn reload(cli: &Cli, timeout: f64, files: &ControlFiles) -> Result<(), Failure> 
     // process (an earlier daemon) is no floor.
     let daemon = u32::try_from(pid).unwrap_or(0);
     let floor = before
-        .filter(|seen| seen.pid == daemon)
-        .and_then(|seen| seen.reload)
+        .filter(|(pid, _)| *pid == daemon)
+        .and_then(|(_, reload)| reload)
         .map_or(0, |r| r.generation);
     let deadline = std::time::Instant::now() + wait;
     let mut last_problem = None;
     let report = loop {
         match status::read_reload(status_file, &owners) {
-            Ok(seen) if seen.pid == daemon => {
-                if let Some(r) = seen.reload.filter(|r| r.generation > floor) {
+            Ok((pid, reload)) if pid == daemon => {
+                if let Some(r) = reload.filter(|r| r.generation > floor) {
                     break r;
                 }
             }
@@ -381,11 +409,13 @@ fn one_line(s: &str) -> String {
         .collect()
 }
 
-fn show_status(cli: &Cli, table: bool, files: &ControlFiles) -> Result<(), Failure> {
-    let paths = control_paths(cli, files, true);
+/// The status as `plusmoin status` reads it: fresh, from a running daemon.
+fn read_status(
+    paths: &config::ControlPaths,
+) -> Result<plusmoin::payload::Status, status::StatusError> {
     let now = plusmoin::cluster::Time::now().as_secs_f64();
     let owners = lifecycle::Owners::me_and(&paths.daemon_user);
-    let read = status::read(&paths.status_file, now, &owners).and_then(|st| {
+    status::read(&paths.status_file, now, &owners).and_then(|st| {
         // A fresh file from a daemon that just died is no status either.
         match lifecycle::running_pid(&paths.pid_file, &owners) {
             Ok(None) => Err(status::StatusError::NotRunning {
@@ -394,21 +424,33 @@ fn show_status(cli: &Cli, table: bool, files: &ControlFiles) -> Result<(), Failu
             }),
             _ => Ok(st),
         }
-    });
-    match read {
-        Ok(st) if table => {
-            print!("{}", status::table(&st));
-            Ok(())
-        }
-        Ok(st) => match status::json(&st) {
-            Ok(s) => {
-                println!("{s}");
-                Ok(())
-            }
-            Err(e) => Err(fail(e)),
-        },
-        Err(e) => Err(fail(e)),
-    }
+    })
+}
+
+fn show_status(cli: &Cli, table: bool, files: &ControlFiles) -> Result<(), Failure> {
+    let paths = control_paths(cli, files, true);
+    let st = read_status(&paths).map_err(fail)?;
+    let text = status::render(&st, table).map_err(fail)?;
+    print!("{text}");
+    Ok(())
+}
+
+/// `status --watch SECONDS`.
+fn watch_status(cli: &Cli, secs: f64, files: &ControlFiles) -> Result<(), Failure> {
+    let paths = control_paths(cli, files, true);
+    let every = Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            Failure::new(
+                EXIT_CONFIG,
+                format!("--watch {secs}: not a number of seconds above 0"),
+            )
+        })?;
+    status::watch(every, &paths.status_file, || {
+        read_status(&paths).map_err(|e| e.to_string())
+    })
+    .map_err(fail)
 }
 
 /// `hold` (`reason` given, maybe `None` inside) or `release` (`None`).

@@ -98,6 +98,12 @@ pub(crate) struct TriggerPayload {
     pub(crate) clusterless: Vec<NodeEntry>,
     /// The trigger's name, so one script can serve several triggers.
     pub(crate) event: String,
+    /// The event's record in the journal (`plusmoin events`): its id…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) event_id: Option<u64>,
+    /// …and its time (RFC 3339, UTC), the record's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) event_time: Option<String>,
 }
 
 impl TriggerPayload {
@@ -117,6 +123,8 @@ impl TriggerPayload {
             lost: entries(state.members(cluster, Place::Lost)),
             clusterless: entries(state.clusterless()),
             event: event.as_str().to_string(),
+            event_id: None,
+            event_time: None,
         }
     }
 }
@@ -368,6 +376,24 @@ mod tests {
             "event": "slave_down",
         });
         assert_eq!(got, expected);
+    }
+
+    /// The journal's id and time come beside the seed's keys, which stay.
+    #[test]
+    fn trigger_payload_carries_the_journal_id_and_time_beside_the_seed_keys() {
+        let s = sample();
+        let node = NodeName::new("db", 5434);
+        let mut p = TriggerPayload::new(&s, EventKind::SlaveDown, 0, Some(&node));
+        let seed = serde_json::to_value(&p).unwrap();
+        p.event_id = Some(42);
+        p.event_time = Some("2023-11-14T22:13:20.000Z".into());
+        let mut got = serde_json::to_value(&p).unwrap();
+        assert_eq!(got["event_id"], json!(42));
+        assert_eq!(got["event_time"], json!("2023-11-14T22:13:20.000Z"));
+        let o = got.as_object_mut().unwrap();
+        o.remove("event_id");
+        o.remove("event_time");
+        assert_eq!(got, seed);
     }
 
     #[test]

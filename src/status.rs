@@ -245,9 +245,7 @@ fn set_mode(file: &std::fs::File, mode: u32) -> std::io::Result<()> {
 
 /// Reads the status file, refusing one older than three beats. The daemon
 /// user writes its directory: a link or a FIFO there, or a file none of
-/// `owners` owns, is refused (see [`safefile`]).
-///
-/// [`safefile`]: crate::lifecycle::safefile
+/// `owners` owns, is refused (see `lifecycle::safefile`).
 pub fn read(path: &Path, now_unix: f64, owners: &Owners) -> Result<Status, StatusError> {
     let text = read_bytes(path, owners)?;
     let status: Status = serde_json::from_slice(&text).map_err(|source| StatusError::Invalid {
@@ -270,23 +268,29 @@ pub fn read(path: &Path, now_unix: f64, owners: &Owners) -> Result<Status, Statu
 /// Who wrote the status file and its last reload: what `plusmoin reload`
 /// compares before and after its signal.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct ReloadSeen {
+struct ReloadSeen {
     /// The daemon that wrote the file.
-    pub pid: u32,
+    pid: u32,
     /// Its last reload; `None` before its first.
     #[serde(default)]
-    pub reload: Option<ReloadReport>,
+    reload: Option<ReloadReport>,
 }
 
-/// Reads who wrote the status file at `path` and its last reload, however
-/// old the file is (a daemon busy reloading is no stale one) and whatever
-/// else it holds. Opened as [`read`] opens it.
-pub fn read_reload(path: &Path, owners: &Owners) -> Result<ReloadSeen, StatusError> {
+/// Reads who wrote the status file at `path` (the daemon's pid) and its
+/// last reload (`None` before its first), however old the file is (a
+/// daemon busy reloading is no stale one) and whatever else it holds.
+/// Opened as [`read`] opens it.
+pub fn read_reload(
+    path: &Path,
+    owners: &Owners,
+) -> Result<(u32, Option<ReloadReport>), StatusError> {
     let text = read_bytes(path, owners)?;
-    serde_json::from_slice(&text).map_err(|source| StatusError::Invalid {
-        path: path.to_path_buf(),
-        source,
-    })
+    serde_json::from_slice::<ReloadSeen>(&text)
+        .map(|seen| (seen.pid, seen.reload))
+        .map_err(|source| StatusError::Invalid {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 fn read_bytes(path: &Path, owners: &Owners) -> Result<Vec<u8>, StatusError> {
@@ -307,8 +311,129 @@ fn read_bytes(path: &Path, owners: &Owners) -> Result<Vec<u8>, StatusError> {
         })
 }
 
+/// The status as `plusmoin status` prints it: a table an operator reads
+/// at a glance, or JSON (characters a terminal acts on escaped).
+pub fn render(status: &Status, table: bool) -> Result<String, serde_json::Error> {
+    if table {
+        Ok(self::table(status))
+    } else {
+        json(status).map(|mut s| {
+            s.push('\n');
+            s
+        })
+    }
+}
+
+/// What `plusmoin events` shows (README "Event history").
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EventsOptions {
+    /// `--since`: a duration back from now (`2h`) or a time.
+    pub(crate) since: Option<String>,
+    /// `--node HOST:PORT`.
+    pub(crate) node: Option<String>,
+    /// `--cluster N`.
+    pub(crate) cluster: Option<u32>,
+    /// `--kind`, any of them (each may be a comma-separated list).
+    pub(crate) kinds: Vec<String>,
+    /// JSON lines instead of a table.
+    pub(crate) json: bool,
+    /// Keep printing new records as they come, across rotations.
+    pub(crate) follow: bool,
+}
+
+/// `plusmoin events`: the journal beside `status_file`, read from its
+/// files (the daemon need not run): the records since `since` (a duration
+/// back from now, `2h`, or a time), about `node` (`HOST:PORT`) and
+/// `cluster`, of one of `kinds` (each may be a comma-separated list), as
+/// a table or JSON lines (`json`); with `follow`, then new ones as they
+/// come, across rotations.
+pub fn events(
+    status_file: &Path,
+    since: Option<String>,
+    node: Option<String>,
+    cluster: Option<u32>,
+    kinds: Vec<String>,
+    json: bool,
+    follow: bool,
+) -> Result<(), String> {
+    let opts = EventsOptions {
+        since,
+        node,
+        cluster,
+        kinds,
+        json,
+        follow,
+    };
+    journal::events_command(status_file, &opts)
+}
+
+/// For `benches/journal.rs`: a journal at `path` capped at `max_bytes`
+/// given `per_beat` records (a flapping node's `slave_down` or `slave_up`)
+/// every `beat` for `beats` beats, then closed. Returns how long each
+/// beat's hand-over took, and the records written and dropped.
+#[doc(hidden)]
+pub fn journal_flood(
+    path: &Path,
+    max_bytes: u64,
+    per_beat: usize,
+    beats: usize,
+    beat: Duration,
+) -> (Vec<Duration>, u64, u64) {
+    use journal::{Entry, Journal};
+    let (written0, dropped0) = journal::COUNTS.load();
+    let j = Journal::open(path.to_path_buf(), max_bytes, 0o640, "bench");
+    let nodes: Vec<String> = (0..per_beat)
+        .map(|i| format!("10.0.{}.{}:5432", i / 250, i % 250))
+        .collect();
+    let start = std::time::Instant::now();
+    let mut took = Vec::with_capacity(beats);
+    for b in 0..beats {
+        let t = std::time::Instant::now();
+        for (i, n) in nodes.iter().enumerate() {
+            let (kind, why) = if b % 2 == 0 {
+                ("slave_down", "connection refused")
+            } else {
+                ("slave_up", "")
+            };
+            let mut e = Entry::new(kind).cluster(Some((i / 10) as u32)).node(n);
+            if !why.is_empty() {
+                e = e.why(why);
+            }
+            j.record(e);
+        }
+        took.push(t.elapsed());
+        let next = beat * (b as u32 + 1);
+        if let Some(wait) = next.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    j.close(Duration::from_secs(10));
+    let (written, dropped) = journal::COUNTS.load();
+    (took, written - written0, dropped - dropped0)
+}
+
+/// `plusmoin status --watch`: the table redrawn every `every`, changes
+/// marked and the newest events of the journal beside `status_file` under
+/// it, until Ctrl-C; `read` reads the status as `plusmoin status` does.
+pub fn watch(
+    every: Duration,
+    status_file: &Path,
+    read: impl FnMut() -> Result<Status, String>,
+) -> Result<(), String> {
+    watch::run(every, &journal::path_for(status_file), read)
+}
+
 /// The status as a table an operator reads at a glance.
-pub fn table(status: &Status) -> String {
+pub(crate) fn table(status: &Status) -> String {
+    let rows = table_rows(status);
+    let mut out = format_rows(&rows, None);
+    out.push_str(&table_notes(status));
+    out
+}
+
+/// The table's rows, its header first: cluster, node, role, lag, since,
+/// note.
+pub(crate) fn table_rows(status: &Status) -> Vec<[String; 6]> {
     let mut rows: Vec<[String; 6]> = vec![[
         "CLUSTER".into(),
         "NODE".into(),
@@ -362,22 +487,38 @@ pub fn table(status: &Status) -> String {
     for n in &status.clusterless {
         rows.push(row("-".into(), n));
     }
+    rows
+}
+
+/// `rows` aligned in columns, one line each. With `marked`, every line
+/// begins with a mark column: `*` for the rows of those indexes.
+pub(crate) fn format_rows(rows: &[[String; 6]], marked: Option<&[usize]>) -> String {
     let mut widths = [0usize; 6];
-    for r in &rows {
+    for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for r in &rows {
+    for (i, r) in rows.iter().enumerate() {
         let line: Vec<String> = r
             .iter()
             .zip(widths)
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect();
+        if let Some(m) = marked {
+            out.push_str(if m.contains(&i) { "* " } else { "  " });
+        }
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    out
+}
+
+/// The lines under the table: refusals, pgpool, a failed reload, who
+/// wrote it.
+pub(crate) fn table_notes(status: &Status) -> String {
+    let mut out = String::new();
     for (node, why) in &status.primary_refused {
         out.push_str(&format!(
             "not routed to (/primary 503): {}: {}\n",
@@ -436,7 +577,7 @@ fn pgpool_lines(p: &crate::payload::PgpoolReport) -> String {
 /// characters `serde_json` leaves raw (DEL, C1 controls, bidirectional
 /// overrides) are `\uXXXX` escapes too: the same JSON value, nothing a
 /// terminal acts on.
-pub fn json(status: &Status) -> Result<String, serde_json::Error> {
+pub(crate) fn json(status: &Status) -> Result<String, serde_json::Error> {
     let text = serde_json::to_string_pretty(status)?;
     let raw = |c: char| {
         c.is_control() && c != '\n'
@@ -474,6 +615,9 @@ fn hold_note(h: &crate::payload::HoldEntry) -> String {
 pub(crate) fn stale_after(heartbeat: Duration) -> Duration {
     heartbeat * 3
 }
+
+pub(crate) mod journal;
+mod watch;
 
 #[cfg(test)]
 mod tests;

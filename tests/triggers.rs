@@ -32,6 +32,7 @@ fn job(argv: &[&str], kind: EventKind, cluster_id: ClusterId, payload: &str) -> 
         },
         payload: payload.to_string(),
         timeout: Duration::from_secs(30),
+        event_id: None,
     }
 }
 

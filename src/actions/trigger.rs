@@ -13,6 +13,7 @@
 use crate::cluster::{ClusterId, EventKind};
 use crate::config::TriggerCommand;
 use crate::metrics::TriggerRun;
+use crate::status::journal::{Entry, Journal};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
@@ -58,6 +59,8 @@ pub struct TriggerJob {
     /// The JSON payload, written to the trigger's stdin. Never logged.
     pub payload: String,
     pub timeout: Duration,
+    /// The event's record in the journal, which the run's outcome names.
+    pub event_id: Option<u64>,
 }
 
 /// Why a trigger could not be run or followed to its end.
@@ -469,6 +472,8 @@ impl Drop for GroupGuard {
 /// [`Dispatcher::dispatch`] only enqueues.
 pub struct Dispatcher {
     inner: Mutex<Inner>,
+    /// Where each run's outcome is recorded.
+    journal: Journal,
 }
 
 #[derive(Default)]
@@ -495,7 +500,13 @@ impl Dispatcher {
     pub fn new() -> Self {
         Dispatcher {
             inner: Mutex::new(Inner::default()),
+            journal: Journal::default(),
         }
+    }
+
+    /// Records each run's outcome in `journal` (workers started from now).
+    pub(crate) fn set_journal(&mut self, journal: Journal) {
+        self.journal = journal;
     }
 
     /// Queues `job` behind the earlier jobs of its cluster. Never blocks.
@@ -524,7 +535,12 @@ impl Dispatcher {
                 let backlog = Arc::new(AtomicUsize::new(0));
                 let heartbeat_queued = Arc::new(AtomicBool::new(false));
                 workers.spawn_on(
-                    worker(rx, Arc::clone(&backlog), Arc::clone(&heartbeat_queued)),
+                    worker(
+                        rx,
+                        Arc::clone(&backlog),
+                        Arc::clone(&heartbeat_queued),
+                        self.journal.clone(),
+                    ),
                     &runtime,
                 );
                 Queue {
@@ -627,13 +643,60 @@ async fn worker(
     mut rx: mpsc::UnboundedReceiver<TriggerJob>,
     backlog: Arc<AtomicUsize>,
     heartbeat_queued: Arc<AtomicBool>,
+    journal: Journal,
 ) {
     while let Some(job) = rx.recv().await {
         backlog.fetch_sub(1, Ordering::SeqCst);
         if job.kind == EventKind::PlusmoinHeartbeat {
             heartbeat_queued.store(false, Ordering::SeqCst);
         }
-        run_trigger(&job).await;
+        let outcome = run_trigger(&job).await;
+        journal.record(outcome_entry(&job, &outcome));
+    }
+}
+
+/// A run's outcome as the journal records it (`trigger_run`): `ok`,
+/// `failed` with its exit status (or signal), `timed_out`,
+/// `could_not_start`, `lost_track`; the event it ran for by id.
+fn outcome_entry(job: &TriggerJob, outcome: &TriggerOutcome) -> Entry {
+    use std::os::unix::process::ExitStatusExt;
+    let mut e = Entry::new("trigger_run")
+        .cluster(Some(job.cluster_id))
+        .with("event", job.kind.as_str());
+    if let Some(id) = job.event_id {
+        e = e.with("event_id", id);
+    }
+    let ms = |d: &Duration| d.as_millis() as u64;
+    match outcome {
+        TriggerOutcome::Succeeded { elapsed, .. } => {
+            e.with("outcome", "ok").with("elapsed_ms", ms(elapsed))
+        }
+        TriggerOutcome::Failed {
+            status, elapsed, ..
+        } => {
+            let e = e
+                .why(format!("{} {status}", job.command.line))
+                .with("outcome", "failed")
+                .with("elapsed_ms", ms(elapsed));
+            match (status.code(), status.signal()) {
+                (Some(code), _) => e.with("exit_status", code),
+                (None, Some(sig)) => e.with("signal", sig),
+                _ => e,
+            }
+        }
+        TriggerOutcome::TimedOut { timeout, .. } => e
+            .why(format!(
+                "{} still ran after {} s: killed",
+                job.command.line,
+                timeout.as_secs_f64()
+            ))
+            .with("outcome", "timed_out"),
+        TriggerOutcome::CouldNotStart { error } => {
+            e.why(error.to_string()).with("outcome", "could_not_start")
+        }
+        TriggerOutcome::WaitFailed { error, .. } => {
+            e.why(error.to_string()).with("outcome", "lost_track")
+        }
     }
 }
 
@@ -664,6 +727,7 @@ mod tests {
             },
             payload: "{}".into(),
             timeout: Duration::from_secs(30),
+            event_id: None,
         }
     }
 

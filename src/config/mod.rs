@@ -57,6 +57,10 @@ pub(crate) mod defaults {
     pub(crate) const STATUS_FILE: &str = "/var/run/plusmoin/status.json";
     /// The daemon and its group read the status file; others do not.
     pub(crate) const STATUS_FILE_MODE: u32 = 0o640;
+    /// The event journal's files together (`journal_max_bytes`): 16 MiB.
+    pub(crate) const JOURNAL_MAX_BYTES: u64 = 16 * 1024 * 1024;
+    /// The smallest `journal_max_bytes` taken: 64 KiB.
+    pub(crate) const JOURNAL_MIN_BYTES: u64 = 64 * 1024;
     pub(crate) const IS_SLAVE_STATEMENT: &str = "SELECT pg_is_in_recovery()";
     /// A node's port when it does not say.
     pub(crate) const PORT: u16 = 5432;
@@ -355,6 +359,10 @@ pub struct Config {
     /// The status file's mode (`status_file_mode`, default 0640: the
     /// daemon's group reads it, others do not).
     pub(crate) status_file_mode: u32,
+    /// The event journal's size, both files together (`journal_max_bytes`,
+    /// README "Event history"); the journal is `events.jsonl` beside the
+    /// status file.
+    pub(crate) journal_max_bytes: u64,
     pub(crate) connect_timeout: Duration,
     /// How often a lost node (down, or out of sync) is tried again between
     /// beats, at first (default 0.25 s); slower for nodes away for long.
@@ -440,6 +448,7 @@ impl Config {
             "status_file_mode",
             &format!("{:04o}", self.status_file_mode),
         );
+        row("journal_max_bytes", &self.journal_max_bytes);
         row(
             "http_listen",
             &self.http_listen.map_or_else(

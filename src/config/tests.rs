@@ -1106,3 +1106,29 @@ fn status_file_mode_defaults_to_0640_and_is_validated() {
         );
     }
 }
+
+/// `journal_max_bytes`: 16 MiB unless set; a whole number of bytes, at
+/// least 64 KiB; anything else is refused, naming the key.
+#[test]
+fn journal_max_bytes_defaults_to_16_mib_and_is_validated() {
+    assert_eq!(parse_ok(MINIMAL).journal_max_bytes, 16 * 1024 * 1024);
+    let with = |v: &str| {
+        format!(r#"{{"dbname": "d", "user": "u", "password": "p", "journal_max_bytes": {v}}}"#)
+    };
+    assert_eq!(parse_ok(&with("1048576")).journal_max_bytes, 1 << 20);
+    assert_eq!(parse_ok(&with("65536")).journal_max_bytes, 65536);
+    for (v, why) in [
+        ("65535", "less than 65536"),
+        ("-1", "less than"),
+        ("100000.5", "whole number"),
+        ("\"16M\"", "expected a number of bytes"),
+    ] {
+        let msg = refused(&with(v));
+        assert!(
+            msg.starts_with("x.json:1:")
+                && msg.contains("journal_max_bytes: ")
+                && msg.contains(why),
+            "{v}: {msg}"
+        );
+    }
+}

@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::payload::{Status, TriggerPayload};
 use crate::probe::{Monitor, ProbeSettings, Report};
 use crate::status;
+use crate::status::journal::{Entry, Journal};
 use plan::BeatPlan;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -98,6 +99,16 @@ struct Daemon {
     refused: BTreeMap<NodeName, cluster::Refusal>,
     /// The last reload handled and how it went, shown in the status.
     reload: Option<crate::payload::ReloadReport>,
+    /// The event journal (README "Event history").
+    journal: Journal,
+    /// Why each node whose last answer was Down failed (for the journal's
+    /// `node_answers_again`).
+    down_why: HashMap<NodeName, String>,
+    /// The holds as last recorded in the journal (`None` until read).
+    holds_seen: Option<BTreeMap<String, crate::payload::HoldEntry>>,
+    /// Each configured node's place in `names` (and so, once decided, in
+    /// the state's nodes): the journal's lookups cost no scan.
+    index: HashMap<NodeName, usize>,
 }
 
 impl Daemon {
@@ -106,16 +117,27 @@ impl Daemon {
         let mut monitor = Monitor::new(ProbeSettings::from_config(&config))?;
         let names: Vec<NodeName> = config.nodes.iter().map(|n| n.name.clone()).collect();
         monitor.set_nodes(&names);
-        let pgpool = crate::pgpool::Sidecar::new(&config);
+        let mut pgpool = crate::pgpool::Sidecar::new(&config);
         let holds = crate::hold::Holds::new(&config);
+        let journal = Journal::open(
+            status::journal::path_for(&config.status_file),
+            config.journal_max_bytes,
+            config.status_file_mode,
+            &config.instance_name,
+        );
+        pgpool.set_journal(journal.clone());
+        let mut dispatcher = Dispatcher::new();
+        dispatcher.set_journal(journal.clone());
+        let mut web = crate::web::Publisher::new();
+        web.set_journal(status::journal::path_for(&config.status_file));
         Ok(Daemon {
             pgpool,
             holds,
             config: Arc::new(config),
             monitor,
             state: State::default(),
-            names,
-            dispatcher: Dispatcher::new(),
+            names: names.clone(),
+            dispatcher,
             status: status::Writer::new(),
             beat: None,
             taken: None,
@@ -126,11 +148,15 @@ impl Daemon {
             lost: HashSet::new(),
             down_flipped: Vec::new(),
             last_news_step: None,
-            web: crate::web::Publisher::new(),
+            web,
             systems: HashMap::new(),
             primary: cluster::PrimaryGuard::new(),
             refused: BTreeMap::new(),
             reload: None,
+            journal,
+            down_why: HashMap::new(),
+            holds_seen: None,
+            index: index_of(&names),
         })
     }
 
@@ -249,10 +275,22 @@ impl Daemon {
                 self.systems.insert(r.node.clone(), id);
             }
         }
-        let flipped = if matches!(r.obs, Observation::Down { .. }) {
+        let flipped = if let Observation::Down { reason } = &r.obs {
+            self.down_why.insert(r.node.clone(), reason.clone());
             self.down.insert(r.node.clone())
         } else {
-            self.down.remove(&r.node)
+            let was_down = self.down.remove(&r.node);
+            if was_down {
+                let why = self.down_why.remove(&r.node).unwrap_or_default();
+                let cluster = node_in(&self.state, &self.index, &r.node).and_then(|n| n.cluster_id);
+                self.journal.record(
+                    Entry::new("node_answers_again")
+                        .cluster(cluster)
+                        .node(&r.node)
+                        .why(format!("it answers again after: {why}")),
+                );
+            }
+            was_down
         };
         if flipped {
             self.down_flipped.push(r.node.clone());
@@ -419,10 +457,21 @@ impl Daemon {
                 "event"
             );
         }
-        let Some(command) = self.config.triggers.get(&e.kind) else {
+        let command = self.config.triggers.get(&e.kind);
+        // A heartbeat is news only for its trigger: recorded when one runs.
+        let stamp = if e.kind != EventKind::PlusmoinHeartbeat || command.is_some() {
+            self.journal.record(event_entry(state, &self.index, e))
+        } else {
+            None
+        };
+        let Some(command) = command else {
             return;
         };
-        let payload = TriggerPayload::new(state, e.kind, e.cluster_id, e.node.as_ref());
+        let mut payload = TriggerPayload::new(state, e.kind, e.cluster_id, e.node.as_ref());
+        if let Some(s) = &stamp {
+            payload.event_id = Some(s.id);
+            payload.event_time = Some(s.time.clone());
+        }
         match serde_json::to_string(&payload) {
             Ok(payload) => self.dispatcher.dispatch(TriggerJob {
                 kind: e.kind,
@@ -430,6 +479,7 @@ impl Daemon {
                 command: command.clone(),
                 payload,
                 timeout: self.config.trigger_timeout,
+                event_id: stamp.map(|s| s.id),
             }),
             Err(err) => {
                 error!(cluster = e.cluster_id, event = %e.kind, "cannot build payload: {err}")
@@ -445,6 +495,7 @@ impl Daemon {
             self.config.heartbeat,
         );
         st.set_holds(self.holds.current());
+        self.record_holds();
         st.pgpool = self.pgpool.report();
         st.primary_refused = self.refuse_primaries(st.pgpool.as_ref());
         st.reload = self.reload.clone();
@@ -502,6 +553,43 @@ impl Daemon {
             .collect()
     }
 
+    /// Records the holds placed and lifted since the last call (nothing
+    /// until the holds are first read: those already placed then are
+    /// recorded as found, once).
+    fn record_holds(&mut self) {
+        if !self.holds.known() {
+            return;
+        }
+        let now = self.holds.current();
+        if self.holds_seen.as_ref() == Some(now) {
+            return;
+        }
+        let before = self.holds_seen.take().unwrap_or_default();
+        for (node, h) in now {
+            if before.get(node) != Some(h) {
+                let mut e = Entry::new("hold_placed")
+                    .node(node)
+                    .with("placed_by", h.placed_by.as_str())
+                    .with("placed_at", h.placed_at.as_str());
+                if let Some(r) = &h.reason {
+                    e = e.why(r.as_str());
+                }
+                self.journal.record(e);
+            }
+        }
+        for (node, h) in &before {
+            if !now.contains_key(node) {
+                self.journal.record(
+                    Entry::new("hold_lifted")
+                        .node(node)
+                        .with("placed_by", h.placed_by.as_str())
+                        .why("released (plusmoin release, or its row removed)"),
+                );
+            }
+        }
+        self.holds_seen = Some(now.clone());
+    }
+
     /// Waits until the statuses decided so far are written.
     fn flush_status(&self) {
         self.status.flush();
@@ -524,6 +612,7 @@ impl Daemon {
         self.monitor
             .update_settings(ProbeSettings::from_config(&config))?;
         self.names = config.nodes.iter().map(|n| n.name.clone()).collect();
+        self.index = index_of(&self.names);
         self.monitor.set_nodes(&self.names);
         self.holds.reconfigure(&config);
         self.pgpool.reconfigure(&config);
@@ -542,5 +631,42 @@ impl Daemon {
         drop(self.monitor);
         self.dispatcher.shutdown(grace).await;
         self.pgpool.shutdown().await;
+        self.journal.record(Entry::new("stop").why("asked to stop"));
+        self.journal.close(Duration::from_secs(2));
     }
+}
+
+/// A trigger event as the journal records it: its cluster and node, and
+/// why (the node's reason, when it has one).
+fn event_entry(state: &State, index: &HashMap<NodeName, usize>, e: &Event) -> Entry {
+    let mut entry = Entry::new(e.kind.as_str()).cluster(Some(e.cluster_id));
+    if let Some(n) = &e.node {
+        entry = entry.node(n);
+        if let Some(why) = node_in(state, index, n).and_then(|s| s.reason.as_deref()) {
+            entry = entry.why(why);
+        }
+    }
+    entry
+}
+
+fn index_of(names: &[NodeName]) -> HashMap<NodeName, usize> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.clone(), i))
+        .collect()
+}
+
+/// `name`'s state: at its place in the configuration when it is there
+/// (the state keeps that order), else found by a scan.
+fn node_in<'a>(
+    state: &'a State,
+    index: &HashMap<NodeName, usize>,
+    name: &NodeName,
+) -> Option<&'a cluster::NodeState> {
+    index
+        .get(name)
+        .and_then(|&i| state.nodes.get(i))
+        .filter(|n| &n.name == name)
+        .or_else(|| state.node(name))
 }

@@ -30,6 +30,16 @@ pub(super) fn reload(daemon: &mut Daemon, path: &Path) {
         Ok(keys) => (true, None, keys.into_iter().map(String::from).collect()),
         Err(e) => (false, Some(e), Vec::new()),
     };
+    let mut entry = crate::status::journal::Entry::new("reload")
+        .with("generation", generation)
+        .with("ok", ok);
+    if let Some(e) = &error {
+        entry = entry.why(format!("not applied, the configuration before stays: {e}"));
+    }
+    if !restart_needed.is_empty() {
+        entry = entry.with("restart_needed", restart_needed.clone());
+    }
+    daemon.journal.record(entry);
     daemon.reload = Some(ReloadReport {
         generation,
         at: crate::payload::rfc3339(now),
@@ -89,6 +99,10 @@ fn start_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("log_level", old.log_level != new.log_level),
         ("log_format", old.log_format != new.log_format),
         ("daemon_user", old.daemon_user != new.daemon_user),
+        (
+            "journal_max_bytes",
+            old.journal_max_bytes != new.journal_max_bytes,
+        ),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))

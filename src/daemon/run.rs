@@ -130,6 +130,13 @@ pub async fn run<O: Observer>(
         "plusmoin starting"
     );
     let mut daemon = Daemon::new(config)?;
+    daemon.journal.record(
+        crate::status::journal::Entry::new("start")
+            .why("plusmoin started")
+            .with("pid", std::process::id())
+            .with("version", env!("CARGO_PKG_VERSION"))
+            .with("nodes", daemon.names.len()),
+    );
     if observer.wants_answers() {
         daemon.taken = Some(Vec::new());
     }

@@ -127,6 +127,16 @@ impl Collector for Scrape {
             MetricType::Counter,
             [(vec![], c.primary_refusals as f64)],
         )?;
+        let (written, dropped) = crate::status::journal::COUNTS.load();
+        family(
+            &mut enc,
+            "journal_records",
+            "Event journal records since plusmoin started, by outcome (written, dropped: the disk was too slow or full; never waited for)",
+            None,
+            MetricType::Counter,
+            [("written", written), ("dropped", dropped)]
+                .map(|(o, n)| (vec![("outcome", o.to_string())], n as f64)),
+        )?;
         family(
             &mut enc,
             "http_connections_dropped",

@@ -10,6 +10,7 @@
 //! apart, in [`crate::metrics::COUNTERS`], where each part counts what it
 //! does; [`metrics`] only renders them.
 
+mod events;
 /// The metrics reader of the test kits (`tests/kit`), for the unit tests.
 #[cfg(test)]
 #[path = "../../tests/kit/src/exposition.rs"]
@@ -37,6 +38,8 @@ pub struct Snapshot {
     pub(crate) status: Arc<Status>,
     /// Nodes (`host:port`) whose last probe failed.
     pub(crate) down: BTreeSet<String>,
+    /// The event journal, which `/events` reads.
+    pub(crate) journal: Option<Arc<std::path::Path>>,
 }
 
 impl Snapshot {
@@ -57,12 +60,13 @@ impl Snapshot {
 }
 
 /// The latest snapshot, or `None` before the first decision.
-pub type Snapshots = watch::Receiver<Option<Arc<Snapshot>>>;
+pub(crate) type Snapshots = watch::Receiver<Option<Arc<Snapshot>>>;
 
 /// The deciding loop's end of the channel.
 #[derive(Debug)]
 pub struct Publisher {
     tx: watch::Sender<Option<Arc<Snapshot>>>,
+    journal: Option<Arc<std::path::Path>>,
 }
 
 impl Default for Publisher {
@@ -75,7 +79,13 @@ impl Publisher {
     pub fn new() -> Publisher {
         Publisher {
             tx: watch::channel(None).0,
+            journal: None,
         }
+    }
+
+    /// The event journal `/events` reads.
+    pub(crate) fn set_journal(&mut self, path: std::path::PathBuf) {
+        self.journal = Some(Arc::from(path));
     }
 
     /// A receiver for the listener.
@@ -90,7 +100,11 @@ impl Publisher {
             return;
         }
         let down = down.iter().map(ToString::to_string).collect();
-        self.tx
-            .send_replace(Some(Arc::new(Snapshot { status, down })));
+        let journal = self.journal.clone();
+        self.tx.send_replace(Some(Arc::new(Snapshot {
+            status,
+            down,
+            journal,
+        })));
     }
 }

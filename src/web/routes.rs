@@ -42,7 +42,8 @@ fn text(status: u16, line: impl Into<String>) -> Reply {
 }
 
 /// The endpoints, for the 404 of an unknown path.
-const ENDPOINTS: &str = "/metrics, /status, /health, /primary/HOST:PORT, /replica/HOST:PORT";
+const ENDPOINTS: &str =
+    "/metrics, /status, /health, /events, /primary/HOST:PORT, /replica/HOST:PORT";
 
 /// The answer to `method path?query`, `now_unix` seconds since the epoch.
 pub(crate) fn route(

@@ -506,8 +506,17 @@ async fn serve_one(
         let requested = Arc::clone(&conn.flags);
         let service = hyper::service::service_fn(move |req| {
             requested.requested.store(true, Ordering::Relaxed);
-            let reply = answer(&req, &snapshots);
-            async move { Ok::<_, Infallible>(reply) }
+            // `/events` reads the journal's files: on a blocking thread.
+            let pending = match super::events::wanted(&req, &snapshots) {
+                Some(events) => Err(events),
+                None => Ok(answer(&req, &snapshots)),
+            };
+            async move {
+                Ok::<_, Infallible>(match pending {
+                    Ok(reply) => reply,
+                    Err(events) => events.answer().await,
+                })
+            }
         });
         let io = hyper_util::rt::TokioIo::new(conn);
         if let Err(e) = builder.serve_connection(io, service).await {
@@ -607,6 +616,11 @@ fn answer(req: &Request<Incoming>, snapshots: &Snapshots) -> Response<Full<Bytes
             &COUNTERS,
         )
     };
+    respond(reply, head)
+}
+
+/// `reply` as a response (its head only for `HEAD`).
+pub(super) fn respond(reply: routes::Reply, head: bool) -> Response<Full<Bytes>> {
     let len = reply.body.len();
     let body = if head {
         Bytes::new()

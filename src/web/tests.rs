@@ -63,6 +63,7 @@ fn sample() -> Snapshot {
     Snapshot {
         status: Arc::new(status),
         down: down.iter().map(ToString::to_string).collect(),
+        journal: None,
     }
 }
 

@@ -9,6 +9,7 @@ mod faults;
 mod holds;
 mod holds_safety;
 mod http;
+mod journal;
 mod logs;
 mod monitor;
 mod notify;

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Every top-level key, in the order the documentation lists them.
-const KEYS: [&str; 25] = [
+const KEYS: [&str; 26] = [
     "dbname",
     "user",
     "password",
@@ -54,6 +54,7 @@ const KEYS: [&str; 25] = [
     "pid_file",
     "status_file",
     "status_file_mode",
+    "journal_max_bytes",
     "http_listen",
     "pgpool",
 ];
@@ -106,6 +107,7 @@ struct Raw {
     pid_file: Option<PathBuf>,
     status_file: Option<PathBuf>,
     status_file_mode: Option<u32>,
+    journal_max_bytes: Option<u64>,
     http_listen: Option<Option<SocketAddr>>,
     pgpool: Option<RawPgpool>,
     /// Where each node's `pgpool_node_id` was written, by node index.
@@ -191,6 +193,7 @@ impl Validator<'_> {
                 "pid_file" => raw.pid_file = Some(self.path(value, k)?),
                 "status_file" => raw.status_file = Some(self.path(value, k)?),
                 "status_file_mode" => raw.status_file_mode = Some(self.file_mode(value, k)?),
+                "journal_max_bytes" => raw.journal_max_bytes = Some(self.journal_bytes(value, k)?),
                 "http_listen" => raw.http_listen = Some(self.listen_address(value, k)?),
                 // check_key has refused every other key.
                 _ => return Err(self.at(key.at, k, "unknown key")),
@@ -306,6 +309,7 @@ impl Validator<'_> {
                 .status_file
                 .unwrap_or_else(|| defaults::STATUS_FILE.into()),
             status_file_mode: raw.status_file_mode.unwrap_or(defaults::STATUS_FILE_MODE),
+            journal_max_bytes: raw.journal_max_bytes.unwrap_or(defaults::JOURNAL_MAX_BYTES),
             connect_timeout: raw.connect_timeout.unwrap_or(defaults::CONNECT_TIMEOUT),
             retry_interval: raw.retry_interval.unwrap_or(defaults::RETRY_INTERVAL),
             is_slave_statement: raw

@@ -141,6 +141,27 @@ impl Validator<'_> {
         }
     }
 
+    /// `journal_max_bytes`: a whole number of bytes, at least 64 KiB.
+    pub(super) fn journal_bytes(&self, v: &Spanned<Json>, key: &str) -> Result<u64, ConfigError> {
+        let min = super::super::defaults::JOURNAL_MIN_BYTES;
+        let Json::Number(number, n) = &v.value else {
+            return Err(self.at(
+                v.at,
+                key,
+                format!("expected a number of bytes, found {}", v.value.describe()),
+            ));
+        };
+        match integer(number).map(u64::try_from) {
+            Some(Ok(b)) if b >= min => Ok(b),
+            Some(_) => Err(self.at(
+                v.at,
+                key,
+                format!("{n} is less than {min} bytes (64 KiB): too small to keep a history"),
+            )),
+            None => Err(self.at(v.at, key, format!("{n} is not a whole number of bytes"))),
+        }
+    }
+
     /// `"IP:PORT"` (`"[::1]:9187"` for IPv6), or `null` for none. A host
     /// name is refused: the listener binds one address, known at a glance.
     pub(super) fn listen_address(

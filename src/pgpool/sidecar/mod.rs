@@ -94,6 +94,8 @@ pub(crate) struct Sidecar {
     report: watch::Sender<Option<PgpoolReport>>,
     worker: Option<Worker>,
     last_reconcile: Option<Instant>,
+    /// Where actions and refusals are recorded.
+    journal: crate::status::journal::Journal,
 }
 
 impl Sidecar {
@@ -111,6 +113,7 @@ impl Sidecar {
             report,
             worker: None,
             last_reconcile: None,
+            journal: Default::default(),
         };
         let Some(p) = &config.pgpool else {
             return s;
@@ -148,7 +151,15 @@ impl Sidecar {
         if config.pgpool == self.config && Settings::new(config.heartbeat) == self.settings {
             return;
         }
+        let journal = std::mem::take(&mut self.journal);
         *self = Sidecar::new(config);
+        self.journal = journal;
+    }
+
+    /// Records each action and refusal in `journal` (set before the first
+    /// beat: the worker takes it when it starts).
+    pub(crate) fn set_journal(&mut self, journal: crate::status::journal::Journal) {
+        self.journal = journal;
     }
 
     /// What the worker last found out about pgpool (`None` before its first
@@ -262,6 +273,7 @@ impl Sidecar {
                 health: Health::default(),
                 said: Said::default(),
                 watchdog: None,
+                journal: self.journal.clone(),
             };
             let task = runtime.spawn(work(
                 rounds,

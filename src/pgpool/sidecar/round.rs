@@ -10,6 +10,7 @@ use crate::cluster::{EventKind, NodeName};
 use crate::logonce::{LogOnce, LogOnceMap};
 use crate::metrics::{PcpOutcome, COUNTERS};
 use crate::payload::PgpoolReport;
+use crate::status::journal::{Entry, Journal};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -51,11 +52,12 @@ pub(super) struct Said {
 }
 
 impl Said {
-    pub(super) fn log(&mut self, d: &RoundPlan, ids: &BTreeMap<NodeName, u32>) {
+    pub(super) fn log(&mut self, d: &RoundPlan, ids: &BTreeMap<NodeName, u32>, journal: &Journal) {
         match &d.paused {
             Some(r) => {
                 if self.paused.changed(&r.text) {
                     say(r, None, None);
+                    journal.record(Entry::new("pgpool_refused").why(&r.text));
                 }
             }
             None => {
@@ -70,6 +72,11 @@ impl Said {
         for (node, r) in &d.remarks {
             if self.nodes.changed(node, &r.text) {
                 say(r, Some(node), ids.get(node).copied());
+                let mut e = Entry::new("pgpool_refused").node(node).why(&r.text);
+                if let Some(id) = ids.get(node) {
+                    e = e.with("pgpool_id", *id);
+                }
+                journal.record(e);
             }
         }
     }
@@ -94,6 +101,7 @@ pub(super) struct Rounds {
     pub(super) health: Health,
     pub(super) said: Said,
     pub(super) watchdog: Option<Watchdog>,
+    pub(super) journal: Journal,
 }
 
 pub(super) async fn work(
@@ -157,7 +165,7 @@ impl Rounds {
             Instant::now(),
             &mut self.memory,
         );
-        self.said.log(&d, &ids);
+        self.said.log(&d, &ids, &self.journal);
         // pgpool's status of each node, as read and then as each action
         // left it.
         let mut statuses: BTreeMap<&NodeName, NodeStatus> =
@@ -178,6 +186,8 @@ impl Rounds {
             if let Ok(after) = result {
                 statuses.insert(&step.node, after);
             }
+            self.journal
+                .record(action_entry(step, event, before, &result));
             match result {
                 Ok(after) if step.action.done(after) => {
                     self.memory.record(&step.node, step.action, Instant::now());
@@ -377,6 +387,41 @@ async fn send_and_confirm(pcp: &Pcp, step: &Step) -> Result<NodeStatus, ActionEr
             Err(_) => {}
         }
         tokio::time::sleep(CONFIRM_POLL).await;
+    }
+}
+
+/// An action as the journal records it (`pgpool_attach`,
+/// `pgpool_detach`): pgpool's status before and after, and the outcome
+/// (`ok`, `not_taken`, `not_sent`, `unconfirmed`).
+fn action_entry(
+    step: &Step,
+    event: Option<&str>,
+    before: NodeStatus,
+    result: &Result<NodeStatus, ActionError>,
+) -> Entry {
+    let kind = match step.action {
+        Action::Attach => "pgpool_attach",
+        Action::Detach => "pgpool_detach",
+    };
+    let e = Entry::new(kind)
+        .node(&step.node)
+        .with("pgpool_id", step.id)
+        .with("event", event.unwrap_or("reconciliation"))
+        .with("before", before.to_string());
+    match result {
+        Ok(after) if step.action.done(*after) => {
+            e.with("after", after.to_string()).with("outcome", "ok")
+        }
+        Ok(after) => e
+            .with("after", after.to_string())
+            .with("outcome", "not_taken")
+            .why(format!(
+                "pgpool still shows {after}; the next round tries again"
+            )),
+        Err(ActionError::NotSent(err)) => e.with("outcome", "not_sent").why(err.to_string()),
+        Err(ActionError::Unconfirmed(err)) => e.with("outcome", "unconfirmed").why(format!(
+            "sent, but pgpool could not be asked whether it took: {err}"
+        )),
     }
 }
 

@@ -422,7 +422,7 @@ fn remarks_are_said_once_until_they_change_or_come_back() {
         with(None, None),
         with(None, None),
     ] {
-        said.log(&d, &ids);
+        said.log(&d, &ids, &Default::default());
     }
     let text = log.text();
     let said: Vec<&str> = text
