@@ -1412,7 +1412,7 @@ fn clusterless_lists_exactly_the_nodes_in_no_cluster() {
 
 /// A promoted slave names itself as its master from then on (what the
 /// status file shows as the master it follows), not the master it used to
-/// replay.
+/// replay; a slave that follows it names it.
 #[test]
 fn a_promoted_slave_names_itself_as_its_master() {
     let mut sim = Sim::new();
@@ -1423,6 +1423,11 @@ fn a_promoted_slave_names_itself_as_its_master() {
     let own = name(5433).to_string();
     assert_eq!(
         sim.state.node(&name(5433)).unwrap().master_name.as_deref(),
+        Some(own.as_str())
+    );
+    // And the slave that now replays the promoted one says so.
+    assert_eq!(
+        sim.state.node(&name(5434)).unwrap().master_name.as_deref(),
         Some(own.as_str())
     );
 }
