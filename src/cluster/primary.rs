@@ -147,6 +147,8 @@ impl PrimaryGuard {
             for set in [sets.entry(key).or_default(), &mut all] {
                 set.masters += 1;
                 set.allowed += usize::from(was);
+                // Four: three names besides the refused master itself (a
+                // fifth would never be shown, so `<= 4` is the same).
                 if set.some.len() < 4 {
                     set.some.push(m);
                 }
@@ -560,5 +562,76 @@ mod tests {
             }
             assert_eq!(ok.len() + refused.len(), masters.len());
         }
+    }
+
+    /// pgpool's primary of another replication set is no rival: the
+    /// incumbent of this set keeps the role, its newcomer is refused for it.
+    #[test]
+    fn pgpools_primary_of_another_set_is_no_rival() {
+        let mut g = PrimaryGuard::new();
+        let sys: HashMap<NodeName, u64> = [(n(1), 7), (n(2), 7), (n(3), 8)].into();
+        g.decide_at(&state(&[1, 3], &[2]), &sys, Some(&n(3)));
+        assert_eq!(allowed(&g), [1, 3]);
+        let refused = g.decide_at(&state(&[1, 2, 3], &[]), &sys, Some(&n(3)));
+        assert_eq!(allowed(&g), [1, 3]);
+        assert_eq!(
+            refused.get(&n(2)),
+            Some(&Refusal::Incumbent { incumbent: n(1) })
+        );
+        assert_eq!(refused.len(), 1);
+    }
+
+    /// An allowed master away for exactly the hold is an incumbent no
+    /// more: back beside a rival then, neither is allowed. Back a moment
+    /// earlier, it keeps the role.
+    #[test]
+    fn an_incumbent_away_for_the_whole_hold_is_one_no_more() {
+        let sys = one_set(&[1, 2]);
+        let hold = Duration::from_secs(3);
+        let t = |s: i64| Time(s * 1_000_000);
+        let away_then_back = |back: Time| {
+            let mut g = PrimaryGuard::new();
+            g.decide(&state(&[1], &[2]), &sys, None, t(0), hold);
+            g.decide(&state(&[], &[1, 2]), &sys, None, t(1), hold);
+            let refused = g.decide(&state(&[1, 2], &[]), &sys, None, back, hold);
+            (allowed(&g), refused.len())
+        };
+        assert_eq!(away_then_back(Time(t(4).0 - 1)), (vec![1], 1));
+        assert_eq!(away_then_back(t(4)), (vec![], 2));
+    }
+
+    /// What `status`, the logs and `/primary` say of a refused master.
+    #[test]
+    fn refusals_say_why_in_words() {
+        let text = |r: Refusal| r.to_string();
+        assert_eq!(
+            text(Refusal::NotPgpoolsPrimary { primary: n(2) }),
+            "another master of the same replication set is up, and pgpool's primary is db:2"
+        );
+        assert_eq!(
+            text(Refusal::Incumbent { incumbent: n(1) }),
+            "another master of the same replication set, db:1, has been the primary without interruption: this one is a second primary (split brain?)"
+        );
+        assert_eq!(
+            text(Refusal::AfterSplit {
+                incumbent: n(1),
+                away: Duration::from_millis(1500),
+                hold: Duration::from_secs(3)
+            }),
+            "it became a master beside db:1, which is no master since 1.5 s: it takes over once db:1 has been away for 3.0 s"
+        );
+        // The others are named up to a few, the rest counted.
+        assert_eq!(
+            text(Refusal::Undecided {
+                masters: 2,
+                some: vec![n(2)]
+            }),
+            "2 masters of the same replication set (with db:2), and plusmoin cannot tell which is the primary: none is routed to until only one is left"
+        );
+        assert!(text(Refusal::Undecided {
+            masters: 6,
+            some: vec![n(2), n(3), n(4)]
+        })
+        .starts_with("6 masters of the same replication set (with db:2, db:3, db:4, 2 more), "));
     }
 }
