@@ -249,6 +249,8 @@ impl PrimaryGuard {
                 away.insert(m.clone(), now);
             }
         }
+        // (An entry kept at exactly the hold would change nothing: it
+        // counts only while younger than the hold, above.)
         away.retain(|m, t| !is_master.contains(m) && now.since(*t) < hold && !rival_allowed(m));
         self.away = away;
         self.allowed = allowed;
@@ -633,5 +635,45 @@ mod tests {
             some: vec![n(2), n(3), n(4)]
         })
         .starts_with("6 masters of the same replication set (with db:2, db:3, db:4, 2 more), "));
+    }
+
+    /// A refused newcomer that stops being a master is forgotten: promoted
+    /// again later, once the incumbent is gone, it takes the role at once
+    /// (a failover), not after the hold of a split.
+    #[test]
+    fn a_newcomer_that_stops_being_a_master_is_forgotten() {
+        let mut g = PrimaryGuard::new();
+        let sys = one_set(&[1, 2]);
+        let hold = Duration::from_secs(30);
+        let t = |s: i64| Time(s * 1_000_000);
+        g.decide(&state(&[1], &[2]), &sys, None, t(0), hold);
+        let refused = g.decide(&state(&[1, 2], &[]), &sys, None, t(1), hold);
+        assert!(refused.contains_key(&n(2)));
+        // Rewound to a standby; then the incumbent fails and it is promoted.
+        g.decide(&state(&[1], &[2]), &sys, None, t(2), hold);
+        g.decide(&state(&[], &[1, 2]), &sys, None, t(3), hold);
+        let refused = g.decide(&state(&[2], &[1]), &sys, None, t(4), hold);
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(allowed(&g), [2]);
+    }
+
+    /// An allowed master away for a moment stays the incumbent when the
+    /// master allowed meanwhile is of another replication set: only a
+    /// rival of its own set takes its place.
+    #[test]
+    fn an_away_incumbent_keeps_its_place_beside_other_sets_masters() {
+        let mut g = PrimaryGuard::new();
+        let sys: HashMap<NodeName, u64> = [(n(1), 7), (n(2), 7), (n(3), 8)].into();
+        let hold = Duration::from_secs(30);
+        let t = |s: i64| Time(s * 1_000_000);
+        g.decide(&state(&[1, 3], &[2]), &sys, None, t(0), hold);
+        assert_eq!(allowed(&g), [1, 3]);
+        g.decide(&state(&[3], &[1, 2]), &sys, None, t(1), hold);
+        let refused = g.decide(&state(&[1, 2, 3], &[]), &sys, None, t(2), hold);
+        assert_eq!(allowed(&g), [1, 3]);
+        assert_eq!(
+            refused.get(&n(2)),
+            Some(&Refusal::Incumbent { incumbent: n(1) })
+        );
     }
 }
