@@ -309,11 +309,13 @@ fn read_bytes(path: &Path, owners: &Owners) -> Result<Vec<u8>, StatusError> {
 
 /// The status as a table an operator reads at a glance.
 pub fn table(status: &Status) -> String {
-    let mut rows: Vec<[String; 6]> = vec![[
+    let mut rows: Vec<[String; 8]> = vec![[
         "CLUSTER".into(),
         "NODE".into(),
         "ROLE".into(),
         "LAG".into(),
+        "LAG BYTES".into(),
+        "SYNC".into(),
         "SINCE".into(),
         "NOTE".into(),
     ]];
@@ -339,6 +341,13 @@ pub fn table(status: &Status) -> String {
             n.lag
                 .map(|l| format!("{l:.1}s"))
                 .unwrap_or_else(|| "-".into()),
+            n.lag_bytes
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "-".into()),
+            n.sync_state
+                .as_deref()
+                .map(escape_controls)
+                .unwrap_or_else(|| "-".into()),
             escape_controls(&n.since),
             escape_controls(&note),
         ]
@@ -352,6 +361,8 @@ pub fn table(status: &Status) -> String {
                 "master".into(),
                 "-".into(),
                 "-".into(),
+                "-".into(),
+                "-".into(),
                 "no master".into(),
             ]);
         }
@@ -362,7 +373,7 @@ pub fn table(status: &Status) -> String {
     for n in &status.clusterless {
         rows.push(row("-".into(), n));
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 8];
     for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
@@ -377,6 +388,28 @@ pub fn table(status: &Status) -> String {
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+    }
+    for c in &status.clusters {
+        match &c.sync {
+            Some(s) if s.waiting => out.push_str(&format!(
+                "cluster {}: commits wait: {} of {} synchronous standbys connected \
+                 (synchronous_standby_names {:?})\n",
+                c.cluster_id,
+                s.connected.unwrap_or_default(),
+                s.required,
+                escape_controls(&s.standby_names)
+            )),
+            Some(s) => {
+                if let Some(p) = &s.problem {
+                    out.push_str(&format!(
+                        "cluster {}: synchronous standbys unknown: {}\n",
+                        c.cluster_id,
+                        escape_controls(p)
+                    ));
+                }
+            }
+            None => {}
+        }
     }
     for (node, why) in &status.primary_refused {
         out.push_str(&format!(

@@ -79,7 +79,13 @@ async fn master_and_slaves(is_slave_statement: &str) {
     let out = probe_once(&mut p, &targets(&pg, &[0]), wrote).await;
     assert_eq!(
         out[0],
-        (master.clone(), Observation::Master { wrote_at: wrote })
+        (
+            master.clone(),
+            Observation::Master {
+                wrote_at: wrote,
+                repl: None
+            }
+        )
     );
     let written = Instant::now();
 
@@ -171,7 +177,13 @@ async fn frozen_is_down_at_the_deadline_and_refusing_quickly() {
         }
     );
     assert!(matches!(out[1].1, Observation::Down { .. }));
-    assert_eq!(out[2].1, Observation::Master { wrote_at: Time(2) });
+    assert_eq!(
+        out[2].1,
+        Observation::Master {
+            wrote_at: Time(2),
+            repl: None
+        }
+    );
     assert_eq!(p.connections_held(), 1);
 }
 
@@ -183,7 +195,13 @@ async fn faults_change_at_run_time_and_slow_answers_past_the_deadline_are_down()
     let mut p = prober(Duration::from_millis(400));
     let all = targets(&pg, &[0, 1]);
     let out = probe_once(&mut p, &all, Time(1)).await;
-    assert_eq!(out[0].1, Observation::Master { wrote_at: Time(1) });
+    assert_eq!(
+        out[0].1,
+        Observation::Master {
+            wrote_at: Time(1),
+            repl: None
+        }
+    );
     assert!(matches!(out[1].1, Observation::Slave { .. }));
 
     // Slow within the deadline: still answers.
@@ -222,7 +240,13 @@ async fn faults_change_at_run_time_and_slow_answers_past_the_deadline_are_down()
     // Thawed: answers again on a new connection.
     pg.set_fault(0, Fault::None);
     let out = probe_once(&mut p, &all, Time(6)).await;
-    assert_eq!(out[0].1, Observation::Master { wrote_at: Time(6) });
+    assert_eq!(
+        out[0].1,
+        Observation::Master {
+            wrote_at: Time(6),
+            repl: None
+        }
+    );
 }
 
 /// The holds are read from the first node that answers, as from a server
@@ -282,7 +306,13 @@ async fn a_slave_costs_one_statement_with_the_default_role_statement() {
     // the master's write of the last beat, or of this one if it came
     // first (the nodes are probed at once); the other has no row yet.
     let check = |t: i64, obs: &[Observation]| {
-        assert_eq!(obs[0], Observation::Master { wrote_at: Time(t) });
+        assert_eq!(
+            obs[0],
+            Observation::Master {
+                wrote_at: Time(t),
+                repl: None
+            }
+        );
         match &obs[1] {
             Observation::Slave {
                 heartbeat: Some(hb),

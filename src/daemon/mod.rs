@@ -156,6 +156,8 @@ impl Daemon {
         Policy {
             max_sync_delay: self.config.max_sync_delay,
             recover_sync_delay: self.config.recover_sync_delay,
+            max_lag_bytes: self.config.max_lag_bytes,
+            recover_lag_bytes: self.config.recover_lag_bytes,
         }
     }
 
@@ -409,8 +411,22 @@ impl Daemon {
     fn act(&self, state: &State, e: &Event) {
         let node = e.node.as_ref().map(|n| n.to_string());
         crate::metrics::COUNTERS.event(e.kind);
+        let sync = state
+            .clusters
+            .get(&e.cluster_id)
+            .and_then(|c| c.sync.as_ref());
         if e.kind == EventKind::PlusmoinHeartbeat {
             tracing::debug!(cluster = e.cluster_id, event = %e.kind, "event");
+        } else if let (EventKind::SyncLost, Some(s)) = (e.kind, sync) {
+            tracing::warn!(
+                cluster = e.cluster_id,
+                event = %e.kind,
+                node = node.as_deref().unwrap_or("-"),
+                connected = s.connected.unwrap_or_default(),
+                required = s.required,
+                standby_names = %crate::text::escape_controls(&s.standby_names),
+                "commits on the master wait: fewer synchronous standbys connected than required"
+            );
         } else {
             info!(
                 cluster = e.cluster_id,

@@ -22,6 +22,8 @@ fn sample() -> Snapshot {
     let policy = Policy {
         max_sync_delay: Duration::from_secs(10),
         recover_sync_delay: Duration::from_secs(5),
+        max_lag_bytes: None,
+        recover_lag_bytes: None,
     };
     let n = |p| NodeName::new("db", p);
     let row = |at| Observation::Slave {
@@ -29,13 +31,21 @@ fn sample() -> Snapshot {
             master_name: "db:5432".into(),
             cluster_id: Some(0),
             written_at: Time(at),
+            received: None,
+            replayed: None,
         }),
     };
     let down = || Observation::Down {
         reason: "connection refused".into(),
     };
     let first = vec![
-        (n(5432), Observation::Master { wrote_at: Time(T0) }),
+        (
+            n(5432),
+            Observation::Master {
+                wrote_at: Time(T0),
+                repl: None,
+            },
+        ),
         (n(5433), row(T0)),
         (n(5434), row(T0)),
         (n(5435), down()),
@@ -48,6 +58,7 @@ fn sample() -> Snapshot {
         n(5432),
         Observation::Master {
             wrote_at: Time(later),
+            repl: None,
         },
     )];
     let (s, _) = step_news(&s, &names, &master, Time(later), &policy, false);

@@ -220,7 +220,13 @@ fn heartbeat_roles_and_reuse() {
     // The master: the table is created and this instance's row written.
     let now = Time::now();
     let out = rt.block_on(probe_once(&mut a, &all, now));
-    assert_eq!(out[0].1, Observation::Master { wrote_at: now });
+    assert_eq!(
+        out[0].1,
+        Observation::Master {
+            wrote_at: now,
+            repl: None
+        }
+    );
     let master = name(&sb, 0).to_string();
     assert_eq!(row(&sb, 0, "pm-a"), format!("{master}|7|{}", now.0));
 
@@ -252,11 +258,23 @@ fn heartbeat_roles_and_reuse() {
     let mut b = prober(settings("pm-b", Duration::from_secs(10)));
     let t_b = Time::now();
     let out = rt.block_on(probe_once(&mut b, &targets(&sb, &[0]), t_b));
-    assert_eq!(out[0].1, Observation::Master { wrote_at: t_b });
+    assert_eq!(
+        out[0].1,
+        Observation::Master {
+            wrote_at: t_b,
+            repl: None
+        }
+    );
     assert_eq!(row(&sb, 0, "pm-b"), format!("{master}|7|{}", t_b.0));
     let t_a = Time::now();
     let out = rt.block_on(probe_once(&mut a, &all, t_a));
-    assert_eq!(out[0].1, Observation::Master { wrote_at: t_a });
+    assert_eq!(
+        out[0].1,
+        Observation::Master {
+            wrote_at: t_a,
+            repl: None
+        }
+    );
     assert_eq!(row(&sb, 0, "pm-a"), format!("{master}|7|{}", t_a.0));
     assert_eq!(row(&sb, 0, "pm-b"), format!("{master}|7|{}", t_b.0));
     // (b now forgets its master connection: not a target any more.)
@@ -275,7 +293,13 @@ fn heartbeat_roles_and_reuse() {
     ok("drop table", sb.sql(0, "DROP TABLE plusmoin_heartbeat"));
     let t = Time::now();
     let out = rt.block_on(probe_once(&mut a, &all, t));
-    assert_eq!(out[0].1, Observation::Master { wrote_at: t });
+    assert_eq!(
+        out[0].1,
+        Observation::Master {
+            wrote_at: t,
+            repl: None
+        }
+    );
     assert_eq!(row(&sb, 0, "pm-a"), format!("{master}|7|{}", t.0));
     wait_pids(&rt, &sb, 0, &pids[0]);
 
@@ -363,7 +387,13 @@ fn one_statement_on_standbys() {
     // Its row written on the master, the standby shows it.
     let t = Time::now();
     let out = rt.block_on(probe_once(&mut p, &all, t));
-    assert_eq!(out[0].1, Observation::Master { wrote_at: t });
+    assert_eq!(
+        out[0].1,
+        Observation::Master {
+            wrote_at: t,
+            repl: None
+        }
+    );
     let obs = beat_until(&rt, &mut p, &standby, REPLICATION, |o| {
         heartbeat(&o[0]).is_some()
     });
@@ -407,7 +437,13 @@ fn one_statement_on_standbys() {
     // through the one statement again.
     let t = Time::now();
     let out = rt.block_on(probe_once(&mut p, &all, t));
-    assert_eq!(out[0].1, Observation::Master { wrote_at: t });
+    assert_eq!(
+        out[0].1,
+        Observation::Master {
+            wrote_at: t,
+            repl: None
+        }
+    );
     beat_until(&rt, &mut p, &standby, REPLICATION, |o| {
         heartbeat(&o[0]).is_some_and(|h| h.written_at == t)
     });
