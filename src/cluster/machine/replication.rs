@@ -90,3 +90,6 @@ impl Beat<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
