@@ -98,7 +98,15 @@ struct Daemon {
     refused: BTreeMap<NodeName, cluster::Refusal>,
     /// The last reload handled and how it went, shown in the status.
     reload: Option<crate::payload::ReloadReport>,
+    /// Masters to probe again for their synchronous standbys, and when
+    /// (see [`Daemon::recheck_sync`]).
+    sync_rechecks: Vec<(Instant, NodeName, cluster::ClusterId)>,
 }
+
+/// How long after a standby of a master with synchronous standbys leaves
+/// or comes back that master is asked once more: its walsender may not
+/// have gone (or come) yet when it was asked at once.
+const SYNC_RECHECK: Duration = Duration::from_millis(150);
 
 impl Daemon {
     /// Must run inside the runtime: the node tasks start here.
@@ -131,6 +139,7 @@ impl Daemon {
             primary: cluster::PrimaryGuard::new(),
             refused: BTreeMap::new(),
             reload: None,
+            sync_rechecks: Vec::new(),
         })
     }
 
@@ -208,9 +217,35 @@ impl Daemon {
     /// news held back to be decided together (see `NEWS_BATCH`).
     fn deadline(&self) -> Option<Instant> {
         let news = (!self.news.is_empty()).then(|| self.news_due());
-        match (self.beat.as_ref().map(BeatPlan::deadline), news) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let recheck = self.sync_rechecks.iter().map(|r| r.0).min();
+        [self.beat.as_ref().map(BeatPlan::deadline), news, recheck]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// A standby left or came back in a cluster whose master has
+    /// synchronous standbys: that master is asked now, and once more
+    /// [`SYNC_RECHECK`] later, so that `sync_lost` / `sync_ok` need not
+    /// wait for the next beat.
+    fn recheck_sync(&mut self, state: &State, events: &[cluster::Event]) {
+        for e in events {
+            if !matches!(e.kind, EventKind::SlaveDown | EventKind::SlaveUp) {
+                continue;
+            }
+            let Some(c) = state.clusters.get(&e.cluster_id) else {
+                continue;
+            };
+            let (Some(master), Some(sync)) = (&c.master, &c.sync) else {
+                continue;
+            };
+            if sync.required == 0 {
+                continue;
+            }
+            self.monitor.probe(master, Some(c.id), Time::now());
+            self.sync_rechecks.retain(|r| &r.1 != master);
+            self.sync_rechecks
+                .push((Instant::now() + SYNC_RECHECK, master.clone(), c.id));
         }
     }
 
@@ -225,6 +260,14 @@ impl Daemon {
     /// [`Daemon::deadline`] passed: if it was the beat's, reads go out or
     /// it is decided (held-back news is decided by [`Daemon::decide`]).
     fn deadline_passed(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sync_rechecks)
+            .into_iter()
+            .partition(|r| r.0 <= now);
+        self.sync_rechecks = later;
+        for (_, master, id) in due {
+            self.monitor.probe(&master, Some(id), Time::now());
+        }
         let Some(b) = self.beat.as_ref() else { return };
         if b.deadline() > Instant::now() {
             return;
@@ -335,6 +378,7 @@ impl Daemon {
         for e in &events {
             self.act(&next, e);
         }
+        self.recheck_sync(&next, &events);
         // The pgpool sidecar is told at every beat (the holds are read and
         // it reconciles then), and between beats only when something it
         // acts on changed (an event, a node's place or master): not for
