@@ -179,7 +179,12 @@ pub(crate) fn lag_limit(value: &str) -> Result<LagLimit, String> {
     let unit = v.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
     let forms =
         "a number of seconds (60, 60s) or a size in bytes (16MB, 512kB, 100B; B, kB, MB, GB, TB)";
-    if unit.len() < v.len() && !unit.is_empty() && unit.chars().all(|c| c.is_ascii_alphabetic()) {
+    let size_unit = ["B", "kB", "MB", "GB", "TB"].contains(&unit);
+    if unit.len() < v.len()
+        && !unit.is_empty()
+        && !size_unit
+        && unit.chars().all(|c| c.is_ascii_alphabetic())
+    {
         Err(format!("ambiguous lag {value:?}: write {forms}"))
     } else {
         Err(format!("bad lag {value:?}: write {forms}"))
