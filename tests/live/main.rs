@@ -18,6 +18,7 @@ mod pgpool_safety;
 mod privileges;
 mod probe;
 mod reload;
+mod replication;
 mod sandbox_ops;
 mod split;
 
