@@ -555,3 +555,78 @@ fn the_reader_refuses_what_prometheus_would() {
     let ok = exposition::parse("# HELP x h\n# TYPE x gauge\nx{a=\"q\\\"\"} +Inf\n").unwrap();
     assert_eq!(ok.value("x", &[("a", "q\"")]), Some(f64::INFINITY));
 }
+
+/// Every metric the alert rules and the dashboard of `contrib` use is one
+/// `/metrics` serves: their names against the families a scrape with
+/// every part present (pgpool, holds, synchronous standbys) declares.
+#[test]
+fn contrib_alerts_and_dashboard_use_only_served_metrics() {
+    let mut s = sample();
+    {
+        let st = Arc::make_mut(&mut s.status);
+        st.held = vec!["db:5434".into()];
+        st.pgpool = Some(PgpoolReport {
+            acting: true,
+            nodes: [("db:5432".to_string(), "up".to_string())].into(),
+            ..PgpoolReport::default()
+        });
+        st.clusters[0].sync = Some(crate::payload::SyncEntry {
+            standby_names: "\"db:5433\"".into(),
+            synchronous_commit: "on".into(),
+            method: Some("first".into()),
+            required: 1,
+            connected: Some(1),
+            waiting: false,
+            problem: None,
+        });
+    }
+    let text = metrics::render(Some(Arc::new(s)), &Counters::new());
+    // The sample names a family declares, by its type.
+    let mut served = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (words.next(), words.next(), words.next(), words.next())
+        {
+            let suffixes: &[&str] = match kind {
+                // Declared with or without its suffix, by version.
+                "counter" if name.ends_with("_total") => &[""],
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                _ => &[""],
+            };
+            served.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+        }
+    }
+    assert!(served.contains("plusmoin_node_lag_bytes"), "{served:?}");
+    assert!(served.contains("plusmoin_events_total"), "{served:?}");
+    for (file, text) in [
+        (
+            "contrib/prometheus/plusmoin-alerts.yml",
+            include_str!("../../contrib/prometheus/plusmoin-alerts.yml"),
+        ),
+        (
+            "contrib/grafana/plusmoin.json",
+            include_str!("../../contrib/grafana/plusmoin.json"),
+        ),
+    ] {
+        let mut used = std::collections::BTreeSet::new();
+        for (at, _) in text.match_indices("plusmoin_") {
+            // A label value (`event!="plusmoin_heartbeat"`) is no metric.
+            if text[..at].ends_with('"') || text[..at].ends_with(|c: char| c.is_alphanumeric()) {
+                continue;
+            }
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            used.insert(name);
+        }
+        assert!(used.len() > 5, "{file}: {used:?}");
+        let missing: Vec<&String> = used.iter().filter(|n| !served.contains(*n)).collect();
+        assert!(
+            missing.is_empty(),
+            "{file} uses metrics /metrics does not serve: {missing:?}\n{served:?}"
+        );
+    }
+}
