@@ -17,6 +17,7 @@ mod pgpool_fixture;
 mod pgpool_safety;
 mod privileges;
 mod probe;
+mod prometheus;
 mod reload;
 mod replication;
 mod sandbox_ops;
