@@ -65,7 +65,7 @@ pub struct Cluster {
     pub master: Option<NodeName>,
     /// Its master's synchronous replication, from the master's last beat
     /// (`None` without a master, or before it said).
-    pub sync: Option<super::sync::SyncView>,
+    pub(crate) sync: Option<super::sync::SyncView>,
 }
 
 /// The whole state: nodes in configuration order, clusters by id.

@@ -213,7 +213,7 @@ impl SyncRule {
 /// The synchronous replication of a cluster, from its master's last
 /// beat.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyncView {
+pub(crate) struct SyncView {
     /// `synchronous_standby_names` as the master gave it.
     pub standby_names: String,
     pub synchronous_commit: String,

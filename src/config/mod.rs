@@ -28,7 +28,7 @@ pub use secrets::permission_warnings;
 pub(crate) use secrets::PasswordSource;
 
 pub use error::ConfigError;
-pub use json::Position;
+pub(crate) use json::Position;
 pub(crate) use validate::did_you_mean;
 
 use crate::cluster::{EventKind, NodeName};
