@@ -51,7 +51,7 @@ pub(crate) struct NodeEntry {
     /// `pg_stat_replication` shows the standby whose `application_name`
     /// is this node's `host:port`; `null` when no single row does.
     #[serde(default)]
-    pub(crate) sync_state: Option<String>,
+    pub(crate) sync_state: Option<std::borrow::Cow<'static, str>>,
     /// When it entered its current state (RFC 3339, UTC).
     pub(crate) since: String,
     /// When it last answered a probe (RFC 3339, UTC).
@@ -72,7 +72,7 @@ impl NodeEntry {
             state: n.place.as_str().to_string(),
             lag: n.lag.map(|l| (l.as_secs_f64() * 1000.0).round() / 1000.0),
             lag_bytes: n.lag_bytes,
-            sync_state: n.sync_state.clone(),
+            sync_state: n.sync_state.map(std::borrow::Cow::Borrowed),
             since: rfc3339(n.since),
             last_seen: n.last_seen.map(rfc3339),
             reason: n.reason.clone(),

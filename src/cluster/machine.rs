@@ -49,7 +49,7 @@ pub struct NodeState {
     /// For a slave its master's `pg_stat_replication` row matched by
     /// `application_name` shows: `sync`, `quorum`, `potential` or `async`;
     /// `None` when no single row matches it (see `replication`).
-    pub sync_state: Option<String>,
+    pub sync_state: Option<&'static str>,
     /// When the node entered its current place.
     pub since: Time,
     /// When the node last answered a probe.

@@ -229,6 +229,8 @@ pub(crate) struct SyncView {
     pub waiting: bool,
     /// Why plusmoin cannot tell, when it cannot.
     pub problem: Option<String>,
+    /// `standby_names` parsed, when it could be.
+    pub(crate) rule: Option<SyncRule>,
 }
 
 impl SyncView {
@@ -242,29 +244,58 @@ impl SyncView {
             connected: None,
             waiting: false,
             problem: None,
+            rule: None,
         };
         match parse_standby_names(&repl.standby_names) {
             Ok(None) => {}
             Ok(Some(rule)) => {
                 view.method = Some(rule.method.as_str());
                 view.required = rule.num;
-                match &repl.walsenders {
-                    Some(ws) => {
-                        let count = rule.check(ws, &repl.synchronous_commit);
-                        view.connected = Some(count.connected);
-                        view.waiting = count.waiting;
-                    }
-                    None => {
-                        view.problem = Some(
-                            "pg_stat_replication shows no columns: grant pg_read_all_stats to plusmoin's user"
-                                .into(),
-                        )
-                    }
-                }
+                view.rule = Some(rule);
+                view.count(repl);
             }
             Err(e) => view.problem = Some(format!("cannot read synchronous_standby_names: {e}")),
         }
         view
+    }
+
+    /// What `repl` says, from `prev`, the view of the master's last beat:
+    /// when its settings are the same, only the standbys are counted again
+    /// (nothing parsed, nothing copied).
+    pub(crate) fn update(prev: Option<SyncView>, repl: &MasterRepl) -> SyncView {
+        match prev {
+            Some(mut v)
+                if v.standby_names == repl.standby_names
+                    && v.synchronous_commit == repl.synchronous_commit =>
+            {
+                if v.rule.is_some() {
+                    v.count(repl);
+                }
+                v
+            }
+            _ => SyncView::of(repl),
+        }
+    }
+
+    /// Counts `repl`'s standbys against the rule.
+    fn count(&mut self, repl: &MasterRepl) {
+        let Some(rule) = &self.rule else { return };
+        match &repl.walsenders {
+            Some(ws) => {
+                let count = rule.check(ws, &repl.synchronous_commit);
+                self.connected = Some(count.connected);
+                self.waiting = count.waiting;
+                self.problem = None;
+            }
+            None => {
+                self.connected = None;
+                self.waiting = false;
+                self.problem = Some(
+                    "pg_stat_replication shows no columns: grant pg_read_all_stats to plusmoin's user"
+                        .into(),
+                );
+            }
+        }
     }
 }
 
@@ -436,6 +467,32 @@ mod tests {
         assert_eq!((v.method, v.required, v.waiting), (None, 0, false));
         repl.standby_names = "a b".into();
         assert!(SyncView::of(&repl).problem.is_some());
+    }
+
+    #[test]
+    fn a_view_updated_with_the_same_settings_counts_again() {
+        let mut repl = MasterRepl {
+            wal: Some(1),
+            standby_names: "FIRST 2 (a, b)".into(),
+            synchronous_commit: "on".into(),
+            walsenders: Some(vec![ws("a", "streaming"), ws("b", "streaming")]),
+        };
+        let v = SyncView::of(&repl);
+        assert!(!v.waiting);
+        repl.walsenders = Some(vec![ws("a", "streaming")]);
+        let v = SyncView::update(Some(v), &repl);
+        assert_eq!((v.connected, v.waiting), (Some(1), true));
+        repl.walsenders = None;
+        let v = SyncView::update(Some(v), &repl);
+        assert!(!v.waiting && v.problem.is_some());
+        // Other settings: read again.
+        repl.walsenders = Some(vec![ws("a", "streaming")]);
+        repl.standby_names = "ANY 1 (a, b)".into();
+        let v = SyncView::update(Some(v), &repl);
+        assert_eq!((v.method, v.required, v.waiting), (Some("any"), 1, false));
+        repl.synchronous_commit = "local".into();
+        repl.walsenders = Some(vec![]);
+        assert!(!SyncView::update(Some(v), &repl).waiting);
     }
 
     #[test]

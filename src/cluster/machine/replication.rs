@@ -12,18 +12,18 @@
 //! for the master's check, which only looks at the master's rows.
 
 use super::super::sync::SyncView;
+use super::super::{MasterRepl, Walsender};
 use super::*;
 
-impl Beat<'_> {
+impl<'a> Beat<'a> {
     /// Runs once slaves are placed and empty clusters dropped. A cluster
     /// whose master has no news keeps its view and its slaves their
     /// states; one without a master has no view (and no event: its
     /// `master_down` said it).
     pub(super) fn sync_checks(&mut self) {
-        // For each cluster whose master has news: its rows by name (`None`
-        // for a name on several rows), or `None` when it shows no rows.
-        type Rows = Option<HashMap<String, Option<String>>>;
-        let mut tables: HashMap<ClusterId, Rows> = HashMap::new();
+        // The clusters whose master has news, with its rows (`None`: it
+        // showed none), to match their slaves against.
+        let mut rows: HashMap<ClusterId, Option<&'a [Walsender]>> = HashMap::new();
         let ids: Vec<ClusterId> = self.next.clusters.keys().copied().collect();
         for id in ids {
             let master = self.next.clusters[&id]
@@ -36,18 +36,18 @@ impl Beat<'_> {
                 }
                 continue;
             };
-            let repl = match self.obs[m] {
+            let repl: Option<&'a MasterRepl> = match self.obs[m] {
                 None => continue,
                 Some(Observation::Master { repl, .. }) => repl.as_deref(),
                 Some(_) => None,
             };
-            let view = repl.map(SyncView::of);
-            let waiting = view.as_ref().is_some_and(|v| v.waiting);
             let Some(cluster) = self.next.clusters.get_mut(&id) else {
                 continue;
             };
-            let was_waiting = cluster.sync.as_ref().is_some_and(|v| v.waiting);
-            cluster.sync = view;
+            let prev = cluster.sync.take();
+            let was_waiting = prev.as_ref().is_some_and(|v| v.waiting);
+            cluster.sync = repl.map(|r| SyncView::update(prev, r));
+            let waiting = cluster.sync.as_ref().is_some_and(|v| v.waiting);
             if waiting != was_waiting {
                 // Also on the first decision: commits waiting when plusmoin
                 // starts are news an operator needs.
@@ -61,34 +61,45 @@ impl Beat<'_> {
                     node: Some(self.next.nodes[m].name.clone()),
                 });
             }
-            let rows = repl.and_then(|r| r.walsenders.as_ref()).map(|ws| {
-                let mut by_name: HashMap<String, Option<String>> = HashMap::new();
-                for w in ws {
-                    by_name
-                        .entry(w.application_name.to_lowercase())
-                        .and_modify(|s| *s = None)
-                        .or_insert_with(|| Some(w.sync_state.clone()));
-                }
-                by_name
-            });
-            tables.insert(id, rows);
+            rows.insert(id, repl.and_then(|r| r.walsenders.as_deref()));
         }
-        if tables.is_empty() {
+        if rows.is_empty() {
             return;
         }
         for node in &mut self.next.nodes {
-            let Some(rows) = node.cluster_id.and_then(|c| tables.get(&c)) else {
+            let Some(ws) = node.cluster_id.and_then(|c| rows.get(&c)) else {
                 continue;
             };
-            node.sync_state = match rows {
-                Some(rows) if node.is_slave && node.place != Place::Master => rows
-                    .get(&node.name.to_string().to_lowercase())
-                    .cloned()
-                    .flatten(),
+            node.sync_state = match ws {
+                Some(ws) if node.is_slave && node.place != Place::Master => matched(ws, &node.name),
                 _ => None,
             };
         }
     }
+}
+
+/// The `sync_state` of the one row whose `application_name` is `name`
+/// (`host:port` as plusmoin writes it, case-insensitively); `None` when no
+/// row, or several, name it. Compared in place: nothing is allocated per
+/// slave.
+fn matched(ws: &[Walsender], name: &NodeName) -> Option<&'static str> {
+    let mut found = None;
+    for w in ws {
+        let Some((host, port)) = name_parts(&w.application_name) else {
+            continue;
+        };
+        if port == name.port && host.eq_ignore_ascii_case(&name.host) {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(
+                ["sync", "quorum", "potential", "async"]
+                    .into_iter()
+                    .find(|s| *s == w.sync_state),
+            );
+        }
+    }
+    found.flatten()
 }
 
 #[cfg(test)]
