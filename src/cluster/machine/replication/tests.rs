@@ -188,7 +188,7 @@ fn sync_lost_and_ok_with_a_plain_list() {
         ["sync_ok(5432)"]
     );
     assert!(!r.sync().waiting);
-    assert_eq!(r.node(5433).sync_state.as_deref(), Some("sync"));
+    assert_eq!(r.node(5433).sync_state, Some("sync"));
     // Unchanged: no event.
     assert!(r.beat(3, (names, &[("db:5433", "sync")]), &[3]).is_empty());
     // Another standby does not stand in for the one named.
@@ -210,7 +210,7 @@ fn first_n_counts_every_one_it_needs() {
         ("db:5435", "potential"),
     ];
     assert!(r.beat(1, (names, all), &[1, 1, 1]).is_empty());
-    assert_eq!(r.node(5435).sync_state.as_deref(), Some("potential"));
+    assert_eq!(r.node(5435).sync_state, Some("potential"));
     // One of three gone: two remain, enough.
     assert!(r
         .beat(
@@ -234,7 +234,7 @@ fn any_n_is_a_quorum() {
     let names = "ANY 1 (\"db:5433\", \"db:5434\")";
     let both: &[(&str, &str)] = &[("db:5433", "quorum"), ("db:5434", "quorum")];
     assert!(r.beat(1, (names, both), &[1, 1]).is_empty());
-    assert_eq!(r.node(5434).sync_state.as_deref(), Some("quorum"));
+    assert_eq!(r.node(5434).sync_state, Some("quorum"));
     // Losing one of the two gives nothing.
     assert!(r
         .beat(2, (names, &[("db:5434", "quorum")]), &[2, 2])
@@ -290,7 +290,7 @@ fn a_standby_matched_by_no_single_row_has_no_sync_state() {
         &[1, 1],
     );
     assert_eq!(r.node(5433).sync_state, None);
-    assert_eq!(r.node(5434).sync_state.as_deref(), Some("potential"));
+    assert_eq!(r.node(5434).sync_state, Some("potential"));
     assert_eq!(r.node(5432).sync_state, None, "a master has none");
     assert_eq!(
         r.sync().connected,
