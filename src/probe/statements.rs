@@ -440,6 +440,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn walsenders_are_read_from_json_and_nulls_are_unknown() {
+        let ws = walsenders_of(r#"[["db2:5432","streaming","sync"],["x\ny","catchup","async"]]"#)
+            .expect("read");
+        assert_eq!(ws.len(), 2);
+        assert_eq!(
+            (
+                ws[0].application_name.as_str(),
+                ws[0].state.as_str(),
+                ws[0].sync_state.as_str()
+            ),
+            ("db2:5432", "streaming", "sync")
+        );
+        // What a server says is one inert line.
+        assert!(!ws[1].application_name.contains('\n'), "{:?}", ws[1]);
+        // Without pg_read_all_stats the columns are NULL: unknown.
+        assert_eq!(walsenders_of(r#"[[null,null,null]]"#), None);
+        assert_eq!(walsenders_of(r#"[["a","streaming",null]]"#), None);
+        assert_eq!(walsenders_of("not json"), None);
+        assert_eq!(walsenders_of("[]"), Some(Vec::new()));
+    }
+
+    #[test]
     fn role_columns() {
         assert_eq!(role_columns_reason(&[&Type::BOOL]), None);
         let text = role_columns_reason(&[&Type::TEXT]).unwrap();
