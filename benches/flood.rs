@@ -39,10 +39,18 @@ fn publish(publisher: &Publisher) {
     let policy = Policy {
         max_sync_delay: Duration::from_secs(10),
         recover_sync_delay: Duration::from_secs(5),
+        max_lag_bytes: None,
+        recover_lag_bytes: None,
     };
     let now = Time::now();
     let db = NodeName::new("db", 5432);
-    let obs = [(db.clone(), Observation::Master { wrote_at: now })];
+    let obs = [(
+        db.clone(),
+        Observation::Master {
+            wrote_at: now,
+            repl: None,
+        },
+    )];
     let state = decide(State::default(), &[db], &obs, now, &policy, true).state;
     let status = Status::new(&state, "flood", now, Duration::from_secs(3600));
     publisher.publish(Arc::new(status), &HashSet::new());

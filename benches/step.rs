@@ -15,13 +15,18 @@ fn observations(names: &[NodeName], per_cluster: usize, k: i64) -> Vec<(NodeName
         .map(|(i, name)| {
             let leader = i - i % per_cluster;
             let obs = if i == leader {
-                Observation::Master { wrote_at: now }
+                Observation::Master {
+                    wrote_at: now,
+                    repl: None,
+                }
             } else {
                 Observation::Slave {
                     heartbeat: Some(Heartbeat {
                         master_name: names[leader].to_string(),
                         cluster_id: Some((i / per_cluster) as u32),
                         written_at: Time((k - 1) * 1_000_000),
+                        received: None,
+                        replayed: None,
                     }),
                 }
             };
@@ -52,6 +57,8 @@ fn measure(clusters: usize, per_cluster: usize, budget: Duration, max_iter: usiz
     let policy = Policy {
         max_sync_delay: Duration::from_secs(120),
         recover_sync_delay: Duration::from_secs(60),
+        max_lag_bytes: None,
+        recover_lag_bytes: None,
     };
     let mut state = State::default();
     // Two beats to reach the steady state (founded clusters, slaves in sync).

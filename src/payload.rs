@@ -43,6 +43,15 @@ pub(crate) struct NodeEntry {
     pub(crate) state: String,
     /// Seconds behind its cluster's master, for a slave seen replaying.
     pub(crate) lag: Option<f64>,
+    /// Bytes of WAL behind its cluster's master (the master's position at
+    /// the beat minus its replay position), when both were read.
+    #[serde(default)]
+    pub(crate) lag_bytes: Option<u64>,
+    /// `sync`, `quorum`, `potential` or `async`, as the master's
+    /// `pg_stat_replication` shows the standby whose `application_name`
+    /// is this node's `host:port`; `null` when no single row does.
+    #[serde(default)]
+    pub(crate) sync_state: Option<std::borrow::Cow<'static, str>>,
     /// When it entered its current state (RFC 3339, UTC).
     pub(crate) since: String,
     /// When it last answered a probe (RFC 3339, UTC).
@@ -62,6 +71,8 @@ impl NodeEntry {
             name: n.name.to_string(),
             state: n.place.as_str().to_string(),
             lag: n.lag.map(|l| (l.as_secs_f64() * 1000.0).round() / 1000.0),
+            lag_bytes: n.lag_bytes,
+            sync_state: n.sync_state.map(std::borrow::Cow::Borrowed),
             since: rfc3339(n.since),
             last_seen: n.last_seen.map(rfc3339),
             reason: n.reason.clone(),
@@ -104,6 +115,46 @@ pub(crate) struct TriggerPayload {
     /// …and its time (RFC 3339, UTC), the record's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) event_time: Option<String>,
+    /// The cluster's synchronous replication (what `sync_lost` and
+    /// `sync_ok` are about); absent before its master said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) sync: Option<SyncEntry>,
+}
+
+/// A cluster's synchronous replication, from its master's last beat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SyncEntry {
+    /// The master's `synchronous_standby_names`, as it gave it.
+    pub(crate) standby_names: String,
+    /// The master's `synchronous_commit`.
+    pub(crate) synchronous_commit: String,
+    /// `first` or `any`; `null` without synchronous standbys.
+    pub(crate) method: Option<String>,
+    /// How many synchronous standbys commits wait for.
+    pub(crate) required: u32,
+    /// How many of the standbys named are connected and streaming;
+    /// `null` when the master does not show them.
+    pub(crate) connected: Option<u32>,
+    /// Commits on the master wait on missing synchronous standbys.
+    pub(crate) waiting: bool,
+    /// Why plusmoin cannot tell, when it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) problem: Option<String>,
+}
+
+impl SyncEntry {
+    fn of(state: &State, cluster: ClusterId) -> Option<SyncEntry> {
+        let v = state.clusters.get(&cluster)?.sync.as_ref()?;
+        Some(SyncEntry {
+            standby_names: crate::text::escape_controls(&v.standby_names),
+            synchronous_commit: crate::text::escape_controls(&v.synchronous_commit),
+            method: v.method.map(str::to_string),
+            required: v.required,
+            connected: v.connected,
+            waiting: v.waiting,
+            problem: v.problem.clone(),
+        })
+    }
 }
 
 impl TriggerPayload {
@@ -125,6 +176,7 @@ impl TriggerPayload {
             event: event.as_str().to_string(),
             event_id: None,
             event_time: None,
+            sync: SyncEntry::of(state, cluster),
         }
     }
 }
@@ -136,6 +188,9 @@ pub(crate) struct ClusterStatus {
     pub(crate) master: Option<NodeEntry>,
     pub(crate) slaves: Vec<NodeEntry>,
     pub(crate) lost: Vec<NodeEntry>,
+    /// See [`TriggerPayload::sync`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) sync: Option<SyncEntry>,
 }
 
 /// The status file (README "Status").
@@ -241,6 +296,7 @@ impl Status {
                     master: None,
                     slaves: Vec::new(),
                     lost: Vec::new(),
+                    sync: SyncEntry::of(state, c.id),
                 };
                 (c.id, status)
             })
@@ -293,12 +349,20 @@ mod tests {
         let policy = Policy {
             max_sync_delay: Duration::from_secs(10),
             recover_sync_delay: Duration::from_secs(5),
+            max_lag_bytes: None,
+            recover_lag_bytes: None,
         };
         let n = |p| NodeName::new("db", p);
         let t0 = Time(1_700_000_000_000_000);
         let obs = |slave2: Observation| {
             vec![
-                (n(5432), Observation::Master { wrote_at: t0 }),
+                (
+                    n(5432),
+                    Observation::Master {
+                        wrote_at: t0,
+                        repl: None,
+                    },
+                ),
                 (
                     n(5433),
                     Observation::Slave {
@@ -306,6 +370,8 @@ mod tests {
                             master_name: "db:5432".into(),
                             cluster_id: Some(0),
                             written_at: t0,
+                            received: None,
+                            replayed: None,
                         }),
                     },
                 ),
@@ -323,6 +389,8 @@ mod tests {
                 master_name: "db:5432".into(),
                 cluster_id: Some(0),
                 written_at: t0,
+                received: None,
+                replayed: None,
             }),
         };
         let (s, _) = step(&State::default(), &obs(up), t0, &policy);
@@ -351,7 +419,8 @@ mod tests {
         json!({
             "host": "db", "port": port, "cluster_id": cluster, "is_slave": slave,
             "master_name": master_name, "name": format!("db:{port}"), "state": state,
-            "lag": lag, "since": "2023-11-14T22:13:20.000Z", "last_seen": last_seen,
+            "lag": lag, "lag_bytes": null, "sync_state": null,
+            "since": "2023-11-14T22:13:20.000Z", "last_seen": last_seen,
             "reason": reason,
         })
     }

@@ -431,14 +431,16 @@ pub(crate) fn table(status: &Status) -> String {
     out
 }
 
-/// The table's rows, its header first: cluster, node, role, lag, since,
-/// note.
-pub(crate) fn table_rows(status: &Status) -> Vec<[String; 6]> {
-    let mut rows: Vec<[String; 6]> = vec![[
+/// The table's rows, its header first: cluster, node, role, lag,
+/// lag in bytes, sync state, since, note.
+pub(crate) fn table_rows(status: &Status) -> Vec<[String; 8]> {
+    let mut rows: Vec<[String; 8]> = vec![[
         "CLUSTER".into(),
         "NODE".into(),
         "ROLE".into(),
         "LAG".into(),
+        "LAG BYTES".into(),
+        "SYNC".into(),
         "SINCE".into(),
         "NOTE".into(),
     ]];
@@ -464,6 +466,13 @@ pub(crate) fn table_rows(status: &Status) -> Vec<[String; 6]> {
             n.lag
                 .map(|l| format!("{l:.1}s"))
                 .unwrap_or_else(|| "-".into()),
+            n.lag_bytes
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "-".into()),
+            n.sync_state
+                .as_deref()
+                .map(escape_controls)
+                .unwrap_or_else(|| "-".into()),
             escape_controls(&n.since),
             escape_controls(&note),
         ]
@@ -475,6 +484,8 @@ pub(crate) fn table_rows(status: &Status) -> Vec<[String; 6]> {
                 id.clone(),
                 "-".into(),
                 "master".into(),
+                "-".into(),
+                "-".into(),
                 "-".into(),
                 "-".into(),
                 "no master".into(),
@@ -492,8 +503,8 @@ pub(crate) fn table_rows(status: &Status) -> Vec<[String; 6]> {
 
 /// `rows` aligned in columns, one line each. With `marked`, every line
 /// begins with a mark column: `*` for the rows of those indexes.
-pub(crate) fn format_rows(rows: &[[String; 6]], marked: Option<&[usize]>) -> String {
-    let mut widths = [0usize; 6];
+pub(crate) fn format_rows(rows: &[[String; 8]], marked: Option<&[usize]>) -> String {
+    let mut widths = [0usize; 8];
     for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
@@ -519,6 +530,28 @@ pub(crate) fn format_rows(rows: &[[String; 6]], marked: Option<&[usize]>) -> Str
 /// wrote it.
 pub(crate) fn table_notes(status: &Status) -> String {
     let mut out = String::new();
+    for c in &status.clusters {
+        match &c.sync {
+            Some(s) if s.waiting => out.push_str(&format!(
+                "cluster {}: commits wait: {} of {} synchronous standbys connected \
+                 (synchronous_standby_names {:?})\n",
+                c.cluster_id,
+                s.connected.unwrap_or_default(),
+                s.required,
+                escape_controls(&s.standby_names)
+            )),
+            Some(s) => {
+                if let Some(p) = &s.problem {
+                    out.push_str(&format!(
+                        "cluster {}: synchronous standbys unknown: {}\n",
+                        c.cluster_id,
+                        escape_controls(p)
+                    ));
+                }
+            }
+            None => {}
+        }
+    }
     for (node, why) in &status.primary_refused {
         out.push_str(&format!(
             "not routed to (/primary 503): {}: {}\n",

@@ -77,10 +77,27 @@ async fn master_and_slaves(is_slave_statement: &str) {
 
     let wrote = Time::from_secs_f64(1_700_000_000.25);
     let out = probe_once(&mut p, &targets(&pg, &[0]), wrote).await;
-    assert_eq!(
-        out[0],
-        (master.clone(), Observation::Master { wrote_at: wrote })
-    );
+    assert_eq!(out[0].0, master);
+    assert_eq!(written_at(&out[0].1), Some(wrote));
+    // The write answered the master's WAL position and replication: two
+    // slaves streaming, neither waited on.
+    let Observation::Master {
+        repl: Some(repl), ..
+    } = &out[0].1
+    else {
+        panic!("no replication answered: {:?}", out[0].1);
+    };
+    let written_wal = repl.wal.expect("a WAL position");
+    assert!(written_wal > 0);
+    assert_eq!(repl.standby_names, "ANY 1 (*)");
+    let names: Vec<&str> = repl
+        .walsenders
+        .as_ref()
+        .expect("its standbys")
+        .iter()
+        .map(|w| w.application_name.as_str())
+        .collect();
+    assert_eq!(names, [pg.name(1).to_string(), pg.name(2).to_string()]);
     let written = Instant::now();
 
     // The slave without lag replays the write at once, with its master's
@@ -95,6 +112,9 @@ async fn master_and_slaves(is_slave_statement: &str) {
     assert_eq!(hb.master_name, master.to_string());
     assert_eq!(hb.cluster_id, Some(7));
     assert_eq!(hb.written_at, wrote);
+    // With the row, the WAL position of the write it came with.
+    assert_eq!(hb.replayed, Some(written_wal));
+    assert_eq!(hb.received, Some(written_wal));
     if written.elapsed() < lag {
         assert_eq!(out[1].1, Observation::Slave { heartbeat: None });
     }
@@ -171,7 +191,7 @@ async fn frozen_is_down_at_the_deadline_and_refusing_quickly() {
         }
     );
     assert!(matches!(out[1].1, Observation::Down { .. }));
-    assert_eq!(out[2].1, Observation::Master { wrote_at: Time(2) });
+    assert_eq!(written_at(&out[2].1), Some(Time(2)));
     assert_eq!(p.connections_held(), 1);
 }
 
@@ -183,7 +203,7 @@ async fn faults_change_at_run_time_and_slow_answers_past_the_deadline_are_down()
     let mut p = prober(Duration::from_millis(400));
     let all = targets(&pg, &[0, 1]);
     let out = probe_once(&mut p, &all, Time(1)).await;
-    assert_eq!(out[0].1, Observation::Master { wrote_at: Time(1) });
+    assert_eq!(written_at(&out[0].1), Some(Time(1)));
     assert!(matches!(out[1].1, Observation::Slave { .. }));
 
     // Slow within the deadline: still answers.
@@ -222,7 +242,7 @@ async fn faults_change_at_run_time_and_slow_answers_past_the_deadline_are_down()
     // Thawed: answers again on a new connection.
     pg.set_fault(0, Fault::None);
     let out = probe_once(&mut p, &all, Time(6)).await;
-    assert_eq!(out[0].1, Observation::Master { wrote_at: Time(6) });
+    assert_eq!(written_at(&out[0].1), Some(Time(6)));
 }
 
 /// The holds are read from the first node that answers, as from a server
@@ -282,7 +302,7 @@ async fn a_slave_costs_one_statement_with_the_default_role_statement() {
     // the master's write of the last beat, or of this one if it came
     // first (the nodes are probed at once); the other has no row yet.
     let check = |t: i64, obs: &[Observation]| {
-        assert_eq!(obs[0], Observation::Master { wrote_at: Time(t) });
+        assert_eq!(written_at(&obs[0]), Some(Time(t)));
         match &obs[1] {
             Observation::Slave {
                 heartbeat: Some(hb),
@@ -317,5 +337,13 @@ async fn a_slave_costs_one_statement_with_the_default_role_statement() {
             check(t, &obs);
             assert_eq!(spent, expected, "{what}");
         }
+    }
+}
+
+/// The heartbeat time of a master's observation; `None` for any other.
+fn written_at(o: &Observation) -> Option<Time> {
+    match o {
+        Observation::Master { wrote_at, .. } => Some(*wrote_at),
+        _ => None,
     }
 }

@@ -5,6 +5,8 @@
 use super::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+mod replication;
+
 /// Where a node stands: master or slave (in sync) of a cluster, lost (a
 /// member of a cluster, but down or out of sync), or clusterless.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -41,6 +43,13 @@ pub struct NodeState {
     pub master_name: Option<String>,
     /// For a slave: how far behind its cluster's master it was last seen.
     pub lag: Option<Duration>,
+    /// For a slave: how many bytes of WAL it had still to replay, its
+    /// cluster master's position at the beat minus its replay position.
+    pub lag_bytes: Option<u64>,
+    /// For a slave its master's `pg_stat_replication` row matched by
+    /// `application_name` shows: `sync`, `quorum`, `potential` or `async`;
+    /// `None` when no single row matches it (see `replication`).
+    pub sync_state: Option<&'static str>,
     /// When the node entered its current place.
     pub since: Time,
     /// When the node last answered a probe.
@@ -54,6 +63,9 @@ pub struct NodeState {
 pub struct Cluster {
     pub id: ClusterId,
     pub master: Option<NodeName>,
+    /// Its master's synchronous replication, from the master's last beat
+    /// (`None` without a master, or before it said).
+    pub(crate) sync: Option<super::sync::SyncView>,
 }
 
 /// The whole state: nodes in configuration order, clusters by id.
@@ -66,6 +78,9 @@ pub struct State {
     pub nodes: Vec<NodeState>,
     /// The heartbeat time plusmoin last wrote on each master, by master name.
     pub(crate) last_written: BTreeMap<String, Time>,
+    /// The WAL position each master was at after that write, by master
+    /// name.
+    pub(crate) last_wal: BTreeMap<String, u64>,
 }
 
 impl State {
@@ -186,6 +201,7 @@ pub fn decide(
         clusters,
         nodes: prev_nodes,
         last_written,
+        last_wal,
         ..
     } = prev;
     // Lookups by name go through a map built once per step, so that a step
@@ -254,8 +270,10 @@ pub fn decide(
             clusters,
             nodes: next_nodes,
             last_written,
+            last_wal,
         },
         written: vec![None; names.len()],
+        wal_written: vec![None; names.len()],
         events: Vec::new(),
         by_node,
         led: Vec::new(),
@@ -266,6 +284,7 @@ pub fn decide(
     beat.masters();
     beat.others();
     beat.drop_empty_clusters();
+    beat.sync_checks();
     beat.record_writes();
     let Beat {
         mut next,
@@ -289,8 +308,9 @@ pub fn decide(
             node: None,
         }));
     }
-    next.last_written
-        .retain(|name, _| name_parts(name).is_some_and(|k| by_node.contains_key(&k)));
+    let known = |name: &String| name_parts(name).is_some_and(|k| by_node.contains_key(&k));
+    next.last_written.retain(|name, _| known(name));
+    next.last_wal.retain(|name, _| known(name));
     Decision {
         state: next,
         changed: changed || !events.is_empty(),
@@ -309,6 +329,8 @@ impl NodeState {
             is_slave: false,
             master_name: None,
             lag: None,
+            lag_bytes: None,
+            sync_state: None,
             since: now,
             last_seen: None,
             reason: Some("not probed yet".into()),
@@ -333,6 +355,8 @@ struct Beat<'a> {
     next: State,
     /// The heartbeat each master wrote in this decision's news.
     written: Vec<Option<Time>>,
+    /// The WAL position each master gave with that write.
+    wal_written: Vec<Option<u64>>,
     events: Vec<Event>,
     /// Index of each node (the first, should a name repeat) by host and
     /// port.
@@ -384,8 +408,9 @@ impl Beat<'_> {
     /// "How it works", step 3).
     fn masters(&mut self) {
         for (i, obs) in self.obs.iter().enumerate() {
-            if let Some(Observation::Master { wrote_at }) = obs {
+            if let Some(Observation::Master { wrote_at, repl }) = obs {
                 self.written[i] = Some(*wrote_at);
+                self.wal_written[i] = repl.as_ref().and_then(|r| r.wal);
             }
         }
         let mut founders = Vec::new();
@@ -455,7 +480,14 @@ impl Beat<'_> {
             }
             let id = self.next.next_cluster_id;
             self.next.next_cluster_id += 1;
-            self.next.clusters.insert(id, Cluster { id, master: None });
+            self.next.clusters.insert(
+                id,
+                Cluster {
+                    id,
+                    master: None,
+                    sync: None,
+                },
+            );
             self.set_master(m, id);
             self.emit(EventKind::MasterUp, id, m);
         }
@@ -471,6 +503,8 @@ impl Beat<'_> {
             self.changed = true;
         }
         node.lag = None;
+        node.lag_bytes = None;
+        node.sync_state = None;
         node.last_seen = Some(self.now);
         node.reason = None;
         let name = node.name.clone();
@@ -530,7 +564,7 @@ impl Beat<'_> {
         // (the name's text and the node's are the same exactly when they
         // name the same node).
         let own = replays == Some(Some(i));
-        let lag = match (target, heartbeat, replays) {
+        let (lag, lag_bytes) = match (target, heartbeat, replays) {
             (Some(t), Some(hb), Some(Some(followed))) if !own => {
                 let reference = self.next.clusters[&t]
                     .master
@@ -539,15 +573,25 @@ impl Beat<'_> {
                     .unwrap_or(followed);
                 let text = self.next.nodes[reference].name.to_string();
                 // `last_written` still holds the writes known before this
-                // decision; `written`, this decision's.
-                self.next
+                // decision; `written`, this decision's. The same for the
+                // WAL positions: the master's position at this beat.
+                let lag = self
+                    .next
                     .last_written
                     .get(&text)
                     .copied()
                     .or(self.written[reference])
-                    .map(|w| w.since(hb.written_at))
+                    .map(|w| w.since(hb.written_at));
+                let wal = self
+                    .next
+                    .last_wal
+                    .get(&text)
+                    .copied()
+                    .or(self.wal_written[reference]);
+                let bytes = wal.zip(hb.replayed).map(|(w, r)| w.saturating_sub(r));
+                (lag, bytes)
             }
-            _ => None,
+            _ => (None, None),
         };
         let before = self.before[i];
         let stayed_slave = before == Some((Place::Slave, target));
@@ -556,12 +600,22 @@ impl Beat<'_> {
         } else {
             self.policy.recover_sync_delay
         };
-        let in_sync = lag.is_some_and(|l| l <= limit);
+        let byte_limit = if self.first || stayed_slave {
+            self.policy.max_lag_bytes
+        } else {
+            self.policy.recover_lag_bytes.or(self.policy.max_lag_bytes)
+        };
+        // The byte rule, when set, judges only a lag in bytes it knows.
+        let bytes_over = byte_limit
+            .zip(lag_bytes)
+            .filter(|&(max, bytes)| bytes > max)
+            .map(|(max, _)| max);
+        let in_sync = lag.is_some_and(|l| l <= limit) && bytes_over.is_none();
         let reason = match (heartbeat, lag) {
             (None, _) => Some("no heartbeat row replayed yet".to_string()),
             (Some(_), _) if own => Some("replays its own heartbeat: follows no master".to_string()),
             (Some(hb), None) => Some(format!("follows unknown master {}", hb.master_name)),
-            (Some(_), Some(l)) if !in_sync => Some(format!(
+            (Some(_), Some(l)) if l > limit => Some(format!(
                 "lag {:.1} s is over {} {:.1} s",
                 l.as_secs_f64(),
                 if limit == self.policy.max_sync_delay {
@@ -570,6 +624,16 @@ impl Beat<'_> {
                     "recover_sync_delay"
                 },
                 limit.as_secs_f64()
+            )),
+            (Some(_), Some(_)) if !in_sync => Some(format!(
+                "lag {} bytes is over {} {} bytes",
+                lag_bytes.unwrap_or_default(),
+                if byte_limit == self.policy.max_lag_bytes {
+                    "max_lag_bytes"
+                } else {
+                    "recover_lag_bytes"
+                },
+                bytes_over.unwrap_or_default()
             )),
             _ => None,
         };
@@ -582,6 +646,7 @@ impl Beat<'_> {
                 self.changed = true;
             }
             node.lag = lag;
+            node.lag_bytes = lag_bytes;
             node.last_seen = Some(self.now);
             node.reason = reason;
         }
@@ -606,6 +671,8 @@ impl Beat<'_> {
     fn down(&mut self, i: usize, reason: &str) {
         let node = &mut self.next.nodes[i];
         node.lag = None;
+        node.lag_bytes = None;
+        node.sync_state = None;
         node.reason = Some(reason.to_string());
         match node.place {
             Place::Slave => {
@@ -654,6 +721,10 @@ impl Beat<'_> {
         for (i, w) in self.written.iter().enumerate() {
             if let Some(w) = w {
                 let name = self.next.nodes[i].name.to_string();
+                match self.wal_written[i] {
+                    Some(wal) => self.next.last_wal.insert(name.clone(), wal),
+                    None => self.next.last_wal.remove(&name),
+                };
                 self.next.last_written.insert(name, *w);
             }
         }
@@ -662,41 +733,4 @@ impl Beat<'_> {
 
 /// The old conveniences over [`decide`], for unit tests only.
 #[cfg(test)]
-pub(crate) mod testing {
-    use super::*;
-
-    /// Clusters of `prev` that `next` no longer has, in id order.
-    pub(crate) fn dropped_clusters(prev: &State, next: &State) -> Vec<ClusterId> {
-        prev.clusters
-            .keys()
-            .filter(|id| !next.clusters.contains_key(id))
-            .copied()
-            .collect()
-    }
-
-    /// A beat's decision with news for every node: `observations` are the
-    /// whole configuration, in order.
-    pub(crate) fn step(
-        prev: &State,
-        observations: &[(NodeName, Observation)],
-        now: Time,
-        policy: &Policy,
-    ) -> (State, Vec<Event>) {
-        let names: Vec<NodeName> = observations.iter().map(|(n, _)| n.clone()).collect();
-        let d = decide(prev.clone(), &names, observations, now, policy, true);
-        (d.state, d.events)
-    }
-
-    /// [`decide`] on a copy of `prev`.
-    pub(crate) fn step_news(
-        prev: &State,
-        nodes: &[NodeName],
-        news: &[(NodeName, Observation)],
-        now: Time,
-        policy: &Policy,
-        tick: bool,
-    ) -> (State, Vec<Event>) {
-        let d = decide(prev.clone(), nodes, news, now, policy, tick);
-        (d.state, d.events)
-    }
-}
+pub(crate) mod testing;

@@ -13,8 +13,10 @@ use std::time::Duration;
 
 mod machine;
 mod primary;
+mod sync;
 pub use machine::*;
 pub(crate) use primary::{PrimaryGuard, Refusal};
+pub(crate) use sync::parse_size;
 
 /// A node as written in the configuration: `host:port` is its name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -104,6 +106,39 @@ pub struct Heartbeat {
     pub cluster_id: Option<ClusterId>,
     /// plusmoin's clock when it wrote the row.
     pub written_at: Time,
+    /// The WAL position the slave has received, read with the row
+    /// (`pg_last_wal_receive_lsn()`, in bytes from `0/0`); `None` when the
+    /// server did not say.
+    pub received: Option<u64>,
+    /// The WAL position the slave has replayed (`pg_last_wal_replay_lsn()`,
+    /// in bytes): its lag in bytes is its master's position at the beat
+    /// minus this one.
+    pub replayed: Option<u64>,
+}
+
+/// What a master's heartbeat write read along with it, in the same
+/// statement: its WAL position and how it replicates synchronously.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterRepl {
+    /// `pg_current_wal_lsn()` just after the write, in bytes from `0/0`.
+    pub wal: Option<u64>,
+    /// The master's `synchronous_standby_names`, as it gave it.
+    pub standby_names: String,
+    /// The master's `synchronous_commit`, as a new session gets it.
+    pub synchronous_commit: String,
+    /// Its `pg_stat_replication` rows; `None` when it showed them without
+    /// their columns (plusmoin's user lacks `pg_read_all_stats`).
+    pub walsenders: Option<Vec<Walsender>>,
+}
+
+/// One `pg_stat_replication` row: a standby streaming from the master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Walsender {
+    pub application_name: String,
+    /// `streaming`, `catchup`, `startup`, `backup` or `stopping`.
+    pub state: String,
+    /// `sync`, `quorum`, `potential` or `async`.
+    pub sync_state: String,
 }
 
 /// What one probe of one node found during one beat.
@@ -111,14 +146,21 @@ pub struct Heartbeat {
 pub enum Observation {
     /// Unreachable, refused, timed out, or answered nonsense.
     Down { reason: String },
-    /// Not in recovery, and the heartbeat was written with `wrote_at`.
-    Master { wrote_at: Time },
+    /// Not in recovery, and the heartbeat was written with `wrote_at`;
+    /// `repl` is what the write read along with it (`None`: nothing, as
+    /// from a server that could not say).
+    Master {
+        wrote_at: Time,
+        repl: Option<Box<MasterRepl>>,
+    },
     /// In recovery. `heartbeat` is `None` while the table or this instance's
     /// row has not reached the slave yet.
     Slave { heartbeat: Option<Heartbeat> },
 }
 
-/// The six triggers, which are also the events (README, "Triggers").
+/// The triggers, which are also the events (README, "Triggers"): the
+/// original six, then `sync_lost` and `sync_ok` (a master's commits wait
+/// on missing synchronous standbys, and no longer do).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum EventKind {
     PlusmoinUp,
@@ -127,16 +169,20 @@ pub enum EventKind {
     SlaveDown,
     SlaveUp,
     PlusmoinHeartbeat,
+    SyncLost,
+    SyncOk,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 8] = [
         EventKind::PlusmoinUp,
         EventKind::MasterDown,
         EventKind::MasterUp,
         EventKind::SlaveDown,
         EventKind::SlaveUp,
         EventKind::PlusmoinHeartbeat,
+        EventKind::SyncLost,
+        EventKind::SyncOk,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -146,6 +192,8 @@ impl EventKind {
             EventKind::SlaveDown => "slave_down",
             EventKind::SlaveUp => "slave_up",
             EventKind::PlusmoinHeartbeat => "plusmoin_heartbeat",
+            EventKind::SyncLost => "sync_lost",
+            EventKind::SyncOk => "sync_ok",
         }
     }
 }
@@ -171,18 +219,24 @@ impl FromStr for EventKind {
 pub struct Event {
     pub kind: EventKind,
     pub cluster_id: ClusterId,
-    /// The node the event is about; `None` for `plusmoin_up` and
-    /// `plusmoin_heartbeat`.
+    /// The node the event is about (the master for `sync_lost` and
+    /// `sync_ok`); `None` for `plusmoin_up` and `plusmoin_heartbeat`.
     pub node: Option<NodeName>,
 }
 
 /// The sync limits: a slave in sync is lost once its lag exceeds
 /// `max_sync_delay`, and a lost one is back in sync only once its lag is
 /// within `recover_sync_delay`, so a slave near the limit does not flap.
+/// The same with bytes when `max_lag_bytes` is set: lost once its lag in
+/// bytes exceeds it, back once within `recover_lag_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
     pub max_sync_delay: Duration,
     pub recover_sync_delay: Duration,
+    /// `None` (the default): no byte rule.
+    pub max_lag_bytes: Option<u64>,
+    /// Taken only with `max_lag_bytes`; at most it.
+    pub recover_lag_bytes: Option<u64>,
 }
 
 #[cfg(test)]

@@ -39,6 +39,8 @@ impl Sim {
             policy: Policy {
                 max_sync_delay: Duration::from_secs(10),
                 recover_sync_delay: Duration::from_secs(5),
+                max_lag_bytes: None,
+                recover_lag_bytes: None,
             },
         }
     }
@@ -125,7 +127,10 @@ impl Sim {
 /// `o` as probed at `now`: a master writes `now`.
 fn observe(o: O, now: Time) -> Observation {
     match o {
-        M => Observation::Master { wrote_at: now },
+        M => Observation::Master {
+            wrote_at: now,
+            repl: None,
+        },
         S(master, behind) => slave_row(master, Time(now.0 - behind * BEAT)),
         SNone => Observation::Slave { heartbeat: None },
         D => Observation::Down {
@@ -141,6 +146,8 @@ fn slave_row(master: u16, written_at: Time) -> Observation {
             master_name: name(master).to_string(),
             cluster_id: None,
             written_at,
+            received: None,
+            replayed: None,
         }),
     }
 }
@@ -691,7 +698,13 @@ fn news_master_write_stepped_first_then_slave_read_lag_is_write_minus_row() {
     let t2 = sim.now;
     let ev = sim.news(
         &[5432, 5433, 5434],
-        vec![(name(5432), Observation::Master { wrote_at: t2 })],
+        vec![(
+            name(5432),
+            Observation::Master {
+                wrote_at: t2,
+                repl: None,
+            },
+        )],
         false,
     );
     assert!(ev.is_empty(), "{ev:?}");
@@ -725,7 +738,13 @@ fn news_slave_read_with_its_masters_newer_write_is_compared_with_the_previous_wr
     sim.news(
         &[5432, 5433, 5434],
         vec![
-            (name(5432), Observation::Master { wrote_at: t2 }),
+            (
+                name(5432),
+                Observation::Master {
+                    wrote_at: t2,
+                    repl: None,
+                },
+            ),
             (name(5433), slave_row(5432, t1)),
         ],
         true,
@@ -752,7 +771,13 @@ fn news_node_without_news_keeps_everything() {
     assert_eq!(lost.reason.as_deref(), Some("connection refused"));
     for k in 0..5 {
         sim.wait(BEAT / 4);
-        let news = vec![(name(5432), Observation::Master { wrote_at: sim.now })];
+        let news = vec![(
+            name(5432),
+            Observation::Master {
+                wrote_at: sim.now,
+                repl: None,
+            },
+        )];
         sim.news(&[5432, 5433, 5434], news, k % 2 == 0);
         assert_eq!(
             sim.node(5434),
@@ -790,7 +815,13 @@ fn news_master_without_news_keeps_its_cluster() {
     // that answered.
     let ev = sim.news(
         &[5432, 5433, 5434],
-        vec![(name(5434), Observation::Master { wrote_at: sim.now })],
+        vec![(
+            name(5434),
+            Observation::Master {
+                wrote_at: sim.now,
+                repl: None,
+            },
+        )],
         false,
     );
     assert_eq!(ev, ["slave_down(0, 5434)", "master_up(1, 5434)"]);
@@ -952,8 +983,9 @@ mod properties {
         let rank = |k: EventKind| match k {
             EventKind::MasterDown | EventKind::MasterUp => 0,
             EventKind::SlaveDown | EventKind::SlaveUp => 1,
-            EventKind::PlusmoinUp => 2,
-            EventKind::PlusmoinHeartbeat => 3,
+            EventKind::SyncLost | EventKind::SyncOk => 2,
+            EventKind::PlusmoinUp => 3,
+            EventKind::PlusmoinHeartbeat => 4,
         };
         let mut last: BTreeMap<ClusterId, u8> = BTreeMap::new();
         events.iter().all(|e| {

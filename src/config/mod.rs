@@ -28,7 +28,7 @@ pub use secrets::permission_warnings;
 pub(crate) use secrets::PasswordSource;
 
 pub use error::ConfigError;
-pub use json::Position;
+pub(crate) use json::Position;
 pub(crate) use validate::did_you_mean;
 
 use crate::cluster::{EventKind, NodeName};
@@ -347,6 +347,9 @@ pub struct Config {
     pub(crate) heartbeat: Duration,
     pub(crate) max_sync_delay: Duration,
     pub(crate) recover_sync_delay: Duration,
+    /// The byte rule of the slaves (off by default).
+    pub(crate) max_lag_bytes: Option<u64>,
+    pub(crate) recover_lag_bytes: Option<u64>,
     pub(crate) nodes: Vec<NodeConfig>,
     pub(crate) triggers: BTreeMap<EventKind, TriggerCommand>,
     pub(crate) trigger_timeout: Duration,
@@ -434,6 +437,10 @@ impl Config {
         row("heartbeat", &d(self.heartbeat));
         row("max_sync_delay", &d(self.max_sync_delay));
         row("recover_sync_delay", &d(self.recover_sync_delay));
+        let bytes =
+            |b: Option<u64>| b.map_or_else(|| "(off)".to_string(), |b| format!("{b} bytes"));
+        row("max_lag_bytes", &bytes(self.max_lag_bytes));
+        row("recover_lag_bytes", &bytes(self.recover_lag_bytes));
         row("connect_timeout", &d(self.connect_timeout));
         row("retry_interval", &d(self.retry_interval));
         row("trigger_timeout", &d(self.trigger_timeout));

@@ -120,6 +120,43 @@ fn minimal_config_gets_every_default() {
 }
 
 #[test]
+fn lag_bytes_are_off_by_default_and_take_bytes_or_sizes() {
+    let c = parse_ok(MINIMAL);
+    assert_eq!((c.max_lag_bytes, c.recover_lag_bytes), (None, None));
+    let c = parse_ok(&with(r#""max_lag_bytes": "16MB""#));
+    assert_eq!(c.max_lag_bytes, Some(16 << 20));
+    assert_eq!(c.recover_lag_bytes, Some(8 << 20), "half by default");
+    let c = parse_ok(&with(
+        r#""max_lag_bytes": 1000, "recover_lag_bytes": "512B""#,
+    ));
+    assert_eq!(
+        (c.max_lag_bytes, c.recover_lag_bytes),
+        (Some(1000), Some(512))
+    );
+    let c = parse_ok(&with(r#""max_lag_bytes": null"#));
+    assert_eq!(c.max_lag_bytes, None);
+    assert_eq!(
+        refused(&with(r#""max_lag_bytes": "16mb""#)),
+        "x.json:2:18: max_lag_bytes: \"16mb\" is not a size: write bytes, or a number with B, kB, MB, GB or TB"
+    );
+    assert_eq!(
+        refused(&with(r#""max_lag_bytes": 1000, "recover_lag_bytes": 2000"#)),
+        "x.json:2:45: recover_lag_bytes: 2000 bytes is greater than max_lag_bytes (1000 bytes)"
+    );
+    assert_eq!(
+        refused(&with(r#""recover_lag_bytes": 2000"#)),
+        "x.json:2:22: recover_lag_bytes: set without max_lag_bytes, which it is the recovery limit of"
+    );
+    for bad in ["-1", "1.5", "0", "true"] {
+        let msg = refused(&with(&format!(r#""max_lag_bytes": {bad}"#)));
+        assert!(
+            msg.starts_with("x.json:2:18: max_lag_bytes: "),
+            "{bad}: {msg}"
+        );
+    }
+}
+
+#[test]
 fn instance_name_defaults_to_the_real_host_name() {
     let c = match parse(MINIMAL, Path::new("x.json")) {
         Ok(c) => c,

@@ -109,7 +109,15 @@ struct Daemon {
     /// Each configured node's place in `names` (and so, once decided, in
     /// the state's nodes): the journal's lookups cost no scan.
     index: HashMap<NodeName, usize>,
+    /// Masters to probe again for their synchronous standbys, and when
+    /// (see [`Daemon::recheck_sync`]).
+    sync_rechecks: Vec<(Instant, NodeName, cluster::ClusterId)>,
 }
+
+/// How long after a standby of a master with synchronous standbys leaves
+/// or comes back that master is asked once more: its walsender may not
+/// have gone (or come) yet when it was asked at once.
+const SYNC_RECHECK: Duration = Duration::from_millis(150);
 
 impl Daemon {
     /// Must run inside the runtime: the node tasks start here.
@@ -157,6 +165,7 @@ impl Daemon {
             down_why: HashMap::new(),
             holds_seen: None,
             index: index_of(&names),
+            sync_rechecks: Vec::new(),
         })
     }
 
@@ -182,6 +191,8 @@ impl Daemon {
         Policy {
             max_sync_delay: self.config.max_sync_delay,
             recover_sync_delay: self.config.recover_sync_delay,
+            max_lag_bytes: self.config.max_lag_bytes,
+            recover_lag_bytes: self.config.recover_lag_bytes,
         }
     }
 
@@ -232,9 +243,35 @@ impl Daemon {
     /// news held back to be decided together (see `NEWS_BATCH`).
     fn deadline(&self) -> Option<Instant> {
         let news = (!self.news.is_empty()).then(|| self.news_due());
-        match (self.beat.as_ref().map(BeatPlan::deadline), news) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let recheck = self.sync_rechecks.iter().map(|r| r.0).min();
+        [self.beat.as_ref().map(BeatPlan::deadline), news, recheck]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// A standby left or came back in a cluster whose master has
+    /// synchronous standbys: that master is asked now, and once more
+    /// [`SYNC_RECHECK`] later, so that `sync_lost` / `sync_ok` need not
+    /// wait for the next beat.
+    fn recheck_sync(&mut self, state: &State, events: &[cluster::Event]) {
+        for e in events {
+            if !matches!(e.kind, EventKind::SlaveDown | EventKind::SlaveUp) {
+                continue;
+            }
+            let Some(c) = state.clusters.get(&e.cluster_id) else {
+                continue;
+            };
+            let (Some(master), Some(sync)) = (&c.master, &c.sync) else {
+                continue;
+            };
+            if sync.required == 0 {
+                continue;
+            }
+            self.monitor.probe(master, Some(c.id), Time::now());
+            self.sync_rechecks.retain(|r| &r.1 != master);
+            self.sync_rechecks
+                .push((Instant::now() + SYNC_RECHECK, master.clone(), c.id));
         }
     }
 
@@ -249,6 +286,14 @@ impl Daemon {
     /// [`Daemon::deadline`] passed: if it was the beat's, reads go out or
     /// it is decided (held-back news is decided by [`Daemon::decide`]).
     fn deadline_passed(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sync_rechecks)
+            .into_iter()
+            .partition(|r| r.0 <= now);
+        self.sync_rechecks = later;
+        for (_, master, id) in due {
+            self.monitor.probe(&master, Some(id), Time::now());
+        }
         let Some(b) = self.beat.as_ref() else { return };
         if b.deadline() > Instant::now() {
             return;
@@ -371,6 +416,7 @@ impl Daemon {
         for e in &events {
             self.act(&next, e);
         }
+        self.recheck_sync(&next, &events);
         // The pgpool sidecar is told at every beat (the holds are read and
         // it reconciles then), and between beats only when something it
         // acts on changed (an event, a node's place or master): not for
@@ -447,8 +493,22 @@ impl Daemon {
     fn act(&self, state: &State, e: &Event) {
         let node = e.node.as_ref().map(|n| n.to_string());
         crate::metrics::COUNTERS.event(e.kind);
+        let sync = state
+            .clusters
+            .get(&e.cluster_id)
+            .and_then(|c| c.sync.as_ref());
         if e.kind == EventKind::PlusmoinHeartbeat {
             tracing::debug!(cluster = e.cluster_id, event = %e.kind, "event");
+        } else if let (EventKind::SyncLost, Some(s)) = (e.kind, sync) {
+            tracing::warn!(
+                cluster = e.cluster_id,
+                event = %e.kind,
+                node = node.as_deref().unwrap_or("-"),
+                connected = s.connected.unwrap_or_default(),
+                required = s.required,
+                standby_names = %crate::text::escape_controls(&s.standby_names),
+                "commits on the master wait: fewer synchronous standbys connected than required"
+            );
         } else {
             info!(
                 cluster = e.cluster_id,

@@ -257,6 +257,8 @@ fn holds_are_read_from_masters_first_then_slaves_then_the_rest() {
     let policy = Policy {
         max_sync_delay: std::time::Duration::from_secs(10),
         recover_sync_delay: std::time::Duration::from_secs(5),
+        max_lag_bytes: None,
+        recover_lag_bytes: None,
     };
     let t = Time(1_000_000_000);
     // DB1 down, db2:5433 a slave with no heartbeat yet (clusterless),
@@ -265,11 +267,19 @@ fn holds_are_read_from_masters_first_then_slaves_then_the_rest() {
         master_name: "db2:5434".into(),
         cluster_id: Some(0),
         written_at: t,
+        received: None,
+        replayed: None,
     };
     let obs = vec![
         (names[0].clone(), Observation::Down { reason: "x".into() }),
         (names[1].clone(), Observation::Slave { heartbeat: None }),
-        (names[2].clone(), Observation::Master { wrote_at: t }),
+        (
+            names[2].clone(),
+            Observation::Master {
+                wrote_at: t,
+                repl: None,
+            },
+        ),
         (
             names[3].clone(),
             Observation::Slave {

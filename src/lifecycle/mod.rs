@@ -36,7 +36,7 @@ pub use detach::{daemonize, Detached};
 pub use logging::{init_logging, LogFormat, LogLevel};
 pub use pidfile::{running_pid, PidFile};
 pub use privileges::drop_privileges;
-pub use process::NotDaemon;
+use process::NotDaemon;
 pub use safefile::Owners;
 
 use nix::errno::Errno;

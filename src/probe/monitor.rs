@@ -424,13 +424,18 @@ mod tests {
                 master_name: "db1:5432".into(),
                 cluster_id: Some(0),
                 written_at: Time(now.0 - 300_000),
+                received: None,
+                replayed: None,
             }),
         };
         assert_eq!(
             in_words(&slave, now),
             "slave of db1:5432, heartbeat 0.3 s old"
         );
-        let master = Observation::Master { wrote_at: now };
+        let master = Observation::Master {
+            wrote_at: now,
+            repl: None,
+        };
         let fresh = Observation::Slave { heartbeat: None };
         let down = Observation::Down {
             reason: "Connection refused".into(),

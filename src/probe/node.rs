@@ -18,12 +18,12 @@
 
 use super::owner;
 use super::statements::{
-    combined, heartbeat_table, prepare_combined, read_heartbeat, role, row_values, Combined,
-    CREATE_TABLE, TABLE, UPSERT,
+    combined, heartbeat_table, master_repl, prepare_combined, read_heartbeat, role, row_values,
+    Combined, CREATE_TABLE, TABLE, UPSERT,
 };
 use super::tls::Tls;
 use super::Shared;
-use crate::cluster::{ClusterId, NodeName, Observation, Time};
+use crate::cluster::{ClusterId, MasterRepl, NodeName, Observation, Time};
 use crate::config::defaults;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -182,10 +182,6 @@ impl NodeConn {
             .password(s.password_for(node).expose())
             .dbname(&s.dbname)
             .application_name("plusmoin")
-            // The heartbeat must not wait for synchronous standbys: with
-            // one of them down, every write would hang and a healthy master
-            // would look down.
-            .options("-c synchronous_commit=local")
             .ssl_mode(shared.pg_ssl_mode)
             .connect_timeout(s.connect_timeout);
         let fail = |e: tokio_postgres::Error| ProbeFailure {
@@ -210,6 +206,18 @@ impl NodeConn {
             }
         };
         debug!(node = %node, "connected");
+        // The heartbeat must not wait for synchronous standbys: with one
+        // of them down, every write would hang and a healthy master would
+        // look down. Set in the session, not as a startup option, so that
+        // the server's own value stays what `RESET` would give (`UPSERT`
+        // reads it).
+        client
+            .batch_execute("SET synchronous_commit TO local")
+            .await
+            .map_err(|e| ProbeFailure {
+                reason: format!("cannot set synchronous_commit: {}", describe(&e)),
+                broken: true,
+            })?;
         let system = system_identifier(&client).await;
         Ok(NodeConn {
             system,
@@ -281,7 +289,7 @@ impl NodeConn {
                 let (role, wrote) = Box::pin(async {
                     tokio::join!(
                         role(&self.client, &mut self.role, &s.is_slave_statement),
-                        self.client.execute(&upsert, &params),
+                        self.client.query(&upsert, &params),
                     )
                 })
                 .await;
@@ -296,15 +304,22 @@ impl NodeConn {
                     .await?;
                     return Ok(Observation::Slave { heartbeat });
                 }
-                if wrote.is_err() {
-                    // The table was dropped, say: written again the long
-                    // way, which checks whose table it is, creates it or
-                    // says why it cannot.
-                    self.upsert = None;
-                    self.table_ours = false;
-                    Box::pin(self.write_heartbeat(&s.instance_name, node, cluster_id, now)).await?;
-                }
-                return Ok(Observation::Master { wrote_at: now });
+                let repl = match wrote {
+                    Ok(rows) => master_repl(&rows),
+                    Err(_) => {
+                        // The table was dropped, say: written again the
+                        // long way, which checks whose table it is, creates
+                        // it or says why it cannot.
+                        self.upsert = None;
+                        self.table_ours = false;
+                        Box::pin(self.write_heartbeat(&s.instance_name, node, cluster_id, now))
+                            .await?
+                    }
+                };
+                return Ok(Observation::Master {
+                    wrote_at: now,
+                    repl,
+                });
             }
         }
         // The default role statement: role and heartbeat in one statement.
@@ -327,9 +342,13 @@ impl NodeConn {
                 match Box::pin(combined(&self.client, &stmt, &s.instance_name)).await {
                     Combined::Master => {
                         self.was_master = true;
-                        Box::pin(self.write_heartbeat(&s.instance_name, node, cluster_id, now))
-                            .await?;
-                        return Ok(Observation::Master { wrote_at: now });
+                        let repl =
+                            Box::pin(self.write_heartbeat(&s.instance_name, node, cluster_id, now))
+                                .await?;
+                        return Ok(Observation::Master {
+                            wrote_at: now,
+                            repl,
+                        });
                     }
                     Combined::Slave(heartbeat) => {
                         // The two statements it stands for, if prepared
@@ -390,21 +409,26 @@ impl NodeConn {
             };
             Ok(Observation::Slave { heartbeat })
         } else {
-            Box::pin(self.write_heartbeat(&s.instance_name, node, cluster_id, now)).await?;
-            Ok(Observation::Master { wrote_at: now })
+            let repl =
+                Box::pin(self.write_heartbeat(&s.instance_name, node, cluster_id, now)).await?;
+            Ok(Observation::Master {
+                wrote_at: now,
+                repl,
+            })
         }
     }
 
-    /// Upserts this instance's row. A missing table is created once;
-    /// another role's table, or any other failure, means this is not a
-    /// master plusmoin can use.
+    /// Upserts this instance's row, with what the write reads along
+    /// ([`master_repl`]). A missing table is created once; another role's
+    /// table, or any other failure, means this is not a master plusmoin
+    /// can use.
     async fn write_heartbeat(
         &mut self,
         instance: &str,
         node: &NodeName,
         cluster_id: Option<ClusterId>,
         now: Time,
-    ) -> Result<(), ProbeFailure> {
+    ) -> Result<Option<Box<MasterRepl>>, ProbeFailure> {
         let (cluster, master_name, beat_at) = row_values(node, cluster_id, now)?;
         let mut created = false;
         loop {
@@ -417,7 +441,7 @@ impl NodeConn {
                 _ => false,
             };
             match result {
-                Ok(()) => return Ok(()),
+                Ok(repl) => return Ok(repl),
                 Err(_) if missing && !created => {
                     self.upsert = None;
                     self.select = None;
@@ -456,7 +480,7 @@ impl NodeConn {
         cluster: Option<i32>,
         master_name: &str,
         beat_at: SystemTime,
-    ) -> Result<(), Upsert> {
+    ) -> Result<Option<Box<MasterRepl>>, Upsert> {
         let stmt = match &self.upsert {
             Some(s) => s.clone(),
             None => {
@@ -478,11 +502,12 @@ impl NodeConn {
                 s
             }
         };
-        self.client
-            .execute(&stmt, &[&instance, &cluster, &master_name, &beat_at])
+        let rows = self
+            .client
+            .query(&stmt, &[&instance, &cluster, &master_name, &beat_at])
             .await
             .map_err(Upsert::Sql)?;
-        Ok(())
+        Ok(master_repl(&rows))
     }
 }
 

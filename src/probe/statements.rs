@@ -6,7 +6,7 @@
 
 use super::node::{breaks_connection, describe, ProbeFailure};
 use super::owner::{self, Owner};
-use crate::cluster::{ClusterId, Heartbeat, NodeName, Time};
+use crate::cluster::{ClusterId, Heartbeat, MasterRepl, NodeName, Time, Walsender};
 use std::time::SystemTime;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
@@ -24,21 +24,51 @@ pub(super) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS public.plusmoi
      master_name text NOT NULL, \
      beat_at timestamptz NOT NULL)";
 
-pub(super) const UPSERT: &str = "INSERT INTO public.plusmoin_heartbeat (instance_name, cluster_id, master_name, beat_at) \
+/// The heartbeat write, which answers in the same statement (no round
+/// trip more) the master's WAL position just after it (bytes from `0/0`),
+/// its `synchronous_standby_names`, its `synchronous_commit` as a session
+/// gets it (`reset_val`: the probe's own session sets `local`), and its
+/// `pg_stat_replication` rows as JSON (`[[application_name, state,
+/// sync_state], …]`, NULL without a row): see [`master_repl`].
+pub(super) const UPSERT: &str = "WITH up AS (\
+     INSERT INTO public.plusmoin_heartbeat (instance_name, cluster_id, master_name, beat_at) \
      VALUES ($1, $2, $3, $4) \
      ON CONFLICT (instance_name) DO UPDATE SET \
-     cluster_id = EXCLUDED.cluster_id, master_name = EXCLUDED.master_name, beat_at = EXCLUDED.beat_at";
+     cluster_id = EXCLUDED.cluster_id, master_name = EXCLUDED.master_name, beat_at = EXCLUDED.beat_at \
+     RETURNING 1) \
+     SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), '0/0')::int8 AS wal, \
+     pg_catalog.current_setting('synchronous_standby_names') AS standby_names, \
+     (SELECT s.reset_val FROM pg_catalog.pg_settings AS s WHERE s.name = 'synchronous_commit') AS synchronous_commit, \
+     (SELECT pg_catalog.json_agg(pg_catalog.json_build_array(r.application_name, r.state, r.sync_state))::text \
+     FROM pg_catalog.pg_stat_replication AS r) AS walsenders \
+     FROM up";
 
-const SELECT: &str =
-    "SELECT master_name, cluster_id, beat_at FROM public.plusmoin_heartbeat WHERE instance_name = $1";
+/// The WAL positions a slave has received and replayed, in bytes from
+/// `0/0` (NULL on a master), as the heartbeat reads take them.
+macro_rules! positions {
+    () => {
+        "pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_last_wal_receive_lsn(), '0/0')::int8 AS received, \
+         pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_last_wal_replay_lsn(), '0/0')::int8 AS replayed"
+    };
+}
+
+const SELECT: &str = concat!(
+    "SELECT master_name, cluster_id, beat_at, ",
+    positions!(),
+    " FROM public.plusmoin_heartbeat WHERE instance_name = $1"
+);
 
 /// The default role statement and [`SELECT`] in one: exactly one row, the
 /// role first, then the heartbeat columns (NULL without a row) and whether
 /// this instance has a row (a row whose columns are NULL is not "no row":
-/// the two-statement path would call it a bad shape).
-pub(super) const COMBINED: &str = "SELECT pg_catalog.pg_is_in_recovery(), \
-     h.master_name, h.cluster_id, h.beat_at, h.instance_name IS NOT NULL AS found \
-     FROM (SELECT 1) AS one LEFT JOIN public.plusmoin_heartbeat AS h ON h.instance_name = $1";
+/// the two-statement path would call it a bad shape), then the slave's
+/// WAL positions.
+pub(super) const COMBINED: &str = concat!(
+    "SELECT pg_catalog.pg_is_in_recovery(), \
+     h.master_name, h.cluster_id, h.beat_at, h.instance_name IS NOT NULL AS found, ",
+    positions!(),
+    " FROM (SELECT 1) AS one LEFT JOIN public.plusmoin_heartbeat AS h ON h.instance_name = $1"
+);
 
 /// Whether the heartbeat table exists and is plusmoin's, asked once and
 /// remembered in `ours` (see [`owner`]): false when it is missing; another
@@ -152,13 +182,16 @@ pub(super) async fn prepare_combined(
         .iter()
         .map(|c| (c.name(), c.type_()))
         .collect();
-    let [(_, role), heartbeat @ .., (_, found)] = columns.as_slice() else {
+    let [(_, role), heartbeat @ .., (_, found), (_, received), (_, replayed)] = columns.as_slice()
+    else {
         return Ok(None);
     };
     let usable = heartbeat.len() == 3
         && role_columns_reason(&[role]).is_none()
         && heartbeat_columns_reason(heartbeat).is_none()
-        && **found == Type::BOOL;
+        && **found == Type::BOOL
+        && **received == Type::INT8
+        && **replayed == Type::INT8;
     Ok(usable.then_some(stmt))
 }
 
@@ -206,7 +239,7 @@ fn combined_row(row: &tokio_postgres::Row) -> Option<Combined> {
     if !row.try_get::<_, bool>(4).ok()? {
         return Some(Combined::Slave(None));
     }
-    heartbeat_row(row, 1)
+    heartbeat_row(row, 1, 5)
         .ok()
         .map(|hb| Combined::Slave(Some(hb)))
 }
@@ -257,15 +290,21 @@ pub(super) async fn read_heartbeat(
     let Some(row) = rows.first() else {
         return Ok(None);
     };
-    heartbeat_row(row, 0).map(Some)
+    heartbeat_row(row, 0, 3).map(Some)
 }
 
 /// The longest master name kept from a heartbeat row, in bytes.
 const MAX_MASTER_NAME: usize = 512;
 
 /// The heartbeat columns of `row` from column `first` on (master name,
-/// cluster id, time), or why plusmoin cannot take them at face value.
-fn heartbeat_row(row: &tokio_postgres::Row, first: usize) -> Result<Heartbeat, ProbeFailure> {
+/// cluster id, time), with the WAL positions from column `positions` on
+/// (received, replayed: `None` when absent or NULL), or why plusmoin
+/// cannot take them at face value.
+fn heartbeat_row(
+    row: &tokio_postgres::Row,
+    first: usize,
+    positions: usize,
+) -> Result<Heartbeat, ProbeFailure> {
     let bad = |e: tokio_postgres::Error| {
         ProbeFailure::answer(format!(
             "the heartbeat table has an unexpected shape: {}",
@@ -295,11 +334,55 @@ fn heartbeat_row(row: &tokio_postgres::Row, first: usize) -> Result<Heartbeat, P
             .unwrap_or(0);
         master_name.truncate(cut);
     }
+    let position = |i: usize| {
+        row.try_get::<_, Option<i64>>(i)
+            .ok()
+            .flatten()
+            .and_then(|p| u64::try_from(p).ok())
+    };
     Ok(Heartbeat {
         master_name,
         cluster_id,
         written_at: Time::from_system_time(beat_at),
+        received: position(positions),
+        replayed: position(positions + 1),
     })
+}
+
+/// The master's answer to [`UPSERT`]: `None` when it gave no row or
+/// columns of other types (a server that could not say).
+pub(super) fn master_repl(rows: &[tokio_postgres::Row]) -> Option<Box<MasterRepl>> {
+    let row = rows.first()?;
+    let wal: Option<i64> = row.try_get(0).ok()?;
+    let standby_names: Option<String> = row.try_get(1).ok()?;
+    let synchronous_commit: Option<String> = row.try_get(2).ok()?;
+    let walsenders: Option<String> = row.try_get(3).ok()?;
+    let walsenders = match walsenders {
+        None => Some(Vec::new()),
+        Some(json) => walsenders_of(&json),
+    };
+    Some(Box::new(MasterRepl {
+        wal: wal.and_then(|w| u64::try_from(w).ok()),
+        standby_names: standby_names.unwrap_or_default(),
+        synchronous_commit: synchronous_commit.unwrap_or_default(),
+        walsenders,
+    }))
+}
+
+/// `[[application_name, state, sync_state], …]`; `None` when a row shows
+/// NULLs (a user without `pg_read_all_stats` sees only the pids) or the
+/// text is not that.
+fn walsenders_of(json: &str) -> Option<Vec<Walsender>> {
+    let rows: Vec<[Option<String>; 3]> = serde_json::from_str(json).ok()?;
+    rows.into_iter()
+        .map(|[name, state, sync]| {
+            Some(Walsender {
+                application_name: crate::text::escape_controls_owned(name?),
+                state: state?,
+                sync_state: sync?,
+            })
+        })
+        .collect()
 }
 
 /// `is_slave_statement` must yield a single boolean column; checked once at
@@ -355,6 +438,28 @@ pub(super) fn heartbeat_columns_reason(columns: &[(&str, &Type)]) -> Option<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn walsenders_are_read_from_json_and_nulls_are_unknown() {
+        let ws = walsenders_of(r#"[["db2:5432","streaming","sync"],["x\ny","catchup","async"]]"#)
+            .expect("read");
+        assert_eq!(ws.len(), 2);
+        assert_eq!(
+            (
+                ws[0].application_name.as_str(),
+                ws[0].state.as_str(),
+                ws[0].sync_state.as_str()
+            ),
+            ("db2:5432", "streaming", "sync")
+        );
+        // What a server says is one inert line.
+        assert!(!ws[1].application_name.contains('\n'), "{:?}", ws[1]);
+        // Without pg_read_all_stats the columns are NULL: unknown.
+        assert_eq!(walsenders_of(r#"[[null,null,null]]"#), None);
+        assert_eq!(walsenders_of(r#"[["a","streaming",null]]"#), None);
+        assert_eq!(walsenders_of("not json"), None);
+        assert_eq!(walsenders_of("[]"), Some(Vec::new()));
+    }
 
     #[test]
     fn role_columns() {

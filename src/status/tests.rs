@@ -8,11 +8,16 @@ fn status_at(now: Time) -> Status {
     let policy = Policy {
         max_sync_delay: Duration::from_secs(10),
         recover_sync_delay: Duration::from_secs(5),
+        max_lag_bytes: None,
+        recover_lag_bytes: None,
     };
     let obs = vec![
         (
             NodeName::new("db1", 5432),
-            Observation::Master { wrote_at: now },
+            Observation::Master {
+                wrote_at: now,
+                repl: None,
+            },
         ),
         (
             NodeName::new("db2", 5432),

@@ -169,12 +169,17 @@ mod tests {
         let policy = Policy {
             max_sync_delay: Duration::from_secs(10),
             recover_sync_delay: Duration::from_secs(5),
+            max_lag_bytes: None,
+            recover_lag_bytes: None,
         };
         let t = Time(1_700_000_000_000_000);
         let obs = vec![
             (
                 NodeName::new("db", 5432),
-                Observation::Master { wrote_at: t },
+                Observation::Master {
+                    wrote_at: t,
+                    repl: None,
+                },
             ),
             (NodeName::new("db", 5433), slave),
         ];
@@ -188,6 +193,7 @@ mod tests {
     fn changed_rows_are_marked_once() {
         let up = status(Observation::Master {
             wrote_at: Time(1_700_000_000_000_000),
+            repl: None,
         });
         let down = status(Observation::Down {
             reason: "connection refused".into(),

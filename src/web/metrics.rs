@@ -256,6 +256,34 @@ fn node_metrics(enc: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fm
     )?;
     family(
         enc,
+        "node_lag",
+        "How many bytes of WAL the slave has still to replay: its master's position at the beat minus its replay position (only for slaves seen replaying)",
+        Some(&Unit::Bytes),
+        gauge,
+        nodes
+            .iter()
+            .filter_map(|n| Some((base(n), n.lag_bytes? as f64))),
+    )?;
+    family(
+        enc,
+        "node_sync_state",
+        "The slave's sync_state in its master's pg_stat_replication (sync, quorum, potential, async), matched by application_name = host:port, one series per state",
+        None,
+        gauge,
+        nodes.iter().flat_map(|n| {
+            ["sync", "quorum", "potential", "async"]
+                .iter()
+                .filter(move |_| n.sync_state.is_some())
+                .map(move |state| {
+                    (
+                        with(n, "state", state),
+                        flag(n.sync_state.as_deref() == Some(*state)),
+                    )
+                })
+        }),
+    )?;
+    family(
+        enc,
         "node_held",
         "1 if the node is held out of pgpool (plusmoin hold)",
         None,
@@ -313,6 +341,38 @@ fn node_metrics(enc: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fm
                 flag(c.has_master),
             )
         }),
+    )?;
+    let synced = || {
+        st.clusters.iter().filter_map(|c| {
+            Some((
+                vec![("cluster", c.cluster_id.to_string())],
+                c.sync.as_ref()?,
+            ))
+        })
+    };
+    family(
+        enc,
+        "cluster_sync_waiting",
+        "1 while commits on the cluster's master wait because fewer synchronous standbys are connected than synchronous_standby_names requires",
+        None,
+        gauge,
+        synced().map(|(l, s)| (l, flag(s.waiting))),
+    )?;
+    family(
+        enc,
+        "cluster_sync_standbys_required",
+        "How many synchronous standbys the cluster's master requires (synchronous_standby_names; 0 without)",
+        None,
+        gauge,
+        synced().map(|(l, s)| (l, f64::from(s.required))),
+    )?;
+    family(
+        enc,
+        "cluster_sync_standbys_connected",
+        "How many of the standbys synchronous_standby_names names are connected and streaming to the cluster's master",
+        None,
+        gauge,
+        synced().filter_map(|(l, s)| Some((l, f64::from(s.connected?)))),
     )?;
     Ok(())
 }

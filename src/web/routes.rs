@@ -7,7 +7,14 @@
 //! | `GET /status` | 200, the status JSON (the status file's); 503 before the first decision |
 //! | `GET /health` | 200 while beats are recent (the `plusmoin status` rule: three heartbeats); 503 with the reason otherwise |
 //! | `GET /primary/HOST:PORT` | 200 when that node is its cluster's master and not refused as a second master of its replication set (`primary_refused`, `cluster::PrimaryGuard`); 503 otherwise |
-//! | `GET /replica/HOST:PORT[?lag=SECONDS]` | 200 when it is a slave in sync (and, with `lag`, at most that far behind); 503 otherwise; 400 for a bad `lag` |
+//! | `GET /replica/HOST:PORT[?lag=SECONDS\|SIZE]` | 200 when it is a slave in sync (and, with `lag`, at most that far behind); 503 otherwise; 400 for a bad or ambiguous `lag` |
+//!
+//! `lag` is seconds when it is a bare number or ends in `s` (`60`, `2.5`,
+//! `60s`), and bytes when it ends in a size unit as PostgreSQL and Patroni
+//! write them (`16MB`, `512kB`, `1GB`, `100B`; units of 1024): see
+//! [`lag_limit`]. Anything else (`16M`, `16mb`, `5m`: megabytes or
+//! minutes?) is refused with a 400 rather than guessed. `lag` may be given
+//! twice, once in each form: both bounds hold.
 //!
 //! A node the status does not know is 404. While the view is stale (the
 //! deciding loop not beating) `/primary` and `/replica` answer 503: a load
@@ -147,31 +154,66 @@ fn lookup<'a>(
     Ok(n)
 }
 
+/// A `lag` limit of `/replica`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum LagLimit {
+    Seconds(f64),
+    Bytes(u64),
+}
+
+/// One `lag` value: seconds (`60`, `2.5`, `60s`) or bytes (`16MB`,
+/// `512kB`, `100B`, as PostgreSQL and Patroni write sizes); the reason
+/// otherwise, naming an ambiguous unit as such.
+pub(crate) fn lag_limit(value: &str) -> Result<LagLimit, String> {
+    let v = value.trim();
+    let secs = v.strip_suffix('s').unwrap_or(v);
+    if let Ok(s) = secs.parse::<f64>() {
+        return if s.is_finite() && s >= 0.0 && !secs.starts_with('+') {
+            Ok(LagLimit::Seconds(s))
+        } else {
+            Err(format!("bad lag {value:?}: 0 or more"))
+        };
+    }
+    if let Some(b) = crate::cluster::parse_size(v, false) {
+        return Ok(LagLimit::Bytes(b));
+    }
+    let unit = v.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+    let forms =
+        "a number of seconds (60, 60s) or a size in bytes (16MB, 512kB, 100B; B, kB, MB, GB, TB)";
+    let size_unit = ["B", "kB", "MB", "GB", "TB"].contains(&unit);
+    if unit.len() < v.len()
+        && !unit.is_empty()
+        && !size_unit
+        && unit.chars().all(|c| c.is_ascii_alphabetic())
+    {
+        Err(format!("ambiguous lag {value:?}: write {forms}"))
+    } else {
+        Err(format!("bad lag {value:?}: write {forms}"))
+    }
+}
+
+/// The limits of `/replica`'s `lag`: at most one of each form.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct LagBound {
+    secs: Option<f64>,
+    bytes: Option<u64>,
+}
+
 /// The query's parameters: only `lag` is known, and only `/replica` takes it.
-fn lag_bound(query: Option<&str>, takes_lag: bool) -> Result<Option<f64>, Reply> {
-    let mut lag = None;
+fn lag_bound(query: Option<&str>, takes_lag: bool) -> Result<LagBound, Reply> {
+    let mut bound = LagBound::default();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let value = percent_decode(value).unwrap_or_default();
         match key {
-            "lag" if takes_lag => {
-                let secs: f64 = value
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-                    .ok_or_else(|| {
-                        text(
-                            400,
-                            format!("bad lag {value:?}: a number of seconds, 0 or more"),
-                        )
-                    })?;
-                lag = Some(secs);
-            }
+            "lag" if takes_lag => match lag_limit(&value).map_err(|e| text(400, e))? {
+                LagLimit::Seconds(s) => bound.secs = Some(s),
+                LagLimit::Bytes(b) => bound.bytes = Some(b),
+            },
             _ => return Err(text(400, format!("unknown parameter {key:?}"))),
         }
     }
-    Ok(lag)
+    Ok(bound)
 }
 
 fn primary(node: &str, query: Option<&str>, snapshot: Option<&Arc<Snapshot>>, now: f64) -> Reply {
@@ -209,20 +251,47 @@ fn replica(node: &str, query: Option<&str>, snapshot: Option<&Arc<Snapshot>>, no
         );
     }
     let c = n.cluster_id.unwrap_or_default();
-    match (bound, n.lag) {
-        (None, _) => text(200, format!("{} is a slave in sync in cluster {c}", n.name)),
-        (Some(max), Some(lag)) if lag <= max => text(
+    let mut within = Vec::new();
+    match (bound.secs, n.lag) {
+        (None, _) => {}
+        (Some(max), Some(lag)) if lag <= max => {
+            within.push(format!("{lag} s behind (at most {max} s)"))
+        }
+        (Some(max), Some(lag)) => {
+            return text(
+                503,
+                format!("{} is {lag} s behind its master, more than {max} s", n.name),
+            )
+        }
+        (Some(_), None) => return text(503, format!("{}'s lag is not known", n.name)),
+    }
+    match (bound.bytes, n.lag_bytes) {
+        (None, _) => {}
+        (Some(max), Some(lag)) if lag <= max => {
+            within.push(format!("{lag} bytes behind (at most {max} bytes)"))
+        }
+        (Some(max), Some(lag)) => {
+            return text(
+                503,
+                format!(
+                    "{} is {lag} bytes behind its master, more than {max} bytes",
+                    n.name
+                ),
+            )
+        }
+        (Some(_), None) => return text(503, format!("{}'s lag in bytes is not known", n.name)),
+    }
+    if within.is_empty() {
+        text(200, format!("{} is a slave in sync in cluster {c}", n.name))
+    } else {
+        text(
             200,
             format!(
-                "{} is a slave in sync in cluster {c}, {lag} s behind (at most {max} s)",
-                n.name
+                "{} is a slave in sync in cluster {c}, {}",
+                n.name,
+                within.join(", ")
             ),
-        ),
-        (Some(max), Some(lag)) => text(
-            503,
-            format!("{} is {lag} s behind its master, more than {max} s", n.name),
-        ),
-        (Some(_), None) => text(503, format!("{}'s lag is not known", n.name)),
+        )
     }
 }
 

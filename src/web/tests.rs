@@ -16,12 +16,25 @@ const T0: i64 = 1_700_000_000_000_000;
 /// When the sample was decided, in seconds.
 const DECIDED: f64 = 1_700_000_002.0;
 
-/// Cluster 0: db:5432 master, db:5433 slave 2 s behind, db:5434 lost
-/// (down); db:5435 clusterless (down). Heartbeat 1 s.
+/// What a master's write answers: its WAL position `wal`, no synchronous
+/// standbys.
+fn repl(wal: u64) -> Option<Box<crate::cluster::MasterRepl>> {
+    Some(Box::new(crate::cluster::MasterRepl {
+        wal: Some(wal),
+        standby_names: String::new(),
+        synchronous_commit: "on".into(),
+        walsenders: Some(Vec::new()),
+    }))
+}
+
+/// Cluster 0: db:5432 master, db:5433 slave 2 s and 3 MB behind, db:5434
+/// lost (down); db:5435 clusterless (down). Heartbeat 1 s.
 fn sample() -> Snapshot {
     let policy = Policy {
         max_sync_delay: Duration::from_secs(10),
         recover_sync_delay: Duration::from_secs(5),
+        max_lag_bytes: None,
+        recover_lag_bytes: None,
     };
     let n = |p| NodeName::new("db", p);
     let row = |at| Observation::Slave {
@@ -29,13 +42,21 @@ fn sample() -> Snapshot {
             master_name: "db:5432".into(),
             cluster_id: Some(0),
             written_at: Time(at),
+            received: Some(1_000),
+            replayed: Some(1_000),
         }),
     };
     let down = || Observation::Down {
         reason: "connection refused".into(),
     };
     let first = vec![
-        (n(5432), Observation::Master { wrote_at: Time(T0) }),
+        (
+            n(5432),
+            Observation::Master {
+                wrote_at: Time(T0),
+                repl: repl(1_000),
+            },
+        ),
         (n(5433), row(T0)),
         (n(5434), row(T0)),
         (n(5435), down()),
@@ -48,6 +69,7 @@ fn sample() -> Snapshot {
         n(5432),
         Observation::Master {
             wrote_at: Time(later),
+            repl: repl(1_000 + (3 << 20)),
         },
     )];
     let (s, _) = step_news(&s, &names, &master, Time(later), &policy, false);
@@ -168,9 +190,55 @@ fn replica_is_200_for_a_slave_in_sync_within_the_lag_asked() {
     );
 }
 
+/// `lag` in bytes, as Patroni takes it: 3 MB behind.
+#[test]
+fn replica_takes_a_lag_in_bytes_beside_seconds() {
+    let r = fresh("/replica/db:5433?lag=4MB");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (
+            200,
+            "db:5433 is a slave in sync in cluster 0, 3145728 bytes behind (at most 4194304 bytes)\n"
+        )
+    );
+    assert_eq!(
+        fresh("/replica/db:5433?lag=3MB").status,
+        200,
+        "at the bound"
+    );
+    assert_eq!(fresh("/replica/db:5433?lag=3145728B").status, 200);
+    assert_eq!(fresh("/replica/db:5433?lag=3072kB").status, 200);
+    let r = fresh("/replica/db:5433?lag=1MB");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (
+            503,
+            "db:5433 is 3145728 bytes behind its master, more than 1048576 bytes\n"
+        )
+    );
+    assert_eq!(fresh("/replica/db:5433?lag=3145727B").status, 503);
+    // Seconds still mean seconds: a bare number, or with `s`.
+    assert_eq!(fresh("/replica/db:5433?lag=60").status, 200);
+    assert_eq!(fresh("/replica/db:5433?lag=60s").status, 200);
+    assert_eq!(fresh("/replica/db:5433?lag=1s").status, 503);
+    // Both forms: both bounds hold.
+    assert_eq!(fresh("/replica/db:5433?lag=60&lag=4MB").status, 200);
+    assert_eq!(fresh("/replica/db:5433?lag=60&lag=1MB").status, 503);
+    assert_eq!(fresh("/replica/db:5433?lag=1&lag=4MB").status, 503);
+}
+
 #[test]
 fn bad_lag_and_unknown_parameters_are_400() {
-    for q in ["lag=abc", "lag=-1", "lag=NaN", "lag=inf", "lag=", "lag"] {
+    for q in [
+        "lag=abc",
+        "lag=-1",
+        "lag=NaN",
+        "lag=inf",
+        "lag=",
+        "lag",
+        "lag=-1MB",
+        "lag=1.5MB",
+    ] {
         let r = fresh(&format!("/replica/db:5433?{q}"));
         assert_eq!(status_of(&r), 400, "{q}: {r:?}");
         assert!(r.body.starts_with("bad lag "), "{r:?}");
@@ -180,6 +248,15 @@ fn bad_lag_and_unknown_parameters_are_400() {
         (r.status, r.body.as_str()),
         (400, "unknown parameter \"max\"\n")
     );
+    // A unit that could be bytes or time is refused, not guessed.
+    for q in [
+        "lag=16M", "lag=16mb", "lag=5m", "lag=512k", "lag=1Mb", "lag=2h",
+    ] {
+        let r = fresh(&format!("/replica/db:5433?{q}"));
+        assert_eq!(status_of(&r), 400, "{q}: {r:?}");
+        assert!(r.body.starts_with("ambiguous lag "), "{q}: {r:?}");
+        assert!(r.body.contains("16MB"), "the forms are said: {r:?}");
+    }
     // /primary takes no lag.
     assert_eq!(fresh("/primary/db:5432?lag=1").status, 400);
     // A bad parameter is 400 even for an unknown node.
@@ -478,4 +555,79 @@ fn the_reader_refuses_what_prometheus_would() {
     }
     let ok = exposition::parse("# HELP x h\n# TYPE x gauge\nx{a=\"q\\\"\"} +Inf\n").unwrap();
     assert_eq!(ok.value("x", &[("a", "q\"")]), Some(f64::INFINITY));
+}
+
+/// Every metric the alert rules and the dashboard of `contrib` use is one
+/// `/metrics` serves: their names against the families a scrape with
+/// every part present (pgpool, holds, synchronous standbys) declares.
+#[test]
+fn contrib_alerts_and_dashboard_use_only_served_metrics() {
+    let mut s = sample();
+    {
+        let st = Arc::make_mut(&mut s.status);
+        st.held = vec!["db:5434".into()];
+        st.pgpool = Some(PgpoolReport {
+            acting: true,
+            nodes: [("db:5432".to_string(), "up".to_string())].into(),
+            ..PgpoolReport::default()
+        });
+        st.clusters[0].sync = Some(crate::payload::SyncEntry {
+            standby_names: "\"db:5433\"".into(),
+            synchronous_commit: "on".into(),
+            method: Some("first".into()),
+            required: 1,
+            connected: Some(1),
+            waiting: false,
+            problem: None,
+        });
+    }
+    let text = metrics::render(Some(Arc::new(s)), &Counters::new());
+    // The sample names a family declares, by its type.
+    let mut served = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (words.next(), words.next(), words.next(), words.next())
+        {
+            let suffixes: &[&str] = match kind {
+                // Declared with or without its suffix, by version.
+                "counter" if name.ends_with("_total") => &[""],
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                _ => &[""],
+            };
+            served.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+        }
+    }
+    assert!(served.contains("plusmoin_node_lag_bytes"), "{served:?}");
+    assert!(served.contains("plusmoin_events_total"), "{served:?}");
+    for (file, text) in [
+        (
+            "contrib/prometheus/plusmoin-alerts.yml",
+            include_str!("../../contrib/prometheus/plusmoin-alerts.yml"),
+        ),
+        (
+            "contrib/grafana/plusmoin.json",
+            include_str!("../../contrib/grafana/plusmoin.json"),
+        ),
+    ] {
+        let mut used = std::collections::BTreeSet::new();
+        for (at, _) in text.match_indices("plusmoin_") {
+            // A label value (`event!="plusmoin_heartbeat"`) is no metric.
+            if text[..at].ends_with('"') || text[..at].ends_with(|c: char| c.is_alphanumeric()) {
+                continue;
+            }
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            used.insert(name);
+        }
+        assert!(used.len() > 5, "{file}: {used:?}");
+        let missing: Vec<&String> = used.iter().filter(|n| !served.contains(*n)).collect();
+        assert!(
+            missing.is_empty(),
+            "{file} uses metrics /metrics does not serve: {missing:?}\n{served:?}"
+        );
+    }
 }

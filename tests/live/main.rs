@@ -18,7 +18,9 @@ mod pgpool_fixture;
 mod pgpool_safety;
 mod privileges;
 mod probe;
+mod prometheus;
 mod reload;
+mod replication;
 mod sandbox_ops;
 mod split;
 

@@ -163,6 +163,8 @@ impl Plusmoin {
             "master_down",
             "slave_up",
             "slave_down",
+            "sync_lost",
+            "sync_ok",
         ]
         .iter()
         .map(|name| {

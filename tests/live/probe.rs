@@ -146,6 +146,14 @@ fn heartbeat(obs: &Observation) -> Option<&Heartbeat> {
     }
 }
 
+/// The heartbeat time of a master's observation; `None` for any other.
+fn written_at(obs: &Observation) -> Option<Time> {
+    match obs {
+        Observation::Master { wrote_at, .. } => Some(*wrote_at),
+        _ => None,
+    }
+}
+
 fn is_master(obs: &Observation) -> bool {
     matches!(obs, Observation::Master { .. })
 }
@@ -220,7 +228,28 @@ fn heartbeat_roles_and_reuse() {
     // The master: the table is created and this instance's row written.
     let now = Time::now();
     let out = rt.block_on(probe_once(&mut a, &all, now));
-    assert_eq!(out[0].1, Observation::Master { wrote_at: now });
+    assert_eq!(written_at(&out[0].1), Some(now));
+    // The write read the master's WAL position and replication along:
+    // both standbys stream, asynchronously; a session's synchronous_commit
+    // is the server's, not the `local` of plusmoin's own session.
+    let Observation::Master {
+        repl: Some(repl), ..
+    } = &out[0].1
+    else {
+        panic!("no replication read with the write: {:?}", out[0].1);
+    };
+    let wal = repl.wal.expect("a WAL position");
+    assert!(wal > 0);
+    assert_eq!(repl.standby_names, "");
+    assert_eq!(repl.synchronous_commit, "on");
+    let senders = repl.walsenders.as_ref().expect("pg_stat_replication shown");
+    assert_eq!(senders.len(), 2, "{senders:?}");
+    assert!(
+        senders
+            .iter()
+            .all(|w| w.state == "streaming" && w.sync_state == "async"),
+        "{senders:?}"
+    );
     let master = name(&sb, 0).to_string();
     assert_eq!(row(&sb, 0, "pm-a"), format!("{master}|7|{}", now.0));
 
@@ -233,6 +262,10 @@ fn heartbeat_roles_and_reuse() {
         assert_eq!(hb.master_name, master);
         assert_eq!(hb.cluster_id, Some(7));
         assert!(hb.written_at >= now, "{hb:?} older than {now:?}");
+        // Replayed at least up to the write it shows.
+        let replayed = hb.replayed.expect("a replay position");
+        assert!(hb.received.is_some_and(|r| r >= replayed), "{hb:?}");
+        assert!(replayed > 0, "{hb:?}");
     }
 
     // One connection per node, the same across beats.
@@ -252,11 +285,11 @@ fn heartbeat_roles_and_reuse() {
     let mut b = prober(settings("pm-b", Duration::from_secs(10)));
     let t_b = Time::now();
     let out = rt.block_on(probe_once(&mut b, &targets(&sb, &[0]), t_b));
-    assert_eq!(out[0].1, Observation::Master { wrote_at: t_b });
+    assert_eq!(written_at(&out[0].1), Some(t_b));
     assert_eq!(row(&sb, 0, "pm-b"), format!("{master}|7|{}", t_b.0));
     let t_a = Time::now();
     let out = rt.block_on(probe_once(&mut a, &all, t_a));
-    assert_eq!(out[0].1, Observation::Master { wrote_at: t_a });
+    assert_eq!(written_at(&out[0].1), Some(t_a));
     assert_eq!(row(&sb, 0, "pm-a"), format!("{master}|7|{}", t_a.0));
     assert_eq!(row(&sb, 0, "pm-b"), format!("{master}|7|{}", t_b.0));
     // (b now forgets its master connection: not a target any more.)
@@ -275,7 +308,7 @@ fn heartbeat_roles_and_reuse() {
     ok("drop table", sb.sql(0, "DROP TABLE plusmoin_heartbeat"));
     let t = Time::now();
     let out = rt.block_on(probe_once(&mut a, &all, t));
-    assert_eq!(out[0].1, Observation::Master { wrote_at: t });
+    assert_eq!(written_at(&out[0].1), Some(t));
     assert_eq!(row(&sb, 0, "pm-a"), format!("{master}|7|{}", t.0));
     wait_pids(&rt, &sb, 0, &pids[0]);
 
@@ -363,7 +396,7 @@ fn one_statement_on_standbys() {
     // Its row written on the master, the standby shows it.
     let t = Time::now();
     let out = rt.block_on(probe_once(&mut p, &all, t));
-    assert_eq!(out[0].1, Observation::Master { wrote_at: t });
+    assert_eq!(written_at(&out[0].1), Some(t));
     let obs = beat_until(&rt, &mut p, &standby, REPLICATION, |o| {
         heartbeat(&o[0]).is_some()
     });
@@ -407,7 +440,7 @@ fn one_statement_on_standbys() {
     // through the one statement again.
     let t = Time::now();
     let out = rt.block_on(probe_once(&mut p, &all, t));
-    assert_eq!(out[0].1, Observation::Master { wrote_at: t });
+    assert_eq!(written_at(&out[0].1), Some(t));
     beat_until(&rt, &mut p, &standby, REPLICATION, |o| {
         heartbeat(&o[0]).is_some_and(|h| h.written_at == t)
     });

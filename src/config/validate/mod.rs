@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Every top-level key, in the order the documentation lists them.
-const KEYS: [&str; 26] = [
+const KEYS: [&str; 28] = [
     "dbname",
     "user",
     "password",
@@ -39,6 +39,8 @@ const KEYS: [&str; 26] = [
     "heartbeat",
     "max_sync_delay",
     "recover_sync_delay",
+    "max_lag_bytes",
+    "recover_lag_bytes",
     "connect_timeout",
     "retry_interval",
     "is_slave_statement",
@@ -92,6 +94,8 @@ struct Raw {
     heartbeat: Option<Duration>,
     max_sync_delay: Option<(Duration, usize)>,
     recover_sync_delay: Option<(Duration, usize)>,
+    max_lag_bytes: Option<(u64, usize)>,
+    recover_lag_bytes: Option<(u64, usize)>,
     connect_timeout: Option<Duration>,
     retry_interval: Option<Duration>,
     is_slave_statement: Option<String>,
@@ -166,6 +170,10 @@ impl Validator<'_> {
                 "recover_sync_delay" => {
                     raw.recover_sync_delay = Some((self.duration(value, k)?, value.at))
                 }
+                "max_lag_bytes" => raw.max_lag_bytes = self.size(value, k)?.map(|b| (b, value.at)),
+                "recover_lag_bytes" => {
+                    raw.recover_lag_bytes = self.size(value, k)?.map(|b| (b, value.at))
+                }
                 "connect_timeout" => raw.connect_timeout = Some(self.duration(value, k)?),
                 "retry_interval" => raw.retry_interval = Some(self.duration(value, k)?),
                 "is_slave_statement" => {
@@ -200,6 +208,31 @@ impl Validator<'_> {
             }
         }
         self.finish(raw)
+    }
+
+    /// `max_lag_bytes` and `recover_lag_bytes`: both off by default;
+    /// `recover_lag_bytes` needs `max_lag_bytes`, is at most it, and is
+    /// half of it when not set.
+    fn lag_bytes(
+        &self,
+        max: Option<(u64, usize)>,
+        recover: Option<(u64, usize)>,
+    ) -> Result<(Option<u64>, Option<u64>), ConfigError> {
+        match (max, recover) {
+            (None, None) => Ok((None, None)),
+            (None, Some((_, at))) => Err(self.at(
+                at,
+                "recover_lag_bytes",
+                "set without max_lag_bytes, which it is the recovery limit of",
+            )),
+            (Some((max, _)), None) => Ok((Some(max), Some(max / 2))),
+            (Some((max, _)), Some((recover, at))) if recover > max => Err(self.at(
+                at,
+                "recover_lag_bytes",
+                format!("{recover} bytes is greater than max_lag_bytes ({max} bytes)"),
+            )),
+            (Some((max, _)), Some((recover, _))) => Ok((Some(max), Some(recover))),
+        }
     }
 
     fn finish(&self, raw: Raw) -> Result<Config, ConfigError> {
@@ -250,6 +283,9 @@ impl Validator<'_> {
             });
         }
 
+        let (max_lag_bytes, recover_lag_bytes) =
+            self.lag_bytes(raw.max_lag_bytes, raw.recover_lag_bytes)?;
+
         let instance_name = match raw.instance_name {
             Some(name) => name,
             None => match (self.hostname)() {
@@ -297,6 +333,8 @@ impl Validator<'_> {
             heartbeat: raw.heartbeat.unwrap_or(defaults::HEARTBEAT),
             max_sync_delay: max,
             recover_sync_delay: recover,
+            max_lag_bytes,
+            recover_lag_bytes,
             nodes,
             triggers: raw.triggers.unwrap_or_default(),
             trigger_timeout: raw.trigger_timeout.unwrap_or(defaults::TRIGGER_TIMEOUT),

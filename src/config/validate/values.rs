@@ -214,6 +214,44 @@ impl Validator<'_> {
             .map_err(|e| self.at(v.at, key, format!("{n} s is not a valid duration: {e}")))
     }
 
+    /// A number of bytes: an integer, or a size as PostgreSQL writes one
+    /// (`"16MB"`, `"512kB"`, `"100B"`; units of 1024); `null` is off.
+    pub(super) fn size(&self, v: &Spanned<Json>, key: &str) -> Result<Option<u64>, ConfigError> {
+        let bytes = match &v.value {
+            Json::Null => return Ok(None),
+            Json::Number(number, n) => integer(number)
+                .and_then(|i| u64::try_from(i).ok())
+                .ok_or_else(|| self.at(v.at, key, format!("{n} is not a number of bytes")))?,
+            Json::String(s) => crate::cluster::parse_size(s, true).ok_or_else(|| {
+                self.at(
+                    v.at,
+                    key,
+                    format!(
+                        "{s:?} is not a size: write bytes, or a number with B, kB, MB, GB or TB"
+                    ),
+                )
+            })?,
+            other => {
+                return Err(self.at(
+                    v.at,
+                    key,
+                    format!(
+                        "expected a number of bytes or a size such as \"16MB\", found {}",
+                        other.describe()
+                    ),
+                ))
+            }
+        };
+        if bytes == 0 {
+            return Err(self.at(
+                v.at,
+                key,
+                "0 bytes: no standby could ever be in sync (write null for no limit)",
+            ));
+        }
+        Ok(Some(bytes))
+    }
+
     fn choice<T: Copy>(
         &self,
         v: &Spanned<Json>,

@@ -28,11 +28,21 @@ fn state(n: u16, follows: &[Option<u16>]) -> (Vec<NodeName>, State) {
     let policy = Policy {
         max_sync_delay: Duration::from_secs(10),
         recover_sync_delay: Duration::from_secs(5),
+        max_lag_bytes: None,
+        recover_lag_bytes: None,
     };
     // Masters first: their writes are known before the slaves are read.
     let masters: Vec<(NodeName, Observation)> = (0..n)
         .filter(|i| follows[*i as usize].is_none() && is_master(follows, *i))
-        .map(|i| (name(i), Observation::Master { wrote_at: t }))
+        .map(|i| {
+            (
+                name(i),
+                Observation::Master {
+                    wrote_at: t,
+                    repl: None,
+                },
+            )
+        })
         .collect();
     let mut obs = masters.clone();
     for i in 0..n {
@@ -43,6 +53,8 @@ fn state(n: u16, follows: &[Option<u16>]) -> (Vec<NodeName>, State) {
             master_name: name(m).to_string(),
             cluster_id: None,
             written_at: t,
+            received: None,
+            replayed: None,
         });
         obs.push((name(i), Observation::Slave { heartbeat }));
     }

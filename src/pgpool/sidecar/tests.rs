@@ -121,6 +121,7 @@ fn state(place1: Place) -> State {
             Cluster {
                 id: 0,
                 master: Some(NodeName::new("db0", 5432)),
+                sync: None,
             },
         )]
         .into(),
@@ -130,6 +131,7 @@ fn state(place1: Place) -> State {
             node("db2", Place::Slave),
         ],
         last_written: Default::default(),
+        last_wal: Default::default(),
     }
 }
 

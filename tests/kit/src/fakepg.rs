@@ -15,7 +15,12 @@
 //! password asked), the extended protocol (Parse, Describe, Bind, Execute,
 //! Close, Sync, Flush) for the role statement, the heartbeat upsert, the
 //! heartbeat select, the two in one (the default role statement and the
-//! heartbeat select, answered exactly as they would be apart), the question
+//! heartbeat select, answered exactly as they would be apart; a master's
+//! write answers its WAL position (256 bytes more at each write),
+//! `synchronous_standby_names` (`ANY 1 (*)` for a master with slaves, else
+//! empty), `synchronous_commit` `on` and its slaves as `pg_stat_replication`
+//! rows, all streaming, `quorum` (so its commits never wait); a slave's
+//! reads answer the position of the write it replays), the question
 //! of who owns plusmoin's tables (plusmoin's role, always) and the holds
 //! read (an empty `plusmoin_hold`, as a
 //! deployment that created it has), simple Query (the system identifier: a master's index, shared by
@@ -143,6 +148,8 @@ struct Row {
     master_name: String,
     /// Microseconds since 2000-01-01 UTC (PostgreSQL's binary timestamptz).
     beat_at: i64,
+    /// The master's WAL position just after this write.
+    wal: i64,
 }
 
 /// Writes received by each master node: instance name → (when, row), newest last.
@@ -153,6 +160,11 @@ struct Shared {
     store: Mutex<Store>,
     /// Statements executed (Execute messages) per node.
     executed: Vec<AtomicU64>,
+    /// Each master's WAL position.
+    wal: Vec<AtomicU64>,
+    /// Each master's `synchronous_standby_names` and `pg_stat_replication`
+    /// rows (JSON, as plusmoin's write reads them; `None` without slaves).
+    replication: Vec<(&'static str, Option<String>)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -190,16 +202,20 @@ impl FakePg {
     }
 
     async fn try_start(nodes: &[FakeNode]) -> io::Result<FakePg> {
-        let shared = Arc::new(Shared {
-            nodes: nodes.iter().cloned().map(Mutex::new).collect(),
-            store: Mutex::new(HashMap::new()),
-            executed: nodes.iter().map(|_| AtomicU64::new(0)).collect(),
-        });
         // The port comes from a probe bind on an address no node uses.
         let port = {
             let l = std::net::TcpListener::bind((Ipv4Addr::new(127, 77, 255, 254), 0))?;
             l.local_addr()?.port()
         };
+        let shared = Arc::new(Shared {
+            nodes: nodes.iter().cloned().map(Mutex::new).collect(),
+            store: Mutex::new(HashMap::new()),
+            executed: nodes.iter().map(|_| AtomicU64::new(0)).collect(),
+            wal: nodes.iter().map(|_| AtomicU64::new(0)).collect(),
+            replication: (0..nodes.len())
+                .map(|m| replication(nodes, m, port))
+                .collect(),
+        });
         let mut listeners = Vec::new();
         for (i, node) in nodes.iter().enumerate() {
             if node.fault == Fault::Refusing {
@@ -258,6 +274,22 @@ impl Drop for FakePg {
         for t in &self.tasks {
             t.abort();
         }
+    }
+}
+
+/// Master `m`'s `synchronous_standby_names` and `pg_stat_replication`
+/// rows: its slaves, named as plusmoin names them.
+fn replication(nodes: &[FakeNode], m: usize, port: u16) -> (&'static str, Option<String>) {
+    let rows: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| matches!(n.role, Role::Slave { master, .. } if master == m))
+        .map(|(i, _)| format!(r#"["{}:{port}","streaming","quorum"]"#, address(i)))
+        .collect();
+    if rows.is_empty() {
+        ("", None)
+    } else {
+        ("ANY 1 (*)", Some(format!("[{}]", rows.join(","))))
     }
 }
 
@@ -375,6 +407,8 @@ impl Kind {
                 ("master_name", TEXT, -1),
                 ("cluster_id", INT4, 4),
                 ("beat_at", TIMESTAMPTZ, 8),
+                ("received", INT8, 8),
+                ("replayed", INT8, 8),
             ],
             Kind::Combined => &[
                 ("pg_is_in_recovery", BOOL, 1),
@@ -382,6 +416,14 @@ impl Kind {
                 ("cluster_id", INT4, 4),
                 ("beat_at", TIMESTAMPTZ, 8),
                 ("found", BOOL, 1),
+                ("received", INT8, 8),
+                ("replayed", INT8, 8),
+            ],
+            Kind::Upsert => &[
+                ("wal", INT8, 8),
+                ("standby_names", TEXT, -1),
+                ("synchronous_commit", TEXT, -1),
+                ("walsenders", TEXT, -1),
             ],
             Kind::Holds => &[
                 ("node", TEXT, -1),
@@ -391,7 +433,7 @@ impl Kind {
                 ("ignored", INT8, 8),
             ],
             Kind::Owner => &[("owner", TEXT, -1), ("me", TEXT, -1), ("trusted", BOOL, 1)],
-            Kind::Upsert | Kind::Other => &[],
+            Kind::Other => &[],
         }
     }
 }
@@ -794,22 +836,39 @@ fn execute(
                 ));
             }
             let instance = text_param(p, 0)?.unwrap_or_default();
+            let wal = shared.wal[index].fetch_add(256, Ordering::Relaxed) as i64 + 256;
             let row = Row {
                 cluster_id: int_param(p, 1)?,
                 master_name: text_param(p, 2)?.unwrap_or_default(),
                 beat_at: timestamp_param(p, 3)?,
+                wal,
             };
-            let mut store = lock(&shared.store);
-            let rows = store.entry(index).or_default().entry(instance).or_default();
-            rows.push_back((Instant::now(), row));
-            if rows.len() > HISTORY {
-                rows.pop_front();
+            {
+                let mut store = lock(&shared.store);
+                let rows = store.entry(index).or_default().entry(instance).or_default();
+                rows.push_back((Instant::now(), row));
+                if rows.len() > HISTORY {
+                    rows.pop_front();
+                }
             }
-            out.complete("INSERT 0 1");
+            let (names, walsenders) = &shared.replication[index];
+            data_row(
+                out,
+                &[
+                    Some(int8_value(wal, p)),
+                    Some(names.as_bytes().to_vec()),
+                    Some(b"on".to_vec()),
+                    walsenders.as_ref().map(|w| w.as_bytes().to_vec()),
+                ],
+            );
+            out.complete("SELECT 1");
         }
         Kind::Select => match replayed(shared, index, node, p)? {
             Some(row) => {
-                data_row(out, &heartbeat_values(Some(row)));
+                let positions = positions(node, Some(&row), p);
+                let mut values = heartbeat_values(Some(row)).to_vec();
+                values.extend(positions);
+                data_row(out, &values);
                 out.complete("SELECT 1");
             }
             None => out.complete("SELECT 0"),
@@ -817,9 +876,11 @@ fn execute(
         Kind::Combined => {
             let row = replayed(shared, index, node, p)?;
             let found = row.is_some();
+            let positions = positions(node, row.as_ref(), p);
             let mut values = vec![Some(in_recovery(node, p))];
             values.extend(heartbeat_values(row));
             values.push(Some(bool_value(found, p)));
+            values.extend(positions);
             data_row(out, &values);
             out.complete("SELECT 1");
         }
@@ -853,6 +914,25 @@ fn bool_value(v: bool, p: &Portal) -> Vec<u8> {
     } else {
         (if v { "t" } else { "f" }).as_bytes().to_vec()
     }
+}
+
+/// An int8 result, binary or text as the client asked.
+fn int8_value(v: i64, p: &Portal) -> Vec<u8> {
+    if p.result_binary {
+        v.to_be_bytes().to_vec()
+    } else {
+        v.to_string().into_bytes()
+    }
+}
+
+/// A node's received and replayed WAL positions: on a slave, the position
+/// of the write it replays (0 before any); NULL on a master.
+fn positions(node: &FakeNode, row: Option<&Row>, p: &Portal) -> [Option<Vec<u8>>; 2] {
+    if node.role == Role::Master {
+        return [None, None];
+    }
+    let at = row.map_or(0, |r| r.wal);
+    [Some(int8_value(at, p)), Some(int8_value(at, p))]
 }
 
 /// `pg_is_in_recovery()` on `node`.
@@ -970,10 +1050,13 @@ mod tests {
                 "master_name",
                 "cluster_id",
                 "beat_at",
-                "found"
+                "found",
+                "received",
+                "replayed"
             ]
         );
-        assert_eq!(kind.columns()[1..4], *Kind::Select.columns());
+        assert_eq!(kind.columns()[1..4], Kind::Select.columns()[..3]);
+        assert_eq!(kind.columns()[5..], Kind::Select.columns()[3..]);
         assert_eq!(kind.params(), Kind::Select.params());
         // A custom role statement stays a role statement.
         assert_eq!(

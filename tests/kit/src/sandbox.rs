@@ -63,6 +63,44 @@ pub trait SandboxExt {
     /// 127.0.0.1/32 reject` refuses pgpool's health check (when it logs in
     /// to `postgres`) but not plusmoin (database `plusmoin`).
     fn hba_prepend(&self, i: usize, line: &str) -> Result<(), SandboxError>;
+
+    /// Makes running standby `i` stream as `application_name` (its
+    /// `primary_conninfo` rewritten, reloaded: the WAL receiver reconnects)
+    /// and waits until its upstream `primary` shows it streaming so.
+    fn name_standby(
+        &self,
+        i: usize,
+        primary: usize,
+        application_name: &str,
+    ) -> Result<(), SandboxError>;
+
+    /// Sets `synchronous_standby_names` on node `primary` (`ALTER SYSTEM`,
+    /// reload) and waits until a new session sees it.
+    fn set_standby_names(&self, primary: usize, value: &str) -> Result<(), SandboxError>;
+}
+
+/// `'text'` as an SQL literal.
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Polls `sql` on node `i` until it gives `want`.
+fn wait_for(sb: &Sandbox, i: usize, sql: &str, want: &str, what: &str) -> Result<(), SandboxError> {
+    let deadline = Instant::now() + CONFIRM_TIMEOUT;
+    loop {
+        let last = sb.sql(i, sql)?;
+        if last.trim() == want {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(SandboxError::Timeout {
+                what: what.to_string(),
+                timeout: CONFIRM_TIMEOUT,
+                last,
+            });
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 impl SandboxExt for Sandbox {
@@ -175,6 +213,66 @@ impl SandboxExt for Sandbox {
             thread::sleep(Duration::from_millis(50));
         }
         tracing::info!(node = i, line, "sandbox: pg_hba line added and reloaded");
+        Ok(())
+    }
+
+    fn name_standby(
+        &self,
+        i: usize,
+        primary: usize,
+        application_name: &str,
+    ) -> Result<(), SandboxError> {
+        let old = self.sql(i, "SHOW primary_conninfo")?;
+        let mut words: Vec<String> = old
+            .split_whitespace()
+            .filter(|w| !w.starts_with("application_name="))
+            .map(String::from)
+            .collect();
+        let quoted = application_name.replace('\\', "\\\\").replace('\'', "\\'");
+        words.push(format!("application_name='{quoted}'"));
+        self.sql(
+            i,
+            &format!(
+                "ALTER SYSTEM SET primary_conninfo = {}",
+                literal(&words.join(" "))
+            ),
+        )?;
+        self.sql(i, "SELECT pg_reload_conf()")?;
+        wait_for(
+            self,
+            primary,
+            &format!(
+                "SELECT count(*) FROM pg_stat_replication WHERE application_name = {} AND state = 'streaming'",
+                literal(application_name)
+            ),
+            "1",
+            &format!("node {i} to stream as {application_name:?}"),
+        )?;
+        tracing::info!(node = i, application_name, "sandbox: standby renamed");
+        Ok(())
+    }
+
+    fn set_standby_names(&self, primary: usize, value: &str) -> Result<(), SandboxError> {
+        self.sql(
+            primary,
+            &format!(
+                "ALTER SYSTEM SET synchronous_standby_names = {}",
+                literal(value)
+            ),
+        )?;
+        self.sql(primary, "SELECT pg_reload_conf()")?;
+        wait_for(
+            self,
+            primary,
+            "SHOW synchronous_standby_names",
+            value,
+            &format!("node {primary} to take synchronous_standby_names {value:?}"),
+        )?;
+        tracing::info!(
+            node = primary,
+            value,
+            "sandbox: synchronous_standby_names set"
+        );
         Ok(())
     }
 }
