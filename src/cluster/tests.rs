@@ -1463,3 +1463,15 @@ fn a_promoted_slave_names_itself_as_its_master() {
         Some(own.as_str())
     );
 }
+
+/// A slave exactly at the lag limit is in sync, and nothing says
+/// otherwise: no reason is shown beside it.
+#[test]
+fn a_slave_exactly_at_the_lag_limit_shows_no_reason() {
+    let mut sim = Sim::new();
+    sim.beat(&healthy());
+    sim.beat(&[(5432, M), (5433, S(5432, 11))]);
+    let n = sim.state.node(&name(5433)).unwrap();
+    assert_eq!(n.lag, Some(Duration::from_secs(10)), "at max_sync_delay");
+    assert_eq!((n.place, n.reason.as_deref()), (Place::Slave, None));
+}
