@@ -373,6 +373,12 @@ mod tests {
             parse_standby_names(r#""first", "any""#),
             Ok(rule(First, 1, &["first", "any"]))
         );
+        // An identifier may begin with an underscore or a letter beyond
+        // ASCII, as PostgreSQL's do.
+        assert_eq!(
+            parse_standby_names("ANY 1 (_s1, été)"),
+            Ok(rule(Any, 1, &["_s1", "été"]))
+        );
     }
 
     #[test]
