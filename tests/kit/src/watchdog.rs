@@ -13,6 +13,7 @@
 //! a primary's failure needs consensus: the node goes to `quarantine` and
 //! no script runs, unless `enable_consensus_with_half_votes = on`.
 
+use std::fs;
 use std::time::{Duration, Instant};
 
 use crate::sandbox::PgpoolExt;
@@ -203,8 +204,15 @@ impl PgpoolCluster {
                     })
                     .collect()
             });
-            let Some(err) = results.into_iter().find_map(Result::err) else {
-                break;
+            // A member may also lose a port race after it answered (its
+            // watchdog or heartbeat port taken meanwhile): it exits, and no
+            // leader is agreed while it is gone. That is retried too.
+            let err = match results.into_iter().find_map(Result::err) {
+                Some(err) => err,
+                None => match cluster.wait_leader_or_bind_failure(&log_lens) {
+                    Ok(()) => break,
+                    Err(err) => err,
+                },
             };
             cluster.stop_all();
             let bind = cluster
@@ -303,6 +311,33 @@ impl PgpoolCluster {
         }
     }
 
+    /// Waits for an agreed leader, as [`PgpoolCluster::wait_leader`], but
+    /// returns at once when a member has exited with a taken port since
+    /// `log_lens` (the lengths of the members' logs at their start).
+    fn wait_leader_or_bind_failure(&self, log_lens: &[u64]) -> Result<(), SandboxError> {
+        let deadline = Instant::now() + ELECTION_TIMEOUT;
+        loop {
+            let bind_failed = self
+                .members
+                .iter()
+                .zip(log_lens)
+                .any(|(m, len)| m.pids().is_empty() && m.bind_failed_since(*len));
+            if bind_failed {
+                return Err(SandboxError::Io {
+                    what: "a pgpool watchdog member exited: a port was taken".to_owned(),
+                    source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+                });
+            }
+            if self.leader().is_some() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return self.wait_leader(Duration::ZERO).map(|_| ());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Polls [`PgpoolCluster::leader`] until the running members agree on
     /// one; returns it.
     pub fn wait_leader(&self, timeout: Duration) -> Result<usize, SandboxError> {
@@ -323,6 +358,14 @@ impl PgpoolCluster {
                             w.leader_name,
                             w.quorum_state
                         ),
+                        Err(e) if m.pids().is_empty() => {
+                            let log = fs::read_to_string(m.log_file()).unwrap_or_default();
+                            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                            format!(
+                                "member {i}: not running ({e}); its log ends: {:?}",
+                                tail.into_iter().rev().collect::<Vec<_>>()
+                            )
+                        }
                         Err(e) => format!("member {i}: {e}"),
                     })
                     .collect::<Vec<_>>()
