@@ -67,7 +67,7 @@ pub(crate) fn route(
             format!("method {method} not allowed: only GET and HEAD"),
         );
     }
-    let Some(path) = percent_decode(path) else {
+    let Some(path) = crate::text::percent_decode(path) else {
         return text(
             400,
             "bad request: the path is not valid percent-encoded UTF-8",
@@ -204,7 +204,7 @@ fn lag_bound(query: Option<&str>, takes_lag: bool) -> Result<LagBound, Reply> {
     let mut bound = LagBound::default();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value).unwrap_or_default();
+        let value = crate::text::percent_decode(value).unwrap_or_default();
         match key {
             "lag" if takes_lag => match lag_limit(&value).map_err(|e| text(400, e))? {
                 LagLimit::Seconds(s) => bound.secs = Some(s),
@@ -305,22 +305,4 @@ fn place(n: &crate::payload::NodeEntry) -> String {
         s.push_str(&format!(" ({})", crate::text::escape_controls(r)));
     }
     s
-}
-
-/// `%XX` decoded; `None` for a bad escape or bytes that are not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }

@@ -160,22 +160,9 @@ impl Filter {
     }
 }
 
+/// A query value: `+` is a space, then `%XX` decoded.
 fn percent_decode(s: &str) -> Option<String> {
-    let s = s.replace('+', " ");
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    crate::text::percent_decode(&s.replace('+', " "))
 }
 
 /// The header of [`table_row`]'s table, aligned with its columns.
