@@ -225,3 +225,35 @@ fn a_node_added_by_a_reload_is_read_with_the_rest() {
     let reads = plan.due_reads(ms(t0, 22)).expect("reads");
     assert_eq!(names(&reads), [name(1), name(2), name(4), name(5), name(9)]);
 }
+
+/// A node appended by a reload (every other one where it was) is read with
+/// the rest, once the masters' writes are back.
+#[test]
+fn a_node_appended_by_a_reload_is_read_with_the_rest() {
+    let (mut all, st) = two_clusters();
+    all.push(name(9));
+    let t0 = Instant::now();
+    let (mut plan, probes) = BeatPlan::beat(&all, &st, Time(2_000_000), t0, TIMEOUT);
+    assert_eq!(names(&probes), [name(0), name(3)]);
+    plan.answered(&name(0), false, ms(t0, 1));
+    plan.answered(&name(3), false, ms(t0, 1));
+    let reads = plan.due_reads(ms(t0, 22)).expect("reads");
+    assert_eq!(names(&reads), [name(1), name(2), name(4), name(5), name(9)]);
+}
+
+/// Nodes that replaced every configured node by a reload, in the same
+/// places, are new: none is taken for the node it replaced (a master would
+/// not be read at all), so all are read, as nodes of no cluster yet.
+#[test]
+fn nodes_replacing_every_node_in_place_are_new() {
+    let (_, st) = two_clusters();
+    let all: Vec<NodeName> = (10..16).map(name).collect();
+    let t0 = Instant::now();
+    let (mut plan, probes) = BeatPlan::beat(&all, &st, Time(2_000_000), t0, TIMEOUT);
+    for (m, _) in &probes {
+        plan.answered(m, false, ms(t0, 1));
+    }
+    let reads = plan.due_reads(ms(t0, 22)).expect("reads");
+    assert_eq!(names(&reads), all);
+    assert!(reads.iter().all(|(_, c)| c.is_none()), "{reads:?}");
+}
