@@ -466,3 +466,22 @@ fn a_node_removed_from_the_mapping_is_forgotten() {
     assert!(run.memory.backing_off(now).is_empty());
     assert_eq!(steps(&run.act(0.7, &mut nodes)), [(1, Action::Attach)]);
 }
+
+/// The back-off the status shows ends exactly when attaching is allowed
+/// again, with the time left before that.
+#[test]
+fn the_back_off_shown_ends_when_attaching_is_allowed_again() {
+    let mut run = Run::new();
+    let mut nodes = healthy();
+    nodes[1].pgpool.status = Down;
+    run.act(0.0, &mut nodes);
+    nodes[1].pgpool.status = Down;
+    assert_eq!(steps(&run.act(0.5, &mut nodes)), [], "backing off");
+    let at = |run: &Run, s: f64| run.memory.backing_off(run.t0 + Duration::from_secs_f64(s));
+    assert_eq!(
+        at(&run, 1.0).get(&name(1)),
+        Some(&Duration::from_millis(500))
+    );
+    assert!(at(&run, 1.5).is_empty(), "{:?}", at(&run, 1.5));
+    assert_eq!(steps(&run.act(1.5, &mut nodes)), [(1, Action::Attach)]);
+}
