@@ -395,6 +395,8 @@ mod tests {
             "a.b",
             "a:1",
             "99999999999 (a)",
+            // Only FIRST and ANY lead a count.
+            "MANY 2 (a, b)",
         ] {
             assert!(parse_standby_names(bad).is_err(), "{bad:?} accepted");
         }
