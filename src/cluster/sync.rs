@@ -264,6 +264,8 @@ impl SyncView {
     /// (nothing parsed, nothing copied).
     pub(crate) fn update(prev: Option<SyncView>, repl: &MasterRepl) -> SyncView {
         match prev {
+            // (Always reading again would give the same view: this is
+            // the cheaper way, not another rule.)
             Some(mut v)
                 if v.standby_names == repl.standby_names
                     && v.synchronous_commit == repl.synchronous_commit =>
@@ -500,7 +502,10 @@ mod tests {
         assert_eq!((v.method, v.required, v.waiting), (Some("any"), 1, false));
         repl.synchronous_commit = "local".into();
         repl.walsenders = Some(vec![]);
-        assert!(!SyncView::update(Some(v), &repl).waiting);
+        let v = SyncView::update(Some(v), &repl);
+        assert!(!v.waiting);
+        // The view shows the setting it was counted with.
+        assert_eq!(v.synchronous_commit, "local");
     }
 
     #[test]
