@@ -318,3 +318,41 @@ fn a_cluster_without_a_master_has_no_view_and_no_event() {
     assert!(!kinds.contains(&EventKind::SyncOk), "{kinds:?}");
     assert!(next.clusters[&0].sync.is_none());
 }
+
+/// A node plusmoin does not see as a slave gets no sync state, even when a
+/// row of its master names it: here the old primary, down, while the
+/// promoted one already shows a walsender under its name (rewound and
+/// streaming before plusmoin's next look at it).
+#[test]
+fn a_node_not_seen_as_a_slave_has_no_sync_state() {
+    let p = policy(None, None);
+    let t1 = Time(1_000 * BEAT);
+    let (s, _) = step(
+        &State::default(),
+        &[
+            (name(5432), master(t1, 1, "", &[])),
+            (name(5433), slave(t1, 1)),
+        ],
+        t1,
+        &p,
+    );
+    let t2 = Time(t1.0 + BEAT);
+    let (s, _) = step(
+        &s,
+        &[
+            (
+                name(5432),
+                Observation::Down {
+                    reason: "connection refused".into(),
+                },
+            ),
+            (name(5433), master(t2, 2, "*", &[("db:5432", "async")])),
+        ],
+        t2,
+        &p,
+    );
+    let old = s.node(&name(5432)).unwrap();
+    assert_eq!(old.cluster_id, s.node(&name(5433)).unwrap().cluster_id);
+    assert!(!old.is_slave && old.place != Place::Master, "{old:?}");
+    assert_eq!(old.sync_state, None);
+}
