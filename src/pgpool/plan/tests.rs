@@ -279,12 +279,7 @@ fn a_standby_pgpool_keeps_detaching_is_backed_off_doubling() {
 
 #[test]
 fn back_off_is_forgotten_after_staying_attached_or_really_going_away() {
-    let mut run = Run::new();
-    let mut nodes = healthy();
-    nodes[1].pgpool.status = Down;
-    run.act(0.0, &mut nodes);
-    nodes[1].pgpool.status = Down;
-    assert_eq!(steps(&run.act(0.5, &mut nodes)), [], "backing off");
+    let (mut run, mut nodes) = backing_off_after_one_detach();
     assert_eq!(steps(&run.act(1.5, &mut nodes)), [(1, Action::Attach)]);
     // Stays attached for the longest back-off: forgiven.
     run.act(400.0, &mut nodes);
@@ -453,12 +448,7 @@ fn actions_are_named_in_words() {
 /// forgotten: mapped again later, it starts with no back-off.
 #[test]
 fn a_node_removed_from_the_mapping_is_forgotten() {
-    let mut run = Run::new();
-    let mut nodes = healthy();
-    nodes[1].pgpool.status = Down;
-    run.act(0.0, &mut nodes);
-    nodes[1].pgpool.status = Down;
-    assert_eq!(steps(&run.act(0.5, &mut nodes)), [], "backing off");
+    let (mut run, mut nodes) = backing_off_after_one_detach();
     // A round without it in the mapping.
     let without: Vec<Seen> = nodes.iter().filter(|n| n.id != 1).cloned().collect();
     run.at(0.6, &without);
@@ -471,12 +461,7 @@ fn a_node_removed_from_the_mapping_is_forgotten() {
 /// again, with the time left before that.
 #[test]
 fn the_back_off_shown_ends_when_attaching_is_allowed_again() {
-    let mut run = Run::new();
-    let mut nodes = healthy();
-    nodes[1].pgpool.status = Down;
-    run.act(0.0, &mut nodes);
-    nodes[1].pgpool.status = Down;
-    assert_eq!(steps(&run.act(0.5, &mut nodes)), [], "backing off");
+    let (mut run, mut nodes) = backing_off_after_one_detach();
     let at = |run: &Run, s: f64| run.memory.backing_off(run.t0 + Duration::from_secs_f64(s));
     assert_eq!(
         at(&run, 1.0).get(&name(1)),
@@ -484,4 +469,16 @@ fn the_back_off_shown_ends_when_attaching_is_allowed_again() {
     );
     assert!(at(&run, 1.5).is_empty(), "{:?}", at(&run, 1.5));
     assert_eq!(steps(&run.act(1.5, &mut nodes)), [(1, Action::Attach)]);
+}
+
+/// Standby 1 attached by plusmoin at 0 s and detached again by pgpool at
+/// 0.5 s: backing off (for 1 s) from then on.
+fn backing_off_after_one_detach() -> (Run, Vec<Seen>) {
+    let mut run = Run::new();
+    let mut nodes = healthy();
+    nodes[1].pgpool.status = Down;
+    run.act(0.0, &mut nodes);
+    nodes[1].pgpool.status = Down;
+    assert_eq!(steps(&run.act(0.5, &mut nodes)), [], "backing off");
+    (run, nodes)
 }
