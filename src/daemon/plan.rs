@@ -98,14 +98,18 @@ impl BeatPlan {
         let mut probes = Vec::new();
         let mut rest = Vec::new();
         let mut led: HashMap<ClusterId, &NodeName> = HashMap::new();
-        for n in &state.nodes {
-            if let (cluster::Place::Master, Some(c)) = (n.place, n.cluster_id) {
-                probes.push((n.name.clone(), Some(c)));
-                masters.insert(n.name.clone(), Vec::new());
-                led.insert(c, &n.name);
+        // Only configured nodes: a master removed by a reload is still in
+        // the state until the next decision, and is not probed.
+        let nodes: Vec<_> = configured(names, state).collect();
+        for (name, known) in &nodes {
+            if let Some((cluster::Place::Master, Some(c))) = known.map(|n| (n.place, n.cluster_id))
+            {
+                probes.push(((*name).clone(), Some(c)));
+                masters.insert((*name).clone(), Vec::new());
+                led.insert(c, name);
             }
         }
-        for (name, known) in configured(names, state) {
+        for (name, known) in nodes {
             if known.is_some_and(|n| n.place == cluster::Place::Master) {
                 continue;
             }
