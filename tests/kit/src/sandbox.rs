@@ -289,9 +289,42 @@ fn send(pid: i32, signal: Signal) -> Result<(), SandboxError> {
     }
 }
 
+/// Stops the process `pid` (SIGSTOP) and returns once every one of its
+/// threads is stopped. `kill` returns before that: until the thread the
+/// signal went to takes it, the others run on, and on a loaded machine a
+/// worker thread may meanwhile handle what the caller meant it to miss.
+pub fn stop_process(pid: i32) -> Result<(), SandboxError> {
+    let deadline = Instant::now() + FREEZE_TIMEOUT;
+    loop {
+        send(pid, Signal::SIGSTOP)?;
+        let tasks = fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.flatten().map(|e| e.path().join("stat")).collect())
+            .unwrap_or_else(|_| Vec::new());
+        let running = tasks.iter().filter(|stat| stat_runs(stat)).count();
+        if running == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(SandboxError::Io {
+                what: format!(
+                    "stop pid {pid}: {running} threads still running after {FREEZE_TIMEOUT:?}"
+                ),
+                source: io::Error::from(io::ErrorKind::TimedOut),
+            });
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Whether `pid` is there and neither stopped (`T`) nor a zombie.
 fn runs(pid: i32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    stat_runs(Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// Whether the process or thread whose `stat` file is at `path` is there
+/// and neither stopped (`T`) nor a zombie.
+fn stat_runs(path: &Path) -> bool {
+    let Ok(stat) = fs::read_to_string(path) else {
         return false;
     };
     // The command name, in parentheses, may hold spaces: the state is the
