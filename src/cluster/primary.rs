@@ -122,8 +122,11 @@ impl PrimaryGuard {
         now: Time,
         hold: Duration,
     ) -> BTreeMap<NodeName, Refusal> {
+        // An allowed master away since `t` is still an incumbent: one rule
+        // for whether it counts and for how long it is remembered.
+        let still_incumbent = |t: &Time| now.since(*t) < hold;
         let was_allowed = |m: &NodeName| {
-            self.allowed.contains(m) || self.away.get(m).is_some_and(|t| now.since(*t) < hold)
+            self.allowed.contains(m) || self.away.get(m).is_some_and(still_incumbent)
         };
         let masters: Vec<(&NodeName, Option<u64>)> = state
             .nodes
@@ -249,9 +252,7 @@ impl PrimaryGuard {
                 away.insert(m.clone(), now);
             }
         }
-        // (An entry kept at exactly the hold would change nothing: it
-        // counts only while younger than the hold, above.)
-        away.retain(|m, t| !is_master.contains(m) && now.since(*t) < hold && !rival_allowed(m));
+        away.retain(|m, t| !is_master.contains(m) && still_incumbent(t) && !rival_allowed(m));
         self.away = away;
         self.allowed = allowed;
         refused

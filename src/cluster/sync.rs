@@ -47,22 +47,15 @@ enum Token {
 fn tokens(text: &str) -> Result<Vec<Token>, String> {
     let mut out = Vec::new();
     let mut chars = text.chars().peekable();
-    while let Some(&c) = chars.peek() {
+    // Each turn takes at least one character: a token never comes empty.
+    while let Some(c) = chars.next() {
         match c {
-            c if c.is_ascii_whitespace() => {
-                chars.next();
-            }
-            '(' | ')' | ',' | '*' => {
-                chars.next();
-                out.push(match c {
-                    '(' => Token::Open,
-                    ')' => Token::Close,
-                    ',' => Token::Comma,
-                    _ => Token::Name("*".into()),
-                });
-            }
+            c if c.is_ascii_whitespace() => {}
+            '(' => out.push(Token::Open),
+            ')' => out.push(Token::Close),
+            ',' => out.push(Token::Comma),
+            '*' => out.push(Token::Name("*".into())),
             '"' => {
-                chars.next();
                 let mut name = String::new();
                 loop {
                     match chars.next() {
@@ -78,21 +71,18 @@ fn tokens(text: &str) -> Result<Vec<Token>, String> {
                 out.push(Token::Name(name));
             }
             c if c.is_ascii_digit() => {
-                let mut n = String::new();
-                while let Some(&d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                let mut n = String::from(c);
+                while let Some(d) = chars.next_if(char::is_ascii_digit) {
                     n.push(d);
-                    chars.next();
                 }
                 out.push(Token::Num(n));
             }
             c if c.is_alphabetic() || c == '_' || !c.is_ascii() => {
-                let mut n = String::new();
-                while let Some(&d) = chars
-                    .peek()
-                    .filter(|d| d.is_alphanumeric() || **d == '_' || **d == '$' || !d.is_ascii())
+                let mut n = String::from(c);
+                while let Some(d) = chars
+                    .next_if(|d| d.is_alphanumeric() || *d == '_' || *d == '$' || !d.is_ascii())
                 {
                     n.push(d);
-                    chars.next();
                 }
                 out.push(Token::Name(n));
             }
@@ -396,6 +386,9 @@ mod tests {
             "\"open",
             "a.b",
             "a:1",
+            // A name starts with a letter, '_' or a non-ASCII character.
+            "a, .",
+            "-",
             "99999999999 (a)",
             // Only FIRST and ANY lead a count.
             "MANY 2 (a, b)",
