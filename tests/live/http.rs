@@ -13,7 +13,7 @@ use plusmoin_kit::flood::Flood;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -410,20 +410,47 @@ impl Drop for Haproxy {
 }
 
 /// Why the HAProxy tests are skipped (or, under PLUSMOIN_REQUIRE_ALL, fail).
-const HAPROXY_MISSING: &str = "haproxy is not installed (apt-get install haproxy)";
+pub(crate) const HAPROXY_MISSING: &str = "haproxy is not installed (apt-get install haproxy)";
 
-/// Without haproxy on the PATH, the tests needing it print why they are
-/// skipped and pass; with PLUSMOIN_REQUIRE_ALL=1 (as .ci/run sets it) they
-/// fail, saying why. Runs this test binary again, on one of them.
+/// The haproxy the tests run: [`HAPROXY_ENV`] when set (a path: the test
+/// of a missing haproxy points it at none), else the first found in PATH
+/// or in the system's sbin directories, where Debian puts it and which a
+/// normal user's PATH lacks.
+const HAPROXY_ENV: &str = "PLUSMOIN_TEST_HAPROXY";
+
+fn haproxy_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os(HAPROXY_ENV) {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join("haproxy"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("haproxy"))
+}
+
+/// Without haproxy, the tests needing it print why they are skipped and
+/// pass; with PLUSMOIN_REQUIRE_ALL=1 (as .ci/run sets it) they fail, saying
+/// why. Runs this test binary again, on each of them.
 #[test]
 fn haproxy_tests_without_haproxy_skip_saying_why_unless_all_are_required() {
     let dir = tempfile::tempdir().unwrap();
-    let path = plusmoin_kit::path_without(&dir.path().join("bin"), &["haproxy"]);
-    let test = "http::haproxy_routes_writes_to_the_primary_and_follows_the_promotion";
+    for test in [
+        "http::haproxy_routes_writes_to_the_primary_and_follows_the_promotion",
+        "split::a_second_master_gets_no_writes_through_haproxy_and_a_restart_routes_to_none",
+    ] {
+        without_haproxy(test, &dir.path().join("no-haproxy"));
+    }
+}
+
+/// Runs `test` with `missing` as the haproxy, without and with
+/// PLUSMOIN_REQUIRE_ALL.
+fn without_haproxy(test: &str, missing: &Path) {
     let child = |require: Option<&str>| {
         let mut c = Command::new(std::env::current_exe().unwrap());
         c.args([test, "--exact", "--nocapture", "--test-threads=1"])
-            .env("PATH", &path)
+            .env(HAPROXY_ENV, missing)
             .env_remove(plusmoin_kit::REQUIRE_ALL);
         if let Some(v) = require {
             c.env(plusmoin_kit::REQUIRE_ALL, v);
@@ -454,7 +481,7 @@ fn haproxy_tests_without_haproxy_skip_saying_why_unless_all_are_required() {
 }
 
 pub(crate) fn haproxy_installed() -> bool {
-    Command::new("haproxy")
+    Command::new(haproxy_bin())
         .arg("-v")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -506,7 +533,7 @@ pub(crate) fn haproxy(sb: &Sandbox, plusmoin: SocketAddr, ports: &Ports) -> Hapr
     assert_eq!(left, None, "not fitted to the sandbox:\n{cfg}");
     let path = dir.path().join("haproxy.cfg");
     std::fs::write(&path, cfg).expect("write haproxy.cfg");
-    let check = Command::new("haproxy")
+    let check = Command::new(haproxy_bin())
         .arg("-c")
         .arg("-f")
         .arg(&path)
@@ -518,7 +545,7 @@ pub(crate) fn haproxy(sb: &Sandbox, plusmoin: SocketAddr, ports: &Ports) -> Hapr
         String::from_utf8_lossy(&check.stderr)
     );
     let log = std::fs::File::create(dir.path().join("haproxy.log")).expect("log");
-    let child = Command::new("haproxy")
+    let child = Command::new(haproxy_bin())
         .arg("-db")
         .arg("-f")
         .arg(&path)
