@@ -260,9 +260,12 @@ impl PgpoolCluster {
     }
 
     /// The member every running member names as leader — and which says
-    /// itself it is the LEADER — from one round of `pcp_watchdog_info`
-    /// (no waiting); None during an election, while they disagree, or when
-    /// a running member does not answer. Stopped members are not asked.
+    /// itself it is the LEADER, every other running member saying STANDBY
+    /// — from one round of `pcp_watchdog_info` (no waiting); None during an
+    /// election, while they disagree, while a member has not settled (it
+    /// may name the leader while still "PARTICIPATING IN ELECTION"), or
+    /// when a running member does not answer. Stopped members are not
+    /// asked.
     pub fn leader(&self) -> Option<usize> {
         let running: Vec<usize> = (0..self.members.len())
             .filter(|i| !self.members[*i].pids().is_empty())
@@ -276,7 +279,8 @@ impl PgpoolCluster {
                 return None;
             }
             agreed = Some(leader);
-            if leader == *i && info.local_state() != "LEADER" {
+            let settled = if leader == *i { "LEADER" } else { "STANDBY" };
+            if info.local_state() != settled {
                 return None;
             }
         }
