@@ -422,11 +422,7 @@ fn haproxy_bin() -> PathBuf {
     if let Some(p) = std::env::var_os(HAPROXY_ENV) {
         return PathBuf::from(p);
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join("haproxy"))
-        .find(|p| p.is_file())
+    plusmoin_kit::find_program("haproxy", &["/usr/sbin", "/usr/local/sbin", "/sbin"])
         .unwrap_or_else(|| PathBuf::from("haproxy"))
 }
 

@@ -45,13 +45,20 @@ pub fn skip(reason: &str) {
 /// Whether `program` is an executable file in one of the `PATH`
 /// directories, as a shell would find it.
 pub fn on_path(program: &str) -> bool {
+    find_program(program, &[]).is_some()
+}
+
+/// The first executable file named `program` in the `PATH` directories,
+/// then in `also` (e.g. the sbin directories a normal user's PATH lacks).
+pub fn find_program(program: &str, also: &[&str]) -> Option<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|d| {
-            std::fs::metadata(d.join(program))
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(also.iter().map(std::path::PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
-    })
 }
 
 /// Whether this process runs as root.

@@ -120,24 +120,8 @@ impl SandboxExt for Sandbox {
         // a loaded machine a busy child may still run for a moment. Return
         // only once every process of the node is stopped (or gone), so a
         // caller's "frozen" holds from here on.
-        let deadline = Instant::now() + FREEZE_TIMEOUT;
-        loop {
-            let running: Vec<i32> = self.pids(i)?.into_iter().filter(|p| runs(*p)).collect();
-            if running.is_empty() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(SandboxError::Io {
-                    what: format!(
-                        "freeze node {i}: pids {running:?} still not stopped after {FREEZE_TIMEOUT:?}"
-                    ),
-                    source: io::Error::from(io::ErrorKind::TimedOut),
-                });
-            }
-            for pid in &running {
-                send(*pid, Signal::SIGSTOP)?;
-            }
-            thread::sleep(Duration::from_millis(10));
+        for pid in self.pids(i)? {
+            stop_process(pid)?;
         }
         tracing::info!(node = i, pid = postmaster, "sandbox: frozen");
         Ok(())
@@ -297,10 +281,7 @@ pub fn stop_process(pid: i32) -> Result<(), SandboxError> {
     let deadline = Instant::now() + FREEZE_TIMEOUT;
     loop {
         send(pid, Signal::SIGSTOP)?;
-        let tasks = fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|d| d.flatten().map(|e| e.path().join("stat")).collect())
-            .unwrap_or_else(|_| Vec::new());
-        let running = tasks.iter().filter(|stat| stat_runs(stat)).count();
+        let running = running_threads(pid);
         if running == 0 {
             return Ok(());
         }
@@ -316,9 +297,16 @@ pub fn stop_process(pid: i32) -> Result<(), SandboxError> {
     }
 }
 
-/// Whether `pid` is there and neither stopped (`T`) nor a zombie.
-fn runs(pid: i32) -> bool {
-    stat_runs(Path::new(&format!("/proc/{pid}/stat")))
+/// How many threads of process `pid` run: neither stopped (`T`) nor
+/// zombies (0 when it is gone).
+fn running_threads(pid: i32) -> usize {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| stat_runs(&t.path().join("stat")))
+        .count()
 }
 
 /// Whether the process or thread whose `stat` file is at `path` is there
@@ -747,7 +735,7 @@ mod tests {
 
     #[test]
     fn our_own_process_runs() {
-        assert!(runs(std::process::id() as i32));
-        assert!(!runs(-1));
+        assert!(running_threads(std::process::id() as i32) >= 1);
+        assert_eq!(running_threads(-1), 0);
     }
 }
