@@ -100,16 +100,15 @@ impl BeatPlan {
         let mut led: HashMap<ClusterId, &NodeName> = HashMap::new();
         // Only configured nodes: a master removed by a reload is still in
         // the state until the next decision, and is not probed.
-        let nodes: Vec<_> = configured(names, state).collect();
-        for (name, known) in &nodes {
+        for (name, known) in configured(names, state) {
             if let Some((cluster::Place::Master, Some(c))) = known.map(|n| (n.place, n.cluster_id))
             {
-                probes.push(((*name).clone(), Some(c)));
-                masters.insert((*name).clone(), Vec::new());
+                probes.push((name.clone(), Some(c)));
+                masters.insert(name.clone(), Vec::new());
                 led.insert(c, name);
             }
         }
-        for (name, known) in nodes {
+        for (name, known) in configured(names, state) {
             if known.is_some_and(|n| n.place == cluster::Place::Master) {
                 continue;
             }
